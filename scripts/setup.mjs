@@ -1,0 +1,30 @@
+#!/usr/bin/env node
+// One-time set-up shared by `npm start` and `npm test`, runnable with Node alone on a fresh
+// Debian machine: npm dependencies, then Debian's nats-server and clickhouse-server when missing.
+import { execSync, spawnSync } from "node:child_process";
+import { existsSync, statSync } from "node:fs";
+
+const run = (cmd) => {
+  console.error(`setup: ${cmd}`);
+  execSync(cmd, { stdio: "inherit", env: { ...process.env, DEBIAN_FRONTEND: "noninteractive" } });
+};
+const onPath = (bin) => spawnSync("sh", ["-c", `command -v ${bin}`], { stdio: "ignore" }).status === 0;
+
+const lock = "package-lock.json";
+const marker = "node_modules/.package-lock.json";
+if (!existsSync(marker) || !existsSync("node_modules/.bin/bun") || (existsSync(lock) && statSync(lock).mtimeMs > statSync(marker).mtimeMs)) {
+  run(existsSync(lock) ? "npm ci --no-audit --no-fund" : "npm install --no-audit --no-fund");
+}
+
+// Only needed when we manage the services ourselves.
+const wanted = [];
+if (!process.env.NATS_URL || process.env.npm_lifecycle_event === "pretest") if (!onPath("nats-server")) wanted.push("nats-server");
+if (!process.env.CLICKHOUSE_URL || process.env.npm_lifecycle_event === "pretest") if (!onPath("clickhouse-server")) wanted.push("clickhouse-server");
+if (wanted.length) {
+  if (process.getuid?.() !== 0) {
+    console.error(`setup: ${wanted.join(" and ")} not found; install Debian's packages: sudo apt-get install -y ${wanted.join(" ")}`);
+    process.exit(1);
+  }
+  run("apt-get update -qq");
+  run(`apt-get install -y -qq ${wanted.join(" ")}`);
+}

@@ -1,0 +1,80 @@
+/**
+ * Node settings from the environment, with every default in one place.
+ * PRODUCT.md §1 explains the limits: Segment's Webhooks destination batches up to 4,000
+ * events and never retries a 413, so the request limit is generous.
+ */
+export interface NodeOptions {
+  port: number;
+  host: string;
+  natsUrl?: string;
+  clickhouseUrl?: string;
+  clickhouseUser: string;
+  clickhousePassword: string;
+  database: string;
+  pipelinesDir: string;
+  dataDir: string;
+  trustProxy: boolean;
+  adminToken?: string;
+  maxRequestBytes: number;
+  maxEventBytes: number;
+  maxEventsPerRequest: number;
+  /** Bound on events being validated/published at once; beyond it requests get 429. */
+  maxInFlightEvents: number;
+  /** How long to wait for JetStream acks before answering 503. */
+  publishTimeoutMs: number;
+  streamMaxAgeHours: number;
+  streamReplicas: number;
+  dedupWindowHours: number;
+}
+
+export const defaults: NodeOptions = {
+  port: 2022,
+  host: "0.0.0.0",
+  clickhouseUser: "default",
+  clickhousePassword: "",
+  database: "tributary",
+  pipelinesDir: "pipelines",
+  dataDir: "data",
+  trustProxy: false,
+  maxRequestBytes: 16 * 1024 * 1024,
+  maxEventBytes: 256 * 1024,
+  maxEventsPerRequest: 20_000,
+  maxInFlightEvents: 200_000,
+  publishTimeoutMs: 5_000,
+  streamMaxAgeHours: 7 * 24,
+  streamReplicas: 1,
+  dedupWindowHours: 24,
+};
+
+const num = (v: string | undefined, d: number) => {
+  if (v === undefined || v === "") return d;
+  const n = Number(v);
+  if (!Number.isFinite(n) || n < 0) throw new Error(`environment: expected a non-negative number, got "${v}"`);
+  return n;
+};
+const bool = (v: string | undefined) => v !== undefined && /^(1|true|yes|on)$/i.test(v);
+const str = (v: string | undefined) => (v === undefined || v === "" ? undefined : v);
+
+export function optionsFromEnv(env: Record<string, string | undefined> = process.env): NodeOptions {
+  return {
+    port: num(env.PORT, defaults.port),
+    host: env.HOST ?? defaults.host,
+    natsUrl: str(env.NATS_URL),
+    clickhouseUrl: str(env.CLICKHOUSE_URL),
+    clickhouseUser: env.CLICKHOUSE_USER ?? defaults.clickhouseUser,
+    clickhousePassword: env.CLICKHOUSE_PASSWORD ?? defaults.clickhousePassword,
+    database: env.TRIBUTARY_DATABASE ?? defaults.database,
+    pipelinesDir: env.TRIBUTARY_PIPELINES ?? defaults.pipelinesDir,
+    dataDir: env.TRIBUTARY_DATA ?? defaults.dataDir,
+    trustProxy: bool(env.TRUST_PROXY),
+    adminToken: str(env.TRIBUTARY_ADMIN_TOKEN),
+    maxRequestBytes: num(env.TRIBUTARY_MAX_REQUEST_BYTES, defaults.maxRequestBytes),
+    maxEventBytes: num(env.TRIBUTARY_MAX_EVENT_BYTES, defaults.maxEventBytes),
+    maxEventsPerRequest: num(env.TRIBUTARY_MAX_EVENTS_PER_REQUEST, defaults.maxEventsPerRequest),
+    maxInFlightEvents: num(env.TRIBUTARY_MAX_IN_FLIGHT_EVENTS, defaults.maxInFlightEvents),
+    publishTimeoutMs: num(env.TRIBUTARY_PUBLISH_TIMEOUT_MS, defaults.publishTimeoutMs),
+    streamMaxAgeHours: num(env.TRIBUTARY_STREAM_MAX_AGE_HOURS, defaults.streamMaxAgeHours),
+    streamReplicas: num(env.TRIBUTARY_STREAM_REPLICAS, defaults.streamReplicas),
+    dedupWindowHours: num(env.TRIBUTARY_DEDUP_WINDOW_HOURS, defaults.dedupWindowHours),
+  };
+}

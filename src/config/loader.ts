@@ -1,0 +1,144 @@
+import { readdirSync, readFileSync, statSync } from "node:fs";
+import { join, relative } from "node:path";
+import { TypeCompiler } from "@sinclair/typebox/compiler";
+import { LineCounter, parseDocument, visit, isScalar, type Document, type Node } from "yaml";
+import { Connection, CustomerModelFile } from "./schema.ts";
+
+/** A configuration that cannot be used; each message names file, line and field. */
+export class ConfigError extends Error {
+  constructor(readonly problems: string[]) {
+    super(`invalid configuration:\n  ${problems.join("\n  ")}`);
+    this.name = "ConfigError";
+  }
+}
+
+export interface LoadedConnection extends Connection {
+  file: string;
+}
+
+export interface Config {
+  connections: Map<string, LoadedConnection>;
+  customerModel: CustomerModelFile["customerModel"];
+  files: string[];
+}
+
+const checkConnection = TypeCompiler.Compile(Connection);
+const checkCustomerModel = TypeCompiler.Compile(CustomerModelFile);
+
+/** `${NAME}`, or `${NAME:-default}` as in shells and Compose files. */
+const VAR = /\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}/g;
+
+function lineOf(lc: LineCounter, node: Node | null | undefined): number {
+  const offset = node?.range?.[0] ?? 0;
+  return lc.linePos(offset).line;
+}
+
+/** Walks a JSON-pointer path into the YAML document to find the nearest node that exists. */
+function nodeAt(doc: Document, path: string): Node | undefined {
+  const segments = path
+    .split("/")
+    .slice(1)
+    .map((s) => s.replace(/~1/g, "/").replace(/~0/g, "~"))
+    .map((s) => (/^\d+$/.test(s) ? Number(s) : s));
+  for (let n = segments.length; n >= 0; n--) {
+    const node = n === 0 ? doc.contents : doc.getIn(segments.slice(0, n), true);
+    if (node && typeof node === "object") return node as Node;
+  }
+  return undefined;
+}
+
+function substitute(doc: Document, lc: LineCounter, env: Record<string, string | undefined>, where: string, problems: string[]) {
+  visit(doc, {
+    Scalar(_key, node) {
+      if (typeof node.value !== "string" || !node.value.includes("${")) return;
+      node.value = node.value.replace(VAR, (_m, name: string, fallback: string | undefined) => {
+        const value = env[name] || fallback;
+        if (value === undefined) {
+          problems.push(`${where}:${lineOf(lc, node)}: environment variable \${${name}} is not set`);
+          return "";
+        }
+        return value;
+      });
+    },
+  });
+}
+
+export function parseConfigFile(
+  file: string,
+  text: string,
+  env: Record<string, string | undefined>,
+): { kind: "connection"; value: LoadedConnection } | { kind: "customerModel"; value: CustomerModelFile } | { kind: "problems"; problems: string[] } {
+  const lc = new LineCounter();
+  const doc = parseDocument(text, { lineCounter: lc, prettyErrors: false });
+  const problems: string[] = [];
+  for (const e of doc.errors) problems.push(`${file}:${lc.linePos(e.pos[0]).line}: YAML: ${e.message.split("\n")[0]}`);
+  if (problems.length) return { kind: "problems", problems };
+  substitute(doc, lc, env, file, problems);
+  if (problems.length) return { kind: "problems", problems };
+  const value = doc.toJS() as unknown;
+  if (value === null || typeof value !== "object" || Array.isArray(value))
+    return { kind: "problems", problems: [`${file}:1: expected a mapping with "connection:" or "customerModel:"`] };
+  const isModel = "customerModel" in value;
+  const checker = isModel ? checkCustomerModel : checkConnection;
+  if (checker.Check(value)) {
+    return isModel
+      ? { kind: "customerModel", value: value as CustomerModelFile }
+      : { kind: "connection", value: { ...(value as Connection), file } };
+  }
+  const seen = new Set<string>();
+  for (const e of checker.Errors(value)) {
+    if (seen.has(e.path)) continue; // a union reports each branch; the first message per field is enough
+    seen.add(e.path);
+    const field = e.path === "" ? "(file)" : e.path.slice(1);
+    problems.push(`${file}:${lineOf(lc, nodeAt(doc, e.path))}: ${field}: ${e.message}`);
+    if (seen.size >= 10) break;
+  }
+  return { kind: "problems", problems };
+}
+
+/** Cross-file rules a per-file schema cannot express. */
+function checkWhole(connections: LoadedConnection[], problems: string[]) {
+  const names = new Map<string, string>();
+  const keys = new Map<string, string>();
+  for (const c of connections) {
+    const other = names.get(c.connection);
+    if (other) problems.push(`${c.file}:1: connection: "${c.connection}" is already defined in ${other}`);
+    names.set(c.connection, c.file);
+    if (c.source === "raw") {
+      if (!c.check && c.insecure !== true) problems.push(`${c.file}:1: check: a raw connection needs "check", or "insecure: true" spelled out`);
+    } else if (!c.writeKeys?.length) {
+      problems.push(`${c.file}:1: writeKeys: a ${c.source} connection needs at least one write key`);
+    }
+    for (const k of c.writeKeys ?? []) {
+      const owner = keys.get(k);
+      if (owner && owner !== c.connection) problems.push(`${c.file}:1: writeKeys: a key of "${c.connection}" also belongs to "${owner}"`);
+      keys.set(k, c.connection);
+    }
+  }
+}
+
+export function loadConfig(dir: string, env: Record<string, string | undefined> = process.env): Config {
+  let entries: string[];
+  try {
+    entries = readdirSync(dir).filter((f) => /\.ya?ml$/.test(f)).sort();
+  } catch (e) {
+    throw new ConfigError([`${dir}: cannot read pipelines directory: ${(e as Error).message}`]);
+  }
+  const problems: string[] = [];
+  const connections: LoadedConnection[] = [];
+  let customerModel: CustomerModelFile["customerModel"] = {};
+  const files: string[] = [];
+  for (const name of entries) {
+    const path = join(dir, name);
+    if (!statSync(path).isFile()) continue;
+    const shown = relative(process.cwd(), path) || path;
+    files.push(shown);
+    const parsed = parseConfigFile(shown, readFileSync(path, "utf8"), env);
+    if (parsed.kind === "problems") problems.push(...parsed.problems);
+    else if (parsed.kind === "connection") connections.push(parsed.value);
+    else customerModel = { ...customerModel, ...parsed.value.customerModel };
+  }
+  checkWhole(connections, problems);
+  if (problems.length) throw new ConfigError(problems);
+  return { connections: new Map(connections.map((c) => [c.connection, c])), customerModel, files };
+}

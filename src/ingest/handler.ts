@@ -1,0 +1,127 @@
+import type { LoadedConnection } from "../config/loader.ts";
+import type { EventLog } from "../bus/event-log.ts";
+import { BusUnavailableError } from "../bus/errors.ts";
+import type { Entry } from "../bus/shard-writer.ts";
+import { validateEnvelope, validateEvent, type Event, type EventType } from "./event-schema.ts";
+import { normaliseEvent, NormaliseError, type RequestFacts } from "./normalise.ts";
+
+/** Which body shape an endpoint takes (PRODUCT.md §1). */
+export type Endpoint = { kind: "events" } | { kind: "batch" } | { kind: "single"; type: EventType };
+
+export interface Rejection {
+  index: number;
+  messageId?: string;
+  error: string;
+}
+
+export interface IngestResult {
+  status: number;
+  body: Record<string, unknown>;
+  headers?: Record<string, string>;
+}
+
+export interface IngestLimits {
+  maxEventBytes: number;
+  maxEventsPerRequest: number;
+  retryAfterSeconds: number;
+}
+
+export interface IngestStats {
+  accepted: number;
+  duplicates: number;
+  rejected: number;
+}
+
+const isObject = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v);
+
+/** Splits a parsed body into its events and the request-level facts, or says what is wrong. */
+export function eventsOf(endpoint: Endpoint, body: unknown): { events: unknown[]; batch?: Partial<RequestFacts> } | { error: string } {
+  switch (endpoint.kind) {
+    case "events":
+      if (Array.isArray(body)) return { events: body };
+      if (isObject(body)) return { events: [body] };
+      return { error: "body must be an event object or an array of events" };
+    case "batch": {
+      const problem = validateEnvelope(body);
+      if (problem) return { error: problem };
+      const b = body as { batch: unknown[]; context?: Record<string, unknown>; integrations?: Record<string, unknown>; sentAt?: string };
+      return { events: b.batch, batch: { context: b.context, integrations: b.integrations, sentAt: b.sentAt } };
+    }
+    case "single":
+      if (!isObject(body)) return { error: "body must be an event object" };
+      return { events: [{ ...body, type: endpoint.type }] };
+  }
+}
+
+/** The write key some SDKs send in the body (sendBeacon, old analytics-node). */
+export function bodyWriteKey(body: unknown): string | undefined {
+  if (isObject(body) && typeof body.writeKey === "string") return body.writeKey;
+  return undefined;
+}
+
+/**
+ * Validates, normalises and durably stores the events of one request for one connection.
+ * A 2xx is returned only once JetStream has acknowledged every accepted event.
+ */
+export async function ingest(
+  connection: LoadedConnection,
+  endpoint: Endpoint,
+  body: unknown,
+  facts: RequestFacts,
+  log: EventLog,
+  limits: IngestLimits,
+  stats: IngestStats,
+): Promise<IngestResult> {
+  const split = eventsOf(endpoint, body);
+  if ("error" in split) return { status: 400, body: { error: split.error } };
+  const { events } = split;
+  if (events.length > limits.maxEventsPerRequest)
+    return { status: 413, body: { error: `a request may hold at most ${limits.maxEventsPerRequest} events; this one has ${events.length}` } };
+  if (events.length === 0) return { status: 400, body: { error: "no events in the request" } };
+
+  const requestFacts: RequestFacts = { ...facts, ...split.batch };
+  const rejected: Rejection[] = [];
+  const entries: Entry[] = [];
+  for (let index = 0; index < events.length; index++) {
+    const raw = events[index];
+    const messageId = isObject(raw) && typeof raw.messageId === "string" ? raw.messageId : undefined;
+    const problem = validateEvent(raw);
+    if (problem) {
+      rejected.push({ index, ...(messageId !== undefined && { messageId }), error: problem });
+      continue;
+    }
+    let event: Event;
+    try {
+      event = normaliseEvent(raw as Event, requestFacts);
+    } catch (e) {
+      if (!(e instanceof NormaliseError)) throw e;
+      rejected.push({ index, ...(messageId !== undefined && { messageId }), error: e.message });
+      continue;
+    }
+    // A write key in the body authenticates the request; it is never stored.
+    delete event.writeKey;
+    const json = JSON.stringify(event);
+    if (json.length > limits.maxEventBytes && Buffer.byteLength(json) > limits.maxEventBytes) {
+      rejected.push({ index, messageId: event.messageId, error: `event is ${Buffer.byteLength(json)} bytes as JSON, over the ${limits.maxEventBytes}-byte limit` });
+      continue;
+    }
+    entries.push({ id: event.messageId!, json });
+  }
+  stats.rejected += rejected.length;
+  if (entries.length === 0) return { status: 400, body: { error: "no valid events in the request", rejected } };
+
+  try {
+    const r = await log.append(connection.connection, entries);
+    stats.accepted += r.stored;
+    stats.duplicates += r.duplicates;
+  } catch (e) {
+    if (e instanceof BusUnavailableError)
+      return {
+        status: 503,
+        body: { error: "events could not be stored durably; retry later" },
+        headers: { "Retry-After": String(limits.retryAfterSeconds) },
+      };
+    throw e;
+  }
+  return { status: 200, body: rejected.length ? { accepted: entries.length, rejected } : { accepted: entries.length } };
+}

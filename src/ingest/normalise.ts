@@ -1,0 +1,60 @@
+import type { Event } from "./event-schema.ts";
+
+/** What the request contributes to every event in it. */
+export interface RequestFacts {
+  receivedAt: number;
+  /** Address of the client, already resolved through X-Forwarded-For when trusted. */
+  ip?: string;
+  /** `/v1/batch` top-level fields. */
+  context?: Record<string, unknown>;
+  integrations?: Record<string, unknown>;
+  sentAt?: string;
+}
+
+export class NormaliseError extends Error {
+  override name = "NormaliseError";
+}
+
+const time = (field: string, value: string): number => {
+  const t = Date.parse(value);
+  if (Number.isNaN(t)) throw new NormaliseError(`"${field}" is not a valid date: "${value}"`);
+  return t;
+};
+
+const ID_FIELDS = ["userId", "anonymousId", "groupId", "previousId"] as const;
+
+/**
+ * Segment's normalisation (PRODUCT.md §1), on a validated event. Returns a new object; the
+ * input is left as it was.
+ */
+export function normaliseEvent(input: Event, facts: RequestFacts, newId: () => string = crypto.randomUUID.bind(crypto)): Event {
+  const e: Event = { ...input };
+  for (const f of ID_FIELDS) {
+    const v = e[f];
+    if (typeof v === "number") (e as Record<string, unknown>)[f] = String(v);
+  }
+  if (facts.context || facts.ip !== undefined) {
+    const context = { ...facts.context, ...(e.context as Record<string, unknown> | undefined) };
+    if (context.ip === undefined && facts.ip !== undefined) context.ip = facts.ip;
+    e.context = context;
+  }
+  if (facts.integrations) e.integrations = { ...facts.integrations, ...(e.integrations as Record<string, unknown> | undefined) };
+  if (e.sentAt === undefined && facts.sentAt !== undefined) e.sentAt = facts.sentAt;
+  if (e.messageId === undefined) e.messageId = newId();
+
+  const receivedAt = facts.receivedAt;
+  // The client's own clock reading: Segment SDKs send it as `timestamp`, RudderStack's as `originalTimestamp`.
+  const original = e.originalTimestamp ?? e.timestamp;
+  let timestamp: number;
+  if (original !== undefined && e.sentAt !== undefined) {
+    // Corrects client clock skew: the delay the client measured, applied to our clock.
+    timestamp = receivedAt - (time("sentAt", e.sentAt) - time(e.originalTimestamp ? "originalTimestamp" : "timestamp", original));
+  } else {
+    timestamp = e.timestamp !== undefined ? time("timestamp", e.timestamp) : receivedAt;
+  }
+  if (original !== undefined) e.originalTimestamp = new Date(time("originalTimestamp", original)).toISOString();
+  if (e.sentAt !== undefined) e.sentAt = new Date(time("sentAt", e.sentAt)).toISOString();
+  e.timestamp = new Date(timestamp).toISOString();
+  e.receivedAt = new Date(receivedAt).toISOString();
+  return e;
+}

@@ -1,0 +1,34 @@
+/**
+ * Admission control: bounds the bytes of request bodies being worked on at once, so a flood
+ * of requests (or a slow JetStream) turns into 429s instead of an out-of-memory crash.
+ */
+export class InFlightLimiter {
+  #bytes = 0;
+  #requests = 0;
+  rejected = 0;
+
+  constructor(readonly maxBytes: number, readonly maxRequests: number) {}
+
+  /** Reserves `bytes`; false when over a limit (the caller answers 429). */
+  tryAcquire(bytes: number): boolean {
+    if (this.#requests >= this.maxRequests || (this.#bytes > 0 && this.#bytes + bytes > this.maxBytes)) {
+      this.rejected++;
+      return false;
+    }
+    this.#bytes += bytes;
+    this.#requests++;
+    return true;
+  }
+
+  release(bytes: number): void {
+    this.#bytes -= bytes;
+    this.#requests--;
+  }
+
+  get inFlightBytes(): number {
+    return this.#bytes;
+  }
+  get inFlightRequests(): number {
+    return this.#requests;
+  }
+}

@@ -1,0 +1,157 @@
+import { Elysia } from "elysia";
+import type { ConfigStore } from "../config/store.ts";
+import type { Config } from "../config/loader.ts";
+import type { EventLog } from "../bus/event-log.ts";
+import { WriteKeyIndex, writeKeyFromHeader } from "./auth.ts";
+import { readBody, PayloadTooLargeError, BadEncodingError } from "./body.ts";
+import { bodyWriteKey, ingest, type Endpoint, type IngestResult, type IngestStats } from "./handler.ts";
+import { EVENT_TYPES } from "./event-schema.ts";
+import { InFlightLimiter } from "./overload.ts";
+import { log as logger } from "../util/log.ts";
+
+export interface IngestServerOptions {
+  trustProxy: boolean;
+  maxRequestBytes: number;
+  maxEventBytes: number;
+  maxEventsPerRequest: number;
+  /** Total decompressed body bytes being processed at once; beyond it, 429. */
+  maxInFlightBytes: number;
+  maxInFlightRequests: number;
+  retryAfterSeconds: number;
+}
+
+export const ingestDefaults: IngestServerOptions = {
+  trustProxy: false,
+  maxRequestBytes: 16 * 1024 * 1024,
+  maxEventBytes: 256 * 1024,
+  maxEventsPerRequest: 20_000,
+  maxInFlightBytes: 256 * 1024 * 1024,
+  maxInFlightRequests: 4096,
+  retryAfterSeconds: 5,
+};
+
+/** Same body for every authentication failure, so a caller learns nothing about which keys exist. */
+const UNAUTHORIZED: IngestResult = { status: 401, body: { error: "unauthorized: send a valid write key" }, headers: { "WWW-Authenticate": 'Basic realm="tributary"' } };
+
+const CORS_ALLOW_HEADERS = "Authorization, Content-Type, Content-Encoding";
+
+function corsHeaders(request: Request, allowed?: string[]): Record<string, string> {
+  const origin = request.headers.get("origin");
+  if (!origin) return {};
+  if (allowed && !allowed.includes("*") && !allowed.includes(origin)) return {};
+  return { "Access-Control-Allow-Origin": origin, Vary: "Origin", "Access-Control-Allow-Credentials": "true" };
+}
+
+function respond(r: IngestResult, extra: Record<string, string> = {}): Response {
+  return new Response(JSON.stringify(r.body), {
+    status: r.status,
+    headers: { "Content-Type": "application/json", ...r.headers, ...extra },
+  });
+}
+
+/** Client address: the first X-Forwarded-For hop only when the operator says a proxy is in front. */
+export function clientIp(request: Request, socketIp: string | undefined, trustProxy: boolean): string | undefined {
+  if (trustProxy) {
+    const xff = request.headers.get("x-forwarded-for");
+    const first = xff?.split(",")[0]?.trim();
+    if (first) return first;
+  }
+  return socketIp;
+}
+
+export interface IngestServer {
+  app: Elysia<any, any, any, any, any, any, any>;
+  stats: IngestStats;
+  limiter: InFlightLimiter;
+}
+
+/** The ingestion routes of PRODUCT.md §1 as an Elysia plugin. */
+export function ingestRoutes(config: ConfigStore, eventLog: EventLog, opts: Partial<IngestServerOptions> = {}): IngestServer {
+  const o = { ...ingestDefaults, ...opts };
+  const stats: IngestStats = { accepted: 0, duplicates: 0, rejected: 0 };
+  const limiter = new InFlightLimiter(o.maxInFlightBytes, o.maxInFlightRequests);
+  let keys = new WriteKeyIndex(config.current);
+  let keysOf: Config = config.current;
+  const currentKeys = () => {
+    if (keysOf !== config.current) {
+      keysOf = config.current;
+      keys = new WriteKeyIndex(keysOf);
+    }
+    return keys;
+  };
+
+  async function handle(endpoint: Endpoint, request: Request, socketIp: string | undefined): Promise<Response> {
+    const receivedAt = Date.now();
+    const index = currentKeys();
+    const headerKey = writeKeyFromHeader(request.headers.get("authorization"));
+    // The header wins when both are present; without a header the key may come in the body.
+    let connection = request.headers.has("authorization") ? index.lookup(headerKey) : undefined;
+    if (request.headers.has("authorization") && !connection) return respond(UNAUTHORIZED, corsHeaders(request));
+
+    const declared = Number(request.headers.get("content-length") ?? 0) || 64 * 1024;
+    const reserve = Math.min(declared, o.maxRequestBytes);
+    if (!limiter.tryAcquire(reserve))
+      return respond({ status: 429, body: { error: "node overloaded; retry later" }, headers: { "Retry-After": "1" } }, corsHeaders(request));
+    try {
+      let bytes: Uint8Array;
+      try {
+        bytes = await readBody(request, o.maxRequestBytes);
+      } catch (e) {
+        if (e instanceof PayloadTooLargeError) return respond({ status: 413, body: { error: e.message } }, corsHeaders(request));
+        if (e instanceof BadEncodingError) return respond({ status: 400, body: { error: e.message } }, corsHeaders(request));
+        throw e;
+      }
+      let body: unknown;
+      try {
+        body = JSON.parse(new TextDecoder().decode(bytes));
+      } catch (e) {
+        return respond({ status: 400, body: { error: `invalid JSON: ${(e as Error).message}` } }, corsHeaders(request));
+      }
+      if (!connection) connection = index.lookup(bodyWriteKey(body));
+      if (!connection) return respond(UNAUTHORIZED, corsHeaders(request));
+      const result = await ingest(
+        connection,
+        endpoint,
+        body,
+        { receivedAt, ip: clientIp(request, socketIp, o.trustProxy) },
+        eventLog,
+        { maxEventBytes: o.maxEventBytes, maxEventsPerRequest: o.maxEventsPerRequest, retryAfterSeconds: o.retryAfterSeconds },
+        stats,
+      );
+      return respond(result, corsHeaders(request, connection.allowedOrigins));
+    } catch (e) {
+      logger.error("ingest failed", { error: String((e as Error)?.stack ?? e) });
+      return respond({ status: 503, body: { error: "internal error; retry later" }, headers: { "Retry-After": String(o.retryAfterSeconds) } });
+    } finally {
+      limiter.release(reserve);
+    }
+  }
+
+  const routes: [string, Endpoint][] = [
+    ["/v1/events", { kind: "events" }],
+    ["/v1/batch", { kind: "batch" }],
+    ...EVENT_TYPES.map((t): [string, Endpoint] => [`/v1/${t}`, { kind: "single", type: t }]),
+  ];
+
+  let app = new Elysia({ name: "ingest" });
+  for (const [path, endpoint] of routes) {
+    app = app
+      // Bodies are JSON whatever the Content-Type says, gzip under x-www-form-urlencoded included:
+      // never let the framework parse them.
+      .post(path, ({ request, server }) => handle(endpoint, request, server?.requestIP(request)?.address), { parse: "none" })
+      .options(
+        path,
+        ({ request }) =>
+          new Response(null, {
+            status: 204,
+            headers: {
+              ...corsHeaders(request),
+              "Access-Control-Allow-Methods": "POST, OPTIONS",
+              "Access-Control-Allow-Headers": request.headers.get("access-control-request-headers") ?? CORS_ALLOW_HEADERS,
+              "Access-Control-Max-Age": "86400",
+            },
+          }),
+      ) as typeof app;
+  }
+  return { app, stats, limiter };
+}

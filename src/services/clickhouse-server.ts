@@ -1,0 +1,88 @@
+import { mkdirSync, writeFileSync, existsSync } from "node:fs";
+import { join, resolve } from "node:path";
+import { ManagedProcess } from "./managed-process.ts";
+import { freePort } from "./ports.ts";
+
+export interface LocalClickHouseOptions {
+  dataDir: string;
+  httpPort?: number;
+  tcpPort?: number;
+  binary?: string;
+}
+
+async function waitForHttp(url: string, timeoutMs: number, alive: () => boolean): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      const r = await fetch(`${url}/ping`);
+      if (r.ok) return;
+    } catch {}
+    if (!alive()) throw new Error("process exited before answering /ping");
+    if (Date.now() > deadline) throw new Error(`no answer on ${url}/ping after ${timeoutMs} ms`);
+    await Bun.sleep(100);
+  }
+}
+
+/**
+ * A clickhouse-server on loopback, unprivileged, from a config file written per data dir
+ * (Debian's 18.16 package works this way, as do current servers).
+ */
+export class LocalClickHouse extends ManagedProcess {
+  private constructor(
+    readonly httpPort: number,
+    readonly dataDir: string,
+    cmd: string[],
+  ) {
+    super({
+      name: "clickhouse-server",
+      cmd,
+      logFile: join(dataDir, "clickhouse-server.out"),
+      ready: (alive) => waitForHttp(`http://127.0.0.1:${httpPort}`, 60_000, alive),
+    });
+  }
+
+  get url(): string {
+    return `http://127.0.0.1:${this.httpPort}`;
+  }
+
+  static async create(o: LocalClickHouseOptions): Promise<LocalClickHouse> {
+    const dir = resolve(o.dataDir);
+    const httpPort = o.httpPort ?? (await freePort());
+    const tcpPort = o.tcpPort ?? (await freePort());
+    const interserver = await freePort();
+    for (const d of ["data", "tmp", "user_files", "format_schemas", "log"]) mkdirSync(join(dir, d), { recursive: true });
+    const users = existsSync("/etc/clickhouse-server/users.xml") ? "/etc/clickhouse-server/users.xml" : join(dir, "users.xml");
+    if (!existsSync(users)) writeFileSync(users, DEFAULT_USERS);
+    const config = join(dir, "config.xml");
+    writeFileSync(
+      config,
+      `<?xml version="1.0"?>
+<yandex>
+  <logger><level>warning</level><log>${dir}/log/server.log</log><errorlog>${dir}/log/error.log</errorlog><size>10M</size><count>2</count></logger>
+  <listen_host>127.0.0.1</listen_host>
+  <http_port>${httpPort}</http_port>
+  <tcp_port>${tcpPort}</tcp_port>
+  <interserver_http_port>${interserver}</interserver_http_port>
+  <path>${dir}/data/</path>
+  <tmp_path>${dir}/tmp/</tmp_path>
+  <user_files_path>${dir}/user_files/</user_files_path>
+  <format_schema_path>${dir}/format_schemas/</format_schema_path>
+  <users_config>${users}</users_config>
+  <default_profile>default</default_profile>
+  <default_database>default</default_database>
+  <mark_cache_size>268435456</mark_cache_size>
+  <max_concurrent_queries>100</max_concurrent_queries>
+</yandex>
+`,
+    );
+    return new LocalClickHouse(httpPort, dir, [o.binary ?? "clickhouse-server", `--config-file=${config}`]);
+  }
+}
+
+const DEFAULT_USERS = `<?xml version="1.0"?>
+<yandex>
+  <profiles><default/></profiles>
+  <users><default><password></password><networks><ip>::1</ip><ip>127.0.0.1</ip></networks><profile>default</profile><quota>default</quota></default></users>
+  <quotas><default/></quotas>
+</yandex>
+`;

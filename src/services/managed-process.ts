@@ -1,0 +1,73 @@
+import type { Subprocess } from "bun";
+import { openSync } from "node:fs";
+
+export interface ManagedProcessOptions {
+  name: string;
+  cmd: string[];
+  /** Where the process's stdout/stderr go. */
+  logFile: string;
+  /** Resolves once the service is usable. */
+  ready: (alive: () => boolean) => Promise<void>;
+}
+
+/**
+ * A local service we started and own: started, killed (for fault tests) and restarted with the
+ * same data. Killed with the process group's parent, never left behind.
+ */
+export class ManagedProcess {
+  #proc?: Subprocess;
+  static readonly all = new Set<ManagedProcess>();
+
+  constructor(readonly options: ManagedProcessOptions) {}
+
+  get pid(): number | undefined {
+    return this.#proc?.pid;
+  }
+  get running(): boolean {
+    return this.#proc !== undefined && this.#proc.exitCode === null && this.#proc.signalCode === null;
+  }
+
+  async start(): Promise<void> {
+    if (this.running) return;
+    const fd = openSync(this.options.logFile, "a");
+    this.#proc = Bun.spawn(this.options.cmd, { stdout: fd, stderr: fd, stdin: "ignore" });
+    ManagedProcess.all.add(this);
+    try {
+      await this.options.ready(() => this.running);
+    } catch (e) {
+      await this.stop();
+      throw new Error(`${this.options.name} did not start (see ${this.options.logFile}): ${(e as Error).message}`);
+    }
+  }
+
+  /** SIGKILL: the process gets no chance to flush, as in a crash. */
+  async kill(): Promise<void> {
+    if (!this.#proc) return;
+    this.#proc.kill("SIGKILL");
+    await this.#proc.exited;
+  }
+
+  /** SIGTERM, then SIGKILL after a grace period. */
+  async stop(graceMs = 10_000): Promise<void> {
+    const p = this.#proc;
+    if (!p) return;
+    ManagedProcess.all.delete(this);
+    if (p.exitCode === null && p.signalCode === null) {
+      p.kill("SIGTERM");
+      const t = setTimeout(() => p.kill("SIGKILL"), graceMs);
+      await p.exited;
+      clearTimeout(t);
+    }
+    this.#proc = undefined;
+  }
+
+  async restart(): Promise<void> {
+    await this.stop();
+    await this.start();
+  }
+
+  /** Last resort on exit: nothing we started outlives us. */
+  static killAllSync(): void {
+    for (const m of ManagedProcess.all) m.#proc?.kill("SIGKILL");
+  }
+}
