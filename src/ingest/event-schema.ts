@@ -15,8 +15,8 @@ const Timestamp = (field: string) =>
   Type.String({ pattern: ISO, errorMessage: `"${field}" must be an ISO-8601 timestamp` });
 const Obj = (field: string) =>
   Type.Object({}, { additionalProperties: true, errorMessage: `"${field}" must be an object` });
-const Id = (field: string) =>
-  Type.Union([Type.String({ minLength: 1 }), Type.Number()], { errorMessage: `"${field}" must be a non-empty string` });
+const Id = (field: string, errorMessage = `"${field}" must be a non-empty string`) =>
+  Type.Union([Type.String({ minLength: 1 }), Type.Number()], { errorMessage });
 
 export const BaseEvent = Type.Object(
   {
@@ -49,8 +49,8 @@ const Needs = (field: string, type: string, value: TSchema = NonEmpty(field, typ
 /** The rule each type adds to the base. */
 const perType: Record<EventType, TSchema | undefined> = {
   track: Needs("event", "track"),
-  group: Needs("groupId", "group", Id("groupId")),
-  alias: Needs("previousId", "alias", Id("previousId")),
+  group: Needs("groupId", "group", Id("groupId", 'group event needs a non-empty "groupId"')),
+  alias: Needs("previousId", "alias", Id("previousId", 'alias event needs a non-empty "previousId"')),
   identify: undefined,
   page: Type.Object({ name: Type.Optional(Type.String({ errorMessage: `"name" must be a string` })) }),
   screen: Type.Object({ name: Type.Optional(Type.String({ errorMessage: `"name" must be a string` })) }),
