@@ -42,6 +42,7 @@ export async function startNode(o: NodeOptions & { natsUrl: string }): Promise<R
     maxRequestBytes: o.maxRequestBytes,
     maxEventBytes: o.maxEventBytes,
     maxEventsPerRequest: o.maxEventsPerRequest,
+    maxInFlightBytes: o.maxInFlightBytes,
   });
 
   const app = new Elysia()

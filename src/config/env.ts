@@ -18,8 +18,8 @@ export interface NodeOptions {
   maxRequestBytes: number;
   maxEventBytes: number;
   maxEventsPerRequest: number;
-  /** Bound on events being validated/published at once; beyond it requests get 429. */
-  maxInFlightEvents: number;
+  /** Decompressed request bytes being worked on at once; beyond it requests get 429. */
+  maxInFlightBytes: number;
   /** How long to wait for JetStream acks before answering 503. */
   publishTimeoutMs: number;
   streamMaxAgeHours: number;
@@ -39,7 +39,7 @@ export const defaults: NodeOptions = {
   maxRequestBytes: 16 * 1024 * 1024,
   maxEventBytes: 256 * 1024,
   maxEventsPerRequest: 20_000,
-  maxInFlightEvents: 200_000,
+  maxInFlightBytes: 256 * 1024 * 1024,
   publishTimeoutMs: 5_000,
   streamMaxAgeHours: 7 * 24,
   streamReplicas: 1,
@@ -71,7 +71,7 @@ export function optionsFromEnv(env: Record<string, string | undefined> = process
     maxRequestBytes: num(env.TRIBUTARY_MAX_REQUEST_BYTES, defaults.maxRequestBytes),
     maxEventBytes: num(env.TRIBUTARY_MAX_EVENT_BYTES, defaults.maxEventBytes),
     maxEventsPerRequest: num(env.TRIBUTARY_MAX_EVENTS_PER_REQUEST, defaults.maxEventsPerRequest),
-    maxInFlightEvents: num(env.TRIBUTARY_MAX_IN_FLIGHT_EVENTS, defaults.maxInFlightEvents),
+    maxInFlightBytes: num(env.TRIBUTARY_MAX_IN_FLIGHT_BYTES, defaults.maxInFlightBytes),
     publishTimeoutMs: num(env.TRIBUTARY_PUBLISH_TIMEOUT_MS, defaults.publishTimeoutMs),
     streamMaxAgeHours: num(env.TRIBUTARY_STREAM_MAX_AGE_HOURS, defaults.streamMaxAgeHours),
     streamReplicas: num(env.TRIBUTARY_STREAM_REPLICAS, defaults.streamReplicas),

@@ -20,6 +20,17 @@ export class InFlightLimiter {
     return true;
   }
 
+  /** Grows a reservation once the real (inflated) size is known; false when over the byte limit. */
+  tryGrow(delta: number): boolean {
+    if (delta <= 0) return true;
+    if (this.#bytes + delta > this.maxBytes) {
+      this.rejected++;
+      return false;
+    }
+    this.#bytes += delta;
+    return true;
+  }
+
   release(bytes: number): void {
     this.#bytes -= bytes;
     this.#requests--;

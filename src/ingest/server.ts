@@ -89,9 +89,9 @@ export function ingestRoutes(config: ConfigStore, eventLog: EventLog, opts: Part
     if (request.headers.has("authorization") && !connection) return respond(UNAUTHORIZED, corsHeaders(request));
 
     const declared = Number(request.headers.get("content-length") ?? 0) || 64 * 1024;
-    const reserve = Math.min(declared, o.maxRequestBytes);
-    if (!limiter.tryAcquire(reserve))
-      return respond({ status: 429, body: { error: "node overloaded; retry later" }, headers: { "Retry-After": "1" } }, corsHeaders(request));
+    let reserve = Math.min(declared, o.maxRequestBytes);
+    const overloaded = () => respond({ status: 429, body: { error: "node overloaded; retry later" }, headers: { "Retry-After": "1" } }, corsHeaders(request));
+    if (!limiter.tryAcquire(reserve)) return overloaded();
     try {
       let bytes: Uint8Array;
       try {
@@ -101,6 +101,8 @@ export function ingestRoutes(config: ConfigStore, eventLog: EventLog, opts: Part
         if (e instanceof BadEncodingError) return respond({ status: 400, body: { error: e.message } }, corsHeaders(request));
         throw e;
       }
+      if (!limiter.tryGrow(bytes.byteLength - reserve)) return overloaded();
+      reserve = Math.max(reserve, bytes.byteLength);
       let body: unknown;
       try {
         body = JSON.parse(new TextDecoder().decode(bytes));

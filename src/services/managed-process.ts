@@ -47,12 +47,22 @@ export class ManagedProcess {
     await this.#proc.exited;
   }
 
+  /** SIGSTOP: the process holds its sockets but answers nothing, like a hung or overloaded server. */
+  pause(): void {
+    this.#proc?.kill("SIGSTOP");
+  }
+
+  resume(): void {
+    this.#proc?.kill("SIGCONT");
+  }
+
   /** SIGTERM, then SIGKILL after a grace period. */
   async stop(graceMs = 10_000): Promise<void> {
     const p = this.#proc;
     if (!p) return;
     ManagedProcess.all.delete(this);
     if (p.exitCode === null && p.signalCode === null) {
+      p.kill("SIGCONT"); // a paused process cannot act on SIGTERM
       p.kill("SIGTERM");
       const t = setTimeout(() => p.kill("SIGKILL"), graceMs);
       await p.exited;

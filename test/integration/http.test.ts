@@ -37,7 +37,7 @@ const stored = async (connection = "http") => new Map((await storedEvents(node.b
 describe("auth", () => {
   test("missing, malformed and unknown keys get the same 401", async () => {
     const bodies = await Promise.all(
-      [{}, { Authorization: "Bearer" }, { Authorization: "Token x" }, { Authorization: "Bearer nope-nope-nope" }, { Authorization: "Basic " + btoa("nope:") }].map(
+      ([{}, { Authorization: "Bearer" }, { Authorization: "Token x" }, { Authorization: "Bearer nope-nope-nope" }, { Authorization: "Basic " + btoa("nope:") }] as Record<string, string>[]).map(
         async (h) => {
           const r = await fetch(`${node.url}/v1/events`, { method: "POST", headers: h, body: json(track()) });
           return [r.status, await r.text()];
