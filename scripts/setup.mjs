@@ -13,7 +13,8 @@ const onPath = (bin) => spawnSync("sh", ["-c", `command -v ${bin}`], { stdio: "i
 const lock = "package-lock.json";
 const marker = "node_modules/.package-lock.json";
 if (!existsSync(marker) || !existsSync("node_modules/.bin/bun") || (existsSync(lock) && statSync(lock).mtimeMs > statSync(marker).mtimeMs)) {
-  run(existsSync(lock) ? "npm ci --no-audit --no-fund" : "npm install --no-audit --no-fund");
+  // `npm install`, not `npm ci`: npm 11 can judge a lock with optional platform packages out of sync.
+  run("npm install --no-audit --no-fund");
 }
 
 // Only needed when we manage the services ourselves.
