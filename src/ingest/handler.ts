@@ -101,7 +101,8 @@ export async function ingest(
     // A write key in the body authenticates the request; it is never stored.
     delete event.writeKey;
     const json = JSON.stringify(event);
-    if (json.length > limits.maxEventBytes && Buffer.byteLength(json) > limits.maxEventBytes) {
+    // A UTF-16 unit is at most 3 UTF-8 bytes: only count bytes when the length says it could matter.
+    if (json.length * 3 > limits.maxEventBytes && Buffer.byteLength(json) > limits.maxEventBytes) {
       rejected.push({ index, messageId: event.messageId, error: `event is ${Buffer.byteLength(json)} bytes as JSON, over the ${limits.maxEventBytes}-byte limit` });
       continue;
     }

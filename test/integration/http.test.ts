@@ -130,7 +130,8 @@ describe("bodies", () => {
 describe("validation and partial acceptance", () => {
   test("invalid events are rejected by index with the field named; the valid ones are kept", async () => {
     const good = [track(), track()];
-    const body = [good[0], { type: "track", userId: "u", messageId: "bad-1" }, { type: "identify" }, { type: "group", userId: "u" }, good[1], { ...track(), big: "x".repeat(5000) }];
+    // Index 6 is under the limit in characters but over it in UTF-8 bytes.
+    const body = [good[0], { type: "track", userId: "u", messageId: "bad-1" }, { type: "identify" }, { type: "group", userId: "u" }, good[1], { ...track(), big: "x".repeat(5000) }, { ...track(), big: "é".repeat(2500) }];
     const r = await post("/v1/events", json(body));
     expect(r.status).toBe(200);
     const res = await r.json();
@@ -140,6 +141,7 @@ describe("validation and partial acceptance", () => {
       { index: 2, error: 'event needs a non-empty "userId" or "anonymousId"' },
       { index: 3, error: 'group event needs a non-empty "groupId"' },
       { index: 5, messageId: body[5]!.messageId, error: expect.stringMatching(/over the 4096-byte limit/) },
+      { index: 6, messageId: body[6]!.messageId, error: expect.stringMatching(/over the 4096-byte limit/) },
     ]);
     const s = await stored();
     for (const e of good) expect(s.has(e.messageId as string)).toBe(true);
