@@ -52,6 +52,14 @@ export function pipelinesDir(files: Record<string, string>): string {
 export const webhookConnection = (name: string, keys: string[], extra = "") =>
   `connection: ${name}\nsource: webhook\nwriteKeys: [${keys.map((k) => JSON.stringify(k)).join(", ")}]\n${extra}`;
 
+/** A node on a free port with its own pipelines directory, removed when the node stops. */
 export async function startTestNode(natsUrl: string, files: Record<string, string>, overrides: Partial<NodeOptions> = {}): Promise<RunningNode> {
-  return startNode({ ...defaults, host: "127.0.0.1", port: 0, pipelinesDir: pipelinesDir(files), ...overrides, natsUrl });
+  const dir = pipelinesDir(files);
+  const node = await startNode({ ...defaults, host: "127.0.0.1", port: 0, pipelinesDir: dir, ...overrides, natsUrl });
+  const stop = node.stop.bind(node);
+  node.stop = async () => {
+    await stop();
+    rmSync(dir, { recursive: true, force: true });
+  };
+  return node;
 }

@@ -6,11 +6,14 @@ import { ConfigStore } from "../../src/config/store.ts";
 import { pipelinesDir } from "../harness/services.ts";
 
 const problems = (files: Record<string, string>, env: Record<string, string> = {}) => {
+  const dir = pipelinesDir(files);
   try {
-    loadConfig(pipelinesDir(files), env);
+    loadConfig(dir, env);
   } catch (e) {
     if (e instanceof ConfigError) return e.problems;
     throw e;
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
   }
   return [];
 };
@@ -24,7 +27,9 @@ describe("pipelines/ configuration", () => {
 
   test("${VAR} is substituted; a missing one names file and line", () => {
     const files = { "web.yaml": "connection: web\nsource: webhook\nwriteKeys:\n  - ${WEB_KEY}\n" };
-    expect(loadConfig(pipelinesDir(files), { WEB_KEY: "abcdefgh12" }).connections.get("web")?.writeKeys).toEqual(["abcdefgh12"]);
+    const dir = pipelinesDir(files);
+    expect(loadConfig(dir, { WEB_KEY: "abcdefgh12" }).connections.get("web")?.writeKeys).toEqual(["abcdefgh12"]);
+    rmSync(dir, { recursive: true, force: true });
     const p = problems(files);
     expect(p).toHaveLength(1);
     expect(p[0]).toMatch(/web\.yaml:4: environment variable \$\{WEB_KEY\} is not set/);
