@@ -46,7 +46,12 @@ export function normaliseEvent(input: Event, facts: RequestFacts, newId: () => s
   // The client's own clock reading: Segment SDKs send it as `timestamp`, RudderStack's as `originalTimestamp`.
   const original = e.originalTimestamp ?? e.timestamp;
   let timestamp: number;
-  if (original !== undefined && e.sentAt !== undefined) {
+  if (e.originalTimestamp !== undefined && e.timestamp !== undefined) {
+    // Already normalised upstream: an event forwarded by Segment (whose receivedAt may be hours
+    // before ours, after retries) or a RudderStack SDK call with an explicit backfill timestamp.
+    // Correcting it again against our clock would move it to "now".
+    timestamp = time("timestamp", e.timestamp);
+  } else if (original !== undefined && e.sentAt !== undefined) {
     // Corrects client clock skew: the delay the client measured, applied to our clock.
     timestamp = receivedAt - (time("sentAt", e.sentAt) - time(e.originalTimestamp ? "originalTimestamp" : "timestamp", original));
   } else {

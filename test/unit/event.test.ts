@@ -64,6 +64,15 @@ describe("normalisation", () => {
     expect(e.timestamp).toBe("2025-10-20T16:15:28.500Z");
   });
 
+  test("an event already normalised upstream (timestamp and originalTimestamp) keeps its timestamp", () => {
+    const e = normaliseEvent(
+      { type: "track", event: "e", userId: "u", originalTimestamp: "2025-10-20T16:15:23.992Z", sentAt: "2025-10-20T16:15:24.327Z", timestamp: "2025-10-20T16:15:24.010Z" } as any,
+      { receivedAt },
+    );
+    expect(e.timestamp).toBe("2025-10-20T16:15:24.010Z");
+    expect(e.originalTimestamp).toBe("2025-10-20T16:15:23.992Z");
+  });
+
   test("without sentAt the sent timestamp is kept; without any, receivedAt", () => {
     expect(normaliseEvent({ type: "identify", userId: "u", timestamp: "2025-01-01T00:00:00Z" } as any, { receivedAt }).timestamp).toBe(
       "2025-01-01T00:00:00.000Z",
