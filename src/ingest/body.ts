@@ -14,6 +14,17 @@ export class BadEncodingError extends Error {
   }
 }
 
+/** The body as text (UTF-8), within the limit. */
+export async function readBodyText(request: Request, limit: number): Promise<string> {
+  const encoding = (request.headers.get("content-encoding") ?? "identity").trim().toLowerCase();
+  // Fast path: a plain body with a declared length is read natively by the server, in one piece.
+  if ((encoding === "identity" || encoding === "") && request.headers.has("content-length")) {
+    if (Number(request.headers.get("content-length")) > limit) throw new PayloadTooLargeError(limit);
+    return request.text();
+  }
+  return new TextDecoder().decode(await readBody(request, limit));
+}
+
 /**
  * Returns the body's bytes after decompression. The limit applies to the inflated size and is
  * enforced as the stream inflates, so a gzip bomb is stopped after `limit` bytes, not after it

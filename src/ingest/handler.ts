@@ -79,7 +79,7 @@ export async function ingest(
     return { status: 413, body: { error: `a request may hold at most ${limits.maxEventsPerRequest} events; this one has ${events.length}` } };
   if (events.length === 0) return { status: 400, body: { error: "no events in the request" } };
 
-  const requestFacts: RequestFacts = { ...facts, ...split.batch };
+  const requestFacts: RequestFacts = { receivedAtIso: new Date(facts.receivedAt).toISOString(), ...facts, ...split.batch };
   const rejected: Rejection[] = [];
   const entries: Entry[] = [];
   for (let index = 0; index < events.length; index++) {

@@ -3,6 +3,8 @@ import type { Event } from "./event-schema.ts";
 /** What the request contributes to every event in it. */
 export interface RequestFacts {
   receivedAt: number;
+  /** receivedAt as ISO-8601, formatted once per request rather than once per event. */
+  receivedAtIso?: string;
   /** Address of the client, already resolved through X-Forwarded-For when trusted. */
   ip?: string;
   /** `/v1/batch` top-level fields. */
@@ -59,7 +61,7 @@ export function normaliseEvent(input: Event, facts: RequestFacts, newId: () => s
   }
   if (original !== undefined) e.originalTimestamp = new Date(time("originalTimestamp", original)).toISOString();
   if (e.sentAt !== undefined) e.sentAt = new Date(time("sentAt", e.sentAt)).toISOString();
-  e.timestamp = new Date(timestamp).toISOString();
-  e.receivedAt = new Date(receivedAt).toISOString();
+  e.receivedAt = facts.receivedAtIso ?? new Date(receivedAt).toISOString();
+  e.timestamp = timestamp === receivedAt ? (e.receivedAt as string) : new Date(timestamp).toISOString();
   return e;
 }

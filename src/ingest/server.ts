@@ -3,7 +3,7 @@ import type { ConfigStore } from "../config/store.ts";
 import type { Config } from "../config/loader.ts";
 import type { EventLog } from "../bus/event-log.ts";
 import { WriteKeyIndex, writeKeyFromHeader } from "./auth.ts";
-import { readBody, PayloadTooLargeError, BadEncodingError } from "./body.ts";
+import { readBodyText, PayloadTooLargeError, BadEncodingError } from "./body.ts";
 import { bodyWriteKey, ingest, type Endpoint, type IngestResult, type IngestStats } from "./handler.ts";
 import { EVENT_TYPES } from "./event-schema.ts";
 import { InFlightLimiter } from "./overload.ts";
@@ -93,19 +93,20 @@ export function ingestRoutes(config: ConfigStore, eventLog: EventLog, opts: Part
     const overloaded = () => respond({ status: 429, body: { error: "node overloaded; retry later" }, headers: { "Retry-After": "1" } }, corsHeaders(request));
     if (!limiter.tryAcquire(reserve)) return overloaded();
     try {
-      let bytes: Uint8Array;
+      let text: string;
       try {
-        bytes = await readBody(request, o.maxRequestBytes);
+        text = await readBodyText(request, o.maxRequestBytes);
       } catch (e) {
         if (e instanceof PayloadTooLargeError) return respond({ status: 413, body: { error: e.message } }, corsHeaders(request));
         if (e instanceof BadEncodingError) return respond({ status: 400, body: { error: e.message } }, corsHeaders(request));
         throw e;
       }
-      if (!limiter.tryGrow(bytes.byteLength - reserve)) return overloaded();
-      reserve = Math.max(reserve, bytes.byteLength);
+      // Characters, not bytes, for an inflated body: close enough for a memory bound.
+      if (!limiter.tryGrow(text.length - reserve)) return overloaded();
+      reserve = Math.max(reserve, text.length);
       let body: unknown;
       try {
-        body = JSON.parse(new TextDecoder().decode(bytes));
+        body = JSON.parse(text);
       } catch (e) {
         return respond({ status: 400, body: { error: `invalid JSON: ${(e as Error).message}` } }, corsHeaders(request));
       }
