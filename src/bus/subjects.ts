@@ -9,7 +9,7 @@
  */
 export const STREAM = "TRIBUTARY_EVENTS";
 export const SUBJECT_ROOT = "tributary.events";
-export const DEDUP_SHARDS = 16;
+export const DEDUP_SHARDS = 4;
 
 export const connectionSubjects = (connection: string) => `${SUBJECT_ROOT}.${connection}.*`;
 export const shardSubject = (connection: string, shard: number) => `${SUBJECT_ROOT}.${connection}.${shard}`;

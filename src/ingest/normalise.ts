@@ -25,6 +25,10 @@ const time = (field: string, value: string): number => {
 
 const ID_FIELDS = ["userId", "anonymousId", "groupId", "previousId"] as const;
 
+// Already in the form toISOString() gives: kept as sent, saving a format per field per event.
+const CANONICAL = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/;
+const iso = (field: string, value: string): string => (CANONICAL.test(value) && !Number.isNaN(Date.parse(value)) ? value : new Date(time(field, value)).toISOString());
+
 /**
  * Segment's normalisation (PRODUCT.md §1), on a validated event. Returns a new object; the
  * input is left as it was.
@@ -45,23 +49,24 @@ export function normaliseEvent(input: Event, facts: RequestFacts, newId: () => s
   if (e.messageId === undefined) e.messageId = newId();
 
   const receivedAt = facts.receivedAt;
+  e.receivedAt = facts.receivedAtIso ?? new Date(receivedAt).toISOString();
   // The client's own clock reading: Segment SDKs send it as `timestamp`, RudderStack's as `originalTimestamp`.
   const original = e.originalTimestamp ?? e.timestamp;
-  let timestamp: number;
+  let timestamp: string;
   if (e.originalTimestamp !== undefined && e.timestamp !== undefined) {
     // Already normalised upstream: an event forwarded by Segment (whose receivedAt may be hours
     // before ours, after retries) or a RudderStack SDK call with an explicit backfill timestamp.
     // Correcting it again against our clock would move it to "now".
-    timestamp = time("timestamp", e.timestamp);
+    timestamp = iso("timestamp", e.timestamp);
   } else if (original !== undefined && e.sentAt !== undefined) {
     // Corrects client clock skew: the delay the client measured, applied to our clock.
-    timestamp = receivedAt - (time("sentAt", e.sentAt) - time(e.originalTimestamp ? "originalTimestamp" : "timestamp", original));
+    const delay = time("sentAt", e.sentAt) - time(e.originalTimestamp ? "originalTimestamp" : "timestamp", original);
+    timestamp = new Date(receivedAt - delay).toISOString();
   } else {
-    timestamp = e.timestamp !== undefined ? time("timestamp", e.timestamp) : receivedAt;
+    timestamp = e.timestamp !== undefined ? iso("timestamp", e.timestamp) : (e.receivedAt as string);
   }
-  if (original !== undefined) e.originalTimestamp = new Date(time("originalTimestamp", original)).toISOString();
-  if (e.sentAt !== undefined) e.sentAt = new Date(time("sentAt", e.sentAt)).toISOString();
-  e.receivedAt = facts.receivedAtIso ?? new Date(receivedAt).toISOString();
-  e.timestamp = timestamp === receivedAt ? (e.receivedAt as string) : new Date(timestamp).toISOString();
+  if (original !== undefined) e.originalTimestamp = iso("originalTimestamp", original);
+  if (e.sentAt !== undefined) e.sentAt = iso("sentAt", e.sentAt);
+  e.timestamp = timestamp;
   return e;
 }
