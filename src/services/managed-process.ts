@@ -30,7 +30,9 @@ export class ManagedProcess {
   async start(): Promise<void> {
     if (this.running) return;
     const fd = openSync(this.options.logFile, "a");
-    this.#proc = Bun.spawn(this.options.cmd, { stdout: fd, stderr: fd, stdin: "ignore" });
+    // Its own process group: a Ctrl-C in the terminal reaches us only, and we stop the services
+    // after the node has finished its in-flight writes.
+    this.#proc = Bun.spawn(this.options.cmd, { stdout: fd, stderr: fd, stdin: "ignore", detached: true });
     ManagedProcess.all.add(this);
     try {
       await this.options.ready(() => this.running);
