@@ -25,7 +25,7 @@ export const ingestDefaults: IngestServerOptions = {
   maxRequestBytes: 16 * 1024 * 1024,
   maxEventBytes: 256 * 1024,
   maxEventsPerRequest: 20_000,
-  maxInFlightBytes: 256 * 1024 * 1024,
+  maxInFlightBytes: 64 * 1024 * 1024,
   maxInFlightRequests: 4096,
   retryAfterSeconds: 5,
 };

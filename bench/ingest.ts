@@ -1,0 +1,327 @@
+// `bun run bench:ingest`: Tributary's ingest throughput, latency and memory under overload,
+// against the machine's ceiling (a bare Bun.serve that only parses the JSON) in the same run.
+//
+// It starts its own nats-server (temporary store), then for each phase a server process and a
+// load-generator process (bench/loadgen.ts), so neither shares an event loop with the other:
+//   1. ceiling   bare Bun.serve + JSON.parse, closed loop, BENCH_CONNECTIONS senders
+//   2. max       Tributary, the same closed loop (after a short warm-up)
+//   3. half      Tributary, open loop at half of phase 2's events/s: p50/p99
+//   4. overload  Tributary, BENCH_OVERLOAD_CONNECTIONS closed-loop senders; node RSS sampled
+//   5. after     Tributary, closed loop again: the node recovered
+// then reads every stored message's id header back from JetStream and checks that each event
+// answered 2xx is stored, once. It always exits 0: it is a report.
+//
+// Environment: BENCH_SECONDS (8) per measured phase, BENCH_CONNECTIONS (4, one write key each),
+// BENCH_BATCH (500), BENCH_OVERLOAD_CONNECTIONS (256), BENCH_OVERLOAD_SECONDS (BENCH_SECONDS/2),
+// BENCH_FIXTURES (../shared/fixtures), BENCH_CPU_PROF (a directory: profile the node there).
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import type { Subprocess } from "bun";
+import { connect } from "@nats-io/transport-node";
+import { jetstream, jetstreamManager, DeliverPolicy } from "@nats-io/jetstream";
+import { LocalNats } from "../src/services/nats-server.ts";
+import { ManagedProcess } from "../src/services/managed-process.ts";
+import { STREAM } from "../src/bus/subjects.ts";
+import { IDS_HEADER } from "../src/bus/shard-writer.ts";
+import type { LoadResult, LoadSpec } from "./loadgen.ts";
+
+const env = process.env;
+const num = (name: string, d: number) => (env[name] ? Number(env[name]) : d);
+const SECONDS = num("BENCH_SECONDS", 8);
+const CONNECTIONS = num("BENCH_CONNECTIONS", 4);
+const BATCH = num("BENCH_BATCH", 500);
+const OVERLOAD_CONNECTIONS = num("BENCH_OVERLOAD_CONNECTIONS", 256);
+const OVERLOAD_SECONDS = num("BENCH_OVERLOAD_SECONDS", Math.max(3, SECONDS / 2));
+const WARMUP_SECONDS = Math.min(2, SECONDS);
+const FIXTURES = resolve(env.BENCH_FIXTURES ?? join(import.meta.dir, "../../shared/fixtures"));
+const CPU_PROF = env.BENCH_CPU_PROF ? resolve(env.BENCH_CPU_PROF) : undefined;
+const BUN = process.execPath;
+const MiB = 2 ** 20;
+
+process.on("exit", () => ManagedProcess.killAllSync());
+const say = (s: string) => process.stderr.write(`[bench] ${s}\n`);
+
+// ---------------------------------------------------------------- processes
+
+interface Server {
+  proc: Subprocess<"ignore", "pipe", "inherit">;
+  port: number;
+  /** Asks the process over IPC; it answers with one message. */
+  ask(m: string): Promise<any>;
+}
+
+async function spawnServer(script: string, extraEnv: Record<string, string> = {}, bunArgs: string[] = []): Promise<Server> {
+  const answers: ((m: unknown) => void)[] = [];
+  const proc = Bun.spawn([BUN, ...bunArgs, join(import.meta.dir, script)], {
+    env: { ...env, LOG_LEVEL: env.LOG_LEVEL ?? "warn", ...extraEnv },
+    stdin: "ignore",
+    stdout: "pipe",
+    stderr: "inherit",
+    ipc: (m) => answers.shift()?.(m),
+  });
+  const reader = proc.stdout.getReader();
+  let text = "";
+  while (!text.includes("\n")) {
+    const { value, done } = await reader.read();
+    if (done) throw new Error(`${script} exited before it was listening`);
+    text += new TextDecoder().decode(value);
+  }
+  reader.releaseLock();
+  const port = (JSON.parse(text.slice(0, text.indexOf("\n"))) as { port: number }).port;
+  return {
+    proc,
+    port,
+    ask: (m) =>
+      new Promise((res, rej) => {
+        const t = setTimeout(() => rej(new Error(`${script} did not answer "${m}"`)), 30_000);
+        answers.push((a) => {
+          clearTimeout(t);
+          res(a);
+        });
+        proc.send(m);
+      }),
+  };
+}
+
+const CLK_TCK = 100;
+/** User + system CPU seconds a process has used so far. */
+function cpuOf(pid: number | undefined): number {
+  if (!pid) return 0;
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return (Number(f[11]) + Number(f[12])) / CLK_TCK;
+  } catch {
+    return 0;
+  }
+}
+
+function rssOf(pid: number): number {
+  try {
+    const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
+    return m ? Number(m[1]) * 1024 : 0;
+  } catch {
+    return 0;
+  }
+}
+
+interface Phase {
+  name: string;
+  r: LoadResult;
+  /** CPU cores used during the phase by the server, nats-server and the load generator. */
+  cpu: { server: number; nats: number; loadgen: number };
+}
+
+async function load(server: Server, tag: string, mode: "closed" | "open", o: { connections?: number; eventsPerSecond?: number; seconds?: number } = {}): Promise<{ r: LoadResult; cpu: Phase["cpu"] }> {
+  const spec: LoadSpec = {
+    host: "127.0.0.1",
+    port: server.port,
+    path: "/v1/events",
+    keys: KEYS,
+    mode,
+    connections: o.connections ?? CONNECTIONS,
+    maxConnections: 256,
+    eventsPerSecond: o.eventsPerSecond,
+    seconds: o.seconds ?? SECONDS,
+    batch: BATCH,
+    tag,
+    fixturesDir: FIXTURES,
+  };
+  const p = Bun.spawn([BUN, join(import.meta.dir, "loadgen.ts"), JSON.stringify(spec)], { stdout: "pipe", stderr: "inherit", stdin: "ignore" });
+  // The generator builds its requests first; CPU is counted over the whole run, elapsed over the timed part.
+  const s0 = cpuOf(server.proc.pid);
+  const n0 = cpuOf(nats.pid);
+  const out = await new Response(p.stdout).text();
+  if ((await p.exited) !== 0) throw new Error(`load generator failed (${tag})`);
+  const r = JSON.parse(out.trim().split("\n").pop()!) as LoadResult;
+  const wall = r.elapsed;
+  return { r, cpu: { server: (cpuOf(server.proc.pid) - s0) / wall, nats: (cpuOf(nats.pid) - n0) / wall, loadgen: r.cpuSeconds / wall } };
+}
+
+// ---------------------------------------------------------------- JetStream check
+
+/** Events stored per phase tag (messageIds `b-<tag>-...`), from every message's id header. */
+async function storedByTag(natsUrl: string): Promise<{ byTag: Record<string, number>; unique: number; messages: number; bytes: number }> {
+  const nc = await connect({ servers: natsUrl });
+  try {
+    const jsm = await jetstreamManager(nc);
+    const info = await jsm.streams.info(STREAM);
+    const byTag: Record<string, number> = {};
+    const seen = new Set<string>();
+    if (info.state.messages > 0) {
+      const js = jetstream(nc);
+      const c = await js.consumers.get(STREAM, { deliver_policy: DeliverPolicy.All, headers_only: true });
+      const messages = await c.consume({ max_messages: 2000 });
+      for await (const m of messages) {
+        const ids = JSON.parse(m.headers?.get(IDS_HEADER) || "[]") as string[];
+        for (const id of ids) {
+          const tag = id.split("-")[1] ?? "?";
+          byTag[tag] = (byTag[tag] ?? 0) + 1;
+          seen.add(id);
+        }
+        if (m.seq >= info.state.last_seq) break;
+      }
+      messages.stop();
+    }
+    return { byTag, unique: seen.size, messages: info.state.messages, bytes: info.state.bytes };
+  } finally {
+    await nc.close();
+  }
+}
+
+// ---------------------------------------------------------------- run
+
+const dir = mkdtempSync(join(tmpdir(), "tributary-bench-"));
+const pipelines = join(dir, "pipelines");
+mkdirSync(pipelines);
+const KEYS = Array.from({ length: CONNECTIONS }, (_, i) => `bench-write-key-${i}`);
+KEYS.forEach((k, i) => writeFileSync(join(pipelines, `bench${i}.yaml`), `connection: bench${i}\nsource: webhook\nwriteKeys: [${JSON.stringify(k)}]\n`));
+const nats = await LocalNats.create({ dataDir: join(dir, "nats") });
+await nats.start();
+
+const phases: Phase[] = [];
+let overload: { rssBefore: number; rssPeak: number; rssAfter: number; heapPeak: number; inFlightPeak: number; inFlightRequestsPeak: number } | undefined;
+let nodeStats: any;
+let stored: Awaited<ReturnType<typeof storedByTag>> | undefined;
+const started = performance.now();
+let failure: unknown;
+try {
+  say(`${BATCH}-event batches from ${FIXTURES}, ${CONNECTIONS} connections, ${SECONDS} s per phase`);
+
+  say("phase 1: bare Bun.serve + JSON.parse (ceiling)");
+  const bare = await spawnServer("bare-server.ts");
+  await load(bare, "warmbare", "closed", { seconds: WARMUP_SECONDS });
+  phases.push({ name: "ceiling: bare Bun.serve, JSON.parse only (closed loop)", ...(await load(bare, "bare", "closed")) });
+  bare.proc.kill();
+  await bare.proc.exited;
+
+  say("starting the node");
+  if (CPU_PROF) mkdirSync(CPU_PROF, { recursive: true });
+  const node = await spawnServer("node-process.ts", { NATS_URL: nats.url, TRIBUTARY_PIPELINES: pipelines }, CPU_PROF ? ["--cpu-prof", `--cpu-prof-dir=${CPU_PROF}`] : []);
+  await load(node, "warm", "closed", { seconds: WARMUP_SECONDS });
+
+  say("phase 2: Tributary, closed loop (max)");
+  const max = { name: "Tributary max (closed loop)", ...(await load(node, "max", "closed")) };
+  phases.push(max);
+
+  const half = max.r.eventsPerSecond / 2;
+  say(`phase 3: Tributary, open loop at ${Math.round(half)} events/s`);
+  phases.push({ name: `Tributary at half of max (open loop, ${Math.round(half).toLocaleString("en")} ev/s offered)`, ...(await load(node, "half", "open", { eventsPerSecond: half })) });
+
+  say(`phase 4: overload, ${OVERLOAD_CONNECTIONS} senders for ${OVERLOAD_SECONDS} s`);
+  const pid = node.proc.pid;
+  const rssBefore = rssOf(pid);
+  let rssPeak = rssBefore;
+  let heapPeak = 0;
+  let inFlightPeak = 0;
+  let inFlightRequestsPeak = 0;
+  let sampling = true;
+  const rssTimer = setInterval(() => (rssPeak = Math.max(rssPeak, rssOf(pid))), 25);
+  const statsLoop = (async () => {
+    while (sampling) {
+      const s = await node.ask("stats").catch(() => undefined);
+      if (s) {
+        heapPeak = Math.max(heapPeak, s.memory.heapUsed);
+        inFlightPeak = Math.max(inFlightPeak, s.inFlightBytes);
+        inFlightRequestsPeak = Math.max(inFlightRequestsPeak, s.inFlightRequests);
+      }
+      await Bun.sleep(100);
+    }
+  })();
+  phases.push({ name: `Tributary overload (${OVERLOAD_CONNECTIONS} closed-loop senders)`, ...(await load(node, "over", "closed", { connections: OVERLOAD_CONNECTIONS, seconds: OVERLOAD_SECONDS })) });
+  sampling = false;
+  await statsLoop;
+  clearInterval(rssTimer);
+  await Bun.sleep(1000);
+  overload = { rssBefore, rssPeak, rssAfter: rssOf(pid), heapPeak, inFlightPeak, inFlightRequestsPeak };
+
+  say("phase 5: Tributary after the overload (closed loop)");
+  phases.push({ name: "Tributary after overload (closed loop)", ...(await load(node, "after", "closed", { seconds: Math.max(2, SECONDS / 4) })) });
+
+  nodeStats = await node.ask("stats");
+  say("stopping the node, reading JetStream back");
+  await node.ask("stop").catch(() => {});
+  await node.proc.exited;
+  stored = await storedByTag(nats.url);
+} catch (e) {
+  failure = e;
+} finally {
+  await nats.stop().catch(() => {});
+  rmSync(dir, { recursive: true, force: true });
+}
+
+// ---------------------------------------------------------------- report
+
+const fmt = (n: number, d = 0) => (Number.isFinite(n) ? n.toLocaleString("en", { minimumFractionDigits: d, maximumFractionDigits: d }) : "–");
+const ceiling = phases[0]?.r.eventsPerSecond ?? NaN;
+console.log(`\n## Tributary ingest benchmark\n`);
+console.log(
+  `${BATCH}-event batches (${fmt((phases[0]?.r.bodyBytes ?? 0) / 1024, 0)} KiB of JSON) built from ${FIXTURES}/*.json, every messageId unique; ` +
+    `${CONNECTIONS} keep-alive connections (one write key each), ${SECONDS} s per phase; load generator in its own process; ` +
+    `${navigator.hardwareConcurrency} CPU cores, Bun ${Bun.version}.\n`,
+);
+console.log("| phase | events/s | MB/s | p50 ms | p99 ms | vs ceiling | answers | CPU cores: server / nats / loadgen |");
+console.log("| --- | ---: | ---: | ---: | ---: | ---: | --- | --- |");
+for (const { name, r, cpu } of phases) {
+  const answers = Object.entries(r.statuses).map(([s, n]) => `${s}×${n}`).join(" ") + (r.errors ? ` no-answer×${r.errors}` : "");
+  console.log(
+    `| ${name} | ${fmt(r.eventsPerSecond)} | ${fmt(r.mbPerSecond, 1)} | ${fmt(r.p50, 1)} | ${fmt(r.p99, 1)} | ${fmt((100 * r.eventsPerSecond) / ceiling, 1)} % | ${answers} | ${fmt(cpu.server, 2)} / ${fmt(cpu.nats, 2)} / ${fmt(cpu.loadgen, 2)} |`,
+  );
+}
+const half = phases.find((p) => p.r.tag === "half");
+if (half?.r.late) console.log(`\nopen loop: ${half.r.late} requests could not start on schedule (all sockets busy); their latency counts from the schedule.`);
+if (overload) {
+  const over = phases.find((p) => p.r.tag === "over")!.r;
+  console.log(
+    `\nOverload: node RSS ${fmt(overload.rssBefore / MiB)} MiB before, peak ${fmt(overload.rssPeak / MiB)} MiB, ${fmt(overload.rssAfter / MiB)} MiB 1 s after; ` +
+      `peak JS heap ${fmt(overload.heapPeak / MiB)} MiB; peak in-flight body bytes ${fmt(overload.inFlightPeak / MiB)} MiB in ${overload.inFlightRequestsPeak} requests. ` +
+      `Answers: 200×${over.statuses[200] ?? 0}, 429×${over.statuses[429] ?? 0}, 503×${over.statuses[503] ?? 0}` +
+      `${Object.keys(over.statuses).filter((s) => !["200", "429", "503"].includes(s)).map((s) => `, ${s}×${over.statuses[s]}`).join("")}, no answer×${over.errors}; ` +
+      `latency of every answer p50 ${fmt(over.allP50, 1)} ms, p99 ${fmt(over.allP99, 1)} ms.`,
+  );
+}
+
+const tributary = phases.filter((p) => p.r.tag !== "bare");
+const answered2xx = tributary.reduce((a, p) => a + p.r.accepted, 0);
+if (stored) {
+  console.log(
+    `\nJetStream: ${fmt(stored.messages)} messages, ${fmt(stored.bytes / MiB, 1)} MiB, ${fmt(stored.unique)} distinct messageIds` +
+      ` (${Object.entries(stored.byTag).map(([t, n]) => `${t} ${fmt(n)}`).join(", ")}).`,
+  );
+  console.log(
+    `Node counters: accepted ${fmt(nodeStats?.stats.accepted)}, duplicates ${fmt(nodeStats?.stats.duplicates)}, rejected ${fmt(nodeStats?.stats.rejected)}, ` +
+      `dedup index ${fmt(nodeStats?.indexedIds)} ids, limiter 429s ${fmt(nodeStats?.limiterRejected)}.`,
+  );
+}
+
+const pass = (ok: boolean, what: string) => console.log(`${ok ? "PASS" : "FAIL"} ${what}`);
+console.log("");
+if (failure) console.log(`FAIL the benchmark did not complete: ${String((failure as Error)?.stack ?? failure)}`);
+const max = phases.find((p) => p.r.tag === "max");
+if (max) pass(max.r.eventsPerSecond >= 0.25 * ceiling, `throughput: Tributary max ${fmt(max.r.eventsPerSecond)} events/s is ${fmt((100 * max.r.eventsPerSecond) / ceiling, 1)} % of the bare-parse ceiling ${fmt(ceiling)} events/s (target ≥ 25 %)`);
+if (half) {
+  const kept = half.r.eventsPerSecond >= 0.95 * (half.r.offeredEventsPerSecond ?? 0);
+  pass(half.r.p99 <= 50 && kept, `latency at half load: p99 ${fmt(half.r.p99, 1)} ms (target ≤ 50 ms), p50 ${fmt(half.r.p50, 1)} ms, ${fmt(half.r.eventsPerSecond)} of ${fmt(half.r.offeredEventsPerSecond ?? 0)} events/s offered stored`);
+}
+if (overload) {
+  // Bounded: the admission limit (256 MiB of bodies by default) plus what parsing them costs, not growing with the senders.
+  const bound = 1.5 * 1024 * MiB;
+  const over = phases.find((p) => p.r.tag === "over")!.r;
+  const after = phases.find((p) => p.r.tag === "after");
+  pass(
+    overload.rssPeak < bound && (over.statuses[429] ?? 0) + (over.statuses[503] ?? 0) > 0,
+    `memory under overload: peak RSS ${fmt(overload.rssPeak / MiB)} MiB (bound ${fmt(bound / MiB)} MiB), excess load shed with 429/503` +
+      (after ? `; afterwards ${fmt(after.r.eventsPerSecond)} events/s, ${fmt((100 * after.r.eventsPerSecond) / (max?.r.eventsPerSecond ?? NaN), 0)} % of max` : ""),
+  );
+}
+if (stored) {
+  const lines = tributary.map((p) => ({ tag: p.r.tag, answered: p.r.accepted, stored: stored!.byTag[p.r.tag] ?? 0 }));
+  const exact = lines.every((l) => l.stored === l.answered || (l.stored > l.answered && phases.find((p) => p.r.tag === l.tag)!.r.statuses[503]));
+  pass(
+    exact && stored.unique === Object.values(stored.byTag).reduce((a, n) => a + n, 0) && answered2xx > 0,
+    `durability: every event answered 2xx is in JetStream, once (${lines.map((l) => `${l.tag} ${fmt(l.answered)}→${fmt(l.stored)}`).join(", ")})`,
+  );
+}
+console.log(`\n(${fmt((performance.now() - started) / 1000, 1)} s)`);
+process.exit(0);
