@@ -3,6 +3,7 @@ import { DeliverPolicy, JetStreamApiError } from "@nats-io/jetstream";
 import type { Bus } from "./connection.ts";
 import { BusUnavailableError } from "./errors.ts";
 import { STREAM } from "./subjects.ts";
+import { IdIndex } from "./id-index.ts";
 
 /** One event ready to store: its messageId and its serialised JSON. */
 export interface Entry {
@@ -52,8 +53,10 @@ function newBatch(): Batch {
  * once even if the first attempt did land.
  */
 export class ShardWriter {
-  /** messageId → when it was stored (ms). Insertion order is storage order, for expiry. */
-  #stored = new Map<string, number>();
+  /** messageIds stored within the dedup window → the sequence of the message holding each. */
+  #index: IdIndex;
+  /** Id lists of recently confirmed messages: a retry storm re-reads the same few messages. */
+  #confirmed = new Map<number, Set<string>>();
   /** messageIds queued or being published → the batch that carries them. */
   #pending = new Map<string, Batch>();
   #queue: Batch[] = [];
@@ -65,10 +68,16 @@ export class ShardWriter {
     readonly bus: Bus,
     readonly subject: string,
     readonly options: ShardWriterOptions,
-  ) {}
+  ) {
+    this.#index = new IdIndex(options.dedupWindowMs);
+  }
 
   get indexSize(): number {
-    return this.#stored.size;
+    return this.#index.size;
+  }
+
+  get indexBytes(): number {
+    return this.#index.bytes;
   }
 
   /** Loads the dedup index now rather than on the first request. */
@@ -85,16 +94,12 @@ export class ShardWriter {
     const waits = new Set<Promise<void>>();
     let stored = 0;
     let duplicates = 0;
-    for (const e of entries) {
-      if (this.#stored.has(e.id)) {
-        duplicates++;
-        continue;
-      }
+    const enqueue = (e: Entry) => {
       const inFlight = this.#pending.get(e.id);
       if (inFlight) {
         duplicates++;
         waits.add(inFlight.done);
-        continue;
+        return;
       }
       let batch = this.#queue[this.#queue.length - 1];
       const size = e.json.length + 1;
@@ -108,10 +113,52 @@ export class ShardWriter {
       this.#pending.set(e.id, batch);
       waits.add(batch.done);
       stored++;
+    };
+    let suspects: Entry[] | undefined;
+    for (const e of entries) {
+      if (!this.#pending.has(e.id) && this.#index.lookup(e.id) !== undefined) (suspects ??= []).push(e);
+      else enqueue(e);
+    }
+    if (suspects) {
+      const already = await this.#storedAmong(suspects.map((e) => e.id));
+      for (const e of suspects) {
+        if (already.has(e.id)) duplicates++;
+        else enqueue(e);
+      }
     }
     this.#pump();
     await Promise.all(waits);
     return { stored, duplicates };
+  }
+
+  /** Which of these ids (each an index hit) really are in the stream, read from their messages. */
+  async #storedAmong(ids: string[]): Promise<Set<string>> {
+    const found = new Set<string>();
+    const bySeq = new Map<number, string[]>();
+    for (const id of ids) {
+      const seq = this.#index.lookup(id);
+      if (seq === undefined) continue;
+      const list = bySeq.get(seq);
+      if (list) list.push(id);
+      else bySeq.set(seq, [id]);
+    }
+    for (const [seq, candidates] of bySeq) {
+      let held = this.#confirmed.get(seq);
+      if (!held) {
+        let m;
+        try {
+          m = await this.bus.jsm.streams.getMessage(STREAM, { seq });
+        } catch (e) {
+          throw new BusUnavailableError(`cannot read message ${seq} to check duplicates: ${(e as Error).message}`, { cause: e });
+        }
+        const header = m?.header.get(IDS_HEADER);
+        held = new Set(header ? (JSON.parse(header) as string[]) : []);
+        this.#confirmed.set(seq, held);
+        if (this.#confirmed.size > 256) this.#confirmed.delete(this.#confirmed.keys().next().value!);
+      }
+      for (const id of candidates) if (held.has(id)) found.add(id);
+    }
+    return found;
   }
 
   #pump(): void {
@@ -131,9 +178,10 @@ export class ShardWriter {
     try {
       for (let attempt = 0; ; attempt++) {
         if (!this.#synced) await this.#sync();
-        this.#expire();
         // Events another node (or an earlier attempt of ours) stored meanwhile are done.
-        const keep = batch.ids.map((id) => !this.#stored.has(id));
+        const suspects = batch.ids.filter((id) => this.#index.lookup(id) !== undefined);
+        const already = suspects.length ? await this.#storedAmong(suspects) : undefined;
+        const keep = batch.ids.map((id) => !already?.has(id));
         const ids = batch.ids.filter((_, i) => keep[i]);
         if (ids.length === 0) break;
         const jsons = ids.length === batch.ids.length ? batch.jsons : batch.jsons.filter((_, i) => keep[i]);
@@ -146,8 +194,7 @@ export class ShardWriter {
             timeout: this.options.timeoutMs,
           });
           this.#lastSeq = ack.seq;
-          const now = Date.now();
-          for (const id of ids) this.#stored.set(id, now);
+          for (const id of ids) this.#index.add(id, ack.seq);
           break;
         } catch (e) {
           this.#synced = false;
@@ -160,14 +207,6 @@ export class ShardWriter {
       batch.reject(e instanceof BusUnavailableError ? e : new BusUnavailableError(`JetStream did not confirm the write: ${(e as Error).message}`, { cause: e }));
     } finally {
       for (const id of batch.ids) if (this.#pending.get(id) === batch) this.#pending.delete(id);
-    }
-  }
-
-  #expire(): void {
-    const horizon = Date.now() - this.options.dedupWindowMs;
-    for (const [id, at] of this.#stored) {
-      if (at >= horizon) break;
-      this.#stored.delete(id);
     }
   }
 
@@ -199,8 +238,7 @@ export class ShardWriter {
       try {
         for await (const m of messages) {
           const ids = m.headers?.get(IDS_HEADER);
-          const at = Math.floor(m.info.timestampNanos / 1e6);
-          if (ids) for (const id of JSON.parse(ids) as string[]) this.#stored.set(id, at);
+          if (ids) for (const id of JSON.parse(ids) as string[]) this.#index.add(id, m.seq);
           if (m.seq >= target) {
             reached = true;
             break;
