@@ -39,7 +39,11 @@ const CPU_PROF = env.BENCH_CPU_PROF ? resolve(env.BENCH_CPU_PROF) : undefined;
 const BUN = process.execPath;
 const MiB = 2 ** 20;
 
-process.on("exit", () => ManagedProcess.killAllSync());
+const children = new Set<Subprocess>();
+process.on("exit", () => {
+  for (const c of children) c.kill("SIGKILL");
+  ManagedProcess.killAllSync();
+});
 const say = (s: string) => process.stderr.write(`[bench] ${s}\n`);
 
 // ---------------------------------------------------------------- processes
@@ -60,13 +64,18 @@ async function spawnServer(script: string, extraEnv: Record<string, string> = {}
     stderr: "inherit",
     ipc: (m) => answers.shift()?.(m),
   });
+  children.add(proc);
+  void proc.exited.then(() => children.delete(proc));
   const reader = proc.stdout.getReader();
   let text = "";
+  // The node waits for NATS and loads its dedup index before it listens; it must not hang the bench.
+  const startup = setTimeout(() => proc.kill("SIGKILL"), 60_000);
   while (!text.includes("\n")) {
     const { value, done } = await reader.read();
-    if (done) throw new Error(`${script} exited before it was listening`);
+    if (done) throw new Error(`${script} exited (or did not start within 60 s) before it was listening`);
     text += new TextDecoder().decode(value);
   }
+  clearTimeout(startup);
   reader.releaseLock();
   const port = (JSON.parse(text.slice(0, text.indexOf("\n"))) as { port: number }).port;
   return {
@@ -97,6 +106,14 @@ function cpuOf(pid: number | undefined): number {
   }
 }
 
+/** Busy and total CPU seconds of the whole machine so far (every core). */
+function machineCpu(): { busy: number; total: number } {
+  const f = readFileSync("/proc/stat", "utf8").split("\n", 1)[0]!.trim().split(/\s+/).slice(1).map(Number);
+  const total = f.slice(0, 8).reduce((a, n) => a + n, 0);
+  const idle = f[3]! + f[4]!;
+  return { busy: (total - idle) / CLK_TCK, total: total / CLK_TCK };
+}
+
 function rssOf(pid: number): number {
   try {
     const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
@@ -109,8 +126,8 @@ function rssOf(pid: number): number {
 interface Phase {
   name: string;
   r: LoadResult;
-  /** CPU cores used during the phase by the server, nats-server and the load generator. */
-  cpu: { server: number; nats: number; loadgen: number };
+  /** CPU cores used during the phase by the server, nats-server, the load generator and anything else on the machine. */
+  cpu: { server: number; nats: number; loadgen: number; other: number };
 }
 
 async function load(server: Server, tag: string, mode: "closed" | "open", o: { connections?: number; eventsPerSecond?: number; seconds?: number } = {}): Promise<{ r: LoadResult; cpu: Phase["cpu"] }> {
@@ -129,14 +146,32 @@ async function load(server: Server, tag: string, mode: "closed" | "open", o: { c
     fixturesDir: FIXTURES,
   };
   const p = Bun.spawn([BUN, join(import.meta.dir, "loadgen.ts"), JSON.stringify(spec)], { stdout: "pipe", stderr: "inherit", stdin: "ignore" });
-  // The generator builds its requests first; CPU is counted over the whole run, elapsed over the timed part.
-  const s0 = cpuOf(server.proc.pid);
-  const n0 = cpuOf(nats.pid);
-  const out = await new Response(p.stdout).text();
-  if ((await p.exited) !== 0) throw new Error(`load generator failed (${tag})`);
-  const r = JSON.parse(out.trim().split("\n").pop()!) as LoadResult;
-  const wall = r.elapsed;
-  return { r, cpu: { server: (cpuOf(server.proc.pid) - s0) / wall, nats: (cpuOf(nats.pid) - n0) / wall, loadgen: r.cpuSeconds / wall } };
+  const kill = setTimeout(() => p.kill("SIGKILL"), spec.seconds * 1000 + 90_000);
+  // The generator builds its requests, prints {"started"} when its clock starts, then its result:
+  // CPU counters are read at those two lines, so they cover the timed span only.
+  let s0 = 0, n0 = 0, m0 = machineCpu(), s1 = 0, n1 = 0, m1 = m0;
+  let r: LoadResult | undefined;
+  let buffered = "";
+  const decoder = new TextDecoder();
+  for await (const chunk of p.stdout) {
+    buffered += decoder.decode(chunk);
+    for (let nl = buffered.indexOf("\n"); nl >= 0; nl = buffered.indexOf("\n")) {
+      const line = JSON.parse(buffered.slice(0, nl)) as LoadResult & { started?: true };
+      buffered = buffered.slice(nl + 1);
+      if (line.started) [s0, n0, m0] = [cpuOf(server.proc.pid), cpuOf(nats.pid), machineCpu()];
+      else {
+        [s1, n1, m1] = [cpuOf(server.proc.pid), cpuOf(nats.pid), machineCpu()];
+        r = line;
+      }
+    }
+  }
+  clearTimeout(kill);
+  if ((await p.exited) !== 0 || !r) throw new Error(`load generator failed (${tag})`);
+  const span = (m1.total - m0.total) / navigator.hardwareConcurrency;
+  const cpu = { server: (s1 - s0) / span, nats: (n1 - n0) / span, loadgen: r.cpuSeconds / r.elapsed, other: 0 };
+  // Whatever else ran meanwhile: the bench itself, other jobs on a shared machine.
+  cpu.other = Math.max(0, (m1.busy - m0.busy) / span - cpu.server - cpu.nats - cpu.loadgen);
+  return { r, cpu };
 }
 
 // ---------------------------------------------------------------- JetStream check
@@ -198,7 +233,7 @@ try {
 
   say("starting the node");
   if (CPU_PROF) mkdirSync(CPU_PROF, { recursive: true });
-  const node = await spawnServer("node-process.ts", { NATS_URL: nats.url, TRIBUTARY_PIPELINES: pipelines }, CPU_PROF ? ["--cpu-prof", `--cpu-prof-dir=${CPU_PROF}`] : []);
+  const node = await spawnServer("node-process.ts", { NATS_URL: nats.url, TRIBUTARY_PIPELINES: pipelines }, CPU_PROF ? ["--cpu-prof", "--cpu-prof-md", `--cpu-prof-dir=${CPU_PROF}`] : []);
   await load(node, "warm", "closed", { seconds: WARMUP_SECONDS });
 
   say("phase 2: Tributary, closed loop (max)");
@@ -242,8 +277,13 @@ try {
   nodeStats = await node.ask("stats");
   say("stopping the node, reading JetStream back");
   await node.ask("stop").catch(() => {});
+  const killNode = setTimeout(() => node.proc.kill("SIGKILL"), 15_000);
   await node.proc.exited;
-  stored = await storedByTag(nats.url);
+  clearTimeout(killNode);
+  stored = await Promise.race([
+    storedByTag(nats.url),
+    Bun.sleep(60_000).then(() => Promise.reject(new Error("reading JetStream back took over 60 s"))),
+  ]);
 } catch (e) {
   failure = e;
 } finally {
@@ -261,12 +301,12 @@ console.log(
     `${CONNECTIONS} keep-alive connections (one write key each), ${SECONDS} s per phase; load generator in its own process; ` +
     `${navigator.hardwareConcurrency} CPU cores, Bun ${Bun.version}.\n`,
 );
-console.log("| phase | events/s | MB/s | p50 ms | p99 ms | vs ceiling | answers | CPU cores: server / nats / loadgen |");
+console.log("| phase | events/s | MB/s | p50 ms | p99 ms | vs ceiling | answers | CPU cores: server / nats / loadgen / other |");
 console.log("| --- | ---: | ---: | ---: | ---: | ---: | --- | --- |");
 for (const { name, r, cpu } of phases) {
   const answers = Object.entries(r.statuses).map(([s, n]) => `${s}×${n}`).join(" ") + (r.errors ? ` no-answer×${r.errors}` : "");
   console.log(
-    `| ${name} | ${fmt(r.eventsPerSecond)} | ${fmt(r.mbPerSecond, 1)} | ${fmt(r.p50, 1)} | ${fmt(r.p99, 1)} | ${fmt((100 * r.eventsPerSecond) / ceiling, 1)} % | ${answers} | ${fmt(cpu.server, 2)} / ${fmt(cpu.nats, 2)} / ${fmt(cpu.loadgen, 2)} |`,
+    `| ${name} | ${fmt(r.eventsPerSecond)} | ${fmt(r.mbPerSecond, 1)} | ${fmt(r.p50, 1)} | ${fmt(r.p99, 1)} | ${fmt((100 * r.eventsPerSecond) / ceiling, 1)} % | ${answers} | ${fmt(cpu.server, 2)} / ${fmt(cpu.nats, 2)} / ${fmt(cpu.loadgen, 2)} / ${fmt(cpu.other, 2)} |`,
   );
 }
 const half = phases.find((p) => p.r.tag === "half");

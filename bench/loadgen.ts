@@ -247,10 +247,15 @@ class Conn {
     this.socket?.end();
     this.closed = true;
   }
+
+  /** Gives up on the request in flight (the server never answered): it counts as no answer. */
+  abort(): void {
+    this.socket?.terminate();
+    this.#onClose();
+  }
 }
 
 export async function runLoad(spec: LoadSpec): Promise<LoadResult> {
-  const cpu0 = process.cpuUsage();
   const template = bodyTemplate(spec);
   const bodyBytes = template.body.length;
 
@@ -292,8 +297,13 @@ export async function runLoad(spec: LoadSpec): Promise<LoadResult> {
     }
   };
 
+  // The clock starts now: the bench samples CPU counters between this line and the result line.
+  console.log(JSON.stringify({ started: true }));
+  const cpu0 = process.cpuUsage();
   const t0 = performance.now();
   const until = t0 + spec.seconds * 1000;
+  // A server that stops answering must not hang the benchmark: after a grace period, give up.
+  const deadline = setTimeout(() => conns.forEach((c) => c.abort()), spec.seconds * 1000 + 30_000);
   if (spec.mode === "closed") {
     await Promise.all(
       conns.map(async (c) => {
@@ -340,6 +350,7 @@ export async function runLoad(spec: LoadSpec): Promise<LoadResult> {
     while (inflight.size) await Promise.all([...inflight]);
   }
   const elapsed = (performance.now() - t0) / 1000;
+  clearTimeout(deadline);
   for (const c of conns) c.close();
 
   const q = (xs: number[], p: number) => (xs.length ? xs[Math.min(xs.length - 1, Math.floor(p * xs.length))]! : NaN);
