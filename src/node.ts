@@ -1,11 +1,16 @@
 import { Elysia } from "elysia";
-import { createClient, type ClickHouseClient } from "@clickhouse/client";
 import { ConfigStore } from "./config/store.ts";
 import type { NodeOptions } from "./config/env.ts";
 import { connectBus, type Bus } from "./bus/connection.ts";
 import { EventLog } from "./bus/event-log.ts";
 import { ingestRoutes, type IngestServer } from "./ingest/server.ts";
 import { log } from "./util/log.ts";
+import { connectWarehouse, type Warehouse } from "./sink/clickhouse/server.ts";
+import { migrateEventsTable } from "./sink/clickhouse/events-table.ts";
+import { ensureDlqStream } from "./bus/dead-letters.ts";
+import { PipelineManager } from "./pipeline/manager.ts";
+import type { BatchOptions } from "./pipeline/events-worker.ts";
+import type { InserterOptions } from "./sink/clickhouse/inserter.ts";
 
 export interface RunningNode {
   url: string;
@@ -14,11 +19,17 @@ export interface RunningNode {
   config: ConfigStore;
   eventLog: EventLog;
   ingest: IngestServer;
+  /** Resolves once ClickHouse is reachable, tables migrated and pipelines running (never without CLICKHOUSE_URL). */
+  pipelinesReady: Promise<PipelineManager>;
   stop(): Promise<void>;
 }
 
+export interface PipelineTuning {
+  inserter?: InserterOptions;
+}
+
 /** Wires config, bus and HTTP into one ingestion node. */
-export async function startNode(o: NodeOptions & { natsUrl: string }): Promise<RunningNode> {
+export async function startNode(o: NodeOptions & { natsUrl: string } & PipelineTuning): Promise<RunningNode> {
   const config = new ConfigStore({ dir: o.pipelinesDir });
   config.watch();
   const bus = await connectBus({
@@ -33,9 +44,34 @@ export async function startNode(o: NodeOptions & { natsUrl: string }): Promise<R
   eventLog.warm(sourceConnections()).catch((e) => log.warn("dedup index not loaded yet; it loads on first use", { error: String(e) }));
   config.onChange(() => void eventLog.warm(sourceConnections()).catch(() => {}));
 
-  const clickhouse: ClickHouseClient | undefined = o.clickhouseUrl
-    ? createClient({ url: o.clickhouseUrl, username: o.clickhouseUser, password: o.clickhousePassword })
-    : undefined;
+  // Ingestion never waits for the warehouse: events queue in JetStream until ClickHouse is there.
+  let warehouse: Warehouse | undefined;
+  let manager: PipelineManager | undefined;
+  let stopping = false;
+  const pipelinesReady = new Promise<PipelineManager>((resolve) => {
+    if (!o.clickhouseUrl) return;
+    void (async () => {
+      for (let delay = 250; !stopping; delay = Math.min(delay * 2, 10_000)) {
+        try {
+          warehouse = await connectWarehouse({ url: o.clickhouseUrl!, username: o.clickhouseUser, password: o.clickhousePassword, database: o.database });
+          await migrateEventsTable(warehouse);
+          await ensureDlqStream(bus.jsm, o.streamReplicas);
+          const batch: BatchOptions = { maxRows: o.batchMaxRows, maxBytes: o.batchMaxBytes, maxAgeMs: o.batchMaxAgeMs, ackWaitMs: o.ackWaitMs };
+          manager = new PipelineManager(bus, warehouse, batch, o.inserter);
+          await manager.apply(config.current);
+          config.onChange((c) => void manager?.apply(c));
+          log.info("pipelines running", { clickhouse: warehouse.features.version, workers: [...manager.workers.keys()] });
+          resolve(manager);
+          return;
+        } catch (e) {
+          await warehouse?.close().catch(() => {});
+          warehouse = undefined;
+          log.warn("warehouse not ready; retrying", { error: String((e as Error).message ?? e).split("\n")[0], retryInMs: delay });
+          await Bun.sleep(delay);
+        }
+      }
+    })();
+  });
 
   const ingest = ingestRoutes(config, eventLog, {
     trustProxy: o.trustProxy,
@@ -50,7 +86,7 @@ export async function startNode(o: NodeOptions & { natsUrl: string }): Promise<R
     .get("/healthz", () => ({ ok: true }))
     .get("/readyz", async ({ set }) => {
       const nats = !bus.nc.isClosed() && (await bus.nc.rtt().then(() => true, () => false));
-      const ch = clickhouse ? await clickhouse.ping().then((r) => r.success, () => false) : null;
+      const ch = o.clickhouseUrl ? (manager && warehouse ? await warehouse.client.ping().then((r) => r.success, () => false) : false) : null;
       const ok = nats && ch !== false;
       set.status = ok ? 200 : 503;
       return { ok, nats, clickhouse: ch, config: config.lastError ? { error: config.lastError } : "ok" };
@@ -67,12 +103,16 @@ export async function startNode(o: NodeOptions & { natsUrl: string }): Promise<R
     config,
     eventLog,
     ingest,
+    pipelinesReady,
     async stop() {
-      // Stop taking requests, let in-flight ones finish their JetStream writes, then disconnect.
+      stopping = true;
+      // Stop taking requests, let in-flight ones finish their JetStream writes, flush the
+      // pipelines' batches, then disconnect.
       await app.stop(false);
       config.close();
+      await manager?.stop();
       await bus.close();
-      await clickhouse?.close();
+      await warehouse?.close();
     },
   };
 }

@@ -25,6 +25,12 @@ export interface NodeOptions {
   streamMaxAgeHours: number;
   streamReplicas: number;
   dedupWindowHours: number;
+  /** A pipeline's batch goes to ClickHouse at whichever comes first. */
+  batchMaxRows: number;
+  batchMaxBytes: number;
+  batchMaxAgeMs: number;
+  /** JetStream redelivers what a pipeline read but did not acknowledge (a node that died) after this. */
+  ackWaitMs: number;
 }
 
 export const defaults: NodeOptions = {
@@ -45,6 +51,11 @@ export const defaults: NodeOptions = {
   streamMaxAgeHours: 7 * 24,
   streamReplicas: 1,
   dedupWindowHours: 24,
+  // Big enough batches for ClickHouse (it prefers few large inserts), short enough for "seconds to queryable".
+  batchMaxRows: 50_000,
+  batchMaxBytes: 16 * 1024 * 1024,
+  batchMaxAgeMs: 1000,
+  ackWaitMs: 30_000,
 };
 
 const num = (v: string | undefined, d: number) => {
@@ -77,5 +88,9 @@ export function optionsFromEnv(env: Record<string, string | undefined> = process
     streamMaxAgeHours: num(env.TRIBUTARY_STREAM_MAX_AGE_HOURS, defaults.streamMaxAgeHours),
     streamReplicas: num(env.TRIBUTARY_STREAM_REPLICAS, defaults.streamReplicas),
     dedupWindowHours: num(env.TRIBUTARY_DEDUP_WINDOW_HOURS, defaults.dedupWindowHours),
+    batchMaxRows: num(env.TRIBUTARY_BATCH_MAX_ROWS, defaults.batchMaxRows),
+    batchMaxBytes: num(env.TRIBUTARY_BATCH_MAX_BYTES, defaults.batchMaxBytes),
+    batchMaxAgeMs: num(env.TRIBUTARY_BATCH_MAX_AGE_MS, defaults.batchMaxAgeMs),
+    ackWaitMs: num(env.TRIBUTARY_ACK_WAIT_MS, defaults.ackWaitMs),
   };
 }

@@ -3,6 +3,7 @@ import { join, relative } from "node:path";
 import { TypeCompiler } from "@sinclair/typebox/compiler";
 import { LineCounter, parseDocument, visit, isScalar, type Document, type Node } from "yaml";
 import { Connection, CustomerModelFile } from "./schema.ts";
+import { compileFilter } from "../pipeline/filter.ts";
 
 /** A configuration that cannot be used; each message names file, line and field. */
 export class ConfigError extends Error {
@@ -81,9 +82,17 @@ export function parseConfigFile(
   const isModel = "customerModel" in value;
   const checker = isModel ? checkCustomerModel : checkConnection;
   if (checker.Check(value)) {
-    return isModel
-      ? { kind: "customerModel", value: value as CustomerModelFile }
-      : { kind: "connection", value: { ...(value as Connection), file } };
+    if (isModel) return { kind: "customerModel", value: value as CustomerModelFile };
+    const connection = value as Connection;
+    connection.pipelines?.forEach((p, i) => {
+      try {
+        compileFilter(p.filter);
+      } catch (e) {
+        problems.push(`${file}:${lineOf(lc, nodeAt(doc, `/pipelines/${i}/filter`))}: pipelines/${i}/filter of "${p.name}": ${(e as Error).message}`);
+      }
+    });
+    if (problems.length) return { kind: "problems", problems };
+    return { kind: "connection", value: { ...connection, file } };
   }
   const seen = new Set<string>();
   for (const e of checker.Errors(value)) {

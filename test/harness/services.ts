@@ -5,7 +5,7 @@ import { LocalNats } from "../../src/services/nats-server.ts";
 import { LocalClickHouse } from "../../src/services/clickhouse-server.ts";
 import { ManagedProcess } from "../../src/services/managed-process.ts";
 import { defaults, type NodeOptions } from "../../src/config/env.ts";
-import { startNode, type RunningNode } from "../../src/node.ts";
+import { startNode, type PipelineTuning, type RunningNode } from "../../src/node.ts";
 
 /**
  * Real services for integration tests: each call starts its own server on free loopback ports
@@ -53,7 +53,7 @@ export const webhookConnection = (name: string, keys: string[], extra = "") =>
   `connection: ${name}\nsource: webhook\nwriteKeys: [${keys.map((k) => JSON.stringify(k)).join(", ")}]\n${extra}`;
 
 /** A node on a free port with its own pipelines directory, removed when the node stops. */
-export async function startTestNode(natsUrl: string, files: Record<string, string>, overrides: Partial<NodeOptions> = {}): Promise<RunningNode> {
+export async function startTestNode(natsUrl: string, files: Record<string, string>, overrides: Partial<NodeOptions> & PipelineTuning = {}): Promise<RunningNode> {
   const dir = pipelinesDir(files);
   const node = await startNode({ ...defaults, host: "127.0.0.1", port: 0, pipelinesDir: dir, ...overrides, natsUrl });
   const stop = node.stop.bind(node);

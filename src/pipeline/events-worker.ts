@@ -1,0 +1,213 @@
+import { nanos } from "@nats-io/nats-core";
+import { AckPolicy, DeliverPolicy, type Consumer, type ConsumerMessages, type JsMsg } from "@nats-io/jetstream";
+import type { Bus } from "../bus/connection.ts";
+import { STREAM, connectionSubjects } from "../bus/subjects.ts";
+import { publishDeadLetters, subjectToken } from "../bus/dead-letters.ts";
+import type { Warehouse } from "../sink/clickhouse/server.ts";
+import { eventRow } from "../sink/clickhouse/events-table.ts";
+import { Inserter, inserterDefaults, type InserterOptions } from "../sink/clickhouse/inserter.ts";
+import { compileFilter, type EventFilter } from "./filter.ts";
+import { PipelineStats } from "./stats.ts";
+import { log } from "../util/log.ts";
+import { defaults } from "../config/env.ts";
+
+export interface BatchOptions {
+  maxRows: number;
+  maxBytes: number;
+  maxAgeMs: number;
+  /** The consumer's ack_wait: how soon a dead node's unacknowledged batch is redelivered. */
+  ackWaitMs: number;
+}
+
+export const batchDefaults: BatchOptions = { maxRows: defaults.batchMaxRows, maxBytes: defaults.batchMaxBytes, maxAgeMs: defaults.batchMaxAgeMs, ackWaitMs: defaults.ackWaitMs };
+
+/** JetStream durable names allow a narrower alphabet than pipeline names. */
+export const durableName = (connection: string, pipeline: string) => `tributary_${connection}_${subjectToken(pipeline)}`;
+
+/**
+ * Runs one `import: events` pipeline: a durable pull consumer on the connection's subjects
+ * (shared by every node, so nodes split the work and a restart resumes), the filter, and a
+ * batching insert into `events`. Messages are acknowledged only after ClickHouse confirmed
+ * the rows they produced, so a crash anywhere means redelivery, never loss; redelivered rows
+ * collapse in the ReplacingMergeTree.
+ */
+export class EventsPipelineWorker {
+  readonly stats = new PipelineStats();
+  #filter: EventFilter;
+  #running = false;
+  #loop?: Promise<void>;
+  #inserter: Inserter;
+  #pending: JsMsg[] = [];
+  /** The messages of the batch being inserted. */
+  #inFlight: JsMsg[] = [];
+
+  constructor(
+    readonly bus: Bus,
+    readonly warehouse: Warehouse,
+    readonly connection: string,
+    readonly pipeline: string,
+    filter: string | undefined,
+    readonly batch: BatchOptions = batchDefaults,
+    inserter: InserterOptions = inserterDefaults,
+  ) {
+    this.#filter = compileFilter(filter);
+    this.#inserter = new Inserter(warehouse, "events", inserter);
+  }
+
+  get durable(): string {
+    return durableName(this.connection, this.pipeline);
+  }
+
+  /** Takes effect from the next event on. */
+  setFilter(filter: string | undefined): void {
+    this.#filter = compileFilter(filter);
+  }
+
+  async start(): Promise<void> {
+    if (this.#running) return;
+    const consumer = await this.#consumer();
+    this.#running = true;
+    this.#messages = await consumer.consume({ max_messages: 512 });
+    this.#loop = this.#run(this.#messages);
+    // Held messages (open batch, insert being retried) are still being worked on: keep JetStream
+    // from redelivering them to another node while this one is alive.
+    this.#heartbeat = setInterval(() => {
+      for (const m of this.#pending) m.working();
+      for (const m of this.#inFlight) m.working();
+    }, Math.max(250, this.batch.ackWaitMs / 3));
+  }
+
+  /** Flushes what it holds; if ClickHouse stays away past the grace period, leaves it unacknowledged for redelivery. */
+  async stop(graceMs = 5000): Promise<void> {
+    if (!this.#running) return;
+    this.#running = false;
+    clearInterval(this.#heartbeat);
+    // Unacknowledged messages still buffered by the client are redelivered after ack_wait.
+    await this.#messages?.close();
+    const t = setTimeout(() => this.#inserter.stop(), graceMs);
+    await this.#loop;
+    await this.#flushing;
+    await this.#flush().catch(() => {});
+    clearTimeout(t);
+  }
+
+  async #consumer(): Promise<Consumer> {
+    const name = this.durable;
+    const ackWait = nanos(this.batch.ackWaitMs);
+    const info = await this.bus.jsm.consumers.info(STREAM, name).catch(() => undefined);
+    if (!info) {
+      await this.bus.jsm.consumers.add(STREAM, {
+        durable_name: name,
+        filter_subject: connectionSubjects(this.connection),
+        ack_policy: AckPolicy.Explicit,
+        ack_wait: ackWait,
+        max_ack_pending: 10_000,
+        // A pipeline added later starts from new events; backfill with a replay.
+        deliver_policy: DeliverPolicy.New,
+      });
+    } else if (info.config.ack_wait !== ackWait) {
+      await this.bus.jsm.consumers.update(STREAM, name, { ack_wait: ackWait });
+    }
+    return this.bus.js.consumers.get(STREAM, name);
+  }
+
+  #rows: Record<string, unknown>[] = [];
+  #bytes = 0;
+  #ageTimer?: ReturnType<typeof setTimeout>;
+  #flushing: Promise<void> = Promise.resolve();
+  #messages?: ConsumerMessages;
+  #heartbeat?: ReturnType<typeof setInterval>;
+
+  async #run(messages: ConsumerMessages): Promise<void> {
+    for await (const m of messages) {
+      this.#take(m);
+      if (this.#rows.length >= this.batch.maxRows || this.#bytes >= this.batch.maxBytes) {
+        // Back-pressure: stop pulling until this batch is in ClickHouse.
+        await this.#scheduleFlush();
+      } else if (!this.#ageTimer) {
+        this.#ageTimer = setTimeout(() => void this.#scheduleFlush(), this.batch.maxAgeMs);
+      }
+    }
+  }
+
+  #take(m: JsMsg): void {
+    this.#pending.push(m);
+    this.#bytes += m.data.length;
+    let events: Record<string, unknown>[];
+    try {
+      events = m.json<Record<string, unknown>[]>();
+    } catch (err) {
+      // Not written by Tributary (someone published by hand): keep it visible, never block on it.
+      this.stats.recordError(`unreadable stream message ${m.seq}: ${(err as Error).message}`);
+      return;
+    }
+    for (const e of events) {
+      this.stats.received++;
+      let keep: boolean;
+      try {
+        keep = this.#filter.test(e);
+      } catch (err) {
+        this.stats.recordError(`filter failed: ${(err as Error).message}`, e.messageId as string);
+        continue;
+      }
+      if (!keep) {
+        this.stats.filteredOut++;
+        continue;
+      }
+      this.#rows.push(eventRow(e, this.connection, this.pipeline, this.warehouse.features));
+    }
+  }
+
+  /** One insert at a time; each takes what has accumulated when it starts. */
+  #scheduleFlush(): Promise<void> {
+    clearTimeout(this.#ageTimer);
+    this.#ageTimer = undefined;
+    this.#flushing = this.#flushing.then(() => this.#flush()).catch((e) => {
+      // Only when stopping mid-retry: the messages stay unacknowledged and come back.
+      log.warn("pipeline batch left for redelivery", { pipeline: this.pipeline, error: String(e) });
+    });
+    return this.#flushing;
+  }
+
+  async #flush(): Promise<void> {
+    const rows = this.#rows;
+    const messages = this.#pending;
+    this.#rows = [];
+    this.#pending = [];
+    this.#bytes = 0;
+    if (!messages.length) return;
+    this.#inFlight = messages;
+    const outcome = await this.#inserter.insert(rows);
+    if (outcome.rejected.length) {
+      await this.#deadLetter(outcome.rejected);
+    }
+    for (const m of messages) m.ack();
+    this.#inFlight = [];
+    this.stats.loaded += outcome.inserted;
+    if (outcome.inserted) this.stats.lastLoadAt = new Date().toISOString();
+  }
+
+  async #deadLetter(rejected: { row: Record<string, unknown>; reason: string }[]): Promise<void> {
+    const letters = rejected.map((r) => ({
+      connection: this.connection,
+      pipeline: this.pipeline,
+      messageId: r.row.message_id as string,
+      reason: r.reason,
+      at: new Date().toISOString(),
+      event: r.row,
+    }));
+    // Acknowledging before the dead letters are stored would lose them: retry until JetStream takes them.
+    for (let delay = 200; ; delay = Math.min(delay * 2, 5000)) {
+      try {
+        await publishDeadLetters(this.bus, letters);
+        break;
+      } catch (e) {
+        if (!this.#running && delay >= 5000) throw e;
+        log.warn("dead-letter publish failed; retrying", { pipeline: this.pipeline, error: String(e) });
+        await Bun.sleep(delay);
+      }
+    }
+    this.stats.deadLettered += rejected.length;
+    for (const r of rejected) this.stats.recordError(`ClickHouse refused the row: ${r.reason}`, r.row.message_id as string);
+  }
+}

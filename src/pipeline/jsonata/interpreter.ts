@@ -1,0 +1,105 @@
+/**
+ * A synchronous copy of the installed `jsonata` interpreter.
+ *
+ * jsonata 2.x is written with `async`/`await` throughout (so that user functions may return
+ * Promises), which makes every `evaluate` asynchronous even though none of the built-in paths ever
+ * waits for anything. We load the installed package's source text, strip the `async`/`await`
+ * keywords (and the two `Promise.all` fan-outs, which become plain arrays), and evaluate the result.
+ * The result is the very same interpreter - same parser, same evaluator, same function library -
+ * only synchronous. It also exposes a few internals (function library, signature parser, utils)
+ * that the compiler's runtime reuses so that rarely used built-ins behave exactly like jsonata.
+ *
+ * The transform is validated when this module loads: if the source no longer has the expected
+ * shape (a future jsonata release), loading throws a clear error instead of silently misbehaving.
+ *
+ * Limitation: a user-supplied binding that is an async JS function returns a Promise and that
+ * Promise is not awaited (the interpreter is synchronous). Built-ins never do that.
+ */
+import { readFileSync } from "node:fs";
+import { createRequire } from "node:module";
+
+/* eslint-disable @typescript-eslint/no-explicit-any */
+
+export interface SyncJsonataInstance {
+  evaluate(input: unknown, bindings?: Record<string, unknown>): unknown;
+  assign(name: string | symbol, value: unknown): void;
+  registerFunction(name: string, implementation: (...args: any[]) => unknown, signature?: string): void;
+  ast(): JsonataNode;
+  errors(): unknown;
+}
+
+/** A node of the tree `jsonata(expr).ast()` returns (post-processed by jsonata's parser). */
+export interface JsonataNode {
+  type: string;
+  value?: any;
+  position?: number;
+  [key: string]: any;
+}
+
+export interface SignatureValidator {
+  definition: string;
+  validate(args: unknown[], context: unknown): unknown[];
+}
+
+export interface JsonataInternals {
+  fn: Record<string, (...args: any[]) => any>;
+  datetime: Record<string, (...args: any[]) => any>;
+  utils: Record<string, (...args: any[]) => any>;
+  parseSignature(sig: string): SignatureValidator;
+  staticFrame: { lookup(name: string): any };
+  defineFunction(func: (...args: any[]) => unknown, signature?: string): any;
+  populateMessage(err: any): void;
+}
+
+export interface SyncJsonata {
+  (expr: string, options?: Record<string, unknown>): SyncJsonataInstance;
+  internals: JsonataInternals;
+}
+
+function replaceExactly(src: string, from: string, to: string, expected?: number): string {
+  const parts = src.split(from);
+  if (parts.length === 1 || (expected !== undefined && parts.length - 1 !== expected)) {
+    throw new Error(`jsonata sync transform: expected ${expected ?? "some"} occurrence(s) of ${JSON.stringify(from)}, found ${parts.length - 1}`);
+  }
+  return parts.join(to);
+}
+
+/** Source-to-source transform: async jsonata -> synchronous jsonata (+ internals export). */
+export function makeSyncSource(src: string): string {
+  let out = src;
+  // the two parallel fan-outs: `await Promise.all(xs.map(async (..) => [k, await v]))`
+  out = replaceExactly(out, "await Promise.all(", "(", 2);
+  out = out.replace(/\basync\s+function\b/g, "function");
+  out = out.replace(/\basync\s*\(/g, "(");
+  out = out.replace(/\bawait\s+/g, "");
+  // expose internals for the compiler runtime
+  out = replaceExactly(
+    out,
+    "jsonata.parser = parser;",
+    "jsonata.parser = parser; jsonata.internals = { fn: fn, datetime: datetime, utils: utils, parseSignature: parseSignature, staticFrame: staticFrame, defineFunction: defineFunction, populateMessage: populateMessage };",
+    1,
+  );
+  // sanity: no async/await keyword may remain in code (comments are harmless but we check all)
+  const leftovers = out.match(/\b(async\s+function|async\s*\(|await\s)/g);
+  if (leftovers) throw new Error(`jsonata sync transform: leftover ${leftovers.join(", ")}`);
+  return out;
+}
+
+function load(): SyncJsonata {
+  const require = createRequire(import.meta.url);
+  const path = require.resolve("jsonata");
+  const src = readFileSync(path, "utf8");
+  const syncSrc = makeSyncSource(src);
+  const mod: { exports: any } = { exports: {} };
+  // The bundle is a UMD/browserify wrapper: it assigns `module.exports` when both exist.
+  const factory = new Function("module", "exports", "require", `${syncSrc}\n//# sourceURL=jsonata-sync.js`);
+  factory(mod, mod.exports, undefined);
+  const jsonata = mod.exports as SyncJsonata;
+  if (typeof jsonata !== "function" || !jsonata.internals) throw new Error("jsonata sync transform: module did not load");
+  // self-test: must evaluate synchronously and correctly
+  const probe = jsonata('$sum([1,2,3].($ * 2)) & "-" & $uppercase("ok") & ($map([1], function($v){$v}) = 1 ? "y" : "n")').evaluate({});
+  if (probe !== "12-OKy") throw new Error(`jsonata sync transform: self-test failed (${String(probe)})`);
+  return jsonata;
+}
+
+export const jsonataSync: SyncJsonata = load();

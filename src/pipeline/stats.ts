@@ -1,0 +1,16 @@
+/** Counters of one pipeline, as GET /v1/pipelines and /metrics show them. */
+export class PipelineStats {
+  received = 0;
+  filteredOut = 0;
+  failed = 0;
+  loaded = 0;
+  deadLettered = 0;
+  lastLoadAt?: string;
+  readonly lastErrors: { at: string; messageId?: string; error: string }[] = [];
+
+  recordError(error: string, messageId?: string): void {
+    this.failed++;
+    this.lastErrors.push({ at: new Date().toISOString(), messageId, error });
+    if (this.lastErrors.length > 20) this.lastErrors.shift();
+  }
+}
