@@ -13,7 +13,7 @@
 //
 // Environment: BENCH_SECONDS (8) per measured phase, BENCH_CONNECTIONS (4, one write key each),
 // BENCH_BATCH (500), BENCH_OVERLOAD_CONNECTIONS (256), BENCH_OVERLOAD_SECONDS (BENCH_SECONDS/2),
-// BENCH_FIXTURES (../shared/fixtures), BENCH_CPU_PROF (a directory: profile the node there).
+// BENCH_FIXTURES (test/fixtures), BENCH_CPU_PROF (a directory: profile the node there).
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
@@ -34,7 +34,7 @@ const BATCH = num("BENCH_BATCH", 500);
 const OVERLOAD_CONNECTIONS = num("BENCH_OVERLOAD_CONNECTIONS", 256);
 const OVERLOAD_SECONDS = num("BENCH_OVERLOAD_SECONDS", Math.max(3, SECONDS / 2));
 const WARMUP_SECONDS = Math.min(2, SECONDS);
-const FIXTURES = resolve(env.BENCH_FIXTURES ?? join(import.meta.dir, "../../shared/fixtures"));
+const FIXTURES = resolve(env.BENCH_FIXTURES ?? join(import.meta.dir, "../test/fixtures"));
 const CPU_PROF = env.BENCH_CPU_PROF ? resolve(env.BENCH_CPU_PROF) : undefined;
 const BUN = process.execPath;
 const MiB = 2 ** 20;

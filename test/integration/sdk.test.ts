@@ -26,7 +26,8 @@ const C = {
   fxBatchTrack: { name: "fx-batch-track", key: "key-fx-batch-track-0001" },
 } as const;
 
-const FIXTURES = new URL("../../../shared/fixtures/", import.meta.url);
+// Copies of ../shared/fixtures, so a clone tests on its own.
+const FIXTURES = new URL("../fixtures/", import.meta.url);
 const fixture = (name: string): any => JSON.parse(readFileSync(new URL(name, FIXTURES), "utf8"));
 
 const ISO_MS = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/;
