@@ -9,7 +9,7 @@ import { connectWarehouse, type Warehouse } from "./sink/clickhouse/server.ts";
 import { migrateEventsTable } from "./sink/clickhouse/events-table.ts";
 import { ensureDlqStream } from "./bus/dead-letters.ts";
 import { PipelineManager } from "./pipeline/manager.ts";
-import type { BatchOptions } from "./pipeline/events-worker.ts";
+import type { BatchOptions } from "./pipeline/worker.ts";
 import type { InserterOptions } from "./sink/clickhouse/inserter.ts";
 
 export interface RunningNode {

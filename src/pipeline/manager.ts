@@ -1,7 +1,8 @@
 import type { Bus } from "../bus/connection.ts";
 import type { Config } from "../config/loader.ts";
 import type { Warehouse } from "../sink/clickhouse/server.ts";
-import { EventsPipelineWorker, batchDefaults, type BatchOptions } from "./events-worker.ts";
+import { PipelineWorker, batchDefaults, type BatchOptions } from "./worker.ts";
+import { eventsStage } from "./events-stage.ts";
 import type { InserterOptions } from "../sink/clickhouse/inserter.ts";
 import { log } from "../util/log.ts";
 
@@ -11,7 +12,7 @@ import { log } from "../util/log.ts";
  * and swaps filters in place.
  */
 export class PipelineManager {
-  readonly workers = new Map<string, EventsPipelineWorker>();
+  readonly workers = new Map<string, PipelineWorker>();
   #applying: Promise<void> = Promise.resolve();
 
   constructor(
@@ -49,7 +50,7 @@ export class PipelineManager {
         existing.setFilter(p.filter);
         continue;
       }
-      const w = new EventsPipelineWorker(this.bus, this.warehouse, p.connection, p.pipeline, p.filter, this.batch, this.inserter);
+      const w = new PipelineWorker(this.bus, this.warehouse, p.connection, p.pipeline, p.filter, eventsStage(p.connection, p.pipeline, this.warehouse.features), this.batch, this.inserter);
       await w.start();
       this.workers.set(key, w);
       log.info("pipeline started", { pipeline: key });

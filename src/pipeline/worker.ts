@@ -4,7 +4,6 @@ import type { Bus } from "../bus/connection.ts";
 import { STREAM, connectionSubjects } from "../bus/subjects.ts";
 import { publishDeadLetters, subjectToken } from "../bus/dead-letters.ts";
 import type { Warehouse } from "../sink/clickhouse/server.ts";
-import { eventRow } from "../sink/clickhouse/events-table.ts";
 import { Inserter, inserterDefaults, type InserterOptions } from "../sink/clickhouse/inserter.ts";
 import { compileFilter, type EventFilter } from "./filter.ts";
 import { PipelineStats } from "./stats.ts";
@@ -24,14 +23,26 @@ export const batchDefaults: BatchOptions = { maxRows: defaults.batchMaxRows, max
 /** JetStream durable names allow a narrower alphabet than pipeline names. */
 export const durableName = (connection: string, pipeline: string) => `tributary_${connection}_${subjectToken(pipeline)}`;
 
+type Json = Record<string, unknown>;
+
+/** What a kind of pipeline does with the events its filter kept: the rows for its table. */
+export interface PipelineStage {
+  readonly table: string;
+  /** Rows for a batch of kept events; per-event failures are recorded on `stats`, never thrown. */
+  toRows(events: Json[], stats: PipelineStats): Promise<Json[]> | Json[];
+  /** After ClickHouse confirmed the batch, before its messages are acknowledged. */
+  afterInsert?(): Promise<void>;
+  dispose?(): void;
+}
+
 /**
- * Runs one `import: events` pipeline: a durable pull consumer on the connection's subjects
- * (shared by every node, so nodes split the work and a restart resumes), the filter, and a
- * batching insert into `events`. Messages are acknowledged only after ClickHouse confirmed
- * the rows they produced, so a crash anywhere means redelivery, never loss; redelivered rows
- * collapse in the ReplacingMergeTree.
+ * Runs one pipeline: a durable pull consumer on the connection's subjects (shared by every
+ * node, so nodes split the work and a restart resumes), the filter, the stage that turns kept
+ * events into rows, and a batching insert. Messages are acknowledged only after ClickHouse
+ * confirmed the rows they produced, so a crash anywhere means redelivery, never loss;
+ * redelivered rows collapse in the ReplacingMergeTree.
  */
-export class EventsPipelineWorker {
+export class PipelineWorker {
   readonly stats = new PipelineStats();
   #filter: EventFilter;
   #running = false;
@@ -47,11 +58,12 @@ export class EventsPipelineWorker {
     readonly connection: string,
     readonly pipeline: string,
     filter: string | undefined,
+    readonly stage: PipelineStage,
     readonly batch: BatchOptions = batchDefaults,
     inserter: InserterOptions = inserterDefaults,
   ) {
     this.#filter = compileFilter(filter);
-    this.#inserter = new Inserter(warehouse, "events", inserter);
+    this.#inserter = new Inserter(warehouse, stage.table, inserter);
   }
 
   get durable(): string {
@@ -89,6 +101,7 @@ export class EventsPipelineWorker {
     await this.#flushing;
     await this.#flush().catch(() => {});
     clearTimeout(t);
+    this.stage.dispose?.();
   }
 
   async #consumer(): Promise<Consumer> {
@@ -111,7 +124,8 @@ export class EventsPipelineWorker {
     return this.bus.js.consumers.get(STREAM, name);
   }
 
-  #rows: Record<string, unknown>[] = [];
+  /** Kept events of the open batch. */
+  #events: Json[] = [];
   #bytes = 0;
   #ageTimer?: ReturnType<typeof setTimeout>;
   #flushing: Promise<void> = Promise.resolve();
@@ -121,7 +135,7 @@ export class EventsPipelineWorker {
   async #run(messages: ConsumerMessages): Promise<void> {
     for await (const m of messages) {
       this.#take(m);
-      if (this.#rows.length >= this.batch.maxRows || this.#bytes >= this.batch.maxBytes) {
+      if (this.#events.length >= this.batch.maxRows || this.#bytes >= this.batch.maxBytes) {
         // Back-pressure: stop pulling until this batch is in ClickHouse.
         await this.#scheduleFlush();
       } else if (!this.#ageTimer) {
@@ -154,7 +168,7 @@ export class EventsPipelineWorker {
         this.stats.filteredOut++;
         continue;
       }
-      this.#rows.push(eventRow(e, this.connection, this.pipeline, this.warehouse.features));
+      this.#events.push(e);
     }
   }
 
@@ -170,17 +184,19 @@ export class EventsPipelineWorker {
   }
 
   async #flush(): Promise<void> {
-    const rows = this.#rows;
+    const events = this.#events;
     const messages = this.#pending;
-    this.#rows = [];
+    this.#events = [];
     this.#pending = [];
     this.#bytes = 0;
     if (!messages.length) return;
     this.#inFlight = messages;
+    const rows = await this.stage.toRows(events, this.stats);
     const outcome = await this.#inserter.insert(rows);
     if (outcome.rejected.length) {
       await this.#deadLetter(outcome.rejected);
     }
+    await this.stage.afterInsert?.();
     for (const m of messages) m.ack();
     this.#inFlight = [];
     this.stats.loaded += outcome.inserted;
