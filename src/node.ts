@@ -4,6 +4,7 @@ import type { NodeOptions } from "./config/env.ts";
 import { connectBus, type Bus } from "./bus/connection.ts";
 import { EventLog } from "./bus/event-log.ts";
 import { ingestRoutes, type IngestServer } from "./ingest/server.ts";
+import { webhookRoutes } from "./ingest/webhooks/route.ts";
 import { log } from "./util/log.ts";
 import { connectWarehouse, type Warehouse } from "./sink/clickhouse/server.ts";
 import { migrateEventsTable } from "./sink/clickhouse/events-table.ts";
@@ -32,6 +33,13 @@ export interface PipelineTuning {
 export async function startNode(o: NodeOptions & { natsUrl: string } & PipelineTuning): Promise<RunningNode> {
   const config = new ConfigStore({ dir: o.pipelinesDir });
   config.watch();
+  const warnInsecure = (c: typeof config.current) => {
+    for (const x of c.connections.values()) {
+      if (x.source === "raw" && !x.check) log.warn("raw webhook connection without a check: anyone who knows its URL can write to it", { connection: x.connection });
+    }
+  };
+  warnInsecure(config.current);
+  config.onChange(warnInsecure);
   const bus = await connectBus({
     url: o.natsUrl,
     streamMaxAgeHours: o.streamMaxAgeHours,
@@ -81,8 +89,18 @@ export async function startNode(o: NodeOptions & { natsUrl: string } & PipelineT
     maxInFlightBytes: o.maxInFlightBytes,
   });
 
+  // One delivery is one JetStream message: its body must fit the server's max_payload.
+  const maxPayload = bus.nc.info?.max_payload ?? 1024 * 1024;
+  const webhooks = webhookRoutes(config, eventLog, ingest.limiter, ingest.stats, {
+    maxBodyBytes: Math.min(o.maxRequestBytes, maxPayload - 64 * 1024),
+    maxEventBytes: o.maxEventBytes,
+    maxEventsPerRequest: o.maxEventsPerRequest,
+    retryAfterSeconds: 5,
+  });
+
   const app = new Elysia()
     .use(ingest.app)
+    .use(webhooks)
     .get("/healthz", () => ({ ok: true }))
     .get("/readyz", async ({ set }) => {
       const nats = !bus.nc.isClosed() && (await bus.nc.rtt().then(() => true, () => false));

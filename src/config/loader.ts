@@ -3,7 +3,8 @@ import { join, relative } from "node:path";
 import { TypeCompiler } from "@sinclair/typebox/compiler";
 import { LineCounter, parseDocument, visit, isScalar, type Document, type Node } from "yaml";
 import { Connection, CustomerModelFile } from "./schema.ts";
-import { compileFilter } from "../pipeline/filter.ts";
+import { compileExpression, compileFilter } from "../pipeline/filter.ts";
+import { compileCheck } from "../ingest/webhooks/check.ts";
 
 /** A configuration that cannot be used; each message names file, line and field. */
 export class ConfigError extends Error {
@@ -20,6 +21,8 @@ export interface LoadedConnection extends Connection {
 export interface Config {
   connections: Map<string, LoadedConnection>;
   customerModel: CustomerModelFile["customerModel"];
+  /** `migrate: true` in a customer model file. */
+  customerModelMigrate: boolean;
   files: string[];
 }
 
@@ -85,12 +88,33 @@ export function parseConfigFile(
     if (isModel) return { kind: "customerModel", value: value as CustomerModelFile };
     const connection = value as Connection;
     connection.pipelines?.forEach((p, i) => {
+      const at = (path: string) => `${file}:${lineOf(lc, nodeAt(doc, `/pipelines/${i}${path}`))}: pipelines/${i}${path} of "${p.name}"`;
       try {
         compileFilter(p.filter);
       } catch (e) {
-        problems.push(`${file}:${lineOf(lc, nodeAt(doc, `/pipelines/${i}/filter`))}: pipelines/${i}/filter of "${p.name}": ${(e as Error).message}`);
+        problems.push(`${at("/filter")}: ${(e as Error).message}`);
+      }
+      if (p.import === "users" && !p.transform) problems.push(`${at("")}: import: users needs a transform (mapping, jsonata, javascript or python)`);
+      if (p.import === "events" && p.transform) problems.push(`${at("/transform")}: import: events loads events as they are; transform is for import: users`);
+      const t = p.transform;
+      const expressions: [string, string][] = t && "mapping" in t ? Object.entries(t.mapping).map(([k, v]) => [`/transform/mapping/${k}`, v]) : t && "jsonata" in t ? [["/transform/jsonata", t.jsonata]] : [];
+      for (const [path, expr] of expressions) {
+        try {
+          compileExpression(expr);
+        } catch (e) {
+          problems.push(`${at(path)}: ${(e as Error).message}`);
+        }
       }
     });
+    const expressions: [string, string | undefined][] = [["/events", connection.events], ["/dedup/jsonata", connection.dedup && "jsonata" in connection.dedup ? connection.dedup.jsonata : undefined]];
+    for (const [path, expr] of expressions) {
+      if (expr === undefined) continue;
+      try {
+        compileExpression(expr);
+      } catch (e) {
+        problems.push(`${file}:${lineOf(lc, nodeAt(doc, path))}: ${path.slice(1)}: ${(e as Error).message}`);
+      }
+    }
     if (problems.length) return { kind: "problems", problems };
     return { kind: "connection", value: { ...connection, file } };
   }
@@ -114,7 +138,13 @@ function checkWhole(connections: LoadedConnection[], problems: string[]) {
     if (other) problems.push(`${c.file}:1: connection: "${c.connection}" is already defined in ${other}`);
     names.set(c.connection, c.file);
     if (c.source === "raw") {
-      if (!c.check && c.insecure !== true) problems.push(`${c.file}:1: check: a raw connection needs "check", or "insecure: true" spelled out`);
+      try {
+        compileCheck(c);
+      } catch (e) {
+        problems.push(`${c.file}:1: ${(e as Error).message}`);
+      }
+      const table = c.table ?? c.connection;
+      if (["events", "users"].includes(table)) problems.push(`${c.file}:1: table: "${table}" is Tributary's own table; name the raw table otherwise`);
     } else if (!c.writeKeys?.length) {
       problems.push(`${c.file}:1: writeKeys: a ${c.source} connection needs at least one write key`);
     }
@@ -136,6 +166,7 @@ export function loadConfig(dir: string, env: Record<string, string | undefined> 
   const problems: string[] = [];
   const connections: LoadedConnection[] = [];
   let customerModel: CustomerModelFile["customerModel"] = {};
+  let customerModelMigrate = false;
   const files: string[] = [];
   for (const name of entries) {
     const path = join(dir, name);
@@ -145,9 +176,12 @@ export function loadConfig(dir: string, env: Record<string, string | undefined> 
     const parsed = parseConfigFile(shown, readFileSync(path, "utf8"), env);
     if (parsed.kind === "problems") problems.push(...parsed.problems);
     else if (parsed.kind === "connection") connections.push(parsed.value);
-    else customerModel = { ...customerModel, ...parsed.value.customerModel };
+    else {
+      customerModel = { ...customerModel, ...parsed.value.customerModel };
+      customerModelMigrate ||= parsed.value.migrate === true;
+    }
   }
   checkWhole(connections, problems);
   if (problems.length) throw new ConfigError(problems);
-  return { connections: new Map(connections.map((c) => [c.connection, c])), customerModel, files };
+  return { connections: new Map(connections.map((c) => [c.connection, c])), customerModel, customerModelMigrate, files };
 }

@@ -73,6 +73,8 @@ export const Connection = Type.Object(
       ]),
     ),
     table: Type.Optional(Type.String({ pattern: "^[A-Za-z_][A-Za-z0-9_]{0,63}$" })),
+    /** JSONata turning each raw payload into zero or more events for the connection's pipelines. */
+    events: Type.Optional(Type.String({ minLength: 1 })),
   },
   { additionalProperties: false },
 );
@@ -85,7 +87,11 @@ export const PropertyType = Type.Union(
 );
 
 export const CustomerModelFile = Type.Object(
-  { customerModel: Type.Record(Type.String({ pattern: "^[a-z_][a-z0-9_]{0,63}$" }), PropertyType) },
+  {
+    customerModel: Type.Record(Type.String({ pattern: "^[a-z_][a-z0-9_]{0,63}$" }), PropertyType),
+    /** Allows removing and retyping properties (dropping or converting their columns) at the next reload. */
+    migrate: Type.Optional(Type.Boolean()),
+  },
   { additionalProperties: false },
 );
 export type CustomerModelFile = Static<typeof CustomerModelFile>;

@@ -39,8 +39,13 @@ export function jsonataBoolean(v: unknown): boolean {
 
 const KEEP_ALL: EventFilter = { test: () => true };
 
-export function compileFilter(expr: string | undefined): EventFilter {
-  if (expr === undefined) return KEEP_ALL;
+/** A JSONata expression ready to run synchronously on events. */
+export interface Expression {
+  readonly source: string;
+  evaluate(input: unknown): unknown;
+}
+
+export function compileExpression(expr: string): Expression {
   let e: ReturnType<typeof jsonataSync>;
   try {
     e = jsonataSync(expr);
@@ -48,5 +53,11 @@ export function compileFilter(expr: string | undefined): EventFilter {
     const x = err as { message?: string; position?: number; code?: string };
     throw new FilterCompileError(`${x.code ? x.code + ": " : ""}${x.message ?? String(err)}`, x.position);
   }
+  return { source: expr, evaluate: (input) => e.evaluate(input) };
+}
+
+export function compileFilter(expr: string | undefined): EventFilter {
+  if (expr === undefined) return KEEP_ALL;
+  const e = compileExpression(expr);
   return { source: expr, test: (event) => jsonataBoolean(e.evaluate(event)) };
 }

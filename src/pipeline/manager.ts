@@ -1,19 +1,44 @@
 import type { Bus } from "../bus/connection.ts";
 import type { Config } from "../config/loader.ts";
+import type { Pipeline } from "../config/schema.ts";
 import type { Warehouse } from "../sink/clickhouse/server.ts";
 import { PipelineWorker, batchDefaults, type BatchOptions } from "./worker.ts";
 import { eventsStage } from "./events-stage.ts";
+import { RAW_PIPELINE, rawStage } from "./raw-stage.ts";
+import { ensureRawTable } from "../sink/clickhouse/raw-table.ts";
+import { createTransform } from "./transform/index.ts";
+import { DEFAULT_USERS_FILTER, UsersStage } from "./users/users-stage.ts";
+import { migrateUsersTable } from "./users/users-table.ts";
+import { ProfileStore } from "./users/profiles.ts";
+import type { CustomerModel } from "./users/customer-model.ts";
 import type { InserterOptions } from "../sink/clickhouse/inserter.ts";
 import { log } from "../util/log.ts";
+
+interface Wanted {
+  connection: string;
+  pipeline: Pipeline;
+  /** What requires a new worker when it changes (a filter alone is swapped in place). */
+  signature: string;
+  /** Set for a raw connection's table loader. */
+  rawTable?: string;
+}
 
 /**
  * Keeps one worker per enabled pipeline of the current configuration: starts new ones, stops
  * disabled or removed ones (their consumers stay, so re-enabling resumes where they stopped),
- * and swaps filters in place.
+ * swaps filters in place, and rebuilds users pipelines when their transformation or the
+ * Customer Model changes.
  */
 export class PipelineManager {
   readonly workers = new Map<string, PipelineWorker>();
+  readonly #signatures = new Map<string, string>();
   #applying: Promise<void> = Promise.resolve();
+  #profiles?: ProfileStore;
+  /** The model the users table has now. */
+  #model?: CustomerModel;
+  /** Why the last configuration could not be applied in full, one line per problem. */
+  lastError?: string;
+  #problems: string[] = [];
 
   constructor(
     readonly bus: Bus,
@@ -24,37 +49,81 @@ export class PipelineManager {
 
   /** Serialised, so quick successive reloads apply in order. */
   apply(config: Config): Promise<void> {
-    this.#applying = this.#applying.then(() => this.#apply(config)).catch((e) => log.error("applying pipelines failed", { error: String(e) }));
+    this.#applying = this.#applying.then(() => this.#apply(config)).catch((e) => {
+      this.lastError = String((e as Error).message ?? e);
+      log.error("applying pipelines failed", { error: this.lastError });
+    });
     return this.#applying;
   }
 
   async #apply(config: Config): Promise<void> {
-    const wanted = new Map<string, { connection: string; pipeline: string; filter?: string }>();
+    this.#problems = [];
+    const usersWanted = [...config.connections.values()].some((c) => c.pipelines?.some((p) => p.import === "users" && p.enabled !== false));
+    let model = this.#model;
+    if (usersWanted || Object.keys(config.customerModel).length) {
+      try {
+        const alters = await migrateUsersTable(this.warehouse, config.customerModel, config.customerModelMigrate);
+        if (alters.length) log.info("users table migrated", { changes: alters.length });
+        model = config.customerModel;
+      } catch (e) {
+        // The last good model keeps running; the refusal is visible in logs and /v1/pipelines.
+        this.#problems.push(String((e as Error).message ?? e));
+        log.error("customer model not applied", { error: String((e as Error).message ?? e) });
+      }
+    }
+    const wanted = new Map<string, Wanted>();
     for (const c of config.connections.values()) {
-      if (c.source === "raw") continue;
+      if (c.source === "raw") {
+        const table = c.table ?? c.connection;
+        wanted.set(`${c.connection}/${RAW_PIPELINE}`, { connection: c.connection, pipeline: { name: RAW_PIPELINE, import: "events" }, signature: `raw:${table}`, rawTable: table });
+      }
       for (const p of c.pipelines ?? []) {
-        if (p.import !== "events" || p.enabled === false) continue;
-        wanted.set(`${c.connection}/${p.name}`, { connection: c.connection, pipeline: p.name, filter: p.filter });
+        if (p.enabled === false) continue;
+        if (p.import === "users" && !model) continue;
+        const signature = p.import === "users" ? JSON.stringify([p.transform, model]) : "events";
+        wanted.set(`${c.connection}/${p.name}`, { connection: c.connection, pipeline: p, signature });
       }
     }
     for (const [key, w] of this.workers) {
-      if (!wanted.has(key)) {
+      const want = wanted.get(key);
+      if (!want || want.signature !== this.#signatures.get(key)) {
         await w.stop();
         this.workers.delete(key);
+        this.#signatures.delete(key);
         log.info("pipeline stopped", { pipeline: key });
       }
     }
-    for (const [key, p] of wanted) {
+    for (const [key, want] of wanted) {
       const existing = this.workers.get(key);
+      const filter = want.pipeline.filter ?? (want.pipeline.import === "users" ? DEFAULT_USERS_FILTER : undefined);
       if (existing) {
-        existing.setFilter(p.filter);
+        existing.setFilter(filter);
         continue;
       }
-      const w = new PipelineWorker(this.bus, this.warehouse, p.connection, p.pipeline, p.filter, eventsStage(p.connection, p.pipeline, this.warehouse.features), this.batch, this.inserter);
-      await w.start();
-      this.workers.set(key, w);
-      log.info("pipeline started", { pipeline: key });
+      try {
+        const w = new PipelineWorker(this.bus, this.warehouse, want.connection, want.pipeline.name, filter, await this.#stage(want, model), this.batch, this.inserter);
+        await w.start();
+        this.workers.set(key, w);
+        this.#signatures.set(key, want.signature);
+        log.info("pipeline started", { pipeline: key });
+      } catch (e) {
+        this.#problems.push(`pipeline ${key}: ${String((e as Error).message ?? e)}`);
+        log.error("pipeline not started", { pipeline: key, error: String((e as Error).message ?? e) });
+      }
     }
+    this.#model = model;
+    this.lastError = this.#problems.length ? this.#problems.join("\n") : undefined;
+  }
+
+  async #stage(want: Wanted, model: CustomerModel | undefined) {
+    const p = want.pipeline;
+    if (want.rawTable) {
+      await ensureRawTable(this.warehouse, want.rawTable);
+      return rawStage(want.connection, want.rawTable, this.warehouse);
+    }
+    if (p.import === "events") return eventsStage(want.connection, p.name, this.warehouse.features);
+    this.#profiles ??= await ProfileStore.open(this.bus.js, this.bus.options.streamReplicas);
+    return new UsersStage(p.name, await createTransform(p.transform!), model!, this.#profiles, this.warehouse);
   }
 
   async stop(): Promise<void> {

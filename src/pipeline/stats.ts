@@ -2,6 +2,7 @@
 export class PipelineStats {
   received = 0;
   filteredOut = 0;
+  transformed = 0;
   failed = 0;
   loaded = 0;
   deadLettered = 0;

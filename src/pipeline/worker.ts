@@ -28,6 +28,8 @@ type Json = Record<string, unknown>;
 /** What a kind of pipeline does with the events its filter kept: the rows for its table. */
 export interface PipelineStage {
   readonly table: string;
+  /** Takes raw webhook deliveries instead of events (a raw connection's stream holds both). */
+  readonly raw?: boolean;
   /** Rows for a batch of kept events; per-event failures are recorded on `stats`, never thrown. */
   toRows(events: Json[], stats: PipelineStats): Promise<Json[]> | Json[];
   /** After ClickHouse confirmed the batch, before its messages are acknowledged. */
@@ -155,7 +157,9 @@ export class PipelineWorker {
       this.stats.recordError(`unreadable stream message ${m.seq}: ${(err as Error).message}`);
       return;
     }
+    const raw = !!this.stage.raw;
     for (const e of events) {
+      if ((e.raw !== undefined) !== raw) continue;
       this.stats.received++;
       let keep: boolean;
       try {

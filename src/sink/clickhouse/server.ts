@@ -16,12 +16,16 @@ export interface ServerFeatures {
   lowCardinality: boolean;
   /** The `insert_deduplication_token` setting: 22.2+. */
   insertDedupToken: boolean;
+  /** The Bool type: 21.12+ (UInt8 before). */
+  bool: boolean;
+  /** ReplacingMergeTree(version, is_deleted), so FINAL hides deleted rows: 23.2+. */
+  replacingIsDeleted: boolean;
 }
 
 export function featuresOf(version: string): ServerFeatures {
   const [major = 0, minor = 0] = version.split(".").map(Number);
   const atLeast = (M: number, m: number) => major > M || (major === M && minor >= m);
-  return { version, dateTime64: atLeast(20, 1), lowCardinality: atLeast(19, 0), insertDedupToken: atLeast(22, 2) };
+  return { version, dateTime64: atLeast(20, 1), lowCardinality: atLeast(19, 0), insertDedupToken: atLeast(22, 2), bool: atLeast(21, 12), replacingIsDeleted: atLeast(23, 2) };
 }
 
 export interface Warehouse {

@@ -1,0 +1,146 @@
+import { createHash } from "node:crypto";
+import { Elysia } from "elysia";
+import type { ConfigStore } from "../../config/store.ts";
+import type { LoadedConnection } from "../../config/loader.ts";
+import type { EventLog } from "../../bus/event-log.ts";
+import { BusUnavailableError } from "../../bus/errors.ts";
+import { compileExpression, type Expression } from "../../pipeline/filter.ts";
+import type { RawRecord } from "../../pipeline/raw-stage.ts";
+import { readBody, PayloadTooLargeError, BadEncodingError } from "../body.ts";
+import { ingest, type IngestLimits, type IngestStats } from "../handler.ts";
+import type { InFlightLimiter } from "../overload.ts";
+import { compileCheck, WebhookCheckError, type WebhookCheck } from "./check.ts";
+import { RawBodyError, splitRawBody, storedHeaders } from "./raw-body.ts";
+import { log } from "../../util/log.ts";
+
+export interface WebhookOptions extends IngestLimits {
+  /** Largest body accepted; one delivery is one JetStream message, so it also stays under max_payload. */
+  maxBodyBytes: number;
+}
+
+interface Compiled {
+  check?: WebhookCheck;
+  dedup?: Expression;
+  events?: Expression;
+}
+
+const json = (status: number, body: unknown, headers: Record<string, string> = {}) =>
+  new Response(JSON.stringify(body), { status, headers: { "Content-Type": "application/json", ...headers } });
+
+/**
+ * `POST /v1/webhooks/<connection>` (PRODUCT.md §2): any payload, authenticated by the
+ * connection's `check`, stored as one JetStream message per delivery (whole or not at all),
+ * deduplicated by the delivery id, and loaded into the connection's table by its raw pipeline.
+ */
+export function webhookRoutes(config: ConfigStore, eventLog: EventLog, limiter: InFlightLimiter, stats: IngestStats, o: WebhookOptions) {
+  const compiled = new WeakMap<LoadedConnection, Compiled>();
+  const compiledOf = (c: LoadedConnection): Compiled => {
+    let x = compiled.get(c);
+    if (!x) {
+      x = {
+        check: compileCheck(c),
+        dedup: c.dedup && "jsonata" in c.dedup ? compileExpression(c.dedup.jsonata) : undefined,
+        events: c.events ? compileExpression(c.events) : undefined,
+      };
+      compiled.set(c, x);
+    }
+    return x;
+  };
+
+  async function handle(name: string, request: Request): Promise<Response> {
+    const receivedAt = Date.now();
+    const c = config.current.connections.get(name);
+    if (!c || c.source !== "raw") return json(404, { error: `no raw webhook connection named "${name}"` });
+    const declared = Math.min(Number(request.headers.get("content-length") ?? 0) || 64 * 1024, o.maxBodyBytes);
+    if (!limiter.tryAcquire(declared)) return json(429, { error: "node overloaded; retry later" }, { "Retry-After": "1" });
+    try {
+      let bytes: Uint8Array;
+      try {
+        bytes = await readBody(request, o.maxBodyBytes);
+      } catch (e) {
+        if (e instanceof PayloadTooLargeError) return json(413, { error: e.message });
+        if (e instanceof BadEncodingError) return json(400, { error: e.message });
+        throw e;
+      }
+      const x = compiledOf(c);
+      try {
+        x.check?.verify(bytes, request.headers);
+      } catch (e) {
+        if (e instanceof WebhookCheckError) return json(401, { error: `unauthorized: ${e.message}` });
+        throw e;
+      }
+      let docs;
+      try {
+        docs = splitRawBody(bytes, c.body ?? "json");
+      } catch (e) {
+        if (e instanceof RawBodyError) return json(400, { error: e.message });
+        throw e;
+      }
+      const deliveryId = deliveryIdOf(c, x, request.headers, bytes, docs.parsed);
+      if (typeof deliveryId !== "string") return json(400, { error: deliveryId.error });
+      const record: RawRecord = {
+        messageId: deliveryId,
+        raw: { receivedAt: new Date(receivedAt).toISOString(), headers: storedHeaders(request.headers, c.headers), rows: docs.rows },
+      };
+      const stored = await eventLog.append(c.connection, [{ id: deliveryId, json: JSON.stringify(record) }]);
+      const answer: Record<string, unknown> = { accepted: stored.stored, rows: docs.rows.length, ...(stored.duplicates && { duplicate: true }) };
+      if (x.events) {
+        const derived = deriveEvents(x.events, docs.parsed, deliveryId);
+        if ("error" in derived) answer.events = { accepted: 0, error: derived.error };
+        else if (derived.events.length) {
+          const r = await ingest(c, { kind: "events" }, derived.events, { receivedAt }, eventLog, o, stats);
+          if (r.status === 503) return json(503, r.body, r.headers);
+          answer.events = r.body;
+        } else answer.events = { accepted: 0 };
+      }
+      return json(200, answer);
+    } catch (e) {
+      if (e instanceof BusUnavailableError) return json(503, { error: e.message }, { "Retry-After": String(o.retryAfterSeconds) });
+      log.error("webhook failed", { connection: name, error: String((e as Error)?.stack ?? e) });
+      return json(503, { error: "internal error; retry later" }, { "Retry-After": String(o.retryAfterSeconds) });
+    } finally {
+      limiter.release(declared);
+    }
+  }
+
+  return new Elysia({ name: "webhooks" }).post("/v1/webhooks/:connection", ({ params, request }) => handle(params.connection, request), { parse: "none" });
+}
+
+/** The delivery id: the configured header, or JSONata over the body, else a hash of the body. */
+function deliveryIdOf(c: LoadedConnection, x: Compiled, headers: Headers, bytes: Uint8Array, parsed: unknown[]): string | { error: string } {
+  if (c.dedup && "header" in c.dedup) {
+    const v = headers.get(c.dedup.header);
+    if (v) return v.slice(0, 80);
+  }
+  if (x.dedup) {
+    let v: unknown;
+    try {
+      v = x.dedup.evaluate(parsed.length === 1 ? parsed[0] : parsed);
+    } catch (e) {
+      return { error: `dedup expression failed: ${(e as Error).message}` };
+    }
+    if (typeof v === "string" || typeof v === "number") return String(v).slice(0, 80);
+    return { error: `dedup expression "${x.dedup.source}" gave no id for this body` };
+  }
+  return `sha256:${createHash("sha256").update(bytes).digest("hex")}`;
+}
+
+/** `events:` turns each document into zero or more events; their messageIds derive from the delivery so retries dedup. */
+function deriveEvents(e: Expression, parsed: unknown[], deliveryId: string): { events: unknown[] } | { error: string } {
+  const events: unknown[] = [];
+  for (let d = 0; d < parsed.length; d++) {
+    let v: unknown;
+    try {
+      v = e.evaluate(parsed[d]);
+    } catch (err) {
+      return { error: `events expression failed on document ${d}: ${(err as Error).message}` };
+    }
+    const list = v === undefined ? [] : Array.isArray(v) ? v : [v];
+    list.forEach((ev, k) => {
+      if (ev && typeof ev === "object" && !Array.isArray(ev) && (ev as { messageId?: unknown }).messageId === undefined) {
+        events.push({ ...ev, messageId: `${deliveryId}:${d}:${k}` });
+      } else events.push(ev);
+    });
+  }
+  return { events };
+}

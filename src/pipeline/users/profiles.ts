@@ -1,0 +1,258 @@
+import { createHash, randomUUID } from "node:crypto";
+import { Kvm, type KV } from "@nats-io/kv";
+import type { JetStreamClient } from "@nats-io/jetstream";
+
+/**
+ * Identity resolution: which profile a userId or anonymousId belongs to, and each profile's
+ * properties, kept in JetStream KV so every node sees the same graph. Writes are
+ * compare-and-set on the KV revision: a node that raced another re-reads and re-applies its
+ * batch, which is safe because applying an event twice gives the same profile.
+ *
+ * Rules (README "Users"): a userId update goes to that user's profile; an anonymousId-only
+ * event to the anonymous profile; an event carrying both links them — the anonymous profile
+ * becomes the user's (when the user had none) or is merged into it. `alias` merges previousId's
+ * profile into userId's. Two identified users are never merged by an anonymousId. Every
+ * property keeps the value with the latest event timestamp (messageId breaks ties), so order
+ * of arrival does not matter.
+ */
+export interface Profile {
+  id: string;
+  userId?: string;
+  anonymousIds: string[];
+  firstSeen: number;
+  lastSeen: number;
+  updatedAt: number;
+  /** value, event time (ms), messageId of the event that set it */
+  props: Record<string, { v: unknown; t: number; m: string }>;
+  /** Set when this profile was merged into another: a tombstone. */
+  mergedInto?: string;
+}
+
+export interface ProfileUpdate {
+  userId?: string;
+  anonymousId?: string;
+  /** alias: the id being merged into userId. */
+  previousId?: string;
+  timestamp: number;
+  messageId: string;
+  props: Record<string, unknown>;
+}
+
+export interface ProfileState {
+  profile: Profile;
+  /** KV revision of this state: increases with every change, the users row's version. */
+  revision: number;
+}
+
+export class ProfileConflictError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "ProfileConflictError";
+  }
+}
+
+const keyOf = (kind: "u" | "a", id: string) => `${kind}.${createHash("sha256").update(id).digest("base64url").slice(0, 32)}`;
+const enc = new TextEncoder();
+
+interface Slot<T> {
+  value: T | undefined;
+  revision: number;
+  dirty: boolean;
+}
+
+/** One attempt at applying a batch: reads through, writes at the end. */
+class Attempt {
+  readonly identities = new Map<string, Slot<string>>();
+  readonly profiles = new Map<string, Slot<Profile>>();
+  readonly touched = new Set<string>();
+
+  constructor(
+    readonly ids: KV,
+    readonly store: KV,
+    readonly now: number,
+  ) {}
+
+  async prefetch(keys: string[]): Promise<void> {
+    await Promise.all([...new Set(keys)].filter((k) => !this.identities.has(k)).map((k) => this.#readIdentity(k)));
+    const pids = [...this.identities.values()].map((s) => s.value).filter((v): v is string => !!v && !this.profiles.has(v));
+    await Promise.all([...new Set(pids)].map((id) => this.#readProfile(id)));
+  }
+
+  async #readIdentity(key: string): Promise<Slot<string>> {
+    const e = await this.ids.get(key);
+    const slot = { value: e && e.operation === "PUT" ? e.string() : undefined, revision: e?.revision ?? 0, dirty: false };
+    this.identities.set(key, slot);
+    return slot;
+  }
+
+  async #readProfile(id: string): Promise<Slot<Profile>> {
+    const e = await this.store.get(id);
+    const slot = { value: e && e.operation === "PUT" ? (e.json() as Profile) : undefined, revision: e?.revision ?? 0, dirty: false };
+    this.profiles.set(id, slot);
+    return slot;
+  }
+
+  async identity(key: string): Promise<string | undefined> {
+    return (this.identities.get(key) ?? (await this.#readIdentity(key))).value;
+  }
+
+  setIdentity(key: string, profileId: string): void {
+    const slot = this.identities.get(key)!;
+    if (slot.value === profileId) return;
+    slot.value = profileId;
+    slot.dirty = true;
+  }
+
+  /** The live profile an identity points at, following merges. */
+  async resolve(key: string): Promise<Profile | undefined> {
+    let id = await this.identity(key);
+    for (let hops = 0; id && hops < 16; hops++) {
+      const slot = this.profiles.get(id) ?? (await this.#readProfile(id));
+      // An identity written by a node that died before writing its profile: start it afresh.
+      const p = slot.value ?? this.create(id);
+      if (!p.mergedInto) return p;
+      id = p.mergedInto;
+    }
+    return undefined;
+  }
+
+  create(id: string = randomUUID()): Profile {
+    const p: Profile = { id, anonymousIds: [], firstSeen: Number.MAX_SAFE_INTEGER, lastSeen: 0, updatedAt: this.now, props: {} };
+    const slot = this.profiles.get(id);
+    if (slot) slot.value = p;
+    else this.profiles.set(id, { value: p, revision: 0, dirty: true });
+    this.changed(p);
+    return p;
+  }
+
+  changed(p: Profile): void {
+    p.updatedAt = this.now;
+    this.profiles.get(p.id)!.dirty = true;
+    this.touched.add(p.id);
+  }
+
+  async write(): Promise<void> {
+    // Identities first: a profile is reachable only once written, and one written without its
+    // identity (a crash in between) is simply recreated on the next event.
+    const put = async <T>(kv: KV, key: string, slot: Slot<T>, data: string) => {
+      if (!slot.dirty) return;
+      try {
+        slot.revision = slot.revision === 0 ? await kv.create(key, enc.encode(data)) : await kv.update(key, enc.encode(data), slot.revision);
+      } catch (e) {
+        const m = String((e as Error).message);
+        if (/wrong last sequence|key exists|exists/i.test(m)) throw new ProfileConflictError(`${key}: ${m}`);
+        throw e;
+      }
+      slot.dirty = false;
+    };
+    await Promise.all([...this.identities].map(([k, s]) => put(this.ids, k, s, s.value!)));
+    await Promise.all([...this.profiles].map(([k, s]) => put(this.store, k, s, JSON.stringify(s.value))));
+  }
+}
+
+function setProp(p: Profile, name: string, v: unknown, t: number, m: string): boolean {
+  const cur = p.props[name];
+  if (cur && (cur.t > t || (cur.t === t && cur.m > m))) return false;
+  if (cur && cur.t === t && cur.m === m && JSON.stringify(cur.v) === JSON.stringify(v)) return false;
+  p.props[name] = { v, t, m };
+  return true;
+}
+
+export class ProfileStore {
+  constructor(
+    readonly ids: KV,
+    readonly store: KV,
+  ) {}
+
+  static async open(js: JetStreamClient, replicas = 1): Promise<ProfileStore> {
+    const kvm = new Kvm(js);
+    const opts = { history: 1, replicas };
+    return new ProfileStore(await kvm.create("tributary_identities", opts), await kvm.create("tributary_profiles", opts));
+  }
+
+  /** Applies the updates in order; returns every profile they touched, as stored. */
+  async apply(updates: ProfileUpdate[], maxAttempts = 20): Promise<ProfileState[]> {
+    for (let attempt = 1; ; attempt++) {
+      const a = new Attempt(this.ids, this.store, Date.now());
+      try {
+        await a.prefetch(updates.flatMap((u) => [u.userId && keyOf("u", u.userId), u.anonymousId && keyOf("a", u.anonymousId)].filter((k): k is string => !!k)));
+        for (const u of updates) await this.#applyOne(a, u);
+        await a.write();
+        return [...a.touched].map((id) => {
+          const slot = a.profiles.get(id)!;
+          return { profile: slot.value!, revision: slot.revision };
+        });
+      } catch (e) {
+        if (!(e instanceof ProfileConflictError) || attempt >= maxAttempts) throw e;
+        await Bun.sleep(Math.random() * 10 * attempt);
+      }
+    }
+  }
+
+  async #applyOne(a: Attempt, u: ProfileUpdate): Promise<void> {
+    const uKey = u.userId !== undefined ? keyOf("u", u.userId) : undefined;
+    const aKey = u.anonymousId !== undefined ? keyOf("a", u.anonymousId) : undefined;
+    const byUser = uKey ? await a.resolve(uKey) : undefined;
+    const byAnon = aKey ? await a.resolve(aKey) : undefined;
+    let target: Profile;
+    if (uKey) {
+      if (byUser) {
+        target = byUser;
+        if (byAnon && byAnon.id !== byUser.id && byAnon.userId === undefined) await this.#merge(a, byAnon, target);
+      } else {
+        target = byAnon && byAnon.userId === undefined ? byAnon : a.create();
+        target.userId = u.userId;
+        a.changed(target);
+      }
+      a.setIdentity(uKey, target.id);
+    } else {
+      target = byAnon ?? a.create();
+    }
+    // Link the anonymous id, unless it already belongs to another identified user.
+    if (aKey && u.anonymousId !== undefined) {
+      const owner = await a.resolve(aKey);
+      if (!owner || owner.id === target.id || owner.userId === undefined || owner.userId === target.userId) {
+        a.setIdentity(aKey, target.id);
+        if (!target.anonymousIds.includes(u.anonymousId)) {
+          target.anonymousIds.push(u.anonymousId);
+          a.changed(target);
+        }
+      }
+    }
+    if (u.previousId !== undefined) {
+      const prev = (await a.resolve(keyOf("u", u.previousId))) ?? (await a.resolve(keyOf("a", u.previousId)));
+      if (prev && prev.id !== target.id) await this.#merge(a, prev, target);
+      else if (!prev) {
+        // An alias naming an id never seen: remember it, so its later events find this user.
+        await a.identity(keyOf("a", u.previousId));
+        a.setIdentity(keyOf("a", u.previousId), target.id);
+        if (!target.anonymousIds.includes(u.previousId)) target.anonymousIds.push(u.previousId);
+      }
+    }
+    let changed = false;
+    for (const [name, v] of Object.entries(u.props)) if (v !== undefined && setProp(target, name, v, u.timestamp, u.messageId)) changed = true;
+    if (u.timestamp < target.firstSeen) (target.firstSeen = u.timestamp), (changed = true);
+    if (u.timestamp > target.lastSeen) (target.lastSeen = u.timestamp), (changed = true);
+    if (changed) a.changed(target);
+    a.touched.add(target.id);
+  }
+
+  /** Folds `src` into `dst`; `src` becomes a tombstone and its identities point at `dst`. */
+  async #merge(a: Attempt, src: Profile, dst: Profile): Promise<void> {
+    for (const [name, p] of Object.entries(src.props)) setProp(dst, name, p.v, p.t, p.m);
+    for (const id of src.anonymousIds) {
+      if (!dst.anonymousIds.includes(id)) dst.anonymousIds.push(id);
+      await a.identity(keyOf("a", id));
+      a.setIdentity(keyOf("a", id), dst.id);
+    }
+    if (src.userId !== undefined) {
+      await a.identity(keyOf("u", src.userId));
+      a.setIdentity(keyOf("u", src.userId), dst.id);
+    }
+    dst.firstSeen = Math.min(dst.firstSeen, src.firstSeen);
+    dst.lastSeen = Math.max(dst.lastSeen, src.lastSeen);
+    src.mergedInto = dst.id;
+    a.changed(src);
+    a.changed(dst);
+  }
+}
