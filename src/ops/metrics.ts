@@ -1,0 +1,98 @@
+import { Counter, Gauge, Histogram, Registry } from "prom-client";
+
+/**
+ * Prometheus metrics of a node (GET /metrics). Counters of HTTP, JetStream and the sink are
+ * updated where the work happens; pipeline counts and consumer lag are read from the running
+ * pipelines at scrape time, so they are never out of step with GET /v1/pipelines.
+ */
+export const registry = new Registry();
+
+export const httpRequests = new Counter({
+  name: "tributary_http_requests_total",
+  help: "HTTP requests by route and status",
+  labelNames: ["route", "status"] as const,
+  registers: [registry],
+});
+
+export const httpDuration = new Histogram({
+  name: "tributary_http_request_duration_seconds",
+  help: "HTTP request latency by route and status",
+  labelNames: ["route", "status"] as const,
+  buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+  registers: [registry],
+});
+
+export const publishDuration = new Histogram({
+  name: "tributary_jetstream_publish_duration_seconds",
+  help: "Time from publishing a batch of events to JetStream's acknowledgement",
+  buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5],
+  registers: [registry],
+});
+
+export const sinkBatchRows = new Histogram({
+  name: "tributary_sink_batch_rows",
+  help: "Rows per ClickHouse insert",
+  labelNames: ["table"] as const,
+  buckets: [1, 10, 100, 1000, 5000, 10_000, 25_000, 50_000, 100_000],
+  registers: [registry],
+});
+
+export const sinkFlushDuration = new Histogram({
+  name: "tributary_sink_flush_duration_seconds",
+  help: "Time to insert one batch into ClickHouse, retries included",
+  labelNames: ["table"] as const,
+  buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
+  registers: [registry],
+});
+
+export interface PipelineSnapshot {
+  connection: string;
+  pipeline: string;
+  import: string;
+  received: number;
+  filteredOut: number;
+  transformed: number;
+  failed: number;
+  loaded: number;
+  deadLettered: number;
+  lag: number | null;
+  lastLoadAt: string | null;
+  lastErrors: { at: string; messageId?: string; error: string }[];
+}
+
+/** Where scrape-time pipeline figures come from: each running node registers one. */
+const sources = new Set<() => Promise<PipelineSnapshot[]>>();
+export function addPipelineSource(f: () => Promise<PipelineSnapshot[]>): () => void {
+  sources.add(f);
+  return () => void sources.delete(f);
+}
+export async function pipelineSnapshots(): Promise<PipelineSnapshot[]> {
+  return (await Promise.all([...sources].map((f) => f()))).flat();
+}
+
+const STAGES = ["received", "filteredOut", "transformed", "failed", "loaded", "deadLettered"] as const;
+const snake = (s: string) => s.replace(/[A-Z]/g, (c) => "_" + c.toLowerCase());
+
+new Gauge({
+  name: "tributary_pipeline_events",
+  help: "Events seen by each pipeline on this node since it started, by stage (received, filtered_out, transformed, failed, loaded, dead_lettered)",
+  labelNames: ["connection", "pipeline", "stage"] as const,
+  registers: [registry],
+  async collect() {
+    this.reset();
+    for (const p of await pipelineSnapshots()) {
+      for (const s of STAGES) this.set({ connection: p.connection, pipeline: p.pipeline, stage: snake(s) }, p[s]);
+    }
+  },
+});
+
+new Gauge({
+  name: "tributary_pipeline_consumer_lag",
+  help: "Messages in the stream not yet acknowledged by the pipeline's consumer (pending + in flight)",
+  labelNames: ["connection", "pipeline"] as const,
+  registers: [registry],
+  async collect() {
+    this.reset();
+    for (const p of await pipelineSnapshots()) if (p.lag !== null) this.set({ connection: p.connection, pipeline: p.pipeline }, p.lag);
+  },
+});
