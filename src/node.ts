@@ -5,7 +5,12 @@ import { connectBus, type Bus } from "./bus/connection.ts";
 import { EventLog } from "./bus/event-log.ts";
 import { ingestRoutes, type IngestServer } from "./ingest/server.ts";
 import { webhookRoutes } from "./ingest/webhooks/route.ts";
-import { log } from "./util/log.ts";
+import { LiveWindow } from "./debugger/live-window.ts";
+import { OutcomeLog } from "./debugger/outcomes.ts";
+import { adminRoutes } from "./debugger/routes.ts";
+import { adminGuard } from "./ops/admin-auth.ts";
+import { addPipelineSource, httpDuration, httpRequests } from "./ops/metrics.ts";
+import { log, requestContext } from "./util/log.ts";
 import { connectWarehouse, type Warehouse } from "./sink/clickhouse/server.ts";
 import { migrateEventsTable } from "./sink/clickhouse/events-table.ts";
 import { ensureDlqStream } from "./bus/dead-letters.ts";
@@ -52,6 +57,7 @@ export async function startNode(o: NodeOptions & { natsUrl: string } & PipelineT
   eventLog.warm(sourceConnections()).catch((e) => log.warn("dedup index not loaded yet; it loads on first use", { error: String(e) }));
   config.onChange(() => void eventLog.warm(sourceConnections()).catch(() => {}));
 
+  const removeSource = addPipelineSource(async () => (manager ? manager.snapshots() : []));
   // Ingestion never waits for the warehouse: events queue in JetStream until ClickHouse is there.
   let warehouse: Warehouse | undefined;
   let manager: PipelineManager | undefined;
@@ -65,7 +71,7 @@ export async function startNode(o: NodeOptions & { natsUrl: string } & PipelineT
           await migrateEventsTable(warehouse);
           await ensureDlqStream(bus.jsm, o.streamReplicas);
           const batch: BatchOptions = { maxRows: o.batchMaxRows, maxBytes: o.batchMaxBytes, maxAgeMs: o.batchMaxAgeMs, ackWaitMs: o.ackWaitMs };
-          manager = new PipelineManager(bus, warehouse, batch, o.inserter);
+          manager = new PipelineManager(bus, warehouse, batch, o.inserter, o.adminToken || o.devAdmin ? outcomes : undefined);
           await manager.apply(config.current);
           config.onChange((c) => void manager?.apply(c));
           log.info("pipelines running", { clickhouse: warehouse.features.version, workers: [...manager.workers.keys()] });
@@ -80,6 +86,11 @@ export async function startNode(o: NodeOptions & { natsUrl: string } & PipelineT
       }
     })();
   });
+
+  // The debugger's view of recent traffic and of what pipelines did with it.
+  const live = new LiveWindow();
+  const outcomes = new OutcomeLog();
+  const started = new WeakMap<Request, number>();
 
   const ingest = ingestRoutes(config, eventLog, {
     trustProxy: o.trustProxy,
@@ -98,9 +109,32 @@ export async function startNode(o: NodeOptions & { natsUrl: string } & PipelineT
     retryAfterSeconds: 5,
   });
 
+  const adminEnabled = !!o.adminToken || o.devAdmin;
+  if (!adminEnabled) log.info("admin API and debugger disabled: set TRIBUTARY_ADMIN_TOKEN to enable them");
+  if (adminEnabled) live.start(bus.nc);
+  const admin = adminRoutes(config, live, outcomes, adminGuard({ token: o.adminToken, devLoopback: o.devAdmin }));
+
   const app = new Elysia()
+    .onRequest(({ request, set }) => {
+      started.set(request, performance.now());
+      // A caller's (or proxy's) request id is kept when it looks like one; otherwise we make one.
+      const incoming = request.headers.get("x-request-id");
+      const requestId = incoming && /^[\w.:-]{1,128}$/.test(incoming) ? incoming : crypto.randomUUID();
+      requestContext.enterWith({ requestId });
+      set.headers["x-request-id"] = requestId;
+    })
+    .onAfterResponse((ctx) => {
+      const c = ctx as unknown as { route?: string; request: Request; set: { status?: number | string }; responseValue?: unknown };
+      const status = String(c.responseValue instanceof Response ? c.responseValue.status : (c.set.status ?? 200));
+      const route = c.route ?? "unmatched";
+      const t0 = started.get(c.request);
+      httpRequests.inc({ route, status });
+      if (t0 !== undefined) httpDuration.observe({ route, status }, (performance.now() - t0) / 1000);
+      log.debug("request", { method: c.request.method, route, status: Number(status), ms: t0 === undefined ? undefined : Math.round(performance.now() - t0) });
+    })
     .use(ingest.app)
     .use(webhooks)
+    .use(admin)
     .get("/healthz", () => ({ ok: true }))
     .get("/readyz", async ({ set }) => {
       const nats = !bus.nc.isClosed() && (await bus.nc.rtt().then(() => true, () => false));
@@ -124,6 +158,8 @@ export async function startNode(o: NodeOptions & { natsUrl: string } & PipelineT
     pipelinesReady,
     async stop() {
       stopping = true;
+      removeSource();
+      live.stop();
       // Stop taking requests, let in-flight ones finish their JetStream writes, flush the
       // pipelines' batches, then disconnect.
       await app.stop(false);

@@ -1,3 +1,4 @@
+import { publishDuration } from "../ops/metrics.ts";
 import { headers } from "@nats-io/nats-core";
 import { DeliverPolicy, JetStreamApiError } from "@nats-io/jetstream";
 import type { Bus } from "./connection.ts";
@@ -188,11 +189,13 @@ export class ShardWriter {
         const h = headers();
         h.set(IDS_HEADER, JSON.stringify(ids));
         try {
+          const stopTimer = publishDuration.startTimer();
           const ack = await this.bus.js.publish(this.subject, `[${jsons.join(",")}]`, {
             headers: h,
             expect: { lastSubjectSequence: this.#lastSeq },
             timeout: this.options.timeoutMs,
           });
+          stopTimer();
           this.#lastSeq = ack.seq;
           for (const id of ids) this.#index.add(id, ack.seq);
           break;

@@ -15,6 +15,8 @@ export interface NodeOptions {
   dataDir: string;
   trustProxy: boolean;
   adminToken?: string;
+  /** Without an admin token, open the admin API to loopback callers (development). */
+  devAdmin: boolean;
   maxRequestBytes: number;
   maxEventBytes: number;
   maxEventsPerRequest: number;
@@ -42,6 +44,7 @@ export const defaults: NodeOptions = {
   pipelinesDir: "pipelines",
   dataDir: "data",
   trustProxy: false,
+  devAdmin: false,
   maxRequestBytes: 16 * 1024 * 1024,
   maxEventBytes: 256 * 1024,
   maxEventsPerRequest: 20_000,
@@ -80,6 +83,7 @@ export function optionsFromEnv(env: Record<string, string | undefined> = process
     dataDir: env.TRIBUTARY_DATA ?? defaults.dataDir,
     trustProxy: bool(env.TRUST_PROXY),
     adminToken: str(env.TRIBUTARY_ADMIN_TOKEN),
+    devAdmin: bool(env.TRIBUTARY_DEV_ADMIN),
     maxRequestBytes: num(env.TRIBUTARY_MAX_REQUEST_BYTES, defaults.maxRequestBytes),
     maxEventBytes: num(env.TRIBUTARY_MAX_EVENT_BYTES, defaults.maxEventBytes),
     maxEventsPerRequest: num(env.TRIBUTARY_MAX_EVENTS_PER_REQUEST, defaults.maxEventsPerRequest),

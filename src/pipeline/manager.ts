@@ -13,6 +13,9 @@ import { ProfileStore } from "./users/profiles.ts";
 import type { CustomerModel } from "./users/customer-model.ts";
 import type { InserterOptions } from "../sink/clickhouse/inserter.ts";
 import { log } from "../util/log.ts";
+import { STREAM } from "../bus/subjects.ts";
+import type { OutcomeLog } from "../debugger/outcomes.ts";
+import type { PipelineSnapshot } from "../ops/metrics.ts";
 
 interface Wanted {
   connection: string;
@@ -45,7 +48,33 @@ export class PipelineManager {
     readonly warehouse: Warehouse,
     readonly batch: BatchOptions = batchDefaults,
     readonly inserter?: InserterOptions,
+    /** Per-event outcomes for the debugger; undefined when the admin API is off. */
+    readonly outcomes?: OutcomeLog,
   ) {}
+
+  /** Counts and consumer lag of every pipeline running on this node (GET /v1/pipelines, /metrics). */
+  async snapshots(): Promise<PipelineSnapshot[]> {
+    return Promise.all(
+      [...this.workers.values()].map(async (w) => {
+        const info = await this.bus.jsm.consumers.info(STREAM, w.durable).catch(() => undefined);
+        const s = w.stats;
+        return {
+          connection: w.connection,
+          pipeline: w.pipeline,
+          import: w.stage.raw ? "raw" : w.stage.table === "users" ? "users" : "events",
+          received: s.received,
+          filteredOut: s.filteredOut,
+          transformed: s.transformed,
+          failed: s.failed,
+          loaded: s.loaded,
+          deadLettered: s.deadLettered,
+          lag: info ? info.num_pending + info.num_ack_pending : null,
+          lastLoadAt: s.lastLoadAt ?? null,
+          lastErrors: [...s.lastErrors],
+        };
+      }),
+    );
+  }
 
   /** Serialised, so quick successive reloads apply in order. */
   apply(config: Config): Promise<void> {
@@ -102,6 +131,11 @@ export class PipelineManager {
       }
       try {
         const w = new PipelineWorker(this.bus, this.warehouse, want.connection, want.pipeline.name, filter, await this.#stage(want, model), this.batch, this.inserter);
+        const outcomes = this.outcomes;
+        if (outcomes) {
+          w.stats.onOutcome = (id, outcome, reason) => outcomes.record(want.connection, id, want.pipeline.name, outcome, reason);
+          w.onLoaded = (ids) => outcomes.loaded(want.connection, want.pipeline.name, ids);
+        }
         await w.start();
         this.workers.set(key, w);
         this.#signatures.set(key, want.signature);

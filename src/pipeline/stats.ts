@@ -1,5 +1,9 @@
+import type { Outcome } from "../debugger/outcomes.ts";
+
 /** Counters of one pipeline, as GET /v1/pipelines and /metrics show them. */
 export class PipelineStats {
+  /** Per-event outcomes for the Event debugger; unset when nobody can look. */
+  onOutcome?: (messageId: string, outcome: Outcome, reason?: string) => void;
   received = 0;
   filteredOut = 0;
   transformed = 0;
@@ -13,5 +17,6 @@ export class PipelineStats {
     this.failed++;
     this.lastErrors.push({ at: new Date().toISOString(), messageId, error });
     if (this.lastErrors.length > 20) this.lastErrors.shift();
+    if (messageId !== undefined) this.onOutcome?.(messageId, "failed", error);
   }
 }

@@ -1,3 +1,4 @@
+import { sinkBatchRows, sinkFlushDuration } from "../ops/metrics.ts";
 import { nanos } from "@nats-io/nats-core";
 import { AckPolicy, DeliverPolicy, type Consumer, type ConsumerMessages, type JsMsg } from "@nats-io/jetstream";
 import type { Bus } from "../bus/connection.ts";
@@ -46,6 +47,8 @@ export interface PipelineStage {
  */
 export class PipelineWorker {
   readonly stats = new PipelineStats();
+  /** After a batch is in ClickHouse: the messageIds it carried (for the debugger). */
+  onLoaded?: (messageIds: string[]) => void;
   #filter: EventFilter;
   #running = false;
   #loop?: Promise<void>;
@@ -170,8 +173,10 @@ export class PipelineWorker {
       }
       if (!keep) {
         this.stats.filteredOut++;
+        this.stats.onOutcome?.(e.messageId as string, "filtered", this.#filter.source ? `filter ${this.#filter.source} is false` : undefined);
         continue;
       }
+      this.stats.onOutcome?.(e.messageId as string, "kept");
       this.#events.push(e);
     }
   }
@@ -196,11 +201,15 @@ export class PipelineWorker {
     if (!messages.length) return;
     this.#inFlight = messages;
     const rows = await this.stage.toRows(events, this.stats);
+    const stopTimer = sinkFlushDuration.startTimer({ table: this.stage.table });
     const outcome = await this.#inserter.insert(rows);
+    stopTimer();
+    sinkBatchRows.observe({ table: this.stage.table }, rows.length);
     if (outcome.rejected.length) {
       await this.#deadLetter(outcome.rejected);
     }
     await this.stage.afterInsert?.();
+    this.onLoaded?.(events.map((e) => e.messageId as string));
     for (const m of messages) m.ack();
     this.#inFlight = [];
     this.stats.loaded += outcome.inserted;

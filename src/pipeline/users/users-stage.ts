@@ -84,6 +84,7 @@ export class UsersStage implements PipelineStage {
         props: value,
       });
       stats.transformed++;
+      stats.onOutcome?.(messageId, "transformed");
     });
     const touched = await this.profiles.apply(updates);
     this.#merged.push(...touched.filter((s) => s.profile.mergedInto).map((s) => s.profile.id));

@@ -1,0 +1,116 @@
+import { Elysia } from "elysia";
+import type { ConfigStore } from "../config/store.ts";
+import type { LiveEvent, LiveWindow } from "./live-window.ts";
+import type { OutcomeLog } from "./outcomes.ts";
+import { pipelineSnapshots, registry } from "../ops/metrics.ts";
+
+type Guard = (request: Request, ip: string | undefined) => Response | undefined;
+
+const json = (body: unknown, status = 200) => new Response(JSON.stringify(body), { status, headers: { "Content-Type": "application/json" } });
+const PAGE = new URL("./page.html", import.meta.url);
+
+/**
+ * The Event debugger and the operator's API (PRODUCT.md §6): every route but the page shell
+ * needs the admin token; the page holds no data and asks for the token itself.
+ */
+export function adminRoutes(config: ConfigStore, live: LiveWindow, outcomes: OutcomeLog, guard: Guard) {
+  const guarded =
+    <C extends { request: Request; server: { requestIP(r: Request): { address: string } | null } | null }>(handler: (ctx: C) => Response | Promise<Response>) =>
+    (ctx: C) =>
+      guard(ctx.request, ctx.server?.requestIP(ctx.request)?.address) ?? handler(ctx);
+
+  return new Elysia({ name: "admin" })
+    .get("/debugger", () => new Response(Bun.file(PAGE), { headers: { "Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-store" } }))
+    .get("/debugger/:asset", ({ params }) => {
+      // Optional static assets next to the page (page.js, page.css); nothing else is served.
+      if (!/^page\.(js|css)$/.test(params.asset)) return json({ error: "not found" }, 404);
+      const type = params.asset.endsWith(".js") ? "text/javascript" : "text/css";
+      return new Response(Bun.file(new URL(`./${params.asset}`, import.meta.url)), { headers: { "Content-Type": `${type}; charset=utf-8` } });
+    })
+    .get(
+      "/v1/connections",
+      guarded(() =>
+        json({
+          connections: [...config.current.connections.values()].map((c) => ({
+            connection: c.connection,
+            source: c.source,
+            pipelines: (c.pipelines ?? []).map((p) => ({ name: p.name, import: p.import, enabled: p.enabled !== false })),
+          })),
+        }),
+      ),
+    )
+    .get(
+      "/v1/connections/:connection/events/live",
+      guarded(({ request, params, query }: any) => liveStream(live, params.connection, request, Number(query?.sample) || 0)),
+    )
+    .get(
+      "/v1/connections/:connection/events/:messageId",
+      guarded(({ params }: any) => json({ event: live.find(params.connection, params.messageId) ?? null, outcomes: outcomes.get(params.connection, params.messageId) })),
+    )
+    .get("/v1/pipelines", guarded(async () => json({ pipelines: await pipelineSnapshots() })))
+    .get(
+      "/metrics",
+      guarded(async () => new Response(await registry.metrics(), { headers: { "Content-Type": registry.contentType } })),
+    );
+}
+
+const encoder = new TextEncoder();
+
+/**
+ * Server-Sent Events: the last 100 events (or those after Last-Event-ID while it is in the
+ * window), then live ones. With `sample=n` at most n events a second reach the client and the
+ * rest are counted in `dropped` messages, so a browser stays responsive at any rate.
+ */
+function liveStream(live: LiveWindow, connection: string, request: Request, sample: number): Response {
+  let unsubscribe = () => {};
+  let timer: ReturnType<typeof setInterval> | undefined;
+  const stream = new ReadableStream<Uint8Array>({
+    start(controller) {
+      const send = (s: string) => {
+        try {
+          controller.enqueue(encoder.encode(s));
+        } catch {
+          close();
+        }
+      };
+      const close = () => {
+        unsubscribe();
+        clearInterval(timer);
+      };
+      let budget = sample;
+      let dropped = 0;
+      let seen = 0;
+      const emit = (events: LiveEvent[]) => {
+        for (const e of events) {
+          seen++;
+          if (sample && budget <= 0) {
+            dropped++;
+            continue;
+          }
+          budget--;
+          send(`id: ${e.id}\ndata: ${JSON.stringify(e.event)}\n\n`);
+        }
+      };
+      const lastId = request.headers.get("last-event-id");
+      const backlog = lastId ? live.after(connection, lastId) : undefined;
+      send(": tributary live events\n\n");
+      if (lastId && !backlog) send(`event: reset\ndata: {"reason": "Last-Event-ID is no longer in the window"}\n\n`);
+      for (const e of backlog ?? live.recent(connection, 100)) send(`id: ${e.id}\ndata: ${JSON.stringify(e.event)}\n\n`);
+      unsubscribe = live.subscribe(connection, emit);
+      let ticks = 0;
+      timer = setInterval(() => {
+        if (dropped) send(`event: dropped\ndata: ${JSON.stringify({ dropped, rate: seen })}\n\n`);
+        else if (++ticks % 15 === 0) send(": keep-alive\n\n");
+        budget = sample;
+        dropped = 0;
+        seen = 0;
+      }, 1000);
+      request.signal.addEventListener("abort", close);
+    },
+    cancel() {
+      unsubscribe();
+      clearInterval(timer);
+    },
+  });
+  return new Response(stream, { headers: { "Content-Type": "text/event-stream", "Cache-Control": "no-store", Connection: "keep-alive", "X-Accel-Buffering": "no" } });
+}
