@@ -3,6 +3,7 @@ import { ConfigStore } from "./config/store.ts";
 import type { NodeOptions } from "./config/env.ts";
 import { connectBus, type Bus } from "./bus/connection.ts";
 import { EventLog } from "./bus/event-log.ts";
+import { StreamCapacity, capacityDefaults, type CapacityOptions } from "./bus/capacity.ts";
 import { ingestRoutes, type IngestServer } from "./ingest/server.ts";
 import { webhookRoutes } from "./ingest/webhooks/route.ts";
 import { LiveWindow } from "./debugger/live-window.ts";
@@ -32,6 +33,7 @@ export interface RunningNode {
 
 export interface PipelineTuning {
   inserter?: InserterOptions;
+  capacity?: Partial<CapacityOptions>;
 }
 
 /** Wires config, bus and HTTP into one ingestion node. */
@@ -48,11 +50,15 @@ export async function startNode(o: NodeOptions & { natsUrl: string } & PipelineT
   const bus = await connectBus({
     url: o.natsUrl,
     streamMaxAgeHours: o.streamMaxAgeHours,
+    streamMaxBytes: o.streamMaxBytes,
     streamReplicas: o.streamReplicas,
     dedupWindowHours: o.dedupWindowHours,
     timeoutMs: o.publishTimeoutMs,
   });
+  const capacity = new StreamCapacity(bus.jsm, { ...capacityDefaults, maxBytes: o.streamMaxBytes, ...o.capacity });
+  capacity.start();
   const eventLog = new EventLog(bus, { dedupWindowMs: o.dedupWindowHours * 3600_000, timeoutMs: o.publishTimeoutMs });
+  eventLog.onAppend = (bytes) => capacity.added(bytes);
   const sourceConnections = () => [...config.current.connections.values()].filter((c) => c.source !== "raw").map((c) => c.connection);
   eventLog.warm(sourceConnections()).catch((e) => log.warn("dedup index not loaded yet; it loads on first use", { error: String(e) }));
   config.onChange(() => void eventLog.warm(sourceConnections()).catch(() => {}));
@@ -132,6 +138,15 @@ export async function startNode(o: NodeOptions & { natsUrl: string } & PipelineT
       if (t0 !== undefined) httpDuration.observe({ route, status }, (performance.now() - t0) / 1000);
       log.debug("request", { method: c.request.method, route, status: Number(status), ms: t0 === undefined ? undefined : Math.round(performance.now() - t0) });
     })
+    .onBeforeHandle(({ request }) => {
+      // Back-pressure: refuse new events while the stream could not keep them (see StreamCapacity).
+      if (capacity.full && request.method === "POST" && new URL(request.url).pathname.startsWith("/v1/")) {
+        return new Response(JSON.stringify({ error: "the event stream is nearly full of events not yet loaded into ClickHouse; retry later" }), {
+          status: 503,
+          headers: { "Content-Type": "application/json", "Retry-After": "30" },
+        });
+      }
+    })
     .use(ingest.app)
     .use(webhooks)
     .use(admin)
@@ -158,6 +173,7 @@ export async function startNode(o: NodeOptions & { natsUrl: string } & PipelineT
     pipelinesReady,
     async stop() {
       stopping = true;
+      capacity.stop();
       removeSource();
       live.stop();
       // Stop taking requests, let in-flight ones finish their JetStream writes, flush the

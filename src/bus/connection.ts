@@ -1,6 +1,6 @@
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { nanos } from "@nats-io/nats-core";
-import { jetstream, jetstreamManager, StorageType, type JetStreamClient, type JetStreamManager } from "@nats-io/jetstream";
+import { DiscardPolicy, jetstream, jetstreamManager, StorageType, type JetStreamClient, type JetStreamManager } from "@nats-io/jetstream";
 import { STREAM, SUBJECT_ROOT } from "./subjects.ts";
 import { log } from "../util/log.ts";
 
@@ -8,6 +8,8 @@ export interface BusOptions {
   /** One URL or a comma-separated list; the client reconnects to any of them. */
   url: string;
   streamMaxAgeHours: number;
+  /** 0: no limit. */
+  streamMaxBytes?: number;
   streamReplicas: number;
   dedupWindowHours: number;
   /** Per JetStream API call / publish. */
@@ -62,13 +64,17 @@ export async function ensureStream(jsm: JetStreamManager, o: BusOptions): Promis
     // Dedup is ours (see subjects.ts), but a short native window also catches the client's own resends.
     duplicate_window: nanos(120_000),
     max_msg_size: -1,
+    max_bytes: o.streamMaxBytes ? o.streamMaxBytes : -1,
+    // Full drops the oldest messages; StreamCapacity makes the node refuse events long before
+    // those could be ones a pipeline has not loaded yet.
+    discard: DiscardPolicy.Old,
   };
   try {
     const info = await jsm.streams.info(STREAM);
     const c = info.config;
-    if (c.max_age !== config.max_age || c.num_replicas !== config.num_replicas) {
-      await jsm.streams.update(STREAM, { max_age: config.max_age, num_replicas: config.num_replicas });
-      log.info("events stream updated", { max_age_hours: o.streamMaxAgeHours, replicas: o.streamReplicas });
+    if (c.max_age !== config.max_age || c.num_replicas !== config.num_replicas || c.max_bytes !== config.max_bytes || c.discard !== config.discard) {
+      await jsm.streams.update(STREAM, { max_age: config.max_age, num_replicas: config.num_replicas, max_bytes: config.max_bytes, discard: config.discard });
+      log.info("events stream updated", { max_age_hours: o.streamMaxAgeHours, replicas: o.streamReplicas, max_bytes: config.max_bytes });
     }
   } catch (e) {
     if (!/stream not found/i.test(String((e as Error).message))) throw e;

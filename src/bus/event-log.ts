@@ -33,7 +33,15 @@ export class EventLog {
     return w;
   }
 
+  /** Called with the JSON bytes of every append (for back-pressure between stream polls). */
+  onAppend?: (bytes: number) => void;
+
   async append(connection: string, entries: Entry[]): Promise<AppendResult> {
+    if (this.onAppend) {
+      let bytes = 0;
+      for (const e of entries) bytes += e.json.length;
+      this.onAppend(bytes);
+    }
     const groups: Entry[][] = Array.from({ length: DEDUP_SHARDS }, () => []);
     for (const e of entries) groups[shardOf(e.id)]!.push(e);
     const results = await Promise.all(

@@ -25,6 +25,8 @@ export interface NodeOptions {
   /** How long to wait for JetStream acks before answering 503. */
   publishTimeoutMs: number;
   streamMaxAgeHours: number;
+  /** Storage the events stream may use; when it is nearly full the node answers 503 instead of accepting. 0 = no limit. */
+  streamMaxBytes: number;
   streamReplicas: number;
   dedupWindowHours: number;
   /** A pipeline's batch goes to ClickHouse at whichever comes first. */
@@ -52,6 +54,7 @@ export const defaults: NodeOptions = {
   maxInFlightBytes: 64 * 1024 * 1024,
   publishTimeoutMs: 5_000,
   streamMaxAgeHours: 7 * 24,
+  streamMaxBytes: 0,
   streamReplicas: 1,
   dedupWindowHours: 24,
   // Big enough batches for ClickHouse (it prefers few large inserts), short enough for "seconds to queryable".
@@ -90,6 +93,7 @@ export function optionsFromEnv(env: Record<string, string | undefined> = process
     maxInFlightBytes: num(env.TRIBUTARY_MAX_IN_FLIGHT_BYTES, defaults.maxInFlightBytes),
     publishTimeoutMs: num(env.TRIBUTARY_PUBLISH_TIMEOUT_MS, defaults.publishTimeoutMs),
     streamMaxAgeHours: num(env.TRIBUTARY_STREAM_MAX_AGE_HOURS, defaults.streamMaxAgeHours),
+    streamMaxBytes: num(env.TRIBUTARY_STREAM_MAX_BYTES, defaults.streamMaxBytes),
     streamReplicas: num(env.TRIBUTARY_STREAM_REPLICAS, defaults.streamReplicas),
     dedupWindowHours: num(env.TRIBUTARY_DEDUP_WINDOW_HOURS, defaults.dedupWindowHours),
     batchMaxRows: num(env.TRIBUTARY_BATCH_MAX_ROWS, defaults.batchMaxRows),
