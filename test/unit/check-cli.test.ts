@@ -1,0 +1,34 @@
+import { expect, test } from "bun:test";
+import { join } from "node:path";
+import { pipelinesDir } from "../harness/services.ts";
+
+const CHECK = join(import.meta.dir, "../../scripts/check.ts");
+const run = async (...args: string[]) => {
+  const p = Bun.spawn([process.execPath, CHECK, ...args], { stdout: "pipe", stderr: "pipe", env: { ...process.env, LOG_LEVEL: "error" } });
+  const [out, err] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text()]);
+  return { code: await p.exited, out, err };
+};
+
+test("bun run check: a good directory passes; --explain shows each pipeline's verdict", async () => {
+  const dir = pipelinesDir({
+    "w.yaml": `connection: w\nsource: webhook\nwriteKeys: ["abcdefgh12"]\npipelines:\n  - name: tracks\n    import: events\n    filter: type = "track"\n  - name: users\n    import: users\n    transform:\n      mapping:\n        email: $lowercase(traits.email)\n`,
+    "customer-model.yaml": "customerModel:\n  email: string\n",
+  });
+  const r = await run(dir, "--explain", "w");
+  expect(r.code).toBe(0);
+  expect(r.out).toContain("ok: 1 connection(s), 2 pipeline(s)");
+  expect(r.out).toContain(`- tracks (import: events): filtered out by type = "track"`);
+  expect(r.out).toContain(`users properties {"email":"ada@example.com"}`);
+});
+
+test("bun run check: problems exit non-zero with file:line messages", async () => {
+  const dir = pipelinesDir({
+    "a.yaml": `connection: a\nsource: webhook\nwriteKeys: ["abcdefgh12"]\npipelines:\n  - name: p\n    import: events\n    filter: type = = "x"\n`,
+    "b.yaml": `connection: b\nsource: raw\ncheck: github\n`,
+  });
+  const r = await run(dir);
+  expect(r.code).toBe(1);
+  expect(r.err).toMatch(/a\.yaml:7: pipelines\/0\/filter of "p": S0211/);
+  expect(r.err).toMatch(/b\.yaml:1: check: github needs the connection's "secret"/);
+  expect(r.err).toContain("2 problems");
+});
