@@ -65,7 +65,7 @@ if (values.explain) {
     ? JSON.parse(readFileSync(values.event, "utf8"))
     : { type: "identify", userId: "u1", messageId: "sample-1", timestamp: new Date().toISOString(), traits: { email: "Ada@Example.com", plan: "pro" } };
   console.log(`\nsample event: ${JSON.stringify(event)}`);
-  const model = new ModelCheck(config.customerModel);
+  const model: ModelCheck = new ModelCheck(config.customerModel);
   for (const p of c.pipelines ?? []) {
     const expr = p.filter ?? (p.import === "users" ? DEFAULT_USERS_FILTER : undefined);
     let line = `- ${p.name} (import: ${p.import}${p.enabled === false ? ", disabled" : ""}): `;

@@ -19,6 +19,8 @@ import { PipelineManager } from "./pipeline/manager.ts";
 import type { BatchOptions } from "./pipeline/worker.ts";
 import type { InserterOptions } from "./sink/clickhouse/inserter.ts";
 
+const VERSION = { name: "tributary", version: (await Bun.file(new URL("../package.json", import.meta.url)).json()).version as string, bun: Bun.version };
+
 export interface RunningNode {
   url: string;
   port: number;
@@ -151,6 +153,7 @@ export async function startNode(o: NodeOptions & { natsUrl: string } & PipelineT
     .use(webhooks)
     .use(admin)
     .get("/healthz", () => ({ ok: true }))
+    .get("/version", () => VERSION)
     .get("/readyz", async ({ set }) => {
       const nats = !bus.nc.isClosed() && (await bus.nc.rtt().then(() => true, () => false));
       const ch = o.clickhouseUrl ? (manager && warehouse ? await warehouse.client.ping().then((r) => r.success, () => false) : false) : null;

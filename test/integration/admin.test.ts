@@ -203,3 +203,10 @@ test("logs are JSON lines with request ids, and never hold write keys, tokens or
   const text = lines.join("");
   for (const secret of [KEY, ADMIN, "wrong-key-0123456789", "4111111111111111", "Secret Event Name", "secret-user"]) expect(text).not.toContain(secret);
 });
+
+test("GET /version names the release, without auth", async () => {
+  const r = await fetch(`${node.url}/version`);
+  expect(r.status).toBe(200);
+  const pkg = await Bun.file(new URL("../../package.json", import.meta.url)).json();
+  expect(await r.json()).toEqual({ name: "tributary", version: pkg.version, bun: Bun.version });
+});
