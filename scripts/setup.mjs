@@ -21,6 +21,8 @@ if (!existsSync(marker) || !existsSync("node_modules/.bin/bun") || (existsSync(l
 const wanted = [];
 if (!process.env.NATS_URL || process.env.npm_lifecycle_event === "pretest") if (!onPath("nats-server")) wanted.push("nats-server");
 if (!process.env.CLICKHOUSE_URL || process.env.npm_lifecycle_event === "pretest") if (!onPath("clickhouse-server")) wanted.push("clickhouse-server");
+// The Event debugger's browser test drives Debian's chromium through playwright-core.
+if (process.env.npm_lifecycle_event === "pretest" && !existsSync("/usr/bin/chromium")) wanted.push("chromium");
 if (wanted.length) {
   if (process.getuid?.() !== 0) {
     console.error(`setup: ${wanted.join(" and ")} not found; install Debian's packages: sudo apt-get install -y ${wanted.join(" ")}`);

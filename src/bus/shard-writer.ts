@@ -14,7 +14,7 @@ export interface Entry {
 
 export interface ShardWriterOptions {
   dedupWindowMs: number;
-  /** Upper bound on one JetStream message (the server's max_payload, less headers). */
+  /** Upper bound on one JetStream message's body and id header (the server's max_payload, less a margin). */
   maxPayloadBytes: number;
   timeoutMs: number;
 }
@@ -22,18 +22,22 @@ export interface ShardWriterOptions {
 /** Header listing the messageIds a message holds, so a node can rebuild its index from headers alone. */
 export const IDS_HEADER = "Tributary-Ids";
 const WRONG_LAST_SEQUENCE = 10071;
+/** JetStream refuses a message whose headers exceed 64 KiB: the id list of one message stays under it. */
+const MAX_IDS_HEADER_BYTES = 60 * 1024;
 
 interface Batch {
   ids: string[];
   jsons: string[];
   bytes: number;
+  /** Length of the Tributary-Ids header (a JSON array of the ids). */
+  idBytes: number;
   done: Promise<void>;
   resolve: () => void;
   reject: (e: Error) => void;
 }
 
 function newBatch(): Batch {
-  const b = { ids: [], jsons: [], bytes: 2 } as unknown as Batch;
+  const b = { ids: [], jsons: [], bytes: 2, idBytes: 2 } as unknown as Batch;
   b.done = new Promise<void>((res, rej) => {
     b.resolve = res;
     b.reject = rej;
@@ -103,14 +107,18 @@ export class ShardWriter {
         return;
       }
       let batch = this.#queue[this.#queue.length - 1];
-      const size = e.json.length + 1;
-      if (!batch || (batch.ids.length > 0 && batch.bytes + size > this.options.maxPayloadBytes)) {
+      // The event in the body, and its id in the Tributary-Ids header: max_payload counts both, and
+      // the header has its own 64 KiB bound.
+      const idSize = /^[\w.:-]*$/.test(e.id) ? e.id.length + 3 : Buffer.byteLength(JSON.stringify(e.id)) + 1;
+      const size = e.json.length + 1 + idSize;
+      if (!batch || (batch.ids.length > 0 && (batch.bytes + size > this.options.maxPayloadBytes || batch.idBytes + idSize > MAX_IDS_HEADER_BYTES))) {
         batch = newBatch();
         this.#queue.push(batch);
       }
       batch.ids.push(e.id);
       batch.jsons.push(e.json);
       batch.bytes += size;
+      batch.idBytes += idSize;
       this.#pending.set(e.id, batch);
       waits.add(batch.done);
       stored++;

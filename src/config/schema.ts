@@ -53,7 +53,7 @@ export const Connection = Type.Object(
     ip: Type.Optional(Type.Union([Type.Literal("keep"), Type.Literal("mask24"), Type.Literal("drop")])),
     rateLimit: Type.Optional(
       Type.Object(
-        { eventsPerMinute: Type.Number({ exclusiveMinimum: 0 }), burst: Type.Optional(Type.Number({ exclusiveMinimum: 0 })) },
+        { eventsPerMinute: Type.Number({ exclusiveMinimum: 0 }), burst: Type.Optional(Type.Number({ minimum: 1 })) },
         { additionalProperties: false },
       ),
     ),

@@ -4,6 +4,8 @@ import { BusUnavailableError } from "../bus/errors.ts";
 import type { Entry } from "../bus/shard-writer.ts";
 import { validateEnvelope, validateEvent, type Event, type EventType } from "./event-schema.ts";
 import { normaliseEvent, NormaliseError, type RequestFacts } from "./normalise.ts";
+import { rateLimitedEvents, type RateLimiter } from "./rate-limit.ts";
+import { log as logger } from "../util/log.ts";
 
 /** Which body shape an endpoint takes (PRODUCT.md §1). */
 export type Endpoint = { kind: "events" } | { kind: "batch" } | { kind: "single"; type: EventType };
@@ -71,6 +73,7 @@ export async function ingest(
   log: EventLog,
   limits: IngestLimits,
   stats: IngestStats,
+  rateLimiter?: RateLimiter,
 ): Promise<IngestResult> {
   const split = eventsOf(endpoint, body);
   if ("error" in split) return { status: 400, body: { error: split.error } };
@@ -79,7 +82,7 @@ export async function ingest(
     return { status: 413, body: { error: `a request may hold at most ${limits.maxEventsPerRequest} events; this one has ${events.length}` } };
   if (events.length === 0) return { status: 400, body: { error: "no events in the request" } };
 
-  const requestFacts: RequestFacts = { receivedAtIso: new Date(facts.receivedAt).toISOString(), ...facts, ...split.batch };
+  const requestFacts: RequestFacts = { receivedAtIso: new Date(facts.receivedAt).toISOString(), ipPolicy: connection.ip, ...facts, ...split.batch };
   const rejected: Rejection[] = [];
   const entries: Entry[] = [];
   for (let index = 0; index < events.length; index++) {
@@ -108,20 +111,38 @@ export async function ingest(
     }
     entries.push({ id: event.messageId!, json });
   }
+  if (entries.length === 0) {
+    stats.rejected += rejected.length;
+    return { status: 400, body: { error: "no valid events in the request", rejected } };
+  }
+
+  // Counted in the events this request would store: invalid ones are not charged.
+  const limited = rateLimiter?.take(connection.connection, connection.rateLimit, entries.length);
+  if (limited && !limited.ok) {
+    rateLimitedEvents.inc({ connection: connection.connection }, entries.length);
+    return {
+      status: 429,
+      body: { error: limited.error },
+      ...(limited.retryAfterSeconds !== undefined && { headers: { "Retry-After": String(limited.retryAfterSeconds) } }),
+    };
+  }
   stats.rejected += rejected.length;
-  if (entries.length === 0) return { status: 400, body: { error: "no valid events in the request", rejected } };
 
   try {
     const r = await log.append(connection.connection, entries);
     stats.accepted += r.stored;
     stats.duplicates += r.duplicates;
   } catch (e) {
-    if (e instanceof BusUnavailableError)
+    // Nothing is acknowledged: the sender will retry, so the events are not charged twice.
+    if (limited) rateLimiter!.refund(connection.connection, entries.length);
+    if (e instanceof BusUnavailableError) {
+      logger.warn("events not stored: bus unavailable", { connection: connection.connection, events: entries.length, error: e.message });
       return {
         status: 503,
         body: { error: "events could not be stored durably; retry later" },
         headers: { "Retry-After": String(limits.retryAfterSeconds) },
       };
+    }
     throw e;
   }
   return { status: 200, body: rejected.length ? { accepted: entries.length, rejected } : { accepted: entries.length } };

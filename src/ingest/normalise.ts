@@ -1,12 +1,16 @@
 import type { Event } from "./event-schema.ts";
+import { enrich, EnrichError, mergeContext } from "./enrich.ts";
+import type { IpPolicy } from "./ip.ts";
 
 /** What the request contributes to every event in it. */
 export interface RequestFacts {
   receivedAt: number;
   /** receivedAt as ISO-8601, formatted once per request rather than once per event. */
   receivedAtIso?: string;
-  /** Address of the client, already resolved through X-Forwarded-For when trusted. */
+  /** Address of the client in canonical form, already resolved through X-Forwarded-For when trusted. */
   ip?: string;
+  /** The connection's `ip` setting (keep, mask24, drop), applied before the event is stored. */
+  ipPolicy?: IpPolicy;
   /** `/v1/batch` top-level fields. */
   context?: Record<string, unknown>;
   integrations?: Record<string, unknown>;
@@ -30,8 +34,9 @@ const CANONICAL = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/;
 const iso = (field: string, value: string): string => (CANONICAL.test(value) && !Number.isNaN(Date.parse(value)) ? value : new Date(time(field, value)).toISOString());
 
 /**
- * Segment's normalisation (PRODUCT.md §1), on a validated event. Returns a new object; the
- * input is left as it was.
+ * Segment's normalisation (PRODUCT.md §1), on a validated event, with the enrichment and privacy
+ * rules of src/ingest/enrich.ts. Returns a new object; the input is left as it was. Throws
+ * {@link NormaliseError} naming the field when the event cannot be stored.
  */
 export function normaliseEvent(input: Event, facts: RequestFacts, newId: () => string = crypto.randomUUID.bind(crypto)): Event {
   const e: Event = { ...input };
@@ -39,10 +44,14 @@ export function normaliseEvent(input: Event, facts: RequestFacts, newId: () => s
     const v = e[f];
     if (typeof v === "number") (e as Record<string, unknown>)[f] = String(v);
   }
-  if (facts.context || facts.ip !== undefined) {
-    const context = { ...facts.context, ...(e.context as Record<string, unknown> | undefined) };
-    if (context.ip === undefined && facts.ip !== undefined) context.ip = facts.ip;
-    e.context = context;
+  const own = e.context as Record<string, unknown> | undefined;
+  const context = facts.context ? mergeContext(facts.context, own) : own && { ...own };
+  if (context) e.context = context;
+  try {
+    enrich(e, context, facts);
+  } catch (err) {
+    if (err instanceof EnrichError) throw new NormaliseError(err.message);
+    throw err;
   }
   if (facts.integrations) e.integrations = { ...facts.integrations, ...(e.integrations as Record<string, unknown> | undefined) };
   if (e.sentAt === undefined && facts.sentAt !== undefined) e.sentAt = facts.sentAt;

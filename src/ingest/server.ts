@@ -7,6 +7,8 @@ import { readBodyText, PayloadTooLargeError, BadEncodingError } from "./body.ts"
 import { bodyWriteKey, ingest, type Endpoint, type IngestResult, type IngestStats } from "./handler.ts";
 import { EVENT_TYPES } from "./event-schema.ts";
 import { InFlightLimiter } from "./overload.ts";
+import { forwardedFor, socketIp as canonicalSocketIp } from "./ip.ts";
+import { RateLimiter } from "./rate-limit.ts";
 import { log as logger } from "../util/log.ts";
 
 export interface IngestServerOptions {
@@ -39,7 +41,7 @@ function corsHeaders(request: Request, allowed?: string[]): Record<string, strin
   const origin = request.headers.get("origin");
   if (!origin) return {};
   if (allowed && !allowed.includes("*") && !allowed.includes(origin)) return {};
-  return { "Access-Control-Allow-Origin": origin, Vary: "Origin", "Access-Control-Allow-Credentials": "true" };
+  return { "Access-Control-Allow-Origin": origin, Vary: "Origin", "Access-Control-Allow-Credentials": "true", "Access-Control-Expose-Headers": "Retry-After" };
 }
 
 function respond(r: IngestResult, extra: Record<string, string> = {}): Response {
@@ -49,20 +51,31 @@ function respond(r: IngestResult, extra: Record<string, string> = {}): Response 
   });
 }
 
-/** Client address: the first X-Forwarded-For hop only when the operator says a proxy is in front. */
-export function clientIp(request: Request, socketIp: string | undefined, trustProxy: boolean): string | undefined {
+/**
+ * Client address in canonical form: the first X-Forwarded-For hop (`v4`, `v4:port`, `v6`,
+ * `[v6]:port`) only when the operator says a proxy is in front, else the socket's. `{error}`,
+ * naming the header, when a trusted header's first hop is not an address.
+ */
+export function clientIp(request: Request, socketIp: string | undefined, trustProxy: boolean): { ip?: string } | { error: string } {
   if (trustProxy) {
     const xff = request.headers.get("x-forwarded-for");
-    const first = xff?.split(",")[0]?.trim();
-    if (first) return first;
+    if (xff !== null && xff.trim() !== "") return forwardedFor(xff);
   }
-  return socketIp;
+  return { ip: canonicalSocketIp(socketIp) };
+}
+
+/** A browser page's origin that the connection does not allow (the request is refused, 403). */
+function originRefused(request: Request, allowed: string[] | undefined): string | undefined {
+  const origin = request.headers.get("origin");
+  if (!origin || !allowed || allowed.includes("*") || allowed.includes(origin)) return undefined;
+  return origin;
 }
 
 export interface IngestServer {
   app: Elysia<any, any, any, any, any, any, any>;
   stats: IngestStats;
   limiter: InFlightLimiter;
+  rateLimiter: RateLimiter;
 }
 
 /** The ingestion routes of PRODUCT.md §1 as an Elysia plugin. */
@@ -70,6 +83,7 @@ export function ingestRoutes(config: ConfigStore, eventLog: EventLog, opts: Part
   const o = { ...ingestDefaults, ...opts };
   const stats: IngestStats = { accepted: 0, duplicates: 0, rejected: 0 };
   const limiter = new InFlightLimiter(o.maxInFlightBytes, o.maxInFlightRequests);
+  const rateLimiter = new RateLimiter();
   let keys = new WriteKeyIndex(config.current);
   let keysOf: Config = config.current;
   const currentKeys = () => {
@@ -112,14 +126,20 @@ export function ingestRoutes(config: ConfigStore, eventLog: EventLog, opts: Part
       }
       if (!connection) connection = index.lookup(bodyWriteKey(body));
       if (!connection) return respond(UNAUTHORIZED, corsHeaders(request));
+      // Write keys are public in web pages: a browser on a page the connection does not allow is refused.
+      const refused = originRefused(request, connection.allowedOrigins);
+      if (refused !== undefined) return respond({ status: 403, body: { error: `origin ${JSON.stringify(refused.slice(0, 256))} is not allowed for this connection` } });
+      const address = clientIp(request, socketIp, o.trustProxy);
+      if ("error" in address) return respond({ status: 400, body: { error: address.error } }, corsHeaders(request, connection.allowedOrigins));
       const result = await ingest(
         connection,
         endpoint,
         body,
-        { receivedAt, ip: clientIp(request, socketIp, o.trustProxy) },
+        { receivedAt, ip: address.ip },
         eventLog,
         { maxEventBytes: o.maxEventBytes, maxEventsPerRequest: o.maxEventsPerRequest, retryAfterSeconds: o.retryAfterSeconds },
         stats,
+        rateLimiter,
       );
       return respond(result, corsHeaders(request, connection.allowedOrigins));
     } catch (e) {
@@ -156,5 +176,5 @@ export function ingestRoutes(config: ConfigStore, eventLog: EventLog, opts: Part
           }),
       ) as typeof app;
   }
-  return { app, stats, limiter };
+  return { app, stats, limiter, rateLimiter };
 }

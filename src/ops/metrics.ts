@@ -51,6 +51,7 @@ export interface PipelineSnapshot {
   import: string;
   received: number;
   filteredOut: number;
+  consentFailed: number;
   transformed: number;
   failed: number;
   loaded: number;
@@ -70,12 +71,12 @@ export async function pipelineSnapshots(): Promise<PipelineSnapshot[]> {
   return (await Promise.all([...sources].map((f) => f()))).flat();
 }
 
-const STAGES = ["received", "filteredOut", "transformed", "failed", "loaded", "deadLettered"] as const;
+const STAGES = ["received", "filteredOut", "consentFailed", "transformed", "failed", "loaded", "deadLettered"] as const;
 const snake = (s: string) => s.replace(/[A-Z]/g, (c) => "_" + c.toLowerCase());
 
 new Gauge({
   name: "tributary_pipeline_events",
-  help: "Events seen by each pipeline on this node since it started, by stage (received, filtered_out, transformed, failed, loaded, dead_lettered)",
+  help: "Events seen by each pipeline on this node since it started, by stage (received, filtered_out, consent_failed, transformed, failed, loaded, dead_lettered)",
   labelNames: ["connection", "pipeline", "stage"] as const,
   registers: [registry],
   async collect() {

@@ -64,6 +64,7 @@ export class PipelineManager {
           import: w.stage.raw ? "raw" : w.stage.table === "users" ? "users" : "events",
           received: s.received,
           filteredOut: s.filteredOut,
+          consentFailed: s.consentFailed,
           transformed: s.transformed,
           failed: s.failed,
           loaded: s.loaded,
@@ -127,10 +128,12 @@ export class PipelineManager {
       const filter = want.pipeline.filter ?? (want.pipeline.import === "users" ? DEFAULT_USERS_FILTER : undefined);
       if (existing) {
         existing.setFilter(filter);
+        existing.consents = want.pipeline.consents;
         continue;
       }
       try {
         const w = new PipelineWorker(this.bus, this.warehouse, want.connection, want.pipeline.name, filter, await this.#stage(want, model), this.batch, this.inserter);
+        w.consents = want.pipeline.consents;
         const outcomes = this.outcomes;
         if (outcomes) {
           w.stats.onOutcome = (id, outcome, reason) => outcomes.record(want.connection, id, want.pipeline.name, outcome, reason);

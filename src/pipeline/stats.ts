@@ -6,6 +6,8 @@ export class PipelineStats {
   onOutcome?: (messageId: string, outcome: Outcome, reason?: string) => void;
   received = 0;
   filteredOut = 0;
+  /** Kept by the filter but lacking a consent purpose the pipeline requires. */
+  consentFailed = 0;
   transformed = 0;
   failed = 0;
   loaded = 0;

@@ -7,6 +7,7 @@ import { publishDeadLetters, subjectToken } from "../bus/dead-letters.ts";
 import type { Warehouse } from "../sink/clickhouse/server.ts";
 import { Inserter, inserterDefaults, type InserterOptions } from "../sink/clickhouse/inserter.ts";
 import { compileFilter, type EventFilter } from "./filter.ts";
+import { consentGranted } from "../ingest/consent.ts";
 import { PipelineStats } from "./stats.ts";
 import { log } from "../util/log.ts";
 import { defaults } from "../config/env.ts";
@@ -79,6 +80,9 @@ export class PipelineWorker {
   setFilter(filter: string | undefined): void {
     this.#filter = compileFilter(filter);
   }
+
+  /** Consent purposes an event must grant to reach this pipeline (PRODUCT.md §1 "Consent"). */
+  consents?: string[];
 
   async start(): Promise<void> {
     if (this.#running) return;
@@ -174,6 +178,11 @@ export class PipelineWorker {
       if (!keep) {
         this.stats.filteredOut++;
         this.stats.onOutcome?.(e.messageId as string, "filtered", this.#filter.source ? `filter ${this.#filter.source} is false` : undefined);
+        continue;
+      }
+      if (this.consents?.length && !consentGranted(e, this.consents)) {
+        this.stats.consentFailed++;
+        this.stats.onOutcome?.(e.messageId as string, "filtered", `consent missing for ${this.consents.join(", ")}`);
         continue;
       }
       this.stats.onOutcome?.(e.messageId as string, "kept");

@@ -148,3 +148,15 @@ test("a row ClickHouse refuses for its content is isolated with the reason; the 
     await w.close();
   }
 });
+
+test("a pipeline requiring consent purposes never loads events without them, and counts them", async () => {
+  const file = `connection: consented\nsource: webhook\nwriteKeys: ["key-consent-0001"]\npipelines:\n  - name: analytics only\n    import: events\n    consents: [analytics]\n  - name: everything\n    import: events\n`;
+  await writeFile("consented.yaml", file, () => node.config.current.connections.has("consented"));
+  const ev = (id: string, consents?: Record<string, boolean>) => ({ type: "track", event: "E", userId: "u", messageId: id, ...(consents && { context: { consents } }) });
+  expect(await postAs("key-consent-0001", [ev("c-1", { analytics: true }), ev("c-2", { analytics: false }), ev("c-3"), ev("c-4", { analytics: true, ads: false })])).toBe(200);
+  await eventually<any>(db, `SELECT count() AS c FROM tributary.events FINAL WHERE connection = 'consented' AND pipeline = 'everything'`, (x) => x[0]?.c === "4");
+  const got = await eventually<any>(db, `SELECT message_id FROM tributary.events FINAL WHERE connection = 'consented' AND pipeline = 'analytics only' ORDER BY message_id`, (x) => x.length >= 2);
+  expect(got.map((x) => x.message_id)).toEqual(["c-1", "c-4"]);
+  const stats = (await node.pipelinesReady).workers.get("consented/analytics only")!.stats;
+  expect(stats).toMatchObject({ received: 4, consentFailed: 2, loaded: 2 });
+});
