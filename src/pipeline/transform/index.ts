@@ -3,8 +3,13 @@ import { jsonataTransform, mappingTransform } from "./expressions.ts";
 import { transformLimitDefaults, TransformLoadError, type SandboxedTransform, type TransformLimits } from "./types.ts";
 
 /** The pipeline's one transformation, ready to run. User code loads here: a broken one throws TransformLoadError. */
-export async function createTransform(t: NonNullable<Pipeline["transform"]>, _limits: TransformLimits = transformLimitDefaults): Promise<SandboxedTransform> {
+export async function createTransform(t: NonNullable<Pipeline["transform"]>, limits: TransformLimits = transformLimitDefaults): Promise<SandboxedTransform> {
   if ("mapping" in t) return mappingTransform(t.mapping);
   if ("jsonata" in t) return jsonataTransform(t.jsonata);
-  throw new TransformLoadError(`${"javascript" in t ? "JavaScript" : "Python"} transformations are not available yet`);
+  if ("javascript" in t) {
+    // Loaded on demand: the sandbox (a Worker with QuickJS) costs nothing until a pipeline uses it.
+    const { createJavaScriptTransform } = await import("./javascript.ts");
+    return createJavaScriptTransform(t.javascript, limits);
+  }
+  throw new TransformLoadError("Python transformations are not available yet");
 }
