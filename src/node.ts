@@ -10,6 +10,7 @@ import { LiveWindow } from "./debugger/live-window.ts";
 import { OutcomeLog } from "./debugger/outcomes.ts";
 import { adminRoutes } from "./debugger/routes.ts";
 import { adminGuard } from "./ops/admin-auth.ts";
+import { openApiDocument } from "./ops/openapi.ts";
 import { addPipelineSource, httpDuration, httpRequests } from "./ops/metrics.ts";
 import { log, requestContext } from "./util/log.ts";
 import { connectWarehouse, type Warehouse } from "./sink/clickhouse/server.ts";
@@ -21,7 +22,11 @@ import type { InserterOptions } from "./sink/clickhouse/inserter.ts";
 
 const VERSION = { name: "tributary", version: (await Bun.file(new URL("../package.json", import.meta.url)).json()).version as string, bun: Bun.version };
 
+const OPENAPI = openApiDocument(VERSION.version);
+
 export interface RunningNode {
+  /** Every route the node answers, as Elysia registered them. */
+  routes: { method: string; path: string }[];
   url: string;
   port: number;
   bus: Bus;
@@ -154,6 +159,7 @@ export async function startNode(o: NodeOptions & { natsUrl: string } & PipelineT
     .use(admin)
     .get("/healthz", () => ({ ok: true }))
     .get("/version", () => VERSION)
+    .get("/openapi.json", () => OPENAPI)
     .get("/readyz", async ({ set }) => {
       const nats = !bus.nc.isClosed() && (await bus.nc.rtt().then(() => true, () => false));
       const ch = o.clickhouseUrl ? (manager && warehouse ? await warehouse.client.ping().then((r) => r.success, () => false) : false) : null;
@@ -174,6 +180,7 @@ export async function startNode(o: NodeOptions & { natsUrl: string } & PipelineT
     eventLog,
     ingest,
     pipelinesReady,
+    routes: app.routes.map((r) => ({ method: r.method, path: r.path })),
     async stop() {
       stopping = true;
       capacity.stop();

@@ -47,7 +47,7 @@ const Needs = (field: string, type: string, value: TSchema = NonEmpty(field, typ
   Type.Object({ [field]: value }, { additionalProperties: true, errorMessage: `${type} event needs a non-empty "${field}"` });
 
 /** The rule each type adds to the base. */
-const perType: Record<EventType, TSchema | undefined> = {
+export const EVENT_RULES: Record<EventType, TSchema | undefined> = {
   track: Needs("event", "track"),
   group: Needs("groupId", "group", Id("groupId", 'group event needs a non-empty "groupId"')),
   alias: Needs("previousId", "alias", Id("previousId", 'alias event needs a non-empty "previousId"')),
@@ -69,7 +69,7 @@ export const Identity = Type.Union(
 const base = TypeCompiler.Compile(BaseEvent);
 const identity = TypeCompiler.Compile(Identity);
 const typed = Object.fromEntries(
-  Object.entries(perType).map(([t, s]) => [t, s && TypeCompiler.Compile(s)]),
+  Object.entries(EVENT_RULES).map(([t, s]) => [t, s && TypeCompiler.Compile(s)]),
 ) as Record<EventType, TypeCheck<TSchema> | undefined>;
 
 function firstError(check: TypeCheck<TSchema>, value: unknown): string {

@@ -1,0 +1,77 @@
+import { afterAll, beforeAll, expect, test } from "bun:test";
+import { Value } from "@sinclair/typebox/value";
+import type { TSchema } from "@sinclair/typebox";
+import { startClickHouse, startNats, startTestNode } from "../harness/services.ts";
+import { openApiDocument, IngestAnswer, PipelinesAnswer, ConnectionsAnswer, EventDetail, VersionAnswer, ReadyAnswer, WebhookAnswer, ErrorBody } from "../../src/ops/openapi.ts";
+import type { RunningNode } from "../../src/node.ts";
+
+/** GET /openapi.json describes every route, its examples validate, and live answers match it. */
+
+let nats: Awaited<ReturnType<typeof startNats>>;
+let ch: Awaited<ReturnType<typeof startClickHouse>>;
+let node: RunningNode;
+const ADMIN = "openapi-admin-token";
+
+beforeAll(async () => {
+  [nats, ch] = await Promise.all([startNats(), startClickHouse()]);
+  node = await startTestNode(
+    nats.url,
+    {
+      "s.yaml": `connection: s\nsource: webhook\nwriteKeys: ["key-openapi-0001"]\npipelines:\n  - name: all\n    import: events\n`,
+      "r.yaml": `connection: r\nsource: raw\ninsecure: true\n`,
+    },
+    { clickhouseUrl: ch.url, adminToken: ADMIN, batchMaxAgeMs: 100 },
+  );
+  await node.pipelinesReady;
+});
+afterAll(async () => {
+  await node?.stop();
+  await Promise.all([nats?.cleanup(), ch?.cleanup()]);
+});
+
+test("every route the node answers is described", async () => {
+  const doc = (await (await fetch(`${node.url}/openapi.json`)).json()) as { openapi: string; paths: Record<string, Record<string, unknown>> };
+  expect(doc.openapi).toBe("3.1.0");
+  const missing = node.routes
+    .map((r) => ({ method: r.method.toLowerCase(), path: r.path.replace(/:(\w+)/g, "{$1}") }))
+    .filter((r) => !doc.paths[r.path]?.[r.method]);
+  expect(missing).toEqual([]);
+  expect(node.routes.length).toBeGreaterThan(20);
+});
+
+test("the documented examples validate against the schemas that validate requests", () => {
+  const doc = openApiDocument("test") as { paths: Record<string, Record<string, any>> };
+  let checked = 0;
+  const visit = (schema: TSchema | undefined) => {
+    if (!schema || !Array.isArray((schema as any).examples)) return;
+    for (const ex of (schema as any).examples) {
+      expect([...Value.Errors(schema, ex)].map((e) => e.message)).toEqual([]);
+      checked++;
+    }
+  };
+  for (const methods of Object.values(doc.paths)) {
+    for (const op of Object.values(methods)) {
+      visit(op.requestBody?.content?.["application/json"]?.schema);
+      for (const r of Object.values(op.responses ?? {}) as any[]) visit(r.content?.["application/json"]?.schema);
+    }
+  }
+  expect(checked).toBeGreaterThanOrEqual(10);
+  // An example that breaks a rule is caught: the schemas are the real ones.
+  const track = doc.paths["/v1/track"]!.post.requestBody.content["application/json"].schema;
+  expect(Value.Check(track, { type: "track", userId: "u" })).toBe(false);
+});
+
+test("live answers match the documented response schemas", async () => {
+  const expectShape = (schema: TSchema, value: unknown) => expect([...Value.Errors(schema, value)].map((e) => `${e.path}: ${e.message}`)).toEqual([]);
+  const post = (path: string, body: unknown, headers: Record<string, string> = { Authorization: "Bearer key-openapi-0001" }) =>
+    fetch(`${node.url}${path}`, { method: "POST", headers, body: typeof body === "string" ? body : JSON.stringify(body) });
+  const admin = (path: string) => fetch(`${node.url}${path}`, { headers: { Authorization: `Bearer ${ADMIN}` } });
+  expectShape(IngestAnswer, await (await post("/v1/events", [{ type: "track", event: "E", userId: "u" }, { type: "track", userId: "u" }])).json());
+  expectShape(ErrorBody, await (await post("/v1/events", "{")).json());
+  expectShape(WebhookAnswer, await (await post("/v1/webhooks/r", { any: "thing" }, {})).json());
+  expectShape(VersionAnswer, await (await fetch(`${node.url}/version`)).json());
+  expectShape(ReadyAnswer, await (await fetch(`${node.url}/readyz`)).json());
+  expectShape(ConnectionsAnswer, await (await admin("/v1/connections")).json());
+  expectShape(PipelinesAnswer, await (await admin("/v1/pipelines")).json());
+  expectShape(EventDetail, await (await admin("/v1/connections/s/events/nope")).json());
+});
