@@ -89,8 +89,7 @@ const users = (where: string) =>
   rows<any>(db, `SELECT user_id, anonymous_ids, email, plan, company, country, age, is_active, signed_up_at, tags FROM tributary.users FINAL WHERE ${where} ORDER BY user_id`);
 const stats = async (key: string) => (await node.pipelinesReady).workers.get(key)!.stats;
 
-// Python joins when its sandbox lands.
-for (const kind of ["mapping", "jsonata", "javascript"]) {
+for (const kind of Object.keys(KINDS)) {
   test(`the seed identify fixture through the ${kind} transformation gives the expected users row`, async () => {
     // Profiles are shared by every connection: each kind gets its own user and anonymous id.
     const userId = `seed-${kind}`;

@@ -1,6 +1,6 @@
 import type { Pipeline } from "../../config/schema.ts";
 import { jsonataTransform, mappingTransform } from "./expressions.ts";
-import { transformLimitDefaults, TransformLoadError, type SandboxedTransform, type TransformLimits } from "./types.ts";
+import { transformLimitDefaults, type SandboxedTransform, type TransformLimits } from "./types.ts";
 
 /** The pipeline's one transformation, ready to run. User code loads here: a broken one throws TransformLoadError. */
 export async function createTransform(t: NonNullable<Pipeline["transform"]>, limits: TransformLimits = transformLimitDefaults): Promise<SandboxedTransform> {
@@ -11,5 +11,7 @@ export async function createTransform(t: NonNullable<Pipeline["transform"]>, lim
     const { createJavaScriptTransform } = await import("./javascript.ts");
     return createJavaScriptTransform(t.javascript, limits);
   }
-  throw new TransformLoadError("Python transformations are not available yet");
+  // Pyodide in its own Worker, loaded on demand like JavaScript.
+  const { createPythonTransform } = await import("./python.ts");
+  return createPythonTransform(t.python, limits);
 }

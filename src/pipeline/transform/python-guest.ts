@@ -1,0 +1,199 @@
+/**
+ * Python source run inside the Pyodide worker before the user's code (see python-worker.ts).
+ *
+ * `__tributary_setup(tick, source, filename, texts…)` closes the interpreter to user code (imports of the JS
+ * bridge, package loading, network, processes, signals), compiles and runs the user's module in a
+ * fresh namespace and returns the batch runner, or a string saying why the code does not load.
+ *
+ * The runner takes one JSON array of events and returns one JSON array of results:
+ *   null           transform returned None (no change)
+ *   [1, {...}]     the dict it returned
+ *   [0, "error"]   the event failed
+ * It calls `tick(i)` (a JS function) before event i and `tick(n)` after the last: the worker uses it
+ * to give each event its own deadline, to publish progress to the host, and it answers whether the
+ * previous event hit the time limit (1) or the memory limit (2).
+ */
+export const guestSetupSource = String.raw`
+def __tributary_setup(tick, source, filename, load_timeout_text, timeout_text, memory_text):
+    import sys, builtins, json
+
+    decode = json.JSONDecoder().decode
+    encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+    Base = BaseException
+    isinst, typ, strt, dictt, calls = isinstance, type, str, dict, callable
+
+    # --- close the interpreter -----------------------------------------------------------------
+    blocked = (
+        "js", "pyodide_js", "pyodide", "_pyodide", "_pyodide_core", "micropip", "pyodide_http",
+        "ctypes", "_ctypes", "socket", "_socket", "ssl", "_ssl", "select", "selectors",
+        "subprocess", "_posixsubprocess", "multiprocessing", "_multiprocessing", "asyncio",
+        "_asyncio", "concurrent", "signal", "_signal", "webbrowser", "urllib.request",
+        "http.client", "http.server", "ftplib", "smtplib", "poplib", "imaplib", "xmlrpc",
+        "socketserver", "wsgiref", "_pyrepl", "pty", "tty", "faulthandler", "_testcapi",
+        "_testinternalcapi", "ensurepip", "venv", "idlelib", "pdb", "code", "site",
+    )
+
+    def is_blocked(name):
+        for b in blocked:
+            if name == b or name.startswith(b + "."):
+                return True
+        return False
+
+    def refuse(name):
+        return ModuleNotFoundError(
+            "import of '%s' is not allowed in transformations" % name, name=name)
+
+    class Blocker:
+        @staticmethod
+        def find_spec(name, path=None, target=None):
+            if is_blocked(name):
+                raise refuse(name)
+            return None
+
+        @staticmethod
+        def find_module(name, path=None):
+            if is_blocked(name):
+                raise refuse(name)
+            return None
+
+    sys.meta_path.insert(0, Blocker)
+    for name in list(sys.modules):
+        if is_blocked(name):
+            del sys.modules[name]
+
+    real_import = builtins.__import__
+
+    def guarded_import(name, globals=None, locals=None, fromlist=(), level=0):
+        if level == 0 and isinst(name, strt):
+            if is_blocked(name):
+                raise refuse(name)
+            for f in fromlist or ():
+                if isinst(f, strt) and is_blocked(name + "." + f):
+                    raise refuse(name + "." + f)
+        return real_import(name, globals, locals, fromlist, level)
+
+    builtins.__import__ = guarded_import
+    import os, posix
+    for mod in (os, posix):
+        for attr in (
+            "system", "popen", "_exit", "abort", "kill", "killpg", "fork", "forkpty", "vfork",
+            "execv", "execve", "execl", "execle", "execlp", "execlpe", "execvp", "execvpe",
+            "spawnl", "spawnle", "spawnlp", "spawnlpe", "spawnv", "spawnve", "spawnvp", "spawnvpe",
+            "posix_spawn", "posix_spawnp", "register_at_fork",
+        ):
+            try:
+                delattr(mod, attr)
+            except AttributeError:
+                pass
+    for name in ("_", "PYTHONINSPECT"):
+        os.environ.pop(name, None)
+    sys.dont_write_bytecode = True
+    for name in ("exit", "quit", "help", "copyright", "credits", "license"):
+        try:
+            delattr(builtins, name)
+        except AttributeError:
+            pass
+
+    # --- load the user's code ------------------------------------------------------------------
+    def where(e):
+        line = None
+        tb = getattr(e, "__traceback__", None)
+        while tb is not None:
+            if tb.tb_frame.f_code.co_filename == filename:
+                line = tb.tb_lineno
+            tb = tb.tb_next
+        return line
+
+    def describe(e):
+        try:
+            text = strt(e)
+        except Base:
+            text = "<unprintable>"
+        name = getattr(typ(e), "__name__", "Exception")
+        if not isinst(name, strt):
+            name = "Exception"
+        msg = name + ": " + text if text else name
+        line = where(e)
+        if line is not None:
+            msg += " (line %d)" % line
+        return msg[:2000]
+
+    try:
+        code = compile(source, filename, "exec", dont_inherit=True)
+    except SyntaxError as e:
+        return "%s: %s (line %s)" % (typ(e).__name__, e.msg, e.lineno)
+    except Base as e:
+        return "does not compile: " + describe(e)
+    ns = {"__name__": "transform", "__builtins__": builtins}
+    try:
+        try:
+            exec(code, ns)
+            failure = None
+        except KeyboardInterrupt:
+            failure = "top-level code " + load_timeout_text
+        except MemoryError:
+            failure = "top-level code " + memory_text
+        except Base as e:
+            failure = "top-level code failed: " + describe(e)
+    except Base:
+        failure = "top-level code " + load_timeout_text
+    status = tick(0)
+    if status == 1:
+        return "top-level code " + load_timeout_text
+    if status == 2:
+        return "top-level code " + memory_text
+    if failure is not None:
+        return failure
+    fn = ns.get("transform")
+    if fn is None:
+        return "the code defines no transform(event) function"
+    if not calls(fn):
+        return "transform is not a function (it is %s)" % typ(fn).__name__
+
+    # --- the batch runner ----------------------------------------------------------------------
+    timeout_result = encode([0, "transform " + timeout_text])
+    memory_result = encode([0, "transform " + memory_text])
+
+    def one(event):
+        try:
+            r = fn(event)
+            if r is None:
+                return "null"
+            if not isinst(r, dictt):
+                return encode([0, "transform must return a dict or None, not " + typ(r).__name__])
+            for k in r:
+                if typ(k) is not strt:
+                    return encode([0, "transform returned a dict with a non-string key: %r" % (k,)])
+            try:
+                body = encode(r)
+            except (TypeError, ValueError, RecursionError) as e:
+                return encode([0, "transform result is not JSON: " + describe(e)])
+            return "[1," + body + "]"
+        except KeyboardInterrupt:
+            return timeout_result
+        except MemoryError:
+            return memory_result
+        except Base as e:
+            return encode([0, describe(e)])
+
+    def run(batch):
+        events = decode(batch)
+        out = []
+        for i in range(len(events)):
+            status = tick(i)
+            if status:
+                out[-1] = timeout_result if status == 1 else memory_result
+                if status == 2:
+                    return "[" + ",".join(out) + "]"
+            try:
+                res = one(events[i])
+            except Base:
+                res = timeout_result
+            out.append(res)
+        status = tick(len(events))
+        if status and out:
+            out[-1] = timeout_result if status == 1 else memory_result
+        return "[" + ",".join(out) + "]"
+
+    return run
+`;
