@@ -9,6 +9,7 @@ import { webhookRoutes } from "./ingest/webhooks/route.ts";
 import { LiveWindow } from "./debugger/live-window.ts";
 import { OutcomeLog } from "./debugger/outcomes.ts";
 import { adminRoutes } from "./debugger/routes.ts";
+import { replayRoutes } from "./ops/replay-routes.ts";
 import { adminGuard } from "./ops/admin-auth.ts";
 import { openApiDocument } from "./ops/openapi.ts";
 import { addPipelineSource, httpDuration, httpRequests } from "./ops/metrics.ts";
@@ -125,7 +126,9 @@ export async function startNode(o: NodeOptions & { natsUrl: string } & PipelineT
   const adminEnabled = !!o.adminToken || o.devAdmin;
   if (!adminEnabled) log.info("admin API and debugger disabled: set TRIBUTARY_ADMIN_TOKEN to enable them");
   if (adminEnabled) live.start(bus.nc);
-  const admin = adminRoutes(config, live, outcomes, adminGuard({ token: o.adminToken, devLoopback: o.devAdmin }));
+  const guard = adminGuard({ token: o.adminToken, devLoopback: o.devAdmin });
+  const admin = adminRoutes(config, live, outcomes, guard);
+  const replays = replayRoutes(config, bus, () => (manager ? warehouse : undefined), guard);
 
   const app = new Elysia()
     .onRequest(({ request, set }) => {
@@ -157,6 +160,7 @@ export async function startNode(o: NodeOptions & { natsUrl: string } & PipelineT
     .use(ingest.app)
     .use(webhooks)
     .use(admin)
+    .use(replays)
     .get("/healthz", () => ({ ok: true }))
     .get("/version", () => VERSION)
     .get("/openapi.json", () => OPENAPI)

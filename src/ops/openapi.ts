@@ -1,4 +1,5 @@
 import { Type, type TSchema } from "@sinclair/typebox";
+import { ReplayRequest } from "./replay-routes.ts";
 import { BaseEvent, BatchEnvelope, EVENT_RULES, EVENT_TYPES, Identity, type EventType } from "../ingest/event-schema.ts";
 
 /**
@@ -149,6 +150,25 @@ export function openApiDocument(version: string): Record<string, unknown> {
   ]);
   get("/v1/connections/{connection}/events/{messageId}", "One recent event and what each pipeline did with it", { "200": json(EventDetail, "event and outcomes") }, admin, [conn, { name: "messageId", in: "path", required: true, schema: { type: "string" } }]);
   get("/v1/pipelines", "Every pipeline's counts, consumer lag and last errors", { "200": json(PipelinesAnswer, "pipelines") });
+  const replayJob = Type.Object({ id: Type.String(), connection: Type.String(), pipeline: Type.String(), startedAt: Type.String(), progress: Type.Optional(Type.Object({}, { additionalProperties: true })), error: Type.Optional(Type.String()) });
+  paths["/v1/pipelines/{name}/replay"] = {
+    post: {
+      summary: "Re-run a pipeline over events still in the stream (backfill), exactly once as seen by queries",
+      security: admin,
+      parameters: [{ name: "name", in: "path", required: true, schema: { type: "string" } }],
+      requestBody: { required: false, content: { "application/json": { schema: ReplayRequest } } },
+      responses: {
+        "202": json(Type.Object({ id: Type.String(), status: Type.String() }), "started; follow it at `status`"),
+        "400": err("bad request body, or the name is ambiguous"),
+        "401": err("no or wrong admin token"),
+        "403": err("admin API disabled"),
+        "404": err("no such pipeline"),
+        "503": err("ClickHouse not reachable yet"),
+      },
+    },
+  };
+  get("/v1/replays", "Replays started on this node, with progress", { "200": json(Type.Object({ replays: Type.Array(replayJob) }), "replays") });
+  get("/v1/replays/{id}", "One replay's progress", { "200": json(replayJob, "replay"), "404": err("no such replay") }, admin, [{ name: "id", in: "path", required: true, schema: { type: "string" } }]);
   get("/metrics", "Prometheus metrics", { "200": { description: "text/plain; version=0.0.4", content: { "text/plain": {} } } });
   return {
     openapi: "3.1.0",

@@ -3,13 +3,9 @@ import type { Config } from "../config/loader.ts";
 import type { Pipeline } from "../config/schema.ts";
 import type { Warehouse } from "../sink/clickhouse/server.ts";
 import { PipelineWorker, batchDefaults, type BatchOptions } from "./worker.ts";
-import { eventsStage } from "./events-stage.ts";
-import { RAW_PIPELINE, rawStage } from "./raw-stage.ts";
-import { ensureRawTable } from "../sink/clickhouse/raw-table.ts";
-import { createTransform } from "./transform/index.ts";
-import { DEFAULT_USERS_FILTER, UsersStage } from "./users/users-stage.ts";
+import { RAW_PIPELINE } from "./raw-stage.ts";
+import { StageFactory, filterOf } from "./stages.ts";
 import { migrateUsersTable } from "./users/users-table.ts";
-import { ProfileStore } from "./users/profiles.ts";
 import type { CustomerModel } from "./users/customer-model.ts";
 import type { InserterOptions } from "../sink/clickhouse/inserter.ts";
 import { log } from "../util/log.ts";
@@ -36,7 +32,7 @@ export class PipelineManager {
   readonly workers = new Map<string, PipelineWorker>();
   readonly #signatures = new Map<string, string>();
   #applying: Promise<void> = Promise.resolve();
-  #profiles?: ProfileStore;
+  #stages?: StageFactory;
   /** The model the users table has now. */
   #model?: CustomerModel;
   /** Why the last configuration could not be applied in full, one line per problem. */
@@ -125,7 +121,7 @@ export class PipelineManager {
     }
     for (const [key, want] of wanted) {
       const existing = this.workers.get(key);
-      const filter = want.pipeline.filter ?? (want.pipeline.import === "users" ? DEFAULT_USERS_FILTER : undefined);
+      const filter = filterOf(want.pipeline);
       if (existing) {
         existing.setFilter(filter);
         existing.consents = want.pipeline.consents;
@@ -152,15 +148,9 @@ export class PipelineManager {
     this.lastError = this.#problems.length ? this.#problems.join("\n") : undefined;
   }
 
-  async #stage(want: Wanted, model: CustomerModel | undefined) {
-    const p = want.pipeline;
-    if (want.rawTable) {
-      await ensureRawTable(this.warehouse, want.rawTable);
-      return rawStage(want.connection, want.rawTable, this.warehouse);
-    }
-    if (p.import === "events") return eventsStage(want.connection, p.name, this.warehouse.features);
-    this.#profiles ??= await ProfileStore.open(this.bus.js, this.bus.options.streamReplicas);
-    return new UsersStage(p.name, await createTransform(p.transform!), model!, this.#profiles, this.warehouse);
+  #stage(want: Wanted, model: CustomerModel | undefined) {
+    this.#stages ??= new StageFactory(this.bus, this.warehouse);
+    return this.#stages.build(want.connection, want.pipeline, model, want.rawTable);
   }
 
   async stop(): Promise<void> {

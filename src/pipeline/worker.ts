@@ -39,6 +39,53 @@ export interface PipelineStage {
   dispose?(): void;
 }
 
+export interface Selection {
+  filter: EventFilter;
+  consents?: string[];
+  /** The stage takes raw webhook deliveries instead of events. */
+  raw: boolean;
+}
+
+/**
+ * The events of one stream message that a pipeline keeps (its filter, then its consents), with
+ * every decision counted and, when the debugger listens, recorded per event. Shared by the live
+ * workers and by replays, so a replay decides exactly as the pipeline did.
+ */
+export function selectEvents(m: { json<T>(): T; seq: number }, sel: Selection, stats: PipelineStats, into: Json[]): void {
+  let events: Json[];
+  try {
+    events = m.json<Json[]>();
+  } catch (err) {
+    // Not written by Tributary (someone published by hand): keep it visible, never block on it.
+    stats.recordError(`unreadable stream message ${m.seq}: ${(err as Error).message}`);
+    return;
+  }
+  for (const e of Array.isArray(events) ? events : [events]) {
+    if ((e.raw !== undefined) !== sel.raw) continue;
+    stats.received++;
+    const id = e.messageId as string;
+    let keep: boolean;
+    try {
+      keep = sel.filter.test(e);
+    } catch (err) {
+      stats.recordError(`filter failed: ${(err as Error).message}`, id);
+      continue;
+    }
+    if (!keep) {
+      stats.filteredOut++;
+      stats.onOutcome?.(id, "filtered", sel.filter.source ? `filter ${sel.filter.source} is false` : undefined);
+      continue;
+    }
+    if (sel.consents?.length && !consentGranted(e, sel.consents)) {
+      stats.consentFailed++;
+      stats.onOutcome?.(id, "filtered", `consent missing for ${sel.consents.join(", ")}`);
+      continue;
+    }
+    stats.onOutcome?.(id, "kept");
+    into.push(e);
+  }
+}
+
 /**
  * Runs one pipeline: a durable pull consumer on the connection's subjects (shared by every
  * node, so nodes split the work and a restart resumes), the filter, the stage that turns kept
@@ -156,38 +203,7 @@ export class PipelineWorker {
   #take(m: JsMsg): void {
     this.#pending.push(m);
     this.#bytes += m.data.length;
-    let events: Record<string, unknown>[];
-    try {
-      events = m.json<Record<string, unknown>[]>();
-    } catch (err) {
-      // Not written by Tributary (someone published by hand): keep it visible, never block on it.
-      this.stats.recordError(`unreadable stream message ${m.seq}: ${(err as Error).message}`);
-      return;
-    }
-    const raw = !!this.stage.raw;
-    for (const e of events) {
-      if ((e.raw !== undefined) !== raw) continue;
-      this.stats.received++;
-      let keep: boolean;
-      try {
-        keep = this.#filter.test(e);
-      } catch (err) {
-        this.stats.recordError(`filter failed: ${(err as Error).message}`, e.messageId as string);
-        continue;
-      }
-      if (!keep) {
-        this.stats.filteredOut++;
-        this.stats.onOutcome?.(e.messageId as string, "filtered", this.#filter.source ? `filter ${this.#filter.source} is false` : undefined);
-        continue;
-      }
-      if (this.consents?.length && !consentGranted(e, this.consents)) {
-        this.stats.consentFailed++;
-        this.stats.onOutcome?.(e.messageId as string, "filtered", `consent missing for ${this.consents.join(", ")}`);
-        continue;
-      }
-      this.stats.onOutcome?.(e.messageId as string, "kept");
-      this.#events.push(e);
-    }
+    selectEvents(m, { filter: this.#filter, consents: this.consents, raw: !!this.stage.raw }, this.stats, this.#events);
   }
 
   /** One insert at a time; each takes what has accumulated when it starts. */

@@ -1,0 +1,124 @@
+import { DeliverPolicy } from "@nats-io/jetstream";
+import type { Bus } from "../bus/connection.ts";
+import { STREAM, connectionSubjects } from "../bus/subjects.ts";
+import type { Config } from "../config/loader.ts";
+import type { Warehouse } from "../sink/clickhouse/server.ts";
+import { Inserter } from "../sink/clickhouse/inserter.ts";
+import { compileFilter } from "./filter.ts";
+import { PipelineStats } from "./stats.ts";
+import { StageFactory, filterOf } from "./stages.ts";
+import { selectEvents } from "./worker.ts";
+
+export interface ReplayOptions {
+  connection: string;
+  pipeline: string;
+  /** Start at the first message stored at or after this time (ISO 8601). */
+  since?: string;
+  /** Or at this stream sequence. Without either: the start of the stream. */
+  fromSeq?: number;
+  /** Stop at messages stored after this time. */
+  until?: string;
+  /** Count what would load; write nothing. */
+  dryRun?: boolean;
+  /** Events per insert. */
+  batchRows?: number;
+  onProgress?: (p: ReplayProgress) => void;
+  signal?: AbortSignal;
+}
+
+export interface ReplayProgress {
+  /** Stream sequences covered so far, of `total`. */
+  done: number;
+  total: number;
+  received: number;
+  kept: number;
+  loaded: number;
+  failed: number;
+  eventsPerSecond: number;
+  etaSeconds: number | null;
+  finished: boolean;
+}
+
+export class ReplayError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "ReplayError";
+  }
+}
+
+/**
+ * Re-runs a pipeline — its current filter, consents and transformation — over events still in the
+ * stream, into the same table. Exactly once as seen by queries: events rows collapse on
+ * (connection, pipeline, message_id) under FINAL, and users profiles merge by event time, so a
+ * replay over rows already loaded changes nothing, and an interrupted replay can simply be rerun.
+ * It reads with an ordered consumer of its own: the pipeline's live consumer is not touched.
+ */
+export async function replay(bus: Bus, warehouse: Warehouse, config: Config, o: ReplayOptions): Promise<ReplayProgress> {
+  const c = config.connections.get(o.connection);
+  if (!c) throw new ReplayError(`no connection named "${o.connection}"`);
+  const p = c.pipelines?.find((x) => x.name === o.pipeline);
+  if (!p) throw new ReplayError(`connection "${o.connection}" has no pipeline named "${o.pipeline}" (it has: ${(c.pipelines ?? []).map((x) => x.name).join(", ") || "none"})`);
+  const stage = await new StageFactory(bus, warehouse).build(c.connection, p, config.customerModel);
+  const stats = new PipelineStats();
+  const selection = { filter: compileFilter(filterOf(p)), consents: p.consents, raw: false };
+  const until = o.until ? Date.parse(o.until) : undefined;
+  if (o.since && Number.isNaN(Date.parse(o.since))) throw new ReplayError(`--since: not an ISO 8601 time: ${o.since}`);
+  if (o.until && Number.isNaN(until)) throw new ReplayError(`--until: not an ISO 8601 time: ${o.until}`);
+
+  const info = await bus.jsm.streams.info(STREAM);
+  const last = info.state.last_seq;
+  const first = o.fromSeq ?? info.state.first_seq;
+  const consumer = await bus.js.consumers.get(STREAM, {
+    filter_subjects: connectionSubjects(c.connection),
+    ...(o.since
+      ? { deliver_policy: DeliverPolicy.StartTime, opt_start_time: new Date(o.since).toISOString() }
+      : { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: Math.max(1, first) }),
+  });
+  const inserter = new Inserter(warehouse, stage.table);
+  const started = performance.now();
+  const progress: ReplayProgress = { done: 0, total: Math.max(0, last - first + 1), received: 0, kept: 0, loaded: 0, failed: 0, eventsPerSecond: 0, etaSeconds: null, finished: false };
+  const report = (seq: number) => {
+    const s = (performance.now() - started) / 1000;
+    progress.done = Math.max(0, Math.min(progress.total, seq - first + 1));
+    progress.received = stats.received;
+    progress.failed = stats.failed;
+    progress.eventsPerSecond = s > 0 ? stats.received / s : 0;
+    const rate = s > 0 ? progress.done / s : 0;
+    progress.etaSeconds = rate > 0 ? (progress.total - progress.done) / rate : null;
+    o.onProgress?.({ ...progress });
+  };
+
+  let batch: Record<string, unknown>[] = [];
+  const flush = async () => {
+    const events = batch;
+    batch = [];
+    progress.kept += events.length;
+    if (o.dryRun || !events.length) return;
+    const rows = await stage.toRows(events, stats);
+    const outcome = await inserter.insert(rows);
+    await stage.afterInsert?.();
+    progress.loaded += outcome.inserted;
+    for (const r of outcome.rejected) stats.recordError(`ClickHouse refused the row: ${r.reason}`, r.row.message_id as string);
+  };
+  try {
+    if (last >= first) {
+      const messages = await consumer.consume({ max_messages: 256 });
+      o.signal?.addEventListener("abort", () => void messages.close());
+      for await (const m of messages) {
+        if (until !== undefined && m.info.timestampNanos / 1e6 > until) break;
+        selectEvents(m, selection, stats, batch);
+        if (batch.length >= (o.batchRows ?? 10_000)) await flush();
+        report(m.seq);
+        if (m.seq >= last || m.info.pending === 0) break;
+      }
+      await messages.close();
+    }
+    await flush();
+  } finally {
+    stage.dispose?.();
+    await consumer.delete().catch(() => {});
+  }
+  progress.finished = true;
+  report(progress.total + first - 1);
+  return progress;
+}

@@ -1,0 +1,36 @@
+import type { Bus } from "../bus/connection.ts";
+import type { Pipeline } from "../config/schema.ts";
+import type { Warehouse } from "../sink/clickhouse/server.ts";
+import { ensureRawTable } from "../sink/clickhouse/raw-table.ts";
+import { eventsStage } from "./events-stage.ts";
+import { rawStage } from "./raw-stage.ts";
+import { createTransform } from "./transform/index.ts";
+import { DEFAULT_USERS_FILTER, UsersStage } from "./users/users-stage.ts";
+import { ProfileStore } from "./users/profiles.ts";
+import type { CustomerModel } from "./users/customer-model.ts";
+import type { PipelineStage } from "./worker.ts";
+
+/** What building a stage needs; the profile store is opened once, on first use. */
+export class StageFactory {
+  #profiles?: Promise<ProfileStore>;
+
+  constructor(
+    readonly bus: Bus,
+    readonly warehouse: Warehouse,
+  ) {}
+
+  /** The stage of a pipeline (or of a raw connection's table loader when `rawTable` is set). */
+  async build(connection: string, p: Pipeline, model: CustomerModel | undefined, rawTable?: string): Promise<PipelineStage> {
+    if (rawTable) {
+      await ensureRawTable(this.warehouse, rawTable);
+      return rawStage(connection, rawTable, this.warehouse);
+    }
+    if (p.import === "events") return eventsStage(connection, p.name, this.warehouse.features);
+    if (!model) throw new Error(`pipeline "${p.name}": import: users needs the Customer Model`);
+    this.#profiles ??= ProfileStore.open(this.bus.js, this.bus.options.streamReplicas);
+    return new UsersStage(p.name, await createTransform(p.transform!), model, await this.#profiles, this.warehouse);
+  }
+}
+
+/** The filter a pipeline runs: its own, or the users preset. */
+export const filterOf = (p: Pipeline): string | undefined => p.filter ?? (p.import === "users" ? DEFAULT_USERS_FILTER : undefined);
