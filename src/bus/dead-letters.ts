@@ -22,10 +22,44 @@ export async function ensureDlqStream(jsm: JetStreamManager, replicas: number): 
 export interface DeadLetter {
   connection: string;
   pipeline: string;
+  /** The table the row was for (letters written before this field existed were for `events`). */
+  table?: string;
   messageId?: string;
   reason: string;
   at: string;
+  /** The row ClickHouse refused, as it was sent. */
   event: unknown;
+}
+
+export interface StoredDeadLetter extends DeadLetter {
+  seq: number;
+}
+
+/** The dead letters of a connection (one pipeline, or all), oldest first. */
+export async function readDeadLetters(bus: Bus, connection: string, pipeline?: string): Promise<StoredDeadLetter[]> {
+  const subject = pipeline ? dlqSubject(connection, pipeline) : `tributary.dlq.${connection}.>`;
+  const info = await bus.jsm.streams.info(DLQ_STREAM, { subjects_filter: subject });
+  const count = Object.values(info.state.subjects ?? {}).reduce((a, n) => a + n, 0);
+  const out: StoredDeadLetter[] = [];
+  if (!count) return out;
+  const consumer = await bus.js.consumers.get(DLQ_STREAM, { filter_subjects: subject });
+  try {
+    const messages = await consumer.consume({ max_messages: 256 });
+    for await (const m of messages) {
+      out.push({ ...(m.json<DeadLetter>()), seq: m.seq });
+      if (m.info.pending === 0) break;
+    }
+    await messages.close();
+  } finally {
+    await consumer.delete().catch(() => {});
+  }
+  return out;
+}
+
+/** How many dead letters each pipeline subject holds now. */
+export async function deadLetterCounts(bus: Bus, connection: string): Promise<Record<string, number>> {
+  const info = await bus.jsm.streams.info(DLQ_STREAM, { subjects_filter: `tributary.dlq.${connection}.>` }).catch(() => undefined);
+  return info?.state.subjects ?? {};
 }
 
 export async function publishDeadLetters(bus: Bus, letters: DeadLetter[]): Promise<void> {

@@ -56,6 +56,8 @@ export interface PipelineSnapshot {
   failed: number;
   loaded: number;
   deadLettered: number;
+  /** Dead letters waiting in TRIBUTARY_DLQ for this pipeline (all nodes'), until redriven. */
+  deadLetters: number;
   lag: number | null;
   lastLoadAt: string | null;
   lastErrors: { at: string; messageId?: string; error: string }[];
@@ -84,6 +86,17 @@ new Gauge({
     for (const p of await pipelineSnapshots()) {
       for (const s of STAGES) this.set({ connection: p.connection, pipeline: p.pipeline, stage: snake(s) }, p[s]);
     }
+  },
+});
+
+new Gauge({
+  name: "tributary_pipeline_dead_letters",
+  help: "Rows waiting in the dead-letter stream per pipeline (bun run dlq lists and redrives them)",
+  labelNames: ["connection", "pipeline"] as const,
+  registers: [registry],
+  async collect() {
+    this.reset();
+    for (const p of await pipelineSnapshots()) this.set({ connection: p.connection, pipeline: p.pipeline }, p.deadLetters);
   },
 });
 

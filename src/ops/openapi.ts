@@ -59,6 +59,7 @@ const PipelineSnapshot = Type.Object({
   failed: Type.Integer(),
   loaded: Type.Integer(),
   deadLettered: Type.Integer(),
+  deadLetters: Type.Integer(),
   lag: Type.Union([Type.Integer(), Type.Null()]),
   lastLoadAt: Type.Union([Type.String(), Type.Null()]),
   lastErrors: Type.Array(Type.Object({ at: Type.String(), messageId: Type.Optional(Type.String()), error: Type.String() })),

@@ -10,6 +10,7 @@ import type { CustomerModel } from "./users/customer-model.ts";
 import type { InserterOptions } from "../sink/clickhouse/inserter.ts";
 import { log } from "../util/log.ts";
 import { STREAM } from "../bus/subjects.ts";
+import { deadLetterCounts, dlqSubject } from "../bus/dead-letters.ts";
 import type { OutcomeLog } from "../debugger/outcomes.ts";
 import type { PipelineSnapshot } from "../ops/metrics.ts";
 
@@ -52,7 +53,7 @@ export class PipelineManager {
   async snapshots(): Promise<PipelineSnapshot[]> {
     return Promise.all(
       [...this.workers.values()].map(async (w) => {
-        const info = await this.bus.jsm.consumers.info(STREAM, w.durable).catch(() => undefined);
+        const [info, letters] = await Promise.all([this.bus.jsm.consumers.info(STREAM, w.durable).catch(() => undefined), deadLetterCounts(this.bus, w.connection)]);
         const s = w.stats;
         return {
           connection: w.connection,
@@ -65,6 +66,7 @@ export class PipelineManager {
           failed: s.failed,
           loaded: s.loaded,
           deadLettered: s.deadLettered,
+          deadLetters: letters[dlqSubject(w.connection, w.pipeline)] ?? 0,
           lag: info ? info.num_pending + info.num_ack_pending : null,
           lastLoadAt: s.lastLoadAt ?? null,
           lastErrors: [...s.lastErrors],

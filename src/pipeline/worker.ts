@@ -245,7 +245,8 @@ export class PipelineWorker {
     const letters = rejected.map((r) => ({
       connection: this.connection,
       pipeline: this.pipeline,
-      messageId: r.row.message_id as string,
+      table: this.stage.table,
+      messageId: (r.row.message_id ?? r.row.delivery_id) as string,
       reason: r.reason,
       at: new Date().toISOString(),
       event: r.row,

@@ -1,0 +1,81 @@
+import { afterAll, beforeAll, expect, test } from "bun:test";
+import { join } from "node:path";
+import { startClickHouse, startNats, startTestNode } from "../harness/services.ts";
+import { chClient, eventually, rows } from "../harness/warehouse.ts";
+import type { RunningNode } from "../../src/node.ts";
+import type { ClickHouseClient } from "@clickhouse/client";
+
+/**
+ * A table whose column type refuses some rows (an operator's mistake): the refused rows go to the
+ * dead-letter stream with ClickHouse's reason, the rest land; after the fix, --redrive lands them.
+ */
+
+const ADMIN = "dlq-admin-token";
+let nats: Awaited<ReturnType<typeof startNats>>;
+let ch: Awaited<ReturnType<typeof startClickHouse>>;
+let node: RunningNode;
+let db: ClickHouseClient;
+
+beforeAll(async () => {
+  [nats, ch] = await Promise.all([startNats(), startClickHouse()]);
+  db = chClient(ch.url);
+  await db.command({ query: "CREATE DATABASE IF NOT EXISTS tributary" });
+  // Pre-created with `body UInt64`: numeric bodies fit, others are refused for their content.
+  await db.command({
+    query: `CREATE TABLE tributary.numbers (connection String, delivery_id String, row_index UInt32, received_at UInt64, body UInt64, headers String) ENGINE = ReplacingMergeTree() ORDER BY (connection, delivery_id, row_index)`,
+  });
+  node = await startTestNode(nats.url, { "n.yaml": `connection: nums\nsource: raw\nbody: json-array\ninsecure: true\ntable: numbers\n` }, { clickhouseUrl: ch.url, adminToken: ADMIN, batchMaxAgeMs: 100 });
+  await node.pipelinesReady;
+});
+afterAll(async () => {
+  await node?.stop();
+  await db?.close();
+  await Promise.all([nats?.cleanup(), ch?.cleanup()]);
+});
+
+async function dlq(...args: string[]) {
+  const p = Bun.spawn([process.execPath, join(import.meta.dir, "../../scripts/dlq.ts"), ...args], {
+    env: { ...process.env, NATS_URL: nats.url, CLICKHOUSE_URL: ch.url, LOG_LEVEL: "error" },
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+  const [out, err] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text()]);
+  return { code: await p.exited, out, err };
+}
+
+test("refused rows are dead-lettered with the reason, counted, listed, and redriven after the fix", async () => {
+  const r = await fetch(`${node.url}/v1/webhooks/nums`, { method: "POST", body: JSON.stringify([1, 2, "three", 4, "five"]) });
+  expect(r.status).toBe(200);
+  await eventually<any>(db, "SELECT count() AS c FROM tributary.numbers FINAL", (x) => x[0]?.c === "3");
+  let p: any;
+  for (let i = 0; i < 50; i++) {
+    p = (await (await fetch(`${node.url}/v1/pipelines`, { headers: { Authorization: `Bearer ${ADMIN}` } })).json()).pipelines[0];
+    if (p.deadLetters === 2) break;
+    await Bun.sleep(100);
+  }
+  expect(p).toMatchObject({ connection: "nums", loaded: 3, deadLettered: 2, deadLetters: 2, failed: 2 });
+  const metrics = await (await fetch(`${node.url}/metrics`, { headers: { Authorization: `Bearer ${ADMIN}` } })).text();
+  expect(metrics).toMatch(/tributary_pipeline_dead_letters\{connection="nums",pipeline="\(raw table\)"\} 2/);
+
+  const listed = await dlq("nums", "--json");
+  expect(listed.code).toBe(0);
+  const letters = listed.out.trim().split("\n").map((l) => JSON.parse(l));
+  expect(letters.map((l) => JSON.parse(JSON.stringify(l.event.body)))).toEqual(['"three"', '"five"']);
+  for (const l of letters) {
+    expect(l).toMatchObject({ connection: "nums", table: "numbers" });
+    expect(l.reason).toMatch(/Code: \d+/);
+  }
+
+  // Before the fix, a redrive lands nothing and keeps them.
+  const early = await dlq("nums", "--redrive");
+  expect(early.code).toBe(1);
+  expect(early.err).toContain("0 landed and removed, 2 still refused");
+
+  await db.command({ query: "ALTER TABLE tributary.numbers MODIFY COLUMN body String" });
+  const fixed = await dlq("nums", "--redrive");
+  expect(fixed.code).toBe(0);
+  expect(fixed.err).toContain("2 landed and removed, 0 still refused");
+  const bodies = (await rows<any>(db, "SELECT body FROM tributary.numbers FINAL ORDER BY row_index")).map((x) => x.body);
+  expect(bodies).toEqual(["1", "2", '"three"', "4", '"five"']);
+  expect((await dlq("nums")).err).toContain("0 dead letter(s)");
+});
