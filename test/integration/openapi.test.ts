@@ -75,3 +75,16 @@ test("live answers match the documented response schemas", async () => {
   expectShape(PipelinesAnswer, await (await admin("/v1/pipelines")).json());
   expectShape(EventDetail, await (await admin("/v1/connections/s/events/nope")).json());
 });
+
+test("the document is valid OpenAPI 3.1 by a well-kept validator", async () => {
+  const { Validator } = await import("@seriousme/openapi-schema-validator");
+  const validator = new Validator();
+  const doc = await (await fetch(`${node.url}/openapi.json`)).json();
+  const result = await validator.validate(doc);
+  expect(result.errors ?? []).toEqual([]);
+  expect(result.valid).toBe(true);
+  expect(validator.version).toBe("3.1");
+  // The validator does reject a broken document (no info, a response without a description).
+  const broken = await new Validator().validate({ openapi: "3.1.0", paths: { "/x": { get: { responses: { "200": {} } } } } });
+  expect(broken.valid).toBe(false);
+});
