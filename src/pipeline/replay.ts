@@ -1,4 +1,7 @@
-import { DeliverPolicy } from "@nats-io/jetstream";
+import { createHash } from "node:crypto";
+import { nanos } from "@nats-io/nats-core";
+import { AckPolicy, DeliverPolicy, type JsMsg } from "@nats-io/jetstream";
+import { subjectToken } from "../bus/dead-letters.ts";
 import type { Bus } from "../bus/connection.ts";
 import { STREAM, connectionSubjects } from "../bus/subjects.ts";
 import type { Config } from "../config/loader.ts";
@@ -37,6 +40,8 @@ export interface ReplayProgress {
   eventsPerSecond: number;
   etaSeconds: number | null;
   finished: boolean;
+  /** This run continued an interrupted replay with the same arguments. */
+  resumed: boolean;
 }
 
 export class ReplayError extends Error {
@@ -50,8 +55,9 @@ export class ReplayError extends Error {
  * Re-runs a pipeline — its current filter, consents and transformation — over events still in the
  * stream, into the same table. Exactly once as seen by queries: events rows collapse on
  * (connection, pipeline, message_id) under FINAL, and users profiles merge by event time, so a
- * replay over rows already loaded changes nothing, and an interrupted replay can simply be rerun.
- * It reads with an ordered consumer of its own: the pipeline's live consumer is not touched.
+ * replay over rows already loaded changes nothing.
+ * It reads with a durable consumer of its own (the pipeline's live consumer is not touched),
+ * acknowledged batch by batch, so an interrupted replay resumes where it stopped when rerun.
  */
 export async function replay(bus: Bus, warehouse: Warehouse, config: Config, o: ReplayOptions): Promise<ReplayProgress> {
   const c = config.connections.get(o.connection);
@@ -67,16 +73,33 @@ export async function replay(bus: Bus, warehouse: Warehouse, config: Config, o: 
 
   const info = await bus.jsm.streams.info(STREAM);
   const last = info.state.last_seq;
-  const first = o.fromSeq ?? info.state.first_seq;
-  const consumer = await bus.js.consumers.get(STREAM, {
-    filter_subjects: connectionSubjects(c.connection),
-    ...(o.since
-      ? { deliver_policy: DeliverPolicy.StartTime, opt_start_time: new Date(o.since).toISOString() }
-      : { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: Math.max(1, first) }),
-  });
+  // A durable consumer named after the replay's arguments: rerunning the same replay after an
+  // interruption resumes after the last batch it loaded; it is deleted once the replay finished.
+  const name = `tributary_replay_${c.connection}_${subjectToken(p.name)}_${createHash("sha256").update(JSON.stringify([o.since, o.fromSeq, o.until])).digest("hex").slice(0, 8)}`;
+  const existing = await bus.jsm.consumers.info(STREAM, name).catch(() => undefined);
+  // Resume after the ack floor: batches are acknowledged in order, so everything up to it is loaded.
+  // The old consumer is replaced rather than reused, because the messages it handed to the
+  // interrupted run would only come back after their ack wait.
+  const resumeAt = existing && existing.ack_floor.stream_seq > 0 ? existing.ack_floor.stream_seq + 1 : undefined;
+  if (existing) await bus.jsm.consumers.delete(STREAM, name);
+  const first = resumeAt ?? o.fromSeq ?? info.state.first_seq;
+  {
+    await bus.jsm.consumers.add(STREAM, {
+      durable_name: name,
+      filter_subject: connectionSubjects(c.connection),
+      ack_policy: AckPolicy.Explicit,
+      ack_wait: nanos(120_000),
+      max_ack_pending: 50_000,
+      inactive_threshold: nanos(7 * 86400_000),
+      ...(o.since && resumeAt === undefined
+        ? { deliver_policy: DeliverPolicy.StartTime, opt_start_time: new Date(o.since).toISOString() }
+        : { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: Math.max(1, first) }),
+    });
+  }
+  const consumer = await bus.js.consumers.get(STREAM, name);
   const inserter = new Inserter(warehouse, stage.table);
   const started = performance.now();
-  const progress: ReplayProgress = { done: 0, total: Math.max(0, last - first + 1), received: 0, kept: 0, loaded: 0, failed: 0, eventsPerSecond: 0, etaSeconds: null, finished: false };
+  const progress: ReplayProgress = { done: 0, total: Math.max(0, last - first + 1), received: 0, kept: 0, loaded: 0, failed: 0, eventsPerSecond: 0, etaSeconds: null, finished: false, resumed: !!existing };
   const report = (seq: number) => {
     const s = (performance.now() - started) / 1000;
     progress.done = Math.max(0, Math.min(progress.total, seq - first + 1));
@@ -89,36 +112,53 @@ export async function replay(bus: Bus, warehouse: Warehouse, config: Config, o: 
   };
 
   let batch: Record<string, unknown>[] = [];
+  let held: JsMsg[] = [];
   const flush = async () => {
     const events = batch;
+    const messages = held;
     batch = [];
+    held = [];
     progress.kept += events.length;
-    if (o.dryRun || !events.length) return;
-    const rows = await stage.toRows(events, stats);
-    const outcome = await inserter.insert(rows);
-    await stage.afterInsert?.();
-    progress.loaded += outcome.inserted;
-    for (const r of outcome.rejected) stats.recordError(`ClickHouse refused the row: ${r.reason}`, r.row.message_id as string);
+    if (!o.dryRun && events.length) {
+      const rows = await stage.toRows(events, stats);
+      const outcome = await inserter.insert(rows);
+      await stage.afterInsert?.();
+      progress.loaded += outcome.inserted;
+      for (const r of outcome.rejected) stats.recordError(`ClickHouse refused the row: ${r.reason}`, r.row.message_id as string);
+    }
+    // A dry run acknowledges nothing: it leaves no trace to resume from.
+    if (!o.dryRun) await Promise.all(messages.map((m) => m.ackAck()));
   };
+  let complete = last < first;
   try {
-    if (last >= first) {
+    if (!complete) {
       const messages = await consumer.consume({ max_messages: 256 });
       o.signal?.addEventListener("abort", () => void messages.close());
       for await (const m of messages) {
-        if (until !== undefined && m.info.timestampNanos / 1e6 > until) break;
+        // Messages already buffered are left unacknowledged: a rerun gets them again.
+        if (o.signal?.aborted) break;
+        if (until !== undefined && m.info.timestampNanos / 1e6 > until) {
+          complete = true;
+          break;
+        }
         selectEvents(m, selection, stats, batch);
-        if (batch.length >= (o.batchRows ?? 10_000)) await flush();
+        held.push(m);
+        const end = m.seq >= last || m.info.pending === 0;
+        if (batch.length >= (o.batchRows ?? 10_000) || end) await flush();
         report(m.seq);
-        if (m.seq >= last || m.info.pending === 0) break;
+        if (end) {
+          complete = true;
+          break;
+        }
       }
       await messages.close();
     }
-    await flush();
+    if (!o.signal?.aborted) await flush();
   } finally {
     stage.dispose?.();
-    await consumer.delete().catch(() => {});
+    if ((complete && !o.signal?.aborted) || o.dryRun) await bus.jsm.consumers.delete(STREAM, name).catch(() => {});
   }
-  progress.finished = true;
-  report(progress.total + first - 1);
+  progress.finished = complete && !o.signal?.aborted;
+  if (progress.finished) report(progress.total + first - 1);
   return progress;
 }
