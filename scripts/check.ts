@@ -7,7 +7,7 @@
  */
 import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
-import { loadConfig, ConfigError, type Config } from "../src/config/loader.ts";
+import { lineInYaml, loadConfig, ConfigError, type Config } from "../src/config/loader.ts";
 import { compileFilter } from "../src/pipeline/filter.ts";
 import { createTransform } from "../src/pipeline/transform/index.ts";
 import { DEFAULT_USERS_FILTER } from "../src/pipeline/users/users-stage.ts";
@@ -43,7 +43,9 @@ for (const c of config.connections.values()) {
     try {
       transforms.set(`${c.connection}/${p.name}`, await createTransform(p.transform));
     } catch (e) {
-      problems.push(`${c.file}: pipelines/${i}/transform of "${p.name}": ${(e as Error).message}`);
+      const kind = Object.keys(p.transform)[0]!;
+      const line = lineInYaml(readFileSync(c.file, "utf8"), `/pipelines/${i}/transform/${kind}`);
+      problems.push(`${c.file}:${line}: pipelines/${i}/transform/${kind} of "${p.name}": ${(e as Error).message}`);
     }
   }
 }

@@ -51,6 +51,13 @@ function nodeAt(doc: Document, path: string): Node | undefined {
   return undefined;
 }
 
+/** The line of a JSON-pointer path in a YAML text (for problems found after loading, such as user code). */
+export function lineInYaml(text: string, path: string): number {
+  const lc = new LineCounter();
+  const doc = parseDocument(text, { lineCounter: lc });
+  return lineOf(lc, nodeAt(doc, path));
+}
+
 function substitute(doc: Document, lc: LineCounter, env: Record<string, string | undefined>, where: string, problems: string[]) {
   visit(doc, {
     Scalar(_key, node) {

@@ -32,3 +32,22 @@ test("bun run check: problems exit non-zero with file:line messages", async () =
   expect(r.err).toMatch(/b\.yaml:1: check: github needs the connection's "secret"/);
   expect(r.err).toContain("2 problems");
 });
+
+test("bun run check: each kind of error, with the right file:line", async () => {
+  const w = (extra: string) => `connection: PLACE\nsource: webhook\nwriteKeys: ["abcdefgh-PLACE"]\n${extra}`;
+  const cases: [string, string, RegExp][] = [
+    ["schema.yaml", `connection: schema\nsource: webhook\nwriteKeys: ["abcdefgh12"]\npipelines:\n  - name: p\n    import: everything\n`, /schema\.yaml:6: .*import/],
+    ["var.yaml", `connection: var\nsource: webhook\nwriteKeys: ["\${NOT_SET_ANYWHERE_42}"]\n`, /var\.yaml:3: .*NOT_SET_ANYWHERE_42/],
+    ["filter.yaml", w(`pipelines:\n  - name: f\n    import: events\n    filter: type =\n`).replaceAll("PLACE", "filter"), /filter\.yaml:7: pipelines\/0\/filter of "f"/],
+    ["mapping.yaml", w(`pipelines:\n  - name: m\n    import: users\n    transform:\n      mapping:\n        email: $lowercase(\n`).replaceAll("PLACE", "mapping"), /mapping\.yaml:9: pipelines\/0\/transform\/mapping\/email of "m"/],
+    ["js.yaml", w(`pipelines:\n  - name: j\n    import: users\n    transform:\n      javascript: "function transform(event) { return {"\n`).replaceAll("PLACE", "js"), /js\.yaml:8: pipelines\/0\/transform\/javascript of "j": .*(Syntax|expect)/i],
+    ["py.yaml", w(`pipelines:\n  - name: y\n    import: users\n    transform:\n      python: "def transform(event) return 1"\n`).replaceAll("PLACE", "py"), /py\.yaml:8: pipelines\/0\/transform\/python of "y": .*SyntaxError/],
+    ["raw.yaml", `connection: raw\nsource: raw\ncheck: stripe\n`, /raw\.yaml:1: check: stripe needs the connection's "secret"/],
+    ["customer-model.yaml", `customerModel:\n  email: string\n  age: integer\n`, /customer-model\.yaml:3: .*age/],
+  ];
+  for (const [name, text, want] of cases) {
+    const r = await run(pipelinesDir({ [name]: text }));
+    expect([name, r.code]).toEqual([name, 1]);
+    expect(r.err).toMatch(want);
+  }
+}, 60_000);
