@@ -79,3 +79,34 @@ test("refused rows are dead-lettered with the reason, counted, listed, and redri
   expect(bodies).toEqual(["1", "2", '"three"', "4", '"five"']);
   expect((await dlq("nums")).err).toContain("0 dead letter(s)");
 });
+
+test("a users row refused after the table drifted from the Customer Model lands once when the model is fixed and the letter redriven", async () => {
+  const { writeFileSync } = await import("node:fs");
+  const dir = node.config.options.dir;
+  writeFileSync(join(dir, "customer-model.yaml"), "customerModel:\n  plan: string\n");
+  writeFileSync(join(dir, "people.yaml"), `connection: people\nsource: webhook\nwriteKeys: ["key-people-0001"]\npipelines:\n  - name: profiles\n    import: users\n    transform:\n      mapping:\n        plan: traits.plan\n`);
+  const manager = await node.pipelinesReady;
+  for (let i = 0; i < 100 && !manager.workers.has("people/profiles"); i++) await Bun.sleep(50);
+  expect(manager.workers.has("people/profiles")).toBe(true);
+  // Someone retypes the column by hand: string plans no longer fit.
+  await db.command({ query: "ALTER TABLE tributary.users MODIFY COLUMN plan Nullable(UInt64)" });
+  const post = (events: unknown[]) => fetch(`${node.url}/v1/batch`, { method: "POST", headers: { Authorization: "Bearer key-people-0001" }, body: JSON.stringify({ batch: events }) });
+  expect((await post([{ type: "identify", userId: "dl-1", messageId: "dl-m1", traits: { plan: "pro" } }])).status).toBe(200);
+  let letters: any[] = [];
+  for (let i = 0; i < 100 && !letters.length; i++) {
+    await Bun.sleep(100);
+    letters = (await dlq("people", "--json")).out.trim().split("\n").filter(Boolean).map((l) => JSON.parse(l));
+  }
+  expect(letters).toHaveLength(1);
+  expect(letters[0]).toMatchObject({ connection: "people", pipeline: "profiles", table: "users" });
+  expect(await rows(db, "SELECT * FROM tributary.users FINAL WHERE user_id = 'dl-1'")).toEqual([]);
+
+  // The fix: the Customer Model says string and allows the migration back.
+  writeFileSync(join(dir, "customer-model.yaml"), "customerModel:\n  plan: string\nmigrate: true\n");
+  await eventually<any>(db, "SELECT type FROM system.columns WHERE database = 'tributary' AND table = 'users' AND name = 'plan'", (r) => r[0]?.type === "Nullable(String)");
+  const redrive = await dlq("people", "--redrive");
+  expect(redrive.err).toContain("1 landed and removed, 0 still refused");
+  expect(await rows(db, "SELECT user_id, plan FROM tributary.users FINAL WHERE user_id = 'dl-1'")).toEqual([{ user_id: "dl-1", plan: "pro" }]);
+  expect((await dlq("people", "--redrive")).err).toContain("0 landed and removed, 0 still refused");
+  expect(await rows(db, "SELECT count() AS c FROM tributary.users FINAL WHERE user_id = 'dl-1'")).toEqual([{ c: "1" }]);
+});
