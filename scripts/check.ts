@@ -3,7 +3,7 @@
  * exactly as the node would load it — schema, ${VAR}s, JSONata that must compile, raw webhook
  * checks, JavaScript and Python transforms that must load, the Customer Model — and exits
  * non-zero with file:line messages. `--explain` shows what each pipeline of a connection does to
- * a sample event. Meant for CI before a deploy.
+ * an event: `--event FILE`, else the connection's last stored event (with NATS_URL), else a sample. Meant for CI before a deploy.
  */
 import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
@@ -12,6 +12,9 @@ import { compileFilter } from "../src/pipeline/filter.ts";
 import { createTransform } from "../src/pipeline/transform/index.ts";
 import { DEFAULT_USERS_FILTER } from "../src/pipeline/users/users-stage.ts";
 import { ModelCheck } from "../src/pipeline/users/customer-model.ts";
+import { DEDUP_SHARDS, STREAM, shardSubject } from "../src/bus/subjects.ts";
+
+const SAMPLE = { type: "identify", userId: "u1", messageId: "sample-1", timestamp: new Date().toISOString(), traits: { email: "Ada@Example.com", plan: "pro" } };
 
 const { values, positionals } = parseArgs({
   args: process.argv.slice(2),
@@ -63,10 +66,8 @@ if (values.explain) {
     console.error(`no connection named "${values.explain}"`);
     process.exit(1);
   }
-  const event = values.event
-    ? JSON.parse(readFileSync(values.event, "utf8"))
-    : { type: "identify", userId: "u1", messageId: "sample-1", timestamp: new Date().toISOString(), traits: { email: "Ada@Example.com", plan: "pro" } };
-  console.log(`\nsample event: ${JSON.stringify(event)}`);
+  const event = values.event ? JSON.parse(readFileSync(values.event, "utf8")) : ((await lastLiveEvent(c.connection)) ?? SAMPLE);
+  console.log(`\n${values.event ? "event" : event === SAMPLE ? "sample event (no NATS_URL, or no event stored yet)" : "last stored event"}: ${JSON.stringify(event)}`);
   const model: ModelCheck = new ModelCheck(config.customerModel);
   for (const p of c.pipelines ?? []) {
     const expr = p.filter ?? (p.import === "users" ? DEFAULT_USERS_FILTER : undefined);
@@ -100,4 +101,26 @@ if (values.explain) {
   }
 }
 for (const t of transforms.values()) t.dispose();
+
+/** The connection's newest stored event, when NATS_URL points at the bus. */
+async function lastLiveEvent(connection: string): Promise<Record<string, unknown> | undefined> {
+  if (!process.env.NATS_URL) return undefined;
+  const { connect } = await import("@nats-io/transport-node");
+  const { jetstreamManager } = await import("@nats-io/jetstream");
+  const nc = await connect({ servers: process.env.NATS_URL.split(","), timeout: 3000 });
+  try {
+    const jsm = await jetstreamManager(nc);
+    let newest: { time: number; event: Record<string, unknown> } | undefined;
+    for (let shard = 0; shard < DEDUP_SHARDS; shard++) {
+      const m = await jsm.streams.getMessage(STREAM, { last_by_subj: shardSubject(connection, shard) }).catch(() => null);
+      if (!m) continue;
+      const events = m.json<Record<string, unknown>[]>();
+      const last = Array.isArray(events) ? events.at(-1) : undefined;
+      if (last && (!newest || m.time.getTime() > newest.time)) newest = { time: m.time.getTime(), event: last };
+    }
+    return newest?.event;
+  } finally {
+    await nc.close();
+  }
+}
 process.exit(0);

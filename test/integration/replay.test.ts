@@ -138,3 +138,17 @@ test("an interrupted replay resumes after the last batch it loaded", async () =>
   const third = await replay(node.bus, manager.warehouse, node.config.current, args);
   expect(third.resumed).toBe(false);
 }, 60_000);
+
+test("bun run check --explain uses the connection's last stored event", async () => {
+  expect(await post([{ type: "track", event: "Order Completed", userId: "u", messageId: "explain-me" }])).toBe(200);
+  const p = Bun.spawn([process.execPath, join(import.meta.dir, "../../scripts/check.ts"), node.config.options.dir, "--explain", "shop"], {
+    env: { ...process.env, NATS_URL: nats.url, LOG_LEVEL: "error" },
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+  const out = await new Response(p.stdout).text();
+  expect(await p.exited).toBe(0);
+  expect(out).toContain("last stored event:");
+  expect(out).toContain(`"messageId":"explain-me"`);
+  expect(out).toContain(`- orders (import: events): kept by event in ["Order Completed", "Refund"]`);
+});
