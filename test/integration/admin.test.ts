@@ -1,8 +1,7 @@
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { startClickHouse, startNats, startTestNode } from "../harness/services.ts";
-import { chClient, eventually, rows } from "../harness/warehouse.ts";
-import type { RunningNode } from "../../src/node.ts";
-import type { ClickHouseClient } from "@clickhouse/client";
+import { describe, expect, test } from "bun:test";
+import { startTestNode } from "../harness/services.ts";
+import { useStack } from "../harness/stack.ts";
+import { eventually, rows } from "../harness/warehouse.ts";
 
 /** The operator's side: admin auth on every route, SSE with resume, pipeline counts, metrics, outcomes. */
 
@@ -21,32 +20,17 @@ pipelines:
 `,
 };
 
-let nats: Awaited<ReturnType<typeof startNats>>;
-let ch: Awaited<ReturnType<typeof startClickHouse>>;
-let node: RunningNode;
-let db: ClickHouseClient;
-
-beforeAll(async () => {
-  [nats, ch] = await Promise.all([startNats(), startClickHouse()]);
-  node = await startTestNode(nats.url, files, { clickhouseUrl: ch.url, adminToken: ADMIN, batchMaxAgeMs: 100 });
-  await node.pipelinesReady;
-  db = chClient(ch.url);
-});
-afterAll(async () => {
-  await node?.stop();
-  await db?.close();
-  await Promise.all([nats?.cleanup(), ch?.cleanup()]);
-});
+const stack = useStack(files, { adminToken: ADMIN });
 
 const admin = (path: string, token: string = ADMIN, headers: Record<string, string> = {}) =>
-  fetch(`${node.url}${path}`, { headers: { ...(token && { Authorization: `Bearer ${token}` }), ...headers } });
+  fetch(`${stack.node.url}${path}`, { headers: { ...(token && { Authorization: `Bearer ${token}` }), ...headers } });
 const post = (events: unknown[], token = KEY) =>
-  fetch(`${node.url}/v1/batch`, { method: "POST", headers: { Authorization: `Bearer ${token}` }, body: JSON.stringify({ batch: events }) }).then((r) => r.status);
+  fetch(`${stack.node.url}/v1/batch`, { method: "POST", headers: { Authorization: `Bearer ${token}` }, body: JSON.stringify({ batch: events }) }).then((r) => r.status);
 
 /** Reads SSE messages until `count` data messages arrived (or the timeout), then disconnects. */
 async function sse(path: string, count: number, headers: Record<string, string> = {}, timeoutMs = 5000) {
   const ac = new AbortController();
-  const r = await fetch(`${node.url}${path}`, { headers: { Authorization: `Bearer ${ADMIN}`, ...headers }, signal: ac.signal });
+  const r = await fetch(`${stack.node.url}${path}`, { headers: { Authorization: `Bearer ${ADMIN}`, ...headers }, signal: ac.signal });
   expect(r.status).toBe(200);
   expect(r.headers.get("content-type")).toContain("text/event-stream");
   const reader = r.body!.getReader();
@@ -100,8 +84,8 @@ describe("auth", () => {
   });
 
   test("without TRIBUTARY_ADMIN_TOKEN the admin API is off, except on loopback with the development flag", async () => {
-    const off = await startTestNode(nats.url, files);
-    const dev = await startTestNode(nats.url, files, { devAdmin: true });
+    const off = await startTestNode(stack.nats.url, files);
+    const dev = await startTestNode(stack.nats.url, files, { devAdmin: true });
     try {
       expect((await fetch(`${off.url}/v1/pipelines`, { headers: { Authorization: `Bearer ${ADMIN}` } })).status).toBe(403);
       expect((await fetch(`${dev.url}/v1/pipelines`)).status).toBe(200);
@@ -135,8 +119,8 @@ test("GET /v1/pipelines counts match what ClickHouse holds; /metrics has them an
     { type: "identify", userId: "p1", messageId: "cnt-1", traits: { a: 1 } },
     { type: "track", event: "E", userId: "p1", messageId: "cnt-2" },
   ])).toBe(200);
-  const inCh = async (p: string) => Number((await rows<any>(db, `SELECT count() AS c FROM tributary.events FINAL WHERE pipeline = '${p}'`))[0].c);
-  await eventually<any>(db, `SELECT count() AS c FROM tributary.events FINAL WHERE message_id = 'cnt-2'`, (r) => r[0]?.c === "1");
+  const inCh = async (p: string) => Number((await rows<any>(stack.db, `SELECT count() AS c FROM tributary.events FINAL WHERE pipeline = '${p}'`))[0].c);
+  await eventually<any>(stack.db, `SELECT count() AS c FROM tributary.events FINAL WHERE message_id = 'cnt-2'`, (r) => r[0]?.c === "1");
   let pipelines: any[] = [];
   for (let i = 0; i < 50; i++) {
     pipelines = (await (await admin("/v1/pipelines")).json()).pipelines;
@@ -184,13 +168,13 @@ test("logs are JSON lines with request ids, and never hold write keys, tokens or
   setLogLevel("debug");
   let requestId: string | null = null;
   try {
-    const r = await fetch(`${node.url}/v1/batch`, {
+    const r = await fetch(`${stack.node.url}/v1/batch`, {
       method: "POST",
       headers: { Authorization: `Bearer ${KEY}`, "X-Request-Id": "req-abc-123" },
       body: JSON.stringify({ batch: [{ type: "track", event: "Secret Event Name", userId: "secret-user", properties: { card: "4111111111111111" } }] }),
     });
     requestId = r.headers.get("x-request-id");
-    await fetch(`${node.url}/v1/batch`, { method: "POST", headers: { Authorization: "Bearer wrong-key-0123456789" }, body: "{}" });
+    await fetch(`${stack.node.url}/v1/batch`, { method: "POST", headers: { Authorization: "Bearer wrong-key-0123456789" }, body: "{}" });
     await admin("/v1/pipelines");
     await Bun.sleep(50);
   } finally {
@@ -205,7 +189,7 @@ test("logs are JSON lines with request ids, and never hold write keys, tokens or
 });
 
 test("GET /version names the release, without auth", async () => {
-  const r = await fetch(`${node.url}/version`);
+  const r = await fetch(`${stack.node.url}/version`);
   expect(r.status).toBe(200);
   const pkg = await Bun.file(new URL("../../package.json", import.meta.url)).json();
   expect(await r.json()).toEqual({ name: "tributary", version: pkg.version, bun: Bun.version });

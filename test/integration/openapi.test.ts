@@ -1,42 +1,25 @@
-import { afterAll, beforeAll, expect, test } from "bun:test";
+import { expect, test } from "bun:test";
 import { Value } from "@sinclair/typebox/value";
 import type { TSchema } from "@sinclair/typebox";
-import { startClickHouse, startNats, startTestNode } from "../harness/services.ts";
+import { useStack } from "../harness/stack.ts";
 import { openApiDocument, IngestAnswer, PipelinesAnswer, ConnectionsAnswer, EventDetail, VersionAnswer, ReadyAnswer, WebhookAnswer, ErrorBody } from "../../src/ops/openapi.ts";
-import type { RunningNode } from "../../src/node.ts";
 
 /** GET /openapi.json describes every route, its examples validate, and live answers match it. */
 
-let nats: Awaited<ReturnType<typeof startNats>>;
-let ch: Awaited<ReturnType<typeof startClickHouse>>;
-let node: RunningNode;
 const ADMIN = "openapi-admin-token";
-
-beforeAll(async () => {
-  [nats, ch] = await Promise.all([startNats(), startClickHouse()]);
-  node = await startTestNode(
-    nats.url,
-    {
-      "s.yaml": `connection: s\nsource: webhook\nwriteKeys: ["key-openapi-0001"]\npipelines:\n  - name: all\n    import: events\n`,
-      "r.yaml": `connection: r\nsource: raw\ninsecure: true\n`,
-    },
-    { clickhouseUrl: ch.url, adminToken: ADMIN, batchMaxAgeMs: 100 },
-  );
-  await node.pipelinesReady;
-});
-afterAll(async () => {
-  await node?.stop();
-  await Promise.all([nats?.cleanup(), ch?.cleanup()]);
-});
+const stack = useStack({
+  "s.yaml": `connection: s\nsource: webhook\nwriteKeys: ["key-openapi-0001"]\npipelines:\n  - name: all\n    import: events\n`,
+  "r.yaml": `connection: r\nsource: raw\ninsecure: true\n`,
+}, { adminToken: ADMIN });
 
 test("every route the node answers is described", async () => {
-  const doc = (await (await fetch(`${node.url}/openapi.json`)).json()) as { openapi: string; paths: Record<string, Record<string, unknown>> };
+  const doc = (await (await fetch(`${stack.node.url}/openapi.json`)).json()) as { openapi: string; paths: Record<string, Record<string, unknown>> };
   expect(doc.openapi).toBe("3.1.0");
-  const missing = node.routes
+  const missing = stack.node.routes
     .map((r) => ({ method: r.method.toLowerCase(), path: r.path.replace(/:(\w+)/g, "{$1}") }))
     .filter((r) => !doc.paths[r.path]?.[r.method]);
   expect(missing).toEqual([]);
-  expect(node.routes.length).toBeGreaterThan(20);
+  expect(stack.node.routes.length).toBeGreaterThan(20);
 });
 
 test("the documented examples validate against the schemas that validate requests", () => {
@@ -64,13 +47,13 @@ test("the documented examples validate against the schemas that validate request
 test("live answers match the documented response schemas", async () => {
   const expectShape = (schema: TSchema, value: unknown) => expect([...Value.Errors(schema, value)].map((e) => `${e.path}: ${e.message}`)).toEqual([]);
   const post = (path: string, body: unknown, headers: Record<string, string> = { Authorization: "Bearer key-openapi-0001" }) =>
-    fetch(`${node.url}${path}`, { method: "POST", headers, body: typeof body === "string" ? body : JSON.stringify(body) });
-  const admin = (path: string) => fetch(`${node.url}${path}`, { headers: { Authorization: `Bearer ${ADMIN}` } });
+    fetch(`${stack.node.url}${path}`, { method: "POST", headers, body: typeof body === "string" ? body : JSON.stringify(body) });
+  const admin = (path: string) => fetch(`${stack.node.url}${path}`, { headers: { Authorization: `Bearer ${ADMIN}` } });
   expectShape(IngestAnswer, await (await post("/v1/events", [{ type: "track", event: "E", userId: "u" }, { type: "track", userId: "u" }])).json());
   expectShape(ErrorBody, await (await post("/v1/events", "{")).json());
   expectShape(WebhookAnswer, await (await post("/v1/webhooks/r", { any: "thing" }, {})).json());
-  expectShape(VersionAnswer, await (await fetch(`${node.url}/version`)).json());
-  expectShape(ReadyAnswer, await (await fetch(`${node.url}/readyz`)).json());
+  expectShape(VersionAnswer, await (await fetch(`${stack.node.url}/version`)).json());
+  expectShape(ReadyAnswer, await (await fetch(`${stack.node.url}/readyz`)).json());
   expectShape(ConnectionsAnswer, await (await admin("/v1/connections")).json());
   expectShape(PipelinesAnswer, await (await admin("/v1/pipelines")).json());
   expectShape(EventDetail, await (await admin("/v1/connections/s/events/nope")).json());
@@ -79,7 +62,7 @@ test("live answers match the documented response schemas", async () => {
 test("the document is valid OpenAPI 3.1 by a well-kept validator", async () => {
   const { Validator } = await import("@seriousme/openapi-schema-validator");
   const validator = new Validator();
-  const doc = await (await fetch(`${node.url}/openapi.json`)).json();
+  const doc = await (await fetch(`${stack.node.url}/openapi.json`)).json();
   const result = await validator.validate(doc);
   expect(result.errors ?? []).toEqual([]);
   expect(result.valid).toBe(true);

@@ -1,11 +1,9 @@
-import { afterAll, beforeAll, expect, test } from "bun:test";
+import { expect, test } from "bun:test";
 import { Analytics as SegmentAnalytics } from "@segment/analytics-node";
 import RudderAnalytics from "@rudderstack/rudder-sdk-node";
-import { startClickHouse, startNats, startTestNode } from "../harness/services.ts";
+import { useStack } from "../harness/stack.ts";
 import { storedEvents } from "../harness/stream.ts";
-import { chClient, eventually } from "../harness/warehouse.ts";
-import type { RunningNode } from "../../src/node.ts";
-import type { ClickHouseClient } from "@clickhouse/client";
+import { eventually } from "../harness/warehouse.ts";
 
 /**
  * The SDKs users point at Tributary, all the way into ClickHouse: every column of every row is
@@ -14,10 +12,6 @@ import type { ClickHouseClient } from "@clickhouse/client";
  */
 
 type Json = Record<string, any>;
-let nats: Awaited<ReturnType<typeof startNats>>;
-let ch: Awaited<ReturnType<typeof startClickHouse>>;
-let node: RunningNode;
-let db: ClickHouseClient;
 
 const connection = (name: string, key: string) => `connection: ${name}
 source: webhook
@@ -30,21 +24,10 @@ pipelines:
     filter: $exists(userId) and type != "alias"
 `;
 
-beforeAll(async () => {
-  [nats, ch] = await Promise.all([startNats(), startClickHouse()]);
-  node = await startTestNode(
-    nats.url,
-    { "seg.yaml": connection("wh-segment", "key-wh-segment-0001"), "rs.yaml": connection("wh-rudder", "key-wh-rudder-0001") },
-    { clickhouseUrl: ch.url, batchMaxAgeMs: 200 },
-  );
-  await node.pipelinesReady;
-  db = chClient(ch.url);
-});
-afterAll(async () => {
-  await node?.stop();
-  await db?.close();
-  await Promise.all([nats?.cleanup(), ch?.cleanup()]);
-});
+const stack = useStack(
+  { "seg.yaml": connection("wh-segment", "key-wh-segment-0001"), "rs.yaml": connection("wh-rudder", "key-wh-rudder-0001") },
+  { batchMaxAgeMs: 200 },
+);
 
 const msOrNull = (iso: unknown) => (typeof iso === "string" ? Date.parse(iso) : null);
 const strOrNull = (v: unknown) => (v === undefined || v === null ? null : v);
@@ -86,7 +69,7 @@ async function warehouseRows(connection: string, expected: number): Promise<Json
   // toUInt64 of a DateTime64(3) is seconds on current servers; of 18.16's UInt64 column it is the value.
   const ms = (c: string) => `if(toTypeName(${c}) LIKE '%DateTime64%', toUInt64(toFloat64(${c}) * 1000), toUInt64(${c}))`;
   const rows = await eventually<Json>(
-    db,
+    stack.db,
     `SELECT *, ${ms("timestamp")} AS timestamp_ms, ${ms("received_at")} AS received_at_ms,
        if(isNull(original_timestamp), NULL, ${ms("assumeNotNull(original_timestamp)")}) AS original_timestamp_ms,
        if(isNull(sent_at), NULL, ${ms("assumeNotNull(sent_at)")}) AS sent_at_ms
@@ -106,7 +89,7 @@ async function warehouseRows(connection: string, expected: number): Promise<Json
 }
 
 async function expectWarehouseMatchesStream(connection: string) {
-  const stored = await storedEvents(node.bus, connection);
+  const stored = await storedEvents(stack.node.bus, connection);
   expect(stored).toHaveLength(5);
   const identified = stored.filter((e) => e.userId !== undefined && e.type !== "alias");
   expect(identified.length).toBeGreaterThan(0);
@@ -126,7 +109,7 @@ async function expectWarehouseMatchesStream(connection: string) {
 }
 
 test("@segment/analytics-node events reach tributary.events with every column right", async () => {
-  const analytics = new SegmentAnalytics({ writeKey: "key-wh-segment-0001", host: node.url, path: "/v1/batch", flushInterval: 20, maxRetries: 0 });
+  const analytics = new SegmentAnalytics({ writeKey: "key-wh-segment-0001", host: stack.node.url, path: "/v1/batch", flushInterval: 20, maxRetries: 0 });
   const errors: unknown[] = [];
   const cb = (err?: unknown) => void (err && errors.push(err));
   analytics.identify({ userId: "su1", anonymousId: "sa1", traits: { email: "s@example.com" } }, cb);
@@ -141,7 +124,7 @@ test("@segment/analytics-node events reach tributary.events with every column ri
 
 test("@rudderstack/rudder-sdk-node events reach tributary.events with every column right", async () => {
   const errors: unknown[] = [];
-  const client = new RudderAnalytics("key-wh-rudder-0001", { dataPlaneUrl: node.url, flushAt: 5, flushInterval: 50, retryCount: 0, logLevel: "error", errorHandler: (e) => void errors.push(e) });
+  const client = new RudderAnalytics("key-wh-rudder-0001", { dataPlaneUrl: stack.node.url, flushAt: 5, flushInterval: 50, retryCount: 0, logLevel: "error", errorHandler: (e) => void errors.push(e) });
   client.identify({ userId: "ru1", anonymousId: "ra1", traits: { email: "r@example.com" }, context: { locale: "it-IT", userAgent: "UA/2" } });
   client.track({ anonymousId: "ra1", event: "Product Viewed", properties: { sku: "S1" } });
   client.page({ userId: "ru1", category: "Docs", name: "Install", properties: { path: "/install" } });

@@ -1,10 +1,8 @@
-import { afterAll, beforeAll, expect, test } from "bun:test";
+import { expect, test } from "bun:test";
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { startClickHouse, startNats, startTestNode } from "../harness/services.ts";
-import { chClient, eventually, rows } from "../harness/warehouse.ts";
-import type { RunningNode } from "../../src/node.ts";
-import type { ClickHouseClient } from "@clickhouse/client";
+import { useStack } from "../harness/stack.ts";
+import { eventually, rows } from "../harness/warehouse.ts";
 
 /**
  * "Import users into warehouse" end to end: transformations into the Customer Model, the model
@@ -64,30 +62,15 @@ pipelines:
         tags: traits.tags
 `;
 
-let nats: Awaited<ReturnType<typeof startNats>>;
-let ch: Awaited<ReturnType<typeof startClickHouse>>;
-let node: RunningNode;
-let db: ClickHouseClient;
-
-beforeAll(async () => {
-  [nats, ch] = await Promise.all([startNats(), startClickHouse()]);
-  const files: Record<string, string> = { "customer-model.yaml": MODEL, "journey.yaml": journey };
-  for (const kind of Object.keys(KINDS)) files[`u-${kind}.yaml`] = connection(kind);
-  node = await startTestNode(nats.url, files, { clickhouseUrl: ch.url, batchMaxAgeMs: 100 });
-  await node.pipelinesReady;
-  db = chClient(ch.url);
-});
-afterAll(async () => {
-  await node?.stop();
-  await db?.close();
-  await Promise.all([nats?.cleanup(), ch?.cleanup()]);
-});
+const files: Record<string, string> = { "customer-model.yaml": MODEL, "journey.yaml": journey };
+for (const kind of Object.keys(KINDS)) files[`u-${kind}.yaml`] = connection(kind);
+const stack = useStack(files);
 
 const post = (key: string, events: unknown[]) =>
-  fetch(`${node.url}/v1/batch`, { method: "POST", headers: { Authorization: `Bearer ${key}` }, body: JSON.stringify({ batch: events }) }).then((r) => r.status);
+  fetch(`${stack.node.url}/v1/batch`, { method: "POST", headers: { Authorization: `Bearer ${key}` }, body: JSON.stringify({ batch: events }) }).then((r) => r.status);
 const users = (where: string) =>
-  rows<any>(db, `SELECT user_id, anonymous_ids, email, plan, company, country, age, is_active, signed_up_at, tags FROM tributary.users FINAL WHERE ${where} ORDER BY user_id`);
-const stats = async (key: string) => (await node.pipelinesReady).workers.get(key)!.stats;
+  rows<any>(stack.db, `SELECT user_id, anonymous_ids, email, plan, company, country, age, is_active, signed_up_at, tags FROM tributary.users FINAL WHERE ${where} ORDER BY user_id`);
+const stats = async (key: string) => (await stack.node.pipelinesReady).workers.get(key)!.stats;
 
 for (const kind of Object.keys(KINDS)) {
   test(`the seed identify fixture through the ${kind} transformation gives the expected users row`, async () => {
@@ -95,7 +78,7 @@ for (const kind of Object.keys(KINDS)) {
     const userId = `seed-${kind}`;
     const anonymousId = `${fixture.anonymousId}-${kind}`;
     expect(await post(`key-users-${kind}-0001`, [{ ...fixture, userId, anonymousId, messageId: `seed-${kind}-1` }])).toBe(200);
-    const [row] = await eventually<any>(db, `SELECT * FROM tributary.users FINAL WHERE user_id = '${userId}'`, (r) => r.length === 1, 30_000);
+    const [row] = await eventually<any>(stack.db, `SELECT * FROM tributary.users FINAL WHERE user_id = '${userId}'`, (r) => r.length === 1, 30_000);
     expect(row).toMatchObject({
       user_id: userId,
       anonymous_ids: [anonymousId],
@@ -107,7 +90,7 @@ for (const kind of Object.keys(KINDS)) {
       tags: [],
     });
     // first/last seen are the event's (skew-corrected) timestamp, to the millisecond.
-    const ms = await rows<any>(db, `SELECT toUInt64(first_seen_at) AS f, toUInt64(last_seen_at) AS l FROM tributary.users FINAL WHERE user_id = '${userId}'`);
+    const ms = await rows<any>(stack.db, `SELECT toUInt64(first_seen_at) AS f, toUInt64(last_seen_at) AS l FROM tributary.users FINAL WHERE user_id = '${userId}'`);
     expect(Number(ms[0].f)).toBe(Date.parse(fixture.timestamp));
     expect(Number(ms[0].l)).toBe(Date.parse(fixture.timestamp));
   }, 60_000);
@@ -116,10 +99,10 @@ for (const kind of Object.keys(KINDS)) {
 test("anonymous, then identified: earlier anonymous traits and later events land on one user", async () => {
   const K = "key-journey-0001";
   expect(await post(K, [{ type: "identify", anonymousId: "anon-j1", messageId: "j-1", timestamp: "2025-01-01T00:00:00.000Z", traits: { plan: "free", tags: ["a"] } }])).toBe(200);
-  await eventually<any>(db, `SELECT * FROM tributary.users FINAL WHERE has(anonymous_ids, 'anon-j1')`, (r) => r.length === 1 && r[0].user_id === null);
+  await eventually<any>(stack.db, `SELECT * FROM tributary.users FINAL WHERE has(anonymous_ids, 'anon-j1')`, (r) => r.length === 1 && r[0].user_id === null);
   expect(await post(K, [{ type: "identify", userId: "user-j", anonymousId: "anon-j1", messageId: "j-2", timestamp: "2025-01-02T00:00:00.000Z", traits: { email: "j@example.com" } }])).toBe(200);
   expect(await post(K, [{ type: "track", event: "E", userId: "user-j", messageId: "j-3", timestamp: "2025-01-03T00:00:00.000Z", traits: { age: 41, active: true, signedUpAt: "2024-12-31T23:59:59.123Z" } }])).toBe(200);
-  const r = await eventually<any>(db, `SELECT user_id, anonymous_ids, email, plan, age, is_active, tags FROM tributary.users FINAL WHERE user_id = 'user-j' OR has(anonymous_ids, 'anon-j1')`, (x) => x.length === 1 && x[0].age !== null);
+  const r = await eventually<any>(stack.db, `SELECT user_id, anonymous_ids, email, plan, age, is_active, tags FROM tributary.users FINAL WHERE user_id = 'user-j' OR has(anonymous_ids, 'anon-j1')`, (x) => x.length === 1 && x[0].age !== null);
   expect(r).toEqual([{ user_id: "user-j", anonymous_ids: ["anon-j1"], email: "j@example.com", plan: "free", age: "41", is_active: expect.anything(), tags: ["a"] }]);
   expect([true, 1]).toContain(r[0].is_active);
 });
@@ -130,11 +113,11 @@ test("two anonymous ids merge into one user; the merged-away profile disappears 
     { type: "identify", anonymousId: "anon-m1", messageId: "m-1", timestamp: "2025-02-01T00:00:00.000Z", traits: { plan: "trial" } },
     { type: "identify", anonymousId: "anon-m2", messageId: "m-2", timestamp: "2025-02-02T00:00:00.000Z", traits: { email: "m@example.com" } },
   ])).toBe(200);
-  await eventually<any>(db, `SELECT * FROM tributary.users FINAL WHERE hasAny(anonymous_ids, ['anon-m1', 'anon-m2'])`, (r) => r.length === 2);
+  await eventually<any>(stack.db, `SELECT * FROM tributary.users FINAL WHERE hasAny(anonymous_ids, ['anon-m1', 'anon-m2'])`, (r) => r.length === 2);
   expect(await post(K, [{ type: "identify", userId: "user-m", anonymousId: "anon-m1", messageId: "m-3", timestamp: "2025-02-03T00:00:00.000Z", traits: {} }])).toBe(200);
   expect(await post(K, [{ type: "identify", userId: "user-m", anonymousId: "anon-m2", messageId: "m-4", timestamp: "2025-02-04T00:00:00.000Z", traits: {} }])).toBe(200);
   const r = await eventually<any>(
-    db,
+    stack.db,
     `SELECT user_id, arraySort(anonymous_ids) AS ids, email, plan FROM tributary.users FINAL WHERE hasAny(anonymous_ids, ['anon-m1', 'anon-m2']) OR user_id = 'user-m'`,
     (x) => x.length === 1 && x[0].ids.length === 2,
     30_000,
@@ -142,9 +125,9 @@ test("two anonymous ids merge into one user; the merged-away profile disappears 
   expect(r).toEqual([{ user_id: "user-m", ids: ["anon-m1", "anon-m2"], email: "m@example.com", plan: "trial" }]);
   // alias works the same way: an anonymous profile folded into the user.
   expect(await post(K, [{ type: "identify", anonymousId: "anon-m3", messageId: "m-5", timestamp: "2025-02-05T00:00:00.000Z", traits: { tags: ["x", "y"] } }])).toBe(200);
-  await eventually<any>(db, `SELECT * FROM tributary.users FINAL WHERE has(anonymous_ids, 'anon-m3')`, (x) => x.length === 1);
+  await eventually<any>(stack.db, `SELECT * FROM tributary.users FINAL WHERE has(anonymous_ids, 'anon-m3')`, (x) => x.length === 1);
   expect(await post(K, [{ type: "alias", userId: "user-m", previousId: "anon-m3", messageId: "m-6", timestamp: "2025-02-06T00:00:00.000Z" }])).toBe(200);
-  const after = await eventually<any>(db, `SELECT user_id, tags FROM tributary.users FINAL WHERE has(anonymous_ids, 'anon-m3') OR user_id = 'user-m'`, (x) => x.length === 1 && x[0].tags.length === 2, 30_000);
+  const after = await eventually<any>(stack.db, `SELECT user_id, tags FROM tributary.users FINAL WHERE has(anonymous_ids, 'anon-m3') OR user_id = 'user-m'`, (x) => x.length === 1 && x[0].tags.length === 2, 30_000);
   expect(after).toEqual([{ user_id: "user-m", tags: ["x", "y"] }]);
 });
 
@@ -152,7 +135,7 @@ test("out-of-order and duplicate delivery: the latest timestamp wins whatever th
   const K = "key-journey-0001";
   const ev = (n: number, plan: string, day: string) => ({ type: "identify", userId: "user-o", messageId: `o-${n}`, timestamp: `2025-03-${day}T00:00:00.000Z`, traits: { plan } });
   expect(await post(K, [ev(3, "gold", "03")])).toBe(200);
-  await eventually<any>(db, `SELECT plan FROM tributary.users FINAL WHERE user_id = 'user-o'`, (x) => x.length === 1 && x[0].plan === "gold");
+  await eventually<any>(stack.db, `SELECT plan FROM tributary.users FINAL WHERE user_id = 'user-o'`, (x) => x.length === 1 && x[0].plan === "gold");
   // Older events arriving later, and the newest again (a redelivery), change nothing.
   expect(await post(K, [ev(1, "free", "01"), ev(2, "silver", "02")])).toBe(200);
   expect(await post("key-journey-0001", [{ ...ev(3, "gold", "03"), messageId: "o-3" }])).toBe(200);
@@ -162,7 +145,7 @@ test("out-of-order and duplicate delivery: the latest timestamp wins whatever th
   const s = await stats("journey/profiles");
   expect(s.failed).toBe(0);
   // first_seen_at is the oldest event's time, last_seen_at the newest's.
-  const seen = await rows<any>(db, `SELECT toUInt64(first_seen_at) AS f, toUInt64(last_seen_at) AS l FROM tributary.users FINAL WHERE user_id = 'user-o'`);
+  const seen = await rows<any>(stack.db, `SELECT toUInt64(first_seen_at) AS f, toUInt64(last_seen_at) AS l FROM tributary.users FINAL WHERE user_id = 'user-o'`);
   expect([Number(seen[0].f), Number(seen[0].l)]).toEqual([Date.parse("2025-03-01T00:00:00.000Z"), Date.parse("2025-03-03T00:00:00.000Z")]);
 });
 
@@ -172,7 +155,7 @@ test("output that breaks the Customer Model fails that event with pipeline, prop
     { type: "identify", userId: "user-bad", messageId: "bad-1", traits: { age: "forty" } },
     { type: "identify", userId: "user-good", messageId: "good-1", traits: { age: 30 } },
   ])).toBe(200);
-  await eventually<any>(db, `SELECT age FROM tributary.users FINAL WHERE user_id = 'user-good'`, (x) => x.length === 1);
+  await eventually<any>(stack.db, `SELECT age FROM tributary.users FINAL WHERE user_id = 'user-good'`, (x) => x.length === 1);
   expect(await users(`user_id = 'user-bad'`)).toEqual([]);
   const s = await stats("journey/profiles");
   const err = s.lastErrors.find((e) => e.messageId === "bad-1")!;
@@ -182,15 +165,15 @@ test("output that breaks the Customer Model fails that event with pipeline, prop
 });
 
 test("adding a property adds a column at reload; retyping one is refused unless the model says migrate", async () => {
-  const dir = node.config.options.dir;
+  const dir = stack.node.config.options.dir;
   writeFileSync(join(dir, "customer-model.yaml"), MODEL + "  score: float\n");
-  const cols = await eventually<any>(db, `SELECT name, type FROM system.columns WHERE database = 'tributary' AND table = 'users' AND name = 'score'`, (x) => x.length === 1);
+  const cols = await eventually<any>(stack.db, `SELECT name, type FROM system.columns WHERE database = 'tributary' AND table = 'users' AND name = 'score'`, (x) => x.length === 1);
   expect(cols[0].type).toBe("Nullable(Float64)");
   writeFileSync(join(dir, "customer-model.yaml"), MODEL.replace("age: int", "age: string") + "  score: float\n");
-  const manager = await node.pipelinesReady;
+  const manager = await stack.node.pipelinesReady;
   for (let i = 0; i < 100 && !manager.lastError?.includes("Customer Model"); i++) await Bun.sleep(50);
   expect(manager.lastError).toContain(`property "age" would change from Nullable(Int64) to Nullable(String)`);
   expect(manager.lastError).toContain("migrate: true");
-  const age = await rows<any>(db, `SELECT type FROM system.columns WHERE database = 'tributary' AND table = 'users' AND name = 'age'`);
+  const age = await rows<any>(stack.db, `SELECT type FROM system.columns WHERE database = 'tributary' AND table = 'users' AND name = 'age'`);
   expect(age[0].type).toBe("Nullable(Int64)");
 });

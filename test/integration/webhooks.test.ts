@@ -1,10 +1,8 @@
-import { afterAll, beforeAll, expect, test } from "bun:test";
+import { expect, test } from "bun:test";
 import { createHmac } from "node:crypto";
 import { gzipSync } from "node:zlib";
-import { startClickHouse, startNats, startTestNode } from "../harness/services.ts";
-import { chClient, eventually, rows } from "../harness/warehouse.ts";
-import type { RunningNode } from "../../src/node.ts";
-import type { ClickHouseClient } from "@clickhouse/client";
+import { useStack } from "../harness/stack.ts";
+import { eventually, rows } from "../harness/warehouse.ts";
 
 /**
  * Raw signed webhooks end to end: bodies signed here the way GitHub, Stripe and Segment document
@@ -56,25 +54,10 @@ table: lines_raw
 `,
 };
 
-let nats: Awaited<ReturnType<typeof startNats>>;
-let ch: Awaited<ReturnType<typeof startClickHouse>>;
-let node: RunningNode;
-let db: ClickHouseClient;
-
-beforeAll(async () => {
-  [nats, ch] = await Promise.all([startNats(), startClickHouse()]);
-  node = await startTestNode(nats.url, files, { clickhouseUrl: ch.url, batchMaxAgeMs: 100 });
-  await node.pipelinesReady;
-  db = chClient(ch.url);
-});
-afterAll(async () => {
-  await node?.stop();
-  await db?.close();
-  await Promise.all([nats?.cleanup(), ch?.cleanup()]);
-});
+const stack = useStack(files, {});
 
 const hook = (connection: string, body: string | Buffer, headers: Record<string, string> = {}) =>
-  fetch(`${node.url}/v1/webhooks/${connection}`, { method: "POST", headers: { "Content-Type": "application/json", ...headers }, body: body as BodyInit });
+  fetch(`${stack.node.url}/v1/webhooks/${connection}`, { method: "POST", headers: { "Content-Type": "application/json", ...headers }, body: body as BodyInit });
 
 test("GitHub: X-Hub-Signature-256 over the raw bytes; redelivery stored once; tampering, wrong secret and missing header get 401", async () => {
   const body = JSON.stringify({ action: "opened", number: 7, repository: { full_name: "acme/app" } }, null, 2);
@@ -94,9 +77,9 @@ test("GitHub: X-Hub-Signature-256 over the raw bytes; redelivery stored once; ta
   expect(missing.status).toBe(401);
   expect((await missing.json()).error).toContain("X-Hub-Signature-256");
 
-  const got = await eventually<any>(db, `SELECT * FROM tributary.github_events FINAL`, (r) => r.length >= 1);
+  const got = await eventually<any>(stack.db, `SELECT * FROM tributary.github_events FINAL`, (r) => r.length >= 1);
   await Bun.sleep(300);
-  expect(await rows(db, `SELECT count() AS c FROM tributary.github_events FINAL`)).toEqual([{ c: "1" }]);
+  expect(await rows(stack.db, `SELECT count() AS c FROM tributary.github_events FINAL`)).toEqual([{ c: "1" }]);
   expect(got[0].connection).toBe("github");
   expect(got[0].body).toBe(body); // exactly as sent, whitespace included
   const h = JSON.parse(got[0].headers);
@@ -120,10 +103,10 @@ test("Stripe: t=…,v1=… with rotation and a replay window; events: turns invo
   expect(replay.status).toBe(401);
   expect((await hook("stripe", payload, { "Stripe-Signature": sign(payload, created, "whsec_wrong") })).status).toBe(401);
 
-  const raw = await eventually<any>(db, `SELECT delivery_id, body, headers FROM tributary.stripe FINAL`, (r) => r.length === 1);
+  const raw = await eventually<any>(stack.db, `SELECT delivery_id, body, headers FROM tributary.stripe FINAL`, (r) => r.length === 1);
   expect(raw[0].delivery_id).toBe("evt_1");
   expect(JSON.parse(raw[0].headers)).toHaveProperty("stripe-signature");
-  const ev = await eventually<any>(db, `SELECT type, event, user_id, properties, toUInt64(timestamp) AS ts FROM tributary.events FINAL WHERE connection = 'stripe'`, (r) => r.length === 1);
+  const ev = await eventually<any>(stack.db, `SELECT type, event, user_id, properties, toUInt64(timestamp) AS ts FROM tributary.events FINAL WHERE connection = 'stripe'`, (r) => r.length === 1);
   expect(ev[0]).toMatchObject({ type: "track", event: "Invoice Paid", user_id: "cus_9" });
   expect(JSON.parse(ev[0].properties)).toEqual({ amount: 4200 });
   expect(Number(ev[0].ts)).toBe(created * 1000);
@@ -139,7 +122,7 @@ test("Segment: a batched request signed on its first event's JSON is accepted, o
   expect(r.status).toBe(200);
   const single = JSON.stringify([events[0]]);
   expect((await hook("segment-wh", single, { "X-Signature": createHmac("sha1", "wrong").update(JSON.stringify(events[0])).digest("hex") })).status).toBe(401);
-  const got = await eventually<any>(db, `SELECT row_index, body FROM tributary.\`segment-wh\` FINAL ORDER BY row_index`, (x) => x.length === 2);
+  const got = await eventually<any>(stack.db, `SELECT row_index, body FROM tributary.\`segment-wh\` FINAL ORDER BY row_index`, (x) => x.length === 2);
   expect(got.map((x) => JSON.parse(x.body).event)).toEqual(["A", "B"]);
 });
 
@@ -154,9 +137,9 @@ test("json-array: one row per element; a body that is not an array, or broken JS
   expect((await broken.json()).error).toContain("invalid JSON");
   // gzip bodies are inflated before parsing (and before signature checks).
   expect((await hook("open", gzipSync(JSON.stringify([{ n: 6 }])), { "Content-Encoding": "gzip" })).status).toBe(200);
-  const got = await eventually<any>(db, `SELECT body, headers FROM tributary.open FINAL ORDER BY body`, (x) => x.length === 4, 20_000);
+  const got = await eventually<any>(stack.db, `SELECT body, headers FROM tributary.open FINAL ORDER BY body`, (x) => x.length === 4, 20_000);
   await Bun.sleep(300);
-  expect((await rows<any>(db, `SELECT body FROM tributary.open FINAL ORDER BY body`)).map((x) => JSON.parse(x.body).n)).toEqual([1, 2, 3, 6]);
+  expect((await rows<any>(stack.db, `SELECT body FROM tributary.open FINAL ORDER BY body`)).map((x) => JSON.parse(x.body).n)).toEqual([1, 2, 3, 6]);
   expect(JSON.parse(got[0].headers)).toEqual({ "x-source": "test" });
 });
 
@@ -169,6 +152,6 @@ test("json: newline-separated documents give one row each; unknown connections 4
   expect((await bad.json()).error).toContain("line 2");
   expect((await hook("nope", "{}")).status).toBe(404);
   expect((await hook("lines", JSON.stringify({ big: "x".repeat(2 * 1024 * 1024) }))).status).toBe(413);
-  const got = await eventually<any>(db, `SELECT body FROM tributary.lines_raw FINAL ORDER BY body`, (x) => x.length === 3);
+  const got = await eventually<any>(stack.db, `SELECT body FROM tributary.lines_raw FINAL ORDER BY body`, (x) => x.length === 3);
   expect(got.map((x) => x.body)).toEqual([`{"a":1}`, `{"a":2}`, `{"a":3}`]);
 });
