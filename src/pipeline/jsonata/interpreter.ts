@@ -41,10 +41,16 @@ export interface SignatureValidator {
   validate(args: unknown[], context: unknown): unknown[];
 }
 
+type AnyFunction = (...args: any[]) => any;
+
 export interface JsonataInternals {
-  fn: Record<string, (...args: any[]) => any>;
-  datetime: Record<string, (...args: any[]) => any>;
-  utils: Record<string, (...args: any[]) => any>;
+  /** jsonata's function library (functions.js), by implementation name */
+  fn: Record<"boolean" | "string" | "append" | "lookup" | "sort" | "exists", AnyFunction> & Record<string, AnyFunction>;
+  datetime: Record<"fromMillis" | "toMillis" | "formatInteger" | "parseInteger", AnyFunction>;
+  utils: Record<
+    "isNumeric" | "isArrayOfNumbers" | "isArrayOfStrings" | "isDeepEqual" | "isIterable" | "getFunctionArity" | "isSequence" | "isFunction" | "isLambda" | "keys",
+    AnyFunction
+  >;
   parseSignature(sig: string): SignatureValidator;
   staticFrame: { lookup(name: string): any };
   defineFunction(func: (...args: any[]) => unknown, signature?: string): any;
