@@ -23,6 +23,11 @@ if (!process.env.NATS_URL || process.env.npm_lifecycle_event === "pretest") if (
 if (!process.env.CLICKHOUSE_URL || process.env.npm_lifecycle_event === "pretest") if (!onPath("clickhouse-server")) wanted.push("clickhouse-server");
 // The Event debugger's browser test drives Debian's chromium through playwright-core.
 if (process.env.npm_lifecycle_event === "pretest" && !existsSync("/usr/bin/chromium")) wanted.push("chromium");
+// `test:cluster` runs its own servers whatever the environment says, and Debian's zookeeper (with Java).
+if (process.env.npm_lifecycle_event === "test:cluster") {
+  for (const bin of ["nats-server", "clickhouse-server"]) if (!wanted.includes(bin) && !onPath(bin)) wanted.push(bin);
+  if (!existsSync("/usr/share/java/zookeeper.jar") || !onPath("java")) wanted.push("zookeeper");
+}
 if (wanted.length) {
   if (process.getuid?.() !== 0) {
     console.error(`setup: ${wanted.join(" and ")} not found; install Debian's packages: sudo apt-get install -y ${wanted.join(" ")}`);

@@ -81,7 +81,7 @@ export async function startNode(o: NodeOptions & { natsUrl: string } & PipelineT
     void (async () => {
       for (let delay = 250; !stopping; delay = Math.min(delay * 2, 10_000)) {
         try {
-          warehouse = await connectWarehouse({ url: o.clickhouseUrl!, username: o.clickhouseUser, password: o.clickhousePassword, database: o.database });
+          warehouse = await connectWarehouse({ url: o.clickhouseUrl!, username: o.clickhouseUser, password: o.clickhousePassword, database: o.database, cluster: o.clickhouseCluster });
           await migrateEventsTable(warehouse);
           await ensureDlqStream(bus.jsm, o.streamReplicas);
           const batch: BatchOptions = { maxRows: o.batchMaxRows, maxBytes: o.batchMaxBytes, maxAgeMs: o.batchMaxAgeMs, ackWaitMs: o.ackWaitMs };

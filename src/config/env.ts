@@ -7,7 +7,10 @@ export interface NodeOptions {
   port: number;
   host: string;
   natsUrl?: string;
+  /** One URL, or a replicated cluster's servers separated by commas (tried in turn). */
   clickhouseUrl?: string;
+  /** A `remote_servers` cluster of one shard: tables are Replicated*MergeTree, created ON CLUSTER. */
+  clickhouseCluster?: string;
   clickhouseUser: string;
   clickhousePassword: string;
   database: string;
@@ -79,6 +82,7 @@ export function optionsFromEnv(env: Record<string, string | undefined> = process
     host: env.HOST ?? defaults.host,
     natsUrl: str(env.NATS_URL),
     clickhouseUrl: str(env.CLICKHOUSE_URL),
+    clickhouseCluster: str(env.TRIBUTARY_CLICKHOUSE_CLUSTER),
     clickhouseUser: env.CLICKHOUSE_USER ?? defaults.clickhouseUser,
     clickhousePassword: env.CLICKHOUSE_PASSWORD ?? defaults.clickhousePassword,
     database: env.TRIBUTARY_DATABASE ?? defaults.database,

@@ -8,6 +8,40 @@ export interface LocalClickHouseOptions {
   httpPort?: number;
   tcpPort?: number;
   binary?: string;
+  /** Makes this server one replica of a cluster (ReplicatedMergeTree, ON CLUSTER DDL). */
+  replication?: ReplicationOptions;
+}
+
+/**
+ * What a replica needs: ZooKeeper, its macros (`{shard}`, `{replica}` in table paths) and the
+ * cluster in `remote_servers`, which ON CLUSTER DDL is sent to. Written in the 18.16 format that
+ * current servers still read.
+ */
+export interface ReplicationOptions {
+  zookeeper: { host: string; port: number }[];
+  /** ZooKeeper session timeout; a replica killed and restarted waits for its old session to expire. */
+  sessionTimeoutMs?: number;
+  cluster: string;
+  /** The cluster's shards, each a list of replicas by native (TCP) port. */
+  shards: { host: string; port: number }[][];
+  shard: string;
+  replica: string;
+}
+
+const xml = (s: string) => s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
+
+export function replicationConfig(r: ReplicationOptions): string {
+  const zk = r.zookeeper.map((n, i) => `<node index="${i + 1}"><host>${xml(n.host)}</host><port>${n.port}</port></node>`).join("");
+  const shards = r.shards
+    .map((replicas) => `<shard><internal_replication>true</internal_replication>${replicas.map((x) => `<replica><host>${xml(x.host)}</host><port>${x.port}</port></replica>`).join("")}</shard>`)
+    .join("");
+  return `  <zookeeper>${zk}${r.sessionTimeoutMs ? `<session_timeout_ms>${r.sessionTimeoutMs}</session_timeout_ms>` : ""}</zookeeper>
+  <macros><shard>${xml(r.shard)}</shard><replica>${xml(r.replica)}</replica></macros>
+  <remote_servers><${r.cluster}>${shards}</${r.cluster}></remote_servers>
+  <distributed_ddl><path>/clickhouse/task_queue/ddl</path></distributed_ddl>
+  <!-- Replicas fetch parts from each other at this address. -->
+  <interserver_http_host>127.0.0.1</interserver_http_host>
+`;
 }
 
 async function waitForHttp(url: string, timeoutMs: number, alive: () => boolean): Promise<void> {
@@ -31,6 +65,7 @@ export class LocalClickHouse extends ManagedProcess {
   private constructor(
     readonly httpPort: number,
     readonly dataDir: string,
+    readonly tcpPort: number,
     cmd: string[],
   ) {
     super({
@@ -50,6 +85,7 @@ export class LocalClickHouse extends ManagedProcess {
     const httpPort = o.httpPort ?? (await freePort());
     const tcpPort = o.tcpPort ?? (await freePort());
     const interserver = await freePort();
+    if (o.replication && !/^[A-Za-z_][A-Za-z0-9_]*$/.test(o.replication.cluster)) throw new Error(`cluster name "${o.replication.cluster}" is not a valid XML element name`);
     for (const d of ["data", "tmp", "user_files", "format_schemas", "log"]) mkdirSync(join(dir, d), { recursive: true });
     const users = existsSync("/etc/clickhouse-server/users.xml") ? "/etc/clickhouse-server/users.xml" : join(dir, "users.xml");
     if (!existsSync(users)) writeFileSync(users, DEFAULT_USERS);
@@ -72,10 +108,10 @@ export class LocalClickHouse extends ManagedProcess {
   <default_database>default</default_database>
   <mark_cache_size>268435456</mark_cache_size>
   <max_concurrent_queries>100</max_concurrent_queries>
-</yandex>
+${o.replication ? replicationConfig(o.replication) : ""}</yandex>
 `,
     );
-    return new LocalClickHouse(httpPort, dir, [o.binary ?? "clickhouse-server", `--config-file=${config}`]);
+    return new LocalClickHouse(httpPort, dir, tcpPort, [o.binary ?? "clickhouse-server", `--config-file=${config}`]);
   }
 }
 

@@ -1,11 +1,14 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Session } from "chdb";
 import { chExec, chRows, connectChdbWarehouse, loadChdb, openSession, type ChdbWarehouse } from "../harness/chdb.ts";
 import { eventRow, eventsColumns, eventsTableDDL, migrateEventsTable } from "../../src/sink/clickhouse/events-table.ts";
 import { rawTableDDL } from "../../src/sink/clickhouse/raw-table.ts";
+import { checkCluster, onCluster, quoteIdent, quoteString } from "../../src/sink/clickhouse/server.ts";
+import { usersColumns, usersTableDDL } from "../../src/pipeline/users/users-table.ts";
+import { LocalZooKeeper } from "../../src/services/zookeeper.ts";
 import { Inserter } from "../../src/sink/clickhouse/inserter.ts";
 import { normaliseEvent } from "../../src/ingest/normalise.ts";
 import type { Event } from "../../src/ingest/event-schema.ts";
@@ -279,5 +282,106 @@ describe.skipIf(!chdb)("events table on a current ClickHouse engine (chDB)", () 
     chExec(w, `INSERT INTO tributary.raw_hooks FORMAT JSONEachRow\n{"connection":"hook","delivery_id":"d1","row_index":0,"received_at":"2025-10-21 08:30:00.007","body":"{}","headers":"{}"}`);
     chExec(w, `INSERT INTO tributary.raw_hooks FORMAT JSONEachRow\n{"connection":"hook","delivery_id":"d1","row_index":0,"received_at":"2025-10-21 08:30:00.007","body":"{}","headers":"{}"}`);
     expect(chRows(w, "SELECT count() AS n, max(toUnixTimestamp64Milli(received_at)) AS r FROM tributary.raw_hooks FINAL")).toEqual([{ n: 1, r: 1761035400007 }]);
+  });
+});
+
+/**
+ * The replicated warehouse's DDL (TRIBUTARY_CLICKHOUSE_CLUSTER) on the current engine. chDB is
+ * clickhouse-local: it runs no distributed DDL queue, so `ON CLUSTER` cannot execute here (the real
+ * run is `bun run test:cluster`, on 18.16 replicas). What it can do: parse and format every
+ * statement verbatim (formatQuery), and execute it without its ON CLUSTER clause with the replicas'
+ * <macros> configured. With Debian's zookeeper installed the Replicated tables are then created
+ * for real and inspected; without it the engine checks the whole definition (engine arguments,
+ * the version and is_deleted columns, keys) and stops only at "no ZooKeeper".
+ */
+describe.skipIf(!chdb)("replicated (ON CLUSTER) DDL on a current ClickHouse engine (chDB)", () => {
+  const CLUSTER = "tributary";
+  const DB = "tributary_cluster";
+  const model = { plan: "string", seats: "int", signed_up_at: "datetime" } as const;
+  const withZooKeeper = LocalZooKeeper.available();
+  let dir: string;
+  let session: Session;
+  let zk: LocalZooKeeper | undefined;
+  let w: ChdbWarehouse;
+
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), "tributary-chdb-cluster-"));
+    if (withZooKeeper) {
+      zk = await LocalZooKeeper.create({ dataDir: join(dir, "zookeeper") });
+      await zk.start();
+    }
+    // What a replica's config adds (src/services/clickhouse-server.ts): macros and ZooKeeper.
+    const config = join(dir, "replica.xml");
+    writeFileSync(
+      config,
+      `<clickhouse><macros><shard>1</shard><replica>r1</replica></macros>${zk ? `<zookeeper><node><host>127.0.0.1</host><port>${zk.port}</port></node></zookeeper>` : ""}
+        <remote_servers>
+          <tributary><shard><replica><host>127.0.0.1</host><port>9000</port></replica><replica><host>127.0.0.1</host><port>9001</port></replica></shard></tributary>
+          <two_shards><shard><replica><host>127.0.0.1</host><port>9000</port></replica></shard><shard><replica><host>127.0.0.1</host><port>9001</port></replica></shard></two_shards>
+        </remote_servers></clickhouse>`,
+    );
+    session = new chdb!.Session(join(dir, "data"), { connectionArgs: ["--output_format_json_quote_64bit_integers=0", `--config-file=${config}`] });
+    w = await connectChdbWarehouse(session, DB);
+  }, 60_000);
+  afterAll(async () => {
+    session?.close();
+    await zk?.stop();
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  const statements = () => ({
+    events: eventsTableDDL(DB, w.features, CLUSTER),
+    users: usersTableDDL(DB, model, w.features, CLUSTER),
+    hooks: rawTableDDL(DB, "hooks", w.features, CLUSTER),
+  });
+  const path = (table: string) => `'/clickhouse/tables/{shard}/${DB}/${table}', '{replica}'`;
+  const format = (sql: string) => chRows<{ q: string }>(w, `SELECT formatQuery(${quoteString(sql)}) AS q`)[0]!.q;
+
+  test("the statements are the single-server ones with ON CLUSTER and the Replicated engine", () => {
+    const s = statements();
+    expect(s.events).toBe(eventsTableDDL(DB, w.features).replace(`${quoteIdent(DB)}.events (`, `${quoteIdent(DB)}.events ON CLUSTER \`tributary\` (`).replace("ENGINE = ReplacingMergeTree()", `ENGINE = ReplicatedReplacingMergeTree(${path("events")})`));
+    expect(s.users).toContain(`ENGINE = ReplicatedReplacingMergeTree(${path("users")}, _version, _deleted)\nORDER BY profile_id`);
+    expect(s.hooks).toContain(`ENGINE = ReplicatedReplacingMergeTree(${path("hooks")})\nPARTITION BY toYYYYMM(received_at)`);
+  });
+
+  test("the engine parses every statement verbatim, ON CLUSTER and engine arguments included (formatQuery)", () => {
+    for (const [table, sql] of Object.entries(statements())) {
+      const formatted = format(sql);
+      expect(formatted).toStartWith(`CREATE TABLE IF NOT EXISTS ${DB}.${table} ON CLUSTER ${CLUSTER}\n`);
+      expect(formatted).toContain(`ENGINE = ReplicatedReplacingMergeTree(${path(table)}${table === "users" ? ", _version, _deleted" : ""})`);
+      expect(format(formatted)).toBe(formatted); // and its own rendering parses back to itself
+    }
+    // The database, as connectWarehouse creates it on a cluster.
+    expect(format(`CREATE DATABASE IF NOT EXISTS ${quoteIdent(DB)}${onCluster({ cluster: CLUSTER })}`)).toBe(`CREATE DATABASE IF NOT EXISTS ${DB} ON CLUSTER ${CLUSTER}`);
+  });
+
+  test("the cluster must exist and have one shard (system.clusters)", async () => {
+    await checkCluster(w, CLUSTER);
+    await expect(checkCluster(w, "nope")).rejects.toThrow('the server has no cluster "nope" in its remote_servers');
+    await expect(checkCluster(w, "two_shards")).rejects.toThrow('cluster "two_shards" has 2 shards; Tributary writes one shard of replicas');
+  });
+
+  test(withZooKeeper ? "without ON CLUSTER they create Replicated tables with the single-server columns and keys (ZooKeeper running)" : "without ON CLUSTER the engine accepts each definition up to needing ZooKeeper (none installed)", () => {
+    const local = (sql: string) => sql.replace(onCluster({ cluster: CLUSTER }), "");
+    if (!withZooKeeper) {
+      for (const sql of Object.values(statements())) expect(() => chExec(w, local(sql))).toThrow(expect.objectContaining({ code: "225" })); // NO_ZOOKEEPER
+      // ... which comes after the definition is checked: a wrong is_deleted column fails first.
+      expect(() => chExec(w, local(statements().users).replace("_version, _deleted)", "_version, _gone)"))).toThrow(expect.objectContaining({ code: "16" }));
+      return;
+    }
+    for (const sql of Object.values(statements())) chExec(w, local(sql));
+    const columnsOf = (table: string) =>
+      chRows<{ name: string; type: string }>(w, `SELECT name, type FROM system.columns WHERE database = '${DB}' AND table = '${table}' ORDER BY position`).map((c) => [c.name, c.type]);
+    expect(columnsOf("events")).toEqual(eventsColumns(w.features));
+    expect(columnsOf("users")).toEqual(usersColumns(model, w.features));
+    expect(chRows(w, `SELECT name, engine, sorting_key FROM system.tables WHERE database = '${DB}' ORDER BY name`)).toEqual([
+      { name: "events", engine: "ReplicatedReplacingMergeTree", sorting_key: "connection, pipeline, message_id" },
+      { name: "hooks", engine: "ReplicatedReplacingMergeTree", sorting_key: "connection, delivery_id, row_index" },
+      { name: "users", engine: "ReplicatedReplacingMergeTree", sorting_key: "profile_id" },
+    ]);
+    // The macros filled in per replica.
+    expect(chRows(w, `SELECT table, zookeeper_path, replica_name FROM system.replicas WHERE database = '${DB}' ORDER BY table`)).toEqual(
+      ["events", "hooks", "users"].map((table) => ({ table, zookeeper_path: `/clickhouse/tables/1/${DB}/${table}`, replica_name: "r1" })),
+    );
   });
 });

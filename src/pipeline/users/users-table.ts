@@ -1,5 +1,5 @@
 import type { ServerFeatures, Warehouse } from "../../sink/clickhouse/server.ts";
-import { quoteIdent, quoteString } from "../../sink/clickhouse/server.ts";
+import { createTable, onCluster, quoteIdent, quoteString, tableEngine } from "../../sink/clickhouse/server.ts";
 import { columnType, type CustomerModel } from "./customer-model.ts";
 
 /**
@@ -8,7 +8,9 @@ import { columnType, type CustomerModel } from "./customer-model.ts";
  * higher `_version`; ReplacingMergeTree keeps the latest, so `SELECT … FROM users FINAL` shows
  * one row per profile. A profile merged into another is written once more with `_deleted = 1`:
  * servers with ReplacingMergeTree(version, is_deleted) (23.2+) hide it under FINAL, older ones
- * get a mutation deleting it (see UsersStage).
+ * get a mutation deleting it (see UsersStage). On a cluster the table is
+ * ReplicatedReplacingMergeTree, created ON CLUSTER; its ALTERs and that mutation are sent to one
+ * replica and reach the others through ZooKeeper.
  */
 export function fixedColumns(f: ServerFeatures): [string, string][] {
   const ts = f.dateTime64 ? "DateTime64(3, 'UTC')" : "UInt64";
@@ -28,10 +30,10 @@ export function usersColumns(model: CustomerModel, f: ServerFeatures): [string, 
   return [...fixedColumns(f), ...Object.entries(model).map(([name, type]): [string, string] => [name, columnType(type, f)])];
 }
 
-export function usersTableDDL(database: string, model: CustomerModel, f: ServerFeatures): string {
+export function usersTableDDL(database: string, model: CustomerModel, f: ServerFeatures, cluster?: string): string {
   const cols = usersColumns(model, f).map(([n, t]) => `  ${quoteIdent(n)} ${t}`).join(",\n");
-  const engine = f.replacingIsDeleted ? "ReplacingMergeTree(_version, _deleted)" : "ReplacingMergeTree(_version)";
-  return `CREATE TABLE IF NOT EXISTS ${quoteIdent(database)}.users (\n${cols}\n) ENGINE = ${engine}\nORDER BY profile_id`;
+  const engine = tableEngine("ReplacingMergeTree", f.replacingIsDeleted ? ["_version", "_deleted"] : ["_version"], database, "users", cluster);
+  return `CREATE TABLE IF NOT EXISTS ${quoteIdent(database)}.users${onCluster({ cluster })} (\n${cols}\n) ENGINE = ${engine}\nORDER BY profile_id`;
 }
 
 /** A Customer Model change that would lose or reinterpret data, refused without `migrate: true`. */
@@ -75,7 +77,7 @@ export function usersMigration(
 
 /** Creates `users`, or migrates it to the model. */
 export async function migrateUsersTable(w: Warehouse, model: CustomerModel, migrate: boolean): Promise<string[]> {
-  await w.client.command({ query: usersTableDDL(w.database, model, w.features) });
+  await createTable(w, "users", usersTableDDL(w.database, model, w.features, w.cluster));
   const rows = (await (
     await w.client.query({
       query: `SELECT name, type FROM system.columns WHERE database = ${quoteString(w.database)} AND table = 'users'`,

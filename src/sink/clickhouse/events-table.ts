@@ -1,9 +1,11 @@
 import type { Warehouse, ServerFeatures } from "./server.ts";
-import { quoteIdent, quoteString } from "./server.ts";
+import { createTable, onCluster, quoteIdent, quoteString, tableEngine } from "./server.ts";
 
 /**
  * The `events` table of PRODUCT.md §4: one row per event per pipeline. ReplacingMergeTree on
  * (connection, pipeline, message_id) collapses redeliveries; `SELECT … FINAL` shows each once.
+ * On a cluster (TRIBUTARY_CLICKHOUSE_CLUSTER) the same table is ReplicatedReplacingMergeTree,
+ * created ON CLUSTER on every replica of the one shard.
  */
 export const TIMESTAMP_COLUMNS = ["timestamp", "original_timestamp", "sent_at", "received_at"] as const;
 
@@ -42,15 +44,20 @@ export function eventsColumns(f: ServerFeatures): [string, string][] {
   ];
 }
 
-export function eventsTableDDL(database: string, f: ServerFeatures): string {
+export function eventsTableDDL(database: string, f: ServerFeatures, cluster?: string): string {
   const cols = eventsColumns(f).map(([n, t]) => `  ${quoteIdent(n)} ${t}`).join(",\n");
   const month = f.dateTime64 ? "toYYYYMM(timestamp)" : "toYYYYMM(toDateTime(intDiv(timestamp, 1000)))";
-  return `CREATE TABLE IF NOT EXISTS ${quoteIdent(database)}.events (\n${cols}\n) ENGINE = ReplacingMergeTree()\nPARTITION BY ${month}\nORDER BY (connection, pipeline, message_id)`;
+  const engine = tableEngine("ReplacingMergeTree", [], database, "events", cluster);
+  return `CREATE TABLE IF NOT EXISTS ${quoteIdent(database)}.events${onCluster({ cluster })} (\n${cols}\n) ENGINE = ${engine}\nPARTITION BY ${month}\nORDER BY (connection, pipeline, message_id)`;
 }
 
-/** Creates the table, or adds the columns a newer Tributary expects; never drops or retypes. */
+/**
+ * Creates the table, or adds the columns a newer Tributary expects; never drops or retypes. On a
+ * cluster the ALTERs go to one replica without ON CLUSTER: a Replicated table's ALTER reaches the
+ * others through ZooKeeper (also those down now, when they return).
+ */
 export async function migrateEventsTable(w: Warehouse): Promise<void> {
-  await w.client.command({ query: eventsTableDDL(w.database, w.features) });
+  await createTable(w, "events", eventsTableDDL(w.database, w.features, w.cluster));
   const rows = (await (
     await w.client.query({
       // No query parameters: 18.16 predates them.
