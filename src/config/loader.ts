@@ -58,7 +58,9 @@ export function lineInYaml(text: string, path: string): number {
   return lineOf(lc, nodeAt(doc, path));
 }
 
-function substitute(doc: Document, lc: LineCounter, env: Record<string, string | undefined>, where: string, problems: string[]) {
+/** Substitutes `${VAR}`; returns each value taken from the environment with its name (write keys, secrets). */
+function substitute(doc: Document, lc: LineCounter, env: Record<string, string | undefined>, where: string, problems: string[]): Map<string, string> {
+  const used = new Map<string, string>();
   visit(doc, {
     Scalar(_key, node) {
       if (typeof node.value !== "string" || !node.value.includes("${")) return;
@@ -68,25 +70,46 @@ function substitute(doc: Document, lc: LineCounter, env: Record<string, string |
           problems.push(`${where}:${lineOf(lc, node)}: environment variable \${${name}} is not set`);
           return "";
         }
+        if (env[name]) used.set(env[name]!, name);
         return value;
       });
     },
   });
+  return used;
 }
 
-export function parseConfigFile(
-  file: string,
-  text: string,
-  env: Record<string, string | undefined>,
-): { kind: "connection"; value: LoadedConnection } | { kind: "customerModel"; value: CustomerModelFile } | { kind: "problems"; problems: string[] } {
+type Parsed = { kind: "connection"; value: LoadedConnection } | { kind: "customerModel"; value: CustomerModelFile } | { kind: "problems"; problems: string[] };
+
+/** One file of `pipelines/`: its connection or customer model, or its problems, each on one line starting `file:line:`. */
+export function parseConfigFile(file: string, text: string, env: Record<string, string | undefined>): Parsed {
+  const substituted = new Map<string, string>();
+  const r = parseFile(file, text, env, substituted);
+  if (r.kind !== "problems") return r;
+  // Problems are logged: a value from the environment (a write key, a secret) that a message would
+  // quote (a key or expression it ended up in) is shown as its ${NAME}. And a YAML key can hold a
+  // line break ("? [a,\n b]"): a problem stays on one line, so each line starts with "file:line:".
+  const secrets = [...substituted].filter(([value]) => value.length >= 4).sort((a, b) => b[0].length - a[0].length);
+  const redact = (p: string) => secrets.reduce((q, [value, name]) => q.replaceAll(value, `\${${name}}`), p);
+  return { kind: "problems", problems: r.problems.map((p) => redact(p).replace(/\s*[\r\n]+\s*/g, " ")) };
+}
+
+function parseFile(file: string, text: string, env: Record<string, string | undefined>, substituted: Map<string, string>): Parsed {
   const lc = new LineCounter();
-  const doc = parseDocument(text, { lineCounter: lc, prettyErrors: false });
+  // logLevel "error": the library would otherwise print its own warnings (a collection used as a
+  // key, an unknown tag) to stderr, outside the node's JSON log lines; the schema reports those keys.
+  const doc = parseDocument(text, { lineCounter: lc, prettyErrors: false, logLevel: "error" });
   const problems: string[] = [];
   for (const e of doc.errors) problems.push(`${file}:${lc.linePos(e.pos[0]).line}: YAML: ${e.message.split("\n")[0]}`);
   if (problems.length) return { kind: "problems", problems };
-  substitute(doc, lc, env, file, problems);
+  for (const [value, name] of substitute(doc, lc, env, file, problems)) substituted.set(value, name);
   if (problems.length) return { kind: "problems", problems };
-  const value = doc.toJS() as unknown;
+  let value: unknown;
+  try {
+    value = doc.toJS();
+  } catch (e) {
+    // The yaml library refuses alias expansion past a limit ("billion laughs") with a ReferenceError.
+    return { kind: "problems", problems: [`${file}:1: YAML: ${String((e as Error)?.message ?? e).split("\n")[0]}`] };
+  }
   if (value === null || typeof value !== "object" || Array.isArray(value))
     return { kind: "problems", problems: [`${file}:1: expected a mapping with "connection:" or "customerModel:"`] };
   const isModel = "customerModel" in value;
@@ -177,10 +200,18 @@ export function loadConfig(dir: string, env: Record<string, string | undefined> 
   const files: string[] = [];
   for (const name of entries) {
     const path = join(dir, name);
-    if (!statSync(path).isFile()) continue;
     const shown = relative(process.cwd(), path) || path;
+    let text: string;
+    try {
+      // An editor may replace or remove the file between the listing and here.
+      if (!statSync(path).isFile()) continue;
+      text = readFileSync(path, "utf8");
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== "ENOENT") problems.push(`${shown}:1: cannot read the file: ${(e as Error).message}`);
+      continue;
+    }
     files.push(shown);
-    const parsed = parseConfigFile(shown, readFileSync(path, "utf8"), env);
+    const parsed = parseConfigFile(shown, text, env);
     if (parsed.kind === "problems") problems.push(...parsed.problems);
     else if (parsed.kind === "connection") connections.push(parsed.value);
     else {

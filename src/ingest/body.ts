@@ -1,4 +1,7 @@
-/** Reading request bodies within limits, inflating gzip/deflate while counting. */
+/**
+ * Reading request bodies within limits: inflating gzip/deflate while counting, strict UTF-8, a
+ * deadline for the whole body, and memory accounted as bytes arrive (not as they are promised).
+ */
 
 export class PayloadTooLargeError extends Error {
   constructor(readonly limit: number) {
@@ -14,15 +17,94 @@ export class BadEncodingError extends Error {
   }
 }
 
-/** The body as text (UTF-8), within the limit. */
-export async function readBodyText(request: Request, limit: number): Promise<string> {
-  const encoding = (request.headers.get("content-encoding") ?? "identity").trim().toLowerCase();
-  // Fast path: a plain body with a declared length is read natively by the server, in one piece.
-  if ((encoding === "identity" || encoding === "") && request.headers.has("content-length")) {
-    if (Number(request.headers.get("content-length")) > limit) throw new PayloadTooLargeError(limit);
-    return request.text();
+/** The whole body did not arrive in time (a stalled or trickling sender, "slow loris"): 503, so real senders retry (PRODUCT.md: never 408). */
+export class BodyTimeoutError extends Error {
+  constructor(readonly ms: number) {
+    super(`request body not received within ${ms / 1000} s`);
+    this.name = "BodyTimeoutError";
   }
-  return new TextDecoder().decode(await readBody(request, limit));
+}
+
+/** The sender went away before its body ended: nobody is left to answer. */
+export class BodyAbortedError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "BodyAbortedError";
+  }
+}
+
+/** The node's in-flight budget refused the bytes that arrived: 429, nothing stored. */
+export class BodyOverloadError extends Error {
+  constructor() {
+    super("node overloaded; retry later");
+    this.name = "BodyOverloadError";
+  }
+}
+
+export interface BodyReadOptions {
+  /** Largest body, after decompression. */
+  limit: number;
+  /** The whole body must have arrived within this many milliseconds. */
+  timeoutMs?: number;
+  /**
+   * Told the body's size so far (after decompression) each time more arrives; `false` refuses the
+   * request as overload. Lets the caller account memory for bytes received, so a client that
+   * declares a large `Content-Length` and then stalls holds nothing it has not sent.
+   */
+  grow?: (size: number) => boolean;
+}
+
+/** Bodies declaring at most this many bytes are read natively in one piece. */
+export const SMALL_BODY_BYTES = 64 * 1024;
+
+const utf8 = new TextDecoder("utf-8", { fatal: true });
+
+/** Strict UTF-8: invalid bytes are an error rather than silently replaced by U+FFFD. */
+export function decodeUtf8(bytes: Uint8Array): string {
+  try {
+    return utf8.decode(bytes);
+  } catch {
+    throw new BadEncodingError("body is not valid UTF-8");
+  }
+}
+
+const optionsOf = (o: BodyReadOptions | number): BodyReadOptions => (typeof o === "number" ? { limit: o } : o);
+const encodingOf = (request: Request) => (request.headers.get("content-encoding") ?? "identity").trim().toLowerCase();
+
+/** Rejects with {@link BodyTimeoutError} after `ms`; `clear()` stops the timer. */
+function deadline(ms: number | undefined): { promise: Promise<never>; clear(): void } {
+  if (!ms || !Number.isFinite(ms)) return { promise: new Promise<never>(() => {}), clear() {} };
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const promise = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new BodyTimeoutError(ms)), ms);
+  });
+  promise.catch(() => {});
+  return { promise, clear: () => clearTimeout(timer) };
+}
+
+/** The body as text (strict UTF-8), within the limit and the deadline. */
+export async function readBodyText(request: Request, options: BodyReadOptions | number): Promise<string> {
+  const o = optionsOf(options);
+  const encoding = encodingOf(request);
+  const declared = request.headers.has("content-length") ? Number(request.headers.get("content-length")) : NaN;
+  // Fast path: a small plain body with a declared length is read natively, in one piece.
+  if ((encoding === "identity" || encoding === "") && declared <= SMALL_BODY_BYTES) {
+    const d = deadline(o.timeoutMs);
+    const body = request.arrayBuffer();
+    body.catch(() => {});
+    let bytes: ArrayBuffer;
+    try {
+      bytes = await Promise.race([body, d.promise]);
+    } catch (e) {
+      if (e instanceof BodyTimeoutError) throw e;
+      throw new BodyAbortedError(`request body ended early: ${(e as Error)?.message ?? e}`);
+    } finally {
+      d.clear();
+    }
+    if (o.grow && !o.grow(bytes.byteLength)) throw new BodyOverloadError();
+    return decodeUtf8(new Uint8Array(bytes));
+  }
+  return decodeUtf8(await readBody(request, o));
 }
 
 /**
@@ -30,44 +112,59 @@ export async function readBodyText(request: Request, limit: number): Promise<str
  * enforced as the stream inflates, so a gzip bomb is stopped after `limit` bytes, not after it
  * has filled memory.
  */
-export async function readBody(request: Request, limit: number): Promise<Uint8Array> {
+export async function readBody(request: Request, options: BodyReadOptions | number): Promise<Uint8Array> {
+  const o = optionsOf(options);
+  const limit = o.limit;
   const declared = Number(request.headers.get("content-length") ?? NaN);
-  const encoding = (request.headers.get("content-encoding") ?? "identity").trim().toLowerCase();
-  if (encoding === "identity" || encoding === "") {
+  const encoding = encodingOf(request);
+  const plain = encoding === "identity" || encoding === "";
+  if (plain) {
     if (declared > limit) throw new PayloadTooLargeError(limit);
   } else if (encoding !== "gzip" && encoding !== "deflate" && encoding !== "x-gzip") {
     throw new BadEncodingError(`unsupported Content-Encoding "${encoding}" (gzip and deflate are accepted)`);
   }
   if (!request.body) return new Uint8Array(0);
   let stream: ReadableStream<Uint8Array> = request.body;
-  if (encoding !== "identity" && encoding !== "") {
+  if (!plain) {
     const format = encoding === "deflate" ? "deflate" : "gzip";
     stream = stream.pipeThrough(new DecompressionStream(format) as unknown as TransformStream<Uint8Array, Uint8Array>);
   }
-  const chunks: Uint8Array[] = [];
+  // A body that arrives in one chunk is used as it is; otherwise the chunks are copied into one
+  // buffer as they arrive, grown by doubling but never past the declared length or the limit, so
+  // the memory held is at most about twice what arrived, and there is no final concatenation.
+  let buffer: Uint8Array = new Uint8Array(0);
+  let owned = false;
   let size = 0;
+  const most = Math.min(plain && declared > 0 ? declared : Infinity, limit);
   const reader = stream.getReader();
+  const d = deadline(o.timeoutMs);
   try {
     for (;;) {
-      const { done, value } = await reader.read();
+      const { done, value } = await Promise.race([reader.read(), d.promise]);
       if (done) break;
-      size += value.byteLength;
-      if (size > limit) {
-        await reader.cancel().catch(() => {});
-        throw new PayloadTooLargeError(limit);
+      const next = size + value.byteLength;
+      if (next > limit) throw new PayloadTooLargeError(limit);
+      if (o.grow && !o.grow(next)) throw new BodyOverloadError();
+      if (size === 0) {
+        buffer = value;
+      } else {
+        if (!owned || next > buffer.byteLength) {
+          const grown = new Uint8Array(Math.max(next, Math.min(2 * buffer.byteLength, most)));
+          grown.set(buffer.subarray(0, size));
+          buffer = grown;
+          owned = true;
+        }
+        buffer.set(value, size);
       }
-      chunks.push(value);
+      size = next;
     }
   } catch (e) {
-    if (e instanceof PayloadTooLargeError) throw e;
-    throw new BadEncodingError(`cannot decode ${encoding} body: ${(e as Error).message}`);
+    reader.cancel().catch(() => {});
+    if (e instanceof PayloadTooLargeError || e instanceof BodyTimeoutError || e instanceof BodyOverloadError) throw e;
+    if (plain) throw new BodyAbortedError(`request body ended early: ${(e as Error)?.message ?? e}`);
+    throw new BadEncodingError(`cannot decode ${encoding} body: ${(e as Error)?.message ?? e}`);
+  } finally {
+    d.clear();
   }
-  if (chunks.length === 1) return chunks[0]!;
-  const out = new Uint8Array(size);
-  let at = 0;
-  for (const c of chunks) {
-    out.set(c, at);
-    at += c.byteLength;
-  }
-  return out;
+  return size === buffer.byteLength ? buffer : buffer.subarray(0, size);
 }

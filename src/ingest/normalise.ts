@@ -21,9 +21,35 @@ export class NormaliseError extends Error {
   override name = "NormaliseError";
 }
 
+// A date the calendar has: Date.parse rolls "2025-02-30" over to March 2nd rather than refusing it.
+// `value` starts YYYY-MM-DD (the schema's pattern); read without a regex, as this runs per timestamp.
+const digits = (s: string, at: number, n: number) => {
+  let v = 0;
+  for (let i = at; i < at + n; i++) v = v * 10 + s.charCodeAt(i) - 48;
+  return v;
+};
+const realDate = (value: string): boolean => {
+  if (value.length < 10 || value[4] !== "-" || value[7] !== "-") return true;
+  const month = digits(value, 5, 2), day = digits(value, 8, 2);
+  if (month < 1 || month > 12 || day < 1) return false;
+  if (day <= 28) return true;
+  const year = digits(value, 0, 4);
+  const leap = year % 4 === 0 && (year % 100 !== 0 || year % 400 === 0);
+  return day <= (month === 2 ? (leap ? 29 : 28) : month === 4 || month === 6 || month === 9 || month === 11 ? 30 : 31);
+};
+
+// What ISO-8601 (and ClickHouse's DateTime64 parser) can write with a 4-digit year: a zone offset or
+// a clock-skew correction can push a time outside it, and toISOString() would then give "+010000-…".
+const MIN_TIME = Date.parse("0000-01-01T00:00:00.000Z");
+const MAX_TIME = Date.parse("9999-12-31T23:59:59.999Z");
+const inRange = (field: string, t: number, how = ""): number => {
+  if (t < MIN_TIME || t > MAX_TIME) throw new NormaliseError(`"${field}"${how} falls outside the years 0000 to 9999`);
+  return t;
+};
+
 const time = (field: string, value: string): number => {
   const t = Date.parse(value);
-  if (Number.isNaN(t)) throw new NormaliseError(`"${field}" is not a valid date: "${value}"`);
+  if (Number.isNaN(t) || !realDate(value)) throw new NormaliseError(`"${field}" is not a valid date: "${value}"`);
   return t;
 };
 
@@ -31,7 +57,10 @@ const ID_FIELDS = ["userId", "anonymousId", "groupId", "previousId"] as const;
 
 // Already in the form toISOString() gives: kept as sent, saving a format per field per event.
 const CANONICAL = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/;
-const iso = (field: string, value: string): string => (CANONICAL.test(value) && !Number.isNaN(Date.parse(value)) ? value : new Date(time(field, value)).toISOString());
+const iso = (field: string, value: string): string => {
+  const t = time(field, value);
+  return CANONICAL.test(value) ? value : new Date(inRange(field, t)).toISOString();
+};
 
 /**
  * Segment's normalisation (PRODUCT.md §1), on a validated event, with the enrichment and privacy
@@ -42,7 +71,11 @@ export function normaliseEvent(input: Event, facts: RequestFacts, newId: () => s
   const e: Event = { ...input };
   for (const f of ID_FIELDS) {
     const v = e[f];
-    if (typeof v === "number") (e as Record<string, unknown>)[f] = String(v);
+    if (typeof v === "number") {
+      // Past 2^53 a JSON number has already been rounded (12345678901234567890 → …567000): two users would merge.
+      if (Math.abs(v) > Number.MAX_SAFE_INTEGER) throw new NormaliseError(`"${f}" is a number too large to keep exactly; send it as a string`);
+      (e as Record<string, unknown>)[f] = String(v);
+    }
   }
   const own = e.context as Record<string, unknown> | undefined;
   const context = facts.context ? mergeContext(facts.context, own) : own && { ...own };
@@ -70,7 +103,7 @@ export function normaliseEvent(input: Event, facts: RequestFacts, newId: () => s
   } else if (original !== undefined && e.sentAt !== undefined) {
     // Corrects client clock skew: the delay the client measured, applied to our clock.
     const delay = time("sentAt", e.sentAt) - time(e.originalTimestamp ? "originalTimestamp" : "timestamp", original);
-    timestamp = new Date(receivedAt - delay).toISOString();
+    timestamp = new Date(inRange("timestamp", receivedAt - delay, ` corrected for clock skew (receivedAt − (sentAt − ${e.originalTimestamp ? "originalTimestamp" : "timestamp"}))`)).toISOString();
   } else {
     timestamp = e.timestamp !== undefined ? iso("timestamp", e.timestamp) : (e.receivedAt as string);
   }

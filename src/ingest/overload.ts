@@ -20,10 +20,13 @@ export class InFlightLimiter {
     return true;
   }
 
-  /** Grows a reservation once the real (inflated) size is known; false when over the byte limit. */
+  /**
+   * Grows a reservation as a body arrives and once its real (inflated) size is known; false when
+   * over the byte limit. As in {@link tryAcquire}, a request alone in flight always fits.
+   */
   tryGrow(delta: number): boolean {
     if (delta <= 0) return true;
-    if (this.#bytes + delta > this.maxBytes) {
+    if (this.#requests > 1 && this.#bytes + delta > this.maxBytes) {
       this.rejected++;
       return false;
     }

@@ -3,7 +3,7 @@ import type { ConfigStore } from "../config/store.ts";
 import type { Config } from "../config/loader.ts";
 import type { EventLog } from "../bus/event-log.ts";
 import { WriteKeyIndex, writeKeyFromHeader } from "./auth.ts";
-import { readBodyText, PayloadTooLargeError, BadEncodingError } from "./body.ts";
+import { readBodyText, PayloadTooLargeError, BadEncodingError, BodyTimeoutError, BodyAbortedError, BodyOverloadError, SMALL_BODY_BYTES } from "./body.ts";
 import { bodyWriteKey, ingest, type Endpoint, type IngestResult, type IngestStats } from "./handler.ts";
 import { EVENT_TYPES } from "./event-schema.ts";
 import { InFlightLimiter } from "./overload.ts";
@@ -20,6 +20,8 @@ export interface IngestServerOptions {
   maxInFlightBytes: number;
   maxInFlightRequests: number;
   retryAfterSeconds: number;
+  /** The whole body must arrive within this; a stalled or trickling sender gets 503 (Retry-After) and is cut off. */
+  bodyTimeoutMs: number;
 }
 
 export const ingestDefaults: IngestServerOptions = {
@@ -30,6 +32,7 @@ export const ingestDefaults: IngestServerOptions = {
   maxInFlightBytes: 64 * 1024 * 1024,
   maxInFlightRequests: 4096,
   retryAfterSeconds: 5,
+  bodyTimeoutMs: 60_000,
 };
 
 /** Same body for every authentication failure, so a caller learns nothing about which keys exist. */
@@ -102,27 +105,41 @@ export function ingestRoutes(config: ConfigStore, eventLog: EventLog, opts: Part
     let connection = request.headers.has("authorization") ? index.lookup(headerKey) : undefined;
     if (request.headers.has("authorization") && !connection) return respond(UNAUTHORIZED, corsHeaders(request));
 
-    const declared = Number(request.headers.get("content-length") ?? 0) || 64 * 1024;
-    let reserve = Math.min(declared, o.maxRequestBytes);
+    // Memory is reserved for bytes that arrived, not for bytes promised: a sender that declares a
+    // large Content-Length and then stalls (slow loris) holds at most SMALL_BODY_BYTES.
+    const declared = Number(request.headers.get("content-length") ?? 0) || SMALL_BODY_BYTES;
+    let reserve = Math.min(declared, SMALL_BODY_BYTES, o.maxRequestBytes);
     const overloaded = () => respond({ status: 429, body: { error: "node overloaded; retry later" }, headers: { "Retry-After": "1" } }, corsHeaders(request));
     if (!limiter.tryAcquire(reserve)) return overloaded();
+    const grow = (size: number) => {
+      if (size <= reserve) return true;
+      if (!limiter.tryGrow(size - reserve)) return false;
+      reserve = size;
+      return true;
+    };
     try {
       let text: string;
       try {
-        text = await readBodyText(request, o.maxRequestBytes);
+        text = await readBodyText(request, { limit: o.maxRequestBytes, timeoutMs: o.bodyTimeoutMs, grow });
       } catch (e) {
         if (e instanceof PayloadTooLargeError) return respond({ status: 413, body: { error: e.message } }, corsHeaders(request));
         if (e instanceof BadEncodingError) return respond({ status: 400, body: { error: e.message } }, corsHeaders(request));
+        if (e instanceof BodyOverloadError) return overloaded();
+        if (e instanceof BodyTimeoutError) return respond({ status: 503, body: { error: e.message }, headers: { Connection: "close", "Retry-After": String(o.retryAfterSeconds) } }, corsHeaders(request));
+        if (e instanceof BodyAbortedError) {
+          logger.debug("request body ended early", { error: e.message });
+          return respond({ status: 400, body: { error: e.message }, headers: { Connection: "close" } });
+        }
         throw e;
       }
       // Characters, not bytes, for an inflated body: close enough for a memory bound.
-      if (!limiter.tryGrow(text.length - reserve)) return overloaded();
-      reserve = Math.max(reserve, text.length);
+      if (!grow(text.length)) return overloaded();
       let body: unknown;
       try {
         body = JSON.parse(text);
       } catch (e) {
-        return respond({ status: 400, body: { error: `invalid JSON: ${(e as Error).message}` } }, corsHeaders(request));
+        const error = text.trim() === "" ? "invalid JSON: the body is empty" : `invalid JSON: ${(e as Error).message}`;
+        return respond({ status: 400, body: { error } }, corsHeaders(request));
       }
       if (!connection) connection = index.lookup(bodyWriteKey(body));
       if (!connection) return respond(UNAUTHORIZED, corsHeaders(request));

@@ -102,7 +102,7 @@ const ingestAnswers = {
   "403": err("a browser Origin the connection's allowedOrigins does not list"),
   "413": err("body over the size limit after decompression, or too many events"),
   "429": err("overloaded or over the connection's rate limit; see Retry-After"),
-  "503": err("JetStream could not confirm the write, or the stream is full; see Retry-After"),
+  "503": err("JetStream could not confirm the write, the stream is full, or the body did not arrive in time; see Retry-After"),
 };
 
 /** The OpenAPI 3.1 document. */

@@ -60,18 +60,23 @@ export function splitRawBody(bytes: Uint8Array, format: RawBodyFormat): RawDocum
   }
 }
 
-/** The headers a connection stores: a list, or `all` minus credentials. */
-export function storedHeaders(headers: Headers, which: "all" | string[] | undefined): Record<string, string> {
+/**
+ * The headers a connection stores: a list, or `all` minus credentials. `secretHeader` (the header
+ * of a `{header, equals}` check, which carries the shared secret itself) is never stored, listed
+ * or not: stored headers reach the stream, the debugger and the warehouse.
+ */
+export function storedHeaders(headers: Headers, which: "all" | string[] | undefined, secretHeader?: string): Record<string, string> {
   const out: Record<string, string> = {};
   if (!which) return out;
+  const secret = secretHeader?.toLowerCase();
   if (which === "all") {
     headers.forEach((v, k) => {
-      if (k !== "authorization" && k !== "cookie" && k !== "proxy-authorization") out[k] = v;
+      if (k !== "authorization" && k !== "cookie" && k !== "proxy-authorization" && k !== secret) out[k] = v;
     });
   } else {
     for (const name of which) {
       const v = headers.get(name);
-      if (v !== null) out[name.toLowerCase()] = v;
+      if (v !== null && name.toLowerCase() !== secret) out[name.toLowerCase()] = v;
     }
   }
   return out;

@@ -6,16 +6,19 @@ import type { EventLog } from "../../bus/event-log.ts";
 import { BusUnavailableError } from "../../bus/errors.ts";
 import { compileExpression, type Expression } from "../../pipeline/filter.ts";
 import type { RawRecord } from "../../pipeline/raw-stage.ts";
-import { readBody, PayloadTooLargeError, BadEncodingError } from "../body.ts";
+import { readBody, PayloadTooLargeError, BadEncodingError, BodyTimeoutError, BodyAbortedError, BodyOverloadError, SMALL_BODY_BYTES } from "../body.ts";
 import { ingest, type IngestLimits, type IngestStats } from "../handler.ts";
 import type { InFlightLimiter } from "../overload.ts";
 import { compileCheck, WebhookCheckError, type WebhookCheck } from "./check.ts";
 import { RawBodyError, splitRawBody, storedHeaders } from "./raw-body.ts";
+import { ingestDefaults } from "../server.ts";
 import { log } from "../../util/log.ts";
 
 export interface WebhookOptions extends IngestLimits {
   /** Largest body accepted; one delivery is one JetStream message, so it also stays under max_payload. */
   maxBodyBytes: number;
+  /** The whole body must arrive within this (default: ingestion's); a slower sender gets 503. */
+  bodyTimeoutMs?: number;
 }
 
 interface Compiled {
@@ -33,6 +36,7 @@ const json = (status: number, body: unknown, headers: Record<string, string> = {
  * deduplicated by the delivery id, and loaded into the connection's table by its raw pipeline.
  */
 export function webhookRoutes(config: ConfigStore, eventLog: EventLog, limiter: InFlightLimiter, stats: IngestStats, o: WebhookOptions) {
+  const bodyTimeoutMs = o.bodyTimeoutMs ?? ingestDefaults.bodyTimeoutMs;
   const compiled = new WeakMap<LoadedConnection, Compiled>();
   const compiledOf = (c: LoadedConnection): Compiled => {
     let x = compiled.get(c);
@@ -51,15 +55,24 @@ export function webhookRoutes(config: ConfigStore, eventLog: EventLog, limiter: 
     const receivedAt = Date.now();
     const c = config.current.connections.get(name);
     if (!c || c.source !== "raw") return json(404, { error: `no raw webhook connection named "${name}"` });
-    const declared = Math.min(Number(request.headers.get("content-length") ?? 0) || 64 * 1024, o.maxBodyBytes);
-    if (!limiter.tryAcquire(declared)) return json(429, { error: "node overloaded; retry later" }, { "Retry-After": "1" });
+    // Reserved as bytes arrive (see ingest's server.ts): a stalled sender holds at most SMALL_BODY_BYTES.
+    let reserved = Math.min(Number(request.headers.get("content-length") ?? 0) || SMALL_BODY_BYTES, SMALL_BODY_BYTES, o.maxBodyBytes);
+    if (!limiter.tryAcquire(reserved)) return json(429, { error: "node overloaded; retry later" }, { "Retry-After": "1" });
+    const grow = (size: number) => {
+      if (size <= reserved) return true;
+      if (!limiter.tryGrow(size - reserved)) return false;
+      reserved = size;
+      return true;
+    };
     try {
       let bytes: Uint8Array;
       try {
-        bytes = await readBody(request, o.maxBodyBytes);
+        bytes = await readBody(request, { limit: o.maxBodyBytes, timeoutMs: bodyTimeoutMs, grow });
       } catch (e) {
         if (e instanceof PayloadTooLargeError) return json(413, { error: e.message });
-        if (e instanceof BadEncodingError) return json(400, { error: e.message });
+        if (e instanceof BadEncodingError || e instanceof BodyAbortedError) return json(400, { error: e.message });
+        if (e instanceof BodyOverloadError) return json(429, { error: e.message }, { "Retry-After": "1" });
+        if (e instanceof BodyTimeoutError) return json(503, { error: e.message }, { Connection: "close", "Retry-After": String(o.retryAfterSeconds) });
         throw e;
       }
       const x = compiledOf(c);
@@ -80,7 +93,7 @@ export function webhookRoutes(config: ConfigStore, eventLog: EventLog, limiter: 
       if (typeof deliveryId !== "string") return json(400, { error: deliveryId.error });
       const record: RawRecord = {
         messageId: deliveryId,
-        raw: { receivedAt: new Date(receivedAt).toISOString(), headers: storedHeaders(request.headers, c.headers), rows: docs.rows },
+        raw: { receivedAt: new Date(receivedAt).toISOString(), headers: storedHeaders(request.headers, c.headers, secretHeaderOf(c)), rows: docs.rows },
       };
       const stored = await eventLog.append(c.connection, [{ id: deliveryId, json: JSON.stringify(record) }]);
       const answer: Record<string, unknown> = { accepted: stored.stored, rows: docs.rows.length, ...(stored.duplicates && { duplicate: true }) };
@@ -99,11 +112,16 @@ export function webhookRoutes(config: ConfigStore, eventLog: EventLog, limiter: 
       log.error("webhook failed", { connection: name, error: String((e as Error)?.stack ?? e) });
       return json(503, { error: "internal error; retry later" }, { "Retry-After": String(o.retryAfterSeconds) });
     } finally {
-      limiter.release(declared);
+      limiter.release(reserved);
     }
   }
 
   return new Elysia({ name: "webhooks" }).post("/v1/webhooks/:connection", ({ params, request }) => handle(params.connection, request), { parse: "none" });
+}
+
+/** The header that carries a `{header, equals}` check's shared secret (never stored). */
+function secretHeaderOf(c: LoadedConnection): string | undefined {
+  return typeof c.check === "object" && "equals" in c.check ? c.check.header : undefined;
 }
 
 /** The delivery id: the configured header, or JSONata over the body, else a hash of the body. */
