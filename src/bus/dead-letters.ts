@@ -44,7 +44,7 @@ export async function readDeadLetters(bus: Bus, connection: string, pipeline?: s
   if (!count) return out;
   const consumer = await bus.js.consumers.get(DLQ_STREAM, { filter_subjects: subject });
   try {
-    const messages = await consumer.consume({ max_messages: 256 });
+    const messages = await consumer.consume({ max_bytes: 8 * 1024 * 1024 });
     for await (const m of messages) {
       out.push({ ...(m.json<DeadLetter>()), seq: m.seq });
       if (m.info.pending === 0) break;

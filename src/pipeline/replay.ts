@@ -132,7 +132,7 @@ export async function replay(bus: Bus, warehouse: Warehouse, config: Config, o: 
   let complete = last < first;
   try {
     if (!complete) {
-      const messages = await consumer.consume({ max_messages: 256 });
+      const messages = await consumer.consume({ max_bytes: 8 * 1024 * 1024 });
       o.signal?.addEventListener("abort", () => void messages.close());
       for await (const m of messages) {
         // Messages already buffered are left unacknowledged: a rerun gets them again.

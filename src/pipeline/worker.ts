@@ -135,7 +135,10 @@ export class PipelineWorker {
     if (this.#running) return;
     const consumer = await this.#consumer();
     this.#running = true;
-    this.#messages = await consumer.consume({ max_messages: 512 });
+    // Bounded by bytes, not messages: stream messages carry hundreds of events, and a pull sized
+    // in messages can exceed the connection's pending limit, which makes NATS drop the connection
+    // that also publishes ingested events (a slow consumer).
+    this.#messages = await consumer.consume({ max_bytes: 8 * 1024 * 1024 });
     this.#loop = this.#run(this.#messages);
     // Held messages (open batch, insert being retried) are still being worked on: keep JetStream
     // from redelivering them to another node while this one is alive.
