@@ -6,7 +6,7 @@
  */
 import { parseArgs } from "node:util";
 import { optionsFromEnv } from "../src/config/env.ts";
-import { connectBus } from "../src/bus/connection.ts";
+import { busOptionsOf, connectBus } from "../src/bus/connection.ts";
 import { DLQ_STREAM, ensureDlqStream, readDeadLetters } from "../src/bus/dead-letters.ts";
 import { connectWarehouse } from "../src/sink/clickhouse/server.ts";
 import { Inserter } from "../src/sink/clickhouse/inserter.ts";
@@ -21,15 +21,7 @@ if (values.help || positionals.length !== 1) {
   process.exit(values.help ? 0 : 2);
 }
 const o = optionsFromEnv();
-const bus = await connectBus({
-  url: o.natsUrl ?? "nats://127.0.0.1:4222",
-  streamMaxAgeHours: o.streamMaxAgeHours,
-  streamMaxBytes: o.streamMaxBytes,
-  streamReplicas: o.streamReplicas,
-  dedupWindowHours: o.dedupWindowHours,
-  timeoutMs: o.publishTimeoutMs,
-  name: "tributary-dlq",
-});
+const bus = await connectBus(busOptionsOf(o, "tributary-dlq"));
 try {
   await ensureDlqStream(bus.jsm, o.streamReplicas);
   const letters = await readDeadLetters(bus, positionals[0]!, values.pipeline);

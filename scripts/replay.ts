@@ -7,7 +7,7 @@
 import { parseArgs } from "node:util";
 import { optionsFromEnv } from "../src/config/env.ts";
 import { loadConfig } from "../src/config/loader.ts";
-import { connectBus } from "../src/bus/connection.ts";
+import { busOptionsOf, connectBus } from "../src/bus/connection.ts";
 import { connectWarehouse } from "../src/sink/clickhouse/server.ts";
 import { replay, ReplayError, type ReplayProgress } from "../src/pipeline/replay.ts";
 
@@ -29,15 +29,7 @@ if (values.help || positionals.length !== 1 || !values.pipeline) {
   process.exit(values.help ? 0 : 2);
 }
 const o = optionsFromEnv();
-const bus = await connectBus({
-  url: o.natsUrl ?? "nats://127.0.0.1:4222",
-  streamMaxAgeHours: o.streamMaxAgeHours,
-  streamMaxBytes: o.streamMaxBytes,
-  streamReplicas: o.streamReplicas,
-  dedupWindowHours: o.dedupWindowHours,
-  timeoutMs: o.publishTimeoutMs,
-  name: "tributary-replay",
-});
+const bus = await connectBus(busOptionsOf(o, "tributary-replay"));
 const warehouse = await connectWarehouse({ url: o.clickhouseUrl ?? "http://127.0.0.1:8123", username: o.clickhouseUser, password: o.clickhousePassword, database: o.database });
 const abort = new AbortController();
 process.on("SIGINT", () => abort.abort());

@@ -11,18 +11,25 @@ export interface CapacityOptions {
   intervalMs: number;
 }
 
-export const capacityDefaults: CapacityOptions = { maxBytes: 0, refuseRatio: 0.9, resumeRatio: 0.8, intervalMs: 2000 };
+export const capacityDefaults: CapacityOptions = { maxBytes: 0, refuseRatio: 0.8, resumeRatio: 0.6, intervalMs: 500 };
+
+/** Stored bytes per byte of event JSON (id header, message overhead), erring high. */
+const STORED_PER_JSON_BYTE = 1.5;
 
 /**
- * Back-pressure before loss. The events stream keeps what fits in max_bytes and discards its
- * oldest messages to make room; that is harmless while the oldest messages are ones every
- * pipeline already loaded. This watches the bytes still waiting for a pipeline (the largest
- * backlog of each connection's consumers, at the stream's mean message size) and trips before
- * they could fill the stream: the node then answers 503 rather than accept events that could push
- * unloaded ones out. It resumes on its own when the pipelines catch up.
+ * Back-pressure before loss, in two layers. The events stream refuses new messages when it is
+ * full (DiscardPolicy.New), so JetStream itself never drops an event no pipeline loaded: the
+ * publish fails and the node answers 503. Before that hard stop, this guard watches the bytes
+ * still waiting for a pipeline (the largest backlog of each connection's durable consumers, at
+ * the stream's mean message size, plus what was stored since the last poll and the write rate
+ * until the next one) and answers 503 early, so senders back off while there is room. And when the
+ * stream holds more than the refuse ratio, it purges the prefix every pipeline has acknowledged:
+ * events already loaded make room (the replay window shrinks) instead of new ones being refused.
  */
 export class StreamCapacity {
   #full = false;
+  #lastSeq = 0;
+  #lastAt = 0;
   #timer?: ReturnType<typeof setInterval>;
   backlogBytes = 0;
 
@@ -49,7 +56,7 @@ export class StreamCapacity {
   /** Bytes this node stored since the last poll count at once, so a burst cannot overshoot. */
   added(bytes: number): void {
     if (this.options.maxBytes <= 0) return;
-    this.backlogBytes += bytes;
+    this.backlogBytes += bytes * STORED_PER_JSON_BYTE;
     if (!this.#full && this.backlogBytes >= this.options.refuseRatio * this.options.maxBytes) {
       this.#full = true;
       log.warn("event stream nearly full of unloaded events: refusing new events with 503", { backlogBytes: Math.round(this.backlogBytes), maxBytes: this.options.maxBytes });
@@ -60,13 +67,29 @@ export class StreamCapacity {
     const info = await this.jsm.streams.info(STREAM);
     const mean = info.state.messages ? info.state.bytes / info.state.messages : 0;
     const bySubject = new Map<string, number>();
+    let floor = Number.MAX_SAFE_INTEGER;
     for await (const c of this.jsm.consumers.list(STREAM)) {
+      // Only pipelines' durable consumers: ephemeral ones (a node re-reading a shard's ids, a
+      // `nats sub`) wait for nobody.
+      if (!c.config.durable_name) continue;
       const key = c.config.filter_subject ?? "";
       bySubject.set(key, Math.max(bySubject.get(key) ?? 0, c.num_pending + c.num_ack_pending));
+      floor = Math.min(floor, c.ack_floor.stream_seq);
     }
     let pending = 0;
     for (const n of bySubject.values()) pending += n;
-    this.backlogBytes = pending * mean;
+    const now = Date.now();
+    // Messages written since the last poll by every node, at the mean size: the rate to expect
+    // until the next poll.
+    const written = this.#lastSeq ? Math.max(0, info.state.last_seq - this.#lastSeq) * mean : 0;
+    const rate = this.#lastAt ? written / Math.max(1, now - this.#lastAt) : 0;
+    this.#lastSeq = info.state.last_seq;
+    this.#lastAt = now;
+    this.backlogBytes = pending * mean + rate * this.options.intervalMs;
+    if (info.state.bytes >= this.options.refuseRatio * this.options.maxBytes && floor !== Number.MAX_SAFE_INTEGER && floor >= info.state.first_seq) {
+      const purged = await this.jsm.streams.purge(STREAM, { seq: floor + 1 }).catch(() => undefined);
+      if (purged?.purged) log.info("event stream near its limit: purged events every pipeline has loaded", { purged: purged.purged, upTo: floor });
+    }
     const { maxBytes, refuseRatio, resumeRatio } = this.options;
     const was = this.#full;
     if (!was && this.backlogBytes >= refuseRatio * maxBytes) this.#full = true;

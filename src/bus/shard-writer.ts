@@ -222,6 +222,30 @@ export class ShardWriter {
   }
 
   /**
+   * Catches up on a few messages (another node's writes, a publish whose outcome was unknown) one
+   * by one with the stream's get API: no consumer to create, which on a clustered stream is a
+   * meta-leader round trip and, with a server down, can be placed on the dead one and time out.
+   * False when the gap is longer than a walk is worth; the caller then reads it with a consumer.
+   */
+  async #walk(target: number, limit = 32): Promise<boolean> {
+    for (let seq = this.#lastSeq + 1, n = 0; n < limit; n++) {
+      let m;
+      try {
+        m = await this.bus.jsm.streams.getMessage(STREAM, { seq, next_by_subj: this.subject } as unknown as { seq: number });
+      } catch (e) {
+        throw new BusUnavailableError(`cannot read ${this.subject}: ${(e as Error).message}`, { cause: e });
+      }
+      if (!m) return true; // nothing left at or after seq (removed by the stream's limits meanwhile)
+      const ids = m.header.get(IDS_HEADER);
+      if (ids) for (const id of JSON.parse(ids) as string[]) this.#index.add(id, m.seq);
+      this.#lastSeq = m.seq;
+      if (m.seq >= target) return true;
+      seq = m.seq + 1;
+    }
+    return false;
+  }
+
+  /**
    * Reads the messageIds stored on this subject since what we know (at first, the whole dedup
    * window) from message headers only.
    */
@@ -234,7 +258,7 @@ export class ShardWriter {
     }
     const target = last?.seq ?? 0;
     const horizon = Date.now() - this.options.dedupWindowMs;
-    if (target > this.#lastSeq && last && last.time.getTime() >= horizon) {
+    if (target > this.#lastSeq && last && last.time.getTime() >= horizon && !(this.#lastSeq > 0 && (await this.#walk(target)))) {
       const first = this.#lastSeq === 0;
       const consumer = await this.bus.js.consumers.get(STREAM, {
         filter_subjects: this.subject,
