@@ -12,7 +12,9 @@ const onPath = (bin) => spawnSync("sh", ["-c", `command -v ${bin}`], { stdio: "i
 
 const lock = "package-lock.json";
 const marker = "node_modules/.package-lock.json";
-if (!existsSync(marker) || !existsSync("node_modules/.bin/bun") || (existsSync(lock) && statSync(lock).mtimeMs > statSync(marker).mtimeMs)) {
+// Stale when the lock or package.json changed since the last install (a pull that adds a dependency).
+const newer = (f) => existsSync(f) && statSync(f).mtimeMs > statSync(marker).mtimeMs;
+if (!existsSync(marker) || !existsSync("node_modules/.bin/bun") || newer(lock) || newer("package.json")) {
   // `npm install`, not `npm ci`: npm 11 can judge a lock with optional platform packages out of sync.
   run("npm install --no-audit --no-fund");
 }
