@@ -138,7 +138,9 @@ export class PipelineWorker {
     // Bounded by bytes, not messages: stream messages carry hundreds of events, and a pull sized
     // in messages can exceed the connection's pending limit, which makes NATS drop the connection
     // that also publishes ingested events (a slow consumer).
-    this.#messages = await consumer.consume({ max_bytes: 8 * 1024 * 1024 });
+    // Short pull expiry: after a consumer leader change or a node leaving, a lost pull request is
+    // replaced within seconds instead of the 30 s default.
+    this.#messages = await consumer.consume({ max_bytes: 8 * 1024 * 1024, expires: 5_000 });
     this.#loop = this.#run(this.#messages);
     // Held messages (open batch, insert being retried) are still being worked on: keep JetStream
     // from redelivering them to another node while this one is alive.

@@ -135,7 +135,7 @@ export async function storedIds(nc: NatsConnection, connection: string, timeoutM
   const total = Object.values(info.state.subjects ?? {}).reduce((a, n) => a + (n as number), 0);
   const ids = new Map<string, number>();
   if (total === 0) return ids;
-  const js = jetstream(nc, { timeout: 5000 });
+  const js = jetstream(nc, { timeout: 2000 });
   // With a server down, JetStream 2.9 may place the (one-replica) consumer on it: try again.
   let c;
   for (let attempt = 1; ; attempt++) {

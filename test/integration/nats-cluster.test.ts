@@ -5,6 +5,7 @@ import { chClient, rows } from "../harness/warehouse.ts";
 import { Load } from "../harness/load.ts";
 import { NatsCluster, storedIds } from "../harness/nats-cluster.ts";
 import type { RunningNode } from "../../src/node.ts";
+import { STREAM } from "../../src/bus/subjects.ts";
 
 /**
  * The bus as a JetStream cluster: three `nats-server` processes on loopback (routes, a store
@@ -131,8 +132,9 @@ test("kill -9 the stream leader mid-load, restart it later: every 2xx was on a q
     try {
       await Bun.sleep(2500);
       const beforeKill = load.accepted.length;
+      const consumerLeader = (await (await cluster.admin()).jsm.consumers.info(STREAM, "tributary_leaderkill_all")).cluster?.leader;
       await cluster.server(sa).kill();
-      phase(`killed ${sa}, the stream leader, after ${beforeKill} events accepted`);
+      phase(`killed ${sa}, the stream leader, after ${beforeKill} events accepted (the pipeline's consumer was led by ${consumerLeader})`);
       const newLeader = await cluster.streamLeader();
       expect(newLeader).not.toBe(sa);
       phase(`new leader ${newLeader}`);
@@ -158,7 +160,8 @@ test("kill -9 the stream leader mid-load, restart it later: every 2xx was on a q
     // last entries it had after a kill -9, so it may hold a few messages twice; see README.)
     await cluster.replicasCurrent();
     phase(`${sa} caught up`);
-    const loaded = await expectExactlyOnce("leaderkill", load.accepted);
+    // The pipeline whose consumer was led by the killed server resumes on its client's timer (see below).
+    const loaded = await expectExactlyOnce("leaderkill", load.accepted, 90_000);
     // Events answered 503 may have landed (their outcome was unknown): allowed, never missing or twice.
     const acceptedSet = new Set(load.accepted);
     const extra = [...loaded].filter((id) => !acceptedSet.has(id)).length;
@@ -166,12 +169,13 @@ test("kill -9 the stream leader mid-load, restart it later: every 2xx was on a q
   } finally {
     await Promise.all([a.stop(), b.stop()]);
   }
-}, 120_000);
+}, 150_000);
 
 test("a node added and removed under load: the shared consumers rebalance, nothing lost, nothing twice", async () => {
   const key = "key-addremove-01";
   const files = { "r.yaml": connection("addremove", key) };
-  const opts = { clickhouseUrl: ch.url, streamReplicas: 3, batchMaxAgeMs: 200 };
+  // ack_wait short: what A had pulled but not yet taken when it left comes back to B after it.
+  const opts = { clickhouseUrl: ch.url, streamReplicas: 3, batchMaxAgeMs: 200, ackWaitMs: 5000 };
   const t0 = Date.now();
   const phase = (what: string) => console.log(`[add/remove] +${((Date.now() - t0) / 1000).toFixed(1)} s ${what}`);
   const a = await startTestNode(cluster.url, files, opts);
@@ -202,7 +206,9 @@ test("a node added and removed under load: the shared consumers rebalance, nothi
       await load.stop();
     }
     phase(`load stopped: ${JSON.stringify(Object.fromEntries(load.statuses))}`);
-    await expectExactlyOnce("addremove", load.accepted);
+    // After A leaves, B's pipeline may hold no pull request for a while (its client renews them on
+    // a 30 s timer): up to about 40 s on nats-server 2.9 before the rest arrives.
+    await expectExactlyOnce("addremove", load.accepted, 90_000);
     phase("every accepted event in tributary.events once");
     const loadedB = [...(await b.pipelinesReady).workers.values()][0]!.stats.loaded;
     phase(`accepted ${load.accepted.length}; loaded by A ${loadedA}, by B ${loadedB}`);
@@ -213,4 +219,4 @@ test("a node added and removed under load: the shared consumers rebalance, nothi
   } finally {
     await Promise.all([aStopped || a.stop(), b?.stop()]);
   }
-}, 90_000);
+}, 150_000);
