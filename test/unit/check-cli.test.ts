@@ -51,3 +51,11 @@ test("bun run check: each kind of error, with the right file:line", async () => 
     expect(r.err).toMatch(want);
   }
 }, 60_000);
+
+test("a mapping property named __proto__ stays a plain key (no prototype pollution)", async () => {
+  const { mappingTransform } = await import("../../src/pipeline/transform/expressions.ts");
+  const [r] = await mappingTransform(JSON.parse(`{"__proto__": "traits.evil", "plan": "traits.plan"}`)).transformBatch([{ traits: { evil: { polluted: true }, plan: "pro" } }]);
+  expect(r).toEqual({ ok: true, value: JSON.parse('{"__proto__": {"polluted": true}, "plan": "pro"}') });
+  expect(Object.getPrototypeOf((r as { value: object }).value)).toBe(Object.prototype);
+  expect(({} as Record<string, unknown>).polluted).toBeUndefined();
+});

@@ -12,7 +12,8 @@ export function mappingTransform(mapping: Record<string, string>): SandboxedTran
   return {
     async transformBatch(events) {
       return events.map((event): TransformResult => {
-        const value: Record<string, unknown> = {};
+        // Entries, not assignments: a property named "__proto__" must stay a plain key.
+        const entries: [string, unknown][] = [];
         for (const [property, e] of compiled) {
           let v: unknown;
           try {
@@ -20,9 +21,9 @@ export function mappingTransform(mapping: Record<string, string>): SandboxedTran
           } catch (err) {
             return { ok: false, error: `mapping of "${property}": ${message(err)}` };
           }
-          if (v !== undefined) value[property] = v;
+          if (v !== undefined) entries.push([property, v]);
         }
-        return { ok: true, value };
+        return { ok: true, value: Object.fromEntries(entries) };
       });
     },
     dispose() {},
