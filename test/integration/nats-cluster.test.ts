@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import type { ClickHouseClient } from "@clickhouse/client";
 import { startClickHouse, startTestNode } from "../harness/services.ts";
-import { chClient, rows } from "../harness/warehouse.ts";
+import { chClient, expectExactlyOnce, rows } from "../harness/warehouse.ts";
 import { Load } from "../harness/load.ts";
 import { NatsCluster, storedIds } from "../harness/nats-cluster.ts";
 import type { RunningNode } from "../../src/node.ts";
@@ -33,28 +33,6 @@ afterAll(async () => {
   await db?.close();
   await Promise.all([cluster?.cleanup(), ch?.cleanup()]);
 });
-
-async function loadedIds(conn: string): Promise<Set<string>> {
-  return new Set((await rows<{ m: string }>(db, `SELECT message_id AS m FROM tributary.events FINAL WHERE connection = '${conn}'`)).map((r) => r.m));
-}
-
-/** Waits until every accepted id is in `events FINAL` for the connection, then checks none is there twice. */
-async function expectExactlyOnce(conn: string, accepted: string[], timeoutMs = 60_000): Promise<Set<string>> {
-  expect(new Set(accepted).size).toBe(accepted.length); // the load never reuses an id
-  const deadline = Date.now() + timeoutMs;
-  let missing: string[] = [];
-  let have = new Set<string>();
-  for (;;) {
-    have = await loadedIds(conn).catch(() => have);
-    missing = accepted.filter((id) => !have.has(id));
-    if (!missing.length || Date.now() > deadline) break;
-    await Bun.sleep(250);
-  }
-  expect({ missing: missing.length, sample: missing.slice(0, 5) }).toEqual({ missing: 0, sample: [] });
-  const twice = await rows(db, `SELECT message_id, count() AS c FROM tributary.events FINAL WHERE connection = '${conn}' GROUP BY message_id HAVING c > 1 LIMIT 5`);
-  expect(twice).toEqual([]);
-  return have;
-}
 
 /** Every accepted id is in the stream, once. */
 async function expectInStream(conn: string, accepted: string[]): Promise<Map<string, number>> {
@@ -161,7 +139,7 @@ test("kill -9 the stream leader mid-load, restart it later: every 2xx was on a q
     await cluster.replicasCurrent();
     phase(`${sa} caught up`);
     // The pipeline whose consumer was led by the killed server resumes on its client's timer (see below).
-    const loaded = await expectExactlyOnce("leaderkill", load.accepted, 90_000);
+    const loaded = await expectExactlyOnce(db, "leaderkill", load.accepted, 90_000);
     // Events answered 503 may have landed (their outcome was unknown): allowed, never missing or twice.
     const acceptedSet = new Set(load.accepted);
     const extra = [...loaded].filter((id) => !acceptedSet.has(id)).length;
@@ -208,7 +186,7 @@ test("a node added and removed under load: the shared consumers rebalance, nothi
     phase(`load stopped: ${JSON.stringify(Object.fromEntries(load.statuses))}`);
     // After A leaves, B's pipeline may hold no pull request for a while (its client renews them on
     // a 30 s timer): up to about 40 s on nats-server 2.9 before the rest arrives.
-    await expectExactlyOnce("addremove", load.accepted, 90_000);
+    await expectExactlyOnce(db, "addremove", load.accepted, 90_000);
     phase("every accepted event in tributary.events once");
     const loadedB = [...(await b.pipelinesReady).workers.values()][0]!.stats.loaded;
     phase(`accepted ${load.accepted.length}; loaded by A ${loadedA}, by B ${loadedB}`);

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import { pipelinesDir, startClickHouse, startNats, startTestNode } from "../harness/services.ts";
-import { chClient, rows } from "../harness/warehouse.ts";
+import { chClient, expectExactlyOnce, rows } from "../harness/warehouse.ts";
 import { Load } from "../harness/load.ts";
 import { NodeProcess } from "../harness/node-process.ts";
 import type { ClickHouseClient } from "@clickhouse/client";
@@ -32,26 +32,6 @@ afterAll(async () => {
   await Promise.all([nats?.cleanup(), ch?.cleanup()]);
 });
 
-/** Waits until every accepted id is in `events FINAL` for the connection, then checks none is there twice. */
-async function expectExactlyOnce(conn: string, accepted: string[], timeoutMs = 60_000): Promise<void> {
-  const want = new Set(accepted);
-  expect(want.size).toBe(accepted.length); // the load never reuses an id
-  const deadline = Date.now() + timeoutMs;
-  let missing: string[] = [];
-  for (;;) {
-    let have = new Set<string>();
-    try {
-      have = new Set((await rows<{ m: string }>(db, `SELECT message_id AS m FROM tributary.events FINAL WHERE connection = '${conn}'`)).map((r) => r.m));
-    } catch {}
-    missing = accepted.filter((id) => !have.has(id));
-    if (!missing.length || Date.now() > deadline) break;
-    await Bun.sleep(250);
-  }
-  expect({ missing: missing.length, sample: missing.slice(0, 5) }).toEqual({ missing: 0, sample: [] });
-  const twice = await rows(db, `SELECT message_id, count() AS c FROM tributary.events FINAL WHERE connection = '${conn}' GROUP BY message_id HAVING c > 1 LIMIT 5`);
-  expect(twice).toEqual([]);
-}
-
 test("ClickHouse killed during sustained load: ingestion keeps answering 2xx, every accepted event lands once", async () => {
   const node = await startTestNode(nats.url, { "a.yaml": connection("chkill", "key-chkill-0001") }, {
     clickhouseUrl: ch.url,
@@ -73,7 +53,7 @@ test("ClickHouse killed during sustained load: ingestion keeps answering 2xx, ev
     await Bun.sleep(1000);
     await load.stop();
     expect(load.statuses.get(200)).toBe(load.requests);
-    await expectExactlyOnce("chkill", load.accepted);
+    await expectExactlyOnce(db, "chkill", load.accepted);
     const [stats] = [...(await node.pipelinesReady).workers.values()].map((w) => w.stats);
     expect(stats!.loaded).toBeGreaterThanOrEqual(load.accepted.length);
   } finally {
@@ -105,7 +85,7 @@ test("the node killed mid-batch (SIGKILL) and restarted: every accepted event la
   // The dead node's batch comes back after ack_wait (3 s here, 30 s by default), to the new node.
   try {
     expect(load.accepted.length).toBeGreaterThan(0);
-    await expectExactlyOnce("nodekill", load.accepted);
+    await expectExactlyOnce(db, "nodekill", load.accepted);
   } finally {
     await node.stop();
   }
@@ -121,7 +101,7 @@ test("two nodes consuming one pipeline share the work; every accepted event land
     const load = new Load({ url: () => (i++ % 2 ? a.url : b.url), writeKey: "key-twonodes-0001", clients: 4, pauseMs: 5, prefix: "two" });
     await Bun.sleep(3000);
     await load.stop();
-    await expectExactlyOnce("twonodes", load.accepted);
+    await expectExactlyOnce(db, "twonodes", load.accepted);
     const loaded = [ma, mb].map((m) => [...m.workers.values()][0]!.stats.loaded);
     // Both nodes took part, and together they loaded each event once.
     expect(loaded[0]).toBeGreaterThan(0);
