@@ -16,6 +16,8 @@ export interface LoadOptions {
 export class Load {
   readonly accepted: string[] = [];
   readonly statuses = new Map<number, number>();
+  /** The first answer of each status: its body and Retry-After (to tell one 503 from another). */
+  readonly firstAnswer = new Map<number, { body: string; retryAfter: string | null }>();
   #running = true;
   #clients: Promise<void>[];
   #seq = 0;
@@ -38,8 +40,9 @@ export class Load {
       let status = 0;
       try {
         const r = await fetch(`${this.o.url()}/v1/events`, { method: "POST", headers: { Authorization: `Bearer ${this.o.writeKey}` }, body });
-        await r.arrayBuffer();
+        const text = await r.text();
         status = r.status;
+        if (!this.firstAnswer.has(status)) this.firstAnswer.set(status, { body: text, retryAfter: r.headers.get("retry-after") });
       } catch {
         await Bun.sleep(50); // node down: don't spin
       }
