@@ -18,6 +18,8 @@ export interface Attempt {
   events: number;
   /** Which node it went to. */
   target: string;
+  /** For a refusal: its error text (to tell the back-pressure guard's 503 from JetStream's). */
+  reason?: string;
 }
 
 export interface ChaosLoadOptions {
@@ -97,6 +99,7 @@ export class ChaosLoad {
         const started = performance.now();
         let status = 0;
         let retryAfterMs = 100;
+        let reason: string | undefined;
         try {
           const r = await fetch(`${target.url}/v1/events`, {
             method: "POST",
@@ -107,7 +110,7 @@ export class ChaosLoad {
           const text = await r.text();
           status = r.status;
           if (status >= 300) {
-            let reason = text.slice(0, 120);
+            reason = text.slice(0, 120);
             try {
               reason = String((JSON.parse(text) as { error?: unknown }).error ?? reason);
             } catch {}
@@ -128,7 +131,7 @@ export class ChaosLoad {
           const key = `no answer (${(e as Error).name === "TimeoutError" ? `timeout ${this.o.timeoutMs} ms` : "connection refused or cut"})`;
           this.reasons.set(key, (this.reasons.get(key) ?? 0) + 1);
         }
-        this.attempts.push({ at: this.now(), status, ms: performance.now() - started, events: ids.length, target: target.name });
+        this.attempts.push({ at: this.now(), status, ms: performance.now() - started, events: ids.length, target: target.name, ...(reason !== undefined && { reason }) });
         if (status >= 200 && status < 300) {
           ok = true;
           this.acceptedBatches.set(ids[0]!, { at: this.now(), target: target.name, attempt });
