@@ -18,6 +18,11 @@ const problems = (files: Record<string, string>, env: Record<string, string> = {
   return [];
 };
 
+/** Polls until `check` holds, for up to 20 s (a reload takes the debounce plus a file read). */
+async function until(check: () => boolean): Promise<void> {
+  for (const deadline = Date.now() + 20_000; !check() && Date.now() < deadline; ) await Bun.sleep(20);
+}
+
 describe("pipelines/ configuration", () => {
   test("the shipped example loads with its development key", () => {
     const c = loadConfig("pipelines", {});
@@ -61,16 +66,17 @@ describe("pipelines/ configuration", () => {
     store.watch();
     try {
       writeFileSync(join(dir, "w.yaml"), "connection: w\nsource: webhook\nwriteKeys: [oops\n");
-      await Bun.sleep(300);
+      // Wait for the reload to have happened (a condition, not a fixed time), then check what it kept.
+      await until(() => store.lastError !== undefined);
       expect(store.current.connections.get("w")?.writeKeys).toEqual(["first-key-1"]);
       expect(store.lastError).toMatch(/w\.yaml/);
       writeFileSync(join(dir, "w.yaml"), 'connection: w\nsource: webhook\nwriteKeys: ["second-key-2"]\n');
-      await Bun.sleep(300);
+      await until(() => store.lastError === undefined);
       expect(store.current.connections.get("w")?.writeKeys).toEqual(["second-key-2"]);
       expect(store.lastError).toBeUndefined();
     } finally {
       store.close();
       rmSync(dir, { recursive: true, force: true });
     }
-  });
+  }, 60_000);
 });
