@@ -179,14 +179,19 @@ const interruptBuffer = {
   set 0(_v: number) {},
 };
 
-/** Called by the runner before event i (and with i = count after the last). */
+/**
+ * Called by the runner before event i (and with i = count after the last). Guest code is not meant
+ * to reach it (frames are closed to it), but if it does it can only stretch its budget to what the
+ * batch would have had: indices never pass `count`, and no call lifts the deadline while Python
+ * runs — only runBatch does, once the runner has returned.
+ */
 function tick(i: number): number {
-  if (i !== current + 1) return 0; // out of order: not from the runner
+  if (typeof i !== "number" || i !== current + 1 || i > count) return 0; // out of order: not from the runner
   const prev = current;
   const status = memoryRefusedAt === prev ? 2 : timedOutAt === prev ? 1 : 0;
   current = i;
   fired = false;
-  deadline = i < count ? now() + timeoutMs : Infinity;
+  deadline = now() + timeoutMs;
   publish(i + 1);
   return status;
 }
@@ -216,7 +221,7 @@ function lockDownRealm(py: Record<string, unknown>) {
     if (!o || typeof o !== "object") return;
     for (const n of names) {
       try {
-        Object.defineProperty(o, n, { value: thrower, writable: false, configurable: true });
+        Object.defineProperty(o, n, { value: thrower, writable: false, configurable: false });
       } catch {
         /* not configurable: leave it */
       }
@@ -225,11 +230,51 @@ function lockDownRealm(py: Record<string, unknown>) {
   const module = py._module as Record<string, unknown> & { FS: Record<string, unknown>; API: Record<string, unknown> };
   const fs = module.FS;
   const filesystems = fs.filesystems as Record<string, unknown> | undefined;
-  if (filesystems) for (const k of Object.keys(filesystems)) if (k !== "MEMFS") delete filesystems[k];
+  if (filesystems) {
+    for (const k of Object.keys(filesystems)) if (k !== "MEMFS") delete filesystems[k];
+    Object.freeze(filesystems);
+  }
   scrub(fs, ["mount", "unmount", "forceLoadFile", "createLazyFile", "createPreloadedFile", "syncfs"]);
-  for (const k of ["NODEFS", "PROXYFS", "WORKERFS", "IDBFS", "NODESOCKFS", "SOCKFS"]) {
-    const f = module[k] as Record<string, unknown> | undefined;
-    if (f && typeof f === "object") scrub(f, Object.keys(f).filter((n) => typeof f[n] === "function"));
+  // The file-system and socket back-ends close over Node's `fs` and `ws` (Pyodide runs in Node mode
+  // under Bun), down to their nested `node_ops` / `stream_ops` / `websocket_sock_ops`. None is used
+  // once the host file system is never mounted: every function at every depth becomes a thrower
+  // that cannot be redefined, and the objects are frozen.
+  const seen = new Set<object>();
+  const gut = (o: unknown, depth: number) => {
+    if (!o || (typeof o !== "object" && typeof o !== "function") || seen.has(o as object) || depth > 6) return;
+    seen.add(o as object);
+    for (const n of Object.getOwnPropertyNames(o)) {
+      const d = Object.getOwnPropertyDescriptor(o, n);
+      if (!d) continue;
+      if ("value" in d && typeof d.value === "function") {
+        try {
+          Object.defineProperty(o, n, { value: thrower, writable: false, configurable: false });
+        } catch {
+          /* non-configurable already */
+        }
+      } else if ("value" in d && d.value && typeof d.value === "object") gut(d.value, depth + 1);
+      else if (!("value" in d)) {
+        try {
+          Object.defineProperty(o, n, { get: thrower, set: thrower, configurable: false });
+        } catch {
+          /* non-configurable accessor */
+        }
+      }
+    }
+    try {
+      Object.freeze(o);
+    } catch {
+      /* exotic object */
+    }
+  };
+  for (const k of ["NODEFS", "NODERAWFS", "PROXYFS", "WORKERFS", "IDBFS", "NODESOCKFS", "SOCKFS", "NODEFS_mount_opts"]) {
+    const f = module[k];
+    if (f && typeof f === "object") gut(f, 0);
+    try {
+      Object.defineProperty(module, k, { value: undefined, writable: false, configurable: false });
+    } catch {
+      /* not configurable */
+    }
   }
   scrub(module, [
     "loadDynamicLibrary", "loadWebAssemblyModule", "dlopenInternal", "asyncLoad", "initRandomFill",
@@ -321,6 +366,16 @@ async function init(m: Extract<ToWorker, { type: "init" }>) {
   py.runPython(guestSetupSource);
   const setup = py.globals.get("__tributary_setup") as PyCallable;
   py.globals.delete("__tributary_setup");
+  let load: PyCallable | string;
+  try {
+    load = setup(tick) as PyCallable | string;
+  } finally {
+    setup.destroy?.();
+  }
+  if (typeof load === "string") {
+    send({ type: "loadError", message: `Python sandbox set-up failed: ${load}`, config: false });
+    return;
+  }
   py.setInterruptBuffer(interruptBuffer);
   publish(0); // the host now measures the load budget
   send({ type: "booted" });
@@ -333,13 +388,13 @@ async function init(m: Extract<ToWorker, { type: "init" }>) {
   const memoryText = `exceeded the memory limit (${formatBytes(m.memoryBytes)})`;
   let out: unknown;
   try {
-    out = setup(tick, m.source, sourceFile, `exceeded the time limit (${m.loadBudgetMs} ms)`, `exceeded the time limit (${m.timeoutMs} ms)`, memoryText);
+    out = load(m.source, sourceFile, `exceeded the time limit (${m.loadBudgetMs} ms)`, `exceeded the time limit (${m.timeoutMs} ms)`, memoryText);
   } catch (e) {
     const msg = errorText(e);
     send({ type: "loadError", message: memoryRefused ? `top-level code ${memoryText}` : msg, config: memoryRefused });
     return;
   } finally {
-    setup.destroy?.();
+    load.destroy?.();
   }
   if (typeof out === "string") {
     send({ type: "loadError", message: out, config: true });
