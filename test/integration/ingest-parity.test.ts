@@ -39,7 +39,7 @@ beforeAll(async () => {
       "masked.yaml": webhookConnection("masked", [K.masked], "ip: mask24\n"),
       "dropped.yaml": webhookConnection("dropped", [K.dropped], "ip: drop\n"),
       "slow.yaml": webhookConnection("slow", [K.slow], "rateLimit: {eventsPerMinute: 60, burst: 10}\n"),
-      "fast.yaml": webhookConnection("fast", [K.fast], "rateLimit: {eventsPerMinute: 600, burst: 10}\n"),
+      "fast.yaml": webhookConnection("fast", [K.fast], "rateLimit: {eventsPerMinute: 120, burst: 10}\n"),
       "bulk.yaml": webhookConnection("bulk", [K.bulk]),
       "page.yaml": webhookConnection("page", [K.page], `allowedOrigins: ["${pageOrigin()}"]\n`),
       "blocked.yaml": webhookConnection("blocked", [K.blocked], 'allowedOrigins: ["https://shop.example"]\n'),
@@ -220,6 +220,7 @@ describe("rate limits", () => {
   test("over the bucket → 429 with Retry-After, nothing of the request stored; invalid events are not charged", async () => {
     // 60 events per minute (1 per second), burst 10.
     const first = [...Array.from({ length: 8 }, () => track()), { type: "track", userId: "u" }, { type: "track", userId: "u" }];
+    const t0 = performance.now();
     const r1 = await post("/v1/events", first, K.slow);
     expect(r1.status).toBe(200);
     expect((await r1.json()).accepted).toBe(8);
@@ -227,8 +228,14 @@ describe("rate limits", () => {
     expect((await post("/v1/events", [track(), track()], K.slow)).status).toBe(200);
     const over = Array.from({ length: 5 }, () => track());
     const r2 = await post("/v1/events", over, K.slow);
+    const elapsedS = (performance.now() - t0) / 1000;
     expect(r2.status).toBe(429);
-    expect(r2.headers.get("retry-after")).toBe("5");
+    // 5 tokens at 1 per second: 5 s, less what refilled while these requests ran (on a quiet
+    // machine none, so exactly 5; a slow one may refill some).
+    const retryAfter = Number(r2.headers.get("retry-after"));
+    expect(Number.isInteger(retryAfter)).toBe(true);
+    expect(retryAfter).toBeLessThanOrEqual(5);
+    expect(retryAfter).toBeGreaterThanOrEqual(Math.max(1, Math.ceil(5 - elapsedS)));
     expect((await r2.json()).error).toContain("rate limit of 60 events per minute");
     // More than the burst can never fit.
     const huge = Array.from({ length: 11 }, () => track());
@@ -245,27 +252,31 @@ describe("rate limits", () => {
   });
 
   test("retrying after Retry-After succeeds", async () => {
-    // 600 events per minute (10 per second), burst 10.
+    // 120 events per minute (2 per second), burst 10: an empty bucket takes 5 s to hold 10 again.
+    const t0 = performance.now();
     expect((await post("/v1/events", Array.from({ length: 10 }, () => track()), K.fast)).status).toBe(200);
     const again = Array.from({ length: 10 }, () => track());
     const r = await post("/v1/events", again, K.fast);
+    const elapsedS = (performance.now() - t0) / 1000;
     expect(r.status).toBe(429);
     const wait = Number(r.headers.get("retry-after"));
-    expect(wait).toBe(1);
+    expect(wait).toBeLessThanOrEqual(5);
+    expect(wait).toBeGreaterThanOrEqual(Math.max(1, Math.ceil(5 - elapsedS)));
     await Bun.sleep(wait * 1000);
     expect((await post("/v1/events", again, K.fast)).status).toBe(200);
     expect((await stored("fast")).size).toBe(20);
-  });
+  }, 30_000);
 });
 
-// Debian's chromium, driven by playwright-core (scripts/setup.mjs installs both).
+// Debian's chromium, driven by playwright-core (scripts/setup.mjs installs both). Missing, the test
+// fails (as test/browser/debugger.test.ts does) rather than being skipped unnoticed.
 const CHROMIUM = "/usr/bin/chromium";
-const playwright = existsSync(CHROMIUM) ? await import("playwright-core").catch(() => undefined) : undefined;
-if (!playwright) console.warn(`ingest-parity: ${CHROMIUM} or playwright-core missing; the browser test is skipped`);
 
-describe.skipIf(!playwright)("a real browser on another origin (Chromium)", () => {
+describe("a real browser on another origin (Chromium)", () => {
   test("a preflighted fetch succeeds; a connection whose allowedOrigins excludes the page is blocked; sendBeacon with writeKey lands", async () => {
-    const browser = await playwright!.chromium.launch({ executablePath: CHROMIUM, args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"] });
+    if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} not found: install Debian's chromium (npm test does it as root: apt-get install -y chromium)`);
+    const playwright = await import("playwright-core");
+    const browser = await playwright.chromium.launch({ executablePath: CHROMIUM, args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"] });
     try {
       const page = await browser.newPage();
       await page.goto(`${pageOrigin()}/`);
@@ -298,7 +309,7 @@ describe.skipIf(!playwright)("a real browser on another origin (Chromium)", () =
 
       // sendBeacon does not wait for the answer: poll the stream.
       let s = new Map<string, Record<string, any>>();
-      for (let i = 0; i < 50 && !s.has(beacon.messageId as string); i++) {
+      for (const deadline = Date.now() + 30_000; !s.has(beacon.messageId as string) && Date.now() < deadline; ) {
         await Bun.sleep(100);
         s = await stored("page");
       }
@@ -310,5 +321,5 @@ describe.skipIf(!playwright)("a real browser on another origin (Chromium)", () =
     } finally {
       await browser.close();
     }
-  }, 30_000);
+  }, 90_000);
 });
