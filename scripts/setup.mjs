@@ -23,6 +23,10 @@ if (!existsSync(marker) || !existsSync("node_modules/.bin/bun") || newer(lock) |
 const wanted = [];
 if (!process.env.NATS_URL || process.env.npm_lifecycle_event === "pretest") if (!onPath("nats-server")) wanted.push("nats-server");
 if (!process.env.CLICKHOUSE_URL || process.env.npm_lifecycle_event === "pretest") if (!onPath("clickhouse-server")) wanted.push("clickhouse-server");
+// JavaScript and Python transforms run in a sandbox process in its own mount and network namespaces
+// (src/pipeline/transform/sandbox-isolation.ts); bubblewrap makes them. Without it the node still
+// runs and says at start-up which layers are missing.
+if (process.platform === "linux" && process.getuid?.() === 0 && !onPath("bwrap")) wanted.push("bubblewrap");
 // The Event debugger's browser test drives Debian's chromium through playwright-core.
 if (process.env.npm_lifecycle_event === "pretest" && !existsSync("/usr/bin/chromium")) wanted.push("chromium");
 // `test:cluster` runs its own servers whatever the environment says, and Debian's zookeeper (with Java).

@@ -1,17 +1,18 @@
 import type { Pipeline } from "../../config/schema.ts";
 import { jsonataTransform, mappingTransform } from "./expressions.ts";
-import { transformLimitDefaults, type SandboxedTransform, type TransformLimits } from "./types.ts";
+import { createProcessTransform } from "./sandbox-process.ts";
+import { parseSandboxOptions, type SandboxProcessOptions } from "./sandbox-isolation.ts";
+import type { SandboxedTransform } from "./types.ts";
 
-/** The pipeline's one transformation, ready to run. User code loads here: a broken one throws TransformLoadError. */
-export async function createTransform(t: NonNullable<Pipeline["transform"]>, limits: TransformLimits = transformLimitDefaults): Promise<SandboxedTransform> {
+/**
+ * The pipeline's one transformation, ready to run. User code loads here: a broken one throws
+ * TransformLoadError. JavaScript and Python always run in a sandbox process of their own
+ * (sandbox-process.ts), never in the node's process.
+ */
+export async function createTransform(t: NonNullable<Pipeline["transform"]>, options?: SandboxProcessOptions): Promise<SandboxedTransform> {
   if ("mapping" in t) return mappingTransform(t.mapping);
   if ("jsonata" in t) return jsonataTransform(t.jsonata);
-  if ("javascript" in t) {
-    // Loaded on demand: the sandbox (a Worker with QuickJS) costs nothing until a pipeline uses it.
-    const { createJavaScriptTransform } = await import("./javascript.ts");
-    return createJavaScriptTransform(t.javascript, limits);
-  }
-  // Pyodide in its own Worker, loaded on demand like JavaScript.
-  const { createPythonTransform } = await import("./python.ts");
-  return createPythonTransform(t.python, limits);
+  const o = options ?? parseSandboxOptions();
+  if ("javascript" in t) return createProcessTransform("javascript", t.javascript, o);
+  return createProcessTransform("python", t.python, o);
 }
