@@ -1,7 +1,5 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { existsSync, mkdirSync } from "node:fs";
-import { dirname } from "node:path";
-import { fileURLToPath } from "node:url";
+import { existsSync } from "node:fs";
 import { chromium, type Browser, type BrowserContext, type Page } from "playwright-core";
 import { startClickHouse, startNats, startTestNode, webhookConnection } from "../harness/services.ts";
 import type { RunningNode } from "../../src/node.ts";
@@ -9,14 +7,12 @@ import type { RunningNode } from "../../src/node.ts";
 /**
  * The Event debugger page in a real browser: Debian's chromium driven by playwright-core. Send
  * events, see them appear, open one, see which pipeline kept it and which filtered it out.
- * Also makes the README screenshot (docs/debugger.png) when it is missing or UPDATE_SCREENSHOT=1.
+ * The README screenshot (docs/debugger.png) is made by `bun bench/screenshot-debugger.ts`, not here.
  */
 
 const CHROMIUM = "/usr/bin/chromium";
 const ADMIN = "admin-token-browser-0001";
 const KEY = "key-browser-shop-0001";
-const SCREENSHOT = fileURLToPath(new URL("../../docs/debugger.png", import.meta.url));
-const updateScreenshot = process.env.UPDATE_SCREENSHOT === "1" || !existsSync(SCREENSHOT);
 
 const files = {
   // Listed first, so the page opens on it and the test has to pick "shop".
@@ -56,7 +52,7 @@ beforeAll(async () => {
   page = await context.newPage();
   page.on("pageerror", (e) => pageErrors.push(String(e)));
   await node.pipelinesReady;
-}, 25_000);
+}, 120_000);
 
 afterAll(async () => {
   await browser?.close();
@@ -90,35 +86,44 @@ describe("Event debugger page", () => {
     await page.locator("#auth").waitFor({ state: "visible" });
     await page.fill("#token", "not-the-token");
     await page.click("#auth-form button[type=submit]");
-    await page.locator("#auth-error").filter({ hasText: "refused" }).waitFor({ timeout: 5000 });
+    await page.locator("#auth-error").filter({ hasText: "refused" }).waitFor({ timeout: 30_000 });
     await page.fill("#token", ADMIN);
     await page.click("#auth-form button[type=submit]");
     await page.locator("#auth").waitFor({ state: "hidden" });
-    await page.locator('#connection option[value="shop"]').waitFor({ state: "attached", timeout: 5000 });
+    await page.locator('#connection option[value="shop"]').waitFor({ state: "attached", timeout: 30_000 });
     expect(await page.locator("#connection option").allTextContents()).toEqual(["billing (webhook)", "shop (webhook)"]);
     // The token is kept for the tab: a reload does not ask again.
     await page.reload();
-    await page.locator("#status.live").waitFor({ timeout: 5000 });
+    await page.locator("#status.live").waitFor({ timeout: 30_000 });
     expect(await page.locator("#auth").isHidden()).toBe(true);
-  }, 15_000);
+  }, 60_000);
 
   test("shows an empty state with the curl command that would send an event", async () => {
     await page.selectOption("#connection", "shop");
-    await page.locator("#status.live").waitFor({ timeout: 5000 });
+    await page.locator("#status.live").waitFor({ timeout: 30_000 });
     await page.locator("#empty").waitFor({ state: "visible" });
     const curl = (await page.locator("#curl").textContent()) ?? "";
     expect(curl).toContain(`curl -X POST ${node.url}/v1/events`);
     expect(curl).toContain("Authorization: Bearer <write key>");
     expect(curl).toContain(`-d '{"type":"track","event":"Test","userId":"u1"}'`);
     expect(page.url()).toEndWith("#connection=shop");
-  }, 10_000);
+  }, 60_000);
 
   test("an event appears live within a second; opening it shows its JSON and each pipeline's outcome", async () => {
-    const sent = Date.now();
+    // Baseline, measured now: a request from the page to the node and back, and the test's own
+    // POST round trip. On a quiet machine both take milliseconds and the bound is the README's
+    // second; on a busy one the bound grows with them (10×), so slowness alone cannot fail it,
+    // while a page that polls instead of streaming still would.
+    const b0 = performance.now();
+    await page.evaluate(async () => (await fetch("/healthz")).status);
+    const pageRoundTrip = performance.now() - b0;
+    const sent = performance.now();
     await post([order]);
-    await row(order.messageId).waitFor({ timeout: 3000 });
-    // "Within a second of receipt": the POST's own round trip is in this too.
-    expect(Date.now() - sent).toBeLessThan(1000);
+    const postRoundTrip = performance.now() - sent;
+    await row(order.messageId).waitFor({ timeout: 30_000 });
+    const shownAfter = performance.now() - sent;
+    const bound = 1000 + 10 * (pageRoundTrip + postRoundTrip);
+    expect(shownAfter, `shown ${shownAfter.toFixed(0)} ms after the POST (page round trip ${pageRoundTrip.toFixed(0)} ms, POST ${postRoundTrip.toFixed(0)} ms)`).toBeLessThan(bound);
     expect(await page.locator("#empty").isHidden()).toBe(true);
     const cells = await row(order.messageId).locator("td").allTextContents();
     expect(cells.slice(1)).toEqual(["track", "Order Completed", "u-1042", order.messageId]);
@@ -131,53 +136,34 @@ describe("Event debugger page", () => {
     expect(JSON.parse(json)).toMatchObject({ type: "track", event: "Order Completed", userId: "u-1042", properties: order.properties });
 
     // Outcomes accumulate while the detail is open: one pipeline loads it, the other filters it out.
-    await outcome("all-events").and(page.locator('[data-outcome="loaded"]')).waitFor({ timeout: 10_000 });
-    await outcome("identifies").and(page.locator('[data-outcome="filtered"]')).waitFor({ timeout: 5000 });
+    await outcome("all-events").and(page.locator('[data-outcome="loaded"]')).waitFor({ timeout: 30_000 });
+    await outcome("identifies").and(page.locator('[data-outcome="filtered"]')).waitFor({ timeout: 30_000 });
     expect(await outcome("identifies").locator(".badge").textContent()).toBe("filtered");
     expect(await outcome("all-events").locator(".badge").textContent()).toBe("loaded");
     expect(await outcome("identifies").textContent()).toContain("filtered");
 
     // The pipelines panel counts it.
     const loaded = page.locator('#pipe-rows tr[data-pipeline="all-events"] td:nth-child(7)');
-    for (let i = 0; i < 50 && (await loaded.textContent().catch(() => "")) !== "1"; i++) await Bun.sleep(200);
+    for (const deadline = Date.now() + 30_000; Date.now() < deadline && (await loaded.textContent().catch(() => "")) !== "1"; ) await Bun.sleep(200);
     expect(await loaded.textContent()).toBe("1");
-  }, 20_000);
-
-  test("README screenshot", async () => {
-    if (!updateScreenshot) return;
-    const now = Date.now();
-    await post([
-      { type: "identify", userId: "u-1042", messageId: "msg-browser-identify-1", traits: { email: "ada@example.com", plan: "pro" }, timestamp: new Date(now - 4000).toISOString() },
-      { type: "page", anonymousId: "a-77f3c1", name: "Pricing", messageId: "msg-browser-page-1", properties: { path: "/pricing" } },
-      { type: "track", event: "Product Viewed", anonymousId: "a-77f3c1", messageId: "msg-browser-track-2", properties: { sku: "tea-01" } },
-      { type: "track", event: "Signed Up", userId: "u-2001", messageId: "msg-browser-track-3", properties: { plan: "free" } },
-    ]);
-    await row("msg-browser-track-3").waitFor({ timeout: 3000 });
-    await row(order.messageId).click();
-    await outcome("all-events").and(page.locator('[data-outcome="loaded"]')).waitFor({ timeout: 10_000 });
-    await page.mouse.move(0, 0);
-    await Bun.sleep(1300); // let the "new row" highlight fade
-    mkdirSync(dirname(SCREENSHOT), { recursive: true });
-    await page.screenshot({ path: SCREENSHOT });
-    expect(existsSync(SCREENSHOT)).toBe(true);
-  }, 20_000);
+  }, 60_000);
 
   test("event data is shown as text, never as HTML", async () => {
     const evil = { type: "track", event: `<img src=x onerror="window.__xss=1">`, userId: `<b>bold</b>`, messageId: "msg-browser-xss" };
     await post([evil]);
-    await row(evil.messageId).waitFor({ timeout: 3000 });
+    await row(evil.messageId).waitFor({ timeout: 30_000 });
     expect(await row(evil.messageId).locator("td.name").textContent()).toBe(evil.event);
     await row(evil.messageId).click();
     await page.locator("#json").filter({ hasText: "msg-browser-xss" }).waitFor();
     expect(await page.locator("#rows img, #detail img, #rows b").count()).toBe(0);
     expect(await page.evaluate(() => (window as unknown as { __xss?: number }).__xss)).toBeUndefined();
-  }, 10_000);
+  }, 60_000);
 
   test("a flood is sampled: the list stays capped and says how much it shows", async () => {
     const flood = Array.from({ length: 3000 }, (_, i) => ({ type: "track", event: "Flood", userId: `u-${i}`, messageId: `msg-flood-${i}` }));
     await post(flood.slice(0, 1500));
     await post(flood.slice(1500));
-    await page.locator("#sampling").waitFor({ state: "visible", timeout: 4000 });
+    await page.locator("#sampling").waitFor({ state: "visible", timeout: 30_000 });
     expect(await page.locator("#sampling").textContent()).toMatch(/^sampling: showing [\d,]+ of [\d,]+\/s$/);
     const rows = await page.locator("#rows tr").count();
     expect(rows).toBeGreaterThan(1);
@@ -185,5 +171,5 @@ describe("Event debugger page", () => {
     // The open event stays open.
     expect(await page.locator("#detail").isVisible()).toBe(true);
     expect(pageErrors).toEqual([]);
-  }, 10_000);
+  }, 60_000);
 });
