@@ -166,8 +166,18 @@ describe.skipIf(!process.env.TRIBUTARY_CLUSTER_TESTS)("replicated ClickHouse: Zo
         ]);
         await eventually(dbs[i]!, "SELECT name FROM system.columns WHERE database = 'tributary_ddl' AND table = 'users' AND name = 'seats'", (r) => r.length === 1, 10_000);
       }
-      // Everything exists: starting again issues no DDL beyond the lookups.
+      // Everything exists: starting again issues no DDL beyond the lookups. Every statement that
+      // is not a SELECT goes through command() or exec(); record them during a second start.
+      const issued: string[] = [];
+      const client = w.client as unknown as Record<"command" | "exec", (p: { query: string }) => Promise<unknown>>;
+      for (const m of ["command", "exec"] as const) {
+        const real = client[m].bind(client);
+        client[m] = (p) => (issued.push(p.query), real(p));
+      }
       await migrateEventsTable(w);
+      await ensureRawTable(w, "hooks");
+      expect(await migrateUsersTable(w, { plan: "string", seats: "int" }, false)).toEqual([]);
+      expect(issued).toEqual([]);
     } finally {
       await w.close();
     }
