@@ -13,8 +13,9 @@
 // CAPACITY_SECONDS measured. The window runs from the measured load's first request until ClickHouse
 // holds every accepted event, plus CAPACITY_SETTLE_SECONDS for the merges the inserts caused;
 // each process's idle CPU over a few seconds before the load is reported beside it.
-// At the end it checks that every accepted event is in `tributary.events` once (uniqExact), reads
-// the stream's bytes per stored event and ClickHouse's bytes on disk per row, and prints a markdown
+// At the end it checks that every accepted event is in `tributary.events FINAL` exactly once
+// (request by request, from the loadgen's 2xx answers: none missing, none twice), reads the
+// stream's bytes per stored event and ClickHouse's bytes on disk per row, and prints a markdown
 // table and one JSON line. Exit 1 if the pipeline did not keep up or events went missing.
 //
 // Environment: CAPACITY_RATE (20000), CAPACITY_SECONDS (60), CAPACITY_WARMUP_SECONDS (5),
@@ -294,6 +295,30 @@ const streamInfo = await jsm.streams.info(STREAM);
 const leader = streamInfo.cluster?.leader;
 const streamBytesPerEvent = streamInfo.state.bytes / want;
 const [distinct] = await query<{ u: string; c: string }>(`SELECT uniqExact(message_id) AS u, count() AS c FROM tributary.events WHERE connection = '${CONNECTION}'`);
+// Exactly once, as queries see it (FINAL), per request: every event of every request answered 2xx
+// is there once, and no messageId is there twice (uniqExact alone would let duplicates pass).
+// messageIds are b-<tag>-<request number>-<index>; one row per request keeps the answer small.
+const perRequest = await query<{ tag: string; req: string; n: string; u: string }>(
+  `SELECT splitByChar('-', message_id)[2] AS tag, toUInt64(splitByChar('-', message_id)[3]) AS req, count() AS n, uniqExact(message_id) AS u
+   FROM tributary.events FINAL WHERE connection = '${CONNECTION}' GROUP BY tag, req`,
+);
+const stored = new Map(perRequest.map((r) => [`${r.tag}/${Number(r.req)}`, { n: Number(r.n), u: Number(r.u) }]));
+let missing = 0;
+let twice = 0;
+let extra = 0;
+const okKeys = new Set<string>();
+for (const r of [warm, run]) {
+  for (const req of r.okRequests) {
+    const key = `${r.tag}/${req}`;
+    okKeys.add(key);
+    missing += BATCH - (stored.get(key)?.u ?? 0);
+  }
+}
+for (const [key, x] of stored) {
+  twice += x.n - x.u;
+  if (!okKeys.has(key)) extra += x.u; // answered non-2xx (or unanswered) but stored: allowed
+}
+const answered2xx = [warm, run].reduce((a, r) => a + r.okRequests.length * BATCH, 0);
 const [parts] = await query<{ b: string; r: string }>(`SELECT sum(bytes_on_disk) AS b, sum(rows) AS r FROM system.parts WHERE database = 'tributary' AND table = 'events' AND active`).catch(() => [{ b: "0", r: "0" }]);
 const chBytesPerRow = Number(parts!.b) / Math.max(1, Number(parts!.r));
 const fixtures = fixtureEvents(FIXTURES);
@@ -333,8 +358,12 @@ lines.push("");
 lines.push(`Storage: ${f(streamBytesPerEvent)} bytes per event in the stream (per replica; ${f(streamInfo.state.messages)} messages, ${f(streamInfo.state.bytes / MiB, 1)} MiB), ` +
   `so one hour of ClickHouse outage at 1,000 events/s needs ${f((streamBytesPerEvent * 1000 * 3600) / 2 ** 30, 2)} GiB of stream per replica; ` +
   `ClickHouse keeps ${f(chBytesPerRow)} bytes per row on disk (compressed, after merges so far; the fixtures repeat three events, so real data compresses far less).`);
-const ok = have >= want && Number(distinct!.u) === want;
-lines.push(`Verification: ${f(Number(distinct!.u))} distinct messageIds in tributary.events for ${f(want)} accepted (warm-up included), ${f(Number(distinct!.c))} rows before FINAL: ${ok ? "every accepted event is there" : "MISSING EVENTS"}.`);
+const ok = have >= want && answered2xx === want && missing === 0 && twice === 0;
+lines.push(
+  `Verification (tributary.events FINAL, request by request): ${f(want)} events answered 2xx (warm-up included), ${f(missing)} missing, ${f(twice)} stored twice` +
+    `${extra ? `, ${f(extra)} stored though not answered 2xx (allowed)` : ""}; ${f(Number(distinct!.u))} distinct messageIds, ${f(Number(distinct!.c))} rows before FINAL: ` +
+    `${ok ? "every accepted event is there exactly once" : answered2xx !== want ? "the 2xx answers do not add up (loadgen bug)" : "NOT EXACTLY ONCE"}.`,
+);
 console.log(lines.join("\n"));
 console.log(
   JSON.stringify({
@@ -358,6 +387,9 @@ console.log(
     cores: navigator.hardwareConcurrency,
     loadAverage: [loadBefore, loadAfter],
     verified: ok,
+    missing,
+    storedTwice: twice,
+    extra,
   }),
 );
 process.exit(ok ? 0 : 1);

@@ -58,6 +58,8 @@ export interface LoadResult {
   /** Open loop: requests that could not start on time because every socket was busy. */
   late?: number;
   socketsOpened: number;
+  /** The request numbers answered 2xx: request n carried messageIds `b-<tag>-<n, 10 digits>-<0..batch-1>`. */
+  okRequests: number[];
   cpuSeconds: number;
 }
 
@@ -148,7 +150,7 @@ class Conn {
   }
 
   /** Sends the next request; resolves with the answer, or undefined when the socket failed. */
-  async send(started = performance.now()): Promise<{ status: number; body: string } | undefined> {
+  async send(started = performance.now()): Promise<{ status: number; body: string; request: number } | undefined> {
     if (this.closed || !this.socket) {
       try {
         await this.connect();
@@ -158,7 +160,8 @@ class Conn {
       }
     }
     // Rewrite the request number of every messageId in place: the previous request is fully written.
-    const digits = String(requestNumber++).padStart(ID_DIGITS, "0");
+    const request = requestNumber++;
+    const digits = String(request).padStart(ID_DIGITS, "0");
     const codes = Array.from(digits, (c) => c.charCodeAt(0));
     for (const h of this.#holes) for (let j = 0; j < ID_DIGITS; j++) this.#buf[h + j] = codes[j]!;
     this.busy = true;
@@ -171,7 +174,7 @@ class Conn {
     // A server may answer before reading the whole body (429); the socket is free once both are done.
     const [a] = await Promise.all([answer, written]);
     this.busy = false;
-    return a;
+    return a && { ...a, request };
   }
 
   #flush(): void {
@@ -260,6 +263,7 @@ export async function runLoad(spec: LoadSpec): Promise<LoadResult> {
   const bodyBytes = template.body.length;
 
   const ok: number[] = [];
+  const okRequests: number[] = [];
   const all: number[] = [];
   const statuses: Record<string, number> = {};
   let accepted = 0;
@@ -277,7 +281,7 @@ export async function runLoad(spec: LoadSpec): Promise<LoadResult> {
   const initial = spec.mode === "closed" ? spec.connections : Math.min(spec.connections, spec.maxConnections ?? 256);
   await Promise.all(Array.from({ length: initial }, () => newConn()));
 
-  const record = (started: number, a: { status: number; body: string } | undefined) => {
+  const record = (started: number, a: { status: number; body: string; request: number } | undefined) => {
     sent++;
     const ms = performance.now() - started;
     if (!a) {
@@ -288,6 +292,7 @@ export async function runLoad(spec: LoadSpec): Promise<LoadResult> {
     all.push(ms);
     if (a.status >= 200 && a.status < 300) {
       ok.push(ms);
+      okRequests.push(a.request);
       try {
         accepted += (JSON.parse(a.body) as { accepted: number }).accepted;
       } catch {
@@ -378,6 +383,7 @@ export async function runLoad(spec: LoadSpec): Promise<LoadResult> {
     allP99: q(all, 0.99),
     ...(spec.mode === "open" && { offeredEventsPerSecond: spec.eventsPerSecond, late }),
     socketsOpened: conns.length,
+    okRequests,
     cpuSeconds: (cpu.user + cpu.system) / 1e6,
   };
 }
