@@ -171,7 +171,7 @@ test("adding a property adds a column at reload; retyping one is refused unless 
   expect(cols[0].type).toBe("Nullable(Float64)");
   writeFileSync(join(dir, "customer-model.yaml"), MODEL.replace("age: int", "age: string") + "  score: float\n");
   const manager = await stack.node.pipelinesReady;
-  for (let i = 0; i < 100 && !manager.lastError?.includes("Customer Model"); i++) await Bun.sleep(50);
+  for (let i = 0; i < 1200 && !manager.lastError?.includes("Customer Model"); i++) await Bun.sleep(50);
   expect(manager.lastError).toContain(`property "age" would change from Nullable(Int64) to Nullable(String)`);
   expect(manager.lastError).toContain("migrate: true");
   const age = await rows<any>(stack.db, `SELECT type FROM system.columns WHERE database = 'tributary' AND table = 'users' AND name = 'age'`);

@@ -95,7 +95,7 @@ type Exchange =
   /** The worker was stopped or died; `progress`: the published counter (index of the running event + 1). */
   | { kind: "stopped"; progress: number; reason: string; stalled: boolean };
 
-class PythonTransform implements SandboxedTransform {
+export class PythonTransform implements SandboxedTransform {
   /** Stats for tests/diagnostics. */
   restarts = 0;
   private worker: Worker | undefined;
@@ -124,6 +124,16 @@ class PythonTransform implements SandboxedTransform {
     this.stopWorker();
   }
 
+  /**
+   * Events already in JSON text (one document each, as the sandbox process receives them): they
+   * cross into the interpreter as they are, without a parse and a second stringify.
+   */
+  transformJsonBatch(encoded: string[]): Promise<TransformResult[]> {
+    const p = this.queue.then(() => this.runEncoded(encoded, encoded.map((_, i) => i), new Array(encoded.length)));
+    this.queue = p.catch(() => {});
+    return p;
+  }
+
   private async runBatch(events: unknown[]): Promise<TransformResult[]> {
     const results: (TransformResult | undefined)[] = new Array(events.length);
     const encoded: string[] = new Array(events.length);
@@ -136,6 +146,10 @@ class PythonTransform implements SandboxedTransform {
         results[i] = fail(`event is not JSON-serializable: ${(e as Error).message}`);
       }
     }
+    return this.runEncoded(encoded, todo, results);
+  }
+
+  private async runEncoded(encoded: string[], todo: number[], results: (TransformResult | undefined)[]): Promise<TransformResult[]> {
     let start = 0;
     while (start < todo.length) {
       let end = start;

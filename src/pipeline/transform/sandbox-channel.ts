@@ -8,9 +8,13 @@ import type { TransformLimits, TransformResult } from "./types.ts";
 
 export type SandboxKind = "javascript" | "python";
 
-export type ToSandbox =
-  | { t: "init"; kind: SandboxKind; source: string; limits: TransformLimits; cpuSeconds: number; unguarded: boolean }
-  | { t: "batch"; id: number; events: unknown[] };
+export type ToSandbox = { t: "init"; kind: SandboxKind; source: string; limits: TransformLimits; cpuSeconds: number; unguarded: boolean };
+
+/** A batch: its id and each event's JSON text (newline-free: JSON.stringify escapes newlines). */
+export interface BatchFrame {
+  id: number;
+  events: string[];
+}
 
 export type FromSandbox =
   | { t: "ready" }
@@ -22,21 +26,26 @@ export type FromSandbox =
 /** A batch frame carries at most a few MiB of events (the node cuts batches); this leaves room. */
 export const maxFrameBytes = 256 * 1024 * 1024;
 
-export function encodeFrame(message: ToSandbox | FromSandbox): Uint8Array {
-  const body = Buffer.from(JSON.stringify(message), "utf8");
-  const out = Buffer.allocUnsafe(4 + body.length);
-  out.writeUInt32LE(body.length, 0);
-  body.copy(out, 4);
+/** A frame's first byte after its length: a JSON message, or a batch (id line + one event per line). */
+const JSON_FRAME = 0x4a; // "J"
+const BATCH_FRAME = 0x42; // "B"
+
+function frame(kind: number, text: string): Uint8Array {
+  const length = Buffer.byteLength(text, "utf8");
+  const out = Buffer.allocUnsafe(5 + length);
+  out.writeUInt32LE(length + 1, 0);
+  out[4] = kind;
+  out.write(text, 5, "utf8");
   return out;
 }
 
-/** A batch frame from events already in JSON text: the node encodes each event once. */
+export function encodeFrame(message: ToSandbox | FromSandbox): Uint8Array {
+  return frame(JSON_FRAME, JSON.stringify(message));
+}
+
+/** A batch frame from events already in JSON text: encoded once by the node, parsed once (or never) by the sandbox. */
 export function encodeBatchFrame(id: number, eventsJson: string[]): Uint8Array {
-  const body = Buffer.from(`{"t":"batch","id":${id},"events":[${eventsJson.join(",")}]}`, "utf8");
-  const out = Buffer.allocUnsafe(4 + body.length);
-  out.writeUInt32LE(body.length, 0);
-  body.copy(out, 4);
-  return out;
+  return frame(BATCH_FRAME, eventsJson.length ? `${id}\n${eventsJson.join("\n")}` : String(id));
 }
 
 export class FrameError extends Error {
@@ -56,11 +65,20 @@ export class FrameReader {
       if (this.#buffered < 4) break;
       const head = this.#peek(4);
       const length = head.readUInt32LE(0);
-      if (length > maxFrameBytes) throw new FrameError(`frame of ${length} bytes is over the ${maxFrameBytes} limit`);
+      if (length > maxFrameBytes || length < 1) throw new FrameError(`frame of ${length} bytes is outside the limits`);
       if (this.#buffered < 4 + length) break;
       const all = this.#take(4 + length);
+      const text = all.toString("utf8", 5);
+      if (all[4] === BATCH_FRAME) {
+        const lines = text.split("\n");
+        const id = Number(lines[0]);
+        if (!Number.isSafeInteger(id)) throw new FrameError("batch frame without an id");
+        frames.push({ id, events: lines.length > 1 ? lines.slice(1) : [] } satisfies BatchFrame);
+        continue;
+      }
+      if (all[4] !== JSON_FRAME) throw new FrameError(`unknown frame type ${all[4]}`);
       try {
-        frames.push(JSON.parse(all.toString("utf8", 4)));
+        frames.push(JSON.parse(text));
       } catch (e) {
         throw new FrameError(`frame is not JSON: ${(e as Error).message}`);
       }

@@ -6,7 +6,8 @@
  * Nothing here is trusted by the node: a guest that escapes its interpreter owns this process, so
  * the node keeps its own deadlines and checks every frame it gets back.
  */
-import { FrameReader, encodeFrame, type FromSandbox, type ToSandbox } from "./sandbox-channel.ts";
+import { FrameReader, encodeFrame, type BatchFrame, type FromSandbox, type ToSandbox } from "./sandbox-channel.ts";
+import type { PythonTransform } from "./python.ts";
 import type { SandboxedTransform, TransformResult } from "./types.ts";
 
 const out = Bun.stdout.writer();
@@ -16,6 +17,8 @@ const send = (m: FromSandbox) => {
 };
 
 let transform: SandboxedTransform | undefined;
+/** Python takes the events' JSON text as it came: no parse here, no stringify there. */
+let python: PythonTransform | undefined;
 let cpuBudgetMicros = Infinity;
 let recycling = false;
 
@@ -24,7 +27,7 @@ async function load(m: Extract<ToSandbox, { t: "init" }>) {
   try {
     if (m.unguarded) transform = unguarded(m.source);
     else if (m.kind === "javascript") transform = await (await import("./javascript.ts")).createJavaScriptTransform(m.source, m.limits);
-    else transform = await (await import("./python.ts")).createPythonTransform(m.source, m.limits);
+    else transform = python = (await (await import("./python.ts")).createPythonTransform(m.source, m.limits)) as PythonTransform;
     send({ t: "ready" });
   } catch (e) {
     const x = e as Error;
@@ -59,10 +62,15 @@ function unguarded(source: string): SandboxedTransform {
   };
 }
 
-async function handle(m: ToSandbox) {
-  if (m.t === "init") return load(m);
-  if (!transform) return send({ t: "result", id: m.id, results: m.events.map(() => ({ ok: false, error: "sandbox not loaded" })) });
-  const results = await transform.transformBatch(m.events);
+async function handle(m: ToSandbox | BatchFrame) {
+  if ("t" in m) return m.t === "init" ? load(m) : undefined;
+  let results: TransformResult[];
+  if (!transform) results = m.events.map(() => ({ ok: false, error: "sandbox not loaded" }));
+  else if (python) results = await python.transformJsonBatch(m.events);
+  else {
+    const events: unknown[] = JSON.parse(`[${m.events.join(",")}]`);
+    results = events.length === m.events.length ? await transform.transformBatch(events) : m.events.map(() => ({ ok: false, error: "malformed batch" }));
+  }
   send({ t: "result", id: m.id, results });
   const used = process.cpuUsage();
   if (!recycling && used.user + used.system > cpuBudgetMicros) {
@@ -80,7 +88,7 @@ for await (const chunk of Bun.stdin.stream()) {
   } catch {
     process.exit(3);
   }
-  for (const f of frames) queue = queue.then(() => handle(f as ToSandbox));
+  for (const f of frames) queue = queue.then(() => handle(f as ToSandbox | BatchFrame));
 }
 // stdin closed: the node stopped or went away.
 transform?.dispose();

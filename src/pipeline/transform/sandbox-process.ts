@@ -20,8 +20,8 @@ import { FrameError, FrameReader, encodeBatchFrame, encodeFrame, type FromSandbo
 import { describeIsolation, processMemoryBytes, sandboxCommand, type SandboxProcessOptions } from "./sandbox-isolation.ts";
 import { TransformLoadError, type SandboxedTransform, type TransformResult } from "./types.ts";
 
-/** Events per frame: small enough that a replay after a kill is cheap, big enough to batch. */
-const chunkEvents = 64;
+/** Events per frame: few enough that a killed chunk is found fast (5 s + 128 x 2 x the per-event limit), enough to amortise a frame. */
+const chunkEvents = 128;
 const chunkBytes = 1024 * 1024;
 /** Starting Bun and booting Pyodide in a fresh process takes ~2.5 s; a loaded machine needs more. */
 const bootMs = 60_000;
@@ -250,7 +250,10 @@ class ProcessTransform implements SandboxedTransform {
     try {
       for await (const chunk of proc.stdout) {
         if (this.#proc !== proc) return;
-        for (const f of reader.push(chunk)) this.#onFrame?.(f as FromSandbox);
+        for (const f of reader.push(chunk)) {
+          if (!f || typeof f !== "object" || !("t" in f)) throw new FrameError("the sandbox sent a frame only the node sends");
+          this.#onFrame?.(f as FromSandbox);
+        }
       }
     } catch (e) {
       if (this.#proc === proc) {
