@@ -686,6 +686,24 @@ if (verify?.slowConsumers) console.log(`\nnats-server disconnected a slow consum
 const noisy = [raw?.cpu, max?.cpu, half?.cpu, sink?.cpu].filter((c): c is Cpu => !!c && c.other > 0.2);
 if (noisy.length) console.log(`\nNote: something else used over 0.2 of a core during ${noisy.length} phase(s) ("other"): the machine was shared, ratios are less reliable than usual.`);
 console.log(`\n(${fmt((now() - started) / 1000, 1)} s)`);
+// One JSON line of the headline figures, last: `bun bench/rounds.ts N bench/e2e.ts` gives their range over N runs.
+{
+  const usPerEvent = (c: Cpu | undefined, rate: number | undefined, client: boolean) => (c && rate ? (1e6 * (c.node + c.nats + c.clickhouse + (client ? c.bench : 0))) / rate : undefined);
+  console.log(
+    JSON.stringify({
+      rawRowsPerSecond: raw?.rowsPerSecond,
+      e2eEventsPerSecond: e2eRate,
+      e2ePercentOfRaw: 100 * ratio,
+      halfEventsPerSecond: half?.r.eventsPerSecond,
+      receiptToQueryableP50Ms: half?.p50,
+      receiptToQueryableP99Ms: half?.p99,
+      sinkEventsPerSecond: sink?.landed.rate,
+      rawUsPerRow: usPerEvent(raw?.cpu, raw?.rowsPerSecond, true),
+      e2eUsPerEvent: usPerEvent(max?.wholeCpu, max?.overall, false),
+      exactlyOnce: verify?.ok ?? false,
+    }),
+  );
+}
 if (failure) {
   console.log(`\nERROR the benchmark did not complete: ${String((failure as Error)?.stack ?? failure)}`);
   process.exit(1);
