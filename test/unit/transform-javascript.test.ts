@@ -3,8 +3,11 @@ import fixture from "../fixtures/segment-identify.json" with { type: "json" };
 import { createJavaScriptTransform } from "../../src/pipeline/transform/javascript.ts";
 import { TransformLoadError, type SandboxedTransform, type TransformResult } from "../../src/pipeline/transform/types.ts";
 
-/** Small limits so the loop and allocation cases stay fast. */
-const limits = { timeoutMs: 50, memoryBytes: 16 * 1024 * 1024 };
+/**
+ * A small memory limit so allocation cases stay fast; a time limit a good event never comes near,
+ * even on a loaded machine (a GC pause, a busy core), so only the runaway cases meet it.
+ */
+const limits = { timeoutMs: 500, memoryBytes: 16 * 1024 * 1024 };
 
 const errorOf = (r: TransformResult | undefined) => (r && !r.ok ? r.error : `not a failure: ${JSON.stringify(r)}`);
 
@@ -112,7 +115,7 @@ describe("JavaScript transform", () => {
     const error = (kind: string) => errorOf(results[events.findIndex((e) => e.kind === kind)]);
     expect(error("throw")).toBe("Error: boom 1");
     expect(error("custom")).toBe("MyError: custom");
-    expect(error("loop")).toBe("transform exceeded the time limit of 50 ms");
+    expect(error("loop")).toBe("transform exceeded the time limit of 500 ms");
     expect(error("alloc")).toMatch(/exceeded the (time|memory) limit/);
     expect(error("buffers")).toBe("transform exceeded the memory limit of 16 MiB");
     expect(error("recurse")).toContain("stack overflow");
@@ -133,10 +136,9 @@ describe("JavaScript transform", () => {
 
   test("a loop of slow built-in calls (never reaching the interrupt check) is stopped and fails only its event", async () => {
     // QuickJS polls its interrupt handler every ~10k branches: ~10 s here. The watchdog stops the worker.
-    const started = performance.now();
+    // The answer itself shows the watchdog stopped it (no wall-clock bound: a loaded machine is slow).
     const results = await shared.transformBatch([good(1), bad("stall"), good(3)]);
-    expect(performance.now() - started).toBeLessThan(4000);
-    expect(results).toEqual([okGood(1), { ok: false, error: "transform exceeded the time limit of 50 ms (sandbox stopped after 350 ms)" }, okGood(3)]);
+    expect(results).toEqual([okGood(1), { ok: false, error: "transform exceeded the time limit of 500 ms (sandbox stopped after 1250 ms)" }, okGood(3)]);
     expect(await shared.transformBatch([good(4)])).toEqual([okGood(4)]);
   });
 
