@@ -2,7 +2,7 @@ import { afterAll, beforeAll, expect, test } from "bun:test";
 import { chmodSync, existsSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer, type Server } from "node:net";
 import { join, resolve } from "node:path";
-import { describeIsolation, parseSandboxOptions } from "../../src/pipeline/transform/sandbox-isolation.ts";
+import { describeIsolation, parseSandboxOptions, processMemoryBytes } from "../../src/pipeline/transform/sandbox-isolation.ts";
 import { useStack } from "../harness/stack.ts";
 import { eventually } from "../harness/warehouse.ts";
 
@@ -63,6 +63,7 @@ const guest = `async function transform(event) {
   });
   out.uid = process.getuid();
   if (t.spin) for (;;) {}
+  if (t.hog) { const held = []; for (;;) held.push(Buffer.alloc(64 << 20, 1)); }
   out.fds = fs.readdirSync("/proc/self/fd").map((f) => { try { return f + "=" + fs.readlinkSync("/proc/self/fd/" + f); } catch { return f + "=?"; } });
   return { probe: JSON.stringify(out) };
 }`;
@@ -160,4 +161,33 @@ test("a guest that disabled every guard and never returns: the node's own deadli
   expect(err?.error).toContain("killed and restarted");
   const spun = await eventually<{ n: number }>(stack.db, "SELECT count() AS n FROM tributary.users FINAL WHERE user_id = 'spin-1'", () => true);
   expect(Number(spun[0]!.n)).toBe(0);
+}, 180_000);
+
+test("memory outside the interpreter's heap hits the process cap: the hog fails, the node does not grow, the others land", async () => {
+  const layers = describeIsolation(parseSandboxOptions({}));
+  if (process.platform === "linux" && process.getuid?.() === 0) expect(layers.memoryCap).toStartWith("cgroup");
+  const rss = () => Number(/VmRSS:\s+(\d+)/.exec(readFileSync("/proc/self/status", "utf8"))![1]) * 1024;
+  const before = rss();
+  const ids = ["fed-1", "hog-1", "fed-2"];
+  const r = await fetch(`${stack.node.url}/v1/batch`, {
+    method: "POST",
+    headers: { Authorization: "Bearer key-escape-0001" },
+    body: JSON.stringify({
+      batch: ids.map((id) => ({ type: "identify", userId: id, messageId: id, traits: { paths: {}, port, nodePid: process.pid, hog: id.startsWith("hog") } })),
+    }),
+  });
+  expect(r.status).toBe(200);
+  const landed = await eventually<{ user_id: string }>(
+    stack.db,
+    "SELECT user_id FROM tributary.users FINAL WHERE user_id LIKE 'fed-%' ORDER BY user_id",
+    (rs) => rs.length === 2,
+    120_000,
+  );
+  expect(landed.map((x) => x.user_id)).toEqual(["fed-1", "fed-2"]);
+  const stats = (await stack.node.pipelinesReady).workers.get("escape/users")!.stats;
+  const err = stats.lastErrors.find((e: { messageId?: string }) => e.messageId === "hog-1");
+  // Killed by the cgroup (SIGKILL) or refused by the address-space rlimit: either way, not the node's memory.
+  expect(err?.error).toMatch(/sandbox process ended \(killed: it reached its memory cap|Out of memory/);
+  // The sandbox ran in another process: the node (this test process) grew by far less than the cap.
+  expect(rss() - before).toBeLessThan(processMemoryBytes(parseSandboxOptions({}).limits) / 2);
 }, 180_000);

@@ -103,7 +103,7 @@ class ProcessTransform implements SandboxedTransform {
     this.#pump(proc);
     this.#drainStderr(proc);
     proc.exited.then((code) => {
-      if (this.#proc === proc) this.#end({ reason: `sandbox process ended (${proc.signalCode ? `killed by ${proc.signalCode}` : `exit code ${code}`})` });
+      if (this.#proc === proc) this.#end({ reason: `sandbox process ended (${endedBy(proc.signalCode, code)})` });
       group?.remove();
     });
     const init: ToSandbox = {
@@ -309,6 +309,16 @@ class ProcessTransform implements SandboxedTransform {
       /* already gone */
     }
   }
+}
+
+/** bubblewrap passes a killed child on as exit code 128 + signal. */
+function endedBy(signal: string | null, code: number): string {
+  const n = signal ? ({ SIGKILL: 9, SIGXCPU: 24, SIGXFSZ: 25 } as Record<string, number>)[signal] : code > 128 ? code - 128 : undefined;
+  if (n === 9) return "killed: it reached its memory cap, or crashed";
+  if (n === 24) return "killed: it used up its CPU-time limit";
+  if (n === 25) return "killed: it tried to write a file";
+  if (n !== undefined) return `killed by signal ${n}`;
+  return signal ? `killed by ${signal}` : `exit code ${code}`;
 }
 
 /** The next chunks to send: solo events one per chunk, the rest by count and bytes. */
