@@ -312,8 +312,8 @@ class ProcessTransform implements SandboxedTransform {
 }
 
 /** bubblewrap passes a killed child on as exit code 128 + signal. */
-function endedBy(signal: string | null, code: number): string {
-  const n = signal ? ({ SIGKILL: 9, SIGXCPU: 24, SIGXFSZ: 25 } as Record<string, number>)[signal] : code > 128 ? code - 128 : undefined;
+function endedBy(signal: string | number | null, code: number): string {
+  const n = typeof signal === "number" ? signal : signal ? ({ SIGKILL: 9, SIGXCPU: 24, SIGXFSZ: 25 } as Record<string, number>)[signal] : code > 128 ? code - 128 : undefined;
   if (n === 9) return "killed: it reached its memory cap, or crashed";
   if (n === 24) return "killed: it used up its CPU-time limit";
   if (n === 25) return "killed: it tried to write a file";
