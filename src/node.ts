@@ -18,6 +18,7 @@ import { connectWarehouse, type Warehouse } from "./sink/clickhouse/server.ts";
 import { migrateEventsTable } from "./sink/clickhouse/events-table.ts";
 import { ensureDlqStream } from "./bus/dead-letters.ts";
 import { PipelineManager } from "./pipeline/manager.ts";
+import { setExpressionTimeLimit } from "./pipeline/jsonata/index.ts";
 import type { BatchOptions } from "./pipeline/worker.ts";
 import type { InserterOptions } from "./sink/clickhouse/inserter.ts";
 
@@ -46,6 +47,8 @@ export interface PipelineTuning {
 
 /** Wires config, bus and HTTP into one ingestion node. */
 export async function startNode(o: NodeOptions & { natsUrl: string } & PipelineTuning): Promise<RunningNode> {
+  // process-wide: every filter, mapping, transform and webhook expression reads it per evaluation
+  setExpressionTimeLimit(o.expressionTimeoutMs);
   const config = new ConfigStore({ dir: o.pipelinesDir });
   config.watch();
   const warnInsecure = (c: typeof config.current) => {

@@ -38,6 +38,8 @@ export interface NodeOptions {
   batchMaxAgeMs: number;
   /** JetStream redelivers what a pipeline read but did not acknowledge (a node that died) after this. */
   ackWaitMs: number;
+  /** Per event, for each filter, mapping, `jsonata` transform, `events:` and `dedup: {jsonata}` (src/pipeline/jsonata/deadline.ts). */
+  expressionTimeoutMs: number;
 }
 
 export const defaults: NodeOptions = {
@@ -65,6 +67,10 @@ export const defaults: NodeOptions = {
   batchMaxBytes: 16 * 1024 * 1024,
   batchMaxAgeMs: 1000,
   ackWaitMs: 30_000,
+  // Expressions run on the main thread, so this is what one hostile event may hold the node for. Normal
+  // ones take microseconds (a millisecond in the interpreter fallback): 100 ms leaves room for a GC
+  // pause or a busy machine, and matches the JavaScript/Python transforms' per-event limit.
+  expressionTimeoutMs: 100,
 };
 
 const num = (v: string | undefined, d: number) => {
@@ -75,6 +81,11 @@ const num = (v: string | undefined, d: number) => {
 };
 const bool = (v: string | undefined) => v !== undefined && /^(1|true|yes|on)$/i.test(v);
 const str = (v: string | undefined) => (v === undefined || v === "" ? undefined : v);
+const positive = (v: string | undefined, d: number) => {
+  const n = num(v, d);
+  if (n === 0) throw new Error(`environment: expected a positive number, got "${v}"`);
+  return n;
+};
 
 export function optionsFromEnv(env: Record<string, string | undefined> = process.env): NodeOptions {
   return {
@@ -104,5 +115,6 @@ export function optionsFromEnv(env: Record<string, string | undefined> = process
     batchMaxBytes: num(env.TRIBUTARY_BATCH_MAX_BYTES, defaults.batchMaxBytes),
     batchMaxAgeMs: num(env.TRIBUTARY_BATCH_MAX_AGE_MS, defaults.batchMaxAgeMs),
     ackWaitMs: num(env.TRIBUTARY_ACK_WAIT_MS, defaults.ackWaitMs),
+    expressionTimeoutMs: positive(env.TRIBUTARY_EXPRESSION_TIMEOUT_MS, defaults.expressionTimeoutMs),
   };
 }

@@ -1,4 +1,6 @@
-import { compileJsonata } from "./jsonata/index.ts";
+import { compileJsonata, tick, walkResult, withTimeLimit, type CompiledJsonata } from "./jsonata/index.ts";
+
+export { ExpressionTimeoutError } from "./jsonata/index.ts";
 
 /** A filter expression that does not compile; names the position in the expression. */
 export class FilterCompileError extends Error {
@@ -20,7 +22,11 @@ export interface EventFilter {
 /** JSONata's $boolean: how a filter's result decides. */
 export function jsonataBoolean(v: unknown): boolean {
   if (v === undefined || v === null) return false;
-  if (Array.isArray(v)) return v.some(jsonataBoolean);
+  if (Array.isArray(v)) {
+    // nested arrays can share sub-arrays: exponential without the deadline
+    tick();
+    return v.some(jsonataBoolean);
+  }
   switch (typeof v) {
     case "boolean":
       return v;
@@ -42,11 +48,29 @@ const KEEP_ALL: EventFilter = { test: () => true };
 /** A JSONata expression ready to run synchronously on events. */
 export interface Expression {
   readonly source: string;
+  /**
+   * Throws ExpressionTimeoutError (code D1012) past the expression time limit
+   * (TRIBUTARY_EXPRESSION_TIMEOUT_MS), which covers walking the result too: a result that shares
+   * sub-trees can be small in memory and too large to serialise, and the callers serialise it.
+   */
   evaluate(input: unknown): unknown;
 }
 
 /** Compiled to a synchronous JavaScript closure (src/pipeline/jsonata), so per-event cost is a function call. */
 export function compileExpression(expr: string): Expression {
+  const e = compile(expr);
+  return {
+    source: expr,
+    evaluate: (input) =>
+      withTimeLimit(() => {
+        const v = e.evaluate(input);
+        walkResult(v);
+        return v;
+      }),
+  };
+}
+
+function compile(expr: string): CompiledJsonata {
   try {
     return compileJsonata(expr);
   } catch (err) {
@@ -57,6 +81,6 @@ export function compileExpression(expr: string): Expression {
 
 export function compileFilter(expr: string | undefined): EventFilter {
   if (expr === undefined) return KEEP_ALL;
-  const e = compileExpression(expr);
-  return { source: expr, test: (event) => jsonataBoolean(e.evaluate(event)) };
+  const e = compile(expr);
+  return { source: expr, test: (event) => withTimeLimit(() => jsonataBoolean(e.evaluate(event))) };
 }

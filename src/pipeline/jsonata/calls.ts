@@ -8,6 +8,7 @@
  * bodies return a `Thunk` which `apply` resolves in a loop, as jsonata's trampoline does, so
  * tail-recursive expressions run in constant stack.
  */
+import { tick } from "./deadline.ts";
 import { jsonataSync, type SignatureValidator } from "./interpreter.ts";
 import { FOCUS, isFunction, jerr, norm } from "./runtime.ts";
 
@@ -60,6 +61,8 @@ function isProcObject(proc: any): boolean {
 }
 
 export function applyInner(proc: any, args: any[], input: any): any {
+  // every application is a deadline step: the trampoline and library callbacks come through here
+  tick();
   let validated = args;
   if (proc && proc.signature !== undefined) validated = proc.signature.validate(args, input);
   if (typeof proc === "function") {

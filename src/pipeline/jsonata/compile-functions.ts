@@ -100,6 +100,8 @@ export function compileLambda(c: Compiler, node: Node, inp: string): Val {
   const ids = params.map(() => o.tmp("p"));
   const f = o.tmp("L");
   o.open(`const ${f} = R.lambda(function (${ids.join(", ")}) {`);
+  // a step of the deadline: recursion and tail-call loops go through here
+  o.line("T();");
   const scope = new Scope(c.scope);
   params.forEach((p, i) => scope.vars.set(p, { id: ids[i]!, definite: true }));
   c.withScope(scope, () => {

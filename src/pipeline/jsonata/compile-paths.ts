@@ -61,7 +61,7 @@ export function compilePath(c: Compiler, node: Node, inp: string): Val {
       const j = o.tmp("j");
       const it = o.tmp("it");
       o.open(`for (let ${j} = 0; ${j} < ${seqIn}.length; ${j}++) {`);
-      o.line(`const ${it} = ${seqIn}[${j}];`);
+      o.line(`T(); const ${it} = ${seqIn}[${j}];`);
       let v = c.ev(step, it);
       for (const stage of (step.stages ?? []) as Node[]) {
         if (stage.type !== "filter") throw new Unsupported("index stage");
@@ -96,7 +96,7 @@ export function compileFilter(c: Compiler, pred: Node, v: Val): Val {
   const i = o.tmp("i");
   const it = o.tmp("it");
   o.open(`for (let ${i} = 0; ${i} < ${items}.length; ${i}++) {`);
-  o.line(`const ${it} = ${items}[${i}];`);
+  o.line(`T(); const ${it} = ${items}[${i}];`);
   const p = c.ev(pred, it);
   if ((p.m & ~(4 | U)) === 0) o.line(`if (${p.c}) ${out}.push(${it});`);
   else o.line(`R.filterPush(${out}, ${p.c}, ${it}, ${i}, ${items}.length);`);

@@ -69,7 +69,7 @@ export function compileTuplePath(c: Compiler, node: Node, inp: string): Val {
       const j = o.tmp("j");
       const it = o.tmp("it");
       o.open(`for (let ${j} = 0; ${j} < ${seqIn}.length; ${j}++) {`);
-      o.line(`const ${it} = ${seqIn}[${j}];`);
+      o.line(`T(); const ${it} = ${seqIn}[${j}];`);
       let v = c.ev(step, it);
       for (const stage of (step.stages ?? []) as Node[]) v = compileFilter(c, stage.expr, v);
       o.line(`if (${v.c} !== undefined) ${r}.push(${v.c});`);
@@ -117,7 +117,7 @@ function tupleStep(c: Compiler, step: Node, seqIn: string, tb: string | undefine
     const e = o.tmp("e");
     const tu = o.tmp("tu");
     o.open(`for (let ${e} = 0; ${e} < ${tuples}.length; ${e}++) {`);
-    o.line(`const ${tu} = ${tuples}[${e}];`);
+    o.line(`T(); const ${tu} = ${tuples}[${e}];`);
     const ctx = o.let(`${tu}["@"]`);
     const v = inTupleFrame(c, tu, [step], () => c.ev(step, ctx));
     const ancestor = step.ancestor ? literal(step.ancestor.label) : "undefined";
@@ -139,7 +139,7 @@ export function tupleFilter(c: Compiler, pred: Node, stream: string): string {
   const i = o.tmp("i");
   const tu = o.tmp("tu");
   o.open(`for (let ${i} = 0; ${i} < ${stream}.length; ${i}++) {`);
-  o.line(`const ${tu} = ${stream}[${i}];`);
+  o.line(`T(); const ${tu} = ${stream}[${i}];`);
   const ctx = o.let(`${tu}["@"]`);
   const p = inTupleFrame(c, tu, [pred], () => c.ev(pred, ctx));
   o.line(`R.filterPush(${out}, ${p.c}, ${tu}, ${i}, ${stream}.length);`);

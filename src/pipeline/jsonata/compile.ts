@@ -7,6 +7,7 @@
  * lambda) becomes a JS block or function whose `let` variables are the names bound in it, starting
  * as UNB (unbound) so that lookups fall through to enclosing frames exactly when jsonata's would.
  * Anything not handled raises `Unsupported`, and the caller falls back to the interpreter.
+ * Generated loops and lambda bodies call `T()`, a step of the evaluation's deadline (deadline.ts).
  */
 import { BUILTINS } from "./functions.ts";
 import { A, ANY, B, Emitter, F, L, N, Q, S, Scope, U, Unsupported, literal, type Node, type Val } from "./gen.ts";

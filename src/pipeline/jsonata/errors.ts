@@ -1,12 +1,15 @@
 /**
- * The two error classes of the public API, and the conversion from jsonata's thrown plain objects
- * (`{code, position, token, value, ...}`) into them.
+ * The conversion from jsonata's thrown plain objects (`{code, position, token, value, ...}`) into
+ * the error classes of the public API (error-types.ts).
  *
  * Internally both the generated code and the reused jsonata function library throw jsonata-style
  * plain objects, so that the decorations jsonata applies while an error unwinds (position and token
  * of the operator or function call) work the same on both; conversion happens once, at the API edge.
  */
 import { jsonataSync } from "./interpreter.ts";
+import { ExpressionTimeoutError, JsonataCompileError, JsonataEvaluationError } from "./error-types.ts";
+
+export { ExpressionTimeoutError, JsonataCompileError, JsonataEvaluationError };
 
 /** Fields jsonata puts on the objects it throws. */
 export interface JsonataErrorObject {
@@ -16,36 +19,6 @@ export interface JsonataErrorObject {
   value?: unknown;
   message?: string;
   [key: string]: unknown;
-}
-
-export class JsonataCompileError extends Error {
-  readonly code?: string;
-  readonly position?: number;
-  readonly token?: unknown;
-
-  constructor(message: string, code?: string, position?: number, token?: unknown) {
-    super(message);
-    this.name = "JsonataCompileError";
-    this.code = code;
-    this.position = position;
-    this.token = token;
-  }
-}
-
-export class JsonataEvaluationError extends Error {
-  readonly code?: string;
-  readonly position?: number;
-  readonly token?: unknown;
-  readonly value?: unknown;
-
-  constructor(message: string, code?: string, position?: number, token?: unknown, value?: unknown) {
-    super(message);
-    this.name = "JsonataEvaluationError";
-    this.code = code;
-    this.position = position;
-    this.token = token;
-    this.value = value;
-  }
 }
 
 function describe(err: JsonataErrorObject): string {

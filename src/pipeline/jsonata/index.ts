@@ -4,9 +4,13 @@
  * The expression is parsed by jsonata's own parser, then compiled to JavaScript (compile.ts). When
  * the tree contains a construct the compiler does not cover, the whole expression runs in the
  * synchronous copy of jsonata's interpreter instead, so results are always jsonata's.
+ *
+ * Every evaluation has a time limit (deadline.ts), on both paths: past it, it throws
+ * ExpressionTimeoutError (code D1012).
  */
 import { compileAst, type CompiledSource } from "./compile.ts";
-import { JsonataCompileError, JsonataEvaluationError, toCompileError, toEvaluationError } from "./errors.ts";
+import { enter, expressionTimeLimit, leave, tick } from "./deadline.ts";
+import { ExpressionTimeoutError, JsonataCompileError, JsonataEvaluationError, toCompileError, toEvaluationError } from "./errors.ts";
 import { evalHook } from "./functions.ts";
 import { Unsupported } from "./gen.ts";
 import { jsonataSync, type JsonataNode, type SyncJsonataInstance } from "./interpreter.ts";
@@ -16,23 +20,28 @@ import * as runtimeOperators from "./runtime-operators.ts";
 import * as runtimePaths from "./runtime-paths.ts";
 import * as runtimeTuples from "./runtime-tuples.ts";
 
-export { JsonataCompileError, JsonataEvaluationError };
+export { ExpressionTimeoutError, JsonataCompileError, JsonataEvaluationError };
+export { expressionTimeLimit, setExpressionTimeLimit, tick, walkResult, withTimeLimit, DEFAULT_TIME_LIMIT_MS } from "./deadline.ts";
 
 export interface CompiledJsonata {
   readonly source: string;
   /** true when the whole expression runs as generated code, false when it falls back to the interpreter */
   readonly compiled: boolean;
-  /** Synchronous. Returns undefined for "no match" like jsonata. Throws JsonataEvaluationError (with .code) on runtime errors. */
+  /**
+   * Synchronous. Returns undefined for "no match" like jsonata. Throws JsonataEvaluationError (with
+   * .code) on runtime errors, ExpressionTimeoutError (a JsonataEvaluationError, code D1012) past the
+   * time limit.
+   */
   evaluate(input: unknown, bindings?: Record<string, unknown>): unknown;
 }
 
 export interface CompileJsonataOptions {
-  /**
-   * Guard against runaway expressions like jsonata's test-suite timebox: evaluation fails with
-   * code U1001 past this many milliseconds or this evaluation depth. Guarded expressions run in the
-   * interpreter, whose evaluation depth is what `maxDepth` counts.
-   */
+  /** This expression's time limit; by default the process-wide one (setExpressionTimeLimit). */
   timeLimitMs?: number;
+  /**
+   * jsonata's test-suite timebox: evaluation fails with code U1001 past this evaluation depth or
+   * past `timeLimitMs`. Such expressions run in the interpreter, whose depth is what is counted.
+   */
   maxDepth?: number;
 }
 
@@ -44,8 +53,9 @@ const R: Record<string, unknown> = { ...runtime, ...runtimePaths, ...runtimeOper
 
 function build(ast: JsonataNode, assumeBuiltins: boolean): { evaluate: Evaluator; compiled: CompiledSource } {
   const compiled = compileAst(ast, { assumeBuiltins });
-  const factory = new Function("R", "K", compiled.source) as (r: unknown, k: unknown[]) => Evaluator;
-  return { evaluate: factory(R, compiled.constants), compiled };
+  // T: the deadline's step, a closure parameter so the generated loops call it directly
+  const factory = new Function("R", "K", "T", compiled.source) as (r: unknown, k: unknown[], t: () => void) => Evaluator;
+  return { evaluate: factory(R, compiled.constants, tick), compiled };
 }
 
 class Expression implements CompiledJsonata {
@@ -57,6 +67,8 @@ class Expression implements CompiledJsonata {
   private readonly fast?: Evaluator;
   private slow?: Evaluator;
   private readonly builtinRefs: string[] = [];
+  /** undefined: the process-wide limit at the time of each evaluation */
+  private readonly timeLimitMs?: number;
 
   constructor(
     readonly source: string,
@@ -65,9 +77,13 @@ class Expression implements CompiledJsonata {
     options: CompileJsonataOptions | undefined,
   ) {
     let reason: string | undefined;
-    if (options?.timeLimitMs !== undefined || options?.maxDepth !== undefined) {
+    this.timeLimitMs = options?.timeLimitMs;
+    if (options?.maxDepth !== undefined) {
       reason = "evaluation guard requested";
-      installGuard(interpreter, options.timeLimitMs ?? Infinity, options.maxDepth ?? 0);
+      installGuard(interpreter, options.timeLimitMs ?? Infinity, options.maxDepth);
+      // the timebox reports its own timeout (U1001) as jsonata's runner does; the deadline stays
+      // behind it for the library loops its hooks do not see
+      if (options.timeLimitMs !== undefined) this.timeLimitMs = options.timeLimitMs * 2;
     } else {
       try {
         const b = build(ast, true);
@@ -97,12 +113,14 @@ class Expression implements CompiledJsonata {
   evaluate(input: unknown, bindings?: Record<string, unknown>): unknown {
     const saved = runtime.clock.ts;
     runtime.clock.ts = undefined;
+    const owner = enter(this.timeLimitMs ?? expressionTimeLimit());
     try {
       return this.run(input, bindings);
     } catch (err) {
       throw toEvaluationError(err);
     } finally {
       runtime.clock.ts = saved;
+      leave(owner);
     }
   }
 
@@ -183,6 +201,8 @@ function runEval(expr: unknown, focus: unknown, input: unknown, bindings: Record
   try {
     return e.run(ctx, bindings);
   } catch (err) {
+    // the outer evaluation's time is up, not this expression's fault: not a D3121
+    if (err instanceof ExpressionTimeoutError) throw err;
     const message = toEvaluationError(err).message;
     throw runtime.jerr("D3121", undefined, { value: message, error: err });
   }

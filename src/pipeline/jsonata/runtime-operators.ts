@@ -2,6 +2,7 @@
  * Runtime of operators (`evaluateBinary`, `evaluateUnary`, `evaluateRegex`) for the operand types
  * the generated code does not handle inline; errors carry the operator's position and token.
  */
+import { checkNow, tick, tickWork } from "./deadline.ts";
 import { jsonataSync } from "./interpreter.ts";
 import { jerr, type Seq } from "./runtime.ts";
 
@@ -95,8 +96,13 @@ export function range(lhs: any, rhs: any, position: number | undefined): Seq | u
     if (lhs === undefined || rhs === undefined || lhs > rhs) return undefined;
     const size = rhs - lhs + 1;
     if (size > 1e7) throw jerr("D2014", undefined, { value: size });
+    tick();
     const result: Seq = new Array(size);
-    for (let item = lhs, index = 0; item <= rhs; item++, index++) result[index] = item;
+    // filling ten million items takes a few hundred ms on a busy machine: count it as it goes
+    for (let item = lhs, index = 0; item <= rhs; item++, index++) {
+      result[index] = item;
+      if ((index & 65535) === 65535) tickWork(65536);
+    }
     result.sequence = true;
     return result;
   } catch (err) {
@@ -116,7 +122,10 @@ export function regex(literal: RegExp, position: number | undefined): (str: stri
   const re = new RegExp(literal);
   const closure = (s: string, fromIndex?: number): unknown => {
     re.lastIndex = fromIndex || 0;
+    // one backtracking match can take a second (JavaScriptCore's own cap): the clock, not the countdown
+    checkNow();
     const match = re.exec(s);
+    checkNow();
     if (match === null) return undefined;
     const result: Record<string, unknown> = {
       match: match[0],

@@ -3,6 +3,7 @@
  * (`evaluatePath`, `evaluateStep`, `evaluateFilter`, `evaluateWildcard`, `evaluateDescendants`,
  * `evaluateSortExpression`, `evaluateGroupExpression`).
  */
+import { tick } from "./deadline.ts";
 import { jsonataSync } from "./interpreter.ts";
 import { FOCUS, isFunction, isSequence, jerr, norm, seq, seq1, type Seq } from "./runtime.ts";
 
@@ -13,6 +14,8 @@ const hasOwn = Object.prototype.hasOwnProperty;
 /** `fn.lookup` */
 export function lookup(input: any, key: string): any {
   if (Array.isArray(input)) {
+    // nested arrays recurse: exponential on shared sub-arrays
+    tick();
     const result = seq();
     for (let i = 0; i < input.length; i++) {
       const res = lookup(input[i], key);
@@ -166,6 +169,7 @@ export function wildcard(input: any): Seq {
 }
 
 function flatten(arg: any, flattened: any[]): any[] {
+  tick();
   if (Array.isArray(arg)) for (const item of arg) flatten(item, flattened);
   else flattened.push(arg);
   return flattened;
@@ -180,6 +184,7 @@ export function descendants(input: any): any {
 }
 
 function recurseDescendants(input: any, results: Seq): void {
+  tick();
   if (!Array.isArray(input)) results.push(input);
   if (Array.isArray(input)) {
     for (const member of input) recurseDescendants(member, results);
@@ -208,6 +213,7 @@ export interface SortTerm {
 /** `evaluateSortExpression` (non-tuple): jsonata's own merge sort with its comparator. */
 export function sort(input: Seq, terms: SortTerm[], position: number | undefined): any {
   const comparator = (a: any, b: any): boolean => {
+    tick();
     let comp = 0;
     for (let index = 0; comp === 0 && index < terms.length; index++) {
       const term = terms[index]!;
@@ -244,6 +250,7 @@ export function group(input: any, pairs: [(x: any) => any, (x: any) => any][], p
   if (!Array.isArray(input)) input = seq1(input);
   if (input.length === 0) input.push(undefined);
   for (let itemIndex = 0; itemIndex < input.length; itemIndex++) {
+    tick();
     const item = input[itemIndex];
     for (let pairIndex = 0; pairIndex < pairs.length; pairIndex++) {
       const key = pairs[pairIndex]![0](item);

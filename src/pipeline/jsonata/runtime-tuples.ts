@@ -2,6 +2,7 @@
  * Runtime of tuple streams - the focus (`@`), index (`#`) and parent (`%`) bindings
  * (`evaluateTupleStep`, `reduceTupleStream`, tuple-mode `evaluateGroupExpression`).
  */
+import { tick } from "./deadline.ts";
 import { jsonataSync } from "./interpreter.ts";
 import { FOCUS, jerr, seq, type Seq } from "./runtime.ts";
 
@@ -92,6 +93,7 @@ export function groupTuples(
   const result: Record<string, unknown> = Object.create(null);
   const groups: Record<string, { data: any; exprIndex: number }> = Object.create(null);
   for (let itemIndex = 0; itemIndex < input.length; itemIndex++) {
+    tick();
     const item = input[itemIndex];
     for (let pairIndex = 0; pairIndex < pairs.length; pairIndex++) {
       const key = pairs[pairIndex]![0](item);

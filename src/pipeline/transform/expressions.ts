@@ -1,4 +1,5 @@
-import { compileExpression, type Expression } from "../filter.ts";
+import { compileExpression, ExpressionTimeoutError, type Expression } from "../filter.ts";
+import { withTimeLimit } from "../jsonata/index.ts";
 import type { SandboxedTransform, TransformResult } from "./types.ts";
 
 const message = (e: unknown) => {
@@ -6,12 +7,39 @@ const message = (e: unknown) => {
   return `${x.code ? x.code + ": " : ""}${x.message ?? String(e)}`;
 };
 
+/** A failure that used up the event's time. */
+class OutOfTime {
+  constructor(readonly error: string) {}
+}
+
+/**
+ * `one` on each event, each within the expression time limit (one budget per event, however many
+ * expressions it runs). An event that ran out of time held the main thread for the whole limit, so
+ * before the next one the node answers what queued up meanwhile (health checks, ingestion).
+ */
+async function eachEvent(events: unknown[], one: (event: unknown) => TransformResult | OutOfTime): Promise<TransformResult[]> {
+  const out: TransformResult[] = [];
+  for (const event of events) {
+    let r: TransformResult | OutOfTime;
+    try {
+      r = withTimeLimit(() => one(event));
+    } catch (err) {
+      r = err instanceof ExpressionTimeoutError ? new OutOfTime(message(err)) : { ok: false, error: message(err) };
+    }
+    if (r instanceof OutOfTime) {
+      out.push({ ok: false, error: r.error });
+      await new Promise((resolve) => setImmediate(resolve));
+    } else out.push(r);
+  }
+  return out;
+}
+
 /** `mapping`: Customer Model property → JSONata expression (the visual-mapping model). Undefined leaves a property unassigned. */
 export function mappingTransform(mapping: Record<string, string>): SandboxedTransform {
   const compiled: [string, Expression][] = Object.entries(mapping).map(([k, expr]) => [k, compileExpression(expr)]);
   return {
-    async transformBatch(events) {
-      return events.map((event): TransformResult => {
+    transformBatch(events) {
+      return eachEvent(events, (event) => {
         // Entries, not assignments: a property named "__proto__" must stay a plain key.
         const entries: [string, unknown][] = [];
         for (const [property, e] of compiled) {
@@ -19,7 +47,8 @@ export function mappingTransform(mapping: Record<string, string>): SandboxedTran
           try {
             v = e.evaluate(event);
           } catch (err) {
-            return { ok: false, error: `mapping of "${property}": ${message(err)}` };
+            const error = `mapping of "${property}": ${message(err)}`;
+            return err instanceof ExpressionTimeoutError ? new OutOfTime(error) : { ok: false, error };
           }
           if (v !== undefined) entries.push([property, v]);
         }
@@ -34,14 +63,8 @@ export function mappingTransform(mapping: Record<string, string>): SandboxedTran
 export function jsonataTransform(expr: string): SandboxedTransform {
   const e = compileExpression(expr);
   return {
-    async transformBatch(events) {
-      return events.map((event): TransformResult => {
-        try {
-          return { ok: true, value: e.evaluate(event) };
-        } catch (err) {
-          return { ok: false, error: message(err) };
-        }
-      });
+    transformBatch(events) {
+      return eachEvent(events, (event) => ({ ok: true, value: e.evaluate(event) }));
     },
     dispose() {},
   };
