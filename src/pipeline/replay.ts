@@ -141,7 +141,7 @@ export async function replay(bus: Bus, warehouse: Warehouse, config: Config, o: 
           complete = true;
           break;
         }
-        selectEvents(m, selection, stats, batch);
+        await selectEvents(m, selection, stats, batch);
         held.push(m);
         const end = m.seq >= last || m.info.pending === 0;
         if (batch.length >= (o.batchRows ?? 10_000) || end) await flush();

@@ -6,7 +6,7 @@ import { STREAM, connectionSubjects } from "../bus/subjects.ts";
 import { publishDeadLetters, subjectToken } from "../bus/dead-letters.ts";
 import type { Warehouse } from "../sink/clickhouse/server.ts";
 import { Inserter, inserterDefaults, type InserterOptions } from "../sink/clickhouse/inserter.ts";
-import { compileFilter, type EventFilter } from "./filter.ts";
+import { ExpressionTimeoutError, compileFilter, type EventFilter } from "./filter.ts";
 import { consentGranted } from "../ingest/consent.ts";
 import { PipelineStats } from "./stats.ts";
 import { log } from "../util/log.ts";
@@ -51,7 +51,14 @@ export interface Selection {
  * every decision counted and, when the debugger listens, recorded per event. Shared by the live
  * workers and by replays, so a replay decides exactly as the pipeline did.
  */
-export function selectEvents(m: { json<T>(): T; seq: number }, sel: Selection, stats: PipelineStats, into: Json[]): void {
+/**
+ * After an event whose filter ran out of time the node's loop gets a turn before the next event: a
+ * message full of hostile events costs the pipeline the limit per event, but never holds HTTP
+ * answers or other pipelines for longer than one limit.
+ */
+const yieldToLoop = () => new Promise<void>((resolve) => setImmediate(resolve));
+
+export async function selectEvents(m: { json<T>(): T; seq: number }, sel: Selection, stats: PipelineStats, into: Json[]): Promise<void> {
   let events: Json[];
   try {
     events = m.json<Json[]>();
@@ -69,6 +76,7 @@ export function selectEvents(m: { json<T>(): T; seq: number }, sel: Selection, s
       keep = sel.filter.test(e);
     } catch (err) {
       stats.recordError(`filter failed: ${(err as Error).message}`, id);
+      if (err instanceof ExpressionTimeoutError) await yieldToLoop();
       continue;
     }
     if (!keep) {
@@ -195,7 +203,7 @@ export class PipelineWorker {
 
   async #run(messages: ConsumerMessages): Promise<void> {
     for await (const m of messages) {
-      this.#take(m);
+      await this.#take(m);
       if (this.#events.length >= this.batch.maxRows || this.#bytes >= this.batch.maxBytes) {
         // Back-pressure: stop pulling until this batch is in ClickHouse.
         await this.#scheduleFlush();
@@ -205,10 +213,14 @@ export class PipelineWorker {
     }
   }
 
-  #take(m: JsMsg): void {
+  async #take(m: JsMsg): Promise<void> {
+    // Selected into a local list, then joined to the batch with the message: selection may give the
+    // loop a turn, and a flush in that turn must neither ack `m` nor take half of its events.
+    const kept: Json[] = [];
+    await selectEvents(m, { filter: this.#filter, consents: this.consents, raw: !!this.stage.raw }, this.stats, kept);
     this.#pending.push(m);
     this.#bytes += m.data.length;
-    selectEvents(m, { filter: this.#filter, consents: this.consents, raw: !!this.stage.raw }, this.stats, this.#events);
+    for (const e of kept) this.#events.push(e);
   }
 
   /** One insert at a time; each takes what has accumulated when it starts. */

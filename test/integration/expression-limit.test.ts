@@ -143,3 +143,26 @@ test("a raw webhook whose events: expression never ends stores the delivery and 
   expect(ok.status).toBe(200);
   expect(await ok.json()).toMatchObject({ accepted: 1, events: { accepted: 1 } });
 }, 120_000);
+
+test("a message full of hostile events costs its pipeline the limit per event, but the node answers between them", async () => {
+  // 120 events x 200 ms = 24 s of filter time, in stream messages of about 30 events (~6 s each):
+  // without a turn for the node's loop between events, a request would wait for a whole message.
+  const info = async () => (await pipelines()).pipelines.find((p) => p.connection === "attacked" && p.pipeline === "guarded")!;
+  const before = (await info()).failed;
+  const attacks = Array.from({ length: 120 }, (_, i) => ({ type: "track", event: "attack", userId: "x", messageId: `flood-${i}` }));
+  expect((await post("key-attacked-0001", attacks)).status).toBe(200);
+  let slowest = 0;
+  let failed = before;
+  const deadline = Date.now() + 90_000;
+  while (Date.now() < deadline && failed < before + 120) {
+    const t0 = performance.now();
+    await healthy();
+    failed = (await info()).failed;
+    slowest = Math.max(slowest, performance.now() - t0);
+    await Bun.sleep(100);
+  }
+  expect(failed).toBe(before + 120);
+  // Each answer came within one limit (200 ms) plus a busy machine's slack, well below the seconds
+  // one message of the flood takes.
+  expect(slowest).toBeLessThan(2_000);
+}, 120_000);
