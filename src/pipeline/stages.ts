@@ -5,6 +5,8 @@ import { ensureRawTable } from "../sink/clickhouse/raw-table.ts";
 import { eventsStage } from "./events-stage.ts";
 import { rawStage } from "./raw-stage.ts";
 import { createTransform } from "./transform/index.ts";
+import { announce } from "./transform/sandbox-process.ts";
+import { parseSandboxOptions } from "./transform/sandbox-isolation.ts";
 import { DEFAULT_USERS_FILTER, UsersStage } from "./users/users-stage.ts";
 import { ProfileStore } from "./users/profiles.ts";
 import type { CustomerModel } from "./users/customer-model.ts";
@@ -17,7 +19,9 @@ export class StageFactory {
   constructor(
     readonly bus: Bus,
     readonly warehouse: Warehouse,
-  ) {}
+  ) {
+    announce(parseSandboxOptions()); // at start-up, whether or not a pipeline runs JavaScript or Python yet
+  }
 
   /** The stage of a pipeline (or of a raw connection's table loader when `rawTable` is set). */
   async build(connection: string, p: Pipeline, model: CustomerModel | undefined, rawTable?: string): Promise<PipelineStage> {

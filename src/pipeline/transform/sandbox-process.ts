@@ -32,11 +32,12 @@ const maxStderrBytes = 16 * 1024;
 const fail = (error: string): TransformResult => ({ ok: false, error });
 
 let announced = false;
-function announce(o: SandboxProcessOptions) {
+/** The start-up line saying which sandbox layers are active (once per process). */
+export function announce(o: SandboxProcessOptions) {
   if (announced) return;
   announced = true;
   const layers = describeIsolation(o);
-  log.info("transform sandbox layers", { ...layers });
+  (layers.missing.length ? log.warn : log.info)("transform sandbox layers", { ...layers });
   if (o.unguardedForTests) log.warn("TRIBUTARY_SANDBOX_TEST_UNGUARDED=1: JavaScript transforms run WITHOUT their interpreter (tests only)");
 }
 
