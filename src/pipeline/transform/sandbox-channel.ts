@@ -23,8 +23,8 @@ export type FromSandbox =
   /** The process used most of its CPU-time limit: the node replaces it before the next batch. */
   | { t: "recycle" };
 
-/** A batch frame carries at most a few MiB of events (the node cuts batches); this leaves room. */
-export const maxFrameBytes = 256 * 1024 * 1024;
+/** Frames are cut at 128 events or 1 MiB (one event may be 256 KiB): this is room, not a target, and bounds what a compromised sandbox can make the node buffer. */
+export const maxFrameBytes = 64 * 1024 * 1024;
 
 /** A frame's first byte after its length: a JSON message, or a batch (id line + one event per line). */
 const JSON_FRAME = 0x4a; // "J"
