@@ -115,7 +115,7 @@ describe("Event debugger page", () => {
     // second; on a busy one the bound grows with them (10×), so slowness alone cannot fail it,
     // while a page that polls instead of streaming still would.
     const b0 = performance.now();
-    await page.evaluate(async () => (await fetch("/healthz")).status);
+    await page.evaluate(async (url) => (await fetch(url)).status, `${node.url}/healthz`);
     const pageRoundTrip = performance.now() - b0;
     const sent = performance.now();
     await post([order]);
