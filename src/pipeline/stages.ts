@@ -1,4 +1,5 @@
 import type { Bus } from "../bus/connection.ts";
+import { publishDeadLetters, type DeadLetter } from "../bus/dead-letters.ts";
 import type { Pipeline } from "../config/schema.ts";
 import type { Warehouse } from "../sink/clickhouse/server.ts";
 import { ensureRawTable } from "../sink/clickhouse/raw-table.ts";
@@ -32,7 +33,8 @@ export class StageFactory {
     if (p.import === "events") return eventsStage(connection, p.name, this.warehouse.features);
     if (!model) throw new Error(`pipeline "${p.name}": import: users needs the Customer Model`);
     this.#profiles ??= ProfileStore.open(this.bus.js, this.bus.options.streamReplicas);
-    return new UsersStage(p.name, await createTransform(p.transform!), model, await this.#profiles, this.warehouse);
+    const deadLetters = (letters: DeadLetter[]) => publishDeadLetters(this.bus, letters);
+    return new UsersStage(p.name, await createTransform(p.transform!), model, await this.#profiles, this.warehouse, connection, deadLetters);
   }
 }
 

@@ -26,6 +26,47 @@ export interface Profile {
   props: Record<string, { v: unknown; t: number; m: string }>;
   /** Set when this profile was merged into another: a tombstone. */
   mergedInto?: string;
+  /** Anonymous ids dropped from `anonymousIds` (oldest first) to keep it within the limit; their identities still lead here. */
+  anonymousIdsDropped?: number;
+}
+
+/**
+ * What a profile may carry (README "Users", Limits), so its KV value stays well under NATS'
+ * max_payload (1 MiB by default) and its users row stays small: an event that would break one is
+ * refused on its own (dead-lettered with the reason) and the profile keeps its last good state.
+ */
+export const PROFILE_LIMITS = {
+  /** userId, anonymousId and previousId, in UTF-8 bytes. */
+  idBytes: 1024,
+  /** Anonymous ids listed on a profile; beyond it the oldest are dropped and counted. */
+  anonymousIds: 100,
+  /** The profile as stored in KV (JSON, UTF-8 bytes). */
+  profileBytes: 256 * 1024,
+};
+
+const fmt = (n: number) => String(n).replace(/\B(?=(\d{3})+(?!\d))/g, ",");
+
+/** Why an id cannot be used, or undefined. */
+export function idProblem(kind: string, id: string): string | undefined {
+  const n = Buffer.byteLength(id);
+  if (n > PROFILE_LIMITS.idBytes) return `${kind} is ${fmt(n)} bytes, more than the ${fmt(PROFILE_LIMITS.idBytes)} an id may have`;
+  return undefined;
+}
+
+/** An update that cannot be applied for what it carries: refused on its own, the batch goes on. */
+export class ProfileRefused extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "ProfileRefused";
+  }
+}
+
+/** The KV buckets could not be read: nothing is wrong with the batch, it is retried. */
+export class ProfileStoreUnavailable extends Error {
+  constructor(override readonly cause: unknown) {
+    super(`profile store unavailable: ${String((cause as Error)?.message ?? cause)}`);
+    this.name = "ProfileStoreUnavailable";
+  }
 }
 
 export interface ProfileUpdate {
@@ -44,6 +85,13 @@ export interface ProfileState {
   revision: number;
 }
 
+export interface ApplyOutcome {
+  /** Every profile the applied updates touched, as stored. */
+  states: ProfileState[];
+  /** Updates refused for what they carry (by index in the batch), with the reason; none of their changes were kept. */
+  refused: { index: number; reason: string }[];
+}
+
 export class ProfileConflictError extends Error {
   constructor(message: string) {
     super(message);
@@ -58,6 +106,43 @@ interface Slot<T> {
   value: T | undefined;
   revision: number;
   dirty: boolean;
+}
+
+const copy = (p: Profile): Profile => ({ ...p, anonymousIds: [...p.anonymousIds], props: { ...p.props } });
+
+/** Property entries are never changed in place (setProp replaces them): their sizes are measured once. */
+const entryBytes = new WeakMap<object, number>();
+const bytesOf = (v: unknown) => Buffer.byteLength(JSON.stringify(v) ?? "null");
+
+/**
+ * The bytes of JSON.stringify(p) (to within a few), measured without serialising the whole
+ * profile for every update: the scalar fields, then each property entry (measured once) and id.
+ */
+export function profileBytes(p: Profile): number {
+  let n = bytesOf({ ...p, props: {}, anonymousIds: [] });
+  for (const [k, e] of Object.entries(p.props)) {
+    let b = entryBytes.get(e);
+    if (b === undefined) entryBytes.set(e, (b = bytesOf(e)));
+    n += bytesOf(k) + b + 2;
+  }
+  for (const id of p.anonymousIds) n += bytesOf(id) + 1;
+  return n;
+}
+
+/** Keeps the newest PROFILE_LIMITS.anonymousIds ids, counting those dropped. */
+function capAnonymousIds(p: Profile): void {
+  const over = p.anonymousIds.length - PROFILE_LIMITS.anonymousIds;
+  if (over <= 0) return;
+  p.anonymousIds.splice(0, over);
+  p.anonymousIdsDropped = (p.anonymousIdsDropped ?? 0) + over;
+}
+
+/** What one update changed, so a refused update can be undone. */
+interface Journal {
+  /** Each profile slot as it was before the update first changed it (undefined: there was none). */
+  profiles: Map<string, Slot<Profile> | undefined>;
+  identities: Map<string, { value: string | undefined; dirty: boolean }>;
+  touched: string[];
 }
 
 /** One attempt at applying a batch: reads through, writes at the end. */
@@ -78,15 +163,21 @@ class Attempt {
     await Promise.all([...new Set(pids)].map((id) => this.#readProfile(id)));
   }
 
+  #journal?: Journal;
+
   async #readIdentity(key: string): Promise<Slot<string>> {
-    const e = await this.ids.get(key);
+    const e = await this.ids.get(key).catch((err) => {
+      throw new ProfileStoreUnavailable(err);
+    });
     const slot = { value: e && e.operation === "PUT" ? e.string() : undefined, revision: e?.revision ?? 0, dirty: false };
     this.identities.set(key, slot);
     return slot;
   }
 
   async #readProfile(id: string): Promise<Slot<Profile>> {
-    const e = await this.store.get(id);
+    const e = await this.store.get(id).catch((err) => {
+      throw new ProfileStoreUnavailable(err);
+    });
     const slot = { value: e && e.operation === "PUT" ? (e.json() as Profile) : undefined, revision: e?.revision ?? 0, dirty: false };
     this.profiles.set(id, slot);
     return slot;
@@ -96,9 +187,56 @@ class Attempt {
     return (this.identities.get(key) ?? (await this.#readIdentity(key))).value;
   }
 
+  /** Starts recording one update's changes. */
+  begin(): void {
+    this.#journal = { profiles: new Map(), identities: new Map(), touched: [] };
+  }
+
+  /** The profiles the current update changed, as they are now. */
+  edited(): Profile[] {
+    return [...this.#journal!.profiles.keys()].map((id) => this.profiles.get(id)?.value).filter((p): p is Profile => !!p);
+  }
+
+  commit(): void {
+    this.#journal = undefined;
+  }
+
+  /** Undoes every change of the current update. */
+  rollback(): void {
+    const j = this.#journal!;
+    for (const [id, slot] of j.profiles) {
+      if (slot) this.profiles.set(id, slot);
+      else this.profiles.delete(id);
+    }
+    for (const [key, was] of j.identities) Object.assign(this.identities.get(key)!, was);
+    for (const id of j.touched) this.touched.delete(id);
+    this.#journal = undefined;
+  }
+
+  #save(id: string): void {
+    const j = this.#journal;
+    if (!j || j.profiles.has(id)) return;
+    const slot = this.profiles.get(id);
+    j.profiles.set(id, slot && { ...slot, value: slot.value && copy(slot.value) });
+  }
+
+  /** Call before changing `p` in place. */
+  edit(p: Profile): Profile {
+    this.#save(p.id);
+    return p;
+  }
+
+  touch(id: string): void {
+    if (this.touched.has(id)) return;
+    this.touched.add(id);
+    this.#journal?.touched.push(id);
+  }
+
   setIdentity(key: string, profileId: string): void {
     const slot = this.identities.get(key)!;
     if (slot.value === profileId) return;
+    const j = this.#journal;
+    if (j && !j.identities.has(key)) j.identities.set(key, { value: slot.value, dirty: slot.dirty });
     slot.value = profileId;
     slot.dirty = true;
   }
@@ -118,6 +256,7 @@ class Attempt {
 
   create(id: string = randomUUID()): Profile {
     const p: Profile = { id, anonymousIds: [], firstSeen: Number.MAX_SAFE_INTEGER, lastSeen: 0, updatedAt: this.now, props: {} };
+    this.#save(id);
     const slot = this.profiles.get(id);
     if (slot) slot.value = p;
     else this.profiles.set(id, { value: p, revision: 0, dirty: true });
@@ -125,10 +264,11 @@ class Attempt {
     return p;
   }
 
+  /** After changing `p` (which edit() saved first). */
   changed(p: Profile): void {
     p.updatedAt = this.now;
     this.profiles.get(p.id)!.dirty = true;
-    this.touched.add(p.id);
+    this.touch(p.id);
   }
 
   async write(): Promise<void> {
@@ -170,18 +310,46 @@ export class ProfileStore {
     return new ProfileStore(await kvm.create("tributary_identities", opts), await kvm.create("tributary_profiles", opts));
   }
 
-  /** Applies the updates in order; returns every profile they touched, as stored. */
-  async apply(updates: ProfileUpdate[], maxAttempts = 20): Promise<ProfileState[]> {
+  /**
+   * Applies the updates in order, each on its own: one that breaks a limit (or fails for any
+   * reason of its own) is undone and reported in `refused`, the others are applied and stored.
+   * Throws only when the store itself fails (ProfileStoreUnavailable, or a KV write error), after
+   * which the whole batch is retried.
+   */
+  async apply(updates: ProfileUpdate[], maxAttempts = 20): Promise<ApplyOutcome> {
     for (let attempt = 1; ; attempt++) {
       const a = new Attempt(this.ids, this.store, Date.now());
       try {
         await a.prefetch(updates.flatMap((u) => [u.userId && keyOf("u", u.userId), u.anonymousId && keyOf("a", u.anonymousId)].filter((k): k is string => !!k)));
-        for (const u of updates) await this.#applyOne(a, u);
+        const refused: ApplyOutcome["refused"] = [];
+        let slice = performance.now();
+        for (const [index, u] of updates.entries()) {
+          a.begin();
+          try {
+            await this.#applyOne(a, u);
+            for (const p of a.edited()) {
+              if (p.mergedInto) continue; // a tombstone only gains its mergedInto
+              const size = profileBytes(p);
+              if (size > PROFILE_LIMITS.profileBytes) throw new ProfileRefused(`the profile would be ${fmt(size)} bytes, more than its limit of ${fmt(PROFILE_LIMITS.profileBytes)}`);
+            }
+            a.commit();
+          } catch (e) {
+            if (e instanceof ProfileStoreUnavailable) throw e;
+            a.rollback();
+            refused.push({ index, reason: e instanceof ProfileRefused ? e.message : `the profile update failed: ${String((e as Error)?.message ?? e)}` });
+          }
+          // A long batch lets the loop breathe: heartbeats, HTTP answers and other pipelines go on.
+          if (performance.now() - slice > 20) {
+            await new Promise<void>((resolve) => setImmediate(resolve));
+            slice = performance.now();
+          }
+        }
         await a.write();
-        return [...a.touched].map((id) => {
+        const states = [...a.touched].map((id) => {
           const slot = a.profiles.get(id)!;
           return { profile: slot.value!, revision: slot.revision };
         });
+        return { states, refused };
       } catch (e) {
         if (!(e instanceof ProfileConflictError) || attempt >= maxAttempts) throw e;
         await Bun.sleep(Math.random() * 10 * attempt);
@@ -190,6 +358,10 @@ export class ProfileStore {
   }
 
   async #applyOne(a: Attempt, u: ProfileUpdate): Promise<void> {
+    for (const [kind, id] of [["userId", u.userId], ["anonymousId", u.anonymousId], ["previousId", u.previousId]] as const) {
+      const problem = id === undefined ? undefined : idProblem(kind, id);
+      if (problem) throw new ProfileRefused(problem);
+    }
     const uKey = u.userId !== undefined ? keyOf("u", u.userId) : undefined;
     const aKey = u.anonymousId !== undefined ? keyOf("a", u.anonymousId) : undefined;
     const byUser = uKey ? await a.resolve(uKey) : undefined;
@@ -197,16 +369,16 @@ export class ProfileStore {
     let target: Profile;
     if (uKey) {
       if (byUser) {
-        target = byUser;
+        target = a.edit(byUser);
         if (byAnon && byAnon.id !== byUser.id && byAnon.userId === undefined) await this.#merge(a, byAnon, target);
       } else {
-        target = byAnon && byAnon.userId === undefined ? byAnon : a.create();
+        target = a.edit(byAnon && byAnon.userId === undefined ? byAnon : a.create());
         target.userId = u.userId;
         a.changed(target);
       }
       a.setIdentity(uKey, target.id);
     } else {
-      target = byAnon ?? a.create();
+      target = a.edit(byAnon ?? a.create());
     }
     // Link the anonymous id, unless it already belongs to another identified user.
     if (aKey && u.anonymousId !== undefined) {
@@ -215,6 +387,7 @@ export class ProfileStore {
         a.setIdentity(aKey, target.id);
         if (!target.anonymousIds.includes(u.anonymousId)) {
           target.anonymousIds.push(u.anonymousId);
+          capAnonymousIds(target);
           a.changed(target);
         }
       }
@@ -226,7 +399,11 @@ export class ProfileStore {
         // An alias naming an id never seen: remember it, so its later events find this user.
         await a.identity(keyOf("a", u.previousId));
         a.setIdentity(keyOf("a", u.previousId), target.id);
-        if (!target.anonymousIds.includes(u.previousId)) target.anonymousIds.push(u.previousId);
+        if (!target.anonymousIds.includes(u.previousId)) {
+          target.anonymousIds.push(u.previousId);
+          capAnonymousIds(target);
+          a.changed(target);
+        }
       }
     }
     let changed = false;
@@ -234,17 +411,22 @@ export class ProfileStore {
     if (u.timestamp < target.firstSeen) (target.firstSeen = u.timestamp), (changed = true);
     if (u.timestamp > target.lastSeen) (target.lastSeen = u.timestamp), (changed = true);
     if (changed) a.changed(target);
-    a.touched.add(target.id);
+    a.touch(target.id);
   }
 
   /** Folds `src` into `dst`; `src` becomes a tombstone and its identities point at `dst`. */
   async #merge(a: Attempt, src: Profile, dst: Profile): Promise<void> {
+    a.edit(src);
+    a.edit(dst);
     for (const [name, p] of Object.entries(src.props)) setProp(dst, name, p.v, p.t, p.m);
     for (const id of src.anonymousIds) {
       if (!dst.anonymousIds.includes(id)) dst.anonymousIds.push(id);
       await a.identity(keyOf("a", id));
       a.setIdentity(keyOf("a", id), dst.id);
     }
+    // Ids src had dropped still lead to src, whose tombstone leads here.
+    if (src.anonymousIdsDropped) dst.anonymousIdsDropped = (dst.anonymousIdsDropped ?? 0) + src.anonymousIdsDropped;
+    capAnonymousIds(dst);
     if (src.userId !== undefined) {
       await a.identity(keyOf("u", src.userId));
       a.setIdentity(keyOf("u", src.userId), dst.id);

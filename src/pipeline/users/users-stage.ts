@@ -3,7 +3,9 @@ import { quoteIdent, quoteString } from "../../sink/clickhouse/server.ts";
 import type { PipelineStats } from "../stats.ts";
 import type { PipelineStage } from "../worker.ts";
 import type { SandboxedTransform } from "../transform/types.ts";
-import { ModelCheck, ModelViolation, timeCell, toCell, type CustomerModel } from "./customer-model.ts";
+import type { DeadLetter } from "../../bus/dead-letters.ts";
+import { log } from "../../util/log.ts";
+import { ModelCheck, ModelViolation, datetimeRange, timeCell, toCell, type CustomerModel } from "./customer-model.ts";
 import type { ProfileState, ProfileStore, ProfileUpdate } from "./profiles.ts";
 
 type Json = Record<string, unknown>;
@@ -15,18 +17,23 @@ type Json = Record<string, unknown>;
 export const DEFAULT_USERS_FILTER = `type in ["identify", "alias"] or $exists(traits)`;
 
 const str = (v: unknown) => (typeof v === "string" && v !== "" ? v : undefined);
+const iso = (ms: number) => new Date(ms).toISOString();
 
 /** A users row: the profile's whole state at `revision`. */
 export function userRow(s: ProfileState, model: CustomerModel, w: Warehouse): Json {
   const p = s.profile;
   const f = w.features;
+  // Event times were checked against the range when they were applied; a profile stored before that is clamped.
+  const { min, max } = datetimeRange(f);
+  const time = (ms: number) => timeCell(Math.min(max, Math.max(min, Number.isFinite(ms) ? ms : p.updatedAt)), f);
   const row: Json = {
     profile_id: p.id,
     user_id: p.userId ?? null,
     anonymous_ids: p.anonymousIds,
-    first_seen_at: timeCell(p.firstSeen === Number.MAX_SAFE_INTEGER ? p.updatedAt : p.firstSeen, f),
-    last_seen_at: timeCell(p.lastSeen || p.updatedAt, f),
-    updated_at: timeCell(p.updatedAt, f),
+    first_seen_at: time(p.firstSeen === Number.MAX_SAFE_INTEGER ? p.updatedAt : p.firstSeen),
+    last_seen_at: time(p.lastSeen || p.updatedAt),
+    updated_at: time(p.updatedAt),
+    anonymous_ids_dropped: p.anonymousIdsDropped ?? 0,
     _version: s.revision,
     _deleted: p.mergedInto ? 1 : 0,
   };
@@ -34,15 +41,34 @@ export function userRow(s: ProfileState, model: CustomerModel, w: Warehouse): Js
   return row;
 }
 
+/** Publishes dead letters; resolves once JetStream has them. */
+export type DeadLetterSink = (letters: DeadLetter[]) => Promise<void>;
+
+/**
+ * A dead letter of the users pipeline holds the event it refused (not a row ClickHouse refused):
+ * fix the pipeline or the sender, then replay it (`bun run replay`); `kind` tells `bun run dlq`.
+ */
+export interface RefusedEventLetter extends DeadLetter {
+  kind: "event";
+}
+
 /**
  * "Import users into warehouse": the transformation turns each kept event into Customer Model
  * properties, checked against the model; identity resolution folds them into profiles; every
  * profile the batch touched is written to `users` as its new state.
+ *
+ * Failures are isolated per event: an event whose transformation fails, whose output breaks the
+ * model, or whose profile update breaks a limit (README "Users", Limits) is dead-lettered with the
+ * reason and recorded among the pipeline's errors, and the rest of the batch lands. A users row is
+ * always insertable (toCell gives null for a stored value that no longer fits its column), so no
+ * stored state can make a later batch fail.
  */
 export class UsersStage implements PipelineStage {
   readonly table = "users";
   #merged: string[] = [];
+  #disposed = false;
   readonly #check: ModelCheck;
+  readonly #range: { min: number; max: number };
 
   constructor(
     readonly pipeline: string,
@@ -50,47 +76,84 @@ export class UsersStage implements PipelineStage {
     readonly model: CustomerModel,
     readonly profiles: ProfileStore,
     readonly warehouse: Warehouse,
+    readonly connection = "",
+    readonly deadLetters?: DeadLetterSink,
   ) {
-    this.#check = new ModelCheck(model);
+    this.#check = new ModelCheck(model, warehouse.features);
+    this.#range = datetimeRange(warehouse.features);
   }
 
   async toRows(events: Json[], stats: PipelineStats): Promise<Json[]> {
     if (!events.length) return [];
     const results = await this.transform.transformBatch(events);
     const updates: ProfileUpdate[] = [];
+    const sources: Json[] = [];
+    const refused: { event: Json; reason: string }[] = [];
     events.forEach((e, i) => {
       const messageId = String(e.messageId);
       const r = results[i]!;
-      if (!r.ok) return stats.recordError(`pipeline "${this.pipeline}": transformation failed: ${r.error}`, messageId);
+      if (!r.ok) return refused.push({ event: e, reason: `transformation failed: ${r.error}` });
       const value = r.value ?? {};
       try {
         this.#check.assert(value);
       } catch (err) {
         if (!(err instanceof ModelViolation)) throw err;
-        return stats.recordError(`pipeline "${this.pipeline}": ${err.message} (messageId ${messageId})`, messageId);
+        return refused.push({ event: e, reason: `${err.message} (messageId ${messageId})` });
       }
       const userId = str(e.userId);
       const anonymousId = str(e.anonymousId);
-      if (userId === undefined && anonymousId === undefined) {
-        return stats.recordError(`pipeline "${this.pipeline}": the event has neither userId nor anonymousId`, messageId);
+      if (userId === undefined && anonymousId === undefined) return refused.push({ event: e, reason: "the event has neither userId nor anonymousId" });
+      const parsed = Date.parse(String(e.timestamp ?? e.receivedAt));
+      const timestamp = Number.isNaN(parsed) ? Date.now() : parsed;
+      if (timestamp < this.#range.min || timestamp > this.#range.max) {
+        return refused.push({ event: e, reason: `timestamp ${String(e.timestamp ?? e.receivedAt).slice(0, 40)} is outside the range the users table stores (${iso(this.#range.min)} .. ${iso(this.#range.max)})` });
       }
-      const timestamp = Date.parse(String(e.timestamp ?? e.receivedAt));
-      updates.push({
-        userId,
-        anonymousId,
-        previousId: e.type === "alias" ? str(e.previousId) : undefined,
-        timestamp: Number.isNaN(timestamp) ? Date.now() : timestamp,
-        messageId,
-        props: value,
-      });
+      updates.push({ userId, anonymousId, previousId: e.type === "alias" ? str(e.previousId) : undefined, timestamp, messageId, props: value });
+      sources.push(e);
       stats.transformed++;
       stats.onOutcome?.(messageId, "transformed");
     });
-    const touched = await this.profiles.apply(updates);
-    this.#merged.push(...touched.filter((s) => s.profile.mergedInto).map((s) => s.profile.id));
-    return touched.map((s) => userRow(s, this.model, this.warehouse));
+    const { states, refused: notApplied } = await this.profiles.apply(updates);
+    for (const r of notApplied) refused.push({ event: sources[r.index]!, reason: r.reason });
+    const rows: Json[] = [];
+    for (const s of states) {
+      if (s.profile.mergedInto) this.#merged.push(s.profile.id);
+      rows.push(userRow(s, this.model, this.warehouse));
+    }
+    await this.#deadLetter(refused, stats);
+    return rows;
   }
 
+  /** Stored before the messages are acknowledged, so a refused event is never lost. */
+  async #deadLetter(refused: { event: Json; reason: string }[], stats: PipelineStats): Promise<void> {
+    if (!refused.length) return;
+    const at = new Date().toISOString();
+    const letters: RefusedEventLetter[] = refused.map(({ event, reason }) => ({
+      kind: "event",
+      connection: this.connection,
+      pipeline: this.pipeline,
+      table: this.table,
+      messageId: event.messageId as string,
+      reason,
+      at,
+      event,
+    }));
+    if (this.deadLetters) {
+      for (let delay = 200; ; delay = Math.min(delay * 2, 5000)) {
+        try {
+          await this.deadLetters(letters);
+          break;
+        } catch (e) {
+          // Left unacknowledged, the batch comes back after ack_wait.
+          if (this.#disposed && delay >= 5000) throw e;
+          log.warn("dead-letter publish failed; retrying", { pipeline: this.pipeline, error: String(e) });
+          await Bun.sleep(delay);
+        }
+      }
+      stats.deadLettered += letters.length;
+    }
+    for (const l of letters) stats.recordError(`pipeline "${this.pipeline}": ${l.reason}`, l.messageId);
+  }
   /** Before ReplacingMergeTree had is_deleted (23.2), merged-away profiles are deleted by a mutation. */
   async afterInsert(): Promise<void> {
     if (this.warehouse.features.replacingIsDeleted || !this.#merged.length) return;
@@ -100,6 +163,7 @@ export class UsersStage implements PipelineStage {
   }
 
   dispose(): void {
+    this.#disposed = true;
     this.transform.dispose();
   }
 }

@@ -18,6 +18,8 @@ export function fixedColumns(f: ServerFeatures): [string, string][] {
     ["profile_id", "String"],
     ["user_id", "Nullable(String)"],
     ["anonymous_ids", "Array(String)"],
+    // How many anonymous ids were dropped from anonymous_ids (oldest first) to keep it within its limit.
+    ["anonymous_ids_dropped", "UInt32"],
     ["first_seen_at", ts],
     ["last_seen_at", ts],
     ["updated_at", ts],
