@@ -167,11 +167,14 @@ export async function startNode(o: NodeOptions & { natsUrl: string } & PipelineT
     .get("/healthz", () => ({ ok: true }))
     .get("/version", () => VERSION)
     .get("/openapi.json", () => OPENAPI)
-    .get("/readyz", async ({ set }) => {
+    .get("/readyz", async ({ set, request, server }) => {
       const nats = !bus.nc.isClosed() && (await bus.nc.rtt().then(() => true, () => false));
       const ch = o.clickhouseUrl ? (manager && warehouse ? await warehouse.client.ping().then((r) => r.success, () => false) : false) : null;
       const ok = nats && ch !== false;
       set.status = ok ? 200 : 503;
+      // Anyone may ask whether the node is ready; only the admin sees why not (the configuration
+      // error names files and pipelines).
+      if (guard(request, server?.requestIP(request)?.address)) return { ok };
       return { ok, nats, clickhouse: ch, config: config.lastError ? { error: config.lastError } : "ok" };
     })
     .listen({ port: o.port, hostname: o.host, maxRequestBodySize: o.maxRequestBytes * 4 });

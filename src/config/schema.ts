@@ -65,6 +65,12 @@ export const Connection = Type.Object(
       Type.Union([Type.Literal("github"), Type.Literal("segment"), Type.Literal("stripe"), HeaderCheck, HmacCheck]),
     ),
     secret: Type.Optional(Type.Union([Type.String({ minLength: 1 }), Type.Array(Type.String({ minLength: 1 }), { minItems: 1 })])),
+    /**
+     * `check: segment` only: also accept a JSON array whose `X-Signature` covers only its first
+     * event (Segment's batched Webhooks deliveries). Events after the first are then not
+     * authenticated, and a captured signed body can be replayed with any events after it.
+     */
+    segmentBatchFallback: Type.Optional(Type.Boolean()),
     insecure: Type.Optional(Type.Boolean()),
     dedup: Type.Optional(
       Type.Union([

@@ -57,60 +57,107 @@ export function adminRoutes(config: ConfigStore, live: LiveWindow, outcomes: Out
 const encoder = new TextEncoder();
 
 /**
+ * Bytes of live events one SSE client may have waiting to be sent (on top of the backlog it is
+ * greeted with, which the live window bounds). A client that reads slower than events arrive
+ * loses the events that do not fit, and is told how many in a `dropped` message once it has
+ * caught up; the node never buffers more for it.
+ */
+export const SSE_CLIENT_BUFFER_BYTES = 1024 * 1024;
+
+/**
  * Server-Sent Events: the last 100 events (or those after Last-Event-ID while it is in the
  * window), then live ones. With `sample=n` at most n events a second reach the client and the
- * rest are counted in `dropped` messages, so a browser stays responsive at any rate.
+ * rest are counted in `dropped` messages, so a browser stays responsive at any rate. Live events
+ * that would take a client's buffer past {@link SSE_CLIENT_BUFFER_BYTES} are dropped too, counted
+ * in `overflow` (and in `dropped`) with a `reason`.
  */
 function liveStream(live: LiveWindow, connection: string, request: Request, sample: number): Response {
   let unsubscribe = () => {};
   let timer: ReturnType<typeof setInterval> | undefined;
-  const stream = new ReadableStream<Uint8Array>({
-    start(controller) {
-      const send = (s: string) => {
-        try {
-          controller.enqueue(encoder.encode(s));
-        } catch {
-          close();
-        }
-      };
-      const close = () => {
+  const stream = new ReadableStream<Uint8Array>(
+    {
+      start(controller) {
+        let closed = false;
+        const close = () => {
+          closed = true;
+          unsubscribe();
+          clearInterval(timer);
+        };
+        /** Whether `bytes` more fit in this client's buffer (what it has not read yet). */
+        const room = (bytes: number) => !closed && controller.desiredSize !== null && controller.desiredSize >= bytes;
+        const send = (s: string, always = false): boolean => {
+          if (closed) return false;
+          const bytes = encoder.encode(s);
+          if (!always && !room(bytes.byteLength)) return false;
+          try {
+            controller.enqueue(bytes);
+            return true;
+          } catch {
+            close();
+            return false;
+          }
+        };
+        let budget = sample;
+        let sampled = 0;
+        let overflow = 0;
+        let seen = 0;
+        const report = (): boolean => {
+          if (!sampled && !overflow) return true;
+          const body = {
+            dropped: sampled + overflow,
+            rate: seen,
+            ...(overflow && { overflow, reason: `the client read too slowly: at most ${SSE_CLIENT_BUFFER_BYTES} bytes of events wait for it` }),
+          };
+          if (!send(`event: dropped\ndata: ${JSON.stringify(body)}\n\n`)) return false;
+          sampled = 0;
+          overflow = 0;
+          seen = 0;
+          return true;
+        };
+        const emit = (events: LiveEvent[]) => {
+          for (const e of events) {
+            seen++;
+            if (sample && budget <= 0) {
+              sampled++;
+              continue;
+            }
+            // Say what was lost before the stream goes on, so the gap is where it happened.
+            if (overflow && !report()) {
+              overflow++;
+              continue;
+            }
+            if (!send(`id: ${e.id}\ndata: ${JSON.stringify(e.event)}\n\n`)) {
+              overflow++;
+              continue;
+            }
+            budget--;
+          }
+        };
+        const lastId = request.headers.get("last-event-id");
+        const backlog = lastId ? live.after(connection, lastId) : undefined;
+        // The greeting and the backlog (bounded by the live window) are always sent.
+        send(": tributary live events\n\n", true);
+        if (lastId && !backlog) send(`event: reset\ndata: {"reason": "Last-Event-ID is no longer in the window"}\n\n`, true);
+        for (const e of backlog ?? live.recent(connection, 100)) send(`id: ${e.id}\ndata: ${JSON.stringify(e.event)}\n\n`, true);
+        unsubscribe = live.subscribe(connection, emit);
+        let ticks = 0;
+        timer = setInterval(() => {
+          // A report that does not fit yet keeps counting until it does.
+          if (sampled || overflow) report();
+          else {
+            seen = 0;
+            if (++ticks % 15 === 0) send(": keep-alive\n\n");
+          }
+          budget = sample;
+        }, 1000);
+        request.signal.addEventListener("abort", close);
+      },
+      cancel() {
         unsubscribe();
         clearInterval(timer);
-      };
-      let budget = sample;
-      let dropped = 0;
-      let seen = 0;
-      const emit = (events: LiveEvent[]) => {
-        for (const e of events) {
-          seen++;
-          if (sample && budget <= 0) {
-            dropped++;
-            continue;
-          }
-          budget--;
-          send(`id: ${e.id}\ndata: ${JSON.stringify(e.event)}\n\n`);
-        }
-      };
-      const lastId = request.headers.get("last-event-id");
-      const backlog = lastId ? live.after(connection, lastId) : undefined;
-      send(": tributary live events\n\n");
-      if (lastId && !backlog) send(`event: reset\ndata: {"reason": "Last-Event-ID is no longer in the window"}\n\n`);
-      for (const e of backlog ?? live.recent(connection, 100)) send(`id: ${e.id}\ndata: ${JSON.stringify(e.event)}\n\n`);
-      unsubscribe = live.subscribe(connection, emit);
-      let ticks = 0;
-      timer = setInterval(() => {
-        if (dropped) send(`event: dropped\ndata: ${JSON.stringify({ dropped, rate: seen })}\n\n`);
-        else if (++ticks % 15 === 0) send(": keep-alive\n\n");
-        budget = sample;
-        dropped = 0;
-        seen = 0;
-      }, 1000);
-      request.signal.addEventListener("abort", close);
+      },
     },
-    cancel() {
-      unsubscribe();
-      clearInterval(timer);
-    },
-  });
+    { highWaterMark: SSE_CLIENT_BUFFER_BYTES, size: (chunk) => chunk?.byteLength ?? 0 },
+  );
   return new Response(stream, { headers: { "Content-Type": "text/event-stream", "Cache-Control": "no-store", Connection: "keep-alive", "X-Accel-Buffering": "no" } });
 }

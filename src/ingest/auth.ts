@@ -52,3 +52,97 @@ export function writeKeyFromHeader(header: string | null): string | undefined {
   const user = colon < 0 ? decoded : decoded.slice(0, colon);
   return user || undefined;
 }
+
+/**
+ * The string value of the top-level `"writeKey"` of a JSON object body, found without parsing
+ * the rest: nested values are skipped by matching brackets and strings, and nothing is built.
+ * A body whose key cannot be known this way (not an object, malformed before the key is found,
+ * no string `writeKey`) gives `undefined`, so a request without a key header costs one linear
+ * scan before it is refused, never a `JSON.parse` of a body full of objects. Like `JSON.parse`,
+ * the last of duplicate keys wins. The caller still checks, after parsing an authenticated body,
+ * that the parsed `writeKey` is the one found here.
+ */
+export function topLevelWriteKey(text: string): string | undefined {
+  let i = skipSpace(text, 0);
+  if (text.charCodeAt(i) !== 0x7b /* { */) return undefined;
+  i = skipSpace(text, i + 1);
+  if (text.charCodeAt(i) === 0x7d /* } */) return undefined;
+  let found: string | undefined;
+  for (;;) {
+    if (text.charCodeAt(i) !== 0x22 /* " */) return undefined;
+    const keyEnd = stringEnd(text, i);
+    if (keyEnd < 0) return undefined;
+    const key = decodeJsonString(text, i, keyEnd);
+    if (key === undefined) return undefined;
+    i = skipSpace(text, keyEnd);
+    if (text.charCodeAt(i) !== 0x3a /* : */) return undefined;
+    i = skipSpace(text, i + 1);
+    const valueEnd = valueEndAt(text, i);
+    if (valueEnd < 0) return undefined;
+    if (key === "writeKey") found = text.charCodeAt(i) === 0x22 ? decodeJsonString(text, i, valueEnd) : undefined;
+    i = skipSpace(text, valueEnd);
+    const c = text.charCodeAt(i);
+    if (c === 0x7d /* } */) return found;
+    if (c !== 0x2c /* , */) return undefined;
+    i = skipSpace(text, i + 1);
+  }
+}
+
+function skipSpace(text: string, i: number): number {
+  for (;;) {
+    const c = text.charCodeAt(i);
+    if (c !== 0x20 && c !== 0x09 && c !== 0x0a && c !== 0x0d) return i;
+    i++;
+  }
+}
+
+/** `text[start]` is `"`: the index just past its closing quote, or -1. */
+function stringEnd(text: string, start: number): number {
+  let from = start + 1;
+  for (;;) {
+    const q = text.indexOf('"', from);
+    if (q < 0) return -1;
+    let backslashes = 0;
+    for (let j = q - 1; text.charCodeAt(j) === 0x5c; j--) backslashes++;
+    if (backslashes % 2 === 0) return q + 1;
+    from = q + 1;
+  }
+}
+
+function decodeJsonString(text: string, start: number, end: number): string | undefined {
+  const raw = text.slice(start, end);
+  if (!raw.includes("\\")) return raw.slice(1, -1);
+  try {
+    const v: unknown = JSON.parse(raw);
+    return typeof v === "string" ? v : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** The index just past the JSON value starting at `i` (brackets and strings matched, not validated), or -1. */
+function valueEndAt(text: string, i: number): number {
+  const c = text.charCodeAt(i);
+  if (c === 0x22) return stringEnd(text, i);
+  if (c === 0x7b || c === 0x5b) {
+    let depth = 0;
+    for (let j = i; j < text.length; j++) {
+      const d = text.charCodeAt(j);
+      if (d === 0x22) {
+        j = stringEnd(text, j);
+        if (j < 0) return -1;
+        j--;
+      } else if (d === 0x7b || d === 0x5b) depth++;
+      else if (d === 0x7d || d === 0x5d) {
+        if (--depth === 0) return j + 1;
+      }
+    }
+    return -1;
+  }
+  let j = i;
+  for (; j < text.length; j++) {
+    const d = text.charCodeAt(j);
+    if (d === 0x2c || d === 0x7d || d === 0x5d || d === 0x20 || d === 0x09 || d === 0x0a || d === 0x0d) break;
+  }
+  return j > i ? j : -1;
+}

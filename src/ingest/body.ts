@@ -41,6 +41,17 @@ export class BodyOverloadError extends Error {
   }
 }
 
+/**
+ * The body's first byte (after JSON whitespace) was refused by {@link BodyReadOptions.firstByte}:
+ * nothing more is read or inflated.
+ */
+export class BodyRefusedError extends Error {
+  constructor() {
+    super("body refused by its first byte");
+    this.name = "BodyRefusedError";
+  }
+}
+
 export interface BodyReadOptions {
   /** Largest body, after decompression. */
   limit: number;
@@ -52,6 +63,21 @@ export interface BodyReadOptions {
    * declares a large `Content-Length` and then stalls holds nothing it has not sent.
    */
   grow?: (size: number) => boolean;
+  /**
+   * Told the first byte that is not JSON whitespace, as soon as it has arrived (inflated);
+   * `false` stops reading at once with {@link BodyRefusedError}. Lets a request that cannot be
+   * authenticated by its body (no key header, and not a JSON object) be refused before the rest
+   * of a gzip bomb is inflated.
+   */
+  firstByte?: (byte: number) => boolean;
+}
+
+const isJsonSpace = (b: number | undefined) => b === 0x20 || b === 0x09 || b === 0x0a || b === 0x0d;
+
+/** Index of the first byte of `bytes` from `from` that is not JSON whitespace, or -1. */
+function firstNonSpace(bytes: Uint8Array, from = 0): number {
+  for (let i = from; i < bytes.length; i++) if (!isJsonSpace(bytes[i])) return i;
+  return -1;
 }
 
 /** Bodies declaring at most this many bytes are read natively in one piece. */
@@ -102,7 +128,12 @@ export async function readBodyText(request: Request, options: BodyReadOptions | 
       d.clear();
     }
     if (o.grow && !o.grow(bytes.byteLength)) throw new BodyOverloadError();
-    return decodeUtf8(new Uint8Array(bytes));
+    const u8 = new Uint8Array(bytes);
+    if (o.firstByte) {
+      const i = firstNonSpace(u8);
+      if (i >= 0 && !o.firstByte(u8[i]!)) throw new BodyRefusedError();
+    }
+    return decodeUtf8(u8);
   }
   return decodeUtf8(await readBody(request, o));
 }
@@ -138,10 +169,18 @@ export async function readBody(request: Request, options: BodyReadOptions | numb
   const most = Math.min(plain && declared > 0 ? declared : Infinity, limit);
   const reader = stream.getReader();
   const d = deadline(o.timeoutMs);
+  let seenFirst = !o.firstByte;
   try {
     for (;;) {
       const { done, value } = await Promise.race([reader.read(), d.promise]);
       if (done) break;
+      if (!seenFirst) {
+        const i = firstNonSpace(value);
+        if (i >= 0) {
+          seenFirst = true;
+          if (!o.firstByte!(value[i]!)) throw new BodyRefusedError();
+        }
+      }
       const next = size + value.byteLength;
       if (next > limit) throw new PayloadTooLargeError(limit);
       if (o.grow && !o.grow(next)) throw new BodyOverloadError();
@@ -160,7 +199,7 @@ export async function readBody(request: Request, options: BodyReadOptions | numb
     }
   } catch (e) {
     reader.cancel().catch(() => {});
-    if (e instanceof PayloadTooLargeError || e instanceof BodyTimeoutError || e instanceof BodyOverloadError) throw e;
+    if (e instanceof PayloadTooLargeError || e instanceof BodyTimeoutError || e instanceof BodyOverloadError || e instanceof BodyRefusedError) throw e;
     if (plain) throw new BodyAbortedError(`request body ended early: ${(e as Error)?.message ?? e}`);
     throw new BadEncodingError(`cannot decode ${encoding} body: ${(e as Error)?.message ?? e}`);
   } finally {

@@ -2,8 +2,8 @@ import { Elysia } from "elysia";
 import type { ConfigStore } from "../config/store.ts";
 import type { Config } from "../config/loader.ts";
 import type { EventLog } from "../bus/event-log.ts";
-import { WriteKeyIndex, writeKeyFromHeader } from "./auth.ts";
-import { readBodyText, PayloadTooLargeError, BadEncodingError, BodyTimeoutError, BodyAbortedError, BodyOverloadError, SMALL_BODY_BYTES } from "./body.ts";
+import { WriteKeyIndex, topLevelWriteKey, writeKeyFromHeader } from "./auth.ts";
+import { readBodyText, PayloadTooLargeError, BadEncodingError, BodyTimeoutError, BodyAbortedError, BodyOverloadError, BodyRefusedError, SMALL_BODY_BYTES } from "./body.ts";
 import { bodyWriteKey, ingest, type Endpoint, type IngestResult, type IngestStats } from "./handler.ts";
 import { EVENT_TYPES } from "./event-schema.ts";
 import { InFlightLimiter } from "./overload.ts";
@@ -22,6 +22,14 @@ export interface IngestServerOptions {
   retryAfterSeconds: number;
   /** The whole body must arrive within this; a stalled or trickling sender gets 503 (Retry-After) and is cut off. */
   bodyTimeoutMs: number;
+  /**
+   * Largest body (after decompression) of a request without an `Authorization` header, whose write
+   * key must then be read from the body before anything else is done with it; beyond it, 413.
+   */
+  maxBodyKeyBytes: number;
+  /** Bytes and requests without an `Authorization` header being read at once, over all senders; beyond either, 429. */
+  maxBodyKeyInFlightBytes: number;
+  maxBodyKeyInFlightRequests: number;
 }
 
 export const ingestDefaults: IngestServerOptions = {
@@ -33,6 +41,10 @@ export const ingestDefaults: IngestServerOptions = {
   maxInFlightRequests: 4096,
   retryAfterSeconds: 5,
   bodyTimeoutMs: 60_000,
+  // analytics-node before 3.1 sends the key only in the body, in batches of about 500 KB.
+  maxBodyKeyBytes: 1024 * 1024,
+  maxBodyKeyInFlightBytes: 16 * 1024 * 1024,
+  maxBodyKeyInFlightRequests: 256,
 };
 
 /** Same body for every authentication failure, so a caller learns nothing about which keys exist. */
@@ -40,11 +52,19 @@ const UNAUTHORIZED: IngestResult = { status: 401, body: { error: "unauthorized: 
 
 const CORS_ALLOW_HEADERS = "Authorization, Content-Type, Content-Encoding";
 
-function corsHeaders(request: Request, allowed?: string[]): Record<string, string> {
+const allows = (allowed: string[] | undefined, origin: string) => !allowed || allowed.includes("*") || allowed.includes(origin);
+
+/**
+ * CORS headers for an answer. The origin is reflected only when `allowed` admits it (a connection's
+ * `allowedOrigins`; absent, every origin). `Access-Control-Allow-Credentials` is sent only with
+ * `credentials`: for a request whose key came in its body, the way `navigator.sendBeacon` sends
+ * (always with credentials). Fetch and XHR senders put the key in a header and send no cookies.
+ */
+function corsHeaders(request: Request, allowed: string[] | undefined, credentials = false): Record<string, string> {
   const origin = request.headers.get("origin");
   if (!origin) return {};
-  if (allowed && !allowed.includes("*") && !allowed.includes(origin)) return {};
-  return { "Access-Control-Allow-Origin": origin, Vary: "Origin", "Access-Control-Allow-Credentials": "true", "Access-Control-Expose-Headers": "Retry-After" };
+  if (!allows(allowed, origin)) return { Vary: "Origin" };
+  return { "Access-Control-Allow-Origin": origin, Vary: "Origin", ...(credentials && { "Access-Control-Allow-Credentials": "true" }), "Access-Control-Expose-Headers": "Retry-After" };
 }
 
 function respond(r: IngestResult, extra: Record<string, string> = {}): Response {
@@ -87,32 +107,65 @@ export function ingestRoutes(config: ConfigStore, eventLog: EventLog, opts: Part
   const stats: IngestStats = { accepted: 0, duplicates: 0, rejected: 0 };
   const limiter = new InFlightLimiter(o.maxInFlightBytes, o.maxInFlightRequests);
   const rateLimiter = new RateLimiter();
+  // Requests without an Authorization header share a budget of their own: what anyone can make
+  // the node do before it knows who is asking is bounded per request and in total.
+  const bodyKeyLimiter = new InFlightLimiter(o.maxBodyKeyInFlightBytes, o.maxBodyKeyInFlightRequests);
   let keys = new WriteKeyIndex(config.current);
   let keysOf: Config = config.current;
+  /** The `allowedOrigins` of every key connection, `undefined` in it when one allows every origin. */
+  let originLists: (string[] | undefined)[] = [];
   const currentKeys = () => {
     if (keysOf !== config.current) {
       keysOf = config.current;
       keys = new WriteKeyIndex(keysOf);
+      originLists = [];
     }
     return keys;
   };
+  /** Unauthenticated answers and preflights: an origin that some connection allows, else none. */
+  const anyConnection = (origin: string | null): string[] | undefined => {
+    currentKeys();
+    if (originLists.length === 0) originLists = [...keysOf.connections.values()].filter((c) => c.source !== "raw").map((c) => c.allowedOrigins);
+    if (origin !== null && originLists.some((l) => allows(l, origin))) return undefined;
+    return [];
+  };
+  const publicCors = (request: Request) => corsHeaders(request, anyConnection(request.headers.get("origin")));
 
   async function handle(endpoint: Endpoint, request: Request, socketIp: string | undefined): Promise<Response> {
     const receivedAt = Date.now();
     const index = currentKeys();
     const headerKey = writeKeyFromHeader(request.headers.get("authorization"));
     // The header wins when both are present; without a header the key may come in the body.
-    let connection = request.headers.has("authorization") ? index.lookup(headerKey) : undefined;
-    if (request.headers.has("authorization") && !connection) return respond(UNAUTHORIZED, corsHeaders(request));
+    const keyInBody = !request.headers.has("authorization");
+    let connection = keyInBody ? undefined : index.lookup(headerKey);
+    if (!keyInBody && !connection) return respond(UNAUTHORIZED, publicCors(request));
 
     // Memory is reserved for bytes that arrived, not for bytes promised: a sender that declares a
     // large Content-Length and then stalls (slow loris) holds at most SMALL_BODY_BYTES.
     const declared = Number(request.headers.get("content-length") ?? 0) || SMALL_BODY_BYTES;
-    let reserve = Math.min(declared, SMALL_BODY_BYTES, o.maxRequestBytes);
-    const overloaded = () => respond({ status: 429, body: { error: "node overloaded; retry later" }, headers: { "Retry-After": "1" } }, corsHeaders(request));
-    if (!limiter.tryAcquire(reserve)) return overloaded();
+    const limit = keyInBody ? Math.min(o.maxBodyKeyBytes, o.maxRequestBytes) : o.maxRequestBytes;
+    let reserve = Math.min(declared, SMALL_BODY_BYTES, limit);
+    const overloaded = () => respond({ status: 429, body: { error: "node overloaded; retry later" }, headers: { "Retry-After": "1" } }, publicCors(request));
+    // Unauthenticated bytes are held in both budgets until the key is known.
+    let bodyKeyReserve = keyInBody ? reserve : 0;
+    if (keyInBody && !bodyKeyLimiter.tryAcquire(reserve)) return overloaded();
+    const releaseBodyKey = () => {
+      if (!keyInBody || bodyKeyReserve < 0) return;
+      bodyKeyLimiter.release(bodyKeyReserve);
+      bodyKeyReserve = -1;
+    };
+    if (!limiter.tryAcquire(reserve)) {
+      releaseBodyKey();
+      return overloaded();
+    }
     const grow = (size: number) => {
       if (size <= reserve) return true;
+      if (bodyKeyReserve >= 0 && keyInBody) {
+        if (size > bodyKeyReserve) {
+          if (!bodyKeyLimiter.tryGrow(size - bodyKeyReserve)) return false;
+          bodyKeyReserve = size;
+        }
+      }
       if (!limiter.tryGrow(size - reserve)) return false;
       reserve = size;
       return true;
@@ -120,12 +173,19 @@ export function ingestRoutes(config: ConfigStore, eventLog: EventLog, opts: Part
     try {
       let text: string;
       try {
-        text = await readBodyText(request, { limit: o.maxRequestBytes, timeoutMs: o.bodyTimeoutMs, grow });
+        // Without a key header only a JSON object can carry one: anything else is refused at its first byte.
+        text = await readBodyText(request, { limit, timeoutMs: o.bodyTimeoutMs, grow, ...(keyInBody && { firstByte: (b: number) => b === 0x7b /* { */ }) });
       } catch (e) {
-        if (e instanceof PayloadTooLargeError) return respond({ status: 413, body: { error: e.message } }, corsHeaders(request));
-        if (e instanceof BadEncodingError) return respond({ status: 400, body: { error: e.message } }, corsHeaders(request));
+        if (e instanceof BodyRefusedError) return respond(UNAUTHORIZED, publicCors(request));
+        if (e instanceof PayloadTooLargeError) {
+          const error = keyInBody
+            ? `a request without an Authorization header may be at most ${limit} bytes after decompression; send the write key in the Authorization header for larger bodies`
+            : e.message;
+          return respond({ status: 413, body: { error } }, publicCors(request));
+        }
+        if (e instanceof BadEncodingError) return respond({ status: 400, body: { error: e.message } }, publicCors(request));
         if (e instanceof BodyOverloadError) return overloaded();
-        if (e instanceof BodyTimeoutError) return respond({ status: 503, body: { error: e.message }, headers: { Connection: "close", "Retry-After": String(o.retryAfterSeconds) } }, corsHeaders(request));
+        if (e instanceof BodyTimeoutError) return respond({ status: 503, body: { error: e.message }, headers: { Connection: "close", "Retry-After": String(o.retryAfterSeconds) } }, publicCors(request));
         if (e instanceof BodyAbortedError) {
           logger.debug("request body ended early", { error: e.message });
           return respond({ status: 400, body: { error: e.message }, headers: { Connection: "close" } });
@@ -134,22 +194,30 @@ export function ingestRoutes(config: ConfigStore, eventLog: EventLog, opts: Part
       }
       // Characters, not bytes, for an inflated body: close enough for a memory bound.
       if (!grow(text.length)) return overloaded();
+      // The key is found by a scan that builds nothing; the body is parsed only once it is known.
+      let bodyKey: string | undefined;
+      if (keyInBody) {
+        bodyKey = topLevelWriteKey(text);
+        connection = index.lookup(bodyKey);
+        if (!connection) return respond(UNAUTHORIZED, publicCors(request));
+        releaseBodyKey();
+      }
       let body: unknown;
       try {
         body = JSON.parse(text);
       } catch (e) {
         const error = text.trim() === "" ? "invalid JSON: the body is empty" : `invalid JSON: ${(e as Error).message}`;
-        return respond({ status: 400, body: { error } }, corsHeaders(request));
+        return respond({ status: 400, body: { error } }, corsHeaders(request, connection!.allowedOrigins, keyInBody));
       }
-      if (!connection) connection = index.lookup(bodyWriteKey(body));
-      if (!connection) return respond(UNAUTHORIZED, corsHeaders(request));
+      if (keyInBody && bodyWriteKey(body) !== bodyKey) return respond(UNAUTHORIZED, publicCors(request));
+      const c = connection!;
       // Write keys are public in web pages: a browser on a page the connection does not allow is refused.
-      const refused = originRefused(request, connection.allowedOrigins);
+      const refused = originRefused(request, c.allowedOrigins);
       if (refused !== undefined) return respond({ status: 403, body: { error: `origin ${JSON.stringify(refused.slice(0, 256))} is not allowed for this connection` } });
       const address = clientIp(request, socketIp, o.trustProxy);
-      if ("error" in address) return respond({ status: 400, body: { error: address.error } }, corsHeaders(request, connection.allowedOrigins));
+      if ("error" in address) return respond({ status: 400, body: { error: address.error } }, corsHeaders(request, c.allowedOrigins, keyInBody));
       const result = await ingest(
-        connection,
+        c,
         endpoint,
         body,
         { receivedAt, ip: address.ip },
@@ -158,11 +226,12 @@ export function ingestRoutes(config: ConfigStore, eventLog: EventLog, opts: Part
         stats,
         rateLimiter,
       );
-      return respond(result, corsHeaders(request, connection.allowedOrigins));
+      return respond(result, corsHeaders(request, c.allowedOrigins, keyInBody));
     } catch (e) {
       logger.error("ingest failed", { error: String((e as Error)?.stack ?? e) });
       return respond({ status: 503, body: { error: "internal error; retry later" }, headers: { "Retry-After": String(o.retryAfterSeconds) } });
     } finally {
+      releaseBodyKey();
       limiter.release(reserve);
     }
   }
@@ -184,8 +253,10 @@ export function ingestRoutes(config: ConfigStore, eventLog: EventLog, opts: Part
         ({ request }) =>
           new Response(null, {
             status: 204,
+            // Yes only for an origin some connection allows; never with credentials (the key is
+            // in a header, and fetch/XHR senders send no cookies).
             headers: {
-              ...corsHeaders(request),
+              ...publicCors(request),
               "Access-Control-Allow-Methods": "POST, OPTIONS",
               "Access-Control-Allow-Headers": request.headers.get("access-control-request-headers") ?? CORS_ALLOW_HEADERS,
               "Access-Control-Max-Age": "86400",

@@ -89,7 +89,11 @@ export const EventDetail = Type.Object({
 });
 
 export const VersionAnswer = Type.Object({ name: Type.String(), version: Type.String(), bun: Type.String() });
-export const ReadyAnswer = Type.Object({ ok: Type.Boolean(), nats: Type.Boolean(), clickhouse: Type.Union([Type.Boolean(), Type.Null()]) }, { additionalProperties: true });
+/** Without the admin token only `ok`; with it, what each part answered and the configuration's state. */
+export const ReadyAnswer = Type.Object(
+  { ok: Type.Boolean(), nats: Type.Optional(Type.Boolean()), clickhouse: Type.Optional(Type.Union([Type.Boolean(), Type.Null()])) },
+  { additionalProperties: true },
+);
 
 const json = (schema: TSchema, description: string) => ({ description, content: { "application/json": { schema } } });
 const err = (description: string) => json(ErrorBody, description);
@@ -138,7 +142,7 @@ export function openApiDocument(version: string): Record<string, unknown> {
   };
   const conn = { name: "connection", in: "path", required: true, schema: { type: "string" } };
   get("/healthz", "The process is up", { "200": json(Type.Object({ ok: Type.Boolean() }), "up") }, []);
-  get("/readyz", "NATS and ClickHouse reachable, pipelines running", { "200": json(ReadyAnswer, "ready"), "503": json(ReadyAnswer, "not ready") }, []);
+  get("/readyz", "NATS and ClickHouse reachable, pipelines running (details only with the admin token)", { "200": json(ReadyAnswer, "ready"), "503": json(ReadyAnswer, "not ready") }, []);
   get("/version", "Which Tributary this node runs", { "200": json(VersionAnswer, "version") }, []);
   get("/openapi.json", "This document", { "200": { description: "OpenAPI 3.1" } }, []);
   get("/debugger", "The Event debugger page (asks for the admin token itself)", { "200": { description: "HTML", content: { "text/html": {} } } }, []);

@@ -14,6 +14,11 @@ export class NodeProcess {
 
   constructor(readonly env: Record<string, string>) {}
 
+  /** The node's process id (its memory can be read from /proc/<pid>/status). */
+  get pid(): number | undefined {
+    return this.#proc?.pid;
+  }
+
   async start(): Promise<void> {
     const port = await freePort();
     this.#proc = Bun.spawn([process.execPath, MAIN], {

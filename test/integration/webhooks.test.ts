@@ -39,6 +39,7 @@ source: raw
 body: json-array
 check: segment
 secret: "${SEGMENT_SECRET}"
+segmentBatchFallback: true
 `,
   "open.yaml": `connection: open
 source: raw

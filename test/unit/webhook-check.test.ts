@@ -185,7 +185,7 @@ describe("check: segment", () => {
   });
 
   test("batched: Segment signs only the first event, and that is accepted", () => {
-    const c = compileCheck({ check: "segment", secret });
+    const c = compileCheck({ check: "segment", secret, segmentBatchFallback: true });
     const events = [track("Signed Up", 1), track("Order Completed", 2), track("Logged Out", 3)];
     const body = JSON.stringify(events);
     const sig = segmentSign(secret, events[0]);
@@ -197,7 +197,7 @@ describe("check: segment", () => {
   });
 
   test("batched: tampering with the first event, or the wrong secret, is rejected", () => {
-    const c = compileCheck({ check: "segment", secret });
+    const c = compileCheck({ check: "segment", secret, segmentBatchFallback: true });
     const events = [track("Signed Up", 1), track("Order Completed", 2)];
     const sig = segmentSign(secret, events[0]);
     const tampered = [{ ...events[0], userId: "attacker" }, events[1]];
@@ -210,14 +210,22 @@ describe("check: segment", () => {
   });
 
   test("batched: Segment's signature does not cover events after the first (documented limitation)", () => {
-    const c = compileCheck({ check: "segment", secret });
+    const c = compileCheck({ check: "segment", secret, segmentBatchFallback: true });
     const events = [track("Signed Up", 1), track("Order Completed", 2)];
     const sig = segmentSign(secret, events[0]);
     expect(outcome(c, JSON.stringify([events[0], { ...events[1], userId: "other" }]), { "X-Signature": sig })).toBe("accepted");
   });
 
+  test("without segmentBatchFallback a batch signed on its first event only is refused (issue 16 #11)", () => {
+    const c = compileCheck({ check: "segment", secret });
+    const events = [track("Signed Up", 1), track("Order Completed", 2)];
+    expect(outcome(c, JSON.stringify(events), { "X-Signature": segmentSign(secret, events[0]) })).toBe("signature does not match");
+    expect(outcome(c, JSON.stringify(events[0]), { "X-Signature": segmentSign(secret, events[0]) })).toBe("accepted");
+    expect(() => compileCheck({ check: "github", secret, segmentBatchFallback: true })).toThrow("only for check: segment");
+  });
+
   test("rotation, missing and malformed header", () => {
-    const c = compileCheck({ check: "segment", secret: ["first", "second"] });
+    const c = compileCheck({ check: "segment", secret: ["first", "second"], segmentBatchFallback: true });
     const ev = track("x", 1);
     const body = JSON.stringify(ev);
     expect(outcome(c, body, { "X-Signature": segmentSign("second", ev) })).toBe("accepted");

@@ -26,7 +26,7 @@ export interface WebhookCheck {
 
 type Algorithm = "sha1" | "sha256" | "sha512";
 type Encoding = "hex" | "base64";
-type CheckConfig = Pick<Connection, "check" | "secret" | "insecure">;
+type CheckConfig = Pick<Connection, "check" | "secret" | "insecure" | "segmentBatchFallback">;
 
 /** Stripe's own default replay window (stripe-node `DEFAULT_TOLERANCE`). */
 export const STRIPE_DEFAULT_TOLERANCE_SECONDS = 300;
@@ -40,6 +40,7 @@ const DIGEST_BYTES: Record<Algorithm, number> = { sha1: 20, sha256: 32, sha512: 
  */
 export function compileCheck(c: CheckConfig, options: { stripeToleranceSeconds?: number } = {}): WebhookCheck | undefined {
   const check = c.check;
+  if (c.segmentBatchFallback !== undefined && check !== "segment") throw new Error("segmentBatchFallback: only for check: segment");
   if (check === undefined) {
     if (c.insecure === true) return undefined;
     throw new Error('check: a raw connection needs "check", or "insecure: true" spelled out');
@@ -50,7 +51,7 @@ export function compileCheck(c: CheckConfig, options: { stripeToleranceSeconds?:
       case "github":
         return hmacCheck("github", { header: "X-Hub-Signature-256", algorithm: "sha256", encoding: "hex", prefix: "sha256=" }, secrets);
       case "segment":
-        return segmentCheck(secrets);
+        return segmentCheck(secrets, c.segmentBatchFallback === true);
       case "stripe": {
         const tolerance = options.stripeToleranceSeconds ?? STRIPE_DEFAULT_TOLERANCE_SECONDS;
         if (!Number.isFinite(tolerance) || tolerance <= 0) throw new Error("stripe tolerance must be a positive number of seconds");
@@ -167,17 +168,20 @@ function hmacCheck(kind: string, spec: HmacSpec, secrets: string[]): WebhookChec
  * `JSON.stringify(body[0])`, segment-docs PR #6518 documents it for Webhooks, and Twilio support
  * ("How Segment Computes x-signature for Batched Webhooks") confirms it. Materialize's documented
  * Segment check, `hmac(body, secret, 'sha1')` over the whole body, therefore rejects every batched
- * delivery. So: accept a match over the raw body; failing that, when the body is a JSON array,
- * a match over `JSON.stringify(parsed[0])` — JS serialisation, as Segment's is.
+ * delivery. So: accept a match over the raw body; failing that, and only when the connection opts
+ * in with `segmentBatchFallback: true`, when the body is a JSON array, a match over
+ * `JSON.stringify(parsed[0])` — JS serialisation, as Segment's is.
  *
- * Caveat (Segment's, not ours): for a batch only the first event is authenticated; events 2..n are
- * not covered by the signature.
+ * Why opt-in: for a batch only the first event is authenticated, and nothing in what is signed
+ * expires. Anyone who has seen one signed delivery `B` (a single event, or a batch's first) can
+ * send `[B, anything…]` with the same `X-Signature`, forever. `X-Segment-Signature` (below) covers
+ * the whole body and is the one to use where Segment offers it.
  *
  * A newer revision of the same file adds a `useSegmentSignatureHeader` setting that sends
  * `X-Segment-Signature` instead: HMAC-SHA1 hex over the whole body (all events). When that header
  * is present it is verified over the raw body only, and the first-event fallback is not used.
  */
-function segmentCheck(secrets: string[]): WebhookCheck {
+function segmentCheck(secrets: string[], batchFallback: boolean): WebhookCheck {
   const bytes = DIGEST_BYTES.sha1;
   const decoder = new TextDecoder();
   const encoder = new TextEncoder();
@@ -189,7 +193,7 @@ function segmentCheck(secrets: string[]): WebhookCheck {
       const got = decodeSignature(requireHeader(headers, header), "hex", bytes);
       if (!got) throw new WebhookCheckError(`${header} header is not a hex HMAC-SHA1 signature`);
       if (matchesAny(got, secrets.map((s) => hmac("sha1", s, body)))) return;
-      if (!full) {
+      if (!full && batchFallback) {
         const first = firstArrayElementJson(body, decoder);
         if (first !== undefined) {
           const signed = encoder.encode(first);
