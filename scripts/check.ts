@@ -13,6 +13,7 @@ import { createTransform } from "../src/pipeline/transform/index.ts";
 import { DEFAULT_USERS_FILTER } from "../src/pipeline/users/users-stage.ts";
 import { ModelCheck } from "../src/pipeline/users/customer-model.ts";
 import { DEDUP_SHARDS, STREAM, shardSubject } from "../src/bus/subjects.ts";
+import { nameCollisions } from "../src/pipeline/manager.ts";
 
 const SAMPLE = { type: "identify", userId: "u1", messageId: "sample-1", timestamp: new Date().toISOString(), traits: { email: "Ada@Example.com", plan: "pro" } };
 
@@ -37,8 +38,16 @@ try {
   process.exit(1);
 }
 
-// What only running the code can tell: user JavaScript and Python must load.
 const problems: string[] = [];
+// Two pipelines sharing a durable consumer (or dead-letter subject) would split each other's events.
+const lineOfPipeline = (file: string, index?: number) => (index === undefined ? 1 : lineInYaml(readFileSync(file, "utf8"), `/pipelines/${index}/name`));
+for (const { a, b, what, name } of nameCollisions(config)) {
+  problems.push(
+    `${b.file}:${lineOfPipeline(b.file, b.index)}: pipeline "${b.pipeline}" of connection "${b.connection}" would share the ${what} ${name} with pipeline "${a.pipeline}" of connection "${a.connection}" in ${a.file}:${lineOfPipeline(a.file, a.index)}; rename one`,
+  );
+}
+
+// What only running the code can tell: user JavaScript and Python must load.
 const transforms = new Map<string, Awaited<ReturnType<typeof createTransform>>>();
 for (const c of config.connections.values()) {
   for (const [i, p] of (c.pipelines ?? []).entries()) {

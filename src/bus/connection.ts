@@ -22,6 +22,11 @@ export interface Bus {
   js: JetStreamClient;
   jsm: JetStreamManager;
   options: BusOptions;
+  /**
+   * The events stream's last sequence when this process connected, before it could accept
+   * anything: pipelines of the configuration it started with begin after it (see PipelineWorker).
+   */
+  startSeq?: number;
   close(): Promise<void>;
 }
 
@@ -54,7 +59,11 @@ export async function connectBus(options: BusOptions): Promise<Bus> {
   })().catch(() => {});
   // No API check here: a cluster still electing its JetStream leader answers nothing yet.
   const jsm = await jetstreamManager(nc, { timeout: options.timeoutMs, checkAPI: false });
-  await untilJetStreamAnswers(() => ensureStream(jsm, options), options.streamReplicas);
+  let startSeq = 0;
+  await untilJetStreamAnswers(async () => {
+    await ensureStream(jsm, options);
+    startSeq = (await jsm.streams.info(STREAM)).state.last_seq;
+  }, options.streamReplicas);
   if (nc.info?.cluster && options.streamReplicas < 3) {
     log.warn("connected to a NATS cluster but the events stream has fewer than 3 replicas: a 2xx then means on disk on fewer servers; set TRIBUTARY_STREAM_REPLICAS=3", { replicas: options.streamReplicas, cluster: nc.info.cluster });
   }
@@ -64,6 +73,7 @@ export async function connectBus(options: BusOptions): Promise<Bus> {
     js,
     jsm,
     options,
+    startSeq,
     close: async () => {
       await nc.drain().catch(() => nc.close());
     },

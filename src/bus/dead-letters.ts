@@ -6,10 +6,26 @@ import type { Bus } from "./connection.ts";
 export const DLQ_STREAM = "TRIBUTARY_DLQ";
 export const dlqSubject = (connection: string, pipeline: string) => `tributary.dlq.${connection}.${subjectToken(pipeline)}`;
 
-/** Pipeline names may hold characters a subject token cannot. */
+/**
+ * Pipeline names may hold characters a subject token cannot: those (and `%`) are percent-encoded
+ * per UTF-8 byte, so two pipelines never share a subject. A name of letters, digits, `_` and `-`
+ * is its own token, as it was before.
+ */
 export function subjectToken(name: string): string {
-  return name.replace(/[^A-Za-z0-9_-]/g, "_");
+  let out = "";
+  for (const ch of name) {
+    if (/^[A-Za-z0-9_-]$/.test(ch)) out += ch;
+    else for (const b of Buffer.from(ch, "utf8")) out += "%" + b.toString(16).toUpperCase().padStart(2, "0");
+  }
+  return out;
 }
+
+/**
+ * The subject earlier versions used (other characters as `_`, so `orders v2` and `orders_v2`
+ * shared it). Their letters stay there until they expire; reading a pipeline's letters also reads
+ * this subject and keeps those whose `pipeline` field names it.
+ */
+export const legacyDlqSubject = (connection: string, pipeline: string) => `tributary.dlq.${connection}.${pipeline.replace(/[^A-Za-z0-9_-]/g, "_")}`;
 
 export async function ensureDlqStream(jsm: JetStreamManager, replicas: number): Promise<void> {
   try {
@@ -37,7 +53,15 @@ export interface StoredDeadLetter extends DeadLetter {
 
 /** The dead letters of a connection (one pipeline, or all), oldest first. */
 export async function readDeadLetters(bus: Bus, connection: string, pipeline?: string): Promise<StoredDeadLetter[]> {
-  const subject = pipeline ? dlqSubject(connection, pipeline) : `tributary.dlq.${connection}.>`;
+  const subjects = pipeline ? [...new Set([dlqSubject(connection, pipeline), legacyDlqSubject(connection, pipeline)])] : [`tributary.dlq.${connection}.>`];
+  const out: StoredDeadLetter[] = [];
+  for (const subject of subjects) {
+    for (const l of await readSubject(bus, subject)) if (!pipeline || l.pipeline === pipeline) out.push(l);
+  }
+  return out.sort((a, b) => a.seq - b.seq);
+}
+
+async function readSubject(bus: Bus, subject: string): Promise<StoredDeadLetter[]> {
   const info = await bus.jsm.streams.info(DLQ_STREAM, { subjects_filter: subject });
   const count = Object.values(info.state.subjects ?? {}).reduce((a, n) => a + n, 0);
   const out: StoredDeadLetter[] = [];

@@ -1,5 +1,5 @@
 import type { Bus } from "./connection.ts";
-import { ShardWriter, type Entry } from "./shard-writer.ts";
+import { ShardWriter, type Entry, type RecordKind } from "./shard-writer.ts";
 import { DEDUP_SHARDS, shardOf, shardSubject } from "./subjects.ts";
 
 export interface AppendResult {
@@ -36,7 +36,8 @@ export class EventLog {
   /** Called with the JSON bytes of every append (for back-pressure between stream polls). */
   onAppend?: (bytes: number) => void;
 
-  async append(connection: string, entries: Entry[]): Promise<AppendResult> {
+  /** `kind` is the record envelope the messages carry: raw webhook deliveries are appended as `raw`. */
+  async append(connection: string, entries: Entry[], kind: RecordKind = "events"): Promise<AppendResult> {
     if (this.onAppend) {
       let bytes = 0;
       for (const e of entries) bytes += e.json.length;
@@ -45,7 +46,7 @@ export class EventLog {
     const groups: Entry[][] = Array.from({ length: DEDUP_SHARDS }, () => []);
     for (const e of entries) groups[shardOf(e.id)]!.push(e);
     const results = await Promise.all(
-      groups.map((g, shard) => (g.length ? this.#writer(connection, shard).append(g) : { stored: 0, duplicates: 0 })),
+      groups.map((g, shard) => (g.length ? this.#writer(connection, shard).append(g, kind) : { stored: 0, duplicates: 0 })),
     );
     return results.reduce((a, r) => ({ stored: a.stored + r.stored, duplicates: a.duplicates + r.duplicates }), { stored: 0, duplicates: 0 });
   }

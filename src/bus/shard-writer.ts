@@ -21,11 +21,20 @@ export interface ShardWriterOptions {
 
 /** Header listing the messageIds a message holds, so a node can rebuild its index from headers alone. */
 export const IDS_HEADER = "Tributary-Ids";
+/**
+ * The record envelope: what a message holds, `events` (ingested events) or `raw` (raw webhook
+ * deliveries, see raw-stage.ts). A message holds one kind only. Pipelines tell the kinds apart by
+ * this header, never by a field of the record, which a sender controls. Messages written before
+ * the header existed have none (see `isLegacyRawRecord`).
+ */
+export const KIND_HEADER = "Tributary-Kind";
+export type RecordKind = "events" | "raw";
 const WRONG_LAST_SEQUENCE = 10071;
 /** JetStream refuses a message whose headers exceed 64 KiB: the id list of one message stays under it. */
 const MAX_IDS_HEADER_BYTES = 60 * 1024;
 
 interface Batch {
+  kind: RecordKind;
   ids: string[];
   jsons: string[];
   bytes: number;
@@ -36,8 +45,8 @@ interface Batch {
   reject: (e: Error) => void;
 }
 
-function newBatch(): Batch {
-  const b = { ids: [], jsons: [], bytes: 2, idBytes: 2 } as unknown as Batch;
+function newBatch(kind: RecordKind = "events"): Batch {
+  const b = { kind, ids: [], jsons: [], bytes: 2, idBytes: 2 } as unknown as Batch;
   b.done = new Promise<void>((res, rej) => {
     b.resolve = res;
     b.reject = rej;
@@ -95,7 +104,7 @@ export class ShardWriter {
   }
 
   /** Resolves when every entry is stored (or was already); the count of new ones. */
-  async append(entries: Entry[]): Promise<{ stored: number; duplicates: number }> {
+  async append(entries: Entry[], kind: RecordKind = "events"): Promise<{ stored: number; duplicates: number }> {
     const waits = new Set<Promise<void>>();
     let stored = 0;
     let duplicates = 0;
@@ -111,10 +120,11 @@ export class ShardWriter {
       // the header has its own 64 KiB bound.
       const idSize = /^[\w.:-]*$/.test(e.id) ? e.id.length + 3 : Buffer.byteLength(JSON.stringify(e.id)) + 1;
       const size = e.json.length + 1 + idSize;
-      if (!batch || (batch.ids.length > 0 && (batch.bytes + size > this.options.maxPayloadBytes || batch.idBytes + idSize > MAX_IDS_HEADER_BYTES))) {
-        batch = newBatch();
+      if (!batch || (batch.ids.length > 0 && (batch.kind !== kind || batch.bytes + size > this.options.maxPayloadBytes || batch.idBytes + idSize > MAX_IDS_HEADER_BYTES))) {
+        batch = newBatch(kind);
         this.#queue.push(batch);
       }
+      if (batch.ids.length === 0) batch.kind = kind; // an empty batch (a warm-up) takes the first entry's kind
       batch.ids.push(e.id);
       batch.jsons.push(e.json);
       batch.bytes += size;
@@ -196,6 +206,7 @@ export class ShardWriter {
         const jsons = ids.length === batch.ids.length ? batch.jsons : batch.jsons.filter((_, i) => keep[i]);
         const h = headers();
         h.set(IDS_HEADER, JSON.stringify(ids));
+        h.set(KIND_HEADER, batch.kind);
         try {
           const stopTimer = publishDuration.startTimer();
           const ack = await this.bus.js.publish(this.subject, `[${jsons.join(",")}]`, {

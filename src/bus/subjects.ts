@@ -23,3 +23,37 @@ export function shardOf(messageId: string): number {
   }
   return (h >>> 0) % DEDUP_SHARDS;
 }
+
+/**
+ * The durable consumer of one pipeline: `tributary-<connection>--<pipeline>`, each name escaped
+ * so the pair can be read back from the name (names are injective). Letters, digits and `_` stay;
+ * every other byte of the UTF-8 name becomes `-` and two lower-case hex digits, so a lone `-` never
+ * appears in an escaped name and `--` separates the two. A name too long for JetStream (255)
+ * keeps the connection and gives the pipeline as `-h` and a SHA-256 prefix instead (`h` is no hex
+ * digit, so this never reads as an escape); `bun run check` refuses a collision among those.
+ *
+ * Earlier versions named it `tributary_<connection>_<pipeline with [^A-Za-z0-9_-] as _>`, which
+ * `shop_eu`/`all` and `shop`/`eu_all` (or `orders v2` and `orders_v2`) shared: see
+ * `legacyConsumerName`, which the node migrates from. New names start with `tributary-`, legacy
+ * ones with `tributary_`, so one can never be taken for the other.
+ */
+export function consumerName(connection: string, pipeline: string): string {
+  const name = `tributary-${escapeName(connection)}--${escapeName(pipeline)}`;
+  if (name.length <= MAX_CONSUMER_NAME) return name;
+  const hash = new Bun.CryptoHasher("sha256").update(pipeline).digest("hex").slice(0, 32);
+  return `tributary-${escapeName(connection)}---h${hash}`;
+}
+
+const MAX_CONSUMER_NAME = 200;
+
+/** The durable name of earlier versions: not injective, kept only to find and migrate old consumers. */
+export const legacyConsumerName = (connection: string, pipeline: string) => `tributary_${connection}_${pipeline.replace(/[^A-Za-z0-9_-]/g, "_")}`;
+
+function escapeName(s: string): string {
+  let out = "";
+  for (const ch of s) {
+    if (/^[A-Za-z0-9_]$/.test(ch)) out += ch;
+    else for (const b of Buffer.from(ch, "utf8")) out += "-" + b.toString(16).padStart(2, "0");
+  }
+  return out;
+}

@@ -2,17 +2,52 @@ import type { Bus } from "../bus/connection.ts";
 import type { Config } from "../config/loader.ts";
 import type { Pipeline } from "../config/schema.ts";
 import type { Warehouse } from "../sink/clickhouse/server.ts";
-import { PipelineWorker, batchDefaults, type BatchOptions } from "./worker.ts";
+import { PipelineWorker, batchDefaults, durableName, ensurePipelineConsumer, type BatchOptions } from "./worker.ts";
 import { RAW_PIPELINE } from "./raw-stage.ts";
 import { StageFactory, filterOf } from "./stages.ts";
 import { migrateUsersTable } from "./users/users-table.ts";
 import type { CustomerModel } from "./users/customer-model.ts";
 import type { InserterOptions } from "../sink/clickhouse/inserter.ts";
 import { log } from "../util/log.ts";
-import { STREAM } from "../bus/subjects.ts";
+import { STREAM, legacyConsumerName } from "../bus/subjects.ts";
 import { deadLetterCounts, dlqSubject } from "../bus/dead-letters.ts";
 import type { OutcomeLog } from "../debugger/outcomes.ts";
 import type { PipelineSnapshot } from "../ops/metrics.ts";
+
+/** What JetStream names after a pipeline: two pipelines sharing either would share its messages. */
+export interface PipelineNaming {
+  consumer(connection: string, pipeline: string): string;
+  deadLetters(connection: string, pipeline: string): string;
+}
+
+export const naming: PipelineNaming = { consumer: durableName, deadLetters: dlqSubject };
+
+/** Every pipeline the node would run for a configuration: its own and each raw connection's table loader. */
+export function pipelinesOf(config: Config): { connection: string; file: string; pipeline: string; index?: number }[] {
+  const out: { connection: string; file: string; pipeline: string; index?: number }[] = [];
+  for (const c of config.connections.values()) {
+    if (c.source === "raw") out.push({ connection: c.connection, file: c.file, pipeline: RAW_PIPELINE });
+    (c.pipelines ?? []).forEach((p, index) => out.push({ connection: c.connection, file: c.file, pipeline: p.name, index }));
+  }
+  return out;
+}
+
+/**
+ * Pairs of pipelines that would share a durable consumer or a dead-letter subject (with the
+ * names in use, only a pipeline name used twice in one connection). `bun run check` refuses them.
+ */
+export function nameCollisions(config: Config, n: PipelineNaming = naming) {
+  const seen = new Map<string, ReturnType<typeof pipelinesOf>[number]>();
+  const out: { a: ReturnType<typeof pipelinesOf>[number]; b: ReturnType<typeof pipelinesOf>[number]; what: string; name: string }[] = [];
+  for (const p of pipelinesOf(config)) {
+    for (const [what, name] of [["consumer", n.consumer(p.connection, p.pipeline)], ["dead-letter subject", n.deadLetters(p.connection, p.pipeline)]] as const) {
+      const other = seen.get(`${what}\0${name}`);
+      if (other) out.push({ a: other, b: p, what, name });
+      else seen.set(`${what}\0${name}`, p);
+    }
+  }
+  return out;
+}
 
 interface Wanted {
   connection: string;
@@ -75,16 +110,27 @@ export class PipelineManager {
     );
   }
 
-  /** Serialised, so quick successive reloads apply in order. */
+  #applied = false;
+
+  /**
+   * Serialised, so quick successive reloads apply in order. The stream's position is read now,
+   * not when the apply gets its turn: a pipeline this configuration adds gets every event from the
+   * moment it was loaded, however long earlier pipelines take to start. The first configuration is
+   * the one the node started with: its pipelines start where the node connected, before it answered.
+   */
   apply(config: Config): Promise<void> {
-    this.#applying = this.#applying.then(() => this.#apply(config)).catch((e) => {
+    const first = !this.#applied;
+    this.#applied = true;
+    const after = first && this.bus.startSeq !== undefined ? Promise.resolve(this.bus.startSeq) : this.bus.jsm.streams.info(STREAM).then((i) => i.state.last_seq);
+    after.catch(() => {}); // awaited in its turn
+    this.#applying = this.#applying.then(() => this.#apply(config, after)).catch((e) => {
       this.lastError = String((e as Error).message ?? e);
       log.error("applying pipelines failed", { error: this.lastError });
     });
     return this.#applying;
   }
 
-  async #apply(config: Config): Promise<void> {
+  async #apply(config: Config, startAfter: Promise<number>): Promise<void> {
     this.#problems = [];
     const usersWanted = [...config.connections.values()].some((c) => c.pipelines?.some((p) => p.import === "users" && p.enabled !== false));
     let model = this.#model;
@@ -99,6 +145,7 @@ export class PipelineManager {
         log.error("customer model not applied", { error: String((e as Error).message ?? e) });
       }
     }
+    for (const { a, b, what, name } of nameCollisions(config)) this.#problems.push(`pipeline "${b.pipeline}" of ${b.connection} (${b.file}) shares the ${what} ${name} with "${a.pipeline}" of ${a.connection} (${a.file}); only one runs`);
     const wanted = new Map<string, Wanted>();
     for (const c of config.connections.values()) {
       if (c.source === "raw") {
@@ -121,6 +168,42 @@ export class PipelineManager {
         log.info("pipeline stopped", { pipeline: key });
       }
     }
+    // Every new pipeline's consumer first (fast), then the stages (a Python one takes seconds):
+    // a pipeline still loading already has its position in the stream.
+    const fresh = [...wanted].filter(([key]) => !this.workers.has(key));
+    const failed = new Set<string>();
+    let afterSeq = 0;
+    if (fresh.length) {
+      try {
+        afterSeq = await startAfter;
+      } catch (e) {
+        // The stream cannot be read: no new consumer now; the rest of the change still applies.
+        for (const [key] of fresh) failed.add(key);
+        this.#problems.push(`new pipelines not started: cannot read the events stream: ${String((e as Error).message ?? e)}`);
+      }
+    }
+    const migrated = new Set<string>();
+    await Promise.all(
+      fresh.map(async ([key, want]) => {
+        if (failed.has(key)) return;
+        try {
+          const r = await ensurePipelineConsumer(this.bus, want.connection, want.pipeline.name, this.batch.ackWaitMs, afterSeq);
+          if (r.migratedFrom) migrated.add(r.migratedFrom);
+        } catch (e) {
+          failed.add(key);
+          this.#problems.push(`pipeline ${key}: ${String((e as Error).message ?? e)}`);
+          log.error("pipeline consumer not created", { pipeline: key, error: String((e as Error).message ?? e) });
+        }
+      }),
+    );
+    // An old-named consumer goes once every pipeline that read it has its own; one a disabled
+    // pipeline may still need stays until that pipeline is enabled.
+    const stillNeeded = new Set<string>();
+    for (const c of config.connections.values()) for (const p of c.pipelines ?? []) if (!wanted.has(`${c.connection}/${p.name}`)) stillNeeded.add(legacyConsumerName(c.connection, p.name));
+    for (const name of migrated) {
+      if (stillNeeded.has(name)) continue;
+      await this.bus.jsm.consumers.delete(STREAM, name).catch((e) => log.warn("old pipeline consumer not deleted", { consumer: name, error: String(e) }));
+    }
     for (const [key, want] of wanted) {
       const existing = this.workers.get(key);
       const filter = filterOf(want.pipeline);
@@ -129,9 +212,11 @@ export class PipelineManager {
         existing.consents = want.pipeline.consents;
         continue;
       }
+      if (failed.has(key)) continue;
       try {
         const w = new PipelineWorker(this.bus, this.warehouse, want.connection, want.pipeline.name, filter, await this.#stage(want, model), this.batch, this.inserter);
         w.consents = want.pipeline.consents;
+        w.startAfterSeq = afterSeq;
         const outcomes = this.outcomes;
         if (outcomes) {
           w.stats.onOutcome = (id, outcome, reason) => outcomes.record(want.connection, id, want.pipeline.name, outcome, reason);

@@ -1,9 +1,10 @@
 import { sinkBatchRows, sinkFlushDuration } from "../ops/metrics.ts";
 import { nanos } from "@nats-io/nats-core";
-import { AckPolicy, DeliverPolicy, type Consumer, type ConsumerMessages, type JsMsg } from "@nats-io/jetstream";
+import { AckPolicy, DeliverPolicy, type Consumer, type ConsumerInfo, type ConsumerMessages, type JsMsg } from "@nats-io/jetstream";
 import type { Bus } from "../bus/connection.ts";
-import { STREAM, connectionSubjects } from "../bus/subjects.ts";
-import { publishDeadLetters, subjectToken } from "../bus/dead-letters.ts";
+import { STREAM, connectionSubjects, consumerName, legacyConsumerName } from "../bus/subjects.ts";
+import { KIND_HEADER } from "../bus/shard-writer.ts";
+import { publishDeadLetters } from "../bus/dead-letters.ts";
 import type { Warehouse } from "../sink/clickhouse/server.ts";
 import { Inserter, inserterDefaults, type InserterOptions } from "../sink/clickhouse/inserter.ts";
 import { ExpressionTimeoutError, compileFilter, type EventFilter } from "./filter.ts";
@@ -22,8 +23,67 @@ export interface BatchOptions {
 
 export const batchDefaults: BatchOptions = { maxRows: defaults.batchMaxRows, maxBytes: defaults.batchMaxBytes, maxAgeMs: defaults.batchMaxAgeMs, ackWaitMs: defaults.ackWaitMs };
 
-/** JetStream durable names allow a narrower alphabet than pipeline names. */
-export const durableName = (connection: string, pipeline: string) => `tributary_${connection}_${subjectToken(pipeline)}`;
+/** The pipeline's durable consumer (injective: see consumerName). */
+export const durableName = consumerName;
+
+/**
+ * Creates the pipeline's durable consumer unless it exists. A new one starts after stream sequence
+ * `afterSeq` (the manager passes the sequence when the configuration that added the pipeline was
+ * loaded, or when the node connected), so it gets every event accepted from then on however long
+ * the pipeline takes to start. A consumer of an earlier version (`legacyConsumerName`) for the
+ * same connection hands over its position: the new one starts after its ack floor (what it had
+ * not acknowledged comes again; rows collapse in ClickHouse), and `migratedFrom` names the old one,
+ * which the manager deletes once every pipeline that shared it has its own.
+ */
+export async function ensurePipelineConsumer(bus: Bus, connection: string, pipeline: string, ackWaitMs: number, afterSeq: number): Promise<{ migratedFrom?: string }> {
+  const name = durableName(connection, pipeline);
+  const filter = connectionSubjects(connection);
+  const ackWait = nanos(ackWaitMs);
+  const info = await consumerInfo(bus, name);
+  if (info) {
+    if (info.config.filter_subject !== filter) throw new Error(`consumer ${name} reads ${info.config.filter_subject}, not ${filter}`);
+    if (info.config.ack_wait !== ackWait) await bus.jsm.consumers.update(STREAM, name, { ack_wait: ackWait });
+    return {};
+  }
+  const legacy = legacyConsumerName(connection, pipeline);
+  const old = await consumerInfo(bus, legacy);
+  // Under the old names two connections could share a consumer: it belongs to the one it reads.
+  const from = old && old.config.filter_subject === filter ? old : undefined;
+  const start = from ? positionOf(from) : afterSeq;
+  try {
+    await bus.jsm.consumers.add(STREAM, {
+      durable_name: name,
+      filter_subject: filter,
+      ack_policy: AckPolicy.Explicit,
+      ack_wait: ackWait,
+      max_ack_pending: 10_000,
+      deliver_policy: DeliverPolicy.StartSequence,
+      opt_start_seq: start + 1,
+    });
+  } catch (e) {
+    // Another node created it meanwhile: theirs is as good.
+    if (!(await consumerInfo(bus, name))) throw e;
+  }
+  if (from) log.info("pipeline consumer migrated", { from: legacy, to: name, afterSeq: start });
+  return from ? { migratedFrom: legacy } : {};
+}
+
+const consumerInfo = (bus: Bus, name: string): Promise<ConsumerInfo | undefined> =>
+  bus.jsm.consumers.info(STREAM, name).catch((e) => {
+    if (/consumer not found/i.test(String((e as Error).message))) return undefined;
+    throw e;
+  });
+
+/**
+ * The stream sequence up to which a consumer is done. Its ack floor once it acknowledged anything;
+ * before that, where it started if it delivered nothing yet; else (delivered, nothing acknowledged)
+ * nothing is known to be done, so the whole stream comes again.
+ */
+function positionOf(c: ConsumerInfo): number {
+  if (c.ack_floor.consumer_seq > 0) return c.ack_floor.stream_seq;
+  if (c.delivered.consumer_seq === 0) return c.delivered.stream_seq;
+  return 0;
+}
 
 type Json = Record<string, unknown>;
 
@@ -58,7 +118,18 @@ export interface Selection {
  */
 const yieldToLoop = () => new Promise<void>((resolve) => setImmediate(resolve));
 
-export async function selectEvents(m: { json<T>(): T; seq: number }, sel: Selection, stats: PipelineStats, into: Json[]): Promise<void> {
+/**
+ * A raw webhook delivery in a message written before the record envelope (KIND_HEADER) existed:
+ * exactly `{messageId, raw}`. An ingested event is always stored with `receivedAt`, `type` and more,
+ * so no event a sender sent has this shape.
+ */
+function isLegacyRawRecord(e: unknown): boolean {
+  if (!e || typeof e !== "object") return false;
+  const keys = Object.keys(e);
+  return keys.length === 2 && "messageId" in e && "raw" in e && !!(e as Json).raw && typeof (e as Json).raw === "object";
+}
+
+export async function selectEvents(m: { json<T>(): T; seq: number; headers?: { get(k: string): string } }, sel: Selection, stats: PipelineStats, into: Json[]): Promise<void> {
   let events: Json[];
   try {
     events = m.json<Json[]>();
@@ -67,8 +138,10 @@ export async function selectEvents(m: { json<T>(): T; seq: number }, sel: Select
     stats.recordError(`unreadable stream message ${m.seq}: ${(err as Error).message}`);
     return;
   }
+  // The record envelope says what the message holds; a field of the record never does.
+  const kind = m.headers?.get(KIND_HEADER) || undefined;
   for (const e of Array.isArray(events) ? events : [events]) {
-    if ((e.raw !== undefined) !== sel.raw) continue;
+    if ((kind ? kind === "raw" : isLegacyRawRecord(e)) !== sel.raw) continue;
     stats.received++;
     const id = e.messageId as string;
     let keep: boolean;
@@ -139,6 +212,9 @@ export class PipelineWorker {
   /** Consent purposes an event must grant to reach this pipeline (PRODUCT.md §1 "Consent"). */
   consents?: string[];
 
+  /** Where the consumer starts if it does not exist yet (see ensurePipelineConsumer); default: where the node connected. */
+  startAfterSeq?: number;
+
   async start(): Promise<void> {
     if (this.#running) return;
     const consumer = await this.#consumer();
@@ -174,23 +250,8 @@ export class PipelineWorker {
   }
 
   async #consumer(): Promise<Consumer> {
-    const name = this.durable;
-    const ackWait = nanos(this.batch.ackWaitMs);
-    const info = await this.bus.jsm.consumers.info(STREAM, name).catch(() => undefined);
-    if (!info) {
-      await this.bus.jsm.consumers.add(STREAM, {
-        durable_name: name,
-        filter_subject: connectionSubjects(this.connection),
-        ack_policy: AckPolicy.Explicit,
-        ack_wait: ackWait,
-        max_ack_pending: 10_000,
-        // A pipeline added later starts from new events; backfill with a replay.
-        deliver_policy: DeliverPolicy.New,
-      });
-    } else if (info.config.ack_wait !== ackWait) {
-      await this.bus.jsm.consumers.update(STREAM, name, { ack_wait: ackWait });
-    }
-    return this.bus.js.consumers.get(STREAM, name);
+    await ensurePipelineConsumer(this.bus, this.connection, this.pipeline, this.batch.ackWaitMs, this.startAfterSeq ?? this.bus.startSeq ?? 0);
+    return this.bus.js.consumers.get(STREAM, this.durable);
   }
 
   /** Kept events of the open batch. */

@@ -6,6 +6,7 @@ import { Load } from "../harness/load.ts";
 import { NatsCluster, storedIds } from "../harness/nats-cluster.ts";
 import type { RunningNode } from "../../src/node.ts";
 import { STREAM } from "../../src/bus/subjects.ts";
+import { durableName } from "../../src/pipeline/worker.ts";
 
 /**
  * The bus as a JetStream cluster: three `nats-server` processes on loopback (routes, a store
@@ -113,7 +114,7 @@ test("kill -9 the stream leader mid-load, restart it later: every 2xx was on a q
     try {
       await Bun.sleep(2500);
       const beforeKill = load.accepted.length;
-      const consumerLeader = (await (await cluster.admin()).jsm.consumers.info(STREAM, "tributary_leaderkill_all")).cluster?.leader;
+      const consumerLeader = (await (await cluster.admin()).jsm.consumers.info(STREAM, durableName("leaderkill", "all"))).cluster?.leader;
       await cluster.server(sa).kill();
       phase(`killed ${sa}, the stream leader, after ${beforeKill} events accepted (the pipeline's consumer was led by ${consumerLeader})`);
       const newLeader = await cluster.streamLeader();

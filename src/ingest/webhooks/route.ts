@@ -95,7 +95,7 @@ export function webhookRoutes(config: ConfigStore, eventLog: EventLog, limiter: 
         messageId: deliveryId,
         raw: { receivedAt: new Date(receivedAt).toISOString(), headers: storedHeaders(request.headers, c.headers, secretHeaderOf(c)), rows: docs.rows },
       };
-      const stored = await eventLog.append(c.connection, [{ id: deliveryId, json: JSON.stringify(record) }]);
+      const stored = await eventLog.append(c.connection, [{ id: deliveryId, json: JSON.stringify(record) }], "raw");
       const answer: Record<string, unknown> = { accepted: stored.stored, rows: docs.rows.length, ...(stored.duplicates && { duplicate: true }) };
       if (x.events) {
         const derived = deriveEvents(x.events, docs.parsed, deliveryId);
@@ -128,7 +128,7 @@ function secretHeaderOf(c: LoadedConnection): string | undefined {
 function deliveryIdOf(c: LoadedConnection, x: Compiled, headers: Headers, bytes: Uint8Array, parsed: unknown[]): string | { error: string } {
   if (c.dedup && "header" in c.dedup) {
     const v = headers.get(c.dedup.header);
-    if (v) return v.slice(0, 80);
+    if (v) return boundedId(v);
   }
   if (x.dedup) {
     let v: unknown;
@@ -137,10 +137,22 @@ function deliveryIdOf(c: LoadedConnection, x: Compiled, headers: Headers, bytes:
     } catch (e) {
       return { error: `dedup expression failed: ${(e as Error).message}` };
     }
-    if (typeof v === "string" || typeof v === "number") return String(v).slice(0, 80);
+    if (typeof v === "string" || typeof v === "number") return boundedId(String(v));
     return { error: `dedup expression "${x.dedup.source}" gave no id for this body` };
   }
   return `sha256:${createHash("sha256").update(bytes).digest("hex")}`;
+}
+
+/** Delivery ids the sender gives are kept up to this length; longer ones are hashed. */
+export const MAX_DELIVERY_ID = 80;
+
+/**
+ * A sender's delivery id as stored: itself up to 80 characters, else `id-sha256:` and the SHA-256
+ * of the whole id (74 characters), so ids that differ anywhere stay apart. A body hash is
+ * `sha256:…`, so neither form can be taken for the other.
+ */
+export function boundedId(id: string): string {
+  return id.length <= MAX_DELIVERY_ID ? id : `id-sha256:${createHash("sha256").update(id).digest("hex")}`;
 }
 
 /** `events:` turns each document into zero or more events; their messageIds derive from the delivery so retries dedup. */
