@@ -260,4 +260,6 @@ console.log("\n| kind | events/s | CPU µs/event | vs baseline | target | result
 for (const r of rows) {
   console.log(`| ${r.kind} | ${r.speed ? fmt(r.speed.eps) : "—"} | ${r.speed ? r.speed.cpuUs.toFixed(2) : "—"} | ${r.vs} | ${r.target} | ${r.result} |`);
 }
+// One JSON line last, for bench/rounds.ts (ranges over N runs).
+console.log(JSON.stringify({ rows: rows.map((r) => ({ name: r.kind, eps: r.speed?.eps, cpuUs: r.speed?.cpuUs, pass: r.result === "PASS" ? 1 : 0 })) }));
 process.exit(rows.some((r) => r.result === "FAIL") ? 1 : 0);
