@@ -170,3 +170,25 @@ test("an id longer than the limit (userId, previousId) fails that event with its
   await post([identify("v".repeat(1024), { plan: "at-limit" })]);
   await eventually<any>(stack.db, `SELECT plan FROM tributary.users FINAL WHERE plan = 'at-limit'`, (x) => x.length === 1, 60_000);
 }, 120_000);
+
+test("a merge that would take the profile past its limit is refused whole: both profiles and every identity link stay as they were", async () => {
+  const before = await pipelineUntil(() => true);
+  await post([identify(undefined, { a: "a".repeat(200 * 1024) }, { anonymousId: "merge-anon" }), identify("merge-user", { b: "b".repeat(200 * 1024) })]);
+  await eventually<any>(stack.db, `SELECT 1 FROM tributary.users FINAL WHERE user_id = 'merge-user' OR has(anonymous_ids, 'merge-anon')`, (x) => x.length === 2, 60_000);
+  const link = identify("merge-user", { plan: "linked" }, { anonymousId: "merge-anon" });
+  await post([link]);
+  const p = await pipelineUntil((x) => x.lag === 0 && x.deadLetters - before.deadLetters >= 1);
+  expect(p.lastErrors.find((x: any) => x.messageId === link.messageId)?.error).toMatch(/the profile would be \d[\d,]* bytes, more than its limit of 262,144/);
+  // The anonymous id still leads to its own profile, the user to theirs.
+  await post([identify(undefined, { plan: "anon-later" }, { anonymousId: "merge-anon" }), identify("merge-user", { plan: "user-later" })]);
+  const r = await eventually<any>(
+    stack.db,
+    `SELECT user_id, anonymous_ids, plan, length(ifNull(note_a, '')) AS a, length(ifNull(note_b, '')) AS b FROM tributary.users FINAL WHERE user_id = 'merge-user' OR has(anonymous_ids, 'merge-anon') ORDER BY plan`,
+    (x) => x.length === 2 && x[0].plan === "anon-later" && x[1].plan === "user-later",
+    60_000,
+  );
+  expect(r).toEqual([
+    { user_id: null, anonymous_ids: ["merge-anon"], plan: "anon-later", a: String(200 * 1024), b: "0" },
+    { user_id: "merge-user", anonymous_ids: [], plan: "user-later", a: "0", b: String(200 * 1024) },
+  ]);
+}, 120_000);
