@@ -43,6 +43,12 @@ export async function ensurePipelineConsumer(bus: Bus, connection: string, pipel
   if (info) {
     if (info.config.filter_subject !== filter) throw new Error(`consumer ${name} reads ${info.config.filter_subject}, not ${filter}`);
     if (info.config.ack_wait !== ackWait) await bus.jsm.consumers.update(STREAM, name, { ack_wait: ackWait });
+    // Another node created it first, from a later point than this node's: what this node accepted
+    // in between is in the stream but not for this pipeline. Never silent.
+    const from = info.config.deliver_policy === DeliverPolicy.StartSequence ? (info.config.opt_start_seq ?? 0) : 0;
+    if (from > afterSeq + 1) {
+      log.warn("pipeline consumer was created by another node from a later point: load what came before with a replay", { pipeline, connection, consumer: name, startsAt: from, replay: `bun run replay ${connection} --pipeline '${pipeline}' --from-seq ${afterSeq + 1}` });
+    }
     return {};
   }
   const legacy = legacyConsumerName(connection, pipeline);
