@@ -122,11 +122,14 @@ test("GET /v1/pipelines counts match what ClickHouse holds; /metrics has them an
   const inCh = async (p: string) => Number((await rows<any>(stack.db, `SELECT count() AS c FROM tributary.events FINAL WHERE pipeline = '${p}'`))[0].c);
   await eventually<any>(stack.db, `SELECT count() AS c FROM tributary.events FINAL WHERE message_id = 'cnt-2'`, (r) => r[0]?.c === "1");
   let pipelines: any[] = [];
-  for (let i = 0; i < 50; i++) {
+  // Both pipelines' counts settle once their inserts are confirmed: poll for both, generously.
+  const settled = async (name: string) => {
+    const x = pipelines.find((p) => p.pipeline === name);
+    return !!x && x.loaded === (await inCh(name)) && x.lag === 0;
+  };
+  for (const deadline = Date.now() + 30_000; Date.now() < deadline; await Bun.sleep(100)) {
     pipelines = (await (await admin("/v1/pipelines")).json()).pipelines;
-    const all = pipelines.find((p) => p.pipeline === "all");
-    if (all && all.loaded === (await inCh("all")) && all.lag === 0) break;
-    await Bun.sleep(100);
+    if ((await settled("all")) && (await settled("identifies"))) break;
   }
   const all = pipelines.find((p) => p.pipeline === "all");
   const identifies = pipelines.find((p) => p.pipeline === "identifies");

@@ -6,7 +6,7 @@ import { eventually, rows } from "../harness/warehouse.ts";
  * Issue 16 #1: nothing a sender can send poisons a users pipeline. Each refused event is
  * dead-lettered with its reason, named in lastErrors and counted on /v1/pipelines and /metrics;
  * the rest of its batch lands and every message is acknowledged. Profiles are bounded (README
- * "Users": limits). Datetimes on a DateTime64 server: test/integration/users-chdb.test.ts.
+ * "Users": limits). Datetimes on a DateTime64 server: test/chdb/users-chdb.test.ts.
  */
 
 const ADMIN = "users-poison-admin-token";
