@@ -17,7 +17,7 @@ import { log, requestContext } from "./util/log.ts";
 import { connectWarehouse, type Warehouse } from "./sink/clickhouse/server.ts";
 import { migrateEventsTable } from "./sink/clickhouse/events-table.ts";
 import { ensureDlqStream } from "./bus/dead-letters.ts";
-import { PipelineManager } from "./pipeline/manager.ts";
+import { PipelineManager, ensureConsumersAtStart } from "./pipeline/manager.ts";
 import { setExpressionTimeLimit } from "./pipeline/jsonata/index.ts";
 import type { BatchOptions } from "./pipeline/worker.ts";
 import type { InserterOptions } from "./sink/clickhouse/inserter.ts";
@@ -73,6 +73,11 @@ export async function startNode(o: NodeOptions & { natsUrl: string } & PipelineT
   const sourceConnections = () => [...config.current.connections.values()].filter((c) => c.source !== "raw").map((c) => c.connection);
   eventLog.warm(sourceConnections()).catch((e) => log.warn("dedup index not loaded yet; it loads on first use", { error: String(e) }));
   config.onChange(() => void eventLog.warm(sourceConnections()).catch(() => {}));
+
+  // Before the HTTP port opens: every pipeline's consumer exists from this node's start.
+  await ensureConsumersAtStart(bus, config.current, o.ackWaitMs).catch((e) =>
+    log.warn("pipeline consumers not created at start; they are created when the pipelines start", { error: String((e as Error).message ?? e) }),
+  );
 
   const removeSource = addPipelineSource(async () => (manager ? manager.snapshots() : []));
   // Ingestion never waits for the warehouse: events queue in JetStream until ClickHouse is there.

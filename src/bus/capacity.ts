@@ -73,7 +73,11 @@ export class StreamCapacity {
       // `nats sub`) wait for nobody.
       if (!c.config.durable_name) continue;
       const key = c.config.filter_subject ?? "";
-      bySubject.set(key, Math.max(bySubject.get(key) ?? 0, c.num_pending + c.num_ack_pending));
+      // What purging cannot free yet: not delivered, plus everything delivered above the ack floor.
+      // One message left unacknowledged (its node died; it comes back after ack_wait) holds the
+      // floor, and every acknowledged message above it keeps its space until then.
+      const aboveFloor = Math.max(c.num_ack_pending, c.delivered.consumer_seq - c.ack_floor.consumer_seq);
+      bySubject.set(key, Math.max(bySubject.get(key) ?? 0, c.num_pending + aboveFloor));
       floor = Math.min(floor, c.ack_floor.stream_seq);
     }
     let pending = 0;

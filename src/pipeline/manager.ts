@@ -64,6 +64,35 @@ interface Wanted {
  * swaps filters in place, and rebuilds users pipelines when their transformation or the
  * Customer Model changes.
  */
+/**
+ * Before the node answers anyone: every enabled pipeline of the configuration it starts with gets
+ * its durable consumer, starting after the stream sequence the node connected at. Pipelines then
+ * catch up from it however long the warehouse or a Python transform takes to be ready, so nothing
+ * the node accepts is missed (another node may have created a consumer first, from its own start).
+ * A consumer of the old naming hands its position over and goes, unless a disabled pipeline may
+ * still need it.
+ */
+export async function ensureConsumersAtStart(bus: Bus, config: Config, ackWaitMs: number): Promise<void> {
+  const after = bus.startSeq ?? (await bus.jsm.streams.info(STREAM)).state.last_seq;
+  const migrated = new Set<string>();
+  const stillNeeded = new Set<string>();
+  for (const c of config.connections.values()) {
+    const names = c.source === "raw" ? [RAW_PIPELINE] : [];
+    for (const p of c.pipelines ?? []) {
+      if (p.enabled === false) stillNeeded.add(legacyConsumerName(c.connection, p.name));
+      else names.push(p.name);
+    }
+    for (const name of names) {
+      const r = await ensurePipelineConsumer(bus, c.connection, name, ackWaitMs, after);
+      if (r.migratedFrom) migrated.add(r.migratedFrom);
+    }
+  }
+  for (const name of migrated) {
+    if (stillNeeded.has(name)) continue;
+    await bus.jsm.consumers.delete(STREAM, name).catch((e) => log.warn("old pipeline consumer not deleted", { consumer: name, error: String(e) }));
+  }
+}
+
 export class PipelineManager {
   readonly workers = new Map<string, PipelineWorker>();
   readonly #signatures = new Map<string, string>();

@@ -1,9 +1,8 @@
 import { createHash } from "node:crypto";
 import { nanos } from "@nats-io/nats-core";
 import { AckPolicy, DeliverPolicy, type JsMsg } from "@nats-io/jetstream";
-import { subjectToken } from "../bus/dead-letters.ts";
 import type { Bus } from "../bus/connection.ts";
-import { STREAM, connectionSubjects } from "../bus/subjects.ts";
+import { STREAM, connectionSubjects, consumerName } from "../bus/subjects.ts";
 import type { Config } from "../config/loader.ts";
 import type { Warehouse } from "../sink/clickhouse/server.ts";
 import { Inserter } from "../sink/clickhouse/inserter.ts";
@@ -75,7 +74,9 @@ export async function replay(bus: Bus, warehouse: Warehouse, config: Config, o: 
   const last = info.state.last_seq;
   // A durable consumer named after the replay's arguments: rerunning the same replay after an
   // interruption resumes after the last batch it loaded; it is deleted once the replay finished.
-  const name = `tributary_replay_${c.connection}_${subjectToken(p.name)}_${createHash("sha256").update(JSON.stringify([o.since, o.fromSeq, o.until])).digest("hex").slice(0, 8)}`;
+  // consumerName is injective over (connection, pipeline); a fixed prefix and a fixed-length hash keep it so.
+  const args = createHash("sha256").update(JSON.stringify([o.since, o.fromSeq, o.until])).digest("hex").slice(0, 8);
+  const name = consumerName(c.connection, p.name).replace(/^tributary-/, `tributary-replay-${args}-`);
   const existing = await bus.jsm.consumers.info(STREAM, name).catch(() => undefined);
   // Resume after the ack floor: batches are acknowledged in order, so everything up to it is loaded.
   // The old consumer is replaced rather than reused, because the messages it handed to the
