@@ -76,9 +76,9 @@ export class StreamCapacity {
       // What purging cannot free yet: not delivered, plus everything delivered above the ack floor.
       // One message left unacknowledged (its node died; it comes back after ack_wait) holds the
       // floor, and every acknowledged message above it keeps its space until then.
-      const aboveFloor = Math.max(c.num_ack_pending, c.delivered.consumer_seq - c.ack_floor.consumer_seq);
+      const aboveFloor = Math.max(c.num_ack_pending, (c.delivered?.consumer_seq ?? 0) - (c.ack_floor?.consumer_seq ?? 0));
       bySubject.set(key, Math.max(bySubject.get(key) ?? 0, c.num_pending + aboveFloor));
-      floor = Math.min(floor, c.ack_floor.stream_seq);
+      floor = Math.min(floor, c.ack_floor?.stream_seq ?? 0);
     }
     let pending = 0;
     for (const n of bySubject.values()) pending += n;

@@ -21,7 +21,13 @@ function fakeJsm(state: { pending: number }): JetStreamManager {
     consumers: {
       list: () =>
         (async function* () {
-          yield { config: { durable_name: "p", filter_subject: "s" }, num_pending: state.pending, num_ack_pending: 0, ack_floor: { stream_seq: 0 } };
+          yield {
+            config: { durable_name: "p", filter_subject: "s" },
+            num_pending: state.pending,
+            num_ack_pending: 0,
+            delivered: { stream_seq: 0, consumer_seq: 0 },
+            ack_floor: { stream_seq: 0, consumer_seq: 0 },
+          };
         })(),
     },
   } as unknown as JetStreamManager;
@@ -56,4 +62,30 @@ test("the README states the thresholds capacityDefaults uses", () => {
   expect(resume.length).toBeGreaterThanOrEqual(1);
   expect(new Set(refuse)).toEqual(new Set([pct(capacityDefaults.refuseRatio)]));
   expect(new Set(resume)).toEqual(new Set([pct(capacityDefaults.resumeRatio)]));
+});
+
+test("messages delivered above a stuck ack floor count as not yet freeable: the guard refuses before JetStream does", async () => {
+  // One message a killed node never acknowledged holds the floor; 8,000 acknowledged after it
+  // cannot be purged until it comes back. Only 10 are unacknowledged, but the stream is full.
+  const jsm = {
+    streams: {
+      info: async () => ({ state: { messages: 8_010, bytes: 8_010 * 100, first_seq: 1, last_seq: 8_010 } }),
+      purge: async () => ({ purged: 0 }),
+    },
+    consumers: {
+      list: () =>
+        (async function* () {
+          yield {
+            config: { durable_name: "p", filter_subject: "s" },
+            num_pending: 0,
+            num_ack_pending: 10,
+            delivered: { stream_seq: 8_010, consumer_seq: 8_010 },
+            ack_floor: { stream_seq: 0, consumer_seq: 0 },
+          };
+        })(),
+    },
+  } as unknown as JetStreamManager;
+  const guard = new StreamCapacity(jsm, { ...capacityDefaults, maxBytes: MAX });
+  await guard.check();
+  expect(guard.full).toBe(true);
 });
