@@ -15,8 +15,16 @@ const marker = "node_modules/.package-lock.json";
 // Stale when the lock or package.json changed since the last install (a pull that adds a dependency).
 const newer = (f) => existsSync(f) && statSync(f).mtimeMs > statSync(marker).mtimeMs;
 if (!existsSync(marker) || !existsSync("node_modules/.bin/bun") || newer(lock) || newer("package.json")) {
-  // `npm install`, not `npm ci`: npm 11 can judge a lock with optional platform packages out of sync.
-  run("npm install --no-audit --no-fund");
+  // `npm ci` installs exactly the committed lock. npm 11 judges a lock out of sync when a
+  // dependency names optional platform packages the registry does not have (chdb's darwin builds
+  // on some mirrors); only then `npm install`, which resolves the same versions and leaves the
+  // committed lock unchanged (`.ci/run` fails if it does not).
+  try {
+    run("npm ci --no-audit --no-fund");
+  } catch {
+    console.error("setup: npm ci refused the lock (see above); falling back to npm install");
+    run("npm install --no-audit --no-fund");
+  }
 }
 
 // Only needed when we manage the services ourselves.
