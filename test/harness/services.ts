@@ -35,7 +35,9 @@ export async function startClickHouse(): Promise<LocalClickHouse & { cleanup(): 
   await ch.start();
   return Object.assign(ch, {
     async cleanup() {
-      await ch.stop();
+      // Its data is deleted next, so nothing is gained by a graceful stop, which costs clickhouse-server
+      // 18.16 about 8 s per test file.
+      await ch.kill();
       rmSync(dir, { recursive: true, force: true });
     },
   });
