@@ -1,7 +1,8 @@
 /**
- * `bun run check [DIR] [--explain CONNECTION [--event FILE]]`: validates a pipelines directory
+ * `npm run check -- [DIR] [--explain CONNECTION [--event FILE]]`: validates a pipelines directory
  * exactly as the node would load it — schema, ${VAR}s, JSONata that must compile, raw webhook
- * checks, JavaScript and Python transforms that must load, the Customer Model — and exits
+ * checks, JavaScript and Python transforms that must load, the Customer Model and the properties
+ * each `mapping` writes (src/config/loader.ts, so the node refuses the same) — and exits
  * non-zero with file:line messages. `--explain` shows what each pipeline of a connection does to
  * an event: `--event FILE`, else the connection's last stored event (with NATS_URL), else a sample. Meant for CI before a deploy.
  */
@@ -23,7 +24,7 @@ const { values, positionals } = parseArgs({
   options: { explain: { type: "string" }, event: { type: "string" }, help: { type: "boolean", short: "h" } },
 });
 if (values.help) {
-  console.log("usage: bun run check [DIR] [--explain CONNECTION [--event FILE]]");
+  console.log("usage: npm run check -- [DIR] [--explain CONNECTION [--event FILE]]\n\nThe keys, types and allowed values of pipelines/ files: docs/configuration.md");
   process.exit(0);
 }
 const dir = positionals[0] ?? process.env.TRIBUTARY_PIPELINES ?? "pipelines";

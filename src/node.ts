@@ -158,7 +158,7 @@ export async function startNode(o: NodeOptions & { natsUrl: string } & PipelineT
     })
     .onBeforeHandle(({ request }) => {
       // Back-pressure: refuse new events while the stream could not keep them (see StreamCapacity).
-      if (capacity.full && request.method === "POST" && new URL(request.url).pathname.startsWith("/v1/")) {
+      if (capacity.full && request.method === "POST" && /^\/(v1|beacon)\//.test(new URL(request.url).pathname)) {
         return new Response(JSON.stringify({ error: "the event stream is nearly full of events not yet loaded into ClickHouse; retry later" }), {
           status: 503,
           headers: { "Content-Type": "application/json", "Retry-After": "30" },

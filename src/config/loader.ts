@@ -3,6 +3,8 @@ import { join, relative } from "node:path";
 import { TypeCompiler } from "@sinclair/typebox/compiler";
 import { LineCounter, parseDocument, visit, isScalar, type Document, type Node } from "yaml";
 import { Connection, CustomerModelFile } from "./schema.ts";
+import { schemaProblems } from "./schema-errors.ts";
+import { didYouMean } from "./suggest.ts";
 import { compileExpression, compileFilter } from "../pipeline/filter.ts";
 import { compileCheck } from "../ingest/webhooks/check.ts";
 
@@ -148,15 +150,34 @@ function parseFile(file: string, text: string, env: Record<string, string | unde
     if (problems.length) return { kind: "problems", problems };
     return { kind: "connection", value: { ...connection, file } };
   }
-  const seen = new Set<string>();
-  for (const e of checker.Errors(value)) {
-    if (seen.has(e.path)) continue; // a union reports each branch; the first message per field is enough
-    seen.add(e.path);
+  for (const e of schemaProblems(isModel ? CustomerModelFile : Connection, value)) {
     const field = e.path === "" ? "(file)" : e.path.slice(1);
     problems.push(`${file}:${lineOf(lc, nodeAt(doc, e.path))}: ${field}: ${e.message}`);
-    if (seen.size >= 10) break;
   }
   return { kind: "problems", problems };
+}
+
+/**
+ * A `mapping` writes Customer Model properties, so each of its keys must be one: a pipeline
+ * mapping onto a property the model lacks would fail every event it keeps (the model check runs
+ * per event), loading nothing. Refused here, so `check`, start-up and reload all say so.
+ */
+function checkMappings(connections: LoadedConnection[], model: CustomerModelFile["customerModel"], texts: Map<string, string>, problems: string[]) {
+  const properties = Object.keys(model);
+  for (const c of connections) {
+    c.pipelines?.forEach((p, i) => {
+      if (!p.transform || !("mapping" in p.transform)) return;
+      for (const key of Object.keys(p.transform.mapping)) {
+        if (Object.hasOwn(model, key)) continue;
+        const path = `/pipelines/${i}/transform/mapping/${key.replace(/~/g, "~0").replace(/\//g, "~1")}`;
+        const why = properties.length
+          ? `property "${key}" is not in the Customer Model${didYouMean(key, properties) || ` (it has ${properties.slice(0, 20).join(", ")}${properties.length > 20 ? ", …" : ""})`}`
+          : `property "${key}" is not in the Customer Model, which has no properties: declare it in a file of pipelines/ (customerModel: {${key}: string})`;
+        const problem = `${c.file}:${lineInYaml(texts.get(c.file) ?? "", path)}: pipelines/${i}/transform/mapping/${key} of "${p.name}": ${why}`;
+        problems.push(problem.replace(/\s*[\r\n]+\s*/g, " ")); // one line per problem, as parseConfigFile's
+      }
+    });
+  }
 }
 
 /** Cross-file rules a per-file schema cannot express. */
@@ -198,6 +219,7 @@ export function loadConfig(dir: string, env: Record<string, string | undefined> 
   let customerModel: CustomerModelFile["customerModel"] = {};
   let customerModelMigrate = false;
   const files: string[] = [];
+  const texts = new Map<string, string>();
   for (const name of entries) {
     const path = join(dir, name);
     const shown = relative(process.cwd(), path) || path;
@@ -211,6 +233,7 @@ export function loadConfig(dir: string, env: Record<string, string | undefined> 
       continue;
     }
     files.push(shown);
+    texts.set(shown, text);
     const parsed = parseConfigFile(shown, text, env);
     if (parsed.kind === "problems") problems.push(...parsed.problems);
     else if (parsed.kind === "connection") connections.push(parsed.value);
@@ -219,7 +242,11 @@ export function loadConfig(dir: string, env: Record<string, string | undefined> 
       customerModelMigrate ||= parsed.value.migrate === true;
     }
   }
+  // Mappings are checked only once every file loaded: a file that failed may be (or have been meant
+  // as) the Customer Model, and its own problem is what to fix, not every mapping onto it.
+  const everyFileLoaded = problems.length === 0;
   checkWhole(connections, problems);
+  if (everyFileLoaded) checkMappings(connections, customerModel, texts, problems);
   if (problems.length) throw new ConfigError(problems);
   return { connections: new Map(connections.map((c) => [c.connection, c])), customerModel, customerModelMigrate, files };
 }

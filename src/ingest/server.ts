@@ -9,6 +9,9 @@ import { EVENT_TYPES } from "./event-schema.ts";
 import { InFlightLimiter } from "./overload.ts";
 import { forwardedFor, socketIp as canonicalSocketIp } from "./ip.ts";
 import { RateLimiter } from "./rate-limit.ts";
+import { allows, clipOrigin, corsHeaders, originRefused, originRefusedResponse } from "./cors.ts";
+import { RefusalLog } from "./refusal-log.ts";
+import { sdkConfigRoutes } from "./sdk-config.ts";
 import { log as logger } from "../util/log.ts";
 
 export interface IngestServerOptions {
@@ -52,21 +55,6 @@ const UNAUTHORIZED: IngestResult = { status: 401, body: { error: "unauthorized: 
 
 const CORS_ALLOW_HEADERS = "Authorization, Content-Type, Content-Encoding";
 
-const allows = (allowed: string[] | undefined, origin: string) => !allowed || allowed.includes("*") || allowed.includes(origin);
-
-/**
- * CORS headers for an answer. The origin is reflected only when `allowed` admits it (a connection's
- * `allowedOrigins`; absent, every origin). `Access-Control-Allow-Credentials` is sent only with
- * `credentials`: for a request whose key came in its body, the way `navigator.sendBeacon` sends
- * (always with credentials). Fetch and XHR senders put the key in a header and send no cookies.
- */
-function corsHeaders(request: Request, allowed: string[] | undefined, credentials = false): Record<string, string> {
-  const origin = request.headers.get("origin");
-  if (!origin) return {};
-  if (!allows(allowed, origin)) return { Vary: "Origin" };
-  return { "Access-Control-Allow-Origin": origin, Vary: "Origin", ...(credentials && { "Access-Control-Allow-Credentials": "true" }), "Access-Control-Expose-Headers": "Retry-After" };
-}
-
 function respond(r: IngestResult, extra: Record<string, string> = {}): Response {
   return new Response(JSON.stringify(r.body), {
     status: r.status,
@@ -85,13 +73,6 @@ export function clientIp(request: Request, socketIp: string | undefined, trustPr
     if (xff !== null && xff.trim() !== "") return forwardedFor(xff);
   }
   return { ip: canonicalSocketIp(socketIp) };
-}
-
-/** A browser page's origin that the connection does not allow (the request is refused, 403). */
-function originRefused(request: Request, allowed: string[] | undefined): string | undefined {
-  const origin = request.headers.get("origin");
-  if (!origin || !allowed || allowed.includes("*") || allowed.includes(origin)) return undefined;
-  return origin;
 }
 
 export interface IngestServer {
@@ -129,28 +110,51 @@ export function ingestRoutes(config: ConfigStore, eventLog: EventLog, opts: Part
     if (origin !== null && originLists.some((l) => allows(l, origin))) return undefined;
     return [];
   };
-  const publicCors = (request: Request) => corsHeaders(request, anyConnection(request.headers.get("origin")));
+  const publicCors = (request: Request, credentials = false) => corsHeaders(request, anyConnection(request.headers.get("origin")), credentials);
+  // Refusals are logged at warn, rate-limited so a hostile page cannot flood the log.
+  const refusals = new RefusalLog();
+  const path = (request: Request) => new URL(request.url).pathname;
 
-  async function handle(endpoint: Endpoint, request: Request, socketIp: string | undefined): Promise<Response> {
+  /**
+   * The connection refuses the request's Origin: a 403 the page can read (see cors.ts), and a
+   * warn line naming the connection and the origin, never the key.
+   */
+  const refuseOrigin = (request: Request, connection: string, origin: string, credentials: boolean): Response => {
+    refusals.warn(`origin\n${connection}\n${origin}`, "request refused: origin not allowed by the connection", { connection, origin: clipOrigin(origin), path: path(request) });
+    return originRefusedResponse(origin, credentials);
+  };
+
+  /**
+   * `keyIn: "query"` is sendBeacon's route (`?writeKey=`), which cannot set headers. A request
+   * without an Authorization header is unauthenticated until its key is checked, whether the key is
+   * in the query string or the body: it is bounded by the same body limit and shared budget.
+   */
+  async function handle(endpoint: Endpoint, request: Request, socketIp: string | undefined, keyIn: "body" | "query" = "body"): Promise<Response> {
     const receivedAt = Date.now();
     const index = currentKeys();
-    const headerKey = writeKeyFromHeader(request.headers.get("authorization"));
-    // The header wins when both are present; without a header the key may come in the body.
-    const keyInBody = !request.headers.has("authorization");
-    let connection = keyInBody ? undefined : index.lookup(headerKey);
-    if (!keyInBody && !connection) return respond(UNAUTHORIZED, publicCors(request));
+    // The header wins when both are present; without a header the key comes in the query string
+    // (beacon route) or the body.
+    const keyless = !request.headers.has("authorization");
+    const keyInBody = keyless && keyIn === "body";
+    let connection = keyless ? (keyIn === "query" ? index.lookup(new URL(request.url).searchParams.get("writeKey") ?? undefined) : undefined) : index.lookup(writeKeyFromHeader(request.headers.get("authorization")));
+    if (!keyInBody && !connection) return respond(UNAUTHORIZED, publicCors(request, keyless));
+    // Known before the body is read: a refused origin costs no more than this.
+    if (connection) {
+      const refused = originRefused(request, connection.allowedOrigins);
+      if (refused !== undefined) return refuseOrigin(request, connection.connection, refused, keyless);
+    }
 
     // Memory is reserved for bytes that arrived, not for bytes promised: a sender that declares a
     // large Content-Length and then stalls (slow loris) holds at most SMALL_BODY_BYTES.
     const declared = Number(request.headers.get("content-length") ?? 0) || SMALL_BODY_BYTES;
-    const limit = keyInBody ? Math.min(o.maxBodyKeyBytes, o.maxRequestBytes) : o.maxRequestBytes;
+    const limit = keyless ? Math.min(o.maxBodyKeyBytes, o.maxRequestBytes) : o.maxRequestBytes;
     let reserve = Math.min(declared, SMALL_BODY_BYTES, limit);
-    const overloaded = () => respond({ status: 429, body: { error: "node overloaded; retry later" }, headers: { "Retry-After": "1" } }, publicCors(request));
-    // Unauthenticated bytes are held in both budgets until the key is known.
-    let bodyKeyReserve = keyInBody ? reserve : 0;
-    if (keyInBody && !bodyKeyLimiter.tryAcquire(reserve)) return overloaded();
+    const overloaded = () => respond({ status: 429, body: { error: "node overloaded; retry later" }, headers: { "Retry-After": "1" } }, publicCors(request, keyless));
+    // Unauthenticated bytes are held in both budgets until the body has been read and its key known.
+    let bodyKeyReserve = keyless ? reserve : 0;
+    if (keyless && !bodyKeyLimiter.tryAcquire(reserve)) return overloaded();
     const releaseBodyKey = () => {
-      if (!keyInBody || bodyKeyReserve < 0) return;
+      if (!keyless || bodyKeyReserve < 0) return;
       bodyKeyLimiter.release(bodyKeyReserve);
       bodyKeyReserve = -1;
     };
@@ -160,7 +164,7 @@ export function ingestRoutes(config: ConfigStore, eventLog: EventLog, opts: Part
     }
     const grow = (size: number) => {
       if (size <= reserve) return true;
-      if (bodyKeyReserve >= 0 && keyInBody) {
+      if (bodyKeyReserve >= 0 && keyless) {
         if (size > bodyKeyReserve) {
           if (!bodyKeyLimiter.tryGrow(size - bodyKeyReserve)) return false;
           bodyKeyReserve = size;
@@ -173,19 +177,20 @@ export function ingestRoutes(config: ConfigStore, eventLog: EventLog, opts: Part
     try {
       let text: string;
       try {
-        // Without a key header only a JSON object can carry one: anything else is refused at its first byte.
-        text = await readBodyText(request, { limit, timeoutMs: o.bodyTimeoutMs, grow, ...(keyInBody && { firstByte: (b: number) => b === 0x7b /* { */ }) });
+        // Without a key header only a JSON object can carry one (or be a beacon's batch): anything
+        // else is refused at its first byte.
+        text = await readBodyText(request, { limit, timeoutMs: o.bodyTimeoutMs, grow, ...(keyless && { firstByte: (b: number) => b === 0x7b /* { */ }) });
       } catch (e) {
-        if (e instanceof BodyRefusedError) return respond(UNAUTHORIZED, publicCors(request));
+        if (e instanceof BodyRefusedError) return respond(keyInBody ? UNAUTHORIZED : { status: 400, body: { error: "body must be a JSON object" } }, publicCors(request, keyless));
         if (e instanceof PayloadTooLargeError) {
-          const error = keyInBody
+          const error = keyless
             ? `a request without an Authorization header may be at most ${limit} bytes after decompression; send the write key in the Authorization header for larger bodies`
             : e.message;
-          return respond({ status: 413, body: { error } }, publicCors(request));
+          return respond({ status: 413, body: { error } }, publicCors(request, keyless));
         }
-        if (e instanceof BadEncodingError) return respond({ status: 400, body: { error: e.message } }, publicCors(request));
+        if (e instanceof BadEncodingError) return respond({ status: 400, body: { error: e.message } }, publicCors(request, keyless));
         if (e instanceof BodyOverloadError) return overloaded();
-        if (e instanceof BodyTimeoutError) return respond({ status: 503, body: { error: e.message }, headers: { Connection: "close", "Retry-After": String(o.retryAfterSeconds) } }, publicCors(request));
+        if (e instanceof BodyTimeoutError) return respond({ status: 503, body: { error: e.message }, headers: { Connection: "close", "Retry-After": String(o.retryAfterSeconds) } }, publicCors(request, keyless));
         if (e instanceof BodyAbortedError) {
           logger.debug("request body ended early", { error: e.message });
           return respond({ status: 400, body: { error: e.message }, headers: { Connection: "close" } });
@@ -199,23 +204,22 @@ export function ingestRoutes(config: ConfigStore, eventLog: EventLog, opts: Part
       if (keyInBody) {
         bodyKey = topLevelWriteKey(text);
         connection = index.lookup(bodyKey);
-        if (!connection) return respond(UNAUTHORIZED, publicCors(request));
-        releaseBodyKey();
+        if (!connection) return respond(UNAUTHORIZED, publicCors(request, true));
+        const refused = originRefused(request, connection.allowedOrigins);
+        if (refused !== undefined) return refuseOrigin(request, connection.connection, refused, true);
       }
+      releaseBodyKey();
+      const c = connection!;
       let body: unknown;
       try {
         body = JSON.parse(text);
       } catch (e) {
         const error = text.trim() === "" ? "invalid JSON: the body is empty" : `invalid JSON: ${(e as Error).message}`;
-        return respond({ status: 400, body: { error } }, corsHeaders(request, connection!.allowedOrigins, keyInBody));
+        return respond({ status: 400, body: { error } }, corsHeaders(request, c.allowedOrigins, keyless));
       }
-      if (keyInBody && bodyWriteKey(body) !== bodyKey) return respond(UNAUTHORIZED, publicCors(request));
-      const c = connection!;
-      // Write keys are public in web pages: a browser on a page the connection does not allow is refused.
-      const refused = originRefused(request, c.allowedOrigins);
-      if (refused !== undefined) return respond({ status: 403, body: { error: `origin ${JSON.stringify(refused.slice(0, 256))} is not allowed for this connection` } });
+      if (keyInBody && bodyWriteKey(body) !== bodyKey) return respond(UNAUTHORIZED, publicCors(request, true));
       const address = clientIp(request, socketIp, o.trustProxy);
-      if ("error" in address) return respond({ status: 400, body: { error: address.error } }, corsHeaders(request, c.allowedOrigins, keyInBody));
+      if ("error" in address) return respond({ status: 400, body: { error: address.error } }, corsHeaders(request, c.allowedOrigins, keyless));
       const result = await ingest(
         c,
         endpoint,
@@ -226,7 +230,7 @@ export function ingestRoutes(config: ConfigStore, eventLog: EventLog, opts: Part
         stats,
         rateLimiter,
       );
-      return respond(result, corsHeaders(request, c.allowedOrigins, keyInBody));
+      return respond(result, corsHeaders(request, c.allowedOrigins, keyless));
     } catch (e) {
       logger.error("ingest failed", { error: String((e as Error)?.stack ?? e) });
       return respond({ status: 503, body: { error: "internal error; retry later" }, headers: { "Retry-After": String(o.retryAfterSeconds) } });
@@ -236,33 +240,48 @@ export function ingestRoutes(config: ConfigStore, eventLog: EventLog, opts: Part
     }
   }
 
-  const routes: [string, Endpoint][] = [
+  /**
+   * Answer to a preflight: yes only for an origin some connection allows, never with credentials
+   * except on the beacon route (sendBeacon always sends them; fetch/XHR senders put the key in a
+   * header and send no cookies). A refused preflight is logged: the browser then sends nothing,
+   * so this line is the only trace of a page whose origin no connection lists.
+   */
+  const preflight = (request: Request, methods: string, credentials = false) => {
+    const cors = publicCors(request, credentials);
+    const origin = request.headers.get("origin");
+    if (origin !== null && !cors["Access-Control-Allow-Origin"]) {
+      refusals.warn(`preflight\n${origin}`, "preflight refused: no connection allows this origin", { origin: clipOrigin(origin), path: path(request) });
+    }
+    return new Response(null, {
+      status: 204,
+      headers: {
+        ...cors,
+        "Access-Control-Allow-Methods": methods,
+        "Access-Control-Allow-Headers": request.headers.get("access-control-request-headers") ?? CORS_ALLOW_HEADERS,
+        "Access-Control-Max-Age": "86400",
+      },
+    });
+  };
+
+  const routes: [string, Endpoint, ("body" | "query")?][] = [
     ["/v1/events", { kind: "events" }],
     ["/v1/batch", { kind: "batch" }],
     ...EVENT_TYPES.map((t): [string, Endpoint] => [`/v1/${t}`, { kind: "single", type: t }]),
+    // analytics.js (Segment's browser SDK) posts to the type's first letter, and batches to /v1/b.
+    ...EVENT_TYPES.map((t): [string, Endpoint] => [`/v1/${t[0]}`, { kind: "single", type: t }]),
+    ["/v1/b", { kind: "batch" }],
+    // RudderStack's BeaconQueue: navigator.sendBeacon, the key in the query string.
+    ["/beacon/v1/batch", { kind: "batch" }, "query"],
   ];
 
   let app = new Elysia({ name: "ingest" });
-  for (const [path, endpoint] of routes) {
+  for (const [path, endpoint, keyIn] of routes) {
     app = app
       // Bodies are JSON whatever the Content-Type says, gzip under x-www-form-urlencoded included:
       // never let the framework parse them.
-      .post(path, ({ request, server }) => handle(endpoint, request, server?.requestIP(request)?.address), { parse: "none" })
-      .options(
-        path,
-        ({ request }) =>
-          new Response(null, {
-            status: 204,
-            // Yes only for an origin some connection allows; never with credentials (the key is
-            // in a header, and fetch/XHR senders send no cookies).
-            headers: {
-              ...publicCors(request),
-              "Access-Control-Allow-Methods": "POST, OPTIONS",
-              "Access-Control-Allow-Headers": request.headers.get("access-control-request-headers") ?? CORS_ALLOW_HEADERS,
-              "Access-Control-Max-Age": "86400",
-            },
-          }),
-      ) as typeof app;
+      .post(path, ({ request, server }) => handle(endpoint, request, server?.requestIP(request)?.address, keyIn), { parse: "none" })
+      .options(path, ({ request }) => preflight(request, "POST, OPTIONS", keyIn === "query")) as typeof app;
   }
-  return { app, stats, limiter, rateLimiter };
+  const sdk = sdkConfigRoutes({ lookup: (key) => currentKeys().lookup(key), publicCors, preflight, refuseOrigin, trustProxy: o.trustProxy });
+  return { app: app.use(sdk), stats, limiter, rateLimiter };
 }

@@ -1,6 +1,7 @@
 import { Type, type TSchema } from "@sinclair/typebox";
 import { ReplayRequest } from "./replay-routes.ts";
 import { BaseEvent, BatchEnvelope, EVENT_RULES, EVENT_TYPES, Identity, type EventType } from "../ingest/event-schema.ts";
+import { RudderSourceConfig, SegmentSettings } from "../ingest/sdk-config.ts";
 
 /**
  * GET /openapi.json, built from the TypeBox schemas that validate requests (event-schema.ts), so
@@ -121,6 +122,27 @@ export function openApiDocument(version: string): Record<string, unknown> {
   ingest("/v1/events", "One event, or an array of events", Type.Union([AnyEvent, Type.Array(AnyEvent)], example([EXAMPLES.track, EXAMPLES.identify])));
   ingest("/v1/batch", "A batch envelope, as the Segment and RudderStack SDKs send", Type.Intersect([BatchEnvelope, Type.Object({ batch: Type.Array(AnyEvent) })], example({ batch: [EXAMPLES.track], sentAt: "2025-10-20T16:15:24.327Z" })));
   for (const t of EVENT_TYPES) ingest(`/v1/${t}`, `One ${t} event (type comes from the path)`, { ...eventOf(t), ...example(EXAMPLES[t]) });
+  // analytics.js (Segment's browser SDK) posts text/plain JSON to the type's first letter, batches to /v1/b.
+  for (const t of EVENT_TYPES) ingest(`/v1/${t[0]}`, `One ${t} event, as analytics.js sends it (same as /v1/${t})`, { ...eventOf(t), ...example(EXAMPLES[t]) });
+  ingest("/v1/b", "A batch, as analytics.js sends it (same as /v1/batch)", Type.Intersect([BatchEnvelope, Type.Object({ batch: Type.Array(AnyEvent) })], example({ batch: [EXAMPLES.track], sentAt: "2025-10-20T16:15:24.327Z" })));
+  ingest("/beacon/v1/batch", "A batch sent with navigator.sendBeacon (RudderStack's BeaconQueue): the key in the `writeKey` query parameter, at most 1 MiB", Type.Intersect([BatchEnvelope, Type.Object({ batch: Type.Array(AnyEvent) })], example({ batch: [EXAMPLES.track], sentAt: "2025-10-20T16:15:24.327Z" })));
+  (paths["/beacon/v1/batch"]!.post as Record<string, unknown>).security = [];
+  (paths["/beacon/v1/batch"]!.post as Record<string, unknown>).parameters = [{ name: "writeKey", in: "query", required: true, schema: { type: "string" } }];
+  const sdkGet = (summary: string, answer: TSchema, extra: Record<string, unknown>) => ({
+    get: { summary, security: [], ...extra, responses: { "200": json(answer, "settings"), "403": err("a browser Origin the connection's allowedOrigins does not list (with CORS headers, so the page can read it)") } },
+    options: { summary: "CORS preflight", security: [], responses: { "204": { description: "CORS headers" } } },
+  });
+  paths["/v1/projects/{writeKey}/settings"] = sdkGet("analytics.js settings (`cdnURL` pointed at this node): sends events to this node, nothing else", SegmentSettings, {
+    parameters: [{ name: "writeKey", in: "path", required: true, schema: { type: "string" } }],
+  });
+  (paths["/v1/projects/{writeKey}/settings"]!.get as { responses: Record<string, unknown> }).responses["404"] = err("unknown write key");
+  for (const p of ["/sourceConfig", "/sourceConfig/"]) {
+    paths[p] = sdkGet("RudderStack JS SDK v3 source config (`configUrl` pointed at this node): enabled, no destinations", RudderSourceConfig, {
+      security: [{ basicWriteKey: [] }, {}],
+      parameters: [{ name: "writeKey", in: "query", required: false, schema: { type: "string" }, description: "used without an Authorization header" }],
+    });
+    (paths[p]!.get as { responses: Record<string, unknown> }).responses["401"] = err("missing or unknown write key");
+  }
   paths["/v1/webhooks/{connection}"] = {
     post: {
       summary: "A raw webhook delivery (any JSON, or text) for a `source: raw` connection",
@@ -177,7 +199,7 @@ export function openApiDocument(version: string): Record<string, unknown> {
   get("/metrics", "Prometheus metrics", { "200": { description: "text/plain; version=0.0.4", content: { "text/plain": {} } } });
   return {
     openapi: "3.1.0",
-    info: { title: "Tributary", version, description: "Event ingestion: HTTP in, NATS JetStream, pipelines into ClickHouse. See PRODUCT.md." },
+    info: { title: "Tributary", version, description: "Event ingestion: HTTP in, NATS JetStream, pipelines into ClickHouse. Connections, write keys and pipelines are configured by the files of pipelines/: see docs/configuration.md in the repository (generated from the schemas that validate them)." },
     paths,
     components: {
       securitySchemes: {

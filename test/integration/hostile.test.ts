@@ -463,7 +463,7 @@ describe("the connection", () => {
 describe("credentials", () => {
   const ingestPaths = ["/v1/events", "/v1/batch", "/v1/track", "/v1/identify", "/v1/page", "/v1/screen", "/v1/group", "/v1/alias"];
   // Every route but ingestion, webhooks, preflights, the debugger's page shell and the public probes is an admin route.
-  const PUBLIC = /^\/(v1\/(events|batch|track|identify|page|screen|group|alias|webhooks\/.*)|debugger(\/.*)?|healthz|readyz|version|openapi\.json)$/;
+  const PUBLIC = /^\/(v1\/(events|batch|track|identify|page|screen|group|alias|[tipsgab]|webhooks\/.*|projects\/[^/]+\/settings)|beacon\/v1\/batch|sourceConfig\/?|debugger(\/.*)?|healthz|readyz|version|openapi\.json)$/;
   const adminRoutes = () => node.routes.filter((r) => r.method !== "OPTIONS" && !PUBLIC.test(r.path)).map((r) => ({ method: r.method, path: r.path.replace(/:[a-zA-Z]+/g, "x") }));
 
   test("the admin token and a raw connection's secret never ingest: 401 on every endpoint, however sent, with the unknown-key body", async () => {

@@ -226,10 +226,13 @@ describe("browsers", () => {
     expect(r.headers.get("access-control-allow-headers")).toContain("authorization");
   });
 
-  test("allowedOrigins restricts which origins get CORS headers", async () => {
+  test("allowedOrigins restricts which origins may send; a refused page can read why (issue 17)", async () => {
     const ok = await post("/v1/events", json(track()), { Authorization: `Bearer ${OTHER}`, Origin: "https://app.example.com" });
+    expect(ok.status).toBe(200);
     expect(ok.headers.get("access-control-allow-origin")).toBe("https://app.example.com");
     const no = await post("/v1/events", json(track()), { Authorization: `Bearer ${OTHER}`, Origin: "https://evil.example" });
-    expect(no.headers.get("access-control-allow-origin")).toBeNull();
+    expect(no.status).toBe(403);
+    expect(no.headers.get("access-control-allow-origin")).toBe("https://evil.example");
+    expect((await no.json()).reason).toBe("origin_not_allowed");
   });
 });

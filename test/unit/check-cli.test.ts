@@ -52,6 +52,25 @@ test("bun run check: each kind of error, with the right file:line", async () => 
   }
 }, 60_000);
 
+test("bun run check: a mapping onto a property the Customer Model lacks exits non-zero, naming file:line, the property and the closest one (issue 17 #4)", async () => {
+  const dir = pipelinesDir({
+    "w.yaml": `connection: w\nsource: webhook\nwriteKeys: ["abcdefgh12"]\npipelines:\n  - name: users\n    import: users\n    transform:\n      mapping:\n        email: traits.email\n        emial_verified: traits.verified\n`,
+    "customer-model.yaml": "customerModel:\n  email: string\n  email_verified: boolean\n",
+  });
+  const r = await run(dir);
+  expect(r.code).toBe(1);
+  expect(r.out).not.toContain("ok:");
+  expect(r.err).toMatch(/w\.yaml:10: pipelines\/0\/transform\/mapping\/emial_verified of "users": property "emial_verified" is not in the Customer Model; did you mean email_verified\?/);
+  expect(r.err).toContain("1 problem in");
+});
+
+test("bun run check: schema errors list the allowed values and the closest name (issue 17 #4)", async () => {
+  const r = await run(pipelinesDir({ "a.yaml": `connection: a\nsource: webhook\nwriteKeys: ["abcdefgh12"]\nallowedOrigin: ["https://x.example"]\npipelines:\n  - name: e\n    import: event\n` }));
+  expect(r.code).toBe(1);
+  expect(r.err).toMatch(/a\.yaml:4: allowedOrigin: unknown key "allowedOrigin"; did you mean allowedOrigins\?/);
+  expect(r.err).toMatch(/a\.yaml:7: pipelines\/0\/import: expected events \| users; did you mean events\?/);
+});
+
 test("a mapping property named __proto__ stays a plain key (no prototype pollution)", async () => {
   const { mappingTransform } = await import("../../src/pipeline/transform/expressions.ts");
   const [r] = await mappingTransform(JSON.parse(`{"__proto__": "traits.evil", "plan": "traits.plan"}`)).transformBatch([{ traits: { evil: { polluted: true }, plan: "pro" } }]);

@@ -12,6 +12,7 @@ import type { InFlightLimiter } from "../overload.ts";
 import { compileCheck, WebhookCheckError, type WebhookCheck } from "./check.ts";
 import { RawBodyError, splitRawBody, storedHeaders } from "./raw-body.ts";
 import { ingestDefaults } from "../server.ts";
+import { RefusalLog } from "../refusal-log.ts";
 import { log } from "../../util/log.ts";
 
 export interface WebhookOptions extends IngestLimits {
@@ -37,6 +38,8 @@ const json = (status: number, body: unknown, headers: Record<string, string> = {
  */
 export function webhookRoutes(config: ConfigStore, eventLog: EventLog, limiter: InFlightLimiter, stats: IngestStats, o: WebhookOptions) {
   const bodyTimeoutMs = o.bodyTimeoutMs ?? ingestDefaults.bodyTimeoutMs;
+  // Refused signatures are logged at warn, rate-limited per connection and reason.
+  const refusals = new RefusalLog();
   const compiled = new WeakMap<LoadedConnection, Compiled>();
   const compiledOf = (c: LoadedConnection): Compiled => {
     let x = compiled.get(c);
@@ -79,7 +82,11 @@ export function webhookRoutes(config: ConfigStore, eventLog: EventLog, limiter: 
       try {
         x.check?.verify(bytes, request.headers);
       } catch (e) {
-        if (e instanceof WebhookCheckError) return json(401, { error: `unauthorized: ${e.message}` });
+        if (e instanceof WebhookCheckError) {
+          // The reason is the check's fixed wording (which header, which rule), never a secret.
+          refusals.warn(`webhook\n${c.connection}\n${e.message}`, "webhook refused: check failed", { connection: c.connection, reason: e.message });
+          return json(401, { error: `unauthorized: ${e.message}` });
+        }
         throw e;
       }
       let docs;
