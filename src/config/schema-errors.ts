@@ -92,7 +92,8 @@ function collect(errors: Iterable<ValueError>, root: unknown, prefix: string, ad
         union(s, e.value, root, e.path, prefix, add);
         break;
       default:
-        add({ path, message: e.message.replace(/^Expected/, "expected") });
+        // A value of the wrong kind says what the key takes ("a list of text"), not TypeBox's "Expected array".
+        add({ path, message: /^Expected (array|string|number|integer|boolean|object)$/.test(e.message) ? `expected ${expected(s)}` : e.message.replace(/^Expected/, "expected") });
     }
   }
 }
@@ -102,6 +103,11 @@ function union(s: S, value: unknown, root: unknown, path: string, prefix: string
   const at = prefix + path;
   if (isObject(value)) {
     const objects = branches.filter((b) => b.type === "object" && b.properties);
+    const used = objects.filter((b) => Object.keys(value).some((k) => k in b.properties));
+    if (used.length > 1 && objects.every((b) => Object.keys(b.properties).length === 1)) {
+      const keys = used.map((b) => Object.keys(b.properties)[0]).join(" and ");
+      return add({ path: at, message: `expected exactly one of ${expected(s)}, not ${keys} together` });
+    }
     // The branch the file meant: the one sharing most keys with the value. Its own errors are precise.
     let meant: S | undefined;
     let shared = 0;

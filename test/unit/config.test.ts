@@ -104,6 +104,10 @@ describe("pipelines/ configuration", () => {
     expect(p).toContain(`${shown(p, "r.yaml")}:4: dedup: expected {header} | {jsonata}; unknown key "heder"; did you mean header?`);
     // The form the file meant ({hmac}) is checked, so the error names the field inside it.
     expect(p).toContain(`${shown(p, "h.yaml")}:3: check/hmac/algorithm: expected sha1 | sha256 | sha512; did you mean sha256?`);
+    // Two forms at once, and a value of the wrong kind, say what the key takes.
+    const t = problems({ "t.yaml": 'connection: t\nsource: webhook\nwriteKeys: abcdefgh12\npipelines:\n  - name: u\n    import: users\n    transform: {mapping: {email: traits.email}, jsonata: "{}"}\n' });
+    expect(t).toContain(`${shown(t, "t.yaml")}:3: writeKeys: expected a list of text`);
+    expect(t).toContain(`${shown(t, "t.yaml")}:7: pipelines/0/transform: expected exactly one of {mapping} | {jsonata} | {javascript} | {python}, not mapping and jsonata together`);
     // Nothing close: the known keys are listed.
     const q = problems({ "b.yaml": 'connection: b\nsource: webhook\nwriteKeys: ["abcdefgh12"]\nzzz: 1\n' });
     expect(q[0]).toMatch(/b\.yaml:4: zzz: unknown key "zzz"; expected one of connection, source, writeKeys, allowedOrigins, /);
