@@ -1,4 +1,4 @@
-// `bun run bench:capacity`: what each component costs per event at a steady load, read from
+// `npm run bench:capacity`: what each component costs per event at a steady load, read from
 // /proc during one run: CPU-seconds (utime + stime) and peak RSS per million events for the
 // ingest node, NATS, the pipeline workers and ClickHouse, and events/s per core for each.
 //
@@ -34,6 +34,21 @@ import { ManagedProcess } from "../src/services/managed-process.ts";
 import { freePort, waitForPort } from "../src/services/ports.ts";
 import { STREAM } from "../src/bus/subjects.ts";
 import { fixtureEvents, type LoadResult, type LoadSpec } from "./loadgen.ts";
+import { parseCommand } from "../scripts/cli.ts";
+
+// Before anything starts: `--help` prints this and exits, an unknown flag exits 2.
+parseCommand({ name: "bench:capacity", options: {}, usage: `usage: npm run bench:capacity
+
+What each component (ingest node, NATS, pipeline workers, ClickHouse) costs per event at a steady
+load: CPU-seconds and peak RSS per million events, events/s per core. Starts its own services and
+two nodes; checks every accepted event is stored exactly once; prints a markdown table and one
+JSON line. Exit 1 if the pipeline did not keep up or events went missing.
+
+  -h, --help   this help
+
+Environment: CAPACITY_RATE (20000), CAPACITY_SECONDS (60), CAPACITY_WARMUP_SECONDS (5),
+CAPACITY_SETTLE_SECONDS (5), CAPACITY_BATCH (100), CAPACITY_REPLICAS (1; 3 runs a 3-server
+cluster), CAPACITY_FIXTURES (test/fixtures).` });
 
 const env = process.env;
 const num = (name: string, d: number) => (env[name] ? Number(env[name]) : d);

@@ -1,4 +1,4 @@
-// `bun run bench:e2e`: events POSTed at a node until they are counted in ClickHouse, beside the
+// `npm run bench:e2e`: events POSTed at a node until they are counted in ClickHouse, beside the
 // raw speed of inserting the same rows straight into the same ClickHouse (the sink's ceiling),
 // in the same run, so a noisy machine shows up in ratios rather than as a moving baseline.
 //
@@ -42,6 +42,21 @@ import { normaliseEvent } from "../src/ingest/normalise.ts";
 import type { Event } from "../src/ingest/event-schema.ts";
 import { optionsFromEnv } from "../src/config/env.ts";
 import type { LoadResult, LoadSpec } from "./loadgen.ts";
+import { parseCommand } from "../scripts/cli.ts";
+
+// Before anything starts: `--help` prints this and exits, an unknown flag exits 2.
+parseCommand({ name: "bench:e2e", options: {}, usage: `usage: npm run bench:e2e
+
+Events POSTed at a node until they are counted in ClickHouse, beside the raw speed of inserting
+the same rows straight into the same ClickHouse. Starts its own nats-server, clickhouse-server
+and nodes; prints a markdown table with PASS/FAIL per target and one JSON line. Exit 1 when
+events were lost or duplicated, a pipeline failed rows, or the run broke.
+
+  -h, --help   this help
+
+Environment: E2E_RAW_SECONDS (16), E2E_SECONDS (15), E2E_HALF_SECONDS (15), E2E_DRAIN_SECONDS (8),
+E2E_CONNECTIONS (4), E2E_BATCH (100), E2E_RAW_BATCH, E2E_POLL_MS (100), E2E_FIXTURE, E2E_SPLIT=1
+(ingest and pipeline in two node processes), E2E_CPU_PROF (a directory: profile the nodes there).` });
 
 const env = process.env;
 const num = (name: string, d: number) => (env[name] ? Number(env[name]) : d);

@@ -1,4 +1,4 @@
-// `bun run bench:ingest`: Tributary's ingest throughput, latency and memory under overload,
+// `npm run bench:ingest`: Tributary's ingest throughput, latency and memory under overload,
 // against the machine's ceiling (a bare Bun.serve that only parses the JSON) in the same run.
 //
 // It starts its own nats-server (temporary store), then for each phase a server process and a
@@ -26,6 +26,20 @@ import { STREAM } from "../src/bus/subjects.ts";
 import { IDS_HEADER } from "../src/bus/shard-writer.ts";
 import { defaults } from "../src/config/env.ts";
 import type { LoadResult, LoadSpec } from "./loadgen.ts";
+import { parseCommand } from "../scripts/cli.ts";
+
+// Before anything starts: `--help` prints this and exits, an unknown flag exits 2.
+parseCommand({ name: "bench:ingest", options: {}, usage: `usage: npm run bench:ingest
+
+Ingest throughput, latency and memory under overload, against the machine's ceiling (a bare
+Bun.serve that only parses the JSON) in the same run. Starts its own nats-server and node
+processes; checks that every event answered 2xx is stored once. Always exits 0: it is a report.
+
+  -h, --help   this help
+
+Environment: BENCH_SECONDS (8) per measured phase, BENCH_CONNECTIONS (4), BENCH_BATCH (500),
+BENCH_OVERLOAD_CONNECTIONS (256), BENCH_OVERLOAD_SECONDS (BENCH_SECONDS/2), BENCH_FIXTURES
+(test/fixtures), BENCH_CPU_PROF (a directory: profile the node there).` });
 
 const env = process.env;
 const num = (name: string, d: number) => (env[name] ? Number(env[name]) : d);

@@ -1,4 +1,4 @@
-// `bun run bench:jsonata`: compiled JSONata (src/pipeline/jsonata) against the `jsonata` package's
+// `npm run bench:jsonata`: compiled JSONata (src/pipeline/jsonata) against the `jsonata` package's
 // own (asynchronous) evaluate, on pipeline-style filters and mappings over the fixture events.
 //
 // For every expression both engines first evaluate every event and their results must be deep-equal
@@ -12,6 +12,18 @@ import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import jsonata from "jsonata";
 import { compileJsonata } from "../src/pipeline/jsonata/index.ts";
+import { parseCommand } from "../scripts/cli.ts";
+
+// Before anything starts: `--help` prints this and exits, an unknown flag exits 2.
+parseCommand({ name: "bench:jsonata", options: {}, usage: `usage: npm run bench:jsonata
+
+Compiled JSONata against the jsonata package's own evaluate, on pipeline-style filters and
+mappings over the fixture events; both must give the same results. Target: 30x faster.
+
+  -h, --help   this help
+
+Environment: BENCH_FIXTURES (test/fixtures, else ../shared/fixtures), BENCH_MS (300 per round),
+BENCH_ROUNDS (5).` });
 
 const TARGET = 30;
 const ROUND_MS = Number(process.env.BENCH_MS ?? 300);

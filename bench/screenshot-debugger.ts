@@ -9,11 +9,23 @@ import { dirname, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
 import { startClickHouse, startNats, startTestNode, webhookConnection } from "../test/harness/services.ts";
+import { parseCommand } from "../scripts/cli.ts";
 
 const CHROMIUM = "/usr/bin/chromium";
 const ADMIN = "admin-token-screenshot-0001";
 const KEY = "key-screenshot-shop-0001";
-const out = resolve(process.argv[2] ?? fileURLToPath(new URL("../docs/debugger.png", import.meta.url)));
+const { positionals } = parseCommand({
+  name: "screenshot-debugger",
+  usage: `usage: bun bench/screenshot-debugger.ts [OUT.png]
+
+Makes the README's screenshot of the Event debugger (docs/debugger.png by default) with its own
+nats-server, clickhouse-server, a node and Debian's chromium.
+
+  -h, --help   this help`,
+  options: {},
+  positionals: { max: 1 },
+});
+const out = resolve(positionals[0] ?? fileURLToPath(new URL("../docs/debugger.png", import.meta.url)));
 if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} not found: install Debian's chromium (apt-get install -y chromium)`);
 
 const files = {

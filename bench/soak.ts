@@ -1,4 +1,4 @@
-// `bun run bench:soak [--minutes M] [--rate EVENTS_PER_S] [--batch N] [--dedup-hours H] [--out docs/soak.svg]`
+// `npm run bench:soak -- [--minutes M] [--rate EVENTS_PER_S] [--batch N] [--dedup-hours H] [--out docs/soak.svg]`
 //
 // A soak: one node (its own process) with an `import: events` pipeline into ClickHouse, under a
 // steady open-loop load (requests start on a fixed schedule whatever the answers, so a slow
@@ -13,14 +13,27 @@
 // (TRIBUTARY_DEDUP_WINDOW_HOURS), and warm-up covers it. `--dedup-hours 24` soaks the default.
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
-import { parseArgs } from "node:util";
 import { startClickHouse, startNats, tempDir } from "../test/harness/services.ts";
 import { ChaosNode, rssOf } from "../test/harness/chaos-node.ts";
 import { chClient } from "../test/harness/warehouse.ts";
 import { fixtureEvents } from "./loadgen.ts";
+import { parseCommand, usageError } from "../scripts/cli.ts";
 
-const { values } = parseArgs({
-  args: Bun.argv.slice(2),
+const spec = {
+  name: "bench:soak",
+  usage: `usage: npm run bench:soak -- [--minutes M] [--rate EVENTS_PER_S] [--batch N] [--interval S] [--dedup-hours H] [--out FILE]
+
+A soak: one node with an import: events pipeline into ClickHouse (its own services) under a
+steady open-loop load; samples the node's RSS and latency, prints a table, draws the SVG and says
+whether memory and latency stayed flat (second half of the run against the first).
+
+      --minutes M          length of the run (10)
+      --rate EVENTS_PER_S  events per second (5000)
+      --batch N            events per request (50)
+      --interval S         seconds between samples (5)
+      --dedup-hours H      the dedup window (2 minutes, so a short soak can be flat; 24 soaks the default)
+      --out FILE           the chart (docs/soak.svg)
+  -h, --help               this help`,
   options: {
     minutes: { type: "string", default: "10" },
     rate: { type: "string", default: "5000" },
@@ -29,17 +42,15 @@ const { values } = parseArgs({
     "dedup-hours": { type: "string", default: String(2 / 60) },
     out: { type: "string", default: join(import.meta.dir, "../docs/soak.svg") },
   },
-});
+} as const;
+const { values } = parseCommand(spec);
 const minutes = Number(values.minutes);
 const rate = Number(values.rate);
 const batch = Number(values.batch);
 const intervalS = Number(values.interval);
 const dedupHours = Number(values["dedup-hours"]);
 const out = resolve(values.out!);
-if (![minutes, rate, batch, intervalS, dedupHours].every((v) => Number.isFinite(v) && v > 0)) {
-  console.error("usage: bun bench/soak.ts [--minutes M] [--rate EVENTS_PER_S] [--batch N] [--interval S] [--dedup-hours H] [--out FILE]");
-  process.exit(2);
-}
+if (![minutes, rate, batch, intervalS, dedupHours].every((v) => Number.isFinite(v) && v > 0)) usageError(spec, "every number must be positive");
 process.on("SIGINT", () => process.exit(130));
 
 const WRITE_KEY = "key-soak-0000001";

@@ -1,5 +1,5 @@
 /**
- * bun run bench:transform — events/s per transformation kind over the fixture identify events.
+ * npm run bench:transform — events/s per transformation kind over the fixture identify events.
  *
  * Targets: compiled mapping ≥ 30× `jsonata` evaluate; JavaScript ≥ 5× less CPU per event than calling
  * `evalCode` once per event in a fresh string (the naive way, in the same run). JavaScript and Python
@@ -24,6 +24,17 @@ import { readdirSync, readFileSync } from "node:fs";
 import { createJavaScriptTransform } from "../src/pipeline/transform/javascript.ts";
 import { createTransform } from "../src/pipeline/transform/index.ts";
 import type { SandboxedTransform } from "../src/pipeline/transform/types.ts";
+import { parseCommand } from "../scripts/cli.ts";
+
+// Before anything starts: `--help` prints this and exits, an unknown flag exits 2.
+parseCommand({ name: "bench:transform", options: {}, usage: `usage: npm run bench:transform
+
+Events/s per transformation kind (compiled mapping, JavaScript, Python) over the fixture identify
+events, each against its baseline in the same run, with PASS/FAIL per target.
+
+  -h, --help   this help
+
+Environment: BENCH_EVENTS (2000 distinct events), BENCH_MS (1500 ms per measurement), BENCH_BATCH (500).` });
 
 const eventCount = Number(process.env.BENCH_EVENTS ?? 2000);
 const measureMs = Number(process.env.BENCH_MS ?? 1500);

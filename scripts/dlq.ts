@@ -1,30 +1,51 @@
 /**
- * `bun run dlq <connection> [--pipeline NAME] [--redrive] [--json]` lists the rows ClickHouse
+ * `npm run dlq -- <connection> [--pipeline NAME] [--redrive] [--json]` lists the rows ClickHouse
  * refused for their content, with its reason; `--redrive` inserts them again (after you fixed the
  * table or the pipeline) and removes from the dead-letter stream those that now land.
- * Uses NATS_URL, CLICKHOUSE_URL and TRIBUTARY_DATABASE like the node.
+ * Uses NATS_URL, CLICKHOUSE_URL, TRIBUTARY_PIPELINES and TRIBUTARY_DATABASE like the node.
  */
-import { parseArgs } from "node:util";
 import { optionsFromEnv } from "../src/config/env.ts";
 import { busOptionsOf, connectBus } from "../src/bus/connection.ts";
 import { DLQ_STREAM, ensureDlqStream, readDeadLetters } from "../src/bus/dead-letters.ts";
 import { connectWarehouse } from "../src/sink/clickhouse/server.ts";
 import { Inserter } from "../src/sink/clickhouse/inserter.ts";
+import { fail, parseCommand, unknownName } from "./cli.ts";
+import { configuredNames, storedNames } from "./cli-names.ts";
 
-const { values, positionals } = parseArgs({
-  args: process.argv.slice(2),
-  allowPositionals: true,
-  options: { pipeline: { type: "string" }, redrive: { type: "boolean" }, json: { type: "boolean" }, help: { type: "boolean", short: "h" } },
+const USAGE = `usage: npm run dlq -- <connection> [--pipeline NAME] [--redrive] [--json]
+
+Lists a connection's dead letters (rows ClickHouse refused for their content, kept 30 days in
+TRIBUTARY_DLQ) with the reason, oldest first. A connection or pipeline that is neither in
+$TRIBUTARY_PIPELINES (default ./pipelines) nor in the streams is an error.
+
+      --pipeline NAME   only that pipeline's (a raw connection's table is "(raw table)")
+      --redrive         insert them again, after fixing the table or the pipeline, and remove
+                        those that now land; exit 1 if some are still refused
+      --json            one JSON document per dead letter
+  -h, --help            this help
+
+Environment: NATS_URL, CLICKHOUSE_URL, CLICKHOUSE_USER, CLICKHOUSE_PASSWORD, TRIBUTARY_DATABASE,
+TRIBUTARY_PIPELINES, as for the node.`;
+
+const { values, positionals } = parseCommand({
+  name: "dlq",
+  usage: USAGE,
+  options: { pipeline: { type: "string" }, redrive: { type: "boolean" }, json: { type: "boolean" } },
+  positionals: { min: 1, max: 1 },
 });
-if (values.help || positionals.length !== 1) {
-  console.error("usage: bun run dlq <connection> [--pipeline NAME] [--redrive] [--json]");
-  process.exit(values.help ? 0 : 2);
-}
+const connection = positionals[0]!;
 const o = optionsFromEnv();
 const bus = await connectBus(busOptionsOf(o, "tributary-dlq"));
 try {
+  // A typo would otherwise read as "0 dead letters".
+  const known = await storedNames(bus.jsm, configuredNames(o.pipelinesDir));
+  const where = `looked in ${known.where.join(" and ")}`;
+  const of = `of connection "${connection}"`;
+  const pipelines = known.connections.get(connection);
+  if (!pipelines) fail("dlq", unknownName("connection", connection, known.connections.keys(), { where }));
+  if (values.pipeline !== undefined && !pipelines.has(values.pipeline)) fail("dlq", unknownName("pipeline", values.pipeline, pipelines, { of, where }));
   await ensureDlqStream(bus.jsm, o.streamReplicas);
-  const letters = await readDeadLetters(bus, positionals[0]!, values.pipeline);
+  const letters = await readDeadLetters(bus, connection, values.pipeline);
   if (!values.redrive) {
     for (const l of letters) {
       if (values.json) console.log(JSON.stringify(l));
@@ -37,7 +58,7 @@ try {
     const byTable = new Map<string, typeof letters>();
     for (const l of letters) {
       // A users pipeline's refused event, not a row: it lands by replaying it once its cause is fixed.
-      if ((l as { kind?: string }).kind === "event") console.log(`#${l.seq}  an event the pipeline refused (${l.messageId ?? "-"}), not a row: fix the cause, then bun run replay`);
+      if ((l as { kind?: string }).kind === "event") console.log(`#${l.seq}  an event the pipeline refused (${l.messageId ?? "-"}), not a row: fix the cause, then npm run replay`);
     }
     for (const l of letters) if ((l as { kind?: string }).kind !== "event") byTable.set(l.table ?? "events", [...(byTable.get(l.table ?? "events") ?? []), l]);
     for (const [table, group] of byTable) {

@@ -1,33 +1,47 @@
 /**
- * `bun run replay <connection> --pipeline NAME [--since ISO | --from-seq N] [--until ISO] [--dry-run]`
+ * `npm run replay -- <connection> --pipeline NAME [--since ISO | --from-seq N] [--until ISO] [--dry-run]`
  * re-runs a pipeline over the events the stream still holds, into the same tables, exactly once
  * as seen by queries. Safe to interrupt (Ctrl-C) and rerun. Uses NATS_URL, CLICKHOUSE_URL,
  * TRIBUTARY_PIPELINES and TRIBUTARY_DATABASE like the node.
  */
-import { parseArgs } from "node:util";
 import { optionsFromEnv } from "../src/config/env.ts";
-import { loadConfig } from "../src/config/loader.ts";
+import { ConfigError, loadConfig } from "../src/config/loader.ts";
 import { busOptionsOf, connectBus } from "../src/bus/connection.ts";
 import { connectWarehouse } from "../src/sink/clickhouse/server.ts";
 import { replay, ReplayError, type ReplayProgress } from "../src/pipeline/replay.ts";
+import { parseCommand, usageError } from "./cli.ts";
 
-const { values, positionals } = parseArgs({
-  args: process.argv.slice(2),
-  allowPositionals: true,
+const USAGE = `usage: npm run replay -- <connection> --pipeline NAME [--since ISO | --from-seq N] [--until ISO] [--dry-run]
+
+Runs a pipeline's current filter, consents and transformation again over the events the stream
+still holds, into the same table; rows already loaded are not doubled as seen by queries. Safe
+to interrupt (Ctrl-C): the same command resumes after the last batch it loaded. Prints a
+progress bar on stderr, then one JSON line with the counts.
+
+      --pipeline NAME   the pipeline to run (required)
+      --since ISO       events received from this time on
+      --from-seq N      events from this stream sequence on (the node's warnings name it)
+      --until ISO       events received before this time
+      --dry-run         count what would be loaded; load nothing
+  -h, --help            this help
+
+Environment: NATS_URL, CLICKHOUSE_URL, CLICKHOUSE_USER, CLICKHOUSE_PASSWORD, TRIBUTARY_DATABASE,
+TRIBUTARY_PIPELINES, as for the node.`;
+
+const spec = {
+  name: "replay",
+  usage: USAGE,
   options: {
     pipeline: { type: "string" },
     since: { type: "string" },
     "from-seq": { type: "string" },
     until: { type: "string" },
     "dry-run": { type: "boolean" },
-    help: { type: "boolean", short: "h" },
   },
-});
-const usage = "usage: bun run replay <connection> --pipeline NAME [--since ISO | --from-seq N] [--until ISO] [--dry-run]";
-if (values.help || positionals.length !== 1 || !values.pipeline) {
-  console.error(usage);
-  process.exit(values.help ? 0 : 2);
-}
+  positionals: { min: 1, max: 1 },
+} as const;
+const { values, positionals } = parseCommand(spec);
+if (!values.pipeline) usageError(spec, "--pipeline NAME is required");
 const o = optionsFromEnv();
 const bus = await connectBus(busOptionsOf(o, "tributary-replay"));
 const warehouse = await connectWarehouse({ url: o.clickhouseUrl ?? "http://127.0.0.1:8123", username: o.clickhouseUser, password: o.clickhousePassword, database: o.database });
@@ -60,8 +74,8 @@ try {
   process.stderr.write("\n");
   console.log(JSON.stringify({ ...result, interrupted: abort.signal.aborted, dryRun: !!values["dry-run"] }));
 } catch (e) {
-  if (!(e instanceof ReplayError)) throw e;
-  console.error(e.message);
+  if (!(e instanceof ReplayError) && !(e instanceof ConfigError)) throw e;
+  console.error(`replay: ${e.message}`);
   process.exitCode = 1;
 } finally {
   await bus.close();

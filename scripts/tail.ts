@@ -1,31 +1,41 @@
 #!/usr/bin/env bun
 /**
- * `bun run tail <connection> [--pipeline NAME] [--filter JSONATA] [--json]`: a connection's events
- * live in the terminal (PRODUCT.md §6), read straight from NATS rather than the HTTP API. It is a
- * plain (core NATS) subscription to `tributary.events.<connection>.*`, so it sees what every node
- * stores and takes nothing from the stream: each message is a JSON array of normalised events
- * (a raw webhook connection's deliveries are objects with a `raw` field).
+ * `npm run tail -- <connection> [--pipeline NAME] [--filter JSONATA] [--json]`: a connection's
+ * events live in the terminal (PRODUCT.md §6), read straight from NATS rather than the HTTP API.
+ * It is a plain (core NATS) subscription to `tributary.events.<connection>.*`, so it sees what
+ * every node stores and takes nothing from the stream: each message is a JSON array of normalised
+ * events (a raw webhook connection's deliveries are objects with a `raw` field).
+ * `--raw SUBJECT` prints any subject's messages as they are (`nats sub` for those without the CLI).
  */
-import { parseArgs } from "node:util";
-import { connect, type NatsConnection } from "@nats-io/transport-node";
+import { connect, type Msg, type NatsConnection } from "@nats-io/transport-node";
+import { jetstreamManager } from "@nats-io/jetstream";
 import { connectionSubjects } from "../src/bus/subjects.ts";
 import { loadConfig } from "../src/config/loader.ts";
 import { compileExpression, jsonataBoolean, type Expression } from "../src/pipeline/filter.ts";
 import { consentGranted } from "../src/ingest/consent.ts";
+import { EXIT_USAGE, fail as failWith, parseCommand, unknownName, usageError } from "./cli.ts";
+import { configuredNames, storedNames } from "./cli-names.ts";
+import { natsServers } from "./cli-nats.ts";
 
-const USAGE = `usage: bun run tail <connection> [--pipeline NAME] [--filter JSONATA] [--json]
+const USAGE = `usage: npm run tail -- <connection> [--pipeline NAME] [--filter JSONATA] [--json]
+       npm run tail -- --raw SUBJECT [--json]
 
 Prints a connection's events as they are stored, one line each (time, type, event or name,
 userId or anonymousId, messageId), straight from NATS ($NATS_URL, default nats://127.0.0.1:4222).
+A connection that is neither in $TRIBUTARY_PIPELINES (default ./pipelines) nor in the events
+stream is an error.
 
   -p, --pipeline NAME    only events that pipeline's filter (and required consents) would keep;
                          the pipeline comes from $TRIBUTARY_PIPELINES (default ./pipelines)
   -f, --filter JSONATA   only events for which this JSONata expression is true,
                          e.g. --filter 'type = "track" and event = "Signed Up"'
-      --json             whole events, one JSON document per line
+      --raw SUBJECT      any NATS subject instead, wildcards allowed ('tributary.events.>',
+                         'tributary.dlq.shop.*'): each message as it is, subject, headers, payload
+      --json             one JSON document per line: whole events (or, with --raw, one
+                         {"subject", "headers", "payload"} per message)
   -h, --help             this help
 
-Ctrl-C stops.`;
+Ctrl-C stops. With npm, use -s to keep npm's banner out of --json output: npm run -s tail -- …`;
 
 type Event = Record<string, unknown>;
 
@@ -113,50 +123,110 @@ export function makeSelector(filter?: Expression, pipeline?: { filter?: Expressi
   };
 }
 
+// ---- raw messages (--raw) ---------------------------------------------------------------
+
+/** Why a subject cannot be subscribed to: tokens separated by dots, none empty, `>` only last. */
+export function subjectProblem(subject: string): string | undefined {
+  if (!subject || /\s/.test(subject)) return `"${subject}" is not a NATS subject (no spaces, not empty)`;
+  const tokens = subject.split(".");
+  if (tokens.some((t) => t === "")) return `"${subject}" is not a NATS subject (an empty token between dots)`;
+  if (tokens.slice(0, -1).includes(">")) return `"${subject}": ">" matches the rest of a subject, so it can only be its last token`;
+  return undefined;
+}
+
+export interface RawMessage {
+  subject: string;
+  reply?: string;
+  headers?: Record<string, string[]>;
+  size: number;
+  /** The payload as text, when it is UTF-8; otherwise `payloadBase64`. */
+  payload?: string;
+  payloadBase64?: string;
+}
+
+const strictUtf8 = new TextDecoder("utf-8", { fatal: true });
+
+export function rawMessage(m: Pick<Msg, "subject" | "reply" | "headers" | "data">): RawMessage {
+  const r: RawMessage = { subject: m.subject, size: m.data.length };
+  if (m.reply) r.reply = m.reply;
+  if (m.headers) {
+    r.headers = {};
+    for (const k of m.headers.keys()) r.headers[k] = m.headers.values(k);
+  }
+  try {
+    r.payload = strictUtf8.decode(m.data);
+  } catch {
+    r.payloadBase64 = Buffer.from(m.data).toString("base64");
+  }
+  return r;
+}
+
+/** `[#n] time subject  size bytes`, the headers indented, then the payload as it is. */
+export function formatRaw(r: RawMessage, n: number, o: { color?: boolean; utc?: boolean; at?: Date } = {}): string {
+  const c = (code: string, s: string) => (o.color ? `${code}${s}${ANSI.reset}` : s);
+  const head = [`[#${n}]`, c(ANSI.dim, clock((o.at ?? new Date()).toISOString(), o.utc)), c(ANSI.bold, r.subject), `${r.size} bytes`, r.reply ? `reply ${r.reply}` : ""];
+  const lines = [head.filter(Boolean).join("  ")];
+  for (const [k, vs] of Object.entries(r.headers ?? {})) for (const v of vs) lines.push(`  ${c(ANSI.cyan, k)}: ${v}`);
+  lines.push(r.payload ?? `<${r.size} bytes, not UTF-8; base64: ${r.payloadBase64}>`);
+  return `${lines.join("\n")}\n`;
+}
+
 // ---- the command ---------------------------------------------------------------------------
 
-function fail(message: string, code = 2): never {
-  process.stderr.write(`tail: ${message}\n`);
-  process.exit(code);
+const SPEC = {
+  name: "tail",
+  usage: USAGE,
+  options: {
+    pipeline: { type: "string", short: "p" },
+    filter: { type: "string", short: "f" },
+    raw: { type: "boolean", default: false },
+    json: { type: "boolean", default: false },
+  },
+  positionals: { min: 1, max: 1 },
+} as const;
+
+function fail(message: string, code?: number): never {
+  failWith("tail", message, code);
+}
+
+/** Exits unless the connection is configured or has events stored: tailing a typo would wait forever. */
+async function checkConnection(nc: NatsConnection, connection: string, dir: string): Promise<void> {
+  const known = configuredNames(dir);
+  if (known.connections.has(connection)) return;
+  try {
+    await storedNames(await jetstreamManager(nc, { timeout: 5000 }), known);
+  } catch (e) {
+    // JetStream unreachable: the directory's answer stands (with what it could not ask).
+    known.where.push(`not the streams: ${(e as Error).message}`);
+  }
+  if (known.connections.has(connection)) return;
+  fail(`${unknownName("connection", connection, known.connections.keys(), { where: `looked in ${known.where.join(" and ")}` })}\nTo watch a subject whatever it is: npm run tail -- --raw '${connectionSubjects(connection)}'`);
 }
 
 async function main(argv: string[]) {
-  let parsed;
-  try {
-    parsed = parseArgs({
-      args: argv,
-      allowPositionals: true,
-      options: {
-        pipeline: { type: "string", short: "p" },
-        filter: { type: "string", short: "f" },
-        json: { type: "boolean", default: false },
-        help: { type: "boolean", short: "h", default: false },
-      },
-    });
-  } catch (e) {
-    fail(`${(e as Error).message}\n\n${USAGE}`);
+  const { values, positionals } = parseCommand({ ...SPEC, argv });
+  const target = positionals[0]!;
+  if (values.raw) {
+    if (values.pipeline !== undefined || values.filter !== undefined) usageError(SPEC, "--raw prints messages as they are: --pipeline and --filter apply to a connection's events");
+    const problem = subjectProblem(target);
+    if (problem) usageError(SPEC, problem);
+  } else if (!/^[a-z0-9_-]{1,64}$/.test(target)) {
+    fail(`"${target}" is not a connection name ([a-z0-9_-]{1,64}); for a NATS subject use --raw`, EXIT_USAGE);
   }
-  const { values, positionals } = parsed;
-  if (values.help) {
-    process.stdout.write(`${USAGE}\n`);
-    return;
-  }
-  if (positionals.length !== 1) fail(positionals.length ? `one connection at a time\n\n${USAGE}` : USAGE);
-  const connection = positionals[0]!;
-  if (!/^[a-z0-9_-]{1,64}$/.test(connection)) fail(`"${connection}" is not a connection name ([a-z0-9_-]{1,64})`);
+  const connection = target;
+  const dir = process.env.TRIBUTARY_PIPELINES || "pipelines";
 
   let filter: Expression | undefined;
   if (values.filter !== undefined) {
     try {
       filter = compileExpression(values.filter);
     } catch (e) {
-      fail(`--filter: ${(e as Error).message}`);
+      fail(`--filter: ${(e as Error).message}`, EXIT_USAGE);
     }
   }
 
   let pipeline: { filter?: Expression; consents?: string[] } | undefined;
   if (values.pipeline !== undefined) {
-    const dir = process.env.TRIBUTARY_PIPELINES || "pipelines";
     let config;
     try {
       config = loadConfig(dir);
@@ -164,9 +234,10 @@ async function main(argv: string[]) {
       fail(`--pipeline: cannot load the configuration in ${dir}: ${(e as Error).message}`);
     }
     const c = config.connections.get(connection);
-    if (!c) fail(`--pipeline: no connection "${connection}" in ${dir} (there: ${[...config.connections.keys()].join(", ") || "none"})`);
+    if (!c) fail(`--pipeline: ${unknownName("connection", connection, config.connections.keys(), { where: `in ${dir}` })}`);
+    const names = (c.pipelines ?? []).map((x) => x.name);
     const p = (c.pipelines ?? []).find((x) => x.name === values.pipeline);
-    if (!p) fail(`--pipeline: connection "${connection}" has no pipeline "${values.pipeline}" (it has: ${(c.pipelines ?? []).map((x) => x.name).join(", ") || "none"})`);
+    if (!p) fail(`--pipeline: ${unknownName("pipeline", values.pipeline, names, { of: `of connection "${connection}"`, where: `in ${dir}` })}`);
     pipeline = { filter: p.filter ? compileExpression(p.filter) : undefined, consents: p.consents };
   }
   const select = makeSelector(filter, pipeline);
@@ -176,13 +247,14 @@ async function main(argv: string[]) {
   // `tail … | head` closes stdout: stop quietly.
   process.stdout.on("error", (e: NodeJS.ErrnoException) => (e.code === "EPIPE" ? process.exit(0) : fail(String(e), 1)));
 
-  const servers = process.env.NATS_URL || "nats://127.0.0.1:4222";
+  const servers = natsServers();
   let nc: NatsConnection;
   try {
-    nc = await connect({ servers: servers.split(","), name: `tributary-tail-${connection}`, maxReconnectAttempts: -1 });
+    nc = await connect({ servers: servers.split(",").map((s) => s.trim()).filter(Boolean), name: `tributary-tail-${connection}`, maxReconnectAttempts: -1 });
   } catch (e) {
-    fail(`cannot connect to NATS at ${servers}: ${(e as Error).message}`, 1);
+    fail(`cannot connect to NATS at ${servers} (set NATS_URL): ${(e as Error).message}`, 1);
   }
+  if (!values.raw && !pipeline) await checkConnection(nc, connection, dir);
 
   let stopping = false;
   const stop = async () => {
@@ -201,10 +273,21 @@ async function main(argv: string[]) {
     }
   })();
 
-  const subject = connectionSubjects(connection);
+  const subject = values.raw ? target : connectionSubjects(connection);
   const sub = nc.subscribe(subject);
+  // The subscription is registered with the server once a flush returns: "listening" is then true.
+  await nc.flush();
   const what = [values.pipeline && `pipeline ${values.pipeline}`, values.filter && `filter ${values.filter}`].filter(Boolean).join(", ");
   err(`tail: ${subject} on ${servers}${what ? ` (${what})` : ""}; Ctrl-C to stop`);
+
+  if (values.raw) {
+    let n = 0;
+    for await (const m of sub) {
+      const r = rawMessage(m);
+      process.stdout.write(values.json ? `${JSON.stringify(r)}\n` : formatRaw(r, ++n, { color }) + "\n");
+    }
+    return;
+  }
 
   const decoder = new TextDecoder();
   const reported = new Set<string>();

@@ -38,3 +38,25 @@ test("--filter and a pipeline's filter and consents select events", () => {
   expect(consents(track)).toBe(false);
   expect(consents({ ...track, context: { consents: { analytics: true } } })).toBe(true);
 });
+
+test("--raw: subjects are checked before subscribing; a message prints as subject, headers, payload", async () => {
+  const { subjectProblem, rawMessage, formatRaw } = await import("../../scripts/tail.ts");
+  for (const ok of ["tributary.events.>", "a.*.c", ">", "x"]) expect(subjectProblem(ok)).toBeUndefined();
+  expect(subjectProblem("a.>.c")).toContain("last token");
+  expect(subjectProblem("a..b")).toContain("empty token");
+  expect(subjectProblem("a b")).toContain("not a NATS subject");
+  const r = rawMessage({ subject: "s.1", reply: "", headers: undefined, data: new TextEncoder().encode("[1]") });
+  expect(r).toEqual({ subject: "s.1", size: 3, payload: "[1]" });
+  expect(formatRaw(r, 7, { utc: true, at: new Date("2024-05-01T12:34:56.789Z") })).toBe("[#7]  12:34:56.789  s.1  3 bytes\n[1]\n");
+});
+
+test("unknown names: the closest known one is suggested, a swap of two letters included", async () => {
+  const { closest, unknownName } = await import("../../scripts/cli.ts");
+  expect(closest("shpo", ["billing", "shop"])).toBe("shop");
+  expect(closest("zzzz", ["billing", "shop"])).toBeUndefined();
+  expect(closest("pipelin", ["pipeline", "filter", "json"])).toBe("pipeline");
+  expect(unknownName("connection", "shpo", ["shop", "billing"], { where: "looked in ./pipelines" })).toBe(
+    `no connection "shpo". Did you mean "shop"? Known connections: billing, shop (looked in ./pipelines).`,
+  );
+  expect(unknownName("pipeline", "x", [], { of: `of connection "a"` })).toBe(`no pipeline "x" of connection "a". No pipelines of connection "a" are known.`);
+});
