@@ -28,8 +28,9 @@ messages, bytes, first and last sequence, subjects, replicas and limits, then ea
 its lag (messages not yet delivered plus delivered but not acknowledged: what a pipeline has not
 loaded yet, as /v1/pipelines counts it), ack pending, redelivered, last delivery. Creates nothing.
 
-  NAME          one stream: ${TRIBUTARY_STREAMS.map((s) => `${s.alias} (${s.name})`).join(", ")},
-                or any other stream on the server; default: all of Tributary's
+  NAME          one stream, default all of Tributary's:
+${TRIBUTARY_STREAMS.map((s) => `                  ${s.alias.padEnd(11)} ${s.name}`).join("\n")}
+                or any other stream on the server by its name
       --json    one JSON document per stream
   -h, --help    this help
 
