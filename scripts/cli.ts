@@ -2,9 +2,13 @@
  * What every command (`npm run <command> -- …`) shares: `--help` prints the usage on stdout and
  * exits 0 before anything starts; an unknown flag, a missing value or a wrong number of arguments
  * prints the problem and the usage on stderr and exits 2; an unknown name says which names exist
- * and the closest one. Dependency-free, so a benchmark can parse its flags before it starts a server.
+ * and the closest one. Light (node:util and the configuration's own "did you mean"), so a benchmark
+ * parses its flags before it starts anything.
  */
 import { parseArgs, type ParseArgsConfig } from "node:util";
+import { closest } from "../src/config/suggest.ts";
+
+export { closest };
 
 /** Exit codes: 1 the command ran and failed (or a name it was given does not exist), 2 it was called wrongly. */
 export const EXIT_FAILED = 1;
@@ -66,35 +70,6 @@ function flagProblem(e: Error & { code?: string }, known: string[]): string {
   const flag = /option '(-{1,2}[^'=]+)/.exec(e.message)?.[1];
   const near = flag ? closest(flag.replace(/^-+/, ""), [...known, "help"]) : undefined;
   return near ? `${message}; did you mean --${near}?` : message;
-}
-
-/** Edit distance counting a swap of two neighbours as one edit (`shpo` is one from `shop`); small strings only. */
-export function distance(a: string, b: string): number {
-  const d: number[][] = Array.from({ length: a.length + 1 }, (_, i) => Array.from({ length: b.length + 1 }, (_, j) => (i === 0 ? j : j === 0 ? i : 0)));
-  for (let i = 1; i <= a.length; i++) {
-    for (let j = 1; j <= b.length; j++) {
-      const cost = a[i - 1] === b[j - 1] ? 0 : 1;
-      let v = Math.min(d[i - 1]![j]! + 1, d[i]![j - 1]! + 1, d[i - 1]![j - 1]! + cost);
-      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) v = Math.min(v, d[i - 2]![j - 2]! + 1);
-      d[i]![j] = v;
-    }
-  }
-  return d[a.length]![b.length]!;
-}
-
-/** The known name closest to `name`, if it is close enough to be a typo (or contains it, or is contained). */
-export function closest(name: string, known: Iterable<string>): string | undefined {
-  let best: string | undefined;
-  let bestDistance = Infinity;
-  const lower = name.toLowerCase();
-  for (const k of known) {
-    const d = distance(lower, k.toLowerCase());
-    if (d < bestDistance) (best = k), (bestDistance = d);
-  }
-  if (best === undefined) return undefined;
-  const near = bestDistance <= Math.max(1, Math.floor(Math.max(name.length, best.length) / 3));
-  const part = lower.length >= 3 && (best.toLowerCase().includes(lower) || lower.includes(best.toLowerCase()));
-  return near || part ? best : undefined;
 }
 
 /**
