@@ -7,7 +7,6 @@
  * an event: `--event FILE`, else the connection's last stored event (with NATS_URL), else a sample. Meant for CI before a deploy.
  */
 import { readFileSync } from "node:fs";
-import { parseArgs } from "node:util";
 import { lineInYaml, loadConfig, ConfigError, type Config } from "../src/config/loader.ts";
 import { compileFilter } from "../src/pipeline/filter.ts";
 import { createTransform } from "../src/pipeline/transform/index.ts";
@@ -15,18 +14,24 @@ import { DEFAULT_USERS_FILTER } from "../src/pipeline/users/users-stage.ts";
 import { ModelCheck } from "../src/pipeline/users/customer-model.ts";
 import { DEDUP_SHARDS, STREAM, shardSubject } from "../src/bus/subjects.ts";
 import { nameCollisions } from "../src/pipeline/manager.ts";
+import { fail, parseCommand, unknownName } from "./cli.ts";
 
 const SAMPLE = { type: "identify", userId: "u1", messageId: "sample-1", timestamp: new Date().toISOString(), traits: { email: "Ada@Example.com", plan: "pro" } };
 
-const { values, positionals } = parseArgs({
-  args: process.argv.slice(2),
-  allowPositionals: true,
-  options: { explain: { type: "string" }, event: { type: "string" }, help: { type: "boolean", short: "h" } },
+const { values, positionals } = parseCommand({
+  name: "check",
+  usage: `usage: npm run check -- [DIR] [--explain CONNECTION [--event FILE]]
+
+Validates a pipelines directory (default: $TRIBUTARY_PIPELINES or pipelines/) as the node would load it;
+exits 1 with file:line messages.
+      --explain CONNECTION  what each pipeline of CONNECTION does to a sample event (or the last stored one)
+      --event FILE          explain with the event in FILE instead
+  -h, --help                this help
+
+The keys, types and allowed values of pipelines/ files: docs/configuration.md`,
+  options: { explain: { type: "string" }, event: { type: "string" } },
+  positionals: { max: 1 },
 });
-if (values.help) {
-  console.log("usage: npm run check -- [DIR] [--explain CONNECTION [--event FILE]]\n\nThe keys, types and allowed values of pipelines/ files: docs/configuration.md");
-  process.exit(0);
-}
 const dir = positionals[0] ?? process.env.TRIBUTARY_PIPELINES ?? "pipelines";
 
 let config: Config;
@@ -73,8 +78,7 @@ console.log(`ok: ${config.connections.size} connection(s), ${pipelines} pipeline
 if (values.explain) {
   const c = config.connections.get(values.explain);
   if (!c) {
-    console.error(`no connection named "${values.explain}"`);
-    process.exit(1);
+    fail("check", unknownName("connection", values.explain, config.connections.keys(), { where: dir }));
   }
   const event = values.event ? JSON.parse(readFileSync(values.event, "utf8")) : ((await lastLiveEvent(c.connection)) ?? SAMPLE);
   console.log(`\n${values.event ? "event" : event === SAMPLE ? "sample event (no NATS_URL, or no event stored yet)" : "last stored event"}: ${JSON.stringify(event)}`);

@@ -8,7 +8,7 @@
  */
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { parseArgs } from "node:util";
+import { parseCommand } from "./cli.ts";
 import type { TSchema } from "@sinclair/typebox";
 import { stringify } from "yaml";
 import { Connection, CustomerModelFile, Pipeline, PropertyType } from "../src/config/schema.ts";
@@ -254,11 +254,11 @@ ${env}
 }
 
 if (import.meta.main) {
-  const { values } = parseArgs({ args: process.argv.slice(2), options: { check: { type: "boolean" }, help: { type: "boolean", short: "h" } } });
-  if (values.help) {
-    console.log("usage: npm run docs:config [-- --check]\n\nWrites docs/configuration.md from src/config/schema.ts and the node's defaults.\n      --check   write nothing; exit 1 when the file is out of date\n  -h, --help    this help");
-    process.exit(0);
-  }
+  const { values } = parseCommand({
+    name: "docs:config",
+    usage: "usage: npm run docs:config [-- --check]\n\nWrites docs/configuration.md from src/config/schema.ts and the node's defaults.\n      --check   write nothing; exit 1 when the file is out of date\n  -h, --help    this help",
+    options: { check: { type: "boolean" } },
+  });
   const text = renderConfigReference();
   let current = "";
   try {

@@ -104,9 +104,7 @@ describe("#2 every command: --help, unknown flags", () => {
   }, 240_000);
 
   test("an unknown flag exits 2 with the usage, and suggests the flag meant", async () => {
-    // check and docs:config parse their own flags (issue 17 #3, #4); every other command shares scripts/cli.ts.
-    const OWN_PARSER = new Set(["check", "docs:config"]);
-    const results = await pool(COMMANDS.filter((c) => !OWN_PARSER.has(c.name)), 3, async (c) => ({ name: c.name, ...(await run(c.file, ["--no-such-flag"])) }));
+    const results = await pool(COMMANDS, 3, async (c) => ({ name: c.name, ...(await run(c.file, ["--no-such-flag"])) }));
     for (const r of results) {
       expect({ name: r.name, code: r.code }).toEqual({ name: r.name, code: 2 });
       expect(r.err).toContain("--no-such-flag");
