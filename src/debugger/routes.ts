@@ -21,6 +21,7 @@ export function adminRoutes(config: ConfigStore, live: LiveWindow, outcomes: Out
 
   return new Elysia({ name: "admin" })
     .get("/debugger", () => new Response(Bun.file(PAGE), { headers: { "Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-store" } }))
+    .get("/debugger/auth", async ({ request, server }) => json(await authMode(guard, request, server?.requestIP(request)?.address ?? undefined)))
     .get("/debugger/:asset", ({ params }) => {
       // Optional static assets next to the page (page.js, page.css); nothing else is served.
       if (!/^page\.(js|css)$/.test(params.asset)) return json({ error: "not found" }, 404);
@@ -52,6 +53,23 @@ export function adminRoutes(config: ConfigStore, live: LiveWindow, outcomes: Out
       "/metrics",
       guarded(async () => new Response(await registry.metrics(), { headers: { "Content-Type": registry.contentType } })),
     );
+}
+
+/**
+ * What the page must do before reading data: `none` when this very request, without any
+ * Authorization, would be let in (TRIBUTARY_DEV_ADMIN from loopback), so the page does not ask
+ * for a token that does not exist; `required` when the admin token opens the API; `off` with the
+ * reason when nothing would (admin API disabled, or a dev-admin request from elsewhere). It tells
+ * no more than any admin route's refusal does.
+ */
+export async function authMode(guard: Guard, request: Request, ip: string | undefined): Promise<{ token: "none" | "required" | "off"; error?: string }> {
+  const headers = new Headers(request.headers);
+  headers.delete("authorization");
+  const refused = guard(new Request(request.url, { headers }), ip);
+  if (!refused) return { token: "none" };
+  if (refused.status === 401) return { token: "required" };
+  const body = (await refused.json().catch(() => null)) as { error?: string } | null;
+  return { token: "off", error: body?.error ?? "the admin API is not open to this page" };
 }
 
 const encoder = new TextEncoder();

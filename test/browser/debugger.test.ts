@@ -173,3 +173,22 @@ describe("Event debugger page", () => {
     expect(pageErrors).toEqual([]);
   }, 60_000);
 });
+
+test("TRIBUTARY_DEV_ADMIN: the page asks for no token and goes straight to the connections", async () => {
+  const dev = await startTestNode(nats.url, files, { devAdmin: true });
+  const tab = await context.newPage();
+  const errors: string[] = [];
+  tab.on("pageerror", (e) => errors.push(String(e)));
+  try {
+    await tab.goto(`${dev.url}/debugger`);
+    await tab.locator("#status.live").waitFor({ timeout: 30_000 });
+    expect(await tab.locator("#connection option").allTextContents()).toEqual(["billing (webhook)", "shop (webhook)"]);
+    expect(await tab.locator("#auth").isHidden()).toBe(true);
+    // There is no token to change.
+    expect(await tab.locator("#forget").isHidden()).toBe(true);
+    expect(errors).toEqual([]);
+  } finally {
+    await tab.close();
+    await dev.stop();
+  }
+}, 60_000);
