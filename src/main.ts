@@ -1,42 +1,65 @@
 import { join } from "node:path";
-import { optionsFromEnv } from "./config/env.ts";
+import { optionsFromEnv, type NodeOptions } from "./config/env.ts";
 import { ConfigError } from "./config/loader.ts";
 import { LocalNats } from "./services/nats-server.ts";
 import { LocalClickHouse } from "./services/clickhouse-server.ts";
-import { ManagedProcess } from "./services/managed-process.ts";
-import { startNode } from "./node.ts";
-import { log } from "./util/log.ts";
+import { ManagedProcess, ServiceStartError } from "./services/managed-process.ts";
+import { PortInUseError, ensurePortFree } from "./services/port-check.ts";
+import { DataDirInUseError, lockDataDir } from "./services/data-lock.ts";
+import { HTTP_PORT, VERSION, startNode } from "./node.ts";
+import { banner } from "./startup/banner.ts";
+import { USAGE } from "./startup/usage.ts";
+import { log, logFormat, setLogFormat } from "./util/log.ts";
 
 /**
  * `npm start`: runs a node. Without NATS_URL / CLICKHOUSE_URL it starts and owns local servers
  * with their data under ./data/, and stops them on exit.
  */
-const options = optionsFromEnv();
+if (process.argv.slice(2).some((a) => a === "--help" || a === "-h")) {
+  process.stdout.write(USAGE);
+  process.exit(0);
+}
+
 const owned: ManagedProcess[] = [];
-process.on("exit", () => ManagedProcess.killAllSync());
+let releaseData = () => {};
+process.on("exit", () => {
+  ManagedProcess.killAllSync();
+  releaseData();
+});
 
 async function main() {
+  const options = optionsFromEnv();
+  if (options.logFormat) setLogFormat(options.logFormat);
+  // Every port before anything starts: a second `npm start` is refused without touching the
+  // first one's services. The node's own listen (without SO_REUSEPORT) is the final word.
+  ensurePortFree(HTTP_PORT(options.port), options.host);
+  // The data directory is claimed before the services write their config files into it.
+  if (!options.natsUrl || !options.clickhouseUrl) releaseData = lockDataDir(options.dataDir);
+  const nats = options.natsUrl ? undefined : await LocalNats.create({ dataDir: join(options.dataDir, "nats"), port: Number(process.env.NATS_PORT ?? 4222) });
+  const ch = options.clickhouseUrl
+    ? undefined
+    : await LocalClickHouse.create({
+        dataDir: join(options.dataDir, "clickhouse"),
+        httpPort: Number(process.env.CLICKHOUSE_HTTP_PORT ?? 8123),
+        tcpPort: Number(process.env.CLICKHOUSE_TCP_PORT ?? 9000),
+      });
+  for (const service of [nats, ch]) for (const use of service?.options.listens ?? []) ensurePortFree(use);
+
   let natsUrl = options.natsUrl;
-  if (!natsUrl) {
-    // Fixed ports so `nats sub` and clients find the local services.
-    const nats = await LocalNats.create({ dataDir: join(options.dataDir, "nats"), port: Number(process.env.NATS_PORT ?? 4222) });
+  if (nats) {
     await nats.start();
     owned.push(nats);
     natsUrl = nats.url;
     log.info("started local nats-server", { url: nats.url, data: nats.dataDir });
   }
-  if (!options.clickhouseUrl) {
-    const ch = await LocalClickHouse.create({
-      dataDir: join(options.dataDir, "clickhouse"),
-      httpPort: Number(process.env.CLICKHOUSE_HTTP_PORT ?? 8123),
-      tcpPort: Number(process.env.CLICKHOUSE_TCP_PORT ?? 9000),
-    });
+  if (ch) {
     await ch.start();
     owned.push(ch);
     options.clickhouseUrl = ch.url;
     log.info("started local clickhouse-server", { url: ch.url, data: ch.dataDir });
   }
-  const node = await startNode({ ...options, natsUrl });
+  const node = await startNode({ ...options, natsUrl: natsUrl! });
+  if (logFormat() === "pretty") process.stderr.write(startBanner(options, node.port, [...node.config.current.connections.values()], natsUrl!, owned.length > 0));
   let stopping = false;
   const shutdown = async (signal: string) => {
     if (stopping) return;
@@ -50,8 +73,24 @@ async function main() {
   process.on("SIGTERM", () => void shutdown("SIGTERM"));
 }
 
+function startBanner(o: NodeOptions, port: number, connections: Parameters<typeof banner>[0]["connections"], nats: string, local: boolean): string {
+  return banner({
+    version: VERSION.version,
+    host: o.host,
+    port,
+    connections,
+    admin: { token: !!o.adminToken, dev: o.devAdmin },
+    services: { nats, clickhouse: o.clickhouseUrl, local, dataDir: o.dataDir },
+  });
+}
+
+/** Refusals a user can act on: one line saying why, no stack. */
+const readable = (e: unknown) =>
+  e instanceof PortInUseError || e instanceof DataDirInUseError || e instanceof ServiceStartError || /^environment: /.test((e as Error)?.message ?? "");
+
 main().catch(async (e) => {
   if (e instanceof ConfigError) log.error(e.message);
+  else if (readable(e)) log.error(`not started: ${(e as Error).message}`);
   else log.error("start-up failed", { error: String((e as Error)?.stack ?? e) });
   for (const p of owned.reverse()) await p.stop();
   process.exit(1);

@@ -14,6 +14,7 @@ import { adminGuard } from "./ops/admin-auth.ts";
 import { openApiDocument } from "./ops/openapi.ts";
 import { addPipelineSource, httpDuration, httpRequests } from "./ops/metrics.ts";
 import { log, requestContext } from "./util/log.ts";
+import { PortInUseError, portHolder, type PortUse } from "./services/port-check.ts";
 import { connectWarehouse, type Warehouse } from "./sink/clickhouse/server.ts";
 import { migrateEventsTable } from "./sink/clickhouse/events-table.ts";
 import { ensureDlqStream } from "./bus/dead-letters.ts";
@@ -22,9 +23,12 @@ import { setExpressionTimeLimit } from "./pipeline/jsonata/index.ts";
 import type { BatchOptions } from "./pipeline/worker.ts";
 import type { InserterOptions } from "./sink/clickhouse/inserter.ts";
 
-const VERSION = { name: "tributary", version: (await Bun.file(new URL("../package.json", import.meta.url)).json()).version as string, bun: Bun.version };
+export const VERSION = { name: "tributary", version: (await Bun.file(new URL("../package.json", import.meta.url)).json()).version as string, bun: Bun.version };
 
 const OPENAPI = openApiDocument(VERSION.version);
+
+/** The node's own port, as a refusal to start names it. */
+export const HTTP_PORT = (port: number): PortUse => ({ port, role: "HTTP", hint: "stop it, or set PORT to a free port" });
 
 export interface RunningNode {
   /** Every route the node answers, as Elysia registered them. */
@@ -181,8 +185,22 @@ export async function startNode(o: NodeOptions & { natsUrl: string } & PipelineT
       // error names files and pipelines).
       if (guard(request, server?.requestIP(request)?.address)) return { ok };
       return { ok, nats, clickhouse: ch, config: config.lastError ? { error: config.lastError } : "ok" };
-    })
-    .listen({ port: o.port, hostname: o.host, maxRequestBodySize: o.maxRequestBytes * 4 });
+    });
+  try {
+    // Elysia asks Bun for SO_REUSEPORT by default, which lets a second node bind the same port and
+    // take half the traffic. Sharing a port between workers of one node would have to be an
+    // explicit option of that node, never the default.
+    app.listen({ port: o.port, hostname: o.host, maxRequestBodySize: o.maxRequestBytes * 4, reusePort: false });
+  } catch (e) {
+    stopping = true;
+    capacity.stop();
+    removeSource();
+    live.stop();
+    config.close();
+    await bus.close().catch(() => {});
+    if ((e as { code?: string }).code === "EADDRINUSE") throw new PortInUseError(HTTP_PORT(o.port), portHolder(o.port));
+    throw e;
+  }
 
   const port = app.server!.port!;
   const url = `http://127.0.0.1:${port}`;

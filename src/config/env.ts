@@ -1,3 +1,5 @@
+import { LOG_FORMATS, type LogFormat } from "../util/log.ts";
+
 /**
  * Node settings from the environment, with every default in one place.
  * PRODUCT.md §1 explains the limits: Segment's Webhooks destination batches up to 4,000
@@ -40,6 +42,8 @@ export interface NodeOptions {
   ackWaitMs: number;
   /** Per event, for each filter, mapping, `jsonata` transform, `events:` and `dedup: {jsonata}` (src/pipeline/jsonata/deadline.ts). */
   expressionTimeoutMs: number;
+  /** LOG_FORMAT; unset: pretty when stderr is a terminal, JSON otherwise (src/util/log.ts). */
+  logFormat?: LogFormat;
 }
 
 export const defaults: NodeOptions = {
@@ -87,6 +91,13 @@ const positive = (v: string | undefined, d: number) => {
   return n;
 };
 
+const oneOf = <T extends string>(v: string | undefined, allowed: readonly T[], name: string): T | undefined => {
+  if (v === undefined || v === "") return undefined;
+  const x = v.toLowerCase() as T;
+  if (!allowed.includes(x)) throw new Error(`environment: ${name} must be ${allowed.join(" or ")}, got "${v}"`);
+  return x;
+};
+
 export function optionsFromEnv(env: Record<string, string | undefined> = process.env): NodeOptions {
   return {
     port: num(env.PORT, defaults.port),
@@ -116,5 +127,6 @@ export function optionsFromEnv(env: Record<string, string | undefined> = process
     batchMaxAgeMs: num(env.TRIBUTARY_BATCH_MAX_AGE_MS, defaults.batchMaxAgeMs),
     ackWaitMs: num(env.TRIBUTARY_ACK_WAIT_MS, defaults.ackWaitMs),
     expressionTimeoutMs: positive(env.TRIBUTARY_EXPRESSION_TIMEOUT_MS, defaults.expressionTimeoutMs),
+    logFormat: oneOf(env.LOG_FORMAT, LOG_FORMATS, "LOG_FORMAT"),
   };
 }

@@ -2,6 +2,7 @@ import { mkdirSync, writeFileSync, existsSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { ManagedProcess } from "./managed-process.ts";
 import { freePort } from "./ports.ts";
+import type { PortUse } from "./port-check.ts";
 
 export interface LocalClickHouseOptions {
   dataDir: string;
@@ -66,6 +67,7 @@ export class LocalClickHouse extends ManagedProcess {
     readonly httpPort: number,
     readonly dataDir: string,
     readonly tcpPort: number,
+    readonly interserverPort: number,
     cmd: string[],
   ) {
     super({
@@ -73,7 +75,19 @@ export class LocalClickHouse extends ManagedProcess {
       cmd,
       logFile: join(dataDir, "clickhouse-server.out"),
       ready: (alive) => waitForHttp(`http://127.0.0.1:${httpPort}`, 60_000, alive),
+      listens: LocalClickHouse.ports(httpPort, tcpPort, interserverPort),
     });
+  }
+
+  /** Every port its config opens, as `npm start` checks them before starting it. */
+  static ports(httpPort: number, tcpPort: number, interserverPort?: number): PortUse[] {
+    const hint = "stop it, set CLICKHOUSE_HTTP_PORT and CLICKHOUSE_TCP_PORT to free ports, or set CLICKHOUSE_URL to use a ClickHouse server that is already running";
+    const uses: PortUse[] = [
+      { port: httpPort, role: "local clickhouse-server HTTP", hint },
+      { port: tcpPort, role: "local clickhouse-server native TCP", hint },
+    ];
+    if (interserverPort) uses.push({ port: interserverPort, role: "local clickhouse-server interserver HTTP", hint: "stop it, or start again (this port is picked at random)" });
+    return uses;
   }
 
   get url(): string {
@@ -111,7 +125,7 @@ export class LocalClickHouse extends ManagedProcess {
 ${o.replication ? replicationConfig(o.replication) : ""}</yandex>
 `,
     );
-    return new LocalClickHouse(httpPort, dir, tcpPort, [o.binary ?? "clickhouse-server", `--config-file=${config}`]);
+    return new LocalClickHouse(httpPort, dir, tcpPort, interserver, [o.binary ?? "clickhouse-server", `--config-file=${config}`]);
   }
 }
 

@@ -2,6 +2,7 @@ import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { ManagedProcess } from "./managed-process.ts";
 import { freePort, waitForPort } from "./ports.ts";
+import type { PortUse } from "./port-check.ts";
 
 /** Membership of a JetStream cluster: every member names the same cluster and routes to the others. */
 export interface NatsClusterOptions {
@@ -42,7 +43,21 @@ export class LocalNats extends ManagedProcess {
     readonly clusterPort: number | undefined,
     cmd: string[],
   ) {
-    super({ name: serverName ? `nats-server ${serverName}` : "nats-server", cmd, logFile: join(dataDir, "nats-server.log"), ready: (alive) => waitForPort(port, 15_000, "127.0.0.1", alive) });
+    super({
+      name: serverName ? `nats-server ${serverName}` : "nats-server",
+      cmd,
+      logFile: join(dataDir, "nats-server.log"),
+      ready: (alive) => waitForPort(port, 15_000, "127.0.0.1", alive),
+      listens: LocalNats.ports(port, clusterPort),
+    });
+  }
+
+  /** What it listens on (no monitoring port: it is not enabled), as `npm start` checks them before starting it. */
+  static ports(port: number, clusterPort?: number): PortUse[] {
+    const hint = "stop it, set NATS_PORT to a free port, or set NATS_URL to use a NATS server that is already running";
+    const uses: PortUse[] = [{ port, role: "local nats-server", hint }];
+    if (clusterPort) uses.push({ port: clusterPort, role: "local nats-server cluster routes", hint: "stop it, or give the cluster another port" });
+    return uses;
   }
 
   get url(): string {
