@@ -28,5 +28,5 @@ Environment (default):
 
 Limits and tuning (TRIBUTARY_MAX_REQUEST_BYTES, TRIBUTARY_STREAM_MAX_BYTES, TRIBUTARY_BATCH_*, …):
 see "Configuration" in README.md.
-Other commands: npm run check | tail | replay | dlq -- --help
+Other commands: npm run check | tail | stream | replay | dlq -- --help
 `;
