@@ -19,10 +19,12 @@ if (!existsSync(marker) || !existsSync("node_modules/.bin/bun") || newer(lock) |
   // dependency names optional platform packages the registry does not have (chdb's darwin builds
   // on some mirrors); only then `npm install`, which resolves the same versions and leaves the
   // committed lock unchanged (`.ci/run` fails if it does not).
-  try {
-    run("npm ci --no-audit --no-fund");
-  } catch {
-    console.error("setup: npm ci refused the lock (see above); falling back to npm install");
+  console.error("setup: npm ci --no-audit --no-fund");
+  const ci = spawnSync("npm", ["ci", "--no-audit", "--no-fund"], { stdio: ["ignore", "inherit", "pipe"], encoding: "utf8" });
+  if (ci.status !== 0) {
+    const lines = (ci.stderr ?? "").split("\n");
+    const why = lines.find((l) => l.includes("Missing:")) ?? lines.find((l) => l.startsWith("npm error") && l.length > 12) ?? `exit ${ci.status}`;
+    console.error(`setup: npm ci refused the lock (${why.replace(/^npm error\s*/, "").trim()}); npm install instead`);
     run("npm install --no-audit --no-fund");
   }
 }
