@@ -52,7 +52,7 @@ export function banner(b: BannerInput): string {
   else if (b.admin.dev) out.push(`  Debugger     ${debuggerUrl}  (TRIBUTARY_DEV_ADMIN: no token, from this machine only)`);
   else out.push("  Debugger     off: set TRIBUTARY_ADMIN_TOKEN=<token>, or TRIBUTARY_DEV_ADMIN=1 on your own machine");
   const services = [`NATS ${b.services.nats}`, b.services.clickhouse ? `ClickHouse ${b.services.clickhouse}` : "no ClickHouse (events wait in JetStream)"].join(" · ");
-  out.push(`  Services     ${services}${b.services.local ? `  (started here, data in ${b.services.dataDir})` : ""}`);
+  out.push(`  Services     ${services}${b.services.local ? `  (started here, data in ${/^[./]/.test(b.services.dataDir) ? b.services.dataDir : `./${b.services.dataDir}`})` : ""}`);
   out.push("");
   const event = b.connections.find((c) => c.source !== "raw");
   const raw = b.connections.find((c) => c.source === "raw");
