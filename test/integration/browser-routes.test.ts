@@ -1,5 +1,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { Value } from "@sinclair/typebox/value";
+import { Elysia } from "elysia";
+import { ingestRoutes } from "../../src/ingest/server.ts";
 import { startNats, startTestNode, webhookConnection } from "../harness/services.ts";
 import type { RunningNode } from "../../src/node.ts";
 import { RudderSourceConfig, SegmentSettings } from "../../src/ingest/sdk-config.ts";
@@ -171,6 +173,40 @@ describe("Segment's short routes and RudderStack's beacon route", () => {
     const notObject = await fetch(`${node.url}/beacon/v1/batch?writeKey=${OPEN}`, { method: "POST", body: "[1,2,3]" });
     expect(notObject.status).toBe(400);
   });
+});
+
+test("beacon requests share the keyless in-flight budget: a stalled one fills it, authenticated senders are unaffected", async () => {
+  // The node's own routes over its config and event log, with a budget of one keyless request.
+  const app = new Elysia().use(ingestRoutes(node.config, node.eventLog, { maxBodyKeyInFlightRequests: 1 }).app).listen({ port: 0, hostname: "127.0.0.1" });
+  const url = `http://127.0.0.1:${app.server!.port}`;
+  const beacon = () => fetch(`${url}/beacon/v1/batch?writeKey=${OPEN}`, { method: "POST", body: JSON.stringify({ batch: [event("track", { event: "B" })] }) });
+  let release!: () => void;
+  const gate = new Promise<void>((r) => (release = r));
+  let part = 0;
+  const stalled = fetch(`${url}/beacon/v1/batch?writeKey=${OPEN}`, {
+    method: "POST",
+    body: new ReadableStream({
+      async pull(c) {
+        if (part++ === 0) return c.enqueue(new TextEncoder().encode('{"batch":['));
+        await gate;
+        c.enqueue(new TextEncoder().encode(JSON.stringify(event("track", { event: "S" })) + "]}"));
+        c.close();
+      },
+    }),
+  });
+  try {
+    let status = 0;
+    for (const deadline = Date.now() + 10_000; status !== 429 && Date.now() < deadline; await Bun.sleep(50)) status = (await beacon()).status;
+    expect(status).toBe(429);
+    const header = await fetch(`${url}/v1/t`, { method: "POST", headers: { Authorization: basic(OPEN) }, body: JSON.stringify(event("track", { event: "H" })) });
+    expect(header.status).toBe(200);
+    release();
+    expect((await stalled).status).toBe(200);
+    expect((await beacon()).status).toBe(200);
+  } finally {
+    release();
+    await app.stop(true);
+  }
 });
 
 describe("Readable 403s and refusal logs", () => {
