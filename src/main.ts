@@ -71,6 +71,9 @@ async function main() {
   };
   process.on("SIGINT", () => void shutdown("SIGINT"));
   process.on("SIGTERM", () => void shutdown("SIGTERM"));
+  // A closed terminal: without this the node dies at once and the services it started, each in
+  // its own process group, keep their ports, so the next `npm start` is refused.
+  process.on("SIGHUP", () => void shutdown("SIGHUP"));
 }
 
 function startBanner(o: NodeOptions, port: number, connections: Parameters<typeof banner>[0]["connections"], nats: string, local: boolean): string {

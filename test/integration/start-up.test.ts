@@ -141,6 +141,24 @@ describe("#1 a port already taken", () => {
     }
   }, 200_000);
 
+  test("closing the terminal (SIGHUP) stops the node and the local services it started: a new start finds the ports free", async () => {
+    const ports = { PORT: await freePort(), NATS_PORT: await freePort() };
+    const data = tempDir("startup-data");
+    dirs.push(data);
+    const node = spawnNode({ PORT: String(ports.PORT), NATS_PORT: String(ports.NATS_PORT), NATS_URL: undefined, TRIBUTARY_DATA: data, LOG_FORMAT: "json" });
+    expect(await node.waitFor("tributary node listening", 60_000)).toBe(true);
+    expect(node.output).toContain("started local nats-server");
+    node.proc.kill("SIGHUP");
+    expect(await node.exit(30_000)).toBe(0);
+    // Nothing is left listening: the local nats-server (its own process group) was stopped too.
+    const stillOpen = await Bun.connect({ hostname: "127.0.0.1", port: ports.NATS_PORT, socket: { data() {} } }).then(
+      (s) => (s.end(), true),
+      () => false,
+    );
+    expect(stillOpen).toBe(false);
+    expect(existsSync(join(data, "tributary.pid"))).toBe(false);
+  }, 90_000);
+
   test("a service whose port another process answers on is never reported as started", async () => {
     const port = await freePort();
     holdPort(port);
