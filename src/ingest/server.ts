@@ -113,14 +113,14 @@ export function ingestRoutes(config: ConfigStore, eventLog: EventLog, opts: Part
   const publicCors = (request: Request, credentials = false) => corsHeaders(request, anyConnection(request.headers.get("origin")), credentials);
   // Refusals are logged at warn, rate-limited so a hostile page cannot flood the log.
   const refusals = new RefusalLog();
-  const path = (request: Request) => new URL(request.url).pathname;
+  const pathOf = (request: Request) => new URL(request.url).pathname;
 
   /**
    * The connection refuses the request's Origin: a 403 the page can read (see cors.ts), and a
    * warn line naming the connection and the origin, never the key.
    */
   const refuseOrigin = (request: Request, connection: string, origin: string, credentials: boolean): Response => {
-    refusals.warn(`origin\n${connection}\n${origin}`, "request refused: origin not allowed by the connection", { connection, origin: clipOrigin(origin), path: path(request) });
+    refusals.warn(`origin\n${connection}\n${clipOrigin(origin)}`, "request refused: origin not allowed by the connection", { connection, origin: clipOrigin(origin), path: pathOf(request) });
     return originRefusedResponse(origin, credentials);
   };
 
@@ -250,7 +250,7 @@ export function ingestRoutes(config: ConfigStore, eventLog: EventLog, opts: Part
     const cors = publicCors(request, credentials);
     const origin = request.headers.get("origin");
     if (origin !== null && !cors["Access-Control-Allow-Origin"]) {
-      refusals.warn(`preflight\n${origin}`, "preflight refused: no connection allows this origin", { origin: clipOrigin(origin), path: path(request) });
+      refusals.warn(`preflight\n${clipOrigin(origin)}`, "preflight refused: no connection allows this origin", { origin: clipOrigin(origin), path: pathOf(request) });
     }
     return new Response(null, {
       status: 204,

@@ -41,7 +41,7 @@ test("a sender varying its subject (Origin) gets at most maxLinesPerWindow lines
   expect(lines.at(-1)).toMatchObject({ origin: "https://late.example", suppressedOtherRefusals: 990 });
 });
 
-test("memory stays bounded however many subjects, and long values are clipped", () => {
+test("past maxSubjects the oldest subjects are forgotten (bounded memory) and lines keep coming; long values are clipped", () => {
   let now = 0;
   const r = new RefusalLog({ windowMs: 1, maxLinesPerWindow: 1e9, maxSubjects: 100 }, () => now);
   for (let i = 0; i < 10_000; i++) {
