@@ -106,7 +106,7 @@ export const SourceConfigQuery = Type.Object(
 );
 
 /** host[:port], a bracketed IPv6 address, nothing else: it is copied into the settings. */
-const HOST = /^(?:\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252}))(?::\d{1,5})?$/;
+const HOST = /^(?:\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,252}))(?::\d{1,5})?$/;
 
 /**
  * This node's host and scheme as the browser reached it: the Host header and the request's scheme,

@@ -76,6 +76,11 @@ describe("Segment analytics.js settings: GET /v1/projects/<writeKey>/settings", 
     expect(behind.integrations["Segment.io"]).toMatchObject({ apiHost: "cdn.example.org/v1", protocol: "https" });
     const bad = await fetch(`${proxied.url}/v1/projects/${OPEN}/settings`, { headers: { "X-Forwarded-Host": "a b/<script>" } });
     expect(bad.status).toBe(400);
+    // A compose service name, an IPv6 literal.
+    for (const host of ["tributary_node:2022", "[::1]:2022"]) {
+      const r = (await (await fetch(`${node.url}/v1/projects/${OPEN}/settings`, { headers: { Host: host } })).json()) as SegmentSettings;
+      expect(r.integrations["Segment.io"].apiHost).toBe(`${host}/v1`);
+    }
   });
 
   test("an unknown key is a JSON 404 the page can read", async () => {
