@@ -168,6 +168,12 @@ export function openApiDocument(version: string): Record<string, unknown> {
   get("/version", "Which Tributary this node runs", { "200": json(VersionAnswer, "version") }, []);
   get("/openapi.json", "This document", { "200": { description: "OpenAPI 3.1" } }, []);
   get("/debugger", "The Event debugger page (asks for the admin token itself)", { "200": { description: "HTML", content: { "text/html": {} } } }, []);
+  get(
+    "/debugger/auth",
+    "Whether the debugger page must ask for the admin token: none (TRIBUTARY_DEV_ADMIN admits this request), required, or off",
+    { "200": json(Type.Object({ token: Type.Union([Type.Literal("none"), Type.Literal("required"), Type.Literal("off")]), error: Type.Optional(Type.String()) }), "the page's token mode") },
+    [],
+  );
   get("/debugger/{asset}", "The debugger page's script and style sheet", { "200": { description: "page.js or page.css" }, "404": err("no such asset") }, [], [{ name: "asset", in: "path", required: true, schema: { type: "string" } }]);
   get("/v1/connections", "Connections and their pipelines", { "200": json(ConnectionsAnswer, "connections") });
   get("/v1/connections/{connection}/events/live", "Server-Sent Events: the last 100 events, then live ones; Last-Event-ID resumes", { "200": { description: "text/event-stream", content: { "text/event-stream": {} } } }, admin, [
