@@ -152,7 +152,7 @@ export const Connection = Type.Object(
     allowedOrigins: Type.Optional(
       Type.Array(Type.String({ minLength: 1 }), {
         description:
-          "Browser origins (`scheme://host[:port]`) allowed to send with this connection's keys; `*` allows all. A request whose `Origin` is not listed is refused with 403. Requests without `Origin` (server-side senders) are unaffected. Absent: every origin is allowed.",
+          "Browser origins (`scheme://host[:port]`) allowed to send with this connection's keys; `*` allows all. A request whose `Origin` is not listed is refused with 403, carrying CORS headers and `reason: origin_not_allowed` so the page can read why; the node logs the refusal at warn (never the key). Requests without `Origin` (server-side senders) are unaffected. Absent: every origin is allowed (write keys are public, so this guards pages, not access; list your sites' origins in production).",
         examples: [["https://www.example.com", "http://localhost:3000"]],
       }),
     ),
