@@ -7,8 +7,8 @@ import { ManagedProcess, ServiceStartError } from "./services/managed-process.ts
 import { PortInUseError, ensurePortFree } from "./services/port-check.ts";
 import { DataDirInUseError, lockDataDir } from "./services/data-lock.ts";
 import { HTTP_PORT, VERSION, startNode } from "./node.ts";
-import { banner } from "./startup/banner.ts";
-import { USAGE } from "./startup/usage.ts";
+import { banner } from "./ops/start-banner.ts";
+import { USAGE } from "./ops/start-usage.ts";
 import { log, logFormat, setLogFormat } from "./util/log.ts";
 
 /**

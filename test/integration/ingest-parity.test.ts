@@ -193,7 +193,9 @@ describe("senders", () => {
     const e = track();
     const r = await post("/v1/track", e, K.blocked, { Origin: "https://evil.example" });
     expect(r.status).toBe(403);
-    expect(r.headers.get("access-control-allow-origin")).toBeNull();
+    // The page can read why (issue 17): CORS headers for its origin, and the reason.
+    expect(r.headers.get("access-control-allow-origin")).toBe("https://evil.example");
+    expect((await r.json()).reason).toBe("origin_not_allowed");
     const ok = track();
     const r2 = await post("/v1/track", ok, K.blocked, { Origin: "https://shop.example" });
     expect(r2.status).toBe(200);
@@ -304,7 +306,8 @@ describe("a real browser on another origin (Chromium)", () => {
       expect(results.origin).toBe(pageOrigin());
       expect(new URL(node.url).origin).not.toBe(pageOrigin());
       expect(results.ok).toEqual({ status: 200, body: { accepted: 1 } });
-      expect(results.blocked).toEqual({ failed: expect.stringContaining("Failed to fetch") });
+      // Refused, and readable by the page: the 403 names the reason (issue 17).
+      expect(results.blocked).toEqual({ status: 403, body: { error: expect.stringContaining("is not allowed for this connection"), reason: "origin_not_allowed" } });
       expect(results.beacon).toBe(true);
 
       // sendBeacon does not wait for the answer: poll the stream.
