@@ -6,7 +6,7 @@ import { LocalClickHouse } from "./services/clickhouse-server.ts";
 import { ManagedProcess, ServiceStartError } from "./services/managed-process.ts";
 import { PortInUseError, ensurePortFree } from "./services/port-check.ts";
 import { DataDirInUseError, lockDataDir } from "./services/data-lock.ts";
-import { HTTP_PORT, VERSION, startNode } from "./node.ts";
+import { HTTP_PORT, VERSION, startNode, type RunningNode } from "./node.ts";
 import { banner } from "./ops/start-banner.ts";
 import { USAGE } from "./ops/start-usage.ts";
 import { log, logFormat, setLogFormat } from "./util/log.ts";
@@ -58,23 +58,28 @@ async function main() {
     options.clickhouseUrl = ch.url;
     log.info("started local clickhouse-server", { url: ch.url, data: ch.dataDir });
   }
-  const node = await startNode({ ...options, natsUrl: natsUrl! });
+  node = await startNode({ ...options, natsUrl: natsUrl! });
+  if (stopping) return; // a signal came while it started: shutdown() is stopping it
   if (logFormat() === "pretty") process.stderr.write(startBanner(options, node.port, [...node.config.current.connections.values()], natsUrl!, owned.length > 0));
-  let stopping = false;
-  const shutdown = async (signal: string) => {
-    if (stopping) return;
-    stopping = true;
-    log.info("stopping", { signal });
-    await node.stop().catch((e) => log.error("stop failed", { error: String(e) }));
-    for (const p of owned.reverse()) await p.stop();
-    process.exit(0);
-  };
-  process.on("SIGINT", () => void shutdown("SIGINT"));
-  process.on("SIGTERM", () => void shutdown("SIGTERM"));
-  // A closed terminal: without this the node dies at once and the services it started, each in
-  // its own process group, keep their ports, so the next `npm start` is refused.
-  process.on("SIGHUP", () => void shutdown("SIGHUP"));
 }
+
+let node: RunningNode | undefined;
+let stopping = false;
+/** Whatever has started so far, in reverse: the node (its in-flight writes), then our services. */
+async function shutdown(signal: string) {
+  if (stopping) return;
+  stopping = true;
+  log.info("stopping", { signal });
+  await node?.stop().catch((e) => log.error("stop failed", { error: String(e) }));
+  for (const p of owned.reverse()) await p.stop();
+  process.exit(0);
+}
+// Installed before anything starts, so a signal during start-up also stops what was started.
+process.on("SIGINT", () => void shutdown("SIGINT"));
+process.on("SIGTERM", () => void shutdown("SIGTERM"));
+// A closed terminal: without this the node dies at once and the services it started, each in
+// its own process group, keep their ports, so the next `npm start` is refused.
+process.on("SIGHUP", () => void shutdown("SIGHUP"));
 
 function startBanner(o: NodeOptions, port: number, connections: Parameters<typeof banner>[0]["connections"], nats: string, local: boolean): string {
   return banner({
