@@ -37,7 +37,10 @@ import { fixtureEvents, type LoadResult, type LoadSpec } from "./loadgen.ts";
 import { parseCommand } from "../scripts/cli.ts";
 
 // Before anything starts: `--help` prints this and exits, an unknown flag exits 2.
-parseCommand({ name: "bench:capacity", options: {}, usage: `usage: npm run bench:capacity
+parseCommand({
+  name: "bench:capacity",
+  options: {},
+  usage: `usage: npm run bench:capacity
 
 What each component (ingest node, NATS, pipeline workers, ClickHouse) costs per event at a steady
 load: CPU-seconds and peak RSS per million events, events/s per core. Starts its own services and
@@ -48,7 +51,8 @@ JSON line. Exit 1 if the pipeline did not keep up or events went missing.
 
 Environment: CAPACITY_RATE (20000), CAPACITY_SECONDS (60), CAPACITY_WARMUP_SECONDS (5),
 CAPACITY_SETTLE_SECONDS (5), CAPACITY_BATCH (100), CAPACITY_REPLICAS (1; 3 runs a 3-server
-cluster), CAPACITY_FIXTURES (test/fixtures).` });
+cluster), CAPACITY_FIXTURES (test/fixtures).`,
+});
 
 const env = process.env;
 const num = (name: string, d: number) => (env[name] ? Number(env[name]) : d);
@@ -123,7 +127,10 @@ class Component {
     this.peakRss = this.#start.reduce((a, s) => a + s.rss, 0);
   }
   poll() {
-    this.peakRss = Math.max(this.peakRss, this.#all().reduce((a, s) => a + s.rss, 0));
+    this.peakRss = Math.max(
+      this.peakRss,
+      this.#all().reduce((a, s) => a + s.rss, 0),
+    );
   }
   end() {
     const now = this.#all();
@@ -155,7 +162,12 @@ class Node {
     await waitForPort(port, 60_000, "127.0.0.1", () => p.exitCode === null);
     this.url = `http://127.0.0.1:${port}`;
     const deadline = Date.now() + 60_000;
-    while ((await fetch(`${this.url}/readyz`).then((r) => r.status, () => 0)) !== 200) {
+    while (
+      (await fetch(`${this.url}/readyz`).then(
+        (r) => r.status,
+        () => 0,
+      )) !== 200
+    ) {
       if (Date.now() > deadline) throw new Error(`${this.name} node not ready`);
       await Bun.sleep(100);
     }
@@ -171,7 +183,10 @@ class Node {
 
 /** One loadgen process; resolves with its result, calling onStart when its clock starts. */
 async function runLoadgen(spec: LoadSpec, onStart: () => void): Promise<LoadResult & { pid: number }> {
-  const proc = Bun.spawn([BUN, join(import.meta.dir, "loadgen.ts"), JSON.stringify(spec)], { stdout: "pipe", stderr: "inherit" });
+  const proc = Bun.spawn([BUN, join(import.meta.dir, "loadgen.ts"), JSON.stringify(spec)], {
+    stdout: "pipe",
+    stderr: "inherit",
+  });
   children.add(proc);
   let text = "";
   let started = false;
@@ -196,7 +211,8 @@ async function runLoadgen(spec: LoadSpec, onStart: () => void): Promise<LoadResu
 dir = mkdtempSync(join(tmpdir(), "tributary-capacity-"));
 const pipelines = { ingest: join(dir, "pipelines-ingest"), pipeline: join(dir, "pipelines-pipeline") };
 const connectionYaml = (withPipeline: boolean) =>
-  `connection: ${CONNECTION}\nsource: webhook\nwriteKeys: ["${KEY}"]\n` + (withPipeline ? `pipelines:\n  - name: all\n    import: events\n` : "");
+  `connection: ${CONNECTION}\nsource: webhook\nwriteKeys: ["${KEY}"]\n` +
+  (withPipeline ? `pipelines:\n  - name: all\n    import: events\n` : "");
 mkdirSync(pipelines.ingest);
 mkdirSync(pipelines.pipeline);
 writeFileSync(join(pipelines.ingest, "capacity.yaml"), connectionYaml(false));
@@ -209,7 +225,13 @@ if (REPLICAS === 1) {
 } else {
   const routes = await Promise.all(Array.from({ length: REPLICAS }, () => freePort()));
   for (let i = 0; i < REPLICAS; i++) {
-    natsServers.push(await LocalNats.create({ dataDir: join(dir, `nats-${i + 1}`), serverName: `n${i + 1}`, cluster: { name: "capacity", port: routes[i], routes } }));
+    natsServers.push(
+      await LocalNats.create({
+        dataDir: join(dir, `nats-${i + 1}`),
+        serverName: `n${i + 1}`,
+        cluster: { name: "capacity", port: routes[i], routes },
+      }),
+    );
   }
 }
 const ch = await LocalClickHouse.create({ dataDir: join(dir, "clickhouse") });
@@ -231,15 +253,27 @@ await pipeline.start();
 say(`nodes ready: ingest ${ingest.url}, pipeline ${pipeline.url}`);
 
 const db = createClient({ url: ch.url, log: { level: ClickHouseLogLevel.OFF } });
-const query = async <T>(q: string): Promise<T[]> => (await (await db.query({ query: q, format: "JSONEachRow" })).json()) as T[];
-const loaded = async () => Number((await query<{ c: string }>(`SELECT count() AS c FROM tributary.events WHERE connection = '${CONNECTION}'`))[0]!.c);
+const query = async <T>(q: string): Promise<T[]> =>
+  (await (await db.query({ query: q, format: "JSONEachRow" })).json()) as T[];
+const loaded = async () =>
+  Number(
+    (await query<{ c: string }>(`SELECT count() AS c FROM tributary.events WHERE connection = '${CONNECTION}'`))[0]!.c,
+  );
 const nc = await connect({ servers: natsServers.map((s) => s.url) });
 const jsm = await jetstreamManager(nc, { checkAPI: false });
 
 const components = [
-  new Component("ingest node", "HTTP, validation, JetStream publish (`bun src/main.ts`, no pipelines)", () => [ingest.proc!.pid]),
-  new Component(REPLICAS === 1 ? "NATS" : `NATS (${REPLICAS} servers)`, REPLICAS === 1 ? "nats-server, stream R1" : `nats-server ×${REPLICAS}, stream R${REPLICAS}, summed`, () => natsServers.map((s) => s.pid!)),
-  new Component("pipeline workers", "consume, rows, insert (`bun src/main.ts`, no HTTP traffic)", () => [pipeline.proc!.pid]),
+  new Component("ingest node", "HTTP, validation, JetStream publish (`bun src/main.ts`, no pipelines)", () => [
+    ingest.proc!.pid,
+  ]),
+  new Component(
+    REPLICAS === 1 ? "NATS" : `NATS (${REPLICAS} servers)`,
+    REPLICAS === 1 ? "nats-server, stream R1" : `nats-server ×${REPLICAS}, stream R${REPLICAS}, summed`,
+    () => natsServers.map((s) => s.pid!),
+  ),
+  new Component("pipeline workers", "consume, rows, insert (`bun src/main.ts`, no HTTP traffic)", () => [
+    pipeline.proc!.pid,
+  ]),
   new Component("ClickHouse", "clickhouse-server", () => [ch.pid!]),
 ];
 
@@ -309,7 +343,9 @@ const loadAfter = loadavg();
 const streamInfo = await jsm.streams.info(STREAM);
 const leader = streamInfo.cluster?.leader;
 const streamBytesPerEvent = streamInfo.state.bytes / want;
-const [distinct] = await query<{ u: string; c: string }>(`SELECT uniqExact(message_id) AS u, count() AS c FROM tributary.events WHERE connection = '${CONNECTION}'`);
+const [distinct] = await query<{ u: string; c: string }>(
+  `SELECT uniqExact(message_id) AS u, count() AS c FROM tributary.events WHERE connection = '${CONNECTION}'`,
+);
 // Exactly once, as queries see it (FINAL), per request: every event of every request answered 2xx
 // is there once, and no messageId is there twice (uniqExact alone would let duplicates pass).
 // messageIds are b-<tag>-<request number>-<index>; one row per request keeps the answer small.
@@ -334,7 +370,9 @@ for (const [key, x] of stored) {
   if (!okKeys.has(key)) extra += x.u; // answered non-2xx (or unanswered) but stored: allowed
 }
 const answered2xx = [warm, run].reduce((a, r) => a + r.okRequests.length * BATCH, 0);
-const [parts] = await query<{ b: string; r: string }>(`SELECT sum(bytes_on_disk) AS b, sum(rows) AS r FROM system.parts WHERE database = 'tributary' AND table = 'events' AND active`).catch(() => [{ b: "0", r: "0" }]);
+const [parts] = await query<{ b: string; r: string }>(
+  `SELECT sum(bytes_on_disk) AS b, sum(rows) AS r FROM system.parts WHERE database = 'tributary' AND table = 'events' AND active`,
+).catch(() => [{ b: "0", r: "0" }]);
 const chBytesPerRow = Number(parts!.b) / Math.max(1, Number(parts!.r));
 const fixtures = fixtureEvents(FIXTURES);
 const eventJsonBytes = fixtures.reduce((a, e) => a + JSON.stringify(e).length, 0) / fixtures.length;
@@ -347,32 +385,49 @@ await Promise.all([...natsServers.map((s) => s.stop()), ch.stop()]);
 // ---------------------------------------------------------------- report
 
 const events = run.accepted;
-const f = (n: number, d = 0) => (n ?? NaN).toLocaleString("en-US", { minimumFractionDigits: d, maximumFractionDigits: d });
+const f = (n: number, d = 0) =>
+  (n ?? NaN).toLocaleString("en-US", { minimumFractionDigits: d, maximumFractionDigits: d });
 const lines: string[] = [];
-lines.push(`Steady load: ${f(RATE)} events/s offered for ${SECONDS} s (${BATCH} events per request, open loop), ${f(events)} accepted ` +
-  `(${f(run.eventsPerSecond)} events/s, p50 ${f(run.p50, 1)} ms, p99 ${f(run.p99, 1)} ms); ` +
-  `window ${f(window, 1)} s = load + ${f(drainSeconds, 1)} s until ClickHouse had them all + ${SETTLE_SECONDS} s settle; ` +
-  `pipeline backlog peaked at ${f(maxLag)} messages. Events average ${f(eventJsonBytes)} bytes of JSON. Stream replicas: ${REPLICAS}. ` +
-  `Machine: ${navigator.hardwareConcurrency} cores, load average ${loadBefore} before and ${loadAfter} after (other work on the machine shows here).`);
+lines.push(
+  `Steady load: ${f(RATE)} events/s offered for ${SECONDS} s (${BATCH} events per request, open loop), ${f(events)} accepted ` +
+    `(${f(run.eventsPerSecond)} events/s, p50 ${f(run.p50, 1)} ms, p99 ${f(run.p99, 1)} ms); ` +
+    `window ${f(window, 1)} s = load + ${f(drainSeconds, 1)} s until ClickHouse had them all + ${SETTLE_SECONDS} s settle; ` +
+    `pipeline backlog peaked at ${f(maxLag)} messages. Events average ${f(eventJsonBytes)} bytes of JSON. Stream replicas: ${REPLICAS}. ` +
+    `Machine: ${navigator.hardwareConcurrency} cores, load average ${loadBefore} before and ${loadAfter} after (other work on the machine shows here).`,
+);
 lines.push("");
-lines.push("| component | process | CPU-s in window | CPU-s per 1M events | events/s per core | idle cores | peak RSS MiB (window) | VmHWM MiB |");
+lines.push(
+  "| component | process | CPU-s in window | CPU-s per 1M events | events/s per core | idle cores | peak RSS MiB (window) | VmHWM MiB |",
+);
 lines.push("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |");
 for (const c of components) {
   const perM = (c.cpu / events) * 1e6;
-  lines.push(`| ${c.name} | ${c.what} | ${f(c.cpu, 1)} | ${f(perM, 1)} | ${f(events / c.cpu)} | ${f(c.idleCores, 3)} | ${f(c.peakRss / MiB)} | ${f(c.hwm / MiB)} |`);
+  lines.push(
+    `| ${c.name} | ${c.what} | ${f(c.cpu, 1)} | ${f(perM, 1)} | ${f(events / c.cpu)} | ${f(c.idleCores, 3)} | ${f(c.peakRss / MiB)} | ${f(c.hwm / MiB)} |`,
+  );
 }
 const total = components.reduce((a, c) => a + c.cpu, 0);
 lines.push(`| all four | | ${f(total, 1)} | ${f((total / events) * 1e6, 1)} | ${f(events / total)} | | | |`);
-lines.push(`| (load generator) | bench/loadgen.ts | ${f(run.cpuSeconds, 1)} | ${f((run.cpuSeconds / events) * 1e6, 1)} | | | | |`);
+lines.push(
+  `| (load generator) | bench/loadgen.ts | ${f(run.cpuSeconds, 1)} | ${f((run.cpuSeconds / events) * 1e6, 1)} | | | | |`,
+);
 if (REPLICAS > 1) {
   const nats = components[1]!;
   lines.push("");
-  lines.push(`NATS per server (stream leader at the end: ${leader}): ` + natsServers.map((srv, i) => `${srv.serverName} ${f(((nats.perProcess[i] ?? 0) / events) * 1e6, 1)} CPU-s per 1M events`).join(", ") + ".");
+  lines.push(
+    `NATS per server (stream leader at the end: ${leader}): ` +
+      natsServers
+        .map((srv, i) => `${srv.serverName} ${f(((nats.perProcess[i] ?? 0) / events) * 1e6, 1)} CPU-s per 1M events`)
+        .join(", ") +
+      ".",
+  );
 }
 lines.push("");
-lines.push(`Storage: ${f(streamBytesPerEvent)} bytes per event in the stream (per replica; ${f(streamInfo.state.messages)} messages, ${f(streamInfo.state.bytes / MiB, 1)} MiB), ` +
-  `so one hour of ClickHouse outage at 1,000 events/s needs ${f((streamBytesPerEvent * 1000 * 3600) / 2 ** 30, 2)} GiB of stream per replica; ` +
-  `ClickHouse keeps ${f(chBytesPerRow)} bytes per row on disk (compressed, after merges so far; the fixtures repeat three events, so real data compresses far less).`);
+lines.push(
+  `Storage: ${f(streamBytesPerEvent)} bytes per event in the stream (per replica; ${f(streamInfo.state.messages)} messages, ${f(streamInfo.state.bytes / MiB, 1)} MiB), ` +
+    `so one hour of ClickHouse outage at 1,000 events/s needs ${f((streamBytesPerEvent * 1000 * 3600) / 2 ** 30, 2)} GiB of stream per replica; ` +
+    `ClickHouse keeps ${f(chBytesPerRow)} bytes per row on disk (compressed, after merges so far; the fixtures repeat three events, so real data compresses far less).`,
+);
 const ok = have >= want && answered2xx === want && missing === 0 && twice === 0;
 lines.push(
   `Verification (tributary.events FINAL, request by request): ${f(want)} events answered 2xx (warm-up included), ${f(missing)} missing, ${f(twice)} stored twice` +
@@ -397,7 +452,16 @@ console.log(
     streamBytesPerEvent,
     chBytesPerRow,
     streamLeader: leader,
-    components: components.map((c) => ({ name: c.name, perProcessCpuSeconds: c.perProcess, cpuSeconds: c.cpu, cpuSecondsPerMillion: (c.cpu / events) * 1e6, eventsPerSecondPerCore: events / c.cpu, idleCores: c.idleCores, peakRssMiB: c.peakRss / MiB, hwmMiB: c.hwm / MiB })),
+    components: components.map((c) => ({
+      name: c.name,
+      perProcessCpuSeconds: c.perProcess,
+      cpuSeconds: c.cpu,
+      cpuSecondsPerMillion: (c.cpu / events) * 1e6,
+      eventsPerSecondPerCore: events / c.cpu,
+      idleCores: c.idleCores,
+      peakRssMiB: c.peakRss / MiB,
+      hwmMiB: c.hwm / MiB,
+    })),
     loadgenCpuSeconds: run.cpuSeconds,
     cores: navigator.hardwareConcurrency,
     loadAverage: [loadBefore, loadAfter],

@@ -16,7 +16,9 @@ process.on("message", async (m: unknown) => {
   if (m === "stats") {
     process.send?.({
       ingest: { ...node.ingest.stats },
-      pipelines: Object.fromEntries([...(manager?.workers ?? [])].map(([k, w]) => [k, { ...w.stats, lastErrors: w.stats.lastErrors.slice(-3) }])),
+      pipelines: Object.fromEntries(
+        [...(manager?.workers ?? [])].map(([k, w]) => [k, { ...w.stats, lastErrors: w.stats.lastErrors.slice(-3) }]),
+      ),
       memory: process.memoryUsage(),
     });
   } else if (m === "stop") {

@@ -45,7 +45,10 @@ import type { LoadResult, LoadSpec } from "./loadgen.ts";
 import { parseCommand } from "../scripts/cli.ts";
 
 // Before anything starts: `--help` prints this and exits, an unknown flag exits 2.
-parseCommand({ name: "bench:e2e", options: {}, usage: `usage: npm run bench:e2e
+parseCommand({
+  name: "bench:e2e",
+  options: {},
+  usage: `usage: npm run bench:e2e
 
 Events POSTed at a node until they are counted in ClickHouse, beside the raw speed of inserting
 the same rows straight into the same ClickHouse. Starts its own nats-server, clickhouse-server
@@ -56,7 +59,8 @@ events were lost or duplicated, a pipeline failed rows, or the run broke.
 
 Environment: E2E_RAW_SECONDS (16), E2E_SECONDS (15), E2E_HALF_SECONDS (15), E2E_DRAIN_SECONDS (8),
 E2E_CONNECTIONS (4), E2E_BATCH (100), E2E_RAW_BATCH, E2E_POLL_MS (100), E2E_FIXTURE, E2E_SPLIT=1
-(ingest and pipeline in two node processes), E2E_CPU_PROF (a directory: profile the nodes there).` });
+(ingest and pipeline in two node processes), E2E_CPU_PROF (a directory: profile the nodes there).`,
+});
 
 const env = process.env;
 const num = (name: string, d: number) => (env[name] ? Number(env[name]) : d);
@@ -68,7 +72,10 @@ const BATCH = num("E2E_BATCH", 100);
 const POLL_MS = num("E2E_POLL_MS", 100);
 const WARM_SECONDS = Math.min(3, SECONDS);
 const FIXTURE = resolve(
-  env.E2E_FIXTURE ?? (existsSync("/work/shared/fixtures/segment-track.json") ? "/work/shared/fixtures/segment-track.json" : join(import.meta.dir, "../test/fixtures/segment-track.json")),
+  env.E2E_FIXTURE ??
+    (existsSync("/work/shared/fixtures/segment-track.json")
+      ? "/work/shared/fixtures/segment-track.json"
+      : join(import.meta.dir, "../test/fixtures/segment-track.json")),
 );
 const CPU_PROF = env.E2E_CPU_PROF ? resolve(env.E2E_CPU_PROF) : undefined;
 const DRAIN_SECONDS = num("E2E_DRAIN_SECONDS", 8);
@@ -117,7 +124,12 @@ type Cpu = Record<"node" | "nodeJs" | "nats" | "clickhouse" | "loadgen" | "bench
 /** Starts a CPU meter over the processes we know; `stop(loadgenSeconds)` gives cores used by each. */
 function cpuMeter(): { stop(loadgenCpuSeconds?: number): Cpu } {
   const sum = (f: (pid: number) => number) => nodes.reduce((a, n) => a + f(n.proc.pid), 0);
-  const pids = () => ({ node: sum((p) => cpuOf(p)), nodeJs: sum((p) => cpuOf(p, true)), nats: cpuOf(nats.pid), clickhouse: cpuOf(ch.pid) });
+  const pids = () => ({
+    node: sum((p) => cpuOf(p)),
+    nodeJs: sum((p) => cpuOf(p, true)),
+    nats: cpuOf(nats.pid),
+    clickhouse: cpuOf(ch.pid),
+  });
   const p0 = pids();
   const b0 = process.cpuUsage();
   const m0 = machineCpu();
@@ -136,7 +148,10 @@ function cpuMeter(): { stop(loadgenCpuSeconds?: number): Cpu } {
         bench: (b.user + b.system) / 1e6 / span,
         other: 0,
       };
-      cpu.other = Math.max(0, (m1.busy - m0.busy) / span - cpu.node - cpu.nats - cpu.clickhouse - cpu.loadgen - cpu.bench);
+      cpu.other = Math.max(
+        0,
+        (m1.busy - m0.busy) / span - cpu.node - cpu.nats - cpu.clickhouse - cpu.loadgen - cpu.bench,
+      );
       return cpu;
     },
   };
@@ -216,7 +231,11 @@ async function load(
     tag,
     fixturesDir: fixturesDir,
   };
-  const p = Bun.spawn([BUN, join(import.meta.dir, "loadgen.ts"), JSON.stringify(spec)], { stdout: "pipe", stderr: "inherit", stdin: "ignore" });
+  const p = Bun.spawn([BUN, join(import.meta.dir, "loadgen.ts"), JSON.stringify(spec)], {
+    stdout: "pipe",
+    stderr: "inherit",
+    stdin: "ignore",
+  });
   children.add(p);
   const kill = setTimeout(() => p.kill("SIGKILL"), spec.seconds * 1000 + 90_000);
   let meter: ReturnType<typeof cpuMeter> | undefined;
@@ -258,18 +277,26 @@ async function rows<T>(query: string): Promise<T[]> {
 const table = () => `${DB}.events`;
 /** Rows in the events table, from the active parts' metadata: no column is read, so polling it costs ClickHouse nothing. */
 async function countRows(): Promise<number> {
-  const [r] = await rows<{ n: string }>(`SELECT sum(rows) AS n FROM system.parts WHERE database = ${quoteString(DB)} AND table = 'events' AND active`);
+  const [r] = await rows<{ n: string }>(
+    `SELECT sum(rows) AS n FROM system.parts WHERE database = ${quoteString(DB)} AND table = 'events' AND active`,
+  );
   return Number(r?.n ?? 0);
 }
 /** Cumulative InsertQuery / InsertedRows of the server: rows per insert over a span. */
 async function insertCounters(): Promise<{ inserts: number; rows: number }> {
-  const rs = await rows<{ event: string; value: string }>(`SELECT event, value FROM system.events WHERE event IN ('InsertQuery', 'InsertedRows')`);
+  const rs = await rows<{ event: string; value: string }>(
+    `SELECT event, value FROM system.events WHERE event IN ('InsertQuery', 'InsertedRows')`,
+  );
   const get = (e: string) => Number(rs.find((r) => r.event === e)?.value ?? 0);
   return { inserts: get("InsertQuery"), rows: get("InsertedRows") };
 }
 
 /** Polls the row count until it reaches `expected` (or `timeoutMs` passes); the samples and when it got there. */
-async function drain(expected: number, timeoutMs: number, samples: [number, number][] = []): Promise<{ doneAt?: number; samples: [number, number][] }> {
+async function drain(
+  expected: number,
+  timeoutMs: number,
+  samples: [number, number][] = [],
+): Promise<{ doneAt?: number; samples: [number, number][] }> {
   const until = now() + timeoutMs;
   while (now() < until) {
     const t = now();
@@ -282,9 +309,15 @@ async function drain(expected: number, timeoutMs: number, samples: [number, numb
 }
 
 /** Landed rows/s between the first and the last count change inside [from, to] (batch landings). */
-function landedRate(samples: [number, number][], from: number, to: number): { rate: number; rows: number; seconds: number } {
+function landedRate(
+  samples: [number, number][],
+  from: number,
+  to: number,
+): { rate: number; rows: number; seconds: number } {
   const changes: [number, number][] = [];
-  for (let i = 1; i < samples.length; i++) if (samples[i]![1] !== samples[i - 1]![1] && samples[i]![0] >= from && samples[i]![0] <= to) changes.push(samples[i]!);
+  for (let i = 1; i < samples.length; i++)
+    if (samples[i]![1] !== samples[i - 1]![1] && samples[i]![0] >= from && samples[i]![0] <= to)
+      changes.push(samples[i]!);
   if (changes.length < 2) return { rate: NaN, rows: 0, seconds: 0 };
   const [a, b] = [changes[0]!, changes[changes.length - 1]!];
   return { rate: (b[1] - a[1]) / ((b[0] - a[0]) / 1000), rows: b[1] - a[1], seconds: (b[0] - a[0]) / 1000 };
@@ -350,8 +383,28 @@ interface Half {
 let raw: Raw | undefined;
 let max: Max | undefined;
 let half: Half | undefined;
-let sink: { events: number; ingestRate: number; landed: ReturnType<typeof landedRate>; beforeReady: number; startSeconds: number; cpu: Cpu } | undefined;
-let verify: { accepted: Record<string, number>; counted: Record<string, number>; total: number; unique: number; final: number; ok: boolean; stats?: any; slowConsumers: number } | undefined;
+let sink:
+  | {
+      events: number;
+      ingestRate: number;
+      landed: ReturnType<typeof landedRate>;
+      beforeReady: number;
+      startSeconds: number;
+      cpu: Cpu;
+    }
+  | undefined;
+let verify:
+  | {
+      accepted: Record<string, number>;
+      counted: Record<string, number>;
+      total: number;
+      unique: number;
+      final: number;
+      ok: boolean;
+      stats?: any;
+      slowConsumers: number;
+    }
+  | undefined;
 let failure: unknown;
 const started = now();
 
@@ -368,7 +421,12 @@ async function mergesSettled(ms: number): Promise<void> {
 try {
   say(`starting nats-server and clickhouse-server in ${dir}`);
   await Promise.all([nats.start(), ch.start()]);
-  wh = await connectWarehouse({ url: ch.url, username: NODE_OPTS.clickhouseUser, password: NODE_OPTS.clickhousePassword, database: DB });
+  wh = await connectWarehouse({
+    url: ch.url,
+    username: NODE_OPTS.clickhouseUser,
+    password: NODE_OPTS.clickhousePassword,
+    database: DB,
+  });
   const features = wh.features;
   say(`ClickHouse ${features.version}`);
 
@@ -379,13 +437,21 @@ try {
   // An event as the node stores it (same id length as the load generator's), and its size in the stream.
   const sample = normaliseEvent({ ...fixture, messageId: `b-max-0000000000-00` }, facts);
   const eventBytes = JSON.stringify(sample).length + 1;
-  const rawBatch = num("E2E_RAW_BATCH", Math.min(NODE_OPTS.batchMaxRows, Math.ceil(NODE_OPTS.batchMaxBytes / eventBytes)));
+  const rawBatch = num(
+    "E2E_RAW_BATCH",
+    Math.min(NODE_OPTS.batchMaxRows, Math.ceil(NODE_OPTS.batchMaxBytes / eventBytes)),
+  );
   const ceilingTable = `${DB}.events_ceiling`;
   const ddl = eventsTableDDL(DB, features).replace(/\.events \(/, ".events_ceiling (");
   if (!ddl.includes("events_ceiling")) throw new Error("could not derive the ceiling table's DDL");
   // The rows the sink would make of these events; each insert gives them fresh messageIds.
   const batchRows = Array.from({ length: rawBatch }, (_, i) =>
-    eventRow(normaliseEvent({ ...fixture, messageId: `r-0000000000-${i}` }, facts) as Record<string, unknown>, CONNECTION, PIPELINE, features),
+    eventRow(
+      normaliseEvent({ ...fixture, messageId: `r-0000000000-${i}` }, facts) as Record<string, unknown>,
+      CONNECTION,
+      PIPELINE,
+      features,
+    ),
   );
   // The sink's own insert call (@clickhouse/client, its format and settings) straight on those rows:
   // whatever the sink's encoding becomes, the ceiling follows it.
@@ -406,22 +472,27 @@ try {
       for (let i = 0; i < batchRows.length; i++) batchRows[i]!.message_id = `r-${id}-${i}`;
       const s = now();
       const outcome = await inserter.insert(batchRows);
-      if (outcome.inserted !== batchRows.length) throw new Error(`raw phase: ClickHouse refused rows: ${outcome.rejected[0]?.reason}`);
+      if (outcome.inserted !== batchRows.length)
+        throw new Error(`raw phase: ClickHouse refused rows: ${outcome.rejected[0]?.reason}`);
       insertMs.push(now() - s);
     }
     const run: RawRun = { inserts: n, rows: n * rawBatch, seconds: (now() - t0) / 1000, insertMs, cpu: meter.stop() };
     const [counted] = await rows<{ n: string }>(`SELECT count() AS n FROM ${ceilingTable}`);
-    if (Number(counted?.n) !== run.rows + 1000) throw new Error(`raw phase: ${counted?.n} rows in the table, ${run.rows + 1000} inserted`);
+    if (Number(counted?.n) !== run.rows + 1000)
+      throw new Error(`raw phase: ${counted?.n} rows in the table, ${run.rows + 1000} inserted`);
     // Dropping the table stops its background merges, which would otherwise run into the next phase.
     await wh.client.command({ query: `DROP TABLE ${ceilingTable}` });
     rawRuns.push(run);
   };
-  say(`phase 1: raw inserts of ${rawBatch.toLocaleString("en")}-row batches (${eventBytes} B per event in the stream) for ${RAW_SECONDS / 2} s (the other half after phase 3)`);
+  say(
+    `phase 1: raw inserts of ${rawBatch.toLocaleString("en")}-row batches (${eventBytes} B per event in the stream) for ${RAW_SECONDS / 2} s (the other half after phase 3)`,
+  );
   await rawPhase(RAW_SECONDS / 2);
 
   // ---------------- 2. node(s) + warm-up
   const nodeEnv = { NATS_URL: nats.url, CLICKHOUSE_URL: ch.url, TRIBUTARY_PIPELINES: pipelines };
-  const prof = (name: string) => (CPU_PROF ? ["--cpu-prof", "--cpu-prof-md", `--cpu-prof-dir=${join(CPU_PROF, name)}`] : []);
+  const prof = (name: string) =>
+    CPU_PROF ? ["--cpu-prof", "--cpu-prof-md", `--cpu-prof-dir=${join(CPU_PROF, name)}`] : [];
   if (SPLIT) {
     say("starting an ingest-only node (no CLICKHOUSE_URL) and a pipelines node that takes no HTTP traffic");
     nodes.push(await spawnNode({ ...nodeEnv, CLICKHOUSE_URL: "" }, prof("ingest")));
@@ -432,7 +503,8 @@ try {
   }
   say(`phase 2: warm-up, ${WARM_SECONDS} s closed loop`);
   const warm = await load("warm", "closed", { seconds: WARM_SECONDS });
-  if ((await drain(warm.r.accepted, 60_000)).doneAt === undefined) throw new Error("warm-up events did not all reach ClickHouse within 60 s");
+  if ((await drain(warm.r.accepted, 60_000)).doneAt === undefined)
+    throw new Error("warm-up events did not all reach ClickHouse within 60 s");
   const accepted: Record<string, number> = { warm: warm.r.accepted };
   await mergesSettled(10_000);
 
@@ -461,7 +533,10 @@ try {
     accepted.max = l.r.accepted;
     const atEnd = (samples.filter(([t]) => t <= l.t1).at(-1)?.[1] ?? base) - base;
     const d = await drain(base + l.r.accepted, 120_000, samples);
-    if (d.doneAt === undefined) throw new Error(`max phase: ${(samples.at(-1)?.[1] ?? base) - base} of ${l.r.accepted} events in ClickHouse 120 s after the load`);
+    if (d.doneAt === undefined)
+      throw new Error(
+        `max phase: ${(samples.at(-1)?.[1] ?? base) - base} of ${l.r.accepted} events in ClickHouse 120 s after the load`,
+      );
     const wholeCpu = whole!.stop();
     const c1 = await insertCounters();
     // The steady part: after the first quarter of the window (at most 3 s): pipeline started, JIT warm.
@@ -485,7 +560,12 @@ try {
   {
     const all = rawRuns.flatMap((r) => r.insertMs).sort((a, b) => a - b);
     const seconds = rawRuns.reduce((a, r) => a + r.seconds, 0);
-    const cpu = Object.fromEntries(Object.keys(rawRuns[0]!.cpu).map((k) => [k, rawRuns.reduce((a, r) => a + r.cpu[k as keyof Cpu] * r.seconds, 0) / seconds])) as Cpu;
+    const cpu = Object.fromEntries(
+      Object.keys(rawRuns[0]!.cpu).map((k) => [
+        k,
+        rawRuns.reduce((a, r) => a + r.cpu[k as keyof Cpu] * r.seconds, 0) / seconds,
+      ]),
+    ) as Cpu;
     raw = {
       batch: rawBatch,
       eventBytes,
@@ -500,7 +580,9 @@ try {
 
   // ---------------- 4. half: receipt-to-queryable
   const offered = (Number.isFinite(max.landed.rate) ? max.landed.rate : max.overall) / 2;
-  say(`phase 4: open loop at ${Math.round(offered).toLocaleString("en")} events/s for ${HALF_SECONDS} s, polling ClickHouse every ${POLL_MS} ms`);
+  say(
+    `phase 4: open loop at ${Math.round(offered).toLocaleString("en")} events/s for ${HALF_SECONDS} s, polling ClickHouse every ${POLL_MS} ms`,
+  );
   {
     // received_at (ms since the epoch on 18.16, DateTime64(3) on 20.1+) → rows seen so far.
     const seen = new Map<number, number>();
@@ -511,7 +593,9 @@ try {
     const since = Date.now();
     const poll = async () => {
       const t = Date.now();
-      const rs = await rows<{ r: string; n: string }>(`SELECT ${recvExpr} AS r, count() AS n FROM ${table()} WHERE ${recvExpr} >= ${since} GROUP BY r`);
+      const rs = await rows<{ r: string; n: string }>(
+        `SELECT ${recvExpr} AS r, count() AS n FROM ${table()} WHERE ${recvExpr} >= ${since} GROUP BY r`,
+      );
       for (const { r, n } of rs) {
         const at = Number(r);
         const count = Number(n);
@@ -553,7 +637,17 @@ try {
       for (const [ms, n] of latencies) if ((acc += n) > p * total) return ms;
       return latencies.at(-1)?.[0] ?? NaN;
     };
-    half = { r: l.r, cpu: l.cpu, offered, p50: q(0.5), p90: q(0.9), p99: q(0.99), max: latencies.at(-1)?.[0] ?? NaN, measured: total, pollMs: POLL_MS };
+    half = {
+      r: l.r,
+      cpu: l.cpu,
+      offered,
+      p50: q(0.5),
+      p90: q(0.9),
+      p99: q(0.99),
+      max: latencies.at(-1)?.[0] ?? NaN,
+      measured: total,
+      pollMs: POLL_MS,
+    };
   }
 
   // ---------------- 5. sink drain: the pipeline alone, JetStream → ClickHouse, no HTTP load
@@ -587,24 +681,43 @@ try {
     if (d.doneAt === undefined) throw new Error(`drain phase: the backlog did not reach ClickHouse within 180 s`);
     samples.push([d.doneAt, base + b.r.accepted]);
     const atReady = samples.filter(([t]) => t <= ready).at(-1)?.[1] ?? base;
-    sink = { events: b.r.accepted, ingestRate: b.r.eventsPerSecond, landed: landedRate(samples, ready, d.doneAt), beforeReady: atReady - base, startSeconds: (ready - t0) / 1000, cpu };
+    sink = {
+      events: b.r.accepted,
+      ingestRate: b.r.eventsPerSecond,
+      landed: landedRate(samples, ready, d.doneAt),
+      beforeReady: atReady - base,
+      startSeconds: (ready - t0) / 1000,
+      cpu,
+    };
   }
 
   // ---------------- 6. verify
   say("stopping the node, checking every accepted event is in ClickHouse once");
-  const stats = await nodes.at(-1)!.ask("stats").catch(() => undefined);
+  const stats = await nodes
+    .at(-1)!
+    .ask("stats")
+    .catch(() => undefined);
   for (const n of nodes.splice(0)) await stopNode(n);
   const byTag = await rows<{ tag: string; n: string; u: string }>(
     `SELECT splitByChar('-', message_id)[2] AS tag, count() AS n, uniqExact(message_id) AS u FROM ${table()} WHERE connection = ${quoteString(CONNECTION)} GROUP BY tag`,
   );
-  const [fin] = await rows<{ n: string }>(`SELECT count() AS n FROM ${table()} FINAL WHERE connection = ${quoteString(CONNECTION)}`);
+  const [fin] = await rows<{ n: string }>(
+    `SELECT count() AS n FROM ${table()} FINAL WHERE connection = ${quoteString(CONNECTION)}`,
+  );
   const counted = Object.fromEntries(byTag.map((r) => [r.tag, Number(r.n)]));
   const total = byTag.reduce((a, r) => a + Number(r.n), 0);
   const unique = byTag.reduce((a, r) => a + Number(r.u), 0);
   const sum = Object.values(accepted).reduce((a, n) => a + n, 0);
-  const ok = Object.entries(accepted).every(([t, n]) => counted[t] === n) && byTag.every((r) => r.tag in accepted) && total === sum && unique === sum && Number(fin?.n) === sum;
+  const ok =
+    Object.entries(accepted).every(([t, n]) => counted[t] === n) &&
+    byTag.every((r) => r.tag in accepted) &&
+    total === sum &&
+    unique === sum &&
+    Number(fin?.n) === sum;
   // nats-server closes a client whose pulls outrun its 64 MiB pending limit; the node then stalls for ack_wait.
-  const slowConsumers = (readFileSync(join(dir, "nats", "nats-server.log"), "utf8").match(/Slow Consumer Detected/g) ?? []).length;
+  const slowConsumers = (
+    readFileSync(join(dir, "nats", "nats-server.log"), "utf8").match(/Slow Consumer Detected/g) ?? []
+  ).length;
   verify = { accepted, counted, total, unique, final: Number(fin?.n), ok, stats, slowConsumers };
 } catch (e) {
   failure = e;
@@ -617,8 +730,14 @@ try {
 
 // ---------------------------------------------------------------- report
 
-const fmt = (n: number | undefined, d = 0) => (n !== undefined && Number.isFinite(n) ? n.toLocaleString("en", { minimumFractionDigits: d, maximumFractionDigits: d }) : "–");
-const cores = (c: Cpu | undefined) => (c ? `${fmt(c.node, 2)} (${fmt(c.nodeJs, 2)}) / ${fmt(c.nats, 2)} / ${fmt(c.clickhouse, 2)} / ${fmt(c.loadgen, 2)} / ${fmt(c.bench, 2)} / ${fmt(c.other, 2)}` : "–");
+const fmt = (n: number | undefined, d = 0) =>
+  n !== undefined && Number.isFinite(n)
+    ? n.toLocaleString("en", { minimumFractionDigits: d, maximumFractionDigits: d })
+    : "–";
+const cores = (c: Cpu | undefined) =>
+  c
+    ? `${fmt(c.node, 2)} (${fmt(c.nodeJs, 2)}) / ${fmt(c.nats, 2)} / ${fmt(c.clickhouse, 2)} / ${fmt(c.loadgen, 2)} / ${fmt(c.bench, 2)} / ${fmt(c.other, 2)}`
+    : "–";
 const verdict = (ok: boolean) => (ok ? "**PASS**" : "**FAIL**");
 const e2eRate = max?.landed.rate;
 const ratio = raw && e2eRate !== undefined ? e2eRate / raw.rowsPerSecond : NaN;
@@ -627,24 +746,39 @@ console.log(`\n## Tributary end-to-end benchmark (HTTP → JetStream → pipelin
 console.log(
   `One webhook connection, one \`import: events\` pipeline (no filter); events from ${FIXTURE.split("/").at(-1)} (${fmt(raw?.eventBytes)} B each as stored), every messageId unique; ` +
     `${BATCH}-event requests over ${CONNECTIONS} keep-alive connections from a load generator in its own process; ` +
-    (SPLIT ? "two node processes (E2E_SPLIT): one takes the HTTP load without CLICKHOUSE_URL, the other runs the pipeline; " : "one node process; ") +
+    (SPLIT
+      ? "two node processes (E2E_SPLIT): one takes the HTTP load without CLICKHOUSE_URL, the other runs the pipeline; "
+      : "one node process; ") +
     `node batches: ${fmt(NODE_OPTS.batchMaxRows)} rows / ${fmt(NODE_OPTS.batchMaxBytes / 2 ** 20, 0)} MiB / ${fmt(NODE_OPTS.batchMaxAgeMs)} ms; ` +
     `ClickHouse ${wh?.features?.version ?? "?"}, ${navigator.hardwareConcurrency} CPU cores shared by everything, Bun ${Bun.version}.\n`,
 );
-console.log(`| measure | result | target | CPU cores: node${SPLIT ? "s" : ""} (main thread${SPLIT ? "s" : ""}) / nats / clickhouse / loadgen / bench / other |`);
+console.log(
+  `| measure | result | target | CPU cores: node${SPLIT ? "s" : ""} (main thread${SPLIT ? "s" : ""}) / nats / clickhouse / loadgen / bench / other |`,
+);
 console.log("| --- | ---: | --- | --- |");
-if (raw) console.log(`| raw insert ceiling: the sink's rows straight into ClickHouse, ${fmt(raw.batch)}-row inserts one at a time | ${fmt(raw.rowsPerSecond)} rows/s | – | ${cores(raw.cpu)} |`);
+if (raw)
+  console.log(
+    `| raw insert ceiling: the sink's rows straight into ClickHouse, ${fmt(raw.batch)}-row inserts one at a time | ${fmt(raw.rowsPerSecond)} rows/s | – | ${cores(raw.cpu)} |`,
+  );
 if (max) {
-  console.log(`| end to end, closed loop: events landing in ClickHouse (steady ${fmt(max.landed.seconds, 1)} s) | ${fmt(max.landed.rate)} events/s | – | ${cores(max.cpu)} |`);
-  console.log(`| **end to end ÷ raw insert ceiling** | **${fmt(100 * ratio, 1)} %** | ≥ 70 % ${verdict(ratio >= 0.7)} | |`);
+  console.log(
+    `| end to end, closed loop: events landing in ClickHouse (steady ${fmt(max.landed.seconds, 1)} s) | ${fmt(max.landed.rate)} events/s | – | ${cores(max.cpu)} |`,
+  );
+  console.log(
+    `| **end to end ÷ raw insert ceiling** | **${fmt(100 * ratio, 1)} %** | ≥ 70 % ${verdict(ratio >= 0.7)} | |`,
+  );
   console.log(`| … HTTP ingest (2xx) in the same load | ${fmt(max.r.eventsPerSecond)} events/s | – | |`);
-  console.log(`| … all ${fmt(max.r.accepted)} events counted, from the first POST | ${fmt(max.overall)} events/s | – | backlog at the end of the load ${fmt(max.backlogAtEnd)}, drained in ${fmt(max.drainSeconds, 1)} s |`);
+  console.log(
+    `| … all ${fmt(max.r.accepted)} events counted, from the first POST | ${fmt(max.overall)} events/s | – | backlog at the end of the load ${fmt(max.backlogAtEnd)}, drained in ${fmt(max.drainSeconds, 1)} s |`,
+  );
 }
 if (half) {
   console.log(
     `| **receipt → queryable** at half load (${fmt(half.r.eventsPerSecond)} events/s, open loop): p50 / p99 / max | **${fmt(half.p50)} / ${fmt(half.p99)}** / ${fmt(half.max)} ms | p99 ≤ 2,000 ms ${verdict(half.p99 <= 2000)} | ${cores(half.cpu)} |`,
   );
-  console.log(`| … HTTP answer (2xx) at half load: p50 / p99 | ${fmt(half.r.p50, 1)} / ${fmt(half.r.p99, 1)} ms | – | |`);
+  console.log(
+    `| … HTTP answer (2xx) at half load: p50 / p99 | ${fmt(half.r.p50, 1)} / ${fmt(half.r.p99, 1)} ms | – | |`,
+  );
 }
 if (sink && raw)
   console.log(
@@ -655,10 +789,14 @@ const perEvent = (name: string, c: Cpu | undefined, rate: number | undefined, cl
   if (!c || !rate || !Number.isFinite(rate)) return;
   const us = (cores: number) => (1e6 * cores) / rate;
   const parts = [c.node, c.nats, c.clickhouse, client === "bench" ? c.bench : 0];
-  console.log(`| ${name} | ${parts.map((x) => fmt(us(x), 1)).join(" | ")} | ${fmt(us(parts.reduce((a, x) => a + x, 0)), 1)} |`);
+  console.log(
+    `| ${name} | ${parts.map((x) => fmt(us(x), 1)).join(" | ")} | ${fmt(us(parts.reduce((a, x) => a + x, 0)), 1)} |`,
+  );
 };
 if (raw || max || sink) {
-  console.log(`\n| CPU µs per event (core-seconds ÷ events) | node${SPLIT ? "s" : ""} | nats-server | clickhouse-server | insert client (bench) | total |`);
+  console.log(
+    `\n| CPU µs per event (core-seconds ÷ events) | node${SPLIT ? "s" : ""} | nats-server | clickhouse-server | insert client (bench) | total |`,
+  );
   console.log("| --- | ---: | ---: | ---: | ---: | ---: |");
   perEvent("raw insert ceiling", raw?.cpu, raw?.rowsPerSecond, "bench");
   // From the first POST until the last of them was counted: every event went all the way.
@@ -678,7 +816,10 @@ if (raw)
     `Raw: ${raw.runs.map((r) => `${fmt(r.inserts)} inserts in ${fmt(r.seconds, 1)} s (${fmt(r.rows / r.seconds)} rows/s)`).join(" before the node, ")} after the max phase; ` +
       `median insert ${fmt(raw.p50InsertMs)} ms, slowest ${fmt(raw.maxInsertMs)} ms. The sink's own Inserter (@clickhouse/client, JSONEachRow) on rows eventRow() made from normalised events.`,
   );
-if (max) console.log(`Max: the sink inserted ${fmt(max.rowsPerInsert)} rows per insert on average (ClickHouse's InsertQuery/InsertedRows counters).`);
+if (max)
+  console.log(
+    `Max: the sink inserted ${fmt(max.rowsPerInsert)} rows per insert on average (ClickHouse's InsertQuery/InsertedRows counters).`,
+  );
 if (half)
   console.log(
     `Latency: all ${fmt(half.measured)} events of the phase, from received_at (the node's clock at receipt) to the start of the first ${half.pollMs} ms poll that counted them ` +
@@ -690,20 +831,29 @@ if (sink)
       `${fmt(sink.beforeReady)} events landed meanwhile) and the rate counts from then to the last row.`,
   );
 if (verify) {
-  const tags = Object.keys(verify.accepted).map((t) => `${t} ${fmt(verify!.accepted[t])}→${fmt(verify!.counted[t] ?? 0)}`).join(", ");
+  const tags = Object.keys(verify.accepted)
+    .map((t) => `${t} ${fmt(verify!.accepted[t])}→${fmt(verify!.counted[t] ?? 0)}`)
+    .join(", ");
   const p = verify.stats?.pipelines?.[`${CONNECTION}/${PIPELINE}`];
   console.log(
     `Verify: ${verify.ok ? "every event answered 2xx is in ClickHouse exactly once" : "**MISMATCH**"} (answered 2xx→rows: ${tags}; ${fmt(verify.total)} rows, ${fmt(verify.unique)} distinct messageIds, ${fmt(verify.final)} with FINAL)` +
       (p ? `; last node's pipeline: failed ${fmt(p.failed)}, dead-lettered ${fmt(p.deadLettered)}.` : "."),
   );
 }
-if (verify?.slowConsumers) console.log(`\nnats-server disconnected a slow consumer ${verify.slowConsumers} time(s) (its log says "Slow Consumer Detected"): the node's pipeline stalled for ack_wait each time.`);
+if (verify?.slowConsumers)
+  console.log(
+    `\nnats-server disconnected a slow consumer ${verify.slowConsumers} time(s) (its log says "Slow Consumer Detected"): the node's pipeline stalled for ack_wait each time.`,
+  );
 const noisy = [raw?.cpu, max?.cpu, half?.cpu, sink?.cpu].filter((c): c is Cpu => !!c && c.other > 0.2);
-if (noisy.length) console.log(`\nNote: something else used over 0.2 of a core during ${noisy.length} phase(s) ("other"): the machine was shared, ratios are less reliable than usual.`);
+if (noisy.length)
+  console.log(
+    `\nNote: something else used over 0.2 of a core during ${noisy.length} phase(s) ("other"): the machine was shared, ratios are less reliable than usual.`,
+  );
 console.log(`\n(${fmt((now() - started) / 1000, 1)} s)`);
 // One JSON line of the headline figures, last: `bun bench/rounds.ts N bench/e2e.ts` gives their range over N runs.
 {
-  const usPerEvent = (c: Cpu | undefined, rate: number | undefined, client: boolean) => (c && rate ? (1e6 * (c.node + c.nats + c.clickhouse + (client ? c.bench : 0))) / rate : undefined);
+  const usPerEvent = (c: Cpu | undefined, rate: number | undefined, client: boolean) =>
+    c && rate ? (1e6 * (c.node + c.nats + c.clickhouse + (client ? c.bench : 0))) / rate : undefined;
   console.log(
     JSON.stringify({
       rawRowsPerSecond: raw?.rowsPerSecond,

@@ -29,7 +29,10 @@ import type { LoadResult, LoadSpec } from "./loadgen.ts";
 import { parseCommand } from "../scripts/cli.ts";
 
 // Before anything starts: `--help` prints this and exits, an unknown flag exits 2.
-parseCommand({ name: "bench:ingest", options: {}, usage: `usage: npm run bench:ingest
+parseCommand({
+  name: "bench:ingest",
+  options: {},
+  usage: `usage: npm run bench:ingest
 
 Ingest throughput, latency and memory under overload, against the machine's ceiling (a bare
 Bun.serve that only parses the JSON) in the same run. Starts its own nats-server and node
@@ -39,7 +42,8 @@ processes; checks that every event answered 2xx is stored once. Always exits 0: 
 
 Environment: BENCH_SECONDS (8) per measured phase, BENCH_CONNECTIONS (4), BENCH_BATCH (500),
 BENCH_OVERLOAD_CONNECTIONS (256), BENCH_OVERLOAD_SECONDS (BENCH_SECONDS/2), BENCH_FIXTURES
-(test/fixtures), BENCH_CPU_PROF (a directory: profile the node there).` });
+(test/fixtures), BENCH_CPU_PROF (a directory: profile the node there).`,
+});
 
 const env = process.env;
 const num = (name: string, d: number) => (env[name] ? Number(env[name]) : d);
@@ -70,7 +74,11 @@ interface Server {
   ask(m: string): Promise<any>;
 }
 
-async function spawnServer(script: string, extraEnv: Record<string, string> = {}, bunArgs: string[] = []): Promise<Server> {
+async function spawnServer(
+  script: string,
+  extraEnv: Record<string, string> = {},
+  bunArgs: string[] = [],
+): Promise<Server> {
   const answers: ((m: unknown) => void)[] = [];
   const proc = Bun.spawn([BUN, ...bunArgs, join(import.meta.dir, script)], {
     env: { ...env, LOG_LEVEL: env.LOG_LEVEL ?? "warn", ...extraEnv },
@@ -145,7 +153,12 @@ interface Phase {
   cpu: { server: number; nats: number; loadgen: number; other: number };
 }
 
-async function load(server: Server, tag: string, mode: "closed" | "open", o: { connections?: number; eventsPerSecond?: number; seconds?: number } = {}): Promise<{ r: LoadResult; cpu: Phase["cpu"] }> {
+async function load(
+  server: Server,
+  tag: string,
+  mode: "closed" | "open",
+  o: { connections?: number; eventsPerSecond?: number; seconds?: number } = {},
+): Promise<{ r: LoadResult; cpu: Phase["cpu"] }> {
   const spec: LoadSpec = {
     host: "127.0.0.1",
     port: server.port,
@@ -160,11 +173,20 @@ async function load(server: Server, tag: string, mode: "closed" | "open", o: { c
     tag,
     fixturesDir: FIXTURES,
   };
-  const p = Bun.spawn([BUN, join(import.meta.dir, "loadgen.ts"), JSON.stringify(spec)], { stdout: "pipe", stderr: "inherit", stdin: "ignore" });
+  const p = Bun.spawn([BUN, join(import.meta.dir, "loadgen.ts"), JSON.stringify(spec)], {
+    stdout: "pipe",
+    stderr: "inherit",
+    stdin: "ignore",
+  });
   const kill = setTimeout(() => p.kill("SIGKILL"), spec.seconds * 1000 + 90_000);
   // The generator builds its requests, prints {"started"} when its clock starts, then its result:
   // CPU counters are read at those two lines, so they cover the timed span only.
-  let s0 = 0, n0 = 0, m0 = machineCpu(), s1 = 0, n1 = 0, m1 = m0;
+  let s0 = 0,
+    n0 = 0,
+    m0 = machineCpu(),
+    s1 = 0,
+    n1 = 0,
+    m1 = m0;
   let r: LoadResult | undefined;
   let buffered = "";
   const decoder = new TextDecoder();
@@ -192,7 +214,9 @@ async function load(server: Server, tag: string, mode: "closed" | "open", o: { c
 // ---------------------------------------------------------------- JetStream check
 
 /** Events stored per phase tag (messageIds `b-<tag>-...`), from every message's id header. */
-async function storedByTag(natsUrl: string): Promise<{ byTag: Record<string, number>; unique: number; messages: number; bytes: number }> {
+async function storedByTag(
+  natsUrl: string,
+): Promise<{ byTag: Record<string, number>; unique: number; messages: number; bytes: number }> {
   const nc = await connect({ servers: natsUrl });
   try {
     const jsm = await jetstreamManager(nc);
@@ -226,12 +250,26 @@ const dir = mkdtempSync(join(tmpdir(), "tributary-bench-"));
 const pipelines = join(dir, "pipelines");
 mkdirSync(pipelines);
 const KEYS = Array.from({ length: CONNECTIONS }, (_, i) => `bench-write-key-${i}`);
-KEYS.forEach((k, i) => writeFileSync(join(pipelines, `bench${i}.yaml`), `connection: bench${i}\nsource: webhook\nwriteKeys: [${JSON.stringify(k)}]\n`));
+KEYS.forEach((k, i) =>
+  writeFileSync(
+    join(pipelines, `bench${i}.yaml`),
+    `connection: bench${i}\nsource: webhook\nwriteKeys: [${JSON.stringify(k)}]\n`,
+  ),
+);
 const nats = await LocalNats.create({ dataDir: join(dir, "nats") });
 await nats.start();
 
 const phases: Phase[] = [];
-let overload: { rssBefore: number; rssPeak: number; rssAfter: number; heapPeak: number; inFlightPeak: number; inFlightRequestsPeak: number } | undefined;
+let overload:
+  | {
+      rssBefore: number;
+      rssPeak: number;
+      rssAfter: number;
+      heapPeak: number;
+      inFlightPeak: number;
+      inFlightRequestsPeak: number;
+    }
+  | undefined;
 let nodeStats: any;
 let stored: Awaited<ReturnType<typeof storedByTag>> | undefined;
 const started = performance.now();
@@ -242,13 +280,20 @@ try {
   say("phase 1: bare Bun.serve + JSON.parse (ceiling)");
   const bare = await spawnServer("bare-server.ts");
   await load(bare, "warmbare", "closed", { seconds: WARMUP_SECONDS });
-  phases.push({ name: "ceiling: bare Bun.serve, JSON.parse only (closed loop)", ...(await load(bare, "bare", "closed")) });
+  phases.push({
+    name: "ceiling: bare Bun.serve, JSON.parse only (closed loop)",
+    ...(await load(bare, "bare", "closed")),
+  });
   bare.proc.kill();
   await bare.proc.exited;
 
   say("starting the node");
   if (CPU_PROF) mkdirSync(CPU_PROF, { recursive: true });
-  const node = await spawnServer("node-process.ts", { NATS_URL: nats.url, TRIBUTARY_PIPELINES: pipelines }, CPU_PROF ? ["--cpu-prof", "--cpu-prof-md", `--cpu-prof-dir=${CPU_PROF}`] : []);
+  const node = await spawnServer(
+    "node-process.ts",
+    { NATS_URL: nats.url, TRIBUTARY_PIPELINES: pipelines },
+    CPU_PROF ? ["--cpu-prof", "--cpu-prof-md", `--cpu-prof-dir=${CPU_PROF}`] : [],
+  );
   await load(node, "warm", "closed", { seconds: WARMUP_SECONDS });
 
   say("phase 2: Tributary, closed loop (max)");
@@ -257,7 +302,10 @@ try {
 
   const half = max.r.eventsPerSecond / 2;
   say(`phase 3: Tributary, open loop at ${Math.round(half)} events/s`);
-  phases.push({ name: `Tributary at half of max (open loop, ${Math.round(half).toLocaleString("en")} ev/s offered)`, ...(await load(node, "half", "open", { eventsPerSecond: half })) });
+  phases.push({
+    name: `Tributary at half of max (open loop, ${Math.round(half).toLocaleString("en")} ev/s offered)`,
+    ...(await load(node, "half", "open", { eventsPerSecond: half })),
+  });
 
   say(`phase 4: overload, ${OVERLOAD_CONNECTIONS} senders for ${OVERLOAD_SECONDS} s`);
   const pid = node.proc.pid;
@@ -279,7 +327,10 @@ try {
       await Bun.sleep(100);
     }
   })();
-  phases.push({ name: `Tributary overload (${OVERLOAD_CONNECTIONS} closed-loop senders)`, ...(await load(node, "over", "closed", { connections: OVERLOAD_CONNECTIONS, seconds: OVERLOAD_SECONDS })) });
+  phases.push({
+    name: `Tributary overload (${OVERLOAD_CONNECTIONS} closed-loop senders)`,
+    ...(await load(node, "over", "closed", { connections: OVERLOAD_CONNECTIONS, seconds: OVERLOAD_SECONDS })),
+  });
   sampling = false;
   await statsLoop;
   clearInterval(rssTimer);
@@ -287,7 +338,10 @@ try {
   overload = { rssBefore, rssPeak, rssAfter: rssOf(pid), heapPeak, inFlightPeak, inFlightRequestsPeak };
 
   say("phase 5: Tributary after the overload (closed loop)");
-  phases.push({ name: "Tributary after overload (closed loop)", ...(await load(node, "after", "closed", { seconds: Math.max(2, SECONDS / 4) })) });
+  phases.push({
+    name: "Tributary after overload (closed loop)",
+    ...(await load(node, "after", "closed", { seconds: Math.max(2, SECONDS / 4) })),
+  });
 
   nodeStats = await node.ask("stats");
   say("stopping the node, reading JetStream back");
@@ -308,7 +362,8 @@ try {
 
 // ---------------------------------------------------------------- report
 
-const fmt = (n: number, d = 0) => (Number.isFinite(n) ? n.toLocaleString("en", { minimumFractionDigits: d, maximumFractionDigits: d }) : "–");
+const fmt = (n: number, d = 0) =>
+  Number.isFinite(n) ? n.toLocaleString("en", { minimumFractionDigits: d, maximumFractionDigits: d }) : "–";
 const ceiling = phases[0]?.r.eventsPerSecond ?? NaN;
 console.log(`\n## Tributary ingest benchmark\n`);
 console.log(
@@ -316,23 +371,34 @@ console.log(
     `${CONNECTIONS} keep-alive connections (one write key each), ${SECONDS} s per phase; load generator in its own process; ` +
     `${navigator.hardwareConcurrency} CPU cores, Bun ${Bun.version}.\n`,
 );
-console.log("| phase | events/s | MB/s | p50 ms | p99 ms | vs ceiling | answers | CPU cores: server / nats / loadgen / other |");
+console.log(
+  "| phase | events/s | MB/s | p50 ms | p99 ms | vs ceiling | answers | CPU cores: server / nats / loadgen / other |",
+);
 console.log("| --- | ---: | ---: | ---: | ---: | ---: | --- | --- |");
 for (const { name, r, cpu } of phases) {
-  const answers = Object.entries(r.statuses).map(([s, n]) => `${s}×${n}`).join(" ") + (r.errors ? ` no-answer×${r.errors}` : "");
+  const answers =
+    Object.entries(r.statuses)
+      .map(([s, n]) => `${s}×${n}`)
+      .join(" ") + (r.errors ? ` no-answer×${r.errors}` : "");
   console.log(
     `| ${name} | ${fmt(r.eventsPerSecond)} | ${fmt(r.mbPerSecond, 1)} | ${fmt(r.p50, 1)} | ${fmt(r.p99, 1)} | ${fmt((100 * r.eventsPerSecond) / ceiling, 1)} % | ${answers} | ${fmt(cpu.server, 2)} / ${fmt(cpu.nats, 2)} / ${fmt(cpu.loadgen, 2)} / ${fmt(cpu.other, 2)} |`,
   );
 }
 const half = phases.find((p) => p.r.tag === "half");
-if (half?.r.late) console.log(`\nopen loop: ${half.r.late} requests could not start on schedule (all sockets busy); their latency counts from the schedule.`);
+if (half?.r.late)
+  console.log(
+    `\nopen loop: ${half.r.late} requests could not start on schedule (all sockets busy); their latency counts from the schedule.`,
+  );
 if (overload) {
   const over = phases.find((p) => p.r.tag === "over")!.r;
   console.log(
     `\nOverload: node RSS ${fmt(overload.rssBefore / MiB)} MiB before, peak ${fmt(overload.rssPeak / MiB)} MiB, ${fmt(overload.rssAfter / MiB)} MiB 1 s after; ` +
       `peak JS heap ${fmt(overload.heapPeak / MiB)} MiB; peak in-flight body bytes ${fmt(overload.inFlightPeak / MiB)} MiB in ${overload.inFlightRequestsPeak} requests. ` +
       `Answers: 200×${over.statuses[200] ?? 0}, 429×${over.statuses[429] ?? 0}, 503×${over.statuses[503] ?? 0}` +
-      `${Object.keys(over.statuses).filter((s) => !["200", "429", "503"].includes(s)).map((s) => `, ${s}×${over.statuses[s]}`).join("")}, no answer×${over.errors}; ` +
+      `${Object.keys(over.statuses)
+        .filter((s) => !["200", "429", "503"].includes(s))
+        .map((s) => `, ${s}×${over.statuses[s]}`)
+        .join("")}, no answer×${over.errors}; ` +
       `latency of every answer p50 ${fmt(over.allP50, 1)} ms, p99 ${fmt(over.allP99, 1)} ms.`,
   );
 }
@@ -342,7 +408,9 @@ const answered2xx = tributary.reduce((a, p) => a + p.r.accepted, 0);
 if (stored) {
   console.log(
     `\nJetStream: ${fmt(stored.messages)} messages, ${fmt(stored.bytes / MiB, 1)} MiB, ${fmt(stored.unique)} distinct messageIds` +
-      ` (${Object.entries(stored.byTag).map(([t, n]) => `${t} ${fmt(n)}`).join(", ")}).`,
+      ` (${Object.entries(stored.byTag)
+        .map(([t, n]) => `${t} ${fmt(n)}`)
+        .join(", ")}).`,
   );
   console.log(
     `Node counters: accepted ${fmt(nodeStats?.stats.accepted)}, duplicates ${fmt(nodeStats?.stats.duplicates)}, rejected ${fmt(nodeStats?.stats.rejected)}, ` +
@@ -354,10 +422,17 @@ const pass = (ok: boolean, what: string) => console.log(`${ok ? "PASS" : "FAIL"}
 console.log("");
 if (failure) console.log(`FAIL the benchmark did not complete: ${String((failure as Error)?.stack ?? failure)}`);
 const max = phases.find((p) => p.r.tag === "max");
-if (max) pass(max.r.eventsPerSecond >= 0.25 * ceiling, `throughput: Tributary max ${fmt(max.r.eventsPerSecond)} events/s is ${fmt((100 * max.r.eventsPerSecond) / ceiling, 1)} % of the bare-parse ceiling ${fmt(ceiling)} events/s (target ≥ 25 %)`);
+if (max)
+  pass(
+    max.r.eventsPerSecond >= 0.25 * ceiling,
+    `throughput: Tributary max ${fmt(max.r.eventsPerSecond)} events/s is ${fmt((100 * max.r.eventsPerSecond) / ceiling, 1)} % of the bare-parse ceiling ${fmt(ceiling)} events/s (target ≥ 25 %)`,
+  );
 if (half) {
   const kept = half.r.eventsPerSecond >= 0.95 * (half.r.offeredEventsPerSecond ?? 0);
-  pass(half.r.p99 <= 50 && kept, `latency at half load: p99 ${fmt(half.r.p99, 1)} ms (target ≤ 50 ms), p50 ${fmt(half.r.p50, 1)} ms, ${fmt(half.r.eventsPerSecond)} of ${fmt(half.r.offeredEventsPerSecond ?? 0)} events/s offered stored`);
+  pass(
+    half.r.p99 <= 50 && kept,
+    `latency at half load: p99 ${fmt(half.r.p99, 1)} ms (target ≤ 50 ms), p50 ${fmt(half.r.p50, 1)} ms, ${fmt(half.r.eventsPerSecond)} of ${fmt(half.r.offeredEventsPerSecond ?? 0)} events/s offered stored`,
+  );
 }
 if (overload) {
   // Bounded by the admission limit (TRIBUTARY_MAX_IN_FLIGHT_BYTES, 64 MiB by default), not growing
@@ -369,15 +444,21 @@ if (overload) {
   const over = phases.find((p) => p.r.tag === "over")!.r;
   const after = phases.find((p) => p.r.tag === "after");
   pass(
-    overload.rssPeak < bound && overload.inFlightPeak <= cap && (over.statuses[429] ?? 0) + (over.statuses[503] ?? 0) > 0,
+    overload.rssPeak < bound &&
+      overload.inFlightPeak <= cap &&
+      (over.statuses[429] ?? 0) + (over.statuses[503] ?? 0) > 0,
     `memory under overload: peak RSS ${fmt(overload.rssPeak / MiB)} MiB (bound ${fmt(bound / MiB)} MiB: ${fmt(overload.rssBefore / MiB)} before + 16 × the ${fmt(cap / MiB)} MiB admission limit), ` +
       `peak bodies in flight ${fmt(overload.inFlightPeak / MiB, 1)} MiB (limit ${fmt(cap / MiB)} MiB), excess load shed with 429/503` +
-      (after ? `; afterwards ${fmt(after.r.eventsPerSecond)} events/s, ${fmt((100 * after.r.eventsPerSecond) / (max?.r.eventsPerSecond ?? NaN), 0)} % of max` : ""),
+      (after
+        ? `; afterwards ${fmt(after.r.eventsPerSecond)} events/s, ${fmt((100 * after.r.eventsPerSecond) / (max?.r.eventsPerSecond ?? NaN), 0)} % of max`
+        : ""),
   );
 }
 if (stored) {
   const lines = tributary.map((p) => ({ tag: p.r.tag, answered: p.r.accepted, stored: stored!.byTag[p.r.tag] ?? 0 }));
-  const exact = lines.every((l) => l.stored === l.answered || (l.stored > l.answered && phases.find((p) => p.r.tag === l.tag)!.r.statuses[503]));
+  const exact = lines.every(
+    (l) => l.stored === l.answered || (l.stored > l.answered && phases.find((p) => p.r.tag === l.tag)!.r.statuses[503]),
+  );
   pass(
     exact && stored.unique === Object.values(stored.byTag).reduce((a, n) => a + n, 0) && answered2xx > 0,
     `durability: every event answered 2xx is in JetStream, once (${lines.map((l) => `${l.tag} ${fmt(l.answered)}→${fmt(l.stored)}`).join(", ")})`,

@@ -15,7 +15,10 @@ import { compileJsonata } from "../src/pipeline/jsonata/index.ts";
 import { parseCommand } from "../scripts/cli.ts";
 
 // Before anything starts: `--help` prints this and exits, an unknown flag exits 2.
-parseCommand({ name: "bench:jsonata", options: {}, usage: `usage: npm run bench:jsonata
+parseCommand({
+  name: "bench:jsonata",
+  options: {},
+  usage: `usage: npm run bench:jsonata
 
 Compiled JSONata against the jsonata package's own evaluate, on pipeline-style filters and
 mappings over the fixture events; both must give the same results. Target: 30x faster.
@@ -23,7 +26,8 @@ mappings over the fixture events; both must give the same results. Target: 30x f
   -h, --help   this help
 
 Environment: BENCH_FIXTURES (test/fixtures, else ../shared/fixtures), BENCH_MS (300 per round),
-BENCH_ROUNDS (5).` });
+BENCH_ROUNDS (5).`,
+});
 
 const TARGET = 30;
 const ROUND_MS = Number(process.env.BENCH_MS ?? 300);
@@ -38,7 +42,9 @@ function fixturesDir(): string {
 function loadEvents(): unknown[] {
   const dir = fixturesDir();
   const events: unknown[] = [];
-  for (const name of readdirSync(dir).filter((n) => n.endsWith(".json")).sort()) {
+  for (const name of readdirSync(dir)
+    .filter((n) => n.endsWith(".json"))
+    .sort()) {
     const v = JSON.parse(readFileSync(join(dir, name), "utf8"));
     for (const e of Array.isArray(v) ? v : [v]) events.push(e);
   }
@@ -48,7 +54,14 @@ function loadEvents(): unknown[] {
     events.push({
       ...track,
       event: "Order Completed",
-      properties: { order_id: "o-1", products: [{ sku: "a", price: 19.99 }, { sku: "b", price: 5.01 }, { sku: "c", price: 12 }] },
+      properties: {
+        order_id: "o-1",
+        products: [
+          { sku: "a", price: 19.99 },
+          { sku: "b", price: 5.01 },
+          { sku: "c", price: 12 },
+        ],
+      },
       traits: { email: "e@example.com", firstName: "Emily", lastName: "Johnson", plan: "Enterprise" },
     });
   }
@@ -120,8 +133,11 @@ async function timeAsync(events: unknown[], run: (e: unknown) => Promise<unknown
 
 async function main(): Promise<void> {
   const events = loadEvents();
-  console.log(`jsonata bench: ${events.length - 1} fixture events from ${fixturesDir()} + 1 derived order event, ${ROUNDS} rounds of ${ROUND_MS} ms, best round`);
-  const rows: { kind: string; expr: string; compiled: number; interpreted: number; ratio: number; fully: boolean }[] = [];
+  console.log(
+    `jsonata bench: ${events.length - 1} fixture events from ${fixturesDir()} + 1 derived order event, ${ROUNDS} rounds of ${ROUND_MS} ms, best round`,
+  );
+  const rows: { kind: string; expr: string; compiled: number; interpreted: number; ratio: number; fully: boolean }[] =
+    [];
   for (const c of CASES) {
     const compiled = compileJsonata(c.expr);
     const reference = jsonata(c.expr);
@@ -129,7 +145,9 @@ async function main(): Promise<void> {
       const a = normalise(compiled.evaluate(e));
       const b = normalise(await reference.evaluate(e));
       if (!Bun.deepEquals(a, b, true)) {
-        console.error(`result mismatch for ${c.expr}\n  compiled:    ${JSON.stringify(a)}\n  interpreted: ${JSON.stringify(b)}`);
+        console.error(
+          `result mismatch for ${c.expr}\n  compiled:    ${JSON.stringify(a)}\n  interpreted: ${JSON.stringify(b)}`,
+        );
         process.exit(1);
       }
     }
@@ -140,7 +158,9 @@ async function main(): Promise<void> {
 
   const w = Math.min(70, Math.max(...rows.map((r) => r.expr.length)));
   const cut = (s: string) => (s.length > w ? s.slice(0, w - 1) + "…" : s.padEnd(w));
-  console.log(`\n${"kind".padEnd(8)} ${"expression".padEnd(w)} ${"compiled µs".padStart(12)} ${"jsonata µs".padStart(11)} ${"speed-up".padStart(9)}`);
+  console.log(
+    `\n${"kind".padEnd(8)} ${"expression".padEnd(w)} ${"compiled µs".padStart(12)} ${"jsonata µs".padStart(11)} ${"speed-up".padStart(9)}`,
+  );
   for (const r of rows) {
     console.log(
       `${r.kind.padEnd(8)} ${cut(r.expr)} ${r.compiled.toFixed(3).padStart(12)} ${r.interpreted.toFixed(2).padStart(11)} ${(r.ratio.toFixed(0) + "x").padStart(9)}${r.fully ? "" : "  (interpreter fallback)"}`,

@@ -68,7 +68,9 @@ const HOLE = "#".repeat(ID_DIGITS);
 
 /** The fixture events (files hold one event or an array of events), without their messageIds. */
 export function fixtureEvents(dir: string): Record<string, unknown>[] {
-  const files = readdirSync(dir).filter((f) => f.endsWith(".json")).sort();
+  const files = readdirSync(dir)
+    .filter((f) => f.endsWith(".json"))
+    .sort();
   const events = files.flatMap((f) => {
     const v = JSON.parse(readFileSync(join(dir, f), "utf8")) as unknown;
     return (Array.isArray(v) ? v : [v]) as Record<string, unknown>[];
@@ -78,9 +80,15 @@ export function fixtureEvents(dir: string): Record<string, unknown>[] {
 }
 
 /** A request body with `batch` events and the byte offsets of each messageId's request-number slot. */
-export function bodyTemplate(spec: Pick<LoadSpec, "batch" | "tag" | "fixturesDir">): { body: Uint8Array; holes: number[] } {
+export function bodyTemplate(spec: Pick<LoadSpec, "batch" | "tag" | "fixturesDir">): {
+  body: Uint8Array;
+  holes: number[];
+} {
   const fixtures = fixtureEvents(spec.fixturesDir);
-  const events = Array.from({ length: spec.batch }, (_, i) => ({ ...fixtures[i % fixtures.length], messageId: `b-${spec.tag}-${HOLE}-${i}` }));
+  const events = Array.from({ length: spec.batch }, (_, i) => ({
+    ...fixtures[i % fixtures.length],
+    messageId: `b-${spec.tag}-${HOLE}-${i}`,
+  }));
   const body = new TextEncoder().encode(JSON.stringify(events));
   const holes: number[] = [];
   const first = HOLE.charCodeAt(0);
@@ -89,7 +97,8 @@ export function bodyTemplate(spec: Pick<LoadSpec, "batch" | "tag" | "fixturesDir
     holes.push(i);
     i += ID_DIGITS - 1;
   }
-  if (holes.length !== spec.batch) throw new Error(`loadgen: found ${holes.length} messageId slots, expected ${spec.batch}`);
+  if (holes.length !== spec.batch)
+    throw new Error(`loadgen: found ${holes.length} messageId slots, expected ${spec.batch}`);
   return { body, holes };
 }
 
@@ -165,7 +174,9 @@ class Conn {
     const codes = Array.from(digits, (c) => c.charCodeAt(0));
     for (const h of this.#holes) for (let j = 0; j < ID_DIGITS; j++) this.#buf[h + j] = codes[j]!;
     this.busy = true;
-    const answer = new Promise<{ status: number; body: string } | undefined>((resolve) => (this.#pending = { started, resolve }));
+    const answer = new Promise<{ status: number; body: string } | undefined>(
+      (resolve) => (this.#pending = { started, resolve }),
+    );
     const written = new Promise<void>((r) => (this.#onWritten = r));
     this.#writeDone = false;
     this.#answer = undefined;

@@ -26,7 +26,8 @@ nats-server, clickhouse-server, a node and Debian's chromium.
   positionals: { max: 1 },
 });
 const out = resolve(positionals[0] ?? fileURLToPath(new URL("../docs/debugger.png", import.meta.url)));
-if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} not found: install Debian's chromium (apt-get install -y chromium)`);
+if (!existsSync(CHROMIUM))
+  throw new Error(`${CHROMIUM} not found: install Debian's chromium (apt-get install -y chromium)`);
 
 const files = {
   "billing.yaml": webhookConnection("billing", ["key-screenshot-billing-0001"]),
@@ -45,13 +46,25 @@ const files = {
 
 const [nats, ch] = await Promise.all([startNats(), startClickHouse()]);
 const node = await startTestNode(nats.url, files, { clickhouseUrl: ch.url, adminToken: ADMIN, batchMaxAgeMs: 100 });
-const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"] });
+const browser = await chromium.launch({
+  executablePath: CHROMIUM,
+  headless: true,
+  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+});
 try {
   await node.pipelinesReady;
-  const context = await browser.newContext({ viewport: { width: 1360, height: 820 }, colorScheme: "light", deviceScaleFactor: 1 });
+  const context = await browser.newContext({
+    viewport: { width: 1360, height: 820 },
+    colorScheme: "light",
+    deviceScaleFactor: 1,
+  });
   const page = await context.newPage();
   const post = async (events: Record<string, unknown>[]) => {
-    const r = await fetch(`${node.url}/v1/batch`, { method: "POST", headers: { Authorization: `Bearer ${KEY}`, "Content-Type": "application/json" }, body: JSON.stringify({ batch: events }) });
+    const r = await fetch(`${node.url}/v1/batch`, {
+      method: "POST",
+      headers: { Authorization: `Bearer ${KEY}`, "Content-Type": "application/json" },
+      body: JSON.stringify({ batch: events }),
+    });
     if (r.status !== 200) throw new Error(`POST /v1/batch answered ${r.status}: ${await r.text()}`);
   };
   const row = (messageId: string) => page.locator(`#rows tr[data-message-id="${messageId}"]`);
@@ -79,10 +92,34 @@ try {
   await post([order]);
   await row(order.messageId).waitFor(wait);
   await post([
-    { type: "identify", userId: "u-1042", messageId: "msg-browser-identify-1", traits: { email: "ada@example.com", plan: "pro" }, timestamp: new Date(now - 4000).toISOString() },
-    { type: "page", anonymousId: "a-77f3c1", name: "Pricing", messageId: "msg-browser-page-1", properties: { path: "/pricing" } },
-    { type: "track", event: "Product Viewed", anonymousId: "a-77f3c1", messageId: "msg-browser-track-2", properties: { sku: "tea-01" } },
-    { type: "track", event: "Signed Up", userId: "u-2001", messageId: "msg-browser-track-3", properties: { plan: "free" } },
+    {
+      type: "identify",
+      userId: "u-1042",
+      messageId: "msg-browser-identify-1",
+      traits: { email: "ada@example.com", plan: "pro" },
+      timestamp: new Date(now - 4000).toISOString(),
+    },
+    {
+      type: "page",
+      anonymousId: "a-77f3c1",
+      name: "Pricing",
+      messageId: "msg-browser-page-1",
+      properties: { path: "/pricing" },
+    },
+    {
+      type: "track",
+      event: "Product Viewed",
+      anonymousId: "a-77f3c1",
+      messageId: "msg-browser-track-2",
+      properties: { sku: "tea-01" },
+    },
+    {
+      type: "track",
+      event: "Signed Up",
+      userId: "u-2001",
+      messageId: "msg-browser-track-3",
+      properties: { plan: "free" },
+    },
   ]);
   await row("msg-browser-track-3").waitFor(wait);
   await row(order.messageId).click();

@@ -50,7 +50,8 @@ const batch = Number(values.batch);
 const intervalS = Number(values.interval);
 const dedupHours = Number(values["dedup-hours"]);
 const out = resolve(values.out!);
-if (![minutes, rate, batch, intervalS, dedupHours].every((v) => Number.isFinite(v) && v > 0)) usageError(spec, "every number must be positive");
+if (![minutes, rate, batch, intervalS, dedupHours].every((v) => Number.isFinite(v) && v > 0))
+  usageError(spec, "every number must be positive");
 process.on("SIGINT", () => process.exit(130));
 
 const WRITE_KEY = "key-soak-0000001";
@@ -98,20 +99,35 @@ function cpuTicks(pids: (number | undefined)[]): { machine: number; ours: number
 const TICKS_PER_S = 100;
 
 const fmtWindow = (h: number) => (h >= 1 ? `${+h.toFixed(2)} h` : `${+(h * 60).toFixed(1)} min`);
-const quantile = (sorted: number[], q: number) => (sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]! : NaN);
+const quantile = (sorted: number[], q: number) =>
+  sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]! : NaN;
 
 async function main() {
   const [nats, ch] = await Promise.all([startNats(), startClickHouse()]);
   const work = tempDir("soak");
   mkdirSync(join(work, "pipelines"));
-  writeFileSync(join(work, "pipelines/soak.yaml"), `connection: soak\nsource: webhook\nwriteKeys: ["${WRITE_KEY}"]\npipelines:\n  - name: all\n    import: events\n`);
-  const node = new ChaosNode("node", { NATS_URL: nats.url, CLICKHOUSE_URL: ch.url, TRIBUTARY_PIPELINES: join(work, "pipelines"), TRIBUTARY_DEDUP_WINDOW_HOURS: String(dedupHours) }, join(work, "node.log"));
+  writeFileSync(
+    join(work, "pipelines/soak.yaml"),
+    `connection: soak\nsource: webhook\nwriteKeys: ["${WRITE_KEY}"]\npipelines:\n  - name: all\n    import: events\n`,
+  );
+  const node = new ChaosNode(
+    "node",
+    {
+      NATS_URL: nats.url,
+      CLICKHOUSE_URL: ch.url,
+      TRIBUTARY_PIPELINES: join(work, "pipelines"),
+      TRIBUTARY_DEDUP_WINDOW_HOURS: String(dedupHours),
+    },
+    join(work, "node.log"),
+  );
   const db = chClient(ch.url);
   try {
     await node.start();
     await node.ready(60_000);
     const fixtures = fixtureEvents(join(import.meta.dir, "../test/fixtures"));
-    console.error(`soak: ${minutes} min at ${rate.toLocaleString("en-US")} events/s (${requestsPerSecond} requests/s of ${batch} events, open loop), dedup window ${fmtWindow(dedupHours)}; node pid ${node.pid}, logs in ${work}`);
+    console.error(
+      `soak: ${minutes} min at ${rate.toLocaleString("en-US")} events/s (${requestsPerSecond} requests/s of ${batch} events, open loop), dedup window ${fmtWindow(dedupHours)}; node pid ${node.pid}, logs in ${work}`,
+    );
 
     // The load: request k starts at t0 + k / requestsPerSecond.
     const t0 = performance.now();
@@ -123,11 +139,19 @@ async function main() {
     let window: { ms: number; status: number }[] = [];
     const inFlight = new Set<Promise<void>>();
     const send = (scheduled: number) => {
-      const ids = Array.from({ length: batch }, (_, i) => ({ ...fixtures[(seq + i) % fixtures.length], messageId: `soak-${seq + i}` }));
+      const ids = Array.from({ length: batch }, (_, i) => ({
+        ...fixtures[(seq + i) % fixtures.length],
+        messageId: `soak-${seq + i}`,
+      }));
       seq += batch;
       const body = JSON.stringify(ids);
       outstanding++;
-      const p = fetch(`${node.url}/v1/events`, { method: "POST", headers: { Authorization: `Bearer ${WRITE_KEY}`, "Content-Type": "application/json" }, body, signal: AbortSignal.timeout(30_000) })
+      const p = fetch(`${node.url}/v1/events`, {
+        method: "POST",
+        headers: { Authorization: `Bearer ${WRITE_KEY}`, "Content-Type": "application/json" },
+        body,
+        signal: AbortSignal.timeout(30_000),
+      })
         .then(async (r) => {
           await r.arrayBuffer();
           if (r.status === 200) accepted += batch;
@@ -162,7 +186,9 @@ async function main() {
     let ticks = cpuTicks(pids());
     let ticksAt = performance.now();
     const mib = (b: number | undefined) => (b ?? 0) / 1048576;
-    console.log("| t s | node RSS MiB (mean / max) | NATS MiB | ClickHouse MiB | requests | 2xx | refused | failed | p50 ms | p99 ms | max ms | not yet loaded | node CPU cores | other CPU cores |");
+    console.log(
+      "| t s | node RSS MiB (mean / max) | NATS MiB | ClickHouse MiB | requests | 2xx | refused | failed | p50 ms | p99 ms | max ms | not yet loaded | node CPU cores | other CPU cores |",
+    );
     console.log("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for (let i = 1; ; i++) {
       const at = t0 + i * intervalS * 1000;
@@ -172,10 +198,16 @@ async function main() {
       window = [];
       const rw = rssWindow.length ? rssWindow : [mib(node.rss())];
       rssWindow = [];
-      const ok = w.filter((x) => x.status === 200).map((x) => x.ms).sort((a, b) => a - b);
+      const ok = w
+        .filter((x) => x.status === 200)
+        .map((x) => x.ms)
+        .sort((a, b) => a - b);
       let loaded = 0;
       try {
-        const r = await db.query({ query: "SELECT count() FROM tributary.events WHERE connection = 'soak'", format: "TabSeparated" });
+        const r = await db.query({
+          query: "SELECT count() FROM tributary.events WHERE connection = 'soak'",
+          format: "TabSeparated",
+        });
         loaded = Number((await r.text()).trim());
       } catch {}
       const nowTicks = cpuTicks(pids());
@@ -270,9 +302,18 @@ function analyse(samples: Sample[], minutes: number, dedupHours: number): Verdic
   const rss = {
     first: mean(a.map((s) => s.rssMiB)),
     second: mean(b.map((s) => s.rssMiB)),
-    slopeFirst: slopePerMinute(a.map((s) => s.t), a.map((s) => s.rssMiB)),
-    slopeSecond: slopePerMinute(b.map((s) => s.t), b.map((s) => s.rssMiB)),
-    slopeAll: slopePerMinute(steady.map((s) => s.t), steady.map((s) => s.rssMiB)),
+    slopeFirst: slopePerMinute(
+      a.map((s) => s.t),
+      a.map((s) => s.rssMiB),
+    ),
+    slopeSecond: slopePerMinute(
+      b.map((s) => s.t),
+      b.map((s) => s.rssMiB),
+    ),
+    slopeAll: slopePerMinute(
+      steady.map((s) => s.t),
+      steady.map((s) => s.rssMiB),
+    ),
     flat: false,
   };
   rss.flat = Math.abs(rss.second - rss.first) <= 0.1 * rss.first && rss.slopeAll <= 0.01 * rss.first;
@@ -294,7 +335,11 @@ function analyse(samples: Sample[], minutes: number, dedupHours: number): Verdic
 }
 
 /** Two stacked panels (RSS, latency) as a self-contained SVG. */
-function chart(samples: Sample[], v: Verdict, o: { minutes: number; rate: number; batch: number; dedupHours: number }): string {
+function chart(
+  samples: Sample[],
+  v: Verdict,
+  o: { minutes: number; rate: number; batch: number; dedupHours: number },
+): string {
   const W = 900;
   const H = 860;
   const left = 70;
@@ -319,7 +364,8 @@ function chart(samples: Sample[], v: Verdict, o: { minutes: number; rate: number
     },
     {
       top: 620,
-      title: "CPU (cores; the machine has " + navigator.hardwareConcurrency + "): the node, and other work on the machine",
+      title:
+        "CPU (cores; the machine has " + navigator.hardwareConcurrency + "): the node, and other work on the machine",
       series: [
         { name: "node", color: "#1f77b4", values: samples.map((s) => s.nodeCores) },
         { name: "others", color: "#7f7f7f", values: samples.map((s) => s.otherCores) },
@@ -330,7 +376,9 @@ function chart(samples: Sample[], v: Verdict, o: { minutes: number; rate: number
   const x = (t: number) => left + ((W - left - right) * t) / tMax;
   const esc = (s: string) => s.replace(/&/g, "&amp;").replace(/</g, "&lt;");
   const parts: string[] = [];
-  parts.push(`<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 ${W} ${H}" width="${W}" height="${H}" font-family="sans-serif" font-size="12">`);
+  parts.push(
+    `<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 ${W} ${H}" width="${W}" height="${H}" font-family="sans-serif" font-size="12">`,
+  );
   parts.push(`<rect width="${W}" height="${H}" fill="white"/>`);
   parts.push(
     `<text x="${left}" y="24" font-size="15" font-weight="bold">${esc(`Tributary soak: ${o.minutes} min at ${o.rate.toLocaleString("en-US")} events/s (${o.batch}-event requests, open loop) into ClickHouse, dedup window ${fmtWindow(o.dedupHours)}`)}</text>`,
@@ -353,18 +401,28 @@ function chart(samples: Sample[], v: Verdict, o: { minutes: number; rate: number
     const step = tMax > 1200 ? 300 : tMax > 300 ? 60 : 30;
     for (let t = 0; t <= tMax + 0.1; t += step) {
       parts.push(`<line x1="${x(t)}" x2="${x(t)}" y1="${p.top}" y2="${p.top + panelH}" stroke="#eee"/>`);
-      parts.push(`<text x="${x(t)}" y="${p.top + panelH + 16}" text-anchor="middle" fill="#444">${t >= 60 ? `${+(t / 60).toFixed(1)} min` : `${t} s`}</text>`);
+      parts.push(
+        `<text x="${x(t)}" y="${p.top + panelH + 16}" text-anchor="middle" fill="#444">${t >= 60 ? `${+(t / 60).toFixed(1)} min` : `${t} s`}</text>`,
+      );
     }
-    parts.push(`<rect x="${x(0)}" y="${p.top}" width="${x(v.warmupS) - x(0)}" height="${panelH}" fill="#000" opacity="0.04"/>`);
-    parts.push(`<rect x="${left}" y="${p.top}" width="${W - left - right}" height="${panelH}" fill="none" stroke="#999"/>`);
+    parts.push(
+      `<rect x="${x(0)}" y="${p.top}" width="${x(v.warmupS) - x(0)}" height="${panelH}" fill="#000" opacity="0.04"/>`,
+    );
+    parts.push(
+      `<rect x="${left}" y="${p.top}" width="${W - left - right}" height="${panelH}" fill="none" stroke="#999"/>`,
+    );
     p.series.forEach((s, k) => {
-      const pts = samples.map((smp, i) => (Number.isFinite(s.values[i]!) ? `${x(smp.t).toFixed(1)},${y(s.values[i]!).toFixed(1)}` : "")).filter(Boolean);
+      const pts = samples
+        .map((smp, i) => (Number.isFinite(s.values[i]!) ? `${x(smp.t).toFixed(1)},${y(s.values[i]!).toFixed(1)}` : ""))
+        .filter(Boolean);
       parts.push(`<polyline fill="none" stroke="${s.color}" stroke-width="1.8" points="${pts.join(" ")}"/>`);
       parts.push(`<rect x="${W - right - 90}" y="${p.top + 8 + k * 16}" width="12" height="3" fill="${s.color}"/>`);
       parts.push(`<text x="${W - right - 72}" y="${p.top + 13 + k * 16}">${esc(s.name)}</text>`);
     });
   }
-  parts.push(`<text x="${left}" y="${H - 8}" fill="#888">shaded: warm-up (incl. the dedup index filling its window), left out of the flatness check · generated by bench/soak.ts</text>`);
+  parts.push(
+    `<text x="${left}" y="${H - 8}" fill="#888">shaded: warm-up (incl. the dedup index filling its window), left out of the flatness check · generated by bench/soak.ts</text>`,
+  );
   parts.push("</svg>");
   return parts.join("\n") + "\n";
 }

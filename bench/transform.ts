@@ -27,14 +27,18 @@ import type { SandboxedTransform } from "../src/pipeline/transform/types.ts";
 import { parseCommand } from "../scripts/cli.ts";
 
 // Before anything starts: `--help` prints this and exits, an unknown flag exits 2.
-parseCommand({ name: "bench:transform", options: {}, usage: `usage: npm run bench:transform
+parseCommand({
+  name: "bench:transform",
+  options: {},
+  usage: `usage: npm run bench:transform
 
 Events/s per transformation kind (compiled mapping, JavaScript, Python) over the fixture identify
 events, each against its baseline in the same run, with PASS/FAIL per target.
 
   -h, --help   this help
 
-Environment: BENCH_EVENTS (2000 distinct events), BENCH_MS (1500 ms per measurement), BENCH_BATCH (500).` });
+Environment: BENCH_EVENTS (2000 distinct events), BENCH_MS (1500 ms per measurement), BENCH_BATCH (500).`,
+});
 
 const eventCount = Number(process.env.BENCH_EVENTS ?? 2000);
 const measureMs = Number(process.env.BENCH_MS ?? 1500);
@@ -117,7 +121,8 @@ async function measure(perRound: number, round: () => unknown | Promise<unknown>
   return { eps: (n / (t - t0)) * 1000, cpuUs: (treeCpuMicros() - cpu0) / n };
 }
 
-const batches = (xs: unknown[]) => Array.from({ length: Math.ceil(xs.length / batchSize) }, (_, i) => xs.slice(i * batchSize, (i + 1) * batchSize));
+const batches = (xs: unknown[]) =>
+  Array.from({ length: Math.ceil(xs.length / batchSize) }, (_, i) => xs.slice(i * batchSize, (i + 1) * batchSize));
 
 async function tryImport(rel: string): Promise<Record<string, unknown> | undefined> {
   const url = new URL(rel, import.meta.url);
@@ -129,12 +134,17 @@ type Row = { kind: string; speed: Speed | undefined; vs: string; target: string;
 const rows: Row[] = [];
 const fmt = (x: number) => Math.round(x).toLocaleString("en-US");
 const line = (label: string, x: Speed, extra = "") =>
-  console.log(`${label.padEnd(42)} ${fmt(x.eps).padStart(11)} events/s  ${x.cpuUs.toFixed(2).padStart(8)} CPU µs/event${extra}`);
+  console.log(
+    `${label.padEnd(42)} ${fmt(x.eps).padStart(11)} events/s  ${x.cpuUs.toFixed(2).padStart(8)} CPU µs/event${extra}`,
+  );
 const check = (label: string, a: unknown, b: unknown) => {
-  if (JSON.stringify(a) !== JSON.stringify(b)) throw new Error(`${label}: outputs differ\n${JSON.stringify(a)}\n${JSON.stringify(b)}`);
+  if (JSON.stringify(a) !== JSON.stringify(b))
+    throw new Error(`${label}: outputs differ\n${JSON.stringify(a)}\n${JSON.stringify(b)}`);
 };
 
-console.log(`transform bench: ${eventCount} distinct identify events, ~${measureMs} ms per measurement, batches of ${batchSize}`);
+console.log(
+  `transform bench: ${eventCount} distinct identify events, ~${measureMs} ms per measurement, batches of ${batchSize}`,
+);
 console.log(`(CPU µs/event counts all threads of this process and of its children: the sandbox process)\n`);
 
 // ---- mapping ------------------------------------------------------------------------------------
@@ -157,7 +167,13 @@ console.log(`(CPU µs/event counts all threads of this process and of its childr
   line("mapping: jsonata evaluate (5 properties)", base);
   if (!compileJsonata) {
     console.log("mapping: compiled — skipped (compiler not present)");
-    rows.push({ kind: "mapping (compiled)", speed: undefined, vs: "—", target: "≥ 30× jsonata", result: "skipped (compiler not present)" });
+    rows.push({
+      kind: "mapping (compiled)",
+      speed: undefined,
+      vs: "—",
+      target: "≥ 30× jsonata",
+      result: "skipped (compiler not present)",
+    });
   } else {
     const compiled = Object.entries(mapping).map(([k, e]) => [k, compileJsonata!(e)] as const);
     const viaCompiled = (ev: unknown) => {
@@ -171,7 +187,13 @@ console.log(`(CPU µs/event counts all threads of this process and of its childr
     });
     const ratio = speed.eps / base.eps;
     line("mapping: compiled", speed, `  (${ratio.toFixed(1)}×)`);
-    rows.push({ kind: "mapping (compiled)", speed, vs: `${ratio.toFixed(1)}× jsonata (${fmt(base.eps)}/s)`, target: "≥ 30×", result: ratio >= 30 ? "PASS" : "FAIL" });
+    rows.push({
+      kind: "mapping (compiled)",
+      speed,
+      vs: `${ratio.toFixed(1)}× jsonata (${fmt(base.eps)}/s)`,
+      target: "≥ 30×",
+      result: ratio >= 30 ? "PASS" : "FAIL",
+    });
   }
 }
 
@@ -191,7 +213,8 @@ let jsSpeed: Speed | undefined;
   };
   const before = await createJavaScriptTransform(jsSource); // the in-process Worker host: baseline only
   const after = await createTransform({ javascript: jsSource }); // as the node runs it: a sandbox process
-  for (const t of [before, after]) check("javascript", (await t.transformBatch([events[7]]))[0], { ok: true, value: naive(events[7]) });
+  for (const t of [before, after])
+    check("javascript", (await t.transformBatch([events[7]]))[0], { ok: true, value: naive(events[7]) });
   const parts = batches(events);
   const run = (t: SandboxedTransform) => async () => {
     for (const p of parts) await t.transformBatch(p);
@@ -202,9 +225,12 @@ let jsSpeed: Speed | undefined;
   let old: Speed | undefined;
   let speed: Speed | undefined;
   for (let k = 0; k < 3; k++) {
-    base = best(base, await measure(events.length, () => {
-      for (const ev of events) naive(ev);
-    }));
+    base = best(
+      base,
+      await measure(events.length, () => {
+        for (const ev of events) naive(ev);
+      }),
+    );
     old = best(old, await measure(events.length, run(before)));
     speed = best(speed, await measure(events.length, run(after)));
   }
@@ -223,16 +249,35 @@ let jsSpeed: Speed | undefined;
   line(`javascript: in-process worker (before), ${batchSize}`, old!);
   line(`javascript: sandbox process (after), ${batchSize}`, speed!, `  (${cpuRatio.toFixed(1)}× less CPU than naive)`);
   line("javascript: sandbox process, batches of 1", single, "  (a round trip to the process per event)");
-  rows.push({ kind: `javascript vs naive (CPU/event)`, speed: speed!, vs: `${cpuRatio.toFixed(1)}× less CPU than evalCode (${base!.cpuUs.toFixed(2)} µs)`, target: "≥ 5×", result: cpuRatio >= 5 ? "PASS" : "FAIL" });
-  rows.push({ kind: "javascript after vs before (CPU/event)", speed: speed!, vs: `${(cpuGrowth * 100).toFixed(0)} % (before ${old!.cpuUs.toFixed(2)} µs)`, target: "≤ +20 %", result: cpuGrowth <= 0.2 ? "PASS" : "FAIL" });
-  rows.push({ kind: "javascript after vs before (events/s)", speed: speed!, vs: `${(-epsLoss * 100).toFixed(0)} % (before ${fmt(old!.eps)}/s)`, target: "≥ −20 %", result: epsLoss <= 0.2 ? "PASS" : "FAIL" });
+  rows.push({
+    kind: `javascript vs naive (CPU/event)`,
+    speed: speed!,
+    vs: `${cpuRatio.toFixed(1)}× less CPU than evalCode (${base!.cpuUs.toFixed(2)} µs)`,
+    target: "≥ 5×",
+    result: cpuRatio >= 5 ? "PASS" : "FAIL",
+  });
+  rows.push({
+    kind: "javascript after vs before (CPU/event)",
+    speed: speed!,
+    vs: `${(cpuGrowth * 100).toFixed(0)} % (before ${old!.cpuUs.toFixed(2)} µs)`,
+    target: "≤ +20 %",
+    result: cpuGrowth <= 0.2 ? "PASS" : "FAIL",
+  });
+  rows.push({
+    kind: "javascript after vs before (events/s)",
+    speed: speed!,
+    vs: `${(-epsLoss * 100).toFixed(0)} % (before ${fmt(old!.eps)}/s)`,
+    target: "≥ −20 %",
+    result: epsLoss <= 0.2 ? "PASS" : "FAIL",
+  });
 }
 
 // ---- python -------------------------------------------------------------------------------------
 {
   let createPythonTransform: ((source: string) => Promise<SandboxedTransform>) | undefined;
   try {
-    createPythonTransform = (await tryImport("../src/pipeline/transform/python.ts"))?.createPythonTransform as typeof createPythonTransform;
+    createPythonTransform = (await tryImport("../src/pipeline/transform/python.ts"))
+      ?.createPythonTransform as typeof createPythonTransform;
   } catch (e) {
     console.log(`python: failed to import: ${(e as Error).message}`);
   }
@@ -263,14 +308,31 @@ let jsSpeed: Speed | undefined;
     const epsLoss = 1 - speed!.eps / old!.eps;
     line(`python: in-process worker (before), ${batchSize}`, old!);
     line(`python: sandbox process (after), ${batchSize}`, speed!);
-    rows.push({ kind: "python after vs before (events/s)", speed: speed!, vs: `${(-epsLoss * 100).toFixed(0)} % (before ${fmt(old!.eps)}/s, ${old!.cpuUs.toFixed(2)} µs)`, target: "≥ −20 %", result: epsLoss <= 0.2 ? "PASS" : "FAIL" });
+    rows.push({
+      kind: "python after vs before (events/s)",
+      speed: speed!,
+      vs: `${(-epsLoss * 100).toFixed(0)} % (before ${fmt(old!.eps)}/s, ${old!.cpuUs.toFixed(2)} µs)`,
+      target: "≥ −20 %",
+      result: epsLoss <= 0.2 ? "PASS" : "FAIL",
+    });
   }
 }
 
 console.log("\n| kind | events/s | CPU µs/event | vs baseline | target | result |\n|---|---:|---:|---|---|---|");
 for (const r of rows) {
-  console.log(`| ${r.kind} | ${r.speed ? fmt(r.speed.eps) : "—"} | ${r.speed ? r.speed.cpuUs.toFixed(2) : "—"} | ${r.vs} | ${r.target} | ${r.result} |`);
+  console.log(
+    `| ${r.kind} | ${r.speed ? fmt(r.speed.eps) : "—"} | ${r.speed ? r.speed.cpuUs.toFixed(2) : "—"} | ${r.vs} | ${r.target} | ${r.result} |`,
+  );
 }
 // One JSON line last, for bench/rounds.ts (ranges over N runs).
-console.log(JSON.stringify({ rows: rows.map((r) => ({ name: r.kind, eps: r.speed?.eps, cpuUs: r.speed?.cpuUs, pass: r.result === "PASS" ? 1 : 0 })) }));
+console.log(
+  JSON.stringify({
+    rows: rows.map((r) => ({
+      name: r.kind,
+      eps: r.speed?.eps,
+      cpuUs: r.speed?.cpuUs,
+      pass: r.result === "PASS" ? 1 : 0,
+    })),
+  }),
+);
 process.exit(rows.some((r) => r.result === "FAIL") ? 1 : 0);

@@ -35,7 +35,8 @@ const { values } = parseCommand(spec);
 
 const seed = values.seed !== undefined ? Number(values.seed) : Math.floor(Math.random() * 2 ** 31);
 const seconds = Number(values.seconds);
-if (!Number.isFinite(seed) || !Number.isFinite(seconds) || seconds < 0) usageError(spec, "--seconds and --seed take numbers");
+if (!Number.isFinite(seed) || !Number.isFinite(seconds) || seconds < 0)
+  usageError(spec, "--seconds and --seed take numbers");
 process.env.LOG_LEVEL ??= "warn";
 process.on("SIGINT", () => process.exit(130));
 

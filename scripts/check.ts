@@ -16,7 +16,13 @@ import { DEDUP_SHARDS, STREAM, shardSubject } from "../src/bus/subjects.ts";
 import { nameCollisions } from "../src/pipeline/manager.ts";
 import { fail, parseCommand, unknownName } from "./cli.ts";
 
-const SAMPLE = { type: "identify", userId: "u1", messageId: "sample-1", timestamp: new Date().toISOString(), traits: { email: "Ada@Example.com", plan: "pro" } };
+const SAMPLE = {
+  type: "identify",
+  userId: "u1",
+  messageId: "sample-1",
+  timestamp: new Date().toISOString(),
+  traits: { email: "Ada@Example.com", plan: "pro" },
+};
 
 const { values, positionals } = parseCommand({
   name: "check",
@@ -46,7 +52,8 @@ try {
 
 const problems: string[] = [];
 // Two pipelines sharing a durable consumer (or dead-letter subject) would split each other's events.
-const lineOfPipeline = (file: string, index?: number) => (index === undefined ? 1 : lineInYaml(readFileSync(file, "utf8"), `/pipelines/${index}/name`));
+const lineOfPipeline = (file: string, index?: number) =>
+  index === undefined ? 1 : lineInYaml(readFileSync(file, "utf8"), `/pipelines/${index}/name`);
 for (const { a, b, what, name } of nameCollisions(config)) {
   problems.push(
     `${b.file}:${lineOfPipeline(b.file, b.index)}: pipeline "${b.pipeline}" of connection "${b.connection}" would share the ${what} ${name} with pipeline "${a.pipeline}" of connection "${a.connection}" in ${a.file}:${lineOfPipeline(a.file, a.index)}; rename one`,
@@ -73,15 +80,21 @@ if (problems.length) {
 }
 
 const pipelines = [...config.connections.values()].reduce((n, c) => n + (c.pipelines?.length ?? 0), 0);
-console.log(`ok: ${config.connections.size} connection(s), ${pipelines} pipeline(s), ${Object.keys(config.customerModel).length} Customer Model propert(ies) in ${dir}`);
+console.log(
+  `ok: ${config.connections.size} connection(s), ${pipelines} pipeline(s), ${Object.keys(config.customerModel).length} Customer Model propert(ies) in ${dir}`,
+);
 
 if (values.explain) {
   const c = config.connections.get(values.explain);
   if (!c) {
     fail("check", unknownName("connection", values.explain, config.connections.keys(), { where: dir }));
   }
-  const event = values.event ? JSON.parse(readFileSync(values.event, "utf8")) : ((await lastLiveEvent(c.connection)) ?? SAMPLE);
-  console.log(`\n${values.event ? "event" : event === SAMPLE ? "sample event (no NATS_URL, or no event stored yet)" : "last stored event"}: ${JSON.stringify(event)}`);
+  const event = values.event
+    ? JSON.parse(readFileSync(values.event, "utf8"))
+    : ((await lastLiveEvent(c.connection)) ?? SAMPLE);
+  console.log(
+    `\n${values.event ? "event" : event === SAMPLE ? "sample event (no NATS_URL, or no event stored yet)" : "last stored event"}: ${JSON.stringify(event)}`,
+  );
   const model: ModelCheck = new ModelCheck(config.customerModel);
   for (const p of c.pipelines ?? []) {
     const expr = p.filter ?? (p.import === "users" ? DEFAULT_USERS_FILTER : undefined);
@@ -126,7 +139,9 @@ async function lastLiveEvent(connection: string): Promise<Record<string, unknown
     const jsm = await jetstreamManager(nc);
     let newest: { time: number; event: Record<string, unknown> } | undefined;
     for (let shard = 0; shard < DEDUP_SHARDS; shard++) {
-      const m = await jsm.streams.getMessage(STREAM, { last_by_subj: shardSubject(connection, shard) }).catch(() => null);
+      const m = await jsm.streams
+        .getMessage(STREAM, { last_by_subj: shardSubject(connection, shard) })
+        .catch(() => null);
       if (!m) continue;
       const events = m.json<Record<string, unknown>[]>();
       const last = Array.isArray(events) ? events.at(-1) : undefined;

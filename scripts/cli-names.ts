@@ -49,7 +49,8 @@ export function configuredNames(dir: string, into: KnownNames = { connections: n
     if (typeof c.connection !== "string") continue;
     add(into.connections, c.connection);
     if (c.source === "raw") add(into.connections, c.connection, RAW_PIPELINE);
-    if (Array.isArray(c.pipelines)) for (const p of c.pipelines) if (typeof p?.name === "string") add(into.connections, c.connection, p.name);
+    if (Array.isArray(c.pipelines))
+      for (const p of c.pipelines) if (typeof p?.name === "string") add(into.connections, c.connection, p.name);
   }
   return into;
 }
@@ -64,7 +65,10 @@ function decodeToken(token: string): string {
 }
 
 /** The names the events and dead-letter streams hold subjects for (streams not created yet name nothing). */
-export async function storedNames(jsm: JetStreamManager, into: KnownNames = { connections: new Map(), where: [] }): Promise<KnownNames> {
+export async function storedNames(
+  jsm: JetStreamManager,
+  into: KnownNames = { connections: new Map(), where: [] },
+): Promise<KnownNames> {
   const subjects = async (stream: string, filter: string) => {
     try {
       return Object.keys((await jsm.streams.info(stream, { subjects_filter: filter })).state.subjects ?? {});

@@ -58,8 +58,15 @@ export function parseCommand<O extends Options>(spec: CommandSpec<O>) {
     usageError(spec, flagProblem(e as Error & { code?: string }, Object.keys(spec.options)));
   }
   const n = parsed.positionals.length;
-  if (n < min) usageError(spec, min === 1 && max === 1 ? "one argument is needed" : `at least ${min} argument(s) needed`);
-  if (n > max) usageError(spec, max === 0 ? `unexpected argument "${parsed.positionals[0]}"` : `unexpected argument "${parsed.positionals[max]}" (at most ${max})`);
+  if (n < min)
+    usageError(spec, min === 1 && max === 1 ? "one argument is needed" : `at least ${min} argument(s) needed`);
+  if (n > max)
+    usageError(
+      spec,
+      max === 0
+        ? `unexpected argument "${parsed.positionals[0]}"`
+        : `unexpected argument "${parsed.positionals[max]}" (at most ${max})`,
+    );
   return parsed;
 }
 
@@ -76,7 +83,12 @@ function flagProblem(e: Error & { code?: string }, known: string[]): string {
  * `no connection "shpo". Did you mean "shop"? Known connections: billing, shop (looked in …).`;
  * `of` narrows the kind: `no pipeline "x" of connection "shop". … Known pipelines of connection "shop": …`.
  */
-export function unknownName(kind: string, name: string, known: Iterable<string>, o: { of?: string; where?: string } = {}): string {
+export function unknownName(
+  kind: string,
+  name: string,
+  known: Iterable<string>,
+  o: { of?: string; where?: string } = {},
+): string {
   const list = [...new Set(known)].sort();
   const near = closest(name, list);
   const of = o.of ? ` ${o.of}` : "";

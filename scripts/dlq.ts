@@ -43,7 +43,8 @@ try {
   const of = `of connection "${connection}"`;
   const pipelines = known.connections.get(connection);
   if (!pipelines) fail("dlq", unknownName("connection", connection, known.connections.keys(), { where }));
-  if (values.pipeline !== undefined && !pipelines.has(values.pipeline)) fail("dlq", unknownName("pipeline", values.pipeline, pipelines, { of, where }));
+  if (values.pipeline !== undefined && !pipelines.has(values.pipeline))
+    fail("dlq", unknownName("pipeline", values.pipeline, pipelines, { of, where }));
   await ensureDlqStream(bus.jsm, o.streamReplicas);
   const letters = await readDeadLetters(bus, connection, values.pipeline);
   if (!values.redrive) {
@@ -53,14 +54,24 @@ try {
     }
     if (!values.json) console.error(`${letters.length} dead letter(s)`);
   } else {
-    const warehouse = await connectWarehouse({ url: o.clickhouseUrl ?? "http://127.0.0.1:8123", username: o.clickhouseUser, password: o.clickhousePassword, database: o.database });
+    const warehouse = await connectWarehouse({
+      url: o.clickhouseUrl ?? "http://127.0.0.1:8123",
+      username: o.clickhouseUser,
+      password: o.clickhousePassword,
+      database: o.database,
+    });
     let landed = 0;
     const byTable = new Map<string, typeof letters>();
     for (const l of letters) {
       // A users pipeline's refused event, not a row: it lands by replaying it once its cause is fixed.
-      if ((l as { kind?: string }).kind === "event") console.log(`#${l.seq}  an event the pipeline refused (${l.messageId ?? "-"}), not a row: fix the cause, then npm run replay`);
+      if ((l as { kind?: string }).kind === "event")
+        console.log(
+          `#${l.seq}  an event the pipeline refused (${l.messageId ?? "-"}), not a row: fix the cause, then npm run replay`,
+        );
     }
-    for (const l of letters) if ((l as { kind?: string }).kind !== "event") byTable.set(l.table ?? "events", [...(byTable.get(l.table ?? "events") ?? []), l]);
+    for (const l of letters)
+      if ((l as { kind?: string }).kind !== "event")
+        byTable.set(l.table ?? "events", [...(byTable.get(l.table ?? "events") ?? []), l]);
     for (const [table, group] of byTable) {
       const inserter = new Inserter(warehouse, table, { initialBackoffMs: 200, maxBackoffMs: 2000 });
       const outcome = await inserter.insert(group.map((l) => l.event as Record<string, unknown>));

@@ -26,7 +26,12 @@ Environment: FUZZ_RUNS (10000 runs per property), FUZZ_SEED (replay a seed), e.g
   positionals: { max: Infinity },
 });
 
-const FILES = ["test/unit/fuzz-ingest.test.ts", "test/unit/fuzz-config.test.ts", "test/unit/auth-timing.test.ts", "test/integration/hostile.test.ts"];
+const FILES = [
+  "test/unit/fuzz-ingest.test.ts",
+  "test/unit/fuzz-config.test.ts",
+  "test/unit/auth-timing.test.ts",
+  "test/integration/hostile.test.ts",
+];
 
 const seed = process.env.FUZZ_SEED ? Number(process.env.FUZZ_SEED) : Math.floor(Math.random() * 2 ** 31);
 const runs = process.env.FUZZ_RUNS ? Number(process.env.FUZZ_RUNS) : 10_000;
@@ -36,12 +41,16 @@ if (!Number.isInteger(seed) || !Number.isInteger(runs) || runs < 1) {
 }
 const files = positionals.length ? positionals : FILES;
 
-console.log(`fuzz: FUZZ_SEED=${seed} FUZZ_RUNS=${runs} (replay: FUZZ_SEED=${seed} FUZZ_RUNS=${runs} npm run fuzz -- ${files.join(" ")})`);
+console.log(
+  `fuzz: FUZZ_SEED=${seed} FUZZ_RUNS=${runs} (replay: FUZZ_SEED=${seed} FUZZ_RUNS=${runs} npm run fuzz -- ${files.join(" ")})`,
+);
 const t0 = performance.now();
 const proc = Bun.spawn([process.execPath, "test", "--timeout", String(24 * 3600_000), "-t", "property", ...files], {
   env: { ...process.env, FUZZ_SEED: String(seed), FUZZ_RUNS: String(runs) },
   stdio: ["inherit", "inherit", "inherit"],
 });
 const code = await proc.exited;
-console.log(`fuzz: ${code === 0 ? "passed" : "FAILED"} in ${((performance.now() - t0) / 1000).toFixed(0)} s with FUZZ_SEED=${seed} FUZZ_RUNS=${runs}`);
+console.log(
+  `fuzz: ${code === 0 ? "passed" : "FAILED"} in ${((performance.now() - t0) / 1000).toFixed(0)} s with FUZZ_SEED=${seed} FUZZ_RUNS=${runs}`,
+);
 process.exit(code);

@@ -62,14 +62,17 @@ export function defaultSuiteDir(): string {
 export function loadSuite(dir: string, groups?: string[]): { cases: TestCase[]; datasets: Map<string, unknown> } {
   const datasets = new Map<string, unknown>();
   for (const name of readdirSync(path.join(dir, "datasets"))) {
-    if (name.endsWith(".json")) datasets.set(name.slice(0, -5), JSON.parse(readFileSync(path.join(dir, "datasets", name), "utf8")));
+    if (name.endsWith(".json"))
+      datasets.set(name.slice(0, -5), JSON.parse(readFileSync(path.join(dir, "datasets", name), "utf8")));
   }
   const cases: TestCase[] = [];
   const groupDir = path.join(dir, "groups");
   for (const group of readdirSync(groupDir).sort()) {
     if (groups && !groups.includes(group)) continue;
     const gdir = path.join(groupDir, group);
-    for (const file of readdirSync(gdir).filter((n) => n.endsWith(".json")).sort()) {
+    for (const file of readdirSync(gdir)
+      .filter((n) => n.endsWith(".json"))
+      .sort()) {
       const spec = JSON.parse(readFileSync(path.join(gdir, file), "utf8"));
       for (const c of Array.isArray(spec) ? spec : [spec]) {
         const expr = c["expr-file"] ? readFileSync(path.join(gdir, c["expr-file"]), "utf8") : c.expr;
@@ -106,13 +109,21 @@ export function runCase(c: TestCase, datasets: Map<string, unknown>): CaseOutcom
   if (c.token !== undefined && c.error === undefined) expected.token = c.token;
   let expr: CompiledJsonata;
   try {
-    expr = compileJsonata(c.expr, c.timelimit !== undefined || c.depth !== undefined ? { timeLimitMs: c.timelimit, maxDepth: c.depth } : undefined);
+    expr = compileJsonata(
+      c.expr,
+      c.timelimit !== undefined || c.depth !== undefined ? { timeLimitMs: c.timelimit, maxDepth: c.depth } : undefined,
+    );
   } catch (err) {
     const e = err as Record<string, unknown>;
     if (expectsError && e.code === expected.code && (expected.token === undefined || e.token === expected.token)) {
       return { testCase: c, passed: true, compiled: true };
     }
-    return { testCase: c, passed: false, compiled: false, detail: `compile error ${String(e.code)}: ${String(e.message)}` };
+    return {
+      testCase: c,
+      passed: false,
+      compiled: false,
+      detail: `compile error ${String(e.code)}: ${String(e.message)}`,
+    };
   }
   const compiled = expr.compiled;
   const fallbackReason = (expr as { fallbackReason?: string }).fallbackReason;
@@ -125,13 +136,19 @@ export function runCase(c: TestCase, datasets: Map<string, unknown>): CaseOutcom
     if (expectsError) {
       const mismatch = Object.entries(expected).find(([k, v]) => e[k] !== v);
       if (mismatch === undefined) return { ...base, passed: true };
-      return { ...base, passed: false, detail: `expected error ${show(expected)}, got ${String(e.code)} (${mismatch[0]}=${show(e[mismatch[0]])})` };
+      return {
+        ...base,
+        passed: false,
+        detail: `expected error ${show(expected)}, got ${String(e.code)} (${mismatch[0]}=${show(e[mismatch[0]])})`,
+      };
     }
     return { ...base, passed: false, detail: `unexpected error ${String(e.code)}: ${String(e.message)}` };
   }
   if (expectsError) return { ...base, passed: false, detail: `expected error ${show(expected)}, got ${show(result)}` };
   if (c.undefinedResult) {
-    return result === undefined ? { ...base, passed: true } : { ...base, passed: false, detail: `expected undefined, got ${show(result)}` };
+    return result === undefined
+      ? { ...base, passed: true }
+      : { ...base, passed: false, detail: `expected undefined, got ${show(result)}` };
   }
   if (!("result" in c)) return { ...base, passed: false, detail: "nothing to check in this case" };
   const actual = normalise(result);
@@ -155,7 +172,9 @@ function main(): void {
   const dir = defaultSuiteDir();
   if (!existsSync(dir)) {
     // A clone carries only a few groups of the suite (test/fixtures/jsonata-suite): say so rather than run them as if they were all.
-    console.error(`jsonata test suite not found at ${dir}: set JSONATA_SUITE to a clone of https://github.com/jsonata-js/jsonata's test/test-suite, or JSONATA_SUITE=test/fixtures/jsonata-suite for the few groups this repository carries`);
+    console.error(
+      `jsonata test suite not found at ${dir}: set JSONATA_SUITE to a clone of https://github.com/jsonata-js/jsonata's test/test-suite, or JSONATA_SUITE=test/fixtures/jsonata-suite for the few groups this repository carries`,
+    );
     process.exit(2);
   }
   const groups = process.env.JSONATA_GROUPS?.split(",").filter(Boolean);
@@ -164,18 +183,24 @@ function main(): void {
   const report = runSuite(dir, groups);
   const total = report.outcomes.length;
   const share = total === 0 ? 0 : (100 * report.compiled) / total;
-  console.log(`jsonata conformance: ${total} cases from ${dir} in ${((performance.now() - started) / 1000).toFixed(1)} s`);
+  console.log(
+    `jsonata conformance: ${total} cases from ${dir} in ${((performance.now() - started) / 1000).toFixed(1)} s`,
+  );
   console.log(`compiled without fallback: ${report.compiled}/${total} (${share.toFixed(1)}%)`);
 
   const reasons = new Map<string, number>();
-  for (const o of report.outcomes) if (!o.compiled && o.fallbackReason) reasons.set(o.fallbackReason, (reasons.get(o.fallbackReason) ?? 0) + 1);
+  for (const o of report.outcomes)
+    if (!o.compiled && o.fallbackReason) reasons.set(o.fallbackReason, (reasons.get(o.fallbackReason) ?? 0) + 1);
   if (reasons.size > 0) {
     console.log("fallback reasons:");
     for (const [r, n] of [...reasons].sort((a, b) => b[1] - a[1])) console.log(`  ${String(n).padStart(4)}  ${r}`);
   }
   if (verbose) {
     for (const o of report.outcomes) {
-      if (!o.compiled) console.log(`  fallback ${o.testCase.group}/${o.testCase.file}: ${o.fallbackReason ?? "?"} :: ${o.testCase.expr.slice(0, 100)}`);
+      if (!o.compiled)
+        console.log(
+          `  fallback ${o.testCase.group}/${o.testCase.file}: ${o.fallbackReason ?? "?"} :: ${o.testCase.expr.slice(0, 100)}`,
+        );
     }
   }
   const failedByGroup = new Map<string, CaseOutcome[]>();
@@ -190,7 +215,9 @@ function main(): void {
     for (const [group, list] of failedByGroup) {
       console.log(`  ${group}: ${list.length}`);
       for (const o of list.slice(0, verbose ? list.length : 5)) {
-        console.log(`    ${o.testCase.file} ${o.compiled ? "[compiled]" : "[interpreted]"} ${o.testCase.expr.replace(/\s+/g, " ").slice(0, 120)}`);
+        console.log(
+          `    ${o.testCase.file} ${o.compiled ? "[compiled]" : "[interpreted]"} ${o.testCase.expr.replace(/\s+/g, " ").slice(0, 120)}`,
+        );
         console.log(`      ${o.detail}`);
       }
     }

@@ -44,7 +44,12 @@ const { values, positionals } = parseCommand(spec);
 if (!values.pipeline) usageError(spec, "--pipeline NAME is required");
 const o = optionsFromEnv();
 const bus = await connectBus(busOptionsOf(o, "tributary-replay"));
-const warehouse = await connectWarehouse({ url: o.clickhouseUrl ?? "http://127.0.0.1:8123", username: o.clickhouseUser, password: o.clickhousePassword, database: o.database });
+const warehouse = await connectWarehouse({
+  url: o.clickhouseUrl ?? "http://127.0.0.1:8123",
+  username: o.clickhouseUser,
+  password: o.clickhousePassword,
+  database: o.database,
+});
 const abort = new AbortController();
 process.on("SIGINT", () => abort.abort());
 

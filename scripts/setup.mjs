@@ -20,10 +20,16 @@ if (!existsSync(marker) || !existsSync("node_modules/.bin/bun") || newer(lock) |
   // on some mirrors); only then `npm install`, which resolves the same versions and leaves the
   // committed lock unchanged (`.ci/run` fails if it does not).
   console.error("setup: npm ci --no-audit --no-fund");
-  const ci = spawnSync("npm", ["ci", "--no-audit", "--no-fund"], { stdio: ["ignore", "inherit", "pipe"], encoding: "utf8" });
+  const ci = spawnSync("npm", ["ci", "--no-audit", "--no-fund"], {
+    stdio: ["ignore", "inherit", "pipe"],
+    encoding: "utf8",
+  });
   if (ci.status !== 0) {
     const lines = (ci.stderr ?? "").split("\n");
-    const why = lines.find((l) => l.includes("Missing:")) ?? lines.find((l) => l.startsWith("npm error") && l.length > 12) ?? `exit ${ci.status}`;
+    const why =
+      lines.find((l) => l.includes("Missing:")) ??
+      lines.find((l) => l.startsWith("npm error") && l.length > 12) ??
+      `exit ${ci.status}`;
     console.error(`setup: npm ci refused the lock (${why.replace(/^npm error\s*/, "").trim()}); npm install instead`);
     run("npm install --no-audit --no-fund");
   }
@@ -31,8 +37,10 @@ if (!existsSync(marker) || !existsSync("node_modules/.bin/bun") || newer(lock) |
 
 // Only needed when we manage the services ourselves.
 const wanted = [];
-if (!process.env.NATS_URL || process.env.npm_lifecycle_event === "pretest") if (!onPath("nats-server")) wanted.push("nats-server");
-if (!process.env.CLICKHOUSE_URL || process.env.npm_lifecycle_event === "pretest") if (!onPath("clickhouse-server")) wanted.push("clickhouse-server");
+if (!process.env.NATS_URL || process.env.npm_lifecycle_event === "pretest")
+  if (!onPath("nats-server")) wanted.push("nats-server");
+if (!process.env.CLICKHOUSE_URL || process.env.npm_lifecycle_event === "pretest")
+  if (!onPath("clickhouse-server")) wanted.push("clickhouse-server");
 // JavaScript and Python transforms run in a sandbox process in its own mount and network namespaces
 // (src/pipeline/transform/sandbox-isolation.ts); bubblewrap makes them. Without it the node still
 // runs and says at start-up which layers are missing.
@@ -46,7 +54,9 @@ if (process.env.npm_lifecycle_event === "test:cluster") {
 }
 if (wanted.length) {
   if (process.getuid?.() !== 0) {
-    console.error(`setup: ${wanted.join(" and ")} not found; install Debian's packages: sudo apt-get install -y ${wanted.join(" ")}`);
+    console.error(
+      `setup: ${wanted.join(" and ")} not found; install Debian's packages: sudo apt-get install -y ${wanted.join(" ")}`,
+    );
     process.exit(1);
   }
   run("apt-get update -qq");

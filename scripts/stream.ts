@@ -15,10 +15,29 @@ import { connectOrExit, natsServers } from "./cli-nats.ts";
 
 /** Every stream a node uses. The KV buckets' names are src/pipeline/users/profiles.ts's (a bucket B is the stream KV_B). */
 export const TRIBUTARY_STREAMS = [
-  { name: STREAM, alias: "events", about: "accepted events, tributary.events.<connection>.<shard>; one durable consumer per pipeline" },
-  { name: DLQ_STREAM, alias: "dlq", about: "dead letters: rows ClickHouse refused, with the reason (npm run dlq)", absent: "created when a node first reaches ClickHouse" },
-  { name: "KV_tributary_identities", alias: "identities", about: "KV bucket tributary_identities: users pipelines' identity graph", absent: "created when a users pipeline first runs" },
-  { name: "KV_tributary_profiles", alias: "profiles", about: "KV bucket tributary_profiles: users pipelines' merged profiles", absent: "created when a users pipeline first runs" },
+  {
+    name: STREAM,
+    alias: "events",
+    about: "accepted events, tributary.events.<connection>.<shard>; one durable consumer per pipeline",
+  },
+  {
+    name: DLQ_STREAM,
+    alias: "dlq",
+    about: "dead letters: rows ClickHouse refused, with the reason (npm run dlq)",
+    absent: "created when a node first reaches ClickHouse",
+  },
+  {
+    name: "KV_tributary_identities",
+    alias: "identities",
+    about: "KV bucket tributary_identities: users pipelines' identity graph",
+    absent: "created when a users pipeline first runs",
+  },
+  {
+    name: "KV_tributary_profiles",
+    alias: "profiles",
+    about: "KV bucket tributary_profiles: users pipelines' merged profiles",
+    absent: "created when a users pipeline first runs",
+  },
 ] as const;
 
 const USAGE = `usage: npm run stream -- [NAME] [--json]
@@ -73,7 +92,16 @@ export interface StreamReport {
   subjectsHoldingMessages?: number;
   first?: { seq: number; at: string | null };
   last?: { seq: number; at: string | null };
-  limits?: { maxAgeSeconds: number | null; maxBytes: number | null; maxMessages: number | null; maxMessageSize: number | null; discard: string; duplicateWindowSeconds: number | null; storage: string; retention: string };
+  limits?: {
+    maxAgeSeconds: number | null;
+    maxBytes: number | null;
+    maxMessages: number | null;
+    maxMessageSize: number | null;
+    discard: string;
+    duplicateWindowSeconds: number | null;
+    storage: string;
+    retention: string;
+  };
   consumers?: ConsumerReport[];
 }
 
@@ -108,7 +136,12 @@ export function streamReport(info: StreamInfo, consumers: ConsumerInfo[]): Strea
     exists: true,
     subjects: c.subjects ?? [],
     replicas: c.num_replicas || 1,
-    cluster: info.cluster?.leader ? { leader: info.cluster.leader, replicas: (info.cluster.replicas ?? []).map((r) => ({ name: r.name, current: r.current, lag: r.lag })) } : undefined,
+    cluster: info.cluster?.leader
+      ? {
+          leader: info.cluster.leader,
+          replicas: (info.cluster.replicas ?? []).map((r) => ({ name: r.name, current: r.current, lag: r.lag })),
+        }
+      : undefined,
     messages: s.messages,
     bytes: s.bytes,
     subjectsHoldingMessages: s.num_subjects ?? 0,
@@ -124,7 +157,9 @@ export function streamReport(info: StreamInfo, consumers: ConsumerInfo[]): Strea
       storage: String(c.storage),
       retention: String(c.retention),
     },
-    consumers: consumers.map(consumerReport).sort((a, b) => Number(b.durable) - Number(a.durable) || a.name.localeCompare(b.name)),
+    consumers: consumers
+      .map(consumerReport)
+      .sort((a, b) => Number(b.durable) - Number(a.durable) || a.name.localeCompare(b.name)),
   };
 }
 
@@ -155,17 +190,27 @@ export function bytes(n: number): string {
 
 export function duration(s: number | null): string {
   if (s === null) return "unlimited";
-  for (const [unit, n] of [["d", 86400], ["h", 3600], ["m", 60]] as const) if (s >= n && s % n === 0) return `${s / n}${unit}`;
+  for (const [unit, n] of [
+    ["d", 86400],
+    ["h", 3600],
+    ["m", 60],
+  ] as const)
+    if (s >= n && s % n === 0) return `${s / n}${unit}`;
   return `${s}s`;
 }
 
 function table(rows: string[][]): string[] {
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
-  return rows.map((r) => r.map((cell, i) => (i === r.length - 1 ? cell : i === 0 ? cell.padEnd(widths[i]!) : cell.padStart(widths[i]!))).join("  "));
+  return rows.map((r) =>
+    r
+      .map((cell, i) => (i === r.length - 1 ? cell : i === 0 ? cell.padEnd(widths[i]!) : cell.padStart(widths[i]!)))
+      .join("  "),
+  );
 }
 
 export function formatStream(r: StreamReport): string {
-  if (!r.exists) return `${r.stream}${r.about ? ` — ${r.about}` : ""}\n  not created yet${r.absent ? ` (${r.absent})` : ""}\n`;
+  if (!r.exists)
+    return `${r.stream}${r.about ? ` — ${r.about}` : ""}\n  not created yet${r.absent ? ` (${r.absent})` : ""}\n`;
   const l = r.limits!;
   const lines = [
     `${r.stream}${r.about ? ` — ${r.about}` : ""}`,
@@ -201,25 +246,48 @@ export function formatStream(r: StreamReport): string {
 // ---- the command ---------------------------------------------------------------------------
 
 async function main() {
-  const { values, positionals } = parseCommand({ name: "stream", usage: USAGE, options: { json: { type: "boolean", default: false } }, positionals: { max: 1 } });
+  const { values, positionals } = parseCommand({
+    name: "stream",
+    usage: USAGE,
+    options: { json: { type: "boolean", default: false } },
+    positionals: { max: 1 },
+  });
   const asked = positionals[0];
   const nc: NatsConnection = await connectOrExit("stream");
   try {
-    const jsm = await jetstreamManager(nc, { timeout: 5000 }).catch((e) => fail("stream", `JetStream does not answer at ${natsServers()}: ${(e as Error).message}`));
+    const jsm = await jetstreamManager(nc, { timeout: 5000 }).catch((e) =>
+      fail("stream", `JetStream does not answer at ${natsServers()}: ${(e as Error).message}`),
+    );
     let names: string[] = TRIBUTARY_STREAMS.map((s) => s.name);
     if (asked !== undefined) {
       const known = TRIBUTARY_STREAMS.find((s) => s.alias === asked.toLowerCase() || s.name === asked);
       if (known) names = [known.name];
-      else if (await jsm.streams.info(asked).then(() => true, () => false)) names = [asked];
+      else if (
+        await jsm.streams.info(asked).then(
+          () => true,
+          () => false,
+        )
+      )
+        names = [asked];
       else {
         const others: string[] = [];
         for await (const n of jsm.streams.names()) others.push(n);
-        fail("stream", unknownName("stream", asked, [...TRIBUTARY_STREAMS.flatMap((s) => [s.alias, s.name]), ...others], { where: `on ${natsServers()}` }));
+        fail(
+          "stream",
+          unknownName("stream", asked, [...TRIBUTARY_STREAMS.flatMap((s) => [s.alias, s.name]), ...others], {
+            where: `on ${natsServers()}`,
+          }),
+        );
       }
     }
     for (const name of names) {
       const known = TRIBUTARY_STREAMS.find((s) => s.name === name);
-      const r: StreamReport = (await readStream(jsm, name)) ?? { stream: name, about: known?.about, exists: false, absent: known && "absent" in known ? known.absent : undefined };
+      const r: StreamReport = (await readStream(jsm, name)) ?? {
+        stream: name,
+        about: known?.about,
+        exists: false,
+        absent: known && "absent" in known ? known.absent : undefined,
+      };
       process.stdout.write(values.json ? `${JSON.stringify(r)}\n` : `${formatStream(r)}\n`);
     }
   } finally {

@@ -41,7 +41,17 @@ type Event = Record<string, unknown>;
 
 // ---- formatting ----------------------------------------------------------------------------
 
-const ANSI = { reset: "\x1b[0m", dim: "\x1b[2m", bold: "\x1b[1m", red: "\x1b[31m", green: "\x1b[32m", yellow: "\x1b[33m", blue: "\x1b[34m", magenta: "\x1b[35m", cyan: "\x1b[36m" };
+const ANSI = {
+  reset: "\x1b[0m",
+  dim: "\x1b[2m",
+  bold: "\x1b[1m",
+  red: "\x1b[31m",
+  green: "\x1b[32m",
+  yellow: "\x1b[33m",
+  blue: "\x1b[34m",
+  magenta: "\x1b[35m",
+  cyan: "\x1b[36m",
+};
 const TYPE_COLOUR: Record<string, string> = {
   track: ANSI.magenta,
   identify: ANSI.green,
@@ -52,7 +62,14 @@ const TYPE_COLOUR: Record<string, string> = {
   raw: ANSI.cyan,
 };
 
-const text = (v: unknown): string => (typeof v === "string" ? v : v === undefined || v === null ? "" : typeof v === "object" ? JSON.stringify(v) : String(v));
+const text = (v: unknown): string =>
+  typeof v === "string"
+    ? v
+    : v === undefined || v === null
+      ? ""
+      : typeof v === "object"
+        ? JSON.stringify(v)
+        : String(v);
 const pad = (n: number, w = 2) => String(n).padStart(w, "0");
 const isObject = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v);
 
@@ -71,12 +88,18 @@ export function describe(e: Event): { time: unknown; type: string; name: string;
     const rows = Array.isArray(e.raw.rows) ? (e.raw.rows as unknown[]) : [];
     const first = rows.length ? text(rows[0]).replace(/\s+/g, " ") : "";
     const preview = first.length > 80 ? `${first.slice(0, 79)}…` : first;
-    return { time: e.raw.receivedAt, type: "raw", name: `${rows.length} row${rows.length === 1 ? "" : "s"}${preview ? ` ${preview}` : ""}`, user: "" };
+    return {
+      time: e.raw.receivedAt,
+      type: "raw",
+      name: `${rows.length} row${rows.length === 1 ? "" : "s"}${preview ? ` ${preview}` : ""}`,
+      user: "",
+    };
   }
   const type = text(e.type) || "?";
   let name = "";
   if (type === "track") name = text(e.event);
-  else if (type === "page" || type === "screen") name = text(e.name) || text(isObject(e.properties) ? e.properties.name : undefined);
+  else if (type === "page" || type === "screen")
+    name = text(e.name) || text(isObject(e.properties) ? e.properties.name : undefined);
   else if (type === "group") name = text(e.groupId);
   else if (type === "alias") name = `${text(e.previousId)} → ${text(e.userId)}`;
   else if (type === "identify" && isObject(e.traits)) name = text(e.traits.email) || text(e.traits.name);
@@ -130,7 +153,8 @@ export function subjectProblem(subject: string): string | undefined {
   if (!subject || /\s/.test(subject)) return `"${subject}" is not a NATS subject (no spaces, not empty)`;
   const tokens = subject.split(".");
   if (tokens.some((t) => t === "")) return `"${subject}" is not a NATS subject (an empty token between dots)`;
-  if (tokens.slice(0, -1).includes(">")) return `"${subject}": ">" matches the rest of a subject, so it can only be its last token`;
+  if (tokens.slice(0, -1).includes(">"))
+    return `"${subject}": ">" matches the rest of a subject, so it can only be its last token`;
   return undefined;
 }
 
@@ -164,7 +188,13 @@ export function rawMessage(m: Pick<Msg, "subject" | "reply" | "headers" | "data"
 /** `[#n] time subject  size bytes`, the headers indented, then the payload as it is. */
 export function formatRaw(r: RawMessage, n: number, o: { color?: boolean; utc?: boolean; at?: Date } = {}): string {
   const c = (code: string, s: string) => (o.color ? `${code}${s}${ANSI.reset}` : s);
-  const head = [`[#${n}]`, c(ANSI.dim, clock((o.at ?? new Date()).toISOString(), o.utc)), c(ANSI.bold, r.subject), `${r.size} bytes`, r.reply ? `reply ${r.reply}` : ""];
+  const head = [
+    `[#${n}]`,
+    c(ANSI.dim, clock((o.at ?? new Date()).toISOString(), o.utc)),
+    c(ANSI.bold, r.subject),
+    `${r.size} bytes`,
+    r.reply ? `reply ${r.reply}` : "",
+  ];
   const lines = [head.filter(Boolean).join("  ")];
   for (const [k, vs] of Object.entries(r.headers ?? {})) for (const v of vs) lines.push(`  ${c(ANSI.cyan, k)}: ${v}`);
   lines.push(r.payload ?? `<${r.size} bytes, not UTF-8; base64: ${r.payloadBase64}>`);
@@ -200,14 +230,17 @@ async function checkConnection(nc: NatsConnection, connection: string, dir: stri
     known.where.push(`not the streams: ${(e as Error).message}`);
   }
   if (known.connections.has(connection)) return;
-  fail(`${unknownName("connection", connection, known.connections.keys(), { where: `looked in ${known.where.join(" and ")}` })}\nTo watch a subject whatever it is: npm run tail -- --raw '${connectionSubjects(connection)}'`);
+  fail(
+    `${unknownName("connection", connection, known.connections.keys(), { where: `looked in ${known.where.join(" and ")}` })}\nTo watch a subject whatever it is: npm run tail -- --raw '${connectionSubjects(connection)}'`,
+  );
 }
 
 async function main(argv: string[]) {
   const { values, positionals } = parseCommand({ ...SPEC, argv });
   const target = positionals[0]!;
   if (values.raw) {
-    if (values.pipeline !== undefined || values.filter !== undefined) usageError(SPEC, "--raw prints messages as they are: --pipeline and --filter apply to a connection's events");
+    if (values.pipeline !== undefined || values.filter !== undefined)
+      usageError(SPEC, "--raw prints messages as they are: --pipeline and --filter apply to a connection's events");
     const problem = subjectProblem(target);
     if (problem) usageError(SPEC, problem);
   } else if (!/^[a-z0-9_-]{1,64}$/.test(target)) {
@@ -234,23 +267,35 @@ async function main(argv: string[]) {
       fail(`--pipeline: cannot load the configuration in ${dir}: ${(e as Error).message}`);
     }
     const c = config.connections.get(connection);
-    if (!c) fail(`--pipeline: ${unknownName("connection", connection, config.connections.keys(), { where: `in ${dir}` })}`);
+    if (!c)
+      fail(`--pipeline: ${unknownName("connection", connection, config.connections.keys(), { where: `in ${dir}` })}`);
     const names = (c.pipelines ?? []).map((x) => x.name);
     const p = (c.pipelines ?? []).find((x) => x.name === values.pipeline);
-    if (!p) fail(`--pipeline: ${unknownName("pipeline", values.pipeline, names, { of: `of connection "${connection}"`, where: `in ${dir}` })}`);
+    if (!p)
+      fail(
+        `--pipeline: ${unknownName("pipeline", values.pipeline, names, { of: `of connection "${connection}"`, where: `in ${dir}` })}`,
+      );
     pipeline = { filter: p.filter ? compileExpression(p.filter) : undefined, consents: p.consents };
   }
   const select = makeSelector(filter, pipeline);
 
   const color = !values.json && !!process.stdout.isTTY && !process.env.NO_COLOR;
-  const err = (s: string) => process.stderr.write(process.stderr.isTTY && !process.env.NO_COLOR ? `${ANSI.dim}${s}${ANSI.reset}\n` : `${s}\n`);
+  const err = (s: string) =>
+    process.stderr.write(process.stderr.isTTY && !process.env.NO_COLOR ? `${ANSI.dim}${s}${ANSI.reset}\n` : `${s}\n`);
   // `tail … | head` closes stdout: stop quietly.
   process.stdout.on("error", (e: NodeJS.ErrnoException) => (e.code === "EPIPE" ? process.exit(0) : fail(String(e), 1)));
 
   const servers = natsServers();
   let nc: NatsConnection;
   try {
-    nc = await connect({ servers: servers.split(",").map((s) => s.trim()).filter(Boolean), name: `tributary-tail-${connection}`, maxReconnectAttempts: -1 });
+    nc = await connect({
+      servers: servers
+        .split(",")
+        .map((s) => s.trim())
+        .filter(Boolean),
+      name: `tributary-tail-${connection}`,
+      maxReconnectAttempts: -1,
+    });
   } catch (e) {
     fail(`cannot connect to NATS at ${servers} (set NATS_URL): ${(e as Error).message}`, 1);
   }
@@ -277,7 +322,9 @@ async function main(argv: string[]) {
   const sub = nc.subscribe(subject);
   // The subscription is registered with the server once a flush returns: "listening" is then true.
   await nc.flush();
-  const what = [values.pipeline && `pipeline ${values.pipeline}`, values.filter && `filter ${values.filter}`].filter(Boolean).join(", ");
+  const what = [values.pipeline && `pipeline ${values.pipeline}`, values.filter && `filter ${values.filter}`]
+    .filter(Boolean)
+    .join(", ");
   err(`tail: ${subject} on ${servers}${what ? ` (${what})` : ""}; Ctrl-C to stop`);
 
   if (values.raw) {

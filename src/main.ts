@@ -35,7 +35,9 @@ async function main() {
   ensurePortFree(HTTP_PORT(options.port), options.host);
   // The data directory is claimed before the services write their config files into it.
   if (!options.natsUrl || !options.clickhouseUrl) releaseData = lockDataDir(options.dataDir);
-  const nats = options.natsUrl ? undefined : await LocalNats.create({ dataDir: join(options.dataDir, "nats"), port: Number(process.env.NATS_PORT ?? 4222) });
+  const nats = options.natsUrl
+    ? undefined
+    : await LocalNats.create({ dataDir: join(options.dataDir, "nats"), port: Number(process.env.NATS_PORT ?? 4222) });
   const ch = options.clickhouseUrl
     ? undefined
     : await LocalClickHouse.create({
@@ -60,7 +62,10 @@ async function main() {
   }
   node = await startNode({ ...options, natsUrl: natsUrl! });
   if (stopping) return; // a signal came while it started: shutdown() is stopping it
-  if (logFormat() === "pretty") process.stderr.write(startBanner(options, node.port, [...node.config.current.connections.values()], natsUrl!, owned.length > 0));
+  if (logFormat() === "pretty")
+    process.stderr.write(
+      startBanner(options, node.port, [...node.config.current.connections.values()], natsUrl!, owned.length > 0),
+    );
 }
 
 let node: RunningNode | undefined;
@@ -81,7 +86,13 @@ process.on("SIGTERM", () => void shutdown("SIGTERM"));
 // its own process group, keep their ports, so the next `npm start` is refused.
 process.on("SIGHUP", () => void shutdown("SIGHUP"));
 
-function startBanner(o: NodeOptions, port: number, connections: Parameters<typeof banner>[0]["connections"], nats: string, local: boolean): string {
+function startBanner(
+  o: NodeOptions,
+  port: number,
+  connections: Parameters<typeof banner>[0]["connections"],
+  nats: string,
+  local: boolean,
+): string {
   return banner({
     version: VERSION.version,
     host: o.host,
@@ -94,7 +105,10 @@ function startBanner(o: NodeOptions, port: number, connections: Parameters<typeo
 
 /** Refusals a user can act on: one line saying why, no stack. */
 const readable = (e: unknown) =>
-  e instanceof PortInUseError || e instanceof DataDirInUseError || e instanceof ServiceStartError || /^environment: /.test((e as Error)?.message ?? "");
+  e instanceof PortInUseError ||
+  e instanceof DataDirInUseError ||
+  e instanceof ServiceStartError ||
+  /^environment: /.test((e as Error)?.message ?? "");
 
 main().catch(async (e) => {
   if (e instanceof ConfigError) log.error(e.message);

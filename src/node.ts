@@ -23,12 +23,20 @@ import { setExpressionTimeLimit } from "./pipeline/jsonata/index.ts";
 import type { BatchOptions } from "./pipeline/worker.ts";
 import type { InserterOptions } from "./sink/clickhouse/inserter.ts";
 
-export const VERSION = { name: "tributary", version: (await Bun.file(new URL("../package.json", import.meta.url)).json()).version as string, bun: Bun.version };
+export const VERSION = {
+  name: "tributary",
+  version: (await Bun.file(new URL("../package.json", import.meta.url)).json()).version as string,
+  bun: Bun.version,
+};
 
 const OPENAPI = openApiDocument(VERSION.version);
 
 /** The node's own port, as a refusal to start names it. */
-export const HTTP_PORT = (port: number): PortUse => ({ port, role: "HTTP", hint: "stop it, or set PORT to a free port" });
+export const HTTP_PORT = (port: number): PortUse => ({
+  port,
+  role: "HTTP",
+  hint: "stop it, or set PORT to a free port",
+});
 
 export interface RunningNode {
   /** Every route the node answers, as Elysia registered them. */
@@ -57,7 +65,10 @@ export async function startNode(o: NodeOptions & { natsUrl: string } & PipelineT
   config.watch();
   const warnInsecure = (c: typeof config.current) => {
     for (const x of c.connections.values()) {
-      if (x.source === "raw" && !x.check) log.warn("raw webhook connection without a check: anyone who knows its URL can write to it", { connection: x.connection });
+      if (x.source === "raw" && !x.check)
+        log.warn("raw webhook connection without a check: anyone who knows its URL can write to it", {
+          connection: x.connection,
+        });
     }
   };
   warnInsecure(config.current);
@@ -74,13 +85,18 @@ export async function startNode(o: NodeOptions & { natsUrl: string } & PipelineT
   capacity.start();
   const eventLog = new EventLog(bus, { dedupWindowMs: o.dedupWindowHours * 3600_000, timeoutMs: o.publishTimeoutMs });
   eventLog.onAppend = (bytes) => capacity.added(bytes);
-  const sourceConnections = () => [...config.current.connections.values()].filter((c) => c.source !== "raw").map((c) => c.connection);
-  eventLog.warm(sourceConnections()).catch((e) => log.warn("dedup index not loaded yet; it loads on first use", { error: String(e) }));
+  const sourceConnections = () =>
+    [...config.current.connections.values()].filter((c) => c.source !== "raw").map((c) => c.connection);
+  eventLog
+    .warm(sourceConnections())
+    .catch((e) => log.warn("dedup index not loaded yet; it loads on first use", { error: String(e) }));
   config.onChange(() => void eventLog.warm(sourceConnections()).catch(() => {}));
 
   // Before the HTTP port opens: every pipeline's consumer exists from this node's start.
   await ensureConsumersAtStart(bus, config.current, o.ackWaitMs).catch((e) =>
-    log.warn("pipeline consumers not created at start; they are created when the pipelines start", { error: String((e as Error).message ?? e) }),
+    log.warn("pipeline consumers not created at start; they are created when the pipelines start", {
+      error: String((e as Error).message ?? e),
+    }),
   );
 
   const removeSource = addPipelineSource(async () => (manager ? manager.snapshots() : []));
@@ -93,20 +109,43 @@ export async function startNode(o: NodeOptions & { natsUrl: string } & PipelineT
     void (async () => {
       for (let delay = 250; !stopping; delay = Math.min(delay * 2, 10_000)) {
         try {
-          warehouse = await connectWarehouse({ url: o.clickhouseUrl!, username: o.clickhouseUser, password: o.clickhousePassword, database: o.database, cluster: o.clickhouseCluster });
+          warehouse = await connectWarehouse({
+            url: o.clickhouseUrl!,
+            username: o.clickhouseUser,
+            password: o.clickhousePassword,
+            database: o.database,
+            cluster: o.clickhouseCluster,
+          });
           await migrateEventsTable(warehouse);
           await ensureDlqStream(bus.jsm, o.streamReplicas);
-          const batch: BatchOptions = { maxRows: o.batchMaxRows, maxBytes: o.batchMaxBytes, maxAgeMs: o.batchMaxAgeMs, ackWaitMs: o.ackWaitMs };
-          manager = new PipelineManager(bus, warehouse, batch, o.inserter, o.adminToken || o.devAdmin ? outcomes : undefined);
+          const batch: BatchOptions = {
+            maxRows: o.batchMaxRows,
+            maxBytes: o.batchMaxBytes,
+            maxAgeMs: o.batchMaxAgeMs,
+            ackWaitMs: o.ackWaitMs,
+          };
+          manager = new PipelineManager(
+            bus,
+            warehouse,
+            batch,
+            o.inserter,
+            o.adminToken || o.devAdmin ? outcomes : undefined,
+          );
           await manager.apply(config.current);
           config.onChange((c) => void manager?.apply(c));
-          log.info("pipelines running", { clickhouse: warehouse.features.version, workers: [...manager.workers.keys()] });
+          log.info("pipelines running", {
+            clickhouse: warehouse.features.version,
+            workers: [...manager.workers.keys()],
+          });
           resolve(manager);
           return;
         } catch (e) {
           await warehouse?.close().catch(() => {});
           warehouse = undefined;
-          log.warn("warehouse not ready; retrying", { error: String((e as Error).message ?? e).split("\n")[0], retryInMs: delay });
+          log.warn("warehouse not ready; retrying", {
+            error: String((e as Error).message ?? e).split("\n")[0],
+            retryInMs: delay,
+          });
           await Bun.sleep(delay);
         }
       }
@@ -152,21 +191,36 @@ export async function startNode(o: NodeOptions & { natsUrl: string } & PipelineT
       set.headers["x-request-id"] = requestId;
     })
     .onAfterResponse((ctx) => {
-      const c = ctx as unknown as { route?: string; request: Request; set: { status?: number | string }; responseValue?: unknown };
+      const c = ctx as unknown as {
+        route?: string;
+        request: Request;
+        set: { status?: number | string };
+        responseValue?: unknown;
+      };
       const status = String(c.responseValue instanceof Response ? c.responseValue.status : (c.set.status ?? 200));
       const route = c.route ?? "unmatched";
       const t0 = started.get(c.request);
       httpRequests.inc({ route, status });
       if (t0 !== undefined) httpDuration.observe({ route, status }, (performance.now() - t0) / 1000);
-      log.debug("request", { method: c.request.method, route, status: Number(status), ms: t0 === undefined ? undefined : Math.round(performance.now() - t0) });
+      log.debug("request", {
+        method: c.request.method,
+        route,
+        status: Number(status),
+        ms: t0 === undefined ? undefined : Math.round(performance.now() - t0),
+      });
     })
     .onBeforeHandle(({ request }) => {
       // Back-pressure: refuse new events while the stream could not keep them (see StreamCapacity).
       if (capacity.full && request.method === "POST" && /^\/(v1|beacon)\//.test(new URL(request.url).pathname)) {
-        return new Response(JSON.stringify({ error: "the event stream is nearly full of events not yet loaded into ClickHouse; retry later" }), {
-          status: 503,
-          headers: { "Content-Type": "application/json", "Retry-After": "30" },
-        });
+        return new Response(
+          JSON.stringify({
+            error: "the event stream is nearly full of events not yet loaded into ClickHouse; retry later",
+          }),
+          {
+            status: 503,
+            headers: { "Content-Type": "application/json", "Retry-After": "30" },
+          },
+        );
       }
     })
     .use(ingest.app)
@@ -177,8 +231,20 @@ export async function startNode(o: NodeOptions & { natsUrl: string } & PipelineT
     .get("/version", () => VERSION)
     .get("/openapi.json", () => OPENAPI)
     .get("/readyz", async ({ set, request, server }) => {
-      const nats = !bus.nc.isClosed() && (await bus.nc.rtt().then(() => true, () => false));
-      const ch = o.clickhouseUrl ? (manager && warehouse ? await warehouse.client.ping().then((r) => r.success, () => false) : false) : null;
+      const nats =
+        !bus.nc.isClosed() &&
+        (await bus.nc.rtt().then(
+          () => true,
+          () => false,
+        ));
+      const ch = o.clickhouseUrl
+        ? manager && warehouse
+          ? await warehouse.client.ping().then(
+              (r) => r.success,
+              () => false,
+            )
+          : false
+        : null;
       const ok = nats && ch !== false;
       set.status = ok ? 200 : 503;
       // Anyone may ask whether the node is ready; only the admin sees why not (the configuration
@@ -204,7 +270,10 @@ export async function startNode(o: NodeOptions & { natsUrl: string } & PipelineT
 
   const port = app.server!.port!;
   const url = `http://127.0.0.1:${port}`;
-  log.info("tributary node listening", { url: `http://${o.host}:${port}`, connections: [...config.current.connections.keys()] });
+  log.info("tributary node listening", {
+    url: `http://${o.host}:${port}`,
+    connections: [...config.current.connections.keys()],
+  });
   return {
     url,
     port,

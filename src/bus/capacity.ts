@@ -59,7 +59,10 @@ export class StreamCapacity {
     this.backlogBytes += bytes * STORED_PER_JSON_BYTE;
     if (!this.#full && this.backlogBytes >= this.options.refuseRatio * this.options.maxBytes) {
       this.#full = true;
-      log.warn("event stream nearly full of unloaded events: refusing new events with 503", { backlogBytes: Math.round(this.backlogBytes), maxBytes: this.options.maxBytes });
+      log.warn("event stream nearly full of unloaded events: refusing new events with 503", {
+        backlogBytes: Math.round(this.backlogBytes),
+        maxBytes: this.options.maxBytes,
+      });
     }
   }
 
@@ -76,7 +79,10 @@ export class StreamCapacity {
       // What purging cannot free yet: not delivered, plus everything delivered above the ack floor.
       // One message left unacknowledged (its node died; it comes back after ack_wait) holds the
       // floor, and every acknowledged message above it keeps its space until then.
-      const aboveFloor = Math.max(c.num_ack_pending, (c.delivered?.consumer_seq ?? 0) - (c.ack_floor?.consumer_seq ?? 0));
+      const aboveFloor = Math.max(
+        c.num_ack_pending,
+        (c.delivered?.consumer_seq ?? 0) - (c.ack_floor?.consumer_seq ?? 0),
+      );
       bySubject.set(key, Math.max(bySubject.get(key) ?? 0, c.num_pending + aboveFloor));
       floor = Math.min(floor, c.ack_floor?.stream_seq ?? 0);
     }
@@ -90,19 +96,32 @@ export class StreamCapacity {
     this.#lastSeq = info.state.last_seq;
     this.#lastAt = now;
     this.backlogBytes = pending * mean + rate * this.options.intervalMs;
-    if (info.state.bytes >= this.options.refuseRatio * this.options.maxBytes && floor !== Number.MAX_SAFE_INTEGER && floor >= info.state.first_seq) {
+    if (
+      info.state.bytes >= this.options.refuseRatio * this.options.maxBytes &&
+      floor !== Number.MAX_SAFE_INTEGER &&
+      floor >= info.state.first_seq
+    ) {
       const purged = await this.jsm.streams.purge(STREAM, { seq: floor + 1 }).catch(() => undefined);
-      if (purged?.purged) log.info("event stream near its limit: purged events every pipeline has loaded", { purged: purged.purged, upTo: floor });
+      if (purged?.purged)
+        log.info("event stream near its limit: purged events every pipeline has loaded", {
+          purged: purged.purged,
+          upTo: floor,
+        });
     }
     const { maxBytes, refuseRatio, resumeRatio } = this.options;
     const was = this.#full;
     if (!was && this.backlogBytes >= refuseRatio * maxBytes) this.#full = true;
     else if (was && this.backlogBytes < resumeRatio * maxBytes) this.#full = false;
     if (was !== this.#full) {
-      (this.#full ? log.warn : log.info)(this.#full ? "event stream nearly full of unloaded events: refusing new events with 503" : "event stream has room again: accepting events", {
-        backlogBytes: Math.round(this.backlogBytes),
-        maxBytes,
-      });
+      (this.#full ? log.warn : log.info)(
+        this.#full
+          ? "event stream nearly full of unloaded events: refusing new events with 503"
+          : "event stream has room again: accepting events",
+        {
+          backlogBytes: Math.round(this.backlogBytes),
+          maxBytes,
+        },
+      );
     }
   }
 }

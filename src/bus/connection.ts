@@ -1,6 +1,13 @@
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { nanos } from "@nats-io/nats-core";
-import { DiscardPolicy, jetstream, jetstreamManager, StorageType, type JetStreamClient, type JetStreamManager } from "@nats-io/jetstream";
+import {
+  DiscardPolicy,
+  jetstream,
+  jetstreamManager,
+  StorageType,
+  type JetStreamClient,
+  type JetStreamManager,
+} from "@nats-io/jetstream";
 import { STREAM, SUBJECT_ROOT } from "./subjects.ts";
 import { log } from "../util/log.ts";
 
@@ -31,7 +38,17 @@ export interface Bus {
 }
 
 /** The bus settings of a node's options (tools such as replay and dlq connect as the node would). */
-export function busOptionsOf(o: { natsUrl?: string; streamMaxAgeHours: number; streamMaxBytes: number; streamReplicas: number; dedupWindowHours: number; publishTimeoutMs: number }, name?: string): BusOptions {
+export function busOptionsOf(
+  o: {
+    natsUrl?: string;
+    streamMaxAgeHours: number;
+    streamMaxBytes: number;
+    streamReplicas: number;
+    dedupWindowHours: number;
+    publishTimeoutMs: number;
+  },
+  name?: string,
+): BusOptions {
   return {
     url: o.natsUrl ?? "nats://127.0.0.1:4222",
     streamMaxAgeHours: o.streamMaxAgeHours,
@@ -45,7 +62,10 @@ export function busOptionsOf(o: { natsUrl?: string; streamMaxAgeHours: number; s
 
 export async function connectBus(options: BusOptions): Promise<Bus> {
   const nc = await connect({
-    servers: options.url.split(",").map((s) => s.trim()).filter(Boolean),
+    servers: options.url
+      .split(",")
+      .map((s) => s.trim())
+      .filter(Boolean),
     name: options.name ?? "tributary",
     maxReconnectAttempts: -1, // a node outlives any NATS restart
     reconnectTimeWait: 250,
@@ -54,7 +74,8 @@ export async function connectBus(options: BusOptions): Promise<Bus> {
   });
   (async () => {
     for await (const s of nc.status()) {
-      if (s.type === "disconnect" || s.type === "reconnect") log.warn(`nats ${s.type}`, { server: String((s as { server?: string }).server ?? "") });
+      if (s.type === "disconnect" || s.type === "reconnect")
+        log.warn(`nats ${s.type}`, { server: String((s as { server?: string }).server ?? "") });
     }
   })().catch(() => {});
   // No API check here: a cluster still electing its JetStream leader answers nothing yet.
@@ -65,7 +86,10 @@ export async function connectBus(options: BusOptions): Promise<Bus> {
     startSeq = (await jsm.streams.info(STREAM)).state.last_seq;
   }, options.streamReplicas);
   if (nc.info?.cluster && options.streamReplicas < 3) {
-    log.warn("connected to a NATS cluster but the events stream has fewer than 3 replicas: a 2xx then means on disk on fewer servers; set TRIBUTARY_STREAM_REPLICAS=3", { replicas: options.streamReplicas, cluster: nc.info.cluster });
+    log.warn(
+      "connected to a NATS cluster but the events stream has fewer than 3 replicas: a 2xx then means on disk on fewer servers; set TRIBUTARY_STREAM_REPLICAS=3",
+      { replicas: options.streamReplicas, cluster: nc.info.cluster },
+    );
   }
   const js = jetstream(nc, { timeout: options.timeoutMs });
   return {
@@ -88,14 +112,20 @@ const SIDE_STREAMS = ["TRIBUTARY_DLQ", "KV_tributary_identities", "KV_tributary_
  * restart, a server still recovering its store, peers not all reported to a fresh meta leader —
  * rather than failing the node's start. More replicas than servers fails after a short wait.
  */
-async function untilJetStreamAnswers(f: () => Promise<void>, replicas: number, deadlineMs = 120_000, placementMs = 30_000): Promise<void> {
+async function untilJetStreamAnswers(
+  f: () => Promise<void>,
+  replicas: number,
+  deadlineMs = 120_000,
+  placementMs = 30_000,
+): Promise<void> {
   const started = Date.now();
   for (let delay = 250; ; delay = Math.min(delay * 2, 5000)) {
     try {
       return await f();
     } catch (e) {
       const m = String((e as Error).message ?? e);
-      if (/no responders/i.test(m)) throw new Error(`JetStream is not enabled on the NATS server (start it with -js): ${m}`, { cause: e });
+      if (/no responders/i.test(m))
+        throw new Error(`JetStream is not enabled on the NATS server (start it with -js): ${m}`, { cause: e });
       const placement = /no suitable peers|insufficient resources/i.test(m);
       const transient = placement || /timeout|temporarily unavailable|disconnect|connection closed/i.test(m);
       const elapsed = Date.now() - started;
@@ -110,7 +140,10 @@ async function untilJetStreamAnswers(f: () => Promise<void>, replicas: number, d
 function replicaError(e: unknown, replicas: number): Error {
   const m = String((e as Error).message ?? e);
   if (/non-clustered|insufficient resources|no suitable peers|replicas/i.test(m)) {
-    return new Error(`TRIBUTARY_STREAM_REPLICAS=${replicas}: the NATS servers cannot hold ${replicas} replicas of ${STREAM} (${m}); it needs a JetStream cluster of at least ${replicas} servers`, { cause: e });
+    return new Error(
+      `TRIBUTARY_STREAM_REPLICAS=${replicas}: the NATS servers cannot hold ${replicas} replicas of ${STREAM} (${m}); it needs a JetStream cluster of at least ${replicas} servers`,
+      { cause: e },
+    );
   }
   return e as Error;
 }
@@ -128,7 +161,12 @@ async function scaleStream(jsm: JetStreamManager, name: string, replicas: number
   if (!info || (info.config.num_replicas || 1) === replicas) return;
   const from = info.config.num_replicas || 1;
   await jsm.streams.update(name, { num_replicas: replicas });
-  (replicas < from ? log.warn : log.info)(`stream replicas ${replicas < from ? "reduced" : "increased"}`, { stream: name, from, to: replicas, messages: info.state.messages });
+  (replicas < from ? log.warn : log.info)(`stream replicas ${replicas < from ? "reduced" : "increased"}`, {
+    stream: name,
+    from,
+    to: replicas,
+    messages: info.state.messages,
+  });
 }
 
 /** Creates the events stream, or updates the settings that can change without losing data. */
@@ -151,7 +189,11 @@ export async function ensureStream(jsm: JetStreamManager, o: BusOptions): Promis
     const info = await jsm.streams.info(STREAM);
     const c = info.config;
     if (c.max_age !== config.max_age || c.max_bytes !== config.max_bytes || c.discard !== config.discard) {
-      await jsm.streams.update(STREAM, { max_age: config.max_age, max_bytes: config.max_bytes, discard: config.discard });
+      await jsm.streams.update(STREAM, {
+        max_age: config.max_age,
+        max_bytes: config.max_bytes,
+        discard: config.discard,
+      });
       log.info("events stream updated", { max_age_hours: o.streamMaxAgeHours, max_bytes: config.max_bytes });
     }
   } catch (e) {

@@ -4,7 +4,8 @@ import type { Bus } from "./connection.ts";
 
 /** Rows the warehouse refused for their content, kept with the reason for inspection and redrive. */
 export const DLQ_STREAM = "TRIBUTARY_DLQ";
-export const dlqSubject = (connection: string, pipeline: string) => `tributary.dlq.${connection}.${subjectToken(pipeline)}`;
+export const dlqSubject = (connection: string, pipeline: string) =>
+  `tributary.dlq.${connection}.${subjectToken(pipeline)}`;
 
 /**
  * Pipeline names may hold characters a subject token cannot: those (and `%`) are percent-encoded
@@ -25,13 +26,20 @@ export function subjectToken(name: string): string {
  * shared it). Their letters stay there until they expire; reading a pipeline's letters also reads
  * this subject and keeps those whose `pipeline` field names it.
  */
-export const legacyDlqSubject = (connection: string, pipeline: string) => `tributary.dlq.${connection}.${pipeline.replace(/[^A-Za-z0-9_-]/g, "_")}`;
+export const legacyDlqSubject = (connection: string, pipeline: string) =>
+  `tributary.dlq.${connection}.${pipeline.replace(/[^A-Za-z0-9_-]/g, "_")}`;
 
 export async function ensureDlqStream(jsm: JetStreamManager, replicas: number): Promise<void> {
   try {
     await jsm.streams.info(DLQ_STREAM);
   } catch {
-    await jsm.streams.add({ name: DLQ_STREAM, subjects: ["tributary.dlq.>"], storage: StorageType.File, num_replicas: replicas, max_age: nanos(30 * 86400_000) });
+    await jsm.streams.add({
+      name: DLQ_STREAM,
+      subjects: ["tributary.dlq.>"],
+      storage: StorageType.File,
+      num_replicas: replicas,
+      max_age: nanos(30 * 86400_000),
+    });
   }
 }
 
@@ -53,7 +61,9 @@ export interface StoredDeadLetter extends DeadLetter {
 
 /** The dead letters of a connection (one pipeline, or all), oldest first. */
 export async function readDeadLetters(bus: Bus, connection: string, pipeline?: string): Promise<StoredDeadLetter[]> {
-  const subjects = pipeline ? [...new Set([dlqSubject(connection, pipeline), legacyDlqSubject(connection, pipeline)])] : [`tributary.dlq.${connection}.>`];
+  const subjects = pipeline
+    ? [...new Set([dlqSubject(connection, pipeline), legacyDlqSubject(connection, pipeline)])]
+    : [`tributary.dlq.${connection}.>`];
   const out: StoredDeadLetter[] = [];
   for (const subject of subjects) {
     for (const l of await readSubject(bus, subject)) if (!pipeline || l.pipeline === pipeline) out.push(l);
@@ -70,7 +80,7 @@ async function readSubject(bus: Bus, subject: string): Promise<StoredDeadLetter[
   try {
     const messages = await consumer.consume({ max_bytes: 8 * 1024 * 1024 });
     for await (const m of messages) {
-      out.push({ ...(m.json<DeadLetter>()), seq: m.seq });
+      out.push({ ...m.json<DeadLetter>(), seq: m.seq });
       if (m.info.pending === 0) break;
     }
     await messages.close();
@@ -82,7 +92,9 @@ async function readSubject(bus: Bus, subject: string): Promise<StoredDeadLetter[
 
 /** How many dead letters each pipeline subject holds now. */
 export async function deadLetterCounts(bus: Bus, connection: string): Promise<Record<string, number>> {
-  const info = await bus.jsm.streams.info(DLQ_STREAM, { subjects_filter: `tributary.dlq.${connection}.>` }).catch(() => undefined);
+  const info = await bus.jsm.streams
+    .info(DLQ_STREAM, { subjects_filter: `tributary.dlq.${connection}.>` })
+    .catch(() => undefined);
   return info?.state.subjects ?? {};
 }
 

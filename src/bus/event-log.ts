@@ -46,9 +46,14 @@ export class EventLog {
     const groups: Entry[][] = Array.from({ length: DEDUP_SHARDS }, () => []);
     for (const e of entries) groups[shardOf(e.id)]!.push(e);
     const results = await Promise.all(
-      groups.map((g, shard) => (g.length ? this.#writer(connection, shard).append(g, kind) : { stored: 0, duplicates: 0 })),
+      groups.map((g, shard) =>
+        g.length ? this.#writer(connection, shard).append(g, kind) : { stored: 0, duplicates: 0 },
+      ),
     );
-    return results.reduce((a, r) => ({ stored: a.stored + r.stored, duplicates: a.duplicates + r.duplicates }), { stored: 0, duplicates: 0 });
+    return results.reduce((a, r) => ({ stored: a.stored + r.stored, duplicates: a.duplicates + r.duplicates }), {
+      stored: 0,
+      duplicates: 0,
+    });
   }
 
   /** Loads the dedup index of every shard of these connections ahead of traffic. */

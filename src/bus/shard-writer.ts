@@ -120,7 +120,13 @@ export class ShardWriter {
       // the header has its own 64 KiB bound.
       const idSize = /^[\w.:-]*$/.test(e.id) ? e.id.length + 3 : Buffer.byteLength(JSON.stringify(e.id)) + 1;
       const size = e.json.length + 1 + idSize;
-      if (!batch || (batch.ids.length > 0 && (batch.kind !== kind || batch.bytes + size > this.options.maxPayloadBytes || batch.idBytes + idSize > MAX_IDS_HEADER_BYTES))) {
+      if (
+        !batch ||
+        (batch.ids.length > 0 &&
+          (batch.kind !== kind ||
+            batch.bytes + size > this.options.maxPayloadBytes ||
+            batch.idBytes + idSize > MAX_IDS_HEADER_BYTES))
+      ) {
         batch = newBatch(kind);
         this.#queue.push(batch);
       }
@@ -168,7 +174,9 @@ export class ShardWriter {
         try {
           m = await this.bus.jsm.streams.getMessage(STREAM, { seq });
         } catch (e) {
-          throw new BusUnavailableError(`cannot read message ${seq} to check duplicates: ${(e as Error).message}`, { cause: e });
+          throw new BusUnavailableError(`cannot read message ${seq} to check duplicates: ${(e as Error).message}`, {
+            cause: e,
+          });
         }
         const header = m?.header.get(IDS_HEADER);
         held = new Set(header ? (JSON.parse(header) as string[]) : []);
@@ -226,7 +234,11 @@ export class ShardWriter {
       }
       batch.resolve();
     } catch (e) {
-      batch.reject(e instanceof BusUnavailableError ? e : new BusUnavailableError(`JetStream did not confirm the write: ${(e as Error).message}`, { cause: e }));
+      batch.reject(
+        e instanceof BusUnavailableError
+          ? e
+          : new BusUnavailableError(`JetStream did not confirm the write: ${(e as Error).message}`, { cause: e }),
+      );
     } finally {
       for (const id of batch.ids) if (this.#pending.get(id) === batch) this.#pending.delete(id);
     }
@@ -242,7 +254,9 @@ export class ShardWriter {
     for (let seq = this.#lastSeq + 1, n = 0; n < limit; n++) {
       let m;
       try {
-        m = await this.bus.jsm.streams.getMessage(STREAM, { seq, next_by_subj: this.subject } as unknown as { seq: number });
+        m = await this.bus.jsm.streams.getMessage(STREAM, { seq, next_by_subj: this.subject } as unknown as {
+          seq: number;
+        });
       } catch (e) {
         throw new BusUnavailableError(`cannot read ${this.subject}: ${(e as Error).message}`, { cause: e });
       }
@@ -269,7 +283,12 @@ export class ShardWriter {
     }
     const target = last?.seq ?? 0;
     const horizon = Date.now() - this.options.dedupWindowMs;
-    if (target > this.#lastSeq && last && last.time.getTime() >= horizon && !(this.#lastSeq > 0 && (await this.#walk(target)))) {
+    if (
+      target > this.#lastSeq &&
+      last &&
+      last.time.getTime() >= horizon &&
+      !(this.#lastSeq > 0 && (await this.#walk(target)))
+    ) {
       const first = this.#lastSeq === 0;
       const consumer = await this.bus.js.consumers.get(STREAM, {
         filter_subjects: this.subject,

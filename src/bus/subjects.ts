@@ -47,7 +47,8 @@ export function consumerName(connection: string, pipeline: string): string {
 const MAX_CONSUMER_NAME = 200;
 
 /** The durable name of earlier versions: not injective, kept only to find and migrate old consumers. */
-export const legacyConsumerName = (connection: string, pipeline: string) => `tributary_${connection}_${pipeline.replace(/[^A-Za-z0-9_-]/g, "_")}`;
+export const legacyConsumerName = (connection: string, pipeline: string) =>
+  `tributary_${connection}_${pipeline.replace(/[^A-Za-z0-9_-]/g, "_")}`;
 
 function escapeName(s: string): string {
   let out = "";

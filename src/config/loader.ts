@@ -61,7 +61,13 @@ export function lineInYaml(text: string, path: string): number {
 }
 
 /** Substitutes `${VAR}`; returns each value taken from the environment with its name (write keys, secrets). */
-function substitute(doc: Document, lc: LineCounter, env: Record<string, string | undefined>, where: string, problems: string[]): Map<string, string> {
+function substitute(
+  doc: Document,
+  lc: LineCounter,
+  env: Record<string, string | undefined>,
+  where: string,
+  problems: string[],
+): Map<string, string> {
   const used = new Map<string, string>();
   visit(doc, {
     Scalar(_key, node) {
@@ -80,7 +86,10 @@ function substitute(doc: Document, lc: LineCounter, env: Record<string, string |
   return used;
 }
 
-type Parsed = { kind: "connection"; value: LoadedConnection } | { kind: "customerModel"; value: CustomerModelFile } | { kind: "problems"; problems: string[] };
+type Parsed =
+  | { kind: "connection"; value: LoadedConnection }
+  | { kind: "customerModel"; value: CustomerModelFile }
+  | { kind: "problems"; problems: string[] };
 
 /** One file of `pipelines/`: its connection or customer model, or its problems, each on one line starting `file:line:`. */
 export function parseConfigFile(file: string, text: string, env: Record<string, string | undefined>): Parsed {
@@ -95,7 +104,12 @@ export function parseConfigFile(file: string, text: string, env: Record<string, 
   return { kind: "problems", problems: r.problems.map((p) => redact(p).replace(/\s*[\r\n]+\s*/g, " ")) };
 }
 
-function parseFile(file: string, text: string, env: Record<string, string | undefined>, substituted: Map<string, string>): Parsed {
+function parseFile(
+  file: string,
+  text: string,
+  env: Record<string, string | undefined>,
+  substituted: Map<string, string>,
+): Parsed {
   const lc = new LineCounter();
   // logLevel "error": the library would otherwise print its own warnings (a collection used as a
   // key, an unknown tag) to stderr, outside the node's JSON log lines; the schema reports those keys.
@@ -120,16 +134,24 @@ function parseFile(file: string, text: string, env: Record<string, string | unde
     if (isModel) return { kind: "customerModel", value: value as CustomerModelFile };
     const connection = value as Connection;
     connection.pipelines?.forEach((p, i) => {
-      const at = (path: string) => `${file}:${lineOf(lc, nodeAt(doc, `/pipelines/${i}${path}`))}: pipelines/${i}${path} of "${p.name}"`;
+      const at = (path: string) =>
+        `${file}:${lineOf(lc, nodeAt(doc, `/pipelines/${i}${path}`))}: pipelines/${i}${path} of "${p.name}"`;
       try {
         compileFilter(p.filter);
       } catch (e) {
         problems.push(`${at("/filter")}: ${(e as Error).message}`);
       }
-      if (p.import === "users" && !p.transform) problems.push(`${at("")}: import: users needs a transform (mapping, jsonata, javascript or python)`);
-      if (p.import === "events" && p.transform) problems.push(`${at("/transform")}: import: events loads events as they are; transform is for import: users`);
+      if (p.import === "users" && !p.transform)
+        problems.push(`${at("")}: import: users needs a transform (mapping, jsonata, javascript or python)`);
+      if (p.import === "events" && p.transform)
+        problems.push(`${at("/transform")}: import: events loads events as they are; transform is for import: users`);
       const t = p.transform;
-      const expressions: [string, string][] = t && "mapping" in t ? Object.entries(t.mapping).map(([k, v]) => [`/transform/mapping/${k}`, v]) : t && "jsonata" in t ? [["/transform/jsonata", t.jsonata]] : [];
+      const expressions: [string, string][] =
+        t && "mapping" in t
+          ? Object.entries(t.mapping).map(([k, v]) => [`/transform/mapping/${k}`, v])
+          : t && "jsonata" in t
+            ? [["/transform/jsonata", t.jsonata]]
+            : [];
       for (const [path, expr] of expressions) {
         try {
           compileExpression(expr);
@@ -138,7 +160,10 @@ function parseFile(file: string, text: string, env: Record<string, string | unde
         }
       }
     });
-    const expressions: [string, string | undefined][] = [["/events", connection.events], ["/dedup/jsonata", connection.dedup && "jsonata" in connection.dedup ? connection.dedup.jsonata : undefined]];
+    const expressions: [string, string | undefined][] = [
+      ["/events", connection.events],
+      ["/dedup/jsonata", connection.dedup && "jsonata" in connection.dedup ? connection.dedup.jsonata : undefined],
+    ];
     for (const [path, expr] of expressions) {
       if (expr === undefined) continue;
       try {
@@ -162,7 +187,12 @@ function parseFile(file: string, text: string, env: Record<string, string | unde
  * mapping onto a property the model lacks would fail every event it keeps (the model check runs
  * per event), loading nothing. Refused here, so `check`, start-up and reload all say so.
  */
-function checkMappings(connections: LoadedConnection[], model: CustomerModelFile["customerModel"], texts: Map<string, string>, problems: string[]) {
+function checkMappings(
+  connections: LoadedConnection[],
+  model: CustomerModelFile["customerModel"],
+  texts: Map<string, string>,
+  problems: string[],
+) {
   const properties = Object.keys(model);
   for (const c of connections) {
     c.pipelines?.forEach((p, i) => {
@@ -195,13 +225,15 @@ function checkWhole(connections: LoadedConnection[], problems: string[]) {
         problems.push(`${c.file}:1: ${(e as Error).message}`);
       }
       const table = c.table ?? c.connection;
-      if (["events", "users"].includes(table)) problems.push(`${c.file}:1: table: "${table}" is Tributary's own table; name the raw table otherwise`);
+      if (["events", "users"].includes(table))
+        problems.push(`${c.file}:1: table: "${table}" is Tributary's own table; name the raw table otherwise`);
     } else if (!c.writeKeys?.length) {
       problems.push(`${c.file}:1: writeKeys: a ${c.source} connection needs at least one write key`);
     }
     for (const k of c.writeKeys ?? []) {
       const owner = keys.get(k);
-      if (owner && owner !== c.connection) problems.push(`${c.file}:1: writeKeys: a key of "${c.connection}" also belongs to "${owner}"`);
+      if (owner && owner !== c.connection)
+        problems.push(`${c.file}:1: writeKeys: a key of "${c.connection}" also belongs to "${owner}"`);
       keys.set(k, c.connection);
     }
   }
@@ -210,7 +242,9 @@ function checkWhole(connections: LoadedConnection[], problems: string[]) {
 export function loadConfig(dir: string, env: Record<string, string | undefined> = process.env): Config {
   let entries: string[];
   try {
-    entries = readdirSync(dir).filter((f) => /\.ya?ml$/.test(f)).sort();
+    entries = readdirSync(dir)
+      .filter((f) => /\.ya?ml$/.test(f))
+      .sort();
   } catch (e) {
     throw new ConfigError([`${dir}: cannot read pipelines directory: ${(e as Error).message}`]);
   }
@@ -229,7 +263,8 @@ export function loadConfig(dir: string, env: Record<string, string | undefined> 
       if (!statSync(path).isFile()) continue;
       text = readFileSync(path, "utf8");
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== "ENOENT") problems.push(`${shown}:1: cannot read the file: ${(e as Error).message}`);
+      if ((e as NodeJS.ErrnoException).code !== "ENOENT")
+        problems.push(`${shown}:1: cannot read the file: ${(e as Error).message}`);
       continue;
     }
     files.push(shown);
@@ -248,5 +283,10 @@ export function loadConfig(dir: string, env: Record<string, string | undefined> 
   checkWhole(connections, problems);
   if (everyFileLoaded) checkMappings(connections, customerModel, texts, problems);
   if (problems.length) throw new ConfigError(problems);
-  return { connections: new Map(connections.map((c) => [c.connection, c])), customerModel, customerModelMigrate, files };
+  return {
+    connections: new Map(connections.map((c) => [c.connection, c])),
+    customerModel,
+    customerModelMigrate,
+    files,
+  };
 }

@@ -25,7 +25,8 @@ export function expected(schema: TSchema): string {
   if (Array.isArray(s.anyOf)) return s.anyOf.map(expected).join(" | ");
   switch (s.type) {
     case "object":
-      if (s.patternProperties) return `a mapping of names to ${expected(Object.values(s.patternProperties)[0] as TSchema)}`;
+      if (s.patternProperties)
+        return `a mapping of names to ${expected(Object.values(s.patternProperties)[0] as TSchema)}`;
       return `{${(s.required?.length ? s.required : Object.keys(s.properties ?? {})).join(", ")}}`;
     case "array":
       return `a list of ${expected(s.items)}`;
@@ -53,7 +54,11 @@ function valueAt(root: unknown, path: string): unknown {
 }
 
 const parentPath = (path: string) => path.slice(0, path.lastIndexOf("/"));
-const lastKey = (path: string) => path.slice(path.lastIndexOf("/") + 1).replace(/~1/g, "/").replace(/~0/g, "~");
+const lastKey = (path: string) =>
+  path
+    .slice(path.lastIndexOf("/") + 1)
+    .replace(/~1/g, "/")
+    .replace(/~0/g, "~");
 
 /** One message per field (a union reports each branch; the first is enough), at most `limit`. */
 export function schemaProblems(schema: TSchema, value: unknown, limit = 10): SchemaProblem[] {
@@ -76,13 +81,19 @@ function collect(errors: Iterable<ValueError>, root: unknown, prefix: string, ad
       case ValueErrorType.ObjectAdditionalProperties: {
         const key = lastKey(e.path);
         if (s.patternProperties) {
-          add({ path, message: `"${key}" is not a valid name: expected ${Object.keys(s.patternProperties).join(" or ")}` });
+          add({
+            path,
+            message: `"${key}" is not a valid name: expected ${Object.keys(s.patternProperties).join(" or ")}`,
+          });
           break;
         }
         const parent = valueAt(root, parentPath(e.path));
         const free = Object.keys(s.properties ?? {}).filter((k) => !(isObject(parent) && k in parent));
         const hint = didYouMean(key, free);
-        add({ path, message: `unknown key "${key}"${hint || `; expected one of ${Object.keys(s.properties ?? {}).join(", ")}`}` });
+        add({
+          path,
+          message: `unknown key "${key}"${hint || `; expected one of ${Object.keys(s.properties ?? {}).join(", ")}`}`,
+        });
         break;
       }
       case ValueErrorType.ObjectRequiredProperty:
@@ -93,12 +104,24 @@ function collect(errors: Iterable<ValueError>, root: unknown, prefix: string, ad
         break;
       default:
         // A value of the wrong kind says what the key takes ("a list of text"), not TypeBox's "Expected array".
-        add({ path, message: /^Expected (array|string|number|integer|boolean|object)$/.test(e.message) ? `expected ${expected(s)}` : e.message.replace(/^Expected/, "expected") });
+        add({
+          path,
+          message: /^Expected (array|string|number|integer|boolean|object)$/.test(e.message)
+            ? `expected ${expected(s)}`
+            : e.message.replace(/^Expected/, "expected"),
+        });
     }
   }
 }
 
-function union(s: S, value: unknown, root: unknown, path: string, prefix: string, add: (p: SchemaProblem) => void): void {
+function union(
+  s: S,
+  value: unknown,
+  root: unknown,
+  path: string,
+  prefix: string,
+  add: (p: SchemaProblem) => void,
+): void {
   const branches = s.anyOf as S[];
   const at = prefix + path;
   if (isObject(value)) {
@@ -117,7 +140,13 @@ function union(s: S, value: unknown, root: unknown, path: string, prefix: string
     }
     if (meant) return collect(Value.Errors(meant, value), value, at, add);
     const unknown = Object.keys(value).find((k) => !objects.some((b) => k in b.properties));
-    const hint = unknown === undefined ? "" : `; unknown key "${unknown}"${didYouMean(unknown, objects.flatMap((b) => Object.keys(b.properties)))}`;
+    const hint =
+      unknown === undefined
+        ? ""
+        : `; unknown key "${unknown}"${didYouMean(
+            unknown,
+            objects.flatMap((b) => Object.keys(b.properties)),
+          )}`;
     return add({ path: at, message: `expected ${expected(s)}${hint}` });
   }
   if (Array.isArray(value)) {

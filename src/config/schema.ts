@@ -37,13 +37,19 @@ export const Transform = Type.Union(
       { additionalProperties: false },
     ),
     Type.Object(
-      { jsonata: Type.String({ description: "One JSONata expression returning the object of Customer Model properties.", examples: ['{"email": $lowercase(traits.email), "plan": traits.plan}'] }) },
+      {
+        jsonata: Type.String({
+          description: "One JSONata expression returning the object of Customer Model properties.",
+          examples: ['{"email": $lowercase(traits.email), "plan": traits.plan}'],
+        }),
+      },
       { additionalProperties: false },
     ),
     Type.Object(
       {
         javascript: Type.String({
-          description: "JavaScript defining `function transform(event) { return {…} }`, run in a QuickJS sandbox (no file system, network or host objects; time and memory limits per call).",
+          description:
+            "JavaScript defining `function transform(event) { return {…} }`, run in a QuickJS sandbox (no file system, network or host objects; time and memory limits per call).",
           examples: ["function transform(event) { return { email: event.traits.email } }"],
         }),
       },
@@ -52,7 +58,8 @@ export const Transform = Type.Union(
     Type.Object(
       {
         python: Type.String({
-          description: "Python defining `def transform(event): return {…}`, run in a Pyodide sandbox with the same limits as JavaScript.",
+          description:
+            "Python defining `def transform(event): return {…}`, run in a Pyodide sandbox with the same limits as JavaScript.",
           examples: ['def transform(event): return {"email": event["traits"]["email"]}'],
         }),
       },
@@ -70,13 +77,17 @@ export const Pipeline = Type.Object(
     name: Type.String({
       minLength: 1,
       maxLength: 128,
-      description: "The pipeline's name, unique within its connection. It names the JetStream consumer, the `pipeline` column and the dead-letter subject.",
+      description:
+        "The pipeline's name, unique within its connection. It names the JetStream consumer, the `pipeline` column and the dead-letter subject.",
       examples: ["all-track-events"],
     }),
     import: Type.Union(
       [
         Value("events", "One row per kept event in `tributary.events`, as the event is (no transform)."),
-        Value("users", "Profiles in `tributary.users`: each kept event's `transform` output updates its user's profile."),
+        Value(
+          "users",
+          "Profiles in `tributary.users`: each kept event's `transform` output updates its user's profile.",
+        ),
       ],
       { description: "What the pipeline loads into ClickHouse." },
     ),
@@ -90,7 +101,8 @@ export const Pipeline = Type.Object(
     ),
     consents: Type.Optional(
       Type.Array(Type.String({ minLength: 1 }), {
-        description: "Consent purposes an event must grant: only events whose `context.consents.<purpose>` is `true` for each are kept; the others are counted as \"consent failed\".",
+        description:
+          'Consent purposes an event must grant: only events whose `context.consents.<purpose>` is `true` for each are kept; the others are counted as "consent failed".',
         examples: [["analytics"]],
       }),
     ),
@@ -98,7 +110,8 @@ export const Pipeline = Type.Object(
     enabled: Type.Optional(
       Type.Boolean({
         default: true,
-        description: "`false` stops the pipeline; its consumer stays, so its events wait in the stream and re-enabling resumes where it stopped.",
+        description:
+          "`false` stops the pipeline; its consumer stays, so its events wait in the stream and re-enabling resumes where it stopped.",
       }),
     ),
   },
@@ -110,20 +123,41 @@ const HmacCheck = Type.Object(
   {
     hmac: Type.Object(
       {
-        header: Type.String({ minLength: 1, description: "The request header carrying the signature.", examples: ["X-Shopify-Hmac-Sha256"] }),
-        algorithm: Type.Union([Value("sha1", "HMAC-SHA1"), Value("sha256", "HMAC-SHA256"), Value("sha512", "HMAC-SHA512")], { description: "The HMAC's hash." }),
-        encoding: Type.Union([Value("hex", "hexadecimal"), Value("base64", "base64")], { description: "How the header writes the signature." }),
-        prefix: Type.Optional(Type.String({ description: "Text before the signature in the header, removed before comparing.", examples: ["sha256="] })),
+        header: Type.String({
+          minLength: 1,
+          description: "The request header carrying the signature.",
+          examples: ["X-Shopify-Hmac-Sha256"],
+        }),
+        algorithm: Type.Union(
+          [Value("sha1", "HMAC-SHA1"), Value("sha256", "HMAC-SHA256"), Value("sha512", "HMAC-SHA512")],
+          { description: "The HMAC's hash." },
+        ),
+        encoding: Type.Union([Value("hex", "hexadecimal"), Value("base64", "base64")], {
+          description: "How the header writes the signature.",
+        }),
+        prefix: Type.Optional(
+          Type.String({
+            description: "Text before the signature in the header, removed before comparing.",
+            examples: ["sha256="],
+          }),
+        ),
         secret: Secrets("The HMAC key."),
       },
-      { additionalProperties: false, description: "A signature of the raw request body (after gzip/deflate decoding), compared in constant time." },
+      {
+        additionalProperties: false,
+        description: "A signature of the raw request body (after gzip/deflate decoding), compared in constant time.",
+      },
     ),
   },
   { additionalProperties: false },
 );
 const HeaderCheck = Type.Object(
   {
-    header: Type.String({ minLength: 1, description: "The request header carrying the shared secret.", examples: ["X-Api-Key"] }),
+    header: Type.String({
+      minLength: 1,
+      description: "The request header carrying the shared secret.",
+      examples: ["X-Api-Key"],
+    }),
     equals: Secrets("The value the header must have, compared in constant time."),
   },
   { additionalProperties: false },
@@ -134,10 +168,19 @@ export const Connection = Type.Object(
     connection: ConnectionName,
     source: Type.Union(
       [
-        Value("webhook", "Events POSTed with a write key to `/v1/events`, `/v1/batch`, `/v1/track`…: curl, any language, Segment's Webhooks (Actions) destination, RudderStack's Webhook destination."),
-        Value("segment", "Segment SDKs pointed at Tributary (same endpoints and write keys as `webhook`; the name says who sends)."),
+        Value(
+          "webhook",
+          "Events POSTed with a write key to `/v1/events`, `/v1/batch`, `/v1/track`…: curl, any language, Segment's Webhooks (Actions) destination, RudderStack's Webhook destination.",
+        ),
+        Value(
+          "segment",
+          "Segment SDKs pointed at Tributary (same endpoints and write keys as `webhook`; the name says who sends).",
+        ),
         Value("rudderstack", "RudderStack SDKs pointed at Tributary (same endpoints and write keys as `webhook`)."),
-        Value("raw", "Any payload (Stripe, GitHub, Shopify…) at `POST /v1/webhooks/<connection>`, authenticated by `check` instead of write keys, stored in its own table."),
+        Value(
+          "raw",
+          "Any payload (Stripe, GitHub, Shopify…) at `POST /v1/webhooks/<connection>`, authenticated by `check` instead of write keys, stored in its own table.",
+        ),
       ],
       { description: "Who sends to this connection, and so how requests are authenticated." },
     ),
@@ -163,14 +206,29 @@ export const Connection = Type.Object(
           Value("mask24", "Keep a /24 of IPv4 and a /48 of IPv6."),
           Value("drop", "Remove the address."),
         ],
-        { default: "keep", description: "What happens to `context.ip` before the event is stored (so the stream, not only the warehouse, is protected)." },
+        {
+          default: "keep",
+          description:
+            "What happens to `context.ip` before the event is stored (so the stream, not only the warehouse, is protected).",
+        },
       ),
     ),
     rateLimit: Type.Optional(
       Type.Object(
         {
-          eventsPerMinute: Type.Number({ exclusiveMinimum: 0, description: "Refill rate of the token bucket, in events per minute.", examples: [6000] }),
-          burst: Type.Optional(Type.Number({ minimum: 1, description: "Most events the bucket holds. A request with more events than this always gets 429. Default: `eventsPerMinute`.", examples: [1000] })),
+          eventsPerMinute: Type.Number({
+            exclusiveMinimum: 0,
+            description: "Refill rate of the token bucket, in events per minute.",
+            examples: [6000],
+          }),
+          burst: Type.Optional(
+            Type.Number({
+              minimum: 1,
+              description:
+                "Most events the bucket holds. A request with more events than this always gets 429. Default: `eventsPerMinute`.",
+              examples: [1000],
+            }),
+          ),
         },
         {
           additionalProperties: false,
@@ -179,7 +237,11 @@ export const Connection = Type.Object(
         },
       ),
     ),
-    pipelines: Type.Optional(Type.Array(Pipeline, { description: "What is loaded into ClickHouse from this connection's events; see [Pipelines](#pipelines)." })),
+    pipelines: Type.Optional(
+      Type.Array(Pipeline, {
+        description: "What is loaded into ClickHouse from this connection's events; see [Pipelines](#pipelines).",
+      }),
+    ),
     body: Type.Optional(
       Type.Union(
         [
@@ -187,21 +249,38 @@ export const Connection = Type.Object(
           Value("json-array", "One row per element of a top-level JSON array."),
           Value("text", "The body as it is, one row."),
         ],
-        { default: "json", description: "`source: raw` only. How a request body becomes rows. A request is stored whole or not at all: one bad document is a 400." },
+        {
+          default: "json",
+          description:
+            "`source: raw` only. How a request body becomes rows. A request is stored whole or not at all: one bad document is a 400.",
+        },
       ),
     ),
     headers: Type.Optional(
-      Type.Union([Value("all", "Every header but `authorization`, `cookie`, `proxy-authorization` and the check's secret header."), Type.Array(Type.String({ minLength: 1 }))], {
-        description: "`source: raw` only. Which request headers to store in the `headers` column: `all`, or a list of names. Absent: none.",
-        examples: [["X-GitHub-Event", "X-GitHub-Delivery"]],
-      }),
+      Type.Union(
+        [
+          Value(
+            "all",
+            "Every header but `authorization`, `cookie`, `proxy-authorization` and the check's secret header.",
+          ),
+          Type.Array(Type.String({ minLength: 1 })),
+        ],
+        {
+          description:
+            "`source: raw` only. Which request headers to store in the `headers` column: `all`, or a list of names. Absent: none.",
+          examples: [["X-GitHub-Event", "X-GitHub-Delivery"]],
+        },
+      ),
     ),
     check: Type.Optional(
       Type.Union(
         [
           Value("github", "`X-Hub-Signature-256`: `sha256=` and hex HMAC-SHA256 of the body, keyed by `secret`."),
           Value("segment", "`X-Signature`: hex HMAC-SHA1 of the body, keyed by `secret` (see `segmentBatchFallback`)."),
-          Value("stripe", "`Stripe-Signature` (`t=…,v1=…`, HMAC-SHA256 of `t.body`) keyed by `secret`; timestamps more than 300 s away are refused."),
+          Value(
+            "stripe",
+            "`Stripe-Signature` (`t=…,v1=…`, HMAC-SHA256 of `t.body`) keyed by `secret`; timestamps more than 300 s away are refused.",
+          ),
           HeaderCheck,
           HmacCheck,
         ],
@@ -219,23 +298,47 @@ export const Connection = Type.Object(
           "`check: segment` only: also accept a JSON array whose `X-Signature` covers only its first event (Segment's batched Webhooks deliveries). Events after the first are then not authenticated, and a captured signed body can be replayed with any events after it. Prefer Segment's `X-Segment-Signature` header, which covers the whole body.",
       }),
     ),
-    insecure: Type.Optional(Type.Boolean({ default: false, description: "`source: raw` only: `true` accepts requests without any `check` (start-up warns about it)." })),
+    insecure: Type.Optional(
+      Type.Boolean({
+        default: false,
+        description: "`source: raw` only: `true` accepts requests without any `check` (start-up warns about it).",
+      }),
+    ),
     dedup: Type.Optional(
       Type.Union(
         [
-          Type.Object({ header: Type.String({ minLength: 1, description: "The request header naming the delivery.", examples: ["X-GitHub-Delivery"] }) }, { additionalProperties: false }),
-          Type.Object({ jsonata: Type.String({ minLength: 1, description: "JSONata over the parsed body giving the delivery id.", examples: ["id"] }) }, { additionalProperties: false }),
+          Type.Object(
+            {
+              header: Type.String({
+                minLength: 1,
+                description: "The request header naming the delivery.",
+                examples: ["X-GitHub-Delivery"],
+              }),
+            },
+            { additionalProperties: false },
+          ),
+          Type.Object(
+            {
+              jsonata: Type.String({
+                minLength: 1,
+                description: "JSONata over the parsed body giving the delivery id.",
+                examples: ["id"],
+              }),
+            },
+            { additionalProperties: false },
+          ),
         ],
         {
           description:
-            "`source: raw` only. The delivery id: a redelivery with the same id is answered 200 (`\"duplicate\": true`) and stored once. Absent: a hash of the body. Ids over 80 characters are stored as `id-sha256:` and their SHA-256.",
+            '`source: raw` only. The delivery id: a redelivery with the same id is answered 200 (`"duplicate": true`) and stored once. Absent: a hash of the body. Ids over 80 characters are stored as `id-sha256:` and their SHA-256.',
         },
       ),
     ),
     table: Type.Optional(
       Type.String({
         pattern: "^[A-Za-z_][A-Za-z0-9_]{0,63}$",
-        description: "`source: raw` only. The ClickHouse table the rows land in (not `events` or `users`). Default: the connection's name.",
+        description:
+          "`source: raw` only. The ClickHouse table the rows land in (not `events` or `users`). Default: the connection's name.",
         examples: ["github_events"],
       }),
     ),
@@ -244,7 +347,9 @@ export const Connection = Type.Object(
         minLength: 1,
         description:
           "`source: raw` only. JSONata turning each payload into zero or more events (an object or an array), which go through this connection's `pipelines` like any other. Their messageIds derive from the delivery id, so a redelivery does not double them.",
-        examples: ['type = "invoice.paid" ? {"type": "track", "event": "Invoice Paid", "userId": data.object.customer}'],
+        examples: [
+          'type = "invoice.paid" ? {"type": "track", "event": "Invoice Paid", "userId": data.object.customer}',
+        ],
       }),
     ),
   },
@@ -284,7 +389,8 @@ export const CustomerModelFile = Type.Object(
     migrate: Type.Optional(
       Type.Boolean({
         default: false,
-        description: "Allows removing and retyping properties (dropping or converting their columns) at the next reload. Without it such a change is refused, naming the property, and the last good model keeps running.",
+        description:
+          "Allows removing and retyping properties (dropping or converting their columns) at the next reload. Without it such a change is refused, naming the property, and the last good model keeps running.",
       }),
     ),
   },

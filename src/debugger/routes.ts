@@ -6,7 +6,8 @@ import { pipelineSnapshots, registry } from "../ops/metrics.ts";
 
 type Guard = (request: Request, ip: string | undefined) => Response | undefined;
 
-const json = (body: unknown, status = 200) => new Response(JSON.stringify(body), { status, headers: { "Content-Type": "application/json" } });
+const json = (body: unknown, status = 200) =>
+  new Response(JSON.stringify(body), { status, headers: { "Content-Type": "application/json" } });
 const PAGE = new URL("./page.html", import.meta.url);
 
 /**
@@ -15,18 +16,30 @@ const PAGE = new URL("./page.html", import.meta.url);
  */
 export function adminRoutes(config: ConfigStore, live: LiveWindow, outcomes: OutcomeLog, guard: Guard) {
   const guarded =
-    <C extends { request: Request; server: { requestIP(r: Request): { address: string } | null } | null }>(handler: (ctx: C) => Response | Promise<Response>) =>
+    <C extends { request: Request; server: { requestIP(r: Request): { address: string } | null } | null }>(
+      handler: (ctx: C) => Response | Promise<Response>,
+    ) =>
     (ctx: C) =>
       guard(ctx.request, ctx.server?.requestIP(ctx.request)?.address) ?? handler(ctx);
 
   return new Elysia({ name: "admin" })
-    .get("/debugger", () => new Response(Bun.file(PAGE), { headers: { "Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-store" } }))
-    .get("/debugger/auth", async ({ request, server }) => json(await authMode(guard, request, server?.requestIP(request)?.address ?? undefined)))
+    .get(
+      "/debugger",
+      () =>
+        new Response(Bun.file(PAGE), {
+          headers: { "Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-store" },
+        }),
+    )
+    .get("/debugger/auth", async ({ request, server }) =>
+      json(await authMode(guard, request, server?.requestIP(request)?.address ?? undefined)),
+    )
     .get("/debugger/:asset", ({ params }) => {
       // Optional static assets next to the page (page.js, page.css); nothing else is served.
       if (!/^page\.(js|css)$/.test(params.asset)) return json({ error: "not found" }, 404);
       const type = params.asset.endsWith(".js") ? "text/javascript" : "text/css";
-      return new Response(Bun.file(new URL(`./${params.asset}`, import.meta.url)), { headers: { "Content-Type": `${type}; charset=utf-8` } });
+      return new Response(Bun.file(new URL(`./${params.asset}`, import.meta.url)), {
+        headers: { "Content-Type": `${type}; charset=utf-8` },
+      });
     })
     .get(
       "/v1/connections",
@@ -35,23 +48,39 @@ export function adminRoutes(config: ConfigStore, live: LiveWindow, outcomes: Out
           connections: [...config.current.connections.values()].map((c) => ({
             connection: c.connection,
             source: c.source,
-            pipelines: (c.pipelines ?? []).map((p) => ({ name: p.name, import: p.import, enabled: p.enabled !== false })),
+            pipelines: (c.pipelines ?? []).map((p) => ({
+              name: p.name,
+              import: p.import,
+              enabled: p.enabled !== false,
+            })),
           })),
         }),
       ),
     )
     .get(
       "/v1/connections/:connection/events/live",
-      guarded(({ request, params, query }: any) => liveStream(live, params.connection, request, Number(query?.sample) || 0)),
+      guarded(({ request, params, query }: any) =>
+        liveStream(live, params.connection, request, Number(query?.sample) || 0),
+      ),
     )
     .get(
       "/v1/connections/:connection/events/:messageId",
-      guarded(({ params }: any) => json({ event: live.find(params.connection, params.messageId) ?? null, outcomes: outcomes.get(params.connection, params.messageId) })),
+      guarded(({ params }: any) =>
+        json({
+          event: live.find(params.connection, params.messageId) ?? null,
+          outcomes: outcomes.get(params.connection, params.messageId),
+        }),
+      ),
     )
-    .get("/v1/pipelines", guarded(async () => json({ pipelines: await pipelineSnapshots() })))
+    .get(
+      "/v1/pipelines",
+      guarded(async () => json({ pipelines: await pipelineSnapshots() })),
+    )
     .get(
       "/metrics",
-      guarded(async () => new Response(await registry.metrics(), { headers: { "Content-Type": registry.contentType } })),
+      guarded(
+        async () => new Response(await registry.metrics(), { headers: { "Content-Type": registry.contentType } }),
+      ),
     );
 }
 
@@ -62,7 +91,11 @@ export function adminRoutes(config: ConfigStore, live: LiveWindow, outcomes: Out
  * reason when nothing would (admin API disabled, or a dev-admin request from elsewhere). It tells
  * no more than any admin route's refusal does.
  */
-export async function authMode(guard: Guard, request: Request, ip: string | undefined): Promise<{ token: "none" | "required" | "off"; error?: string }> {
+export async function authMode(
+  guard: Guard,
+  request: Request,
+  ip: string | undefined,
+): Promise<{ token: "none" | "required" | "off"; error?: string }> {
   const headers = new Headers(request.headers);
   headers.delete("authorization");
   const refused = guard(new Request(request.url, { headers }), ip);
@@ -124,7 +157,10 @@ function liveStream(live: LiveWindow, connection: string, request: Request, samp
           const body = {
             dropped: sampled + overflow,
             rate: seen,
-            ...(overflow && { overflow, reason: `the client read too slowly: at most ${SSE_CLIENT_BUFFER_BYTES} bytes of events wait for it` }),
+            ...(overflow && {
+              overflow,
+              reason: `the client read too slowly: at most ${SSE_CLIENT_BUFFER_BYTES} bytes of events wait for it`,
+            }),
           };
           if (!send(`event: dropped\ndata: ${JSON.stringify(body)}\n\n`)) return false;
           sampled = 0;
@@ -155,8 +191,10 @@ function liveStream(live: LiveWindow, connection: string, request: Request, samp
         const backlog = lastId ? live.after(connection, lastId) : undefined;
         // The greeting and the backlog (bounded by the live window) are always sent.
         send(": tributary live events\n\n", true);
-        if (lastId && !backlog) send(`event: reset\ndata: {"reason": "Last-Event-ID is no longer in the window"}\n\n`, true);
-        for (const e of backlog ?? live.recent(connection, 100)) send(`id: ${e.id}\ndata: ${JSON.stringify(e.event)}\n\n`, true);
+        if (lastId && !backlog)
+          send(`event: reset\ndata: {"reason": "Last-Event-ID is no longer in the window"}\n\n`, true);
+        for (const e of backlog ?? live.recent(connection, 100))
+          send(`id: ${e.id}\ndata: ${JSON.stringify(e.event)}\n\n`, true);
         unsubscribe = live.subscribe(connection, emit);
         let ticks = 0;
         timer = setInterval(() => {
@@ -177,5 +215,12 @@ function liveStream(live: LiveWindow, connection: string, request: Request, samp
     },
     { highWaterMark: SSE_CLIENT_BUFFER_BYTES, size: (chunk) => chunk?.byteLength ?? 0 },
   );
-  return new Response(stream, { headers: { "Content-Type": "text/event-stream", "Cache-Control": "no-store", Connection: "keep-alive", "X-Accel-Buffering": "no" } });
+  return new Response(stream, {
+    headers: {
+      "Content-Type": "text/event-stream",
+      "Cache-Control": "no-store",
+      Connection: "keep-alive",
+      "X-Accel-Buffering": "no",
+    },
+  });
 }

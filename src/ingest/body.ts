@@ -199,7 +199,13 @@ export async function readBody(request: Request, options: BodyReadOptions | numb
     }
   } catch (e) {
     reader.cancel().catch(() => {});
-    if (e instanceof PayloadTooLargeError || e instanceof BodyTimeoutError || e instanceof BodyOverloadError || e instanceof BodyRefusedError) throw e;
+    if (
+      e instanceof PayloadTooLargeError ||
+      e instanceof BodyTimeoutError ||
+      e instanceof BodyOverloadError ||
+      e instanceof BodyRefusedError
+    )
+      throw e;
     if (plain) throw new BodyAbortedError(`request body ended early: ${(e as Error)?.message ?? e}`);
     throw new BadEncodingError(`cannot decode ${encoding} body: ${(e as Error)?.message ?? e}`);
   } finally {

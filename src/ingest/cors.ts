@@ -6,7 +6,8 @@
 const EXPOSE = "Retry-After";
 
 /** A connection's `allowedOrigins` admits `origin` (absent: every origin, as Krenalis does for public write keys). */
-export const allows = (allowed: string[] | undefined, origin: string) => !allowed || allowed.includes("*") || allowed.includes(origin);
+export const allows = (allowed: string[] | undefined, origin: string) =>
+  !allowed || allowed.includes("*") || allowed.includes(origin);
 
 /**
  * CORS headers for an answer. The origin is reflected only when `allowed` admits it (a connection's
@@ -15,7 +16,11 @@ export const allows = (allowed: string[] | undefined, origin: string) => !allowe
  * `navigator.sendBeacon` sends (always with credentials). Fetch and XHR senders put the key in a
  * header and send no cookies.
  */
-export function corsHeaders(request: Request, allowed: string[] | undefined, credentials = false): Record<string, string> {
+export function corsHeaders(
+  request: Request,
+  allowed: string[] | undefined,
+  credentials = false,
+): Record<string, string> {
   const origin = request.headers.get("origin");
   if (!origin) return {};
   if (!allows(allowed, origin)) return { Vary: "Origin" };
@@ -24,7 +29,12 @@ export function corsHeaders(request: Request, allowed: string[] | undefined, cre
 
 /** Headers that let a page on `origin` read the answer (status, body, Retry-After). */
 export function readableBy(origin: string, credentials = false): Record<string, string> {
-  return { "Access-Control-Allow-Origin": origin, Vary: "Origin", ...(credentials && { "Access-Control-Allow-Credentials": "true" }), "Access-Control-Expose-Headers": EXPOSE };
+  return {
+    "Access-Control-Allow-Origin": origin,
+    Vary: "Origin",
+    ...(credentials && { "Access-Control-Allow-Credentials": "true" }),
+    "Access-Control-Expose-Headers": EXPOSE,
+  };
 }
 
 /** A browser page's origin that the connection does not allow (the request is refused, 403). */
@@ -49,5 +59,8 @@ export function originRefusedResponse(origin: string, credentials: boolean): Res
     error: `origin ${JSON.stringify(clipOrigin(origin))} is not allowed for this connection (allowedOrigins)`,
     reason: "origin_not_allowed",
   };
-  return new Response(JSON.stringify(body), { status: 403, headers: { "Content-Type": "application/json", ...readableBy(origin, credentials) } });
+  return new Response(JSON.stringify(body), {
+    status: 403,
+    headers: { "Content-Type": "application/json", ...readableBy(origin, credentials) },
+  });
 }

@@ -25,7 +25,8 @@ const isObject = (v: unknown): v is Record<string, unknown> => typeof v === "obj
 
 /** Sets a key even when it is `__proto__` (a JSON body may hold one), without touching the prototype. */
 function put(o: Record<string, unknown>, k: string, v: unknown): void {
-  if (k === "__proto__") Object.defineProperty(o, k, { value: v, enumerable: true, writable: true, configurable: true });
+  if (k === "__proto__")
+    Object.defineProperty(o, k, { value: v, enumerable: true, writable: true, configurable: true });
   else o[k] = v;
 }
 
@@ -34,11 +35,15 @@ function put(o: Record<string, unknown>, k: string, v: unknown): void {
  * section both hold as objects (`consents`, `app`, `library`...) the event's keys win one by one,
  * so batch-level consents fill in the purposes the event lacks (Krenalis's `mergeDefaultContext`).
  */
-export function mergeContext(batch: Record<string, unknown>, own: Record<string, unknown> | undefined): Record<string, unknown> {
+export function mergeContext(
+  batch: Record<string, unknown>,
+  own: Record<string, unknown> | undefined,
+): Record<string, unknown> {
   const out: Record<string, unknown> = { ...batch };
   if (own) {
     for (const k of Object.keys(own)) {
-      const v = own[k], d = out[k];
+      const v = own[k],
+        d = out[k];
       put(out, k, isObject(v) && isObject(d) ? { ...d, ...v } : v);
     }
   }
@@ -66,13 +71,16 @@ function screenOf(screen: unknown): Record<string, unknown> {
   for (const f of ["width", "height"] as const) {
     const v = screen[f];
     if (v === undefined || v === null) continue;
-    if (typeof v !== "number" || !Number.isInteger(v)) throw new EnrichError(`"context.screen.${f}" must be an integer from 1 to ${MAX_SCREEN}`);
+    if (typeof v !== "number" || !Number.isInteger(v))
+      throw new EnrichError(`"context.screen.${f}" must be an integer from 1 to ${MAX_SCREEN}`);
     if (v === 0) delete edit()[f];
-    else if (v < 1 || v > MAX_SCREEN) throw new EnrichError(`"context.screen.${f}" is ${v}, outside the range 1 to ${MAX_SCREEN}`);
+    else if (v < 1 || v > MAX_SCREEN)
+      throw new EnrichError(`"context.screen.${f}" is ${v}, outside the range 1 to ${MAX_SCREEN}`);
   }
   const d = screen.density;
   if (d !== undefined && d !== null) {
-    if (typeof d !== "number" || !Number.isFinite(d)) throw new EnrichError(`"context.screen.density" must be a positive number`);
+    if (typeof d !== "number" || !Number.isFinite(d))
+      throw new EnrichError(`"context.screen.density" must be a positive number`);
     if (d < 0) throw new EnrichError(`"context.screen.density" is ${d}; it must be a positive number`);
     const r = round2(d);
     if (r === 0) delete edit().density;
@@ -87,13 +95,17 @@ function screenOf(screen: unknown): Record<string, unknown> {
  * `session.id` already there wins.
  */
 function moveSession(context: Record<string, unknown>): void {
-  const id = context.sessionId, start = context.sessionStart;
+  const id = context.sessionId,
+    start = context.sessionStart;
   const hasId = id !== undefined && id !== null;
-  if (hasId && (typeof id !== "number" || !Number.isSafeInteger(id))) throw new EnrichError(`"context.sessionId" must be an integer`);
-  if (start !== undefined && start !== null && typeof start !== "boolean") throw new EnrichError(`"context.sessionStart" must be true or false`);
+  if (hasId && (typeof id !== "number" || !Number.isSafeInteger(id)))
+    throw new EnrichError(`"context.sessionId" must be an integer`);
+  if (start !== undefined && start !== null && typeof start !== "boolean")
+    throw new EnrichError(`"context.sessionStart" must be true or false`);
   if (hasId || start === true) {
     const current = context.session;
-    if (current !== undefined && current !== null && !isObject(current)) throw new EnrichError(`"context.session" must be an object`);
+    if (current !== undefined && current !== null && !isObject(current))
+      throw new EnrichError(`"context.session" must be an object`);
     const session: Record<string, unknown> = { ...(current as Record<string, unknown> | undefined) };
     if (hasId && session.id === undefined) session.id = id;
     if (start === true && session.start === undefined) session.start = true;
@@ -105,7 +117,8 @@ function moveSession(context: Record<string, unknown>): void {
 
 /** Normalises sent names and fills `browser` / `os` from `userAgent` when the event has none. */
 function browserAndOs(context: Record<string, unknown>): void {
-  const b = context.browser, o = context.os;
+  const b = context.browser,
+    o = context.os;
   if (isObject(b) && typeof b.name === "string") {
     const name = normaliseBrowserName(b.name);
     if (name !== b.name) context.browser = { ...b, name };
@@ -126,7 +139,11 @@ function browserAndOs(context: Record<string, unknown>): void {
  * Applies enrichment and privacy to `event`, whose `context` (when given) is already a copy the
  * caller owns. Sets `event.context` when an address has to be added to an event without one.
  */
-export function enrich(event: Record<string, unknown>, context: Record<string, unknown> | undefined, facts: EnrichFacts): void {
+export function enrich(
+  event: Record<string, unknown>,
+  context: Record<string, unknown> | undefined,
+  facts: EnrichFacts,
+): void {
   if (context) {
     if (context.consents !== undefined) {
       const problem = consentsProblem(context.consents);
@@ -134,7 +151,8 @@ export function enrich(event: Record<string, unknown>, context: Record<string, u
     }
     if (context.sessionId !== undefined || context.sessionStart !== undefined) moveSession(context);
     if (context.screen !== undefined) context.screen = screenOf(context.screen);
-    if (context.userAgent !== undefined || context.browser !== undefined || context.os !== undefined) browserAndOs(context);
+    if (context.userAgent !== undefined || context.browser !== undefined || context.os !== undefined)
+      browserAndOs(context);
   }
 
   // context.ip: the event's own (special values resolved), else the request's; then the connection's policy.
@@ -155,7 +173,13 @@ export function enrich(event: Record<string, unknown>, context: Record<string, u
 
   // Segment's spec puts traits of other calls in context.traits; pipelines (and the default users
   // filter) look at `traits`. Krenalis moves them; Tributary keeps context.traits and copies.
-  if (event.type !== "identify" && event.type !== "group" && event.traits === undefined && context && isObject(context.traits)) {
+  if (
+    event.type !== "identify" &&
+    event.type !== "group" &&
+    event.traits === undefined &&
+    context &&
+    isObject(context.traits)
+  ) {
     event.traits = { ...context.traits };
   }
 }

@@ -25,7 +25,11 @@ export const BaseEvent = Type.Object(
       { errorMessage: `"type" must be one of ${EVENT_TYPES.join(", ")}` },
     ),
     messageId: Type.Optional(
-      Type.String({ minLength: 1, maxLength: 100, errorMessage: `"messageId" must be a string of 1 to 100 characters` }),
+      Type.String({
+        minLength: 1,
+        maxLength: 100,
+        errorMessage: `"messageId" must be a string of 1 to 100 characters`,
+      }),
     ),
     userId: Type.Optional(Id("userId")),
     anonymousId: Type.Optional(Id("anonymousId")),
@@ -44,7 +48,10 @@ export type Event = Static<typeof BaseEvent> & Record<string, unknown>;
 const NonEmpty = (field: string, type: string) =>
   Type.String({ minLength: 1, errorMessage: `${type} event needs a non-empty "${field}"` });
 const Needs = (field: string, type: string, value: TSchema = NonEmpty(field, type)) =>
-  Type.Object({ [field]: value }, { additionalProperties: true, errorMessage: `${type} event needs a non-empty "${field}"` });
+  Type.Object(
+    { [field]: value },
+    { additionalProperties: true, errorMessage: `${type} event needs a non-empty "${field}"` },
+  );
 
 /** The rule each type adds to the base. */
 export const EVENT_RULES: Record<EventType, TSchema | undefined> = {

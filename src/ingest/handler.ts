@@ -48,14 +48,16 @@ function storable(v: unknown, depth: number): boolean {
   if (Array.isArray(v)) {
     for (let i = 0; i < v.length; i++) {
       const x = v[i];
-      if (typeof x === "object" ? x !== null && !storable(x, depth + 1) : typeof x === "number" && !Number.isFinite(x)) return false;
+      if (typeof x === "object" ? x !== null && !storable(x, depth + 1) : typeof x === "number" && !Number.isFinite(x))
+        return false;
     }
     return true;
   }
   const o = v as Record<string, unknown>;
   for (const k in o) {
     const x = o[k];
-    if (typeof x === "object" ? x !== null && !storable(x, depth + 1) : typeof x === "number" && !Number.isFinite(x)) return false;
+    if (typeof x === "object" ? x !== null && !storable(x, depth + 1) : typeof x === "number" && !Number.isFinite(x))
+      return false;
   }
   return true;
 }
@@ -70,7 +72,8 @@ function storable(v: unknown, depth: number): boolean {
 export function unstorable(event: Record<string, unknown>): string | undefined {
   if (storable(event, 1)) return undefined;
   const walk = (v: unknown, depth: number, path: string): string | undefined => {
-    if (typeof v === "number") return Number.isFinite(v) ? undefined : `"${path}" is a number too large for JSON (it overflows to Infinity)`;
+    if (typeof v === "number")
+      return Number.isFinite(v) ? undefined : `"${path}" is a number too large for JSON (it overflows to Infinity)`;
     if (typeof v !== "object" || v === null) return undefined;
     if (depth > MAX_EVENT_DEPTH) return `"${path.split(".")[0]}" nests deeper than ${MAX_EVENT_DEPTH} levels`;
     if (Array.isArray(v)) {
@@ -91,12 +94,16 @@ export function unstorable(event: Record<string, unknown>): string | undefined {
 
 /** A rejection, echoing the sender's own messageId (never one generated here) when it is a valid one. */
 function rejection(index: number, raw: unknown, error: string): Rejection {
-  const messageId = isObject(raw) && typeof raw.messageId === "string" && raw.messageId.length <= 100 ? raw.messageId : undefined;
+  const messageId =
+    isObject(raw) && typeof raw.messageId === "string" && raw.messageId.length <= 100 ? raw.messageId : undefined;
   return { index, ...(messageId !== undefined && { messageId }), error: clip(error) };
 }
 
 /** Splits a parsed body into its events and the request-level facts, or says what is wrong. */
-export function eventsOf(endpoint: Endpoint, body: unknown): { events: unknown[]; batch?: Partial<RequestFacts> } | { error: string } {
+export function eventsOf(
+  endpoint: Endpoint,
+  body: unknown,
+): { events: unknown[]; batch?: Partial<RequestFacts> } | { error: string } {
   switch (endpoint.kind) {
     case "events":
       if (Array.isArray(body)) return { events: body };
@@ -105,7 +112,12 @@ export function eventsOf(endpoint: Endpoint, body: unknown): { events: unknown[]
     case "batch": {
       const problem = validateEnvelope(body);
       if (problem) return { error: problem };
-      const b = body as { batch: unknown[]; context?: Record<string, unknown>; integrations?: Record<string, unknown>; sentAt?: string };
+      const b = body as {
+        batch: unknown[];
+        context?: Record<string, unknown>;
+        integrations?: Record<string, unknown>;
+        sentAt?: string;
+      };
       return { events: b.batch, batch: { context: b.context, integrations: b.integrations, sentAt: b.sentAt } };
     }
     case "single":
@@ -138,10 +150,18 @@ export async function ingest(
   if ("error" in split) return { status: 400, body: { error: split.error } };
   const { events } = split;
   if (events.length > limits.maxEventsPerRequest)
-    return { status: 413, body: { error: `a request may hold at most ${limits.maxEventsPerRequest} events; this one has ${events.length}` } };
+    return {
+      status: 413,
+      body: { error: `a request may hold at most ${limits.maxEventsPerRequest} events; this one has ${events.length}` },
+    };
   if (events.length === 0) return { status: 400, body: { error: "no events in the request" } };
 
-  const requestFacts: RequestFacts = { receivedAtIso: new Date(facts.receivedAt).toISOString(), ipPolicy: connection.ip, ...facts, ...split.batch };
+  const requestFacts: RequestFacts = {
+    receivedAtIso: new Date(facts.receivedAt).toISOString(),
+    ipPolicy: connection.ip,
+    ...facts,
+    ...split.batch,
+  };
   const rejected: Rejection[] = [];
   const entries: Entry[] = [];
   for (let index = 0; index < events.length; index++) {
@@ -170,7 +190,13 @@ export async function ingest(
     const json = JSON.stringify(event);
     // A UTF-16 unit is at most 3 UTF-8 bytes: only count bytes when the length says it could matter.
     if (json.length * 3 > limits.maxEventBytes && Buffer.byteLength(json) > limits.maxEventBytes) {
-      rejected.push(rejection(index, raw, `event is ${Buffer.byteLength(json)} bytes as JSON, over the ${limits.maxEventBytes}-byte limit`));
+      rejected.push(
+        rejection(
+          index,
+          raw,
+          `event is ${Buffer.byteLength(json)} bytes as JSON, over the ${limits.maxEventBytes}-byte limit`,
+        ),
+      );
       continue;
     }
     entries.push({ id: event.messageId!, json });
@@ -200,7 +226,11 @@ export async function ingest(
     // Nothing is acknowledged: the sender will retry, so the events are not charged twice.
     if (limited) rateLimiter!.refund(connection.connection, entries.length);
     if (e instanceof BusUnavailableError) {
-      logger.warn("events not stored: bus unavailable", { connection: connection.connection, events: entries.length, error: e.message });
+      logger.warn("events not stored: bus unavailable", {
+        connection: connection.connection,
+        events: entries.length,
+        error: e.message,
+      });
       return {
         status: 503,
         body: { error: "events could not be stored durably; retry later" },

@@ -110,7 +110,8 @@ export function formatIp(a: Addr): string {
   if (a.v === 4) return a.bytes.join(".");
   const groups: number[] = [];
   for (let i = 0; i < 8; i++) groups.push((a.bytes[2 * i]! << 8) | a.bytes[2 * i + 1]!);
-  let bestAt = -1, bestLen = 0;
+  let bestAt = -1,
+    bestLen = 0;
   for (let i = 0; i < 8; ) {
     if (groups[i] !== 0) {
       i++;
@@ -151,7 +152,10 @@ export function mask24(a: Addr): Addr {
  * (canonical text, or undefined when unknown). Returns `{ip: undefined}` to remove the field,
  * or `{error}` with the reason (the caller names the field).
  */
-export function resolveEventIp(value: string, requestIp: string | undefined): { ip: string | undefined } | { error: string } {
+export function resolveEventIp(
+  value: string,
+  requestIp: string | undefined,
+): { ip: string | undefined } | { error: string } {
   if (CANONICAL_V4.test(value)) {
     if (value === "0.0.0.0") return { ip: undefined };
     if (value === "255.255.255.255") return { ip: requestIp };

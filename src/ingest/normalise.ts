@@ -30,7 +30,8 @@ const digits = (s: string, at: number, n: number) => {
 };
 const realDate = (value: string): boolean => {
   if (value.length < 10 || value[4] !== "-" || value[7] !== "-") return true;
-  const month = digits(value, 5, 2), day = digits(value, 8, 2);
+  const month = digits(value, 5, 2),
+    day = digits(value, 8, 2);
   if (month < 1 || month > 12 || day < 1) return false;
   if (day <= 28) return true;
   const year = digits(value, 0, 4);
@@ -67,13 +68,18 @@ const iso = (field: string, value: string): string => {
  * rules of src/ingest/enrich.ts. Returns a new object; the input is left as it was. Throws
  * {@link NormaliseError} naming the field when the event cannot be stored.
  */
-export function normaliseEvent(input: Event, facts: RequestFacts, newId: () => string = crypto.randomUUID.bind(crypto)): Event {
+export function normaliseEvent(
+  input: Event,
+  facts: RequestFacts,
+  newId: () => string = crypto.randomUUID.bind(crypto),
+): Event {
   const e: Event = { ...input };
   for (const f of ID_FIELDS) {
     const v = e[f];
     if (typeof v === "number") {
       // Past 2^53 a JSON number has already been rounded (12345678901234567890 → …567000): two users would merge.
-      if (Math.abs(v) > Number.MAX_SAFE_INTEGER) throw new NormaliseError(`"${f}" is a number too large to keep exactly; send it as a string`);
+      if (Math.abs(v) > Number.MAX_SAFE_INTEGER)
+        throw new NormaliseError(`"${f}" is a number too large to keep exactly; send it as a string`);
       (e as Record<string, unknown>)[f] = String(v);
     }
   }
@@ -86,7 +92,8 @@ export function normaliseEvent(input: Event, facts: RequestFacts, newId: () => s
     if (err instanceof EnrichError) throw new NormaliseError(err.message);
     throw err;
   }
-  if (facts.integrations) e.integrations = { ...facts.integrations, ...(e.integrations as Record<string, unknown> | undefined) };
+  if (facts.integrations)
+    e.integrations = { ...facts.integrations, ...(e.integrations as Record<string, unknown> | undefined) };
   if (e.sentAt === undefined && facts.sentAt !== undefined) e.sentAt = facts.sentAt;
   if (e.messageId === undefined) e.messageId = newId();
 
@@ -103,7 +110,13 @@ export function normaliseEvent(input: Event, facts: RequestFacts, newId: () => s
   } else if (original !== undefined && e.sentAt !== undefined) {
     // Corrects client clock skew: the delay the client measured, applied to our clock.
     const delay = time("sentAt", e.sentAt) - time(e.originalTimestamp ? "originalTimestamp" : "timestamp", original);
-    timestamp = new Date(inRange("timestamp", receivedAt - delay, ` corrected for clock skew (receivedAt − (sentAt − ${e.originalTimestamp ? "originalTimestamp" : "timestamp"}))`)).toISOString();
+    timestamp = new Date(
+      inRange(
+        "timestamp",
+        receivedAt - delay,
+        ` corrected for clock skew (receivedAt − (sentAt − ${e.originalTimestamp ? "originalTimestamp" : "timestamp"}))`,
+      ),
+    ).toISOString();
   } else {
     timestamp = e.timestamp !== undefined ? iso("timestamp", e.timestamp) : (e.receivedAt as string);
   }

@@ -7,7 +7,10 @@ export class InFlightLimiter {
   #requests = 0;
   rejected = 0;
 
-  constructor(readonly maxBytes: number, readonly maxRequests: number) {}
+  constructor(
+    readonly maxBytes: number,
+    readonly maxRequests: number,
+  ) {}
 
   /** Reserves `bytes`; false when over a limit (the caller answers 429). */
   tryAcquire(bytes: number): boolean {

@@ -30,7 +30,12 @@ export class TokenBucket {
   #at: number;
   readonly perMs: number;
 
-  constructor(readonly eventsPerMinute: number, readonly capacity: number, now: number, tokens = capacity) {
+  constructor(
+    readonly eventsPerMinute: number,
+    readonly capacity: number,
+    now: number,
+    tokens = capacity,
+  ) {
     this.perMs = eventsPerMinute / 60_000;
     this.#tokens = Math.min(tokens, capacity);
     this.#at = now;
@@ -58,7 +63,11 @@ export class TokenBucket {
       return { ok: true };
     }
     const retryAfterSeconds = Math.max(1, Math.ceil((n - have) / this.perMs / 1000));
-    return { ok: false, error: `rate limit of ${this.eventsPerMinute} events per minute reached; retry in ${retryAfterSeconds} s`, retryAfterSeconds };
+    return {
+      ok: false,
+      error: `rate limit of ${this.eventsPerMinute} events per minute reached; retry in ${retryAfterSeconds} s`,
+      retryAfterSeconds,
+    };
   }
 
   /** Gives back tokens taken for events that were not stored after all. */

@@ -29,7 +29,10 @@ export class RefusalLog {
   /** Held back by the global cap (or forgotten subjects): reported on the next line written. */
   #suppressedOverall = 0;
 
-  constructor(o: Partial<RefusalLogOptions> = {}, private readonly now: () => number = Date.now) {
+  constructor(
+    o: Partial<RefusalLogOptions> = {},
+    private readonly now: () => number = Date.now,
+  ) {
     this.#o = { ...refusalLogDefaults, ...o };
   }
 
@@ -59,7 +62,9 @@ export class RefusalLog {
       this.#suppressedOverall += v.suppressed;
     }
     const clipped: Record<string, string | number> = {};
-    for (const [k, v] of Object.entries(fields)) if (v !== undefined) clipped[k] = typeof v === "string" && v.length > MAX_FIELD_CHARS ? `${v.slice(0, MAX_FIELD_CHARS)}…` : v;
+    for (const [k, v] of Object.entries(fields))
+      if (v !== undefined)
+        clipped[k] = typeof v === "string" && v.length > MAX_FIELD_CHARS ? `${v.slice(0, MAX_FIELD_CHARS)}…` : v;
     const overall = this.#suppressedOverall;
     this.#suppressedOverall = 0;
     log.warn(msg, {

@@ -28,7 +28,9 @@ export const SegmentSettings = Type.Object(
       "Segment.io": Type.Object(
         {
           apiKey: Type.String({ description: "the write key, which analytics.js sends as Basic auth" }),
-          apiHost: Type.String({ description: "host[:port]/v1 of this node as the request reached it, without scheme" }),
+          apiHost: Type.String({
+            description: "host[:port]/v1 of this node as the request reached it, without scheme",
+          }),
           protocol: Type.Union([Type.Literal("http"), Type.Literal("https")]),
           unbundledIntegrations: Type.Array(Type.String()),
           addBundledMetadata: Type.Boolean(),
@@ -49,7 +51,14 @@ export const SegmentSettings = Type.Object(
     examples: [
       {
         integrations: {
-          "Segment.io": { apiKey: "<write key>", apiHost: "events.example.com/v1", protocol: "https", unbundledIntegrations: [], addBundledMetadata: true, maybeBundledConfigIds: {} },
+          "Segment.io": {
+            apiKey: "<write key>",
+            apiHost: "events.example.com/v1",
+            protocol: "https",
+            unbundledIntegrations: [],
+            addBundledMetadata: true,
+            maybeBundledConfigIds: {},
+          },
         },
         metrics: { sampleRate: 0 },
         remotePlugins: [],
@@ -73,7 +82,10 @@ export const RudderSourceConfig = Type.Object(
         workspaceId: Type.String(),
         enabled: Type.Literal(true),
         config: Type.Object({
-          statsCollection: Type.Object({ errors: Type.Object({ enabled: Type.Literal(false) }), metrics: Type.Object({ enabled: Type.Literal(false) }) }),
+          statsCollection: Type.Object({
+            errors: Type.Object({ enabled: Type.Literal(false) }),
+            metrics: Type.Object({ enabled: Type.Literal(false) }),
+          }),
         }),
         destinations: Type.Array(Type.Unknown(), { maxItems: 0 }),
       },
@@ -112,7 +124,10 @@ const HOST = /^(?:\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,252}))
  * This node's host and scheme as the browser reached it: the Host header and the request's scheme,
  * or X-Forwarded-Host / X-Forwarded-Proto (first value) when the operator says a proxy is in front.
  */
-export function publicOrigin(request: Request, trustProxy: boolean): { host: string; protocol: "http" | "https" } | { error: string } {
+export function publicOrigin(
+  request: Request,
+  trustProxy: boolean,
+): { host: string; protocol: "http" | "https" } | { error: string } {
   let protocol: "http" | "https" = new URL(request.url).protocol === "https:" ? "https" : "http";
   let host = request.headers.get("host") ?? new URL(request.url).host;
   if (trustProxy) {
@@ -121,14 +136,24 @@ export function publicOrigin(request: Request, trustProxy: boolean): { host: str
     const fwdHost = request.headers.get("x-forwarded-host")?.split(",")[0]?.trim();
     if (fwdHost) host = fwdHost;
   }
-  if (!HOST.test(host)) return { error: `the ${trustProxy && request.headers.has("x-forwarded-host") ? "X-Forwarded-Host" : "Host"} header is not a host name` };
+  if (!HOST.test(host))
+    return {
+      error: `the ${trustProxy && request.headers.has("x-forwarded-host") ? "X-Forwarded-Host" : "Host"} header is not a host name`,
+    };
   return { host, protocol };
 }
 
 export function segmentSettings(writeKey: string, host: string, protocol: "http" | "https"): SegmentSettings {
   return {
     integrations: {
-      "Segment.io": { apiKey: writeKey, apiHost: `${host}/v1`, protocol, unbundledIntegrations: [], addBundledMetadata: true, maybeBundledConfigIds: {} },
+      "Segment.io": {
+        apiKey: writeKey,
+        apiHost: `${host}/v1`,
+        protocol,
+        unbundledIntegrations: [],
+        addBundledMetadata: true,
+        maybeBundledConfigIds: {},
+      },
     },
     metrics: { sampleRate: 0 },
     remotePlugins: [],
@@ -165,7 +190,10 @@ export interface SdkConfigContext {
 }
 
 const json = (status: number, body: unknown, headers: Record<string, string>) =>
-  new Response(JSON.stringify(body), { status, headers: { "Content-Type": "application/json", "Cache-Control": "no-cache", ...headers } });
+  new Response(JSON.stringify(body), {
+    status,
+    headers: { "Content-Type": "application/json", "Cache-Control": "no-cache", ...headers },
+  });
 
 /** `GET /v1/projects/:writeKey/settings` and `GET /sourceConfig/` as an Elysia plugin. */
 export function sdkConfigRoutes(x: SdkConfigContext) {
@@ -181,10 +209,15 @@ export function sdkConfigRoutes(x: SdkConfigContext) {
 
   const sourceConfig = (request: Request) => {
     const auth = request.headers.get("authorization");
-    const key = auth !== null ? writeKeyFromHeader(auth) : (new URL(request.url).searchParams.get("writeKey") ?? undefined);
+    const key =
+      auth !== null ? writeKeyFromHeader(auth) : (new URL(request.url).searchParams.get("writeKey") ?? undefined);
     const c = x.lookup(key);
     if (!c || key === undefined) {
-      return json(401, { error: "unauthorized: send a valid write key" }, { "WWW-Authenticate": 'Basic realm="tributary"', ...x.publicCors(request) });
+      return json(
+        401,
+        { error: "unauthorized: send a valid write key" },
+        { "WWW-Authenticate": 'Basic realm="tributary"', ...x.publicCors(request) },
+      );
     }
     const refused = originRefused(request, c.allowedOrigins);
     if (refused !== undefined) return x.refuseOrigin(request, c.connection, refused, false);

@@ -3,7 +3,16 @@ import type { ConfigStore } from "../config/store.ts";
 import type { Config } from "../config/loader.ts";
 import type { EventLog } from "../bus/event-log.ts";
 import { WriteKeyIndex, topLevelWriteKey, writeKeyFromHeader } from "./auth.ts";
-import { readBodyText, PayloadTooLargeError, BadEncodingError, BodyTimeoutError, BodyAbortedError, BodyOverloadError, BodyRefusedError, SMALL_BODY_BYTES } from "./body.ts";
+import {
+  readBodyText,
+  PayloadTooLargeError,
+  BadEncodingError,
+  BodyTimeoutError,
+  BodyAbortedError,
+  BodyOverloadError,
+  BodyRefusedError,
+  SMALL_BODY_BYTES,
+} from "./body.ts";
 import { bodyWriteKey, ingest, type Endpoint, type IngestResult, type IngestStats } from "./handler.ts";
 import { EVENT_TYPES } from "./event-schema.ts";
 import { InFlightLimiter } from "./overload.ts";
@@ -51,7 +60,11 @@ export const ingestDefaults: IngestServerOptions = {
 };
 
 /** Same body for every authentication failure, so a caller learns nothing about which keys exist. */
-const UNAUTHORIZED: IngestResult = { status: 401, body: { error: "unauthorized: send a valid write key" }, headers: { "WWW-Authenticate": 'Basic realm="tributary"' } };
+const UNAUTHORIZED: IngestResult = {
+  status: 401,
+  body: { error: "unauthorized: send a valid write key" },
+  headers: { "WWW-Authenticate": 'Basic realm="tributary"' },
+};
 
 const CORS_ALLOW_HEADERS = "Authorization, Content-Type, Content-Encoding";
 
@@ -67,7 +80,11 @@ function respond(r: IngestResult, extra: Record<string, string> = {}): Response 
  * `[v6]:port`) only when the operator says a proxy is in front, else the socket's. `{error}`,
  * naming the header, when a trusted header's first hop is not an address.
  */
-export function clientIp(request: Request, socketIp: string | undefined, trustProxy: boolean): { ip?: string } | { error: string } {
+export function clientIp(
+  request: Request,
+  socketIp: string | undefined,
+  trustProxy: boolean,
+): { ip?: string } | { error: string } {
   if (trustProxy) {
     const xff = request.headers.get("x-forwarded-for");
     if (xff !== null && xff.trim() !== "") return forwardedFor(xff);
@@ -83,7 +100,11 @@ export interface IngestServer {
 }
 
 /** The ingestion routes of PRODUCT.md §1 as an Elysia plugin. */
-export function ingestRoutes(config: ConfigStore, eventLog: EventLog, opts: Partial<IngestServerOptions> = {}): IngestServer {
+export function ingestRoutes(
+  config: ConfigStore,
+  eventLog: EventLog,
+  opts: Partial<IngestServerOptions> = {},
+): IngestServer {
   const o = { ...ingestDefaults, ...opts };
   const stats: IngestStats = { accepted: 0, duplicates: 0, rejected: 0 };
   const limiter = new InFlightLimiter(o.maxInFlightBytes, o.maxInFlightRequests);
@@ -106,11 +127,13 @@ export function ingestRoutes(config: ConfigStore, eventLog: EventLog, opts: Part
   /** Unauthenticated answers and preflights: an origin that some connection allows, else none. */
   const anyConnection = (origin: string | null): string[] | undefined => {
     currentKeys();
-    if (originLists.length === 0) originLists = [...keysOf.connections.values()].filter((c) => c.source !== "raw").map((c) => c.allowedOrigins);
+    if (originLists.length === 0)
+      originLists = [...keysOf.connections.values()].filter((c) => c.source !== "raw").map((c) => c.allowedOrigins);
     if (origin !== null && originLists.some((l) => allows(l, origin))) return undefined;
     return [];
   };
-  const publicCors = (request: Request, credentials = false) => corsHeaders(request, anyConnection(request.headers.get("origin")), credentials);
+  const publicCors = (request: Request, credentials = false) =>
+    corsHeaders(request, anyConnection(request.headers.get("origin")), credentials);
   // Refusals are logged at warn, rate-limited so a hostile page cannot flood the log.
   const refusals = new RefusalLog();
   const pathOf = (request: Request) => new URL(request.url).pathname;
@@ -120,7 +143,11 @@ export function ingestRoutes(config: ConfigStore, eventLog: EventLog, opts: Part
    * warn line naming the connection and the origin, never the key.
    */
   const refuseOrigin = (request: Request, connection: string, origin: string, credentials: boolean): Response => {
-    refusals.warn(`origin\n${connection}\n${clipOrigin(origin)}`, "request refused: origin not allowed by the connection", { connection, origin: clipOrigin(origin), path: pathOf(request) });
+    refusals.warn(
+      `origin\n${connection}\n${clipOrigin(origin)}`,
+      "request refused: origin not allowed by the connection",
+      { connection, origin: clipOrigin(origin), path: pathOf(request) },
+    );
     return originRefusedResponse(origin, credentials);
   };
 
@@ -129,14 +156,23 @@ export function ingestRoutes(config: ConfigStore, eventLog: EventLog, opts: Part
    * without an Authorization header is unauthenticated until its key is checked, whether the key is
    * in the query string or the body: it is bounded by the same body limit and shared budget.
    */
-  async function handle(endpoint: Endpoint, request: Request, socketIp: string | undefined, keyIn: "body" | "query" = "body"): Promise<Response> {
+  async function handle(
+    endpoint: Endpoint,
+    request: Request,
+    socketIp: string | undefined,
+    keyIn: "body" | "query" = "body",
+  ): Promise<Response> {
     const receivedAt = Date.now();
     const index = currentKeys();
     // The header wins when both are present; without a header the key comes in the query string
     // (beacon route) or the body.
     const keyless = !request.headers.has("authorization");
     const keyInBody = keyless && keyIn === "body";
-    let connection = keyless ? (keyIn === "query" ? index.lookup(new URL(request.url).searchParams.get("writeKey") ?? undefined) : undefined) : index.lookup(writeKeyFromHeader(request.headers.get("authorization")));
+    let connection = keyless
+      ? keyIn === "query"
+        ? index.lookup(new URL(request.url).searchParams.get("writeKey") ?? undefined)
+        : undefined
+      : index.lookup(writeKeyFromHeader(request.headers.get("authorization")));
     if (!keyInBody && !connection) return respond(UNAUTHORIZED, publicCors(request, keyless));
     // Known before the body is read: a refused origin costs no more than this.
     if (connection) {
@@ -149,7 +185,11 @@ export function ingestRoutes(config: ConfigStore, eventLog: EventLog, opts: Part
     const declared = Number(request.headers.get("content-length") ?? 0) || SMALL_BODY_BYTES;
     const limit = keyless ? Math.min(o.maxBodyKeyBytes, o.maxRequestBytes) : o.maxRequestBytes;
     let reserve = Math.min(declared, SMALL_BODY_BYTES, limit);
-    const overloaded = () => respond({ status: 429, body: { error: "node overloaded; retry later" }, headers: { "Retry-After": "1" } }, publicCors(request, keyless));
+    const overloaded = () =>
+      respond(
+        { status: 429, body: { error: "node overloaded; retry later" }, headers: { "Retry-After": "1" } },
+        publicCors(request, keyless),
+      );
     // Unauthenticated bytes are held in both budgets until the body has been read and its key known.
     let bodyKeyReserve = keyless ? reserve : 0;
     if (keyless && !bodyKeyLimiter.tryAcquire(reserve)) return overloaded();
@@ -179,18 +219,36 @@ export function ingestRoutes(config: ConfigStore, eventLog: EventLog, opts: Part
       try {
         // Without a key header only a JSON object can carry one (or be a beacon's batch): anything
         // else is refused at its first byte.
-        text = await readBodyText(request, { limit, timeoutMs: o.bodyTimeoutMs, grow, ...(keyless && { firstByte: (b: number) => b === 0x7b /* { */ }) });
+        text = await readBodyText(request, {
+          limit,
+          timeoutMs: o.bodyTimeoutMs,
+          grow,
+          ...(keyless && { firstByte: (b: number) => b === 0x7b /* { */ }),
+        });
       } catch (e) {
-        if (e instanceof BodyRefusedError) return respond(keyInBody ? UNAUTHORIZED : { status: 400, body: { error: "body must be a JSON object" } }, publicCors(request, keyless));
+        if (e instanceof BodyRefusedError)
+          return respond(
+            keyInBody ? UNAUTHORIZED : { status: 400, body: { error: "body must be a JSON object" } },
+            publicCors(request, keyless),
+          );
         if (e instanceof PayloadTooLargeError) {
           const error = keyless
             ? `a request without an Authorization header may be at most ${limit} bytes after decompression; send the write key in the Authorization header for larger bodies`
             : e.message;
           return respond({ status: 413, body: { error } }, publicCors(request, keyless));
         }
-        if (e instanceof BadEncodingError) return respond({ status: 400, body: { error: e.message } }, publicCors(request, keyless));
+        if (e instanceof BadEncodingError)
+          return respond({ status: 400, body: { error: e.message } }, publicCors(request, keyless));
         if (e instanceof BodyOverloadError) return overloaded();
-        if (e instanceof BodyTimeoutError) return respond({ status: 503, body: { error: e.message }, headers: { Connection: "close", "Retry-After": String(o.retryAfterSeconds) } }, publicCors(request, keyless));
+        if (e instanceof BodyTimeoutError)
+          return respond(
+            {
+              status: 503,
+              body: { error: e.message },
+              headers: { Connection: "close", "Retry-After": String(o.retryAfterSeconds) },
+            },
+            publicCors(request, keyless),
+          );
         if (e instanceof BodyAbortedError) {
           logger.debug("request body ended early", { error: e.message });
           return respond({ status: 400, body: { error: e.message }, headers: { Connection: "close" } });
@@ -219,21 +277,33 @@ export function ingestRoutes(config: ConfigStore, eventLog: EventLog, opts: Part
       }
       if (keyInBody && bodyWriteKey(body) !== bodyKey) return respond(UNAUTHORIZED, publicCors(request, true));
       const address = clientIp(request, socketIp, o.trustProxy);
-      if ("error" in address) return respond({ status: 400, body: { error: address.error } }, corsHeaders(request, c.allowedOrigins, keyless));
+      if ("error" in address)
+        return respond(
+          { status: 400, body: { error: address.error } },
+          corsHeaders(request, c.allowedOrigins, keyless),
+        );
       const result = await ingest(
         c,
         endpoint,
         body,
         { receivedAt, ip: address.ip },
         eventLog,
-        { maxEventBytes: o.maxEventBytes, maxEventsPerRequest: o.maxEventsPerRequest, retryAfterSeconds: o.retryAfterSeconds },
+        {
+          maxEventBytes: o.maxEventBytes,
+          maxEventsPerRequest: o.maxEventsPerRequest,
+          retryAfterSeconds: o.retryAfterSeconds,
+        },
         stats,
         rateLimiter,
       );
       return respond(result, corsHeaders(request, c.allowedOrigins, keyless));
     } catch (e) {
       logger.error("ingest failed", { error: String((e as Error)?.stack ?? e) });
-      return respond({ status: 503, body: { error: "internal error; retry later" }, headers: { "Retry-After": String(o.retryAfterSeconds) } });
+      return respond({
+        status: 503,
+        body: { error: "internal error; retry later" },
+        headers: { "Retry-After": String(o.retryAfterSeconds) },
+      });
     } finally {
       releaseBodyKey();
       limiter.release(reserve);
@@ -250,7 +320,10 @@ export function ingestRoutes(config: ConfigStore, eventLog: EventLog, opts: Part
     const cors = publicCors(request, credentials);
     const origin = request.headers.get("origin");
     if (origin !== null && !cors["Access-Control-Allow-Origin"]) {
-      refusals.warn(`preflight\n${clipOrigin(origin)}`, "preflight refused: no connection allows this origin", { origin: clipOrigin(origin), path: pathOf(request) });
+      refusals.warn(`preflight\n${clipOrigin(origin)}`, "preflight refused: no connection allows this origin", {
+        origin: clipOrigin(origin),
+        path: pathOf(request),
+      });
     }
     return new Response(null, {
       status: 204,
@@ -279,9 +352,17 @@ export function ingestRoutes(config: ConfigStore, eventLog: EventLog, opts: Part
     app = app
       // Bodies are JSON whatever the Content-Type says, gzip under x-www-form-urlencoded included:
       // never let the framework parse them.
-      .post(path, ({ request, server }) => handle(endpoint, request, server?.requestIP(request)?.address, keyIn), { parse: "none" })
+      .post(path, ({ request, server }) => handle(endpoint, request, server?.requestIP(request)?.address, keyIn), {
+        parse: "none",
+      })
       .options(path, ({ request }) => preflight(request, "POST, OPTIONS", keyIn === "query")) as typeof app;
   }
-  const sdk = sdkConfigRoutes({ lookup: (key) => currentKeys().lookup(key), publicCors, preflight, refuseOrigin, trustProxy: o.trustProxy });
+  const sdk = sdkConfigRoutes({
+    lookup: (key) => currentKeys().lookup(key),
+    publicCors,
+    preflight,
+    refuseOrigin,
+    trustProxy: o.trustProxy,
+  });
   return { app: app.use(sdk), stats, limiter, rateLimiter };
 }

@@ -55,7 +55,32 @@ const SYSTEMS: Record<string, string> = {
 };
 
 /** Distributions the parser names on their own; Krenalis reports them all as Linux. */
-const LINUX = new Set(["ubuntu", "kubuntu", "xubuntu", "lubuntu", "debian", "fedora", "arch", "gentoo", "mint", "redhat", "red hat", "suse", "opensuse", "centos", "slackware", "mandriva", "mageia", "deepin", "elementary os", "pclinuxos", "zenwalk", "linpus", "raspbian", "manjaro"]);
+const LINUX = new Set([
+  "ubuntu",
+  "kubuntu",
+  "xubuntu",
+  "lubuntu",
+  "debian",
+  "fedora",
+  "arch",
+  "gentoo",
+  "mint",
+  "redhat",
+  "red hat",
+  "suse",
+  "opensuse",
+  "centos",
+  "slackware",
+  "mandriva",
+  "mageia",
+  "deepin",
+  "elementary os",
+  "pclinuxos",
+  "zenwalk",
+  "linpus",
+  "raspbian",
+  "manjaro",
+]);
 
 export const normaliseBrowserName = (name: string): string => BROWSERS[name.toLowerCase()] ?? name;
 export const normaliseOsName = (name: string): string => SYSTEMS[name.toLowerCase()] ?? name;
@@ -87,7 +112,10 @@ function parse(ua: string): ParsedUserAgent {
   if (r.os.name) {
     const lower = r.os.name.toLowerCase();
     const version = tripleVersion(r.os.version);
-    out.os = { name: LINUX.has(lower) ? "Linux" : normaliseOsName(r.os.name), ...(version !== undefined && { version }) };
+    out.os = {
+      name: LINUX.has(lower) ? "Linux" : normaliseOsName(r.os.name),
+      ...(version !== undefined && { version }),
+    };
   }
   return out;
 }

@@ -10,7 +10,10 @@ export interface AdminAuthOptions {
 const digest = (s: string) => createHash("sha256").update(s).digest();
 
 const deny = (status: number, error: string) =>
-  new Response(JSON.stringify({ error }), { status, headers: { "Content-Type": "application/json", "WWW-Authenticate": 'Bearer realm="tributary-admin"' } });
+  new Response(JSON.stringify({ error }), {
+    status,
+    headers: { "Content-Type": "application/json", "WWW-Authenticate": 'Bearer realm="tributary-admin"' },
+  });
 
 export function isLoopback(ip: string | undefined): boolean {
   return !!ip && (ip === "::1" || ip.startsWith("127.") || ip.startsWith("::ffff:127."));
@@ -52,15 +55,21 @@ export function adminGuard(o: AdminAuthOptions) {
       if (o.devLoopback && isLoopback(ip)) {
         // The socket is loopback, but a browser on this machine can be steered by any web page:
         // DNS rebinding sends a foreign name in Host, a cross-site form or fetch sends its Origin.
-        if (!isLoopbackHost(request.headers.get("host"))) return deny(403, "TRIBUTARY_DEV_ADMIN: the Host header must name loopback (localhost, 127.0.0.1 or [::1])");
+        if (!isLoopbackHost(request.headers.get("host")))
+          return deny(403, "TRIBUTARY_DEV_ADMIN: the Host header must name loopback (localhost, 127.0.0.1 or [::1])");
         const origin = request.headers.get("origin");
-        if (origin !== null && !isLoopbackOrigin(origin)) return deny(403, "TRIBUTARY_DEV_ADMIN: requests from another site's page are refused");
+        if (origin !== null && !isLoopbackOrigin(origin))
+          return deny(403, "TRIBUTARY_DEV_ADMIN: requests from another site's page are refused");
         return undefined;
       }
-      return deny(403, "admin API disabled: set TRIBUTARY_ADMIN_TOKEN (or TRIBUTARY_DEV_ADMIN=1 for loopback during development)");
+      return deny(
+        403,
+        "admin API disabled: set TRIBUTARY_ADMIN_TOKEN (or TRIBUTARY_DEV_ADMIN=1 for loopback during development)",
+      );
     }
     const m = /^Bearer\s+(\S+)\s*$/i.exec(request.headers.get("authorization") ?? "");
-    if (!m || !timingSafeEqual(digest(m[1]!), expected)) return deny(401, "unauthorized: send Authorization: Bearer <admin token>");
+    if (!m || !timingSafeEqual(digest(m[1]!), expected))
+      return deny(401, "unauthorized: send Authorization: Bearer <admin token>");
     return undefined;
   };
 }

@@ -96,7 +96,8 @@ new Gauge({
   registers: [registry],
   async collect() {
     this.reset();
-    for (const p of await pipelineSnapshots()) this.set({ connection: p.connection, pipeline: p.pipeline }, p.deadLetters);
+    for (const p of await pipelineSnapshots())
+      this.set({ connection: p.connection, pipeline: p.pipeline }, p.deadLetters);
   },
 });
 
@@ -107,6 +108,7 @@ new Gauge({
   registers: [registry],
   async collect() {
     this.reset();
-    for (const p of await pipelineSnapshots()) if (p.lag !== null) this.set({ connection: p.connection, pipeline: p.pipeline }, p.lag);
+    for (const p of await pipelineSnapshots())
+      if (p.lag !== null) this.set({ connection: p.connection, pipeline: p.pipeline }, p.lag);
   },
 });

@@ -11,7 +11,9 @@ type Guard = (request: Request, ip: string | undefined) => Response | undefined;
 
 export const ReplayRequest = Type.Object(
   {
-    connection: Type.Optional(Type.String({ description: "needed when several connections have a pipeline of that name" })),
+    connection: Type.Optional(
+      Type.String({ description: "needed when several connections have a pipeline of that name" }),
+    ),
     since: Type.Optional(Type.String({ description: "ISO 8601: start at messages stored at or after this time" })),
     fromSeq: Type.Optional(Type.Integer({ minimum: 1, description: "or start at this stream sequence" })),
     until: Type.Optional(Type.String({ description: "ISO 8601: stop at messages stored after this time" })),
@@ -30,12 +32,14 @@ interface Job {
   error?: string;
 }
 
-const json = (body: unknown, status = 200) => new Response(JSON.stringify(body), { status, headers: { "Content-Type": "application/json" } });
+const json = (body: unknown, status = 200) =>
+  new Response(JSON.stringify(body), { status, headers: { "Content-Type": "application/json" } });
 
 /** POST /v1/pipelines/<name>/replay starts a replay in this node; GET /v1/replays follows them. */
 export function replayRoutes(config: ConfigStore, bus: Bus, warehouse: () => Warehouse | undefined, guard: Guard) {
   const jobs = new Map<string, Job>();
-  const ip = (ctx: { request: Request; server: { requestIP(r: Request): { address: string } | null } | null }) => ctx.server?.requestIP(ctx.request)?.address;
+  const ip = (ctx: { request: Request; server: { requestIP(r: Request): { address: string } | null } | null }) =>
+    ctx.server?.requestIP(ctx.request)?.address;
   return new Elysia({ name: "replay" })
     .post(
       "/v1/pipelines/:name/replay",
@@ -56,17 +60,38 @@ export function replayRoutes(config: ConfigStore, bus: Bus, warehouse: () => War
           return json({ error: `${e.path || "body"}: ${e.message}` }, 400);
         }
         for (const f of ["since", "until"] as const) {
-          if (body[f] !== undefined && Number.isNaN(Date.parse(body[f]!))) return json({ error: `${f}: not an ISO 8601 time: ${body[f]}` }, 400);
+          if (body[f] !== undefined && Number.isNaN(Date.parse(body[f]!)))
+            return json({ error: `${f}: not an ISO 8601 time: ${body[f]}` }, 400);
         }
         const name = decodeURIComponent(ctx.params.name);
-        const owners = [...config.current.connections.values()].filter((c) => c.pipelines?.some((p) => p.name === name) && (!body.connection || c.connection === body.connection));
-        if (!owners.length) return json({ error: `no pipeline named "${name}"${body.connection ? ` on connection "${body.connection}"` : ""}` }, 404);
-        if (owners.length > 1) return json({ error: `several connections have a pipeline named "${name}": say which with "connection"` }, 400);
+        const owners = [...config.current.connections.values()].filter(
+          (c) => c.pipelines?.some((p) => p.name === name) && (!body.connection || c.connection === body.connection),
+        );
+        if (!owners.length)
+          return json(
+            { error: `no pipeline named "${name}"${body.connection ? ` on connection "${body.connection}"` : ""}` },
+            404,
+          );
+        if (owners.length > 1)
+          return json(
+            { error: `several connections have a pipeline named "${name}": say which with "connection"` },
+            400,
+          );
         const w = warehouse();
         if (!w) return json({ error: "ClickHouse is not reachable yet; retry later" }, 503);
-        const job: Job = { id: crypto.randomUUID(), connection: owners[0]!.connection, pipeline: name, startedAt: new Date().toISOString() };
+        const job: Job = {
+          id: crypto.randomUUID(),
+          connection: owners[0]!.connection,
+          pipeline: name,
+          startedAt: new Date().toISOString(),
+        };
         jobs.set(job.id, job);
-        replay(bus, w, config.current, { ...body, connection: job.connection, pipeline: name, onProgress: (p) => (job.progress = p) })
+        replay(bus, w, config.current, {
+          ...body,
+          connection: job.connection,
+          pipeline: name,
+          onProgress: (p) => (job.progress = p),
+        })
           .then((p) => (job.progress = p))
           .catch((e) => {
             job.error = String((e as Error).message ?? e);

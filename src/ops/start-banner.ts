@@ -19,7 +19,12 @@ export interface BannerInput {
 
 /** A URL a browser or curl on this machine can use for a node bound to `host`. */
 export function displayUrl(host: string, port: number): string {
-  const h = host === "" || host === "0.0.0.0" || host === "::" || host === "[::]" ? "localhost" : host.includes(":") && !host.startsWith("[") ? `[${host}]` : host;
+  const h =
+    host === "" || host === "0.0.0.0" || host === "::" || host === "[::]"
+      ? "localhost"
+      : host.includes(":") && !host.startsWith("[")
+        ? `[${host}]`
+        : host;
   return `http://${h}:${port}`;
 }
 
@@ -35,13 +40,16 @@ export function banner(b: BannerInput): string {
   const base = displayUrl(b.host, b.port);
   const out: string[] = ["", `Tributary ${b.version} is listening on ${base}  (Ctrl-C stops it)`, ""];
   const width = Math.max(10, ...b.connections.map((c) => c.connection.length));
-  const endpoint = (c: LoadedConnection) => (c.source === "raw" ? `${base}/v1/webhooks/${c.connection}` : `${base}/v1/batch`);
+  const endpoint = (c: LoadedConnection) =>
+    c.source === "raw" ? `${base}/v1/webhooks/${c.connection}` : `${base}/v1/batch`;
   if (b.connections.length) {
     const events = b.connections.some((c) => c.source !== "raw");
     out.push(`  Connections${events ? "  (for event sources the write key picks the connection)" : ""}`);
     for (const c of b.connections) {
       const kind = c.source === "raw" ? "raw webhook" : c.source;
-      out.push(`    ${c.connection.padEnd(width)}  ${kind.padEnd(11)}  POST ${endpoint(c)}${c.source === "raw" ? "" : `  (${EVENT_ROUTES})`}`);
+      out.push(
+        `    ${c.connection.padEnd(width)}  ${kind.padEnd(11)}  POST ${endpoint(c)}${c.source === "raw" ? "" : `  (${EVENT_ROUTES})`}`,
+      );
     }
   } else {
     out.push("  Connections  none: add a connection file to the pipelines directory (see pipelines/example.yaml)");
@@ -49,10 +57,16 @@ export function banner(b: BannerInput): string {
   out.push("");
   const debuggerUrl = `${base}/debugger`;
   if (b.admin.token) out.push(`  Debugger     ${debuggerUrl}  (asks for TRIBUTARY_ADMIN_TOKEN)`);
-  else if (b.admin.dev) out.push(`  Debugger     ${debuggerUrl}  (TRIBUTARY_DEV_ADMIN: no token, from this machine only)`);
+  else if (b.admin.dev)
+    out.push(`  Debugger     ${debuggerUrl}  (TRIBUTARY_DEV_ADMIN: no token, from this machine only)`);
   else out.push("  Debugger     off: set TRIBUTARY_ADMIN_TOKEN=<token>, or TRIBUTARY_DEV_ADMIN=1 on your own machine");
-  const services = [`NATS ${b.services.nats}`, b.services.clickhouse ? `ClickHouse ${b.services.clickhouse}` : "no ClickHouse (events wait in JetStream)"].join(" · ");
-  out.push(`  Services     ${services}${b.services.local ? `  (started here, data in ${/^[./]/.test(b.services.dataDir) ? b.services.dataDir : `./${b.services.dataDir}`})` : ""}`);
+  const services = [
+    `NATS ${b.services.nats}`,
+    b.services.clickhouse ? `ClickHouse ${b.services.clickhouse}` : "no ClickHouse (events wait in JetStream)",
+  ].join(" · ");
+  out.push(
+    `  Services     ${services}${b.services.local ? `  (started here, data in ${/^[./]/.test(b.services.dataDir) ? b.services.dataDir : `./${b.services.dataDir}`})` : ""}`,
+  );
   out.push("");
   const event = b.connections.find((c) => c.source !== "raw");
   const raw = b.connections.find((c) => c.source === "raw");
@@ -65,7 +79,10 @@ export function banner(b: BannerInput): string {
       `    <write key>: one of the writeKeys of "${event.connection}" in ${shortPath(event.file)}`,
     );
   } else if (raw) {
-    out.push("  Try it:", `    curl -X POST ${endpoint(raw)} -H 'Content-Type: application/json' -d '{"hello":"world"}'`);
+    out.push(
+      "  Try it:",
+      `    curl -X POST ${endpoint(raw)} -H 'Content-Type: application/json' -d '{"hello":"world"}'`,
+    );
     if (raw.check) out.push("    (its `check` refuses a request without the sender's signature or header)");
   }
   out.push("");

@@ -27,7 +27,9 @@ export function pipelinesOf(config: Config): { connection: string; file: string;
   const out: { connection: string; file: string; pipeline: string; index?: number }[] = [];
   for (const c of config.connections.values()) {
     if (c.source === "raw") out.push({ connection: c.connection, file: c.file, pipeline: RAW_PIPELINE });
-    (c.pipelines ?? []).forEach((p, index) => out.push({ connection: c.connection, file: c.file, pipeline: p.name, index }));
+    (c.pipelines ?? []).forEach((p, index) =>
+      out.push({ connection: c.connection, file: c.file, pipeline: p.name, index }),
+    );
   }
   return out;
 }
@@ -38,9 +40,17 @@ export function pipelinesOf(config: Config): { connection: string; file: string;
  */
 export function nameCollisions(config: Config, n: PipelineNaming = naming) {
   const seen = new Map<string, ReturnType<typeof pipelinesOf>[number]>();
-  const out: { a: ReturnType<typeof pipelinesOf>[number]; b: ReturnType<typeof pipelinesOf>[number]; what: string; name: string }[] = [];
+  const out: {
+    a: ReturnType<typeof pipelinesOf>[number];
+    b: ReturnType<typeof pipelinesOf>[number];
+    what: string;
+    name: string;
+  }[] = [];
   for (const p of pipelinesOf(config)) {
-    for (const [what, name] of [["consumer", n.consumer(p.connection, p.pipeline)], ["dead-letter subject", n.deadLetters(p.connection, p.pipeline)]] as const) {
+    for (const [what, name] of [
+      ["consumer", n.consumer(p.connection, p.pipeline)],
+      ["dead-letter subject", n.deadLetters(p.connection, p.pipeline)],
+    ] as const) {
       const other = seen.get(`${what}\0${name}`);
       if (other) out.push({ a: other, b: p, what, name });
       else seen.set(`${what}\0${name}`, p);
@@ -89,7 +99,9 @@ export async function ensureConsumersAtStart(bus: Bus, config: Config, ackWaitMs
   }
   for (const name of migrated) {
     if (stillNeeded.has(name)) continue;
-    await bus.jsm.consumers.delete(STREAM, name).catch((e) => log.warn("old pipeline consumer not deleted", { consumer: name, error: String(e) }));
+    await bus.jsm.consumers
+      .delete(STREAM, name)
+      .catch((e) => log.warn("old pipeline consumer not deleted", { consumer: name, error: String(e) }));
   }
 }
 
@@ -117,7 +129,10 @@ export class PipelineManager {
   async snapshots(): Promise<PipelineSnapshot[]> {
     return Promise.all(
       [...this.workers.values()].map(async (w) => {
-        const [info, letters] = await Promise.all([this.bus.jsm.consumers.info(STREAM, w.durable).catch(() => undefined), deadLetterCounts(this.bus, w.connection)]);
+        const [info, letters] = await Promise.all([
+          this.bus.jsm.consumers.info(STREAM, w.durable).catch(() => undefined),
+          deadLetterCounts(this.bus, w.connection),
+        ]);
         const s = w.stats;
         return {
           connection: w.connection,
@@ -150,18 +165,25 @@ export class PipelineManager {
   apply(config: Config): Promise<void> {
     const first = !this.#applied;
     this.#applied = true;
-    const after = first && this.bus.startSeq !== undefined ? Promise.resolve(this.bus.startSeq) : this.bus.jsm.streams.info(STREAM).then((i) => i.state.last_seq);
+    const after =
+      first && this.bus.startSeq !== undefined
+        ? Promise.resolve(this.bus.startSeq)
+        : this.bus.jsm.streams.info(STREAM).then((i) => i.state.last_seq);
     after.catch(() => {}); // awaited in its turn
-    this.#applying = this.#applying.then(() => this.#apply(config, after)).catch((e) => {
-      this.lastError = String((e as Error).message ?? e);
-      log.error("applying pipelines failed", { error: this.lastError });
-    });
+    this.#applying = this.#applying
+      .then(() => this.#apply(config, after))
+      .catch((e) => {
+        this.lastError = String((e as Error).message ?? e);
+        log.error("applying pipelines failed", { error: this.lastError });
+      });
     return this.#applying;
   }
 
   async #apply(config: Config, startAfter: Promise<number>): Promise<void> {
     this.#problems = [];
-    const usersWanted = [...config.connections.values()].some((c) => c.pipelines?.some((p) => p.import === "users" && p.enabled !== false));
+    const usersWanted = [...config.connections.values()].some((c) =>
+      c.pipelines?.some((p) => p.import === "users" && p.enabled !== false),
+    );
     let model = this.#model;
     if (usersWanted || Object.keys(config.customerModel).length) {
       try {
@@ -174,12 +196,20 @@ export class PipelineManager {
         log.error("customer model not applied", { error: String((e as Error).message ?? e) });
       }
     }
-    for (const { a, b, what, name } of nameCollisions(config)) this.#problems.push(`pipeline "${b.pipeline}" of ${b.connection} (${b.file}) shares the ${what} ${name} with "${a.pipeline}" of ${a.connection} (${a.file}); only one runs`);
+    for (const { a, b, what, name } of nameCollisions(config))
+      this.#problems.push(
+        `pipeline "${b.pipeline}" of ${b.connection} (${b.file}) shares the ${what} ${name} with "${a.pipeline}" of ${a.connection} (${a.file}); only one runs`,
+      );
     const wanted = new Map<string, Wanted>();
     for (const c of config.connections.values()) {
       if (c.source === "raw") {
         const table = c.table ?? c.connection;
-        wanted.set(`${c.connection}/${RAW_PIPELINE}`, { connection: c.connection, pipeline: { name: RAW_PIPELINE, import: "events" }, signature: `raw:${table}`, rawTable: table });
+        wanted.set(`${c.connection}/${RAW_PIPELINE}`, {
+          connection: c.connection,
+          pipeline: { name: RAW_PIPELINE, import: "events" },
+          signature: `raw:${table}`,
+          rawTable: table,
+        });
       }
       for (const p of c.pipelines ?? []) {
         if (p.enabled === false) continue;
@@ -208,7 +238,9 @@ export class PipelineManager {
       } catch (e) {
         // The stream cannot be read: no new consumer now; the rest of the change still applies.
         for (const [key] of fresh) failed.add(key);
-        this.#problems.push(`new pipelines not started: cannot read the events stream: ${String((e as Error).message ?? e)}`);
+        this.#problems.push(
+          `new pipelines not started: cannot read the events stream: ${String((e as Error).message ?? e)}`,
+        );
       }
     }
     const migrated = new Set<string>();
@@ -216,7 +248,13 @@ export class PipelineManager {
       fresh.map(async ([key, want]) => {
         if (failed.has(key)) return;
         try {
-          const r = await ensurePipelineConsumer(this.bus, want.connection, want.pipeline.name, this.batch.ackWaitMs, afterSeq);
+          const r = await ensurePipelineConsumer(
+            this.bus,
+            want.connection,
+            want.pipeline.name,
+            this.batch.ackWaitMs,
+            afterSeq,
+          );
           if (r.migratedFrom) migrated.add(r.migratedFrom);
         } catch (e) {
           failed.add(key);
@@ -228,10 +266,14 @@ export class PipelineManager {
     // An old-named consumer goes once every pipeline that read it has its own; one a disabled
     // pipeline may still need stays until that pipeline is enabled.
     const stillNeeded = new Set<string>();
-    for (const c of config.connections.values()) for (const p of c.pipelines ?? []) if (!wanted.has(`${c.connection}/${p.name}`)) stillNeeded.add(legacyConsumerName(c.connection, p.name));
+    for (const c of config.connections.values())
+      for (const p of c.pipelines ?? [])
+        if (!wanted.has(`${c.connection}/${p.name}`)) stillNeeded.add(legacyConsumerName(c.connection, p.name));
     for (const name of migrated) {
       if (stillNeeded.has(name)) continue;
-      await this.bus.jsm.consumers.delete(STREAM, name).catch((e) => log.warn("old pipeline consumer not deleted", { consumer: name, error: String(e) }));
+      await this.bus.jsm.consumers
+        .delete(STREAM, name)
+        .catch((e) => log.warn("old pipeline consumer not deleted", { consumer: name, error: String(e) }));
     }
     for (const [key, want] of wanted) {
       const existing = this.workers.get(key);
@@ -243,12 +285,22 @@ export class PipelineManager {
       }
       if (failed.has(key)) continue;
       try {
-        const w = new PipelineWorker(this.bus, this.warehouse, want.connection, want.pipeline.name, filter, await this.#stage(want, model), this.batch, this.inserter);
+        const w = new PipelineWorker(
+          this.bus,
+          this.warehouse,
+          want.connection,
+          want.pipeline.name,
+          filter,
+          await this.#stage(want, model),
+          this.batch,
+          this.inserter,
+        );
         w.consents = want.pipeline.consents;
         w.startAfterSeq = afterSeq;
         const outcomes = this.outcomes;
         if (outcomes) {
-          w.stats.onOutcome = (id, outcome, reason) => outcomes.record(want.connection, id, want.pipeline.name, outcome, reason);
+          w.stats.onOutcome = (id, outcome, reason) =>
+            outcomes.record(want.connection, id, want.pipeline.name, outcome, reason);
           w.onLoaded = (ids) => outcomes.loaded(want.connection, want.pipeline.name, ids);
         }
         await w.start();

@@ -19,7 +19,14 @@ export function rawStage(connection: string, table: string, w: Warehouse): Pipel
       (records as unknown as RawRecord[]).flatMap((r) => {
         const receivedAt = timeCell(Date.parse(r.raw.receivedAt), w.features);
         const headers = JSON.stringify(r.raw.headers);
-        return r.raw.rows.map((body, i) => ({ connection, delivery_id: r.messageId, row_index: i, received_at: receivedAt, body, headers }));
+        return r.raw.rows.map((body, i) => ({
+          connection,
+          delivery_id: r.messageId,
+          row_index: i,
+          received_at: receivedAt,
+          body,
+          headers,
+        }));
       }),
   };
 }

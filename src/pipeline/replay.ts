@@ -58,11 +58,19 @@ export class ReplayError extends Error {
  * It reads with a durable consumer of its own (the pipeline's live consumer is not touched),
  * acknowledged batch by batch, so an interrupted replay resumes where it stopped when rerun.
  */
-export async function replay(bus: Bus, warehouse: Warehouse, config: Config, o: ReplayOptions): Promise<ReplayProgress> {
+export async function replay(
+  bus: Bus,
+  warehouse: Warehouse,
+  config: Config,
+  o: ReplayOptions,
+): Promise<ReplayProgress> {
   const c = config.connections.get(o.connection);
   if (!c) throw new ReplayError(`no connection named "${o.connection}"`);
   const p = c.pipelines?.find((x) => x.name === o.pipeline);
-  if (!p) throw new ReplayError(`connection "${o.connection}" has no pipeline named "${o.pipeline}" (it has: ${(c.pipelines ?? []).map((x) => x.name).join(", ") || "none"})`);
+  if (!p)
+    throw new ReplayError(
+      `connection "${o.connection}" has no pipeline named "${o.pipeline}" (it has: ${(c.pipelines ?? []).map((x) => x.name).join(", ") || "none"})`,
+    );
   const stage = await new StageFactory(bus, warehouse).build(c.connection, p, config.customerModel);
   const stats = new PipelineStats();
   const selection = { filter: compileFilter(filterOf(p)), consents: p.consents, raw: false };
@@ -75,7 +83,10 @@ export async function replay(bus: Bus, warehouse: Warehouse, config: Config, o: 
   // A durable consumer named after the replay's arguments: rerunning the same replay after an
   // interruption resumes after the last batch it loaded; it is deleted once the replay finished.
   // consumerName is injective over (connection, pipeline); a fixed prefix and a fixed-length hash keep it so.
-  const args = createHash("sha256").update(JSON.stringify([o.since, o.fromSeq, o.until])).digest("hex").slice(0, 8);
+  const args = createHash("sha256")
+    .update(JSON.stringify([o.since, o.fromSeq, o.until]))
+    .digest("hex")
+    .slice(0, 8);
   const name = consumerName(c.connection, p.name).replace(/^tributary-/, `tributary-replay-${args}-`);
   const existing = await bus.jsm.consumers.info(STREAM, name).catch(() => undefined);
   // Resume after the ack floor: batches are acknowledged in order, so everything up to it is loaded.
@@ -84,23 +95,32 @@ export async function replay(bus: Bus, warehouse: Warehouse, config: Config, o: 
   const resumeAt = existing && existing.ack_floor.stream_seq > 0 ? existing.ack_floor.stream_seq + 1 : undefined;
   if (existing) await bus.jsm.consumers.delete(STREAM, name);
   const first = resumeAt ?? o.fromSeq ?? info.state.first_seq;
-  {
-    await bus.jsm.consumers.add(STREAM, {
-      durable_name: name,
-      filter_subject: connectionSubjects(c.connection),
-      ack_policy: AckPolicy.Explicit,
-      ack_wait: nanos(120_000),
-      max_ack_pending: 50_000,
-      inactive_threshold: nanos(7 * 86400_000),
-      ...(o.since && resumeAt === undefined
-        ? { deliver_policy: DeliverPolicy.StartTime, opt_start_time: new Date(o.since).toISOString() }
-        : { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: Math.max(1, first) }),
-    });
-  }
+  await bus.jsm.consumers.add(STREAM, {
+    durable_name: name,
+    filter_subject: connectionSubjects(c.connection),
+    ack_policy: AckPolicy.Explicit,
+    ack_wait: nanos(120_000),
+    max_ack_pending: 50_000,
+    inactive_threshold: nanos(7 * 86400_000),
+    ...(o.since && resumeAt === undefined
+      ? { deliver_policy: DeliverPolicy.StartTime, opt_start_time: new Date(o.since).toISOString() }
+      : { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: Math.max(1, first) }),
+  });
   const consumer = await bus.js.consumers.get(STREAM, name);
   const inserter = new Inserter(warehouse, stage.table);
   const started = performance.now();
-  const progress: ReplayProgress = { done: 0, total: Math.max(0, last - first + 1), received: 0, kept: 0, loaded: 0, failed: 0, eventsPerSecond: 0, etaSeconds: null, finished: false, resumed: !!existing };
+  const progress: ReplayProgress = {
+    done: 0,
+    total: Math.max(0, last - first + 1),
+    received: 0,
+    kept: 0,
+    loaded: 0,
+    failed: 0,
+    eventsPerSecond: 0,
+    etaSeconds: null,
+    finished: false,
+    resumed: !!existing,
+  };
   const report = (seq: number) => {
     const s = (performance.now() - started) / 1000;
     progress.done = Math.max(0, Math.min(progress.total, seq - first + 1));
@@ -125,7 +145,8 @@ export async function replay(bus: Bus, warehouse: Warehouse, config: Config, o: 
       const outcome = await inserter.insert(rows);
       await stage.afterInsert?.();
       progress.loaded += outcome.inserted;
-      for (const r of outcome.rejected) stats.recordError(`ClickHouse refused the row: ${r.reason}`, r.row.message_id as string);
+      for (const r of outcome.rejected)
+        stats.recordError(`ClickHouse refused the row: ${r.reason}`, r.row.message_id as string);
     }
     // A dry run acknowledges nothing: it leaves no trace to resume from.
     if (!o.dryRun) await Promise.all(messages.map((m) => m.ackAck()));

@@ -25,7 +25,12 @@ export class StageFactory {
   }
 
   /** The stage of a pipeline (or of a raw connection's table loader when `rawTable` is set). */
-  async build(connection: string, p: Pipeline, model: CustomerModel | undefined, rawTable?: string): Promise<PipelineStage> {
+  async build(
+    connection: string,
+    p: Pipeline,
+    model: CustomerModel | undefined,
+    rawTable?: string,
+  ): Promise<PipelineStage> {
     if (rawTable) {
       await ensureRawTable(this.warehouse, rawTable);
       return rawStage(connection, rawTable, this.warehouse);
@@ -34,9 +39,18 @@ export class StageFactory {
     if (!model) throw new Error(`pipeline "${p.name}": import: users needs the Customer Model`);
     this.#profiles ??= ProfileStore.open(this.bus.js, this.bus.options.streamReplicas);
     const deadLetters = (letters: DeadLetter[]) => publishDeadLetters(this.bus, letters);
-    return new UsersStage(p.name, await createTransform(p.transform!), model, await this.#profiles, this.warehouse, connection, deadLetters);
+    return new UsersStage(
+      p.name,
+      await createTransform(p.transform!),
+      model,
+      await this.#profiles,
+      this.warehouse,
+      connection,
+      deadLetters,
+    );
   }
 }
 
 /** The filter a pipeline runs: its own, or the users preset. */
-export const filterOf = (p: Pipeline): string | undefined => p.filter ?? (p.import === "users" ? DEFAULT_USERS_FILTER : undefined);
+export const filterOf = (p: Pipeline): string | undefined =>
+  p.filter ?? (p.import === "users" ? DEFAULT_USERS_FILTER : undefined);

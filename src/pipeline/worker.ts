@@ -1,6 +1,13 @@
 import { sinkBatchRows, sinkFlushDuration } from "../ops/metrics.ts";
 import { nanos } from "@nats-io/nats-core";
-import { AckPolicy, DeliverPolicy, type Consumer, type ConsumerInfo, type ConsumerMessages, type JsMsg } from "@nats-io/jetstream";
+import {
+  AckPolicy,
+  DeliverPolicy,
+  type Consumer,
+  type ConsumerInfo,
+  type ConsumerMessages,
+  type JsMsg,
+} from "@nats-io/jetstream";
 import type { Bus } from "../bus/connection.ts";
 import { STREAM, connectionSubjects, consumerName, legacyConsumerName } from "../bus/subjects.ts";
 import { KIND_HEADER } from "../bus/shard-writer.ts";
@@ -21,7 +28,12 @@ export interface BatchOptions {
   ackWaitMs: number;
 }
 
-export const batchDefaults: BatchOptions = { maxRows: defaults.batchMaxRows, maxBytes: defaults.batchMaxBytes, maxAgeMs: defaults.batchMaxAgeMs, ackWaitMs: defaults.ackWaitMs };
+export const batchDefaults: BatchOptions = {
+  maxRows: defaults.batchMaxRows,
+  maxBytes: defaults.batchMaxBytes,
+  maxAgeMs: defaults.batchMaxAgeMs,
+  ackWaitMs: defaults.ackWaitMs,
+};
 
 /** The pipeline's durable consumer (injective: see consumerName). */
 export const durableName = consumerName;
@@ -35,19 +47,35 @@ export const durableName = consumerName;
  * not acknowledged comes again; rows collapse in ClickHouse), and `migratedFrom` names the old one,
  * which the manager deletes once every pipeline that shared it has its own.
  */
-export async function ensurePipelineConsumer(bus: Bus, connection: string, pipeline: string, ackWaitMs: number, afterSeq: number): Promise<{ migratedFrom?: string }> {
+export async function ensurePipelineConsumer(
+  bus: Bus,
+  connection: string,
+  pipeline: string,
+  ackWaitMs: number,
+  afterSeq: number,
+): Promise<{ migratedFrom?: string }> {
   const name = durableName(connection, pipeline);
   const filter = connectionSubjects(connection);
   const ackWait = nanos(ackWaitMs);
   const info = await consumerInfo(bus, name);
   if (info) {
-    if (info.config.filter_subject !== filter) throw new Error(`consumer ${name} reads ${info.config.filter_subject}, not ${filter}`);
+    if (info.config.filter_subject !== filter)
+      throw new Error(`consumer ${name} reads ${info.config.filter_subject}, not ${filter}`);
     if (info.config.ack_wait !== ackWait) await bus.jsm.consumers.update(STREAM, name, { ack_wait: ackWait });
     // Another node created it first, from a later point than this node's: what this node accepted
     // in between is in the stream but not for this pipeline. Never silent.
     const from = info.config.deliver_policy === DeliverPolicy.StartSequence ? (info.config.opt_start_seq ?? 0) : 0;
     if (from > afterSeq + 1) {
-      log.warn("pipeline consumer was created by another node from a later point: load what came before with a replay", { pipeline, connection, consumer: name, startsAt: from, replay: `bun run replay ${connection} --pipeline '${pipeline}' --from-seq ${afterSeq + 1}` });
+      log.warn(
+        "pipeline consumer was created by another node from a later point: load what came before with a replay",
+        {
+          pipeline,
+          connection,
+          consumer: name,
+          startsAt: from,
+          replay: `bun run replay ${connection} --pipeline '${pipeline}' --from-seq ${afterSeq + 1}`,
+        },
+      );
     }
     return {};
   }
@@ -132,10 +160,17 @@ const yieldToLoop = () => new Promise<void>((resolve) => setImmediate(resolve));
 function isLegacyRawRecord(e: unknown): boolean {
   if (!e || typeof e !== "object") return false;
   const keys = Object.keys(e);
-  return keys.length === 2 && "messageId" in e && "raw" in e && !!(e as Json).raw && typeof (e as Json).raw === "object";
+  return (
+    keys.length === 2 && "messageId" in e && "raw" in e && !!(e as Json).raw && typeof (e as Json).raw === "object"
+  );
 }
 
-export async function selectEvents(m: { json<T>(): T; seq: number; headers?: { get(k: string): string } }, sel: Selection, stats: PipelineStats, into: Json[]): Promise<void> {
+export async function selectEvents(
+  m: { json<T>(): T; seq: number; headers?: { get(k: string): string } },
+  sel: Selection,
+  stats: PipelineStats,
+  into: Json[],
+): Promise<void> {
   let events: Json[];
   try {
     events = m.json<Json[]>();
@@ -234,10 +269,13 @@ export class PipelineWorker {
     this.#loop = this.#run(this.#messages);
     // Held messages (open batch, insert being retried) are still being worked on: keep JetStream
     // from redelivering them to another node while this one is alive.
-    this.#heartbeat = setInterval(() => {
-      for (const m of this.#pending) m.working();
-      for (const m of this.#inFlight) m.working();
-    }, Math.max(250, this.batch.ackWaitMs / 3));
+    this.#heartbeat = setInterval(
+      () => {
+        for (const m of this.#pending) m.working();
+        for (const m of this.#inFlight) m.working();
+      },
+      Math.max(250, this.batch.ackWaitMs / 3),
+    );
   }
 
   /** Flushes what it holds; if ClickHouse stays away past the grace period, leaves it unacknowledged for redelivery. */
@@ -256,7 +294,13 @@ export class PipelineWorker {
   }
 
   async #consumer(): Promise<Consumer> {
-    await ensurePipelineConsumer(this.bus, this.connection, this.pipeline, this.batch.ackWaitMs, this.startAfterSeq ?? this.bus.startSeq ?? 0);
+    await ensurePipelineConsumer(
+      this.bus,
+      this.connection,
+      this.pipeline,
+      this.batch.ackWaitMs,
+      this.startAfterSeq ?? this.bus.startSeq ?? 0,
+    );
     return this.bus.js.consumers.get(STREAM, this.durable);
   }
 
@@ -294,10 +338,12 @@ export class PipelineWorker {
   #scheduleFlush(): Promise<void> {
     clearTimeout(this.#ageTimer);
     this.#ageTimer = undefined;
-    this.#flushing = this.#flushing.then(() => this.#flush()).catch((e) => {
-      // Only when stopping mid-retry: the messages stay unacknowledged and come back.
-      log.warn("pipeline batch left for redelivery", { pipeline: this.pipeline, error: String(e) });
-    });
+    this.#flushing = this.#flushing
+      .then(() => this.#flush())
+      .catch((e) => {
+        // Only when stopping mid-retry: the messages stay unacknowledged and come back.
+        log.warn("pipeline batch left for redelivery", { pipeline: this.pipeline, error: String(e) });
+      });
     return this.#flushing;
   }
 
@@ -347,6 +393,7 @@ export class PipelineWorker {
       }
     }
     this.stats.deadLettered += rejected.length;
-    for (const r of rejected) this.stats.recordError(`ClickHouse refused the row: ${r.reason}`, r.row.message_id as string);
+    for (const r of rejected)
+      this.stats.recordError(`ClickHouse refused the row: ${r.reason}`, r.row.message_id as string);
   }
 }

@@ -32,9 +32,14 @@ export interface ReplicationOptions {
 const xml = (s: string) => s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
 
 export function replicationConfig(r: ReplicationOptions): string {
-  const zk = r.zookeeper.map((n, i) => `<node index="${i + 1}"><host>${xml(n.host)}</host><port>${n.port}</port></node>`).join("");
+  const zk = r.zookeeper
+    .map((n, i) => `<node index="${i + 1}"><host>${xml(n.host)}</host><port>${n.port}</port></node>`)
+    .join("");
   const shards = r.shards
-    .map((replicas) => `<shard><internal_replication>true</internal_replication>${replicas.map((x) => `<replica><host>${xml(x.host)}</host><port>${x.port}</port></replica>`).join("")}</shard>`)
+    .map(
+      (replicas) =>
+        `<shard><internal_replication>true</internal_replication>${replicas.map((x) => `<replica><host>${xml(x.host)}</host><port>${x.port}</port></replica>`).join("")}</shard>`,
+    )
     .join("");
   return `  <zookeeper>${zk}${r.sessionTimeoutMs ? `<session_timeout_ms>${r.sessionTimeoutMs}</session_timeout_ms>` : ""}</zookeeper>
   <macros><shard>${xml(r.shard)}</shard><replica>${xml(r.replica)}</replica></macros>
@@ -81,12 +86,18 @@ export class LocalClickHouse extends ManagedProcess {
 
   /** Every port its config opens, as `npm start` checks them before starting it. */
   static ports(httpPort: number, tcpPort: number, interserverPort?: number): PortUse[] {
-    const hint = "stop it, set CLICKHOUSE_HTTP_PORT and CLICKHOUSE_TCP_PORT to free ports, or set CLICKHOUSE_URL to use a ClickHouse server that is already running";
+    const hint =
+      "stop it, set CLICKHOUSE_HTTP_PORT and CLICKHOUSE_TCP_PORT to free ports, or set CLICKHOUSE_URL to use a ClickHouse server that is already running";
     const uses: PortUse[] = [
       { port: httpPort, role: "local clickhouse-server HTTP", hint },
       { port: tcpPort, role: "local clickhouse-server native TCP", hint },
     ];
-    if (interserverPort) uses.push({ port: interserverPort, role: "local clickhouse-server interserver HTTP", hint: "stop it, or start again (this port is picked at random)" });
+    if (interserverPort)
+      uses.push({
+        port: interserverPort,
+        role: "local clickhouse-server interserver HTTP",
+        hint: "stop it, or start again (this port is picked at random)",
+      });
     return uses;
   }
 
@@ -99,9 +110,13 @@ export class LocalClickHouse extends ManagedProcess {
     const httpPort = o.httpPort ?? (await freePort());
     const tcpPort = o.tcpPort ?? (await freePort());
     const interserver = await freePort();
-    if (o.replication && !/^[A-Za-z_][A-Za-z0-9_]*$/.test(o.replication.cluster)) throw new Error(`cluster name "${o.replication.cluster}" is not a valid XML element name`);
-    for (const d of ["data", "tmp", "user_files", "format_schemas", "log"]) mkdirSync(join(dir, d), { recursive: true });
-    const users = existsSync("/etc/clickhouse-server/users.xml") ? "/etc/clickhouse-server/users.xml" : join(dir, "users.xml");
+    if (o.replication && !/^[A-Za-z_][A-Za-z0-9_]*$/.test(o.replication.cluster))
+      throw new Error(`cluster name "${o.replication.cluster}" is not a valid XML element name`);
+    for (const d of ["data", "tmp", "user_files", "format_schemas", "log"])
+      mkdirSync(join(dir, d), { recursive: true });
+    const users = existsSync("/etc/clickhouse-server/users.xml")
+      ? "/etc/clickhouse-server/users.xml"
+      : join(dir, "users.xml");
     if (!existsSync(users)) writeFileSync(users, DEFAULT_USERS);
     const config = join(dir, "config.xml");
     writeFileSync(
@@ -125,7 +140,10 @@ export class LocalClickHouse extends ManagedProcess {
 ${o.replication ? replicationConfig(o.replication) : ""}</yandex>
 `,
     );
-    return new LocalClickHouse(httpPort, dir, tcpPort, interserver, [o.binary ?? "clickhouse-server", `--config-file=${config}`]);
+    return new LocalClickHouse(httpPort, dir, tcpPort, interserver, [
+      o.binary ?? "clickhouse-server",
+      `--config-file=${config}`,
+    ]);
   }
 }
 

@@ -50,7 +50,8 @@ export function lockDataDir(dir: string): () => void {
     } catch (e) {
       if ((e as { code?: string }).code !== "EEXIST" || attempt > 0) throw e;
       const pid = Number(readFileSync(file, "utf8").trim());
-      if (Number.isInteger(pid) && pid > 0 && pid !== process.pid && alive(pid) && /main\.ts|^\?$/.test(commandOf(pid))) throw new DataDirInUseError(dir, pid);
+      if (Number.isInteger(pid) && pid > 0 && pid !== process.pid && alive(pid) && /main\.ts|^\?$/.test(commandOf(pid)))
+        throw new DataDirInUseError(dir, pid);
       unlinkSync(file); // stale: its node is gone (and its pid maybe reused by something else)
     }
   }

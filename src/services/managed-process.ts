@@ -33,7 +33,12 @@ function lastLine(file: string, from: number): string | undefined {
       const size = fstatSync(fd).size;
       const buf = Buffer.alloc(Math.max(0, Math.min(size - from, 4096)));
       readSync(fd, buf, 0, buf.length, size - buf.length);
-      const line = buf.toString("utf8").split("\n").map((l) => l.trim()).filter(Boolean).pop();
+      const line = buf
+        .toString("utf8")
+        .split("\n")
+        .map((l) => l.trim())
+        .filter(Boolean)
+        .pop();
       return line && line.length > 300 ? `${line.slice(0, 299)}…` : line;
     } finally {
       closeSync(fd);
@@ -76,7 +81,9 @@ export class ManagedProcess {
       await this.stop();
       if (e instanceof PortInUseError) throw e;
       const said = lastLine(this.options.logFile, logStart);
-      throw new ServiceStartError(`${this.options.name} did not start: ${(e as Error).message}${said ? `; its log says: ${said}` : ""} (${this.options.logFile})`);
+      throw new ServiceStartError(
+        `${this.options.name} did not start: ${(e as Error).message}${said ? `; its log says: ${said}` : ""} (${this.options.logFile})`,
+      );
     }
   }
 

@@ -56,7 +56,12 @@ export class LocalNats extends ManagedProcess {
   static ports(port: number, clusterPort?: number): PortUse[] {
     const hint = "stop it, set NATS_PORT to a free port, or set NATS_URL to use a NATS server that is already running";
     const uses: PortUse[] = [{ port, role: "local nats-server", hint }];
-    if (clusterPort) uses.push({ port: clusterPort, role: "local nats-server cluster routes", hint: "stop it, or give the cluster another port" });
+    if (clusterPort)
+      uses.push({
+        port: clusterPort,
+        role: "local nats-server cluster routes",
+        hint: "stop it, or give the cluster another port",
+      });
     return uses;
   }
 
@@ -67,11 +72,21 @@ export class LocalNats extends ManagedProcess {
   static async create(o: LocalNatsOptions): Promise<LocalNats> {
     const port = o.port ?? (await freePort());
     mkdirSync(join(o.dataDir, "jetstream"), { recursive: true });
-    const cmd = [o.binary ?? "nats-server", "-js", "-a", "127.0.0.1", "-p", String(port), "-sd", join(o.dataDir, "jetstream")];
+    const cmd = [
+      o.binary ?? "nats-server",
+      "-js",
+      "-a",
+      "127.0.0.1",
+      "-p",
+      String(port),
+      "-sd",
+      join(o.dataDir, "jetstream"),
+    ];
     if (o.serverName) cmd.push("--server_name", o.serverName);
     let clusterPort: number | undefined;
     if (o.cluster) {
-      if (!o.serverName) throw new Error("a clustered nats-server needs a serverName (JetStream identifies peers by it)");
+      if (!o.serverName)
+        throw new Error("a clustered nats-server needs a serverName (JetStream identifies peers by it)");
       clusterPort = o.cluster.port ?? (await freePort());
       cmd.push("--cluster_name", o.cluster.name, "--cluster", `nats://127.0.0.1:${clusterPort}`);
       const routes = o.cluster.routes.map(routeUrl).filter((r) => r !== routeUrl(clusterPort!));

@@ -93,7 +93,9 @@ export function portHolder(port: number): PortHolder | undefined {
   if (!inodes.size) return undefined;
   let pids: number[];
   try {
-    pids = readdirSync("/proc").filter((d) => /^\d+$/.test(d)).map(Number);
+    pids = readdirSync("/proc")
+      .filter((d) => /^\d+$/.test(d))
+      .map(Number);
   } catch {
     return undefined;
   }

@@ -14,11 +14,20 @@ export function freePort(): Promise<number> {
 }
 
 /** Resolves once something accepts TCP connections on host:port. */
-export async function waitForPort(port: number, timeoutMs: number, host = "127.0.0.1", alive: () => boolean = () => true): Promise<void> {
+export async function waitForPort(
+  port: number,
+  timeoutMs: number,
+  host = "127.0.0.1",
+  alive: () => boolean = () => true,
+): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const ok = await new Promise<boolean>((resolve) => {
-      Bun.connect({ hostname: host, port, socket: { open: (s) => (s.end(), resolve(true)), error: () => resolve(false), data() {}, close() {} } }).catch(() => resolve(false));
+      Bun.connect({
+        hostname: host,
+        port,
+        socket: { open: (s) => (s.end(), resolve(true)), error: () => resolve(false), data() {}, close() {} },
+      }).catch(() => resolve(false));
     });
     if (ok) return;
     if (!alive()) throw new Error(`process exited before listening on ${host}:${port}`);

@@ -15,7 +15,10 @@ const order: Record<Level, number> = { debug: 10, info: 20, warn: 30, error: 40 
 let threshold = order[(process.env.LOG_LEVEL as Level) ?? "info"] ?? order.info;
 
 /** LOG_FORMAT when it names a format, else pretty on a terminal and JSON elsewhere. */
-export function defaultLogFormat(env: Record<string, string | undefined> = process.env, tty = !!process.stderr.isTTY): LogFormat {
+export function defaultLogFormat(
+  env: Record<string, string | undefined> = process.env,
+  tty = !!process.stderr.isTTY,
+): LogFormat {
   const f = env.LOG_FORMAT?.toLowerCase();
   return f === "json" || f === "pretty" ? f : tty ? "pretty" : "json";
 }
@@ -65,7 +68,11 @@ function write(level: Level, msg: string, fields?: Record<string, unknown>) {
   if (order[level] < threshold) return;
   const requestId = requestContext.getStore()?.requestId;
   const all = { ...(requestId && { requestId }), ...fields };
-  process.stderr.write(format === "pretty" ? prettyLine(level, msg, all) : JSON.stringify({ time: new Date().toISOString(), level, msg, ...all }) + "\n");
+  process.stderr.write(
+    format === "pretty"
+      ? prettyLine(level, msg, all)
+      : JSON.stringify({ time: new Date().toISOString(), level, msg, ...all }) + "\n",
+  );
 }
 
 export const log = {

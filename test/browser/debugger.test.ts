@@ -39,7 +39,10 @@ let page: Page;
 const pageErrors: string[] = [];
 
 beforeAll(async () => {
-  if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} not found: install Debian's chromium (npm test does it as root: apt-get install -y chromium)`);
+  if (!existsSync(CHROMIUM))
+    throw new Error(
+      `${CHROMIUM} not found: install Debian's chromium (npm test does it as root: apt-get install -y chromium)`,
+    );
   const launching = chromium.launch({
     executablePath: CHROMIUM,
     headless: true,
@@ -48,7 +51,11 @@ beforeAll(async () => {
   [nats, ch] = await Promise.all([startNats(), startClickHouse()]);
   node = await startTestNode(nats.url, files, { clickhouseUrl: ch.url, adminToken: ADMIN, batchMaxAgeMs: 100 });
   browser = await launching;
-  context = await browser.newContext({ viewport: { width: 1360, height: 820 }, colorScheme: "light", deviceScaleFactor: 1 });
+  context = await browser.newContext({
+    viewport: { width: 1360, height: 820 },
+    colorScheme: "light",
+    deviceScaleFactor: 1,
+  });
   page = await context.newPage();
   page.on("pageerror", (e) => pageErrors.push(String(e)));
   await node.pipelinesReady;
@@ -123,7 +130,10 @@ describe("Event debugger page", () => {
     await row(order.messageId).waitFor({ timeout: 30_000 });
     const shownAfter = performance.now() - sent;
     const bound = 1000 + 10 * (pageRoundTrip + postRoundTrip);
-    expect(shownAfter, `shown ${shownAfter.toFixed(0)} ms after the POST (page round trip ${pageRoundTrip.toFixed(0)} ms, POST ${postRoundTrip.toFixed(0)} ms)`).toBeLessThan(bound);
+    expect(
+      shownAfter,
+      `shown ${shownAfter.toFixed(0)} ms after the POST (page round trip ${pageRoundTrip.toFixed(0)} ms, POST ${postRoundTrip.toFixed(0)} ms)`,
+    ).toBeLessThan(bound);
     expect(await page.locator("#empty").isHidden()).toBe(true);
     const cells = await row(order.messageId).locator("td").allTextContents();
     expect(cells.slice(1)).toEqual(["track", "Order Completed", "u-1042", order.messageId]);
@@ -133,7 +143,12 @@ describe("Event debugger page", () => {
     await page.locator("#detail").waitFor({ state: "visible" });
     const json = (await page.locator("#json").textContent()) ?? "";
     expect(json).toContain(`"messageId": "${order.messageId}"`);
-    expect(JSON.parse(json)).toMatchObject({ type: "track", event: "Order Completed", userId: "u-1042", properties: order.properties });
+    expect(JSON.parse(json)).toMatchObject({
+      type: "track",
+      event: "Order Completed",
+      userId: "u-1042",
+      properties: order.properties,
+    });
 
     // Outcomes accumulate while the detail is open: one pipeline loads it, the other filters it out.
     await outcome("all-events").and(page.locator('[data-outcome="loaded"]')).waitFor({ timeout: 30_000 });
@@ -144,12 +159,21 @@ describe("Event debugger page", () => {
 
     // The pipelines panel counts it.
     const loaded = page.locator('#pipe-rows tr[data-pipeline="all-events"] td:nth-child(7)');
-    for (const deadline = Date.now() + 30_000; Date.now() < deadline && (await loaded.textContent().catch(() => "")) !== "1"; ) await Bun.sleep(200);
+    for (
+      const deadline = Date.now() + 30_000;
+      Date.now() < deadline && (await loaded.textContent().catch(() => "")) !== "1";
+    )
+      await Bun.sleep(200);
     expect(await loaded.textContent()).toBe("1");
   }, 60_000);
 
   test("event data is shown as text, never as HTML", async () => {
-    const evil = { type: "track", event: `<img src=x onerror="window.__xss=1">`, userId: `<b>bold</b>`, messageId: "msg-browser-xss" };
+    const evil = {
+      type: "track",
+      event: `<img src=x onerror="window.__xss=1">`,
+      userId: `<b>bold</b>`,
+      messageId: "msg-browser-xss",
+    };
     await post([evil]);
     await row(evil.messageId).waitFor({ timeout: 30_000 });
     expect(await row(evil.messageId).locator("td.name").textContent()).toBe(evil.event);
@@ -160,7 +184,12 @@ describe("Event debugger page", () => {
   }, 60_000);
 
   test("a flood is sampled: the list stays capped and says how much it shows", async () => {
-    const flood = Array.from({ length: 3000 }, (_, i) => ({ type: "track", event: "Flood", userId: `u-${i}`, messageId: `msg-flood-${i}` }));
+    const flood = Array.from({ length: 3000 }, (_, i) => ({
+      type: "track",
+      event: "Flood",
+      userId: `u-${i}`,
+      messageId: `msg-flood-${i}`,
+    }));
     await post(flood.slice(0, 1500));
     await post(flood.slice(1500));
     await page.locator("#sampling").waitFor({ state: "visible", timeout: 30_000 });

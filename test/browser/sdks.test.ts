@@ -39,7 +39,8 @@ const logs: Json[] = [];
 const rawLog: string[] = [];
 const write = process.stderr.write.bind(process.stderr);
 
-const PAGE = (script: string) => `<!doctype html><html><head><meta charset="utf-8"><title>Shop</title><script src="${script}"></script></head><body><h1>Shop</h1></body></html>`;
+const PAGE = (script: string) =>
+  `<!doctype html><html><head><meta charset="utf-8"><title>Shop</title><script src="${script}"></script></head><body><h1>Shop</h1></body></html>`;
 
 /** The page and the SDK bundles as a site would host them: files copied from node_modules, unchanged. */
 function serveSite() {
@@ -48,9 +49,12 @@ function serveSite() {
     port: 0,
     fetch(request) {
       const path = new URL(request.url).pathname;
-      if (path === "/segment.html") return new Response(PAGE("/sdk/segment/index.js"), { headers: { "Content-Type": "text/html" } });
-      if (path === "/rudderstack.html") return new Response(PAGE("/sdk/rudderstack/index.js"), { headers: { "Content-Type": "text/html" } });
-      if (path === "/blank.html") return new Response("<!doctype html><title>Next</title>", { headers: { "Content-Type": "text/html" } });
+      if (path === "/segment.html")
+        return new Response(PAGE("/sdk/segment/index.js"), { headers: { "Content-Type": "text/html" } });
+      if (path === "/rudderstack.html")
+        return new Response(PAGE("/sdk/rudderstack/index.js"), { headers: { "Content-Type": "text/html" } });
+      if (path === "/blank.html")
+        return new Response("<!doctype html><title>Next</title>", { headers: { "Content-Type": "text/html" } });
       if (path === "/sdk/rudderstack/index.js") return new Response(Bun.file(RUDDER_UMD));
       // analytics.js's optional chunks (trackLink, ajs_ query parameters…) sit next to its bundle.
       if (path.startsWith("/sdk/segment/")) {
@@ -63,7 +67,10 @@ function serveSite() {
 }
 
 beforeAll(async () => {
-  if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} not found: install Debian's chromium (npm test does it as root: apt-get install -y chromium)`);
+  if (!existsSync(CHROMIUM))
+    throw new Error(
+      `${CHROMIUM} not found: install Debian's chromium (npm test does it as root: apt-get install -y chromium)`,
+    );
   process.stderr.write = ((chunk: string | Uint8Array, ...rest: unknown[]) => {
     const text = typeof chunk === "string" ? chunk : new TextDecoder().decode(chunk);
     rawLog.push(text);
@@ -74,7 +81,13 @@ beforeAll(async () => {
     executablePath: CHROMIUM,
     headless: true,
     // Nothing but loopback resolves: an SDK reaching for its vendor's CDN or API fails here, and is seen.
-    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"],
+    args: [
+      "--headless",
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-background-networking",
+      "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+    ],
   });
   site = serveSite();
   elsewhere = serveSite();
@@ -83,7 +96,11 @@ beforeAll(async () => {
   const origin = `http://127.0.0.1:${site.port}`;
   const conn = (name: string, key: string) =>
     `connection: ${name}\nsource: ${name === "seg" ? "segment" : "rudderstack"}\nwriteKeys: ["${key}"]\nallowedOrigins: ["${origin}"]\npipelines:\n  - name: all\n    import: events\n`;
-  node = await startTestNode(nats.url, { "seg.yaml": conn("seg", SEG_KEY), "rudder.yaml": conn("rudder", RS_KEY) }, { clickhouseUrl: ch.url, batchMaxAgeMs: 100 });
+  node = await startTestNode(
+    nats.url,
+    { "seg.yaml": conn("seg", SEG_KEY), "rudder.yaml": conn("rudder", RS_KEY) },
+    { clickhouseUrl: ch.url, batchMaxAgeMs: 100 },
+  );
   browser = await launching;
   await node.pipelinesReady;
 }, 120_000);
@@ -115,7 +132,8 @@ async function open(server: ReturnType<typeof Bun.serve>, path: string): Promise
   context.on("request", (r) => {
     const u = new URL(r.url());
     if (u.hostname !== "127.0.0.1") s.external.push(r.url());
-    else if (u.port === String(node.port)) s.sent.push({ method: r.method(), path: u.pathname + u.search, body: r.postData(), type: r.resourceType() });
+    else if (u.port === String(node.port))
+      s.sent.push({ method: r.method(), path: u.pathname + u.search, body: r.postData(), type: r.resourceType() });
   });
   s.page.on("pageerror", (e) => s.errors.push(String(e)));
   await s.page.goto(`http://127.0.0.1:${server.port}${path}`);
@@ -138,7 +156,12 @@ function eventsSent(s: Session): Json[] {
  * each with what the page passed; with `sent` (the bodies the SDK posted), exactly those events,
  * with the fields the SDK sent. Returns the rows by messageId.
  */
-async function expectLanded(tag: string, connection: string, library: string, sent?: Json[]): Promise<Map<string, Json>> {
+async function expectLanded(
+  tag: string,
+  connection: string,
+  library: string,
+  sent?: Json[],
+): Promise<Map<string, Json>> {
   const query = `SELECT * FROM tributary.events FINAL WHERE connection = '${connection}' AND user_id = 'user-${tag}'`;
   let got: Json[] = [];
   for (const deadline = Date.now() + 30_000; Date.now() < deadline; await Bun.sleep(200)) {
@@ -150,7 +173,10 @@ async function expectLanded(tag: string, connection: string, library: string, se
   for (const r of got) expect(r.context_library_name).toBe(library);
   const identify = by("identify");
   // analytics.js sends traits in `traits`, RudderStack in `context.traits`.
-  expect({ ...JSON.parse(identify.context).traits, ...JSON.parse(identify.traits) }).toMatchObject({ email: `${tag}@example.com`, plan: "pro" });
+  expect({ ...JSON.parse(identify.context).traits, ...JSON.parse(identify.traits) }).toMatchObject({
+    email: `${tag}@example.com`,
+    plan: "pro",
+  });
   expect(by("track")).toMatchObject({ event: "Order Completed" });
   expect(JSON.parse(by("track").properties)).toEqual({ orderId: `o-${tag}`, revenue: 89.9, currency: "EUR" });
   expect(by("page")).toMatchObject({ name: "Getting started", category: "Docs" });
@@ -160,7 +186,12 @@ async function expectLanded(tag: string, connection: string, library: string, se
     expect(sent.map((e) => e.messageId).sort()).toEqual([...stored.keys()].sort());
     for (const e of sent) {
       const r = stored.get(e.messageId)!;
-      expect(r).toMatchObject({ type: e.type, user_id: e.userId, anonymous_id: e.anonymousId ?? null, context_library_version: e.context.library.version });
+      expect(r).toMatchObject({
+        type: e.type,
+        user_id: e.userId,
+        anonymous_id: e.anonymousId ?? null,
+        context_library_version: e.context.library.version,
+      });
       expect(r.context_page_url).toBe(e.context.page.url);
       expect(r.context_user_agent).toBe(e.context.userAgent);
       if (e.type !== "identify") expect(JSON.parse(r.properties)).toEqual(e.properties);
@@ -179,7 +210,10 @@ async function segment(s: Session, options: Json, tag: string) {
         await analytics.track("Order Completed", { orderId: `o-${tag}`, revenue: 89.9, currency: "EUR" }),
         await analytics.page("Docs", "Getting started", { section: tag }),
       ];
-      return ctxs.map((c: any) => ({ messageId: c.event.messageId as string, failed: c.failedDelivery()?.reason?.message ?? null }));
+      return ctxs.map((c: any) => ({
+        messageId: c.event.messageId as string,
+        failed: c.failedDelivery()?.reason?.message ?? null,
+      }));
     },
     { writeKey: SEG_KEY, cdnURL: node.url, options, tag },
   );
@@ -208,7 +242,8 @@ async function rudderstack(s: Session, options: Json, tag: string, readyWithinMs
 
 const posts = (s: Session) => s.sent.filter((r) => r.method === "POST").map((r) => r.path);
 async function until(what: string, check: () => boolean, timeoutMs = 20_000) {
-  for (const deadline = Date.now() + timeoutMs; !check(); await Bun.sleep(100)) if (Date.now() > deadline) throw new Error(`timed out: ${what}`);
+  for (const deadline = Date.now() + timeoutMs; !check(); await Bun.sleep(100))
+    if (Date.now() > deadline) throw new Error(`timed out: ${what}`);
 }
 
 describe("Segment analytics.js (@segment/analytics-next 1.84, UMD)", () => {
@@ -229,7 +264,15 @@ describe("Segment analytics.js (@segment/analytics-next 1.84, UMD)", () => {
 
   test("batching (deliveryStrategy in the load options): one request to /v1/b; all land", async () => {
     const s = await open(site, "/segment.html");
-    const results = await segment(s, { integrations: { "Segment.io": { deliveryStrategy: { strategy: "batching", config: { size: 3, timeout: 60_000 } } } } }, "seg-batch");
+    const results = await segment(
+      s,
+      {
+        integrations: {
+          "Segment.io": { deliveryStrategy: { strategy: "batching", config: { size: 3, timeout: 60_000 } } },
+        },
+      },
+      "seg-batch",
+    );
     await until("the batch", () => posts(s).length >= 1);
     expect(posts(s)).toEqual(["/v1/b"]);
     const sent = eventsSent(s);
@@ -241,7 +284,15 @@ describe("Segment analytics.js (@segment/analytics-next 1.84, UMD)", () => {
 
   test("the page goes away with events still batched: analytics.js flushes them with keepalive, and they land", async () => {
     const s = await open(site, "/segment.html");
-    const results = await segment(s, { integrations: { "Segment.io": { deliveryStrategy: { strategy: "batching", config: { size: 100, timeout: 600_000 } } } } }, "seg-unload");
+    const results = await segment(
+      s,
+      {
+        integrations: {
+          "Segment.io": { deliveryStrategy: { strategy: "batching", config: { size: 100, timeout: 600_000 } } },
+        },
+      },
+      "seg-unload",
+    );
     expect(posts(s)).toEqual([]);
     // Chromium does not report a keepalive request made while the page unloads; ClickHouse shows it arrived.
     await s.page.goto(`http://127.0.0.1:${site.port}/blank.html`);
@@ -265,7 +316,11 @@ describe("RudderStack JS SDK v3 (@rudderstack/analytics-js 3.34, bundled UMD)", 
 
   test("batching (queueOptions.batch): /v1/batch; all land", async () => {
     const s = await open(site, "/rudderstack.html");
-    await rudderstack(s, { queueOptions: { batch: { enabled: true, maxItems: 3, flushInterval: 60_000 } } }, "rs-batch");
+    await rudderstack(
+      s,
+      { queueOptions: { batch: { enabled: true, maxItems: 3, flushInterval: 60_000 } } },
+      "rs-batch",
+    );
     await until("the batch", () => posts(s).length >= 1);
     expect(posts(s)).toEqual(["/v1/batch"]);
     await expectLanded("rs-batch", "rudder", "RudderLabs JavaScript SDK", eventsSent(s));
@@ -274,7 +329,11 @@ describe("RudderStack JS SDK v3 (@rudderstack/analytics-js 3.34, bundled UMD)", 
 
   test("beacon (useBeacon): sendBeacon to /beacon/v1/batch?writeKey=…; all land", async () => {
     const s = await open(site, "/rudderstack.html");
-    await rudderstack(s, { useBeacon: true, beaconQueueOptions: { maxItems: 3, flushQueueInterval: 60_000 } }, "rs-beacon");
+    await rudderstack(
+      s,
+      { useBeacon: true, beaconQueueOptions: { maxItems: 3, flushQueueInterval: 60_000 } },
+      "rs-beacon",
+    );
     await until("the beacon", () => posts(s).length >= 1);
     expect(posts(s)).toEqual([`/beacon/v1/batch?writeKey=${RS_KEY}`]);
     expect(s.sent.find((r) => r.method === "POST")!.type).toBe("ping"); // navigator.sendBeacon, as Chromium types it
@@ -295,10 +354,26 @@ describe("a page on an origin the connection does not allow", () => {
         const event = { type: "track", event: "Refused", userId: "u-refused", messageId };
         return {
           // text/plain with the key in the body: no preflight, so the request reaches the node.
-          body: await read(await fetch(`${url}/v1/t`, { method: "POST", headers: { "Content-Type": "text/plain" }, body: JSON.stringify({ ...event, writeKey: segKey }) })),
+          body: await read(
+            await fetch(`${url}/v1/t`, {
+              method: "POST",
+              headers: { "Content-Type": "text/plain" },
+              body: JSON.stringify({ ...event, writeKey: segKey }),
+            }),
+          ),
           // what sendBeacon sends (with credentials), through fetch so the page can look at the answer
-          beacon: await read(await fetch(`${url}/beacon/v1/batch?writeKey=${rsKey}`, { method: "POST", credentials: "include", headers: { "Content-Type": "text/plain" }, body: JSON.stringify({ batch: [event] }) })),
-          queued: navigator.sendBeacon(`${url}/beacon/v1/batch?writeKey=${rsKey}`, new Blob([JSON.stringify({ batch: [event] })], { type: "text/plain" })),
+          beacon: await read(
+            await fetch(`${url}/beacon/v1/batch?writeKey=${rsKey}`, {
+              method: "POST",
+              credentials: "include",
+              headers: { "Content-Type": "text/plain" },
+              body: JSON.stringify({ batch: [event] }),
+            }),
+          ),
+          queued: navigator.sendBeacon(
+            `${url}/beacon/v1/batch?writeKey=${rsKey}`,
+            new Blob([JSON.stringify({ batch: [event] })], { type: "text/plain" }),
+          ),
           // analytics.js itself: its settings fetch is refused, and load() rejects with the reason.
           load: await (window as any).AnalyticsNext.AnalyticsBrowser.load({ writeKey: segKey, cdnURL: url }).then(
             () => "loaded",
@@ -317,9 +392,13 @@ describe("a page on an origin the connection does not allow", () => {
     expect(seen.load).toContain("origin_not_allowed");
     await until("the beacon reached the node", () => s.sent.filter((r) => r.type === "ping").length >= 1);
 
-    const refused = logs.filter((l) => l.level === "warn" && l.msg === "request refused: origin not allowed by the connection" && l.origin === origin);
+    const refused = logs.filter(
+      (l) =>
+        l.level === "warn" && l.msg === "request refused: origin not allowed by the connection" && l.origin === origin,
+    );
     expect(refused.map((l) => l.connection).sort()).toEqual(["rudder", "seg"]);
-    for (const key of [SEG_KEY, RS_KEY, btoa(`${SEG_KEY}:`), btoa(`${RS_KEY}:`)]) expect(rawLog.join("")).not.toContain(key);
+    for (const key of [SEG_KEY, RS_KEY, btoa(`${SEG_KEY}:`), btoa(`${RS_KEY}:`)])
+      expect(rawLog.join("")).not.toContain(key);
     // The allowed page's events are there; this one never is.
     await Bun.sleep(500);
     expect(await rows(db, `SELECT message_id FROM tributary.events WHERE message_id = '${messageId}'`)).toEqual([]);
@@ -335,7 +414,12 @@ describe("a page on an origin the connection does not allow", () => {
       (e: Error) => e.message,
     );
     expect(err).toContain("never became ready");
-    expect(logs.filter((l) => l.level === "warn" && l.msg === "preflight refused: no connection allows this origin" && l.origin === origin).length).toBeGreaterThanOrEqual(1);
+    expect(
+      logs.filter(
+        (l) =>
+          l.level === "warn" && l.msg === "preflight refused: no connection allows this origin" && l.origin === origin,
+      ).length,
+    ).toBeGreaterThanOrEqual(1);
     await s.context.close();
   }, 60_000);
 });

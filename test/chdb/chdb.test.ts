@@ -38,7 +38,11 @@ const identify = normaliseEvent({ ...identifyInput, messageId: "6a0f3c1e-identif
   receivedAt: Date.parse("2025-10-20T16:15:25.000Z"),
 });
 // A curl to the webhook: no messageId, no timestamps, no context; the request's address becomes context.ip.
-const curl = normaliseEvent(webhookCurl[0] as Event, { receivedAt: Date.parse("2025-10-21T08:30:00.007Z"), ip: "203.0.113.7" }, () => "curl-0001");
+const curl = normaliseEvent(
+  webhookCurl[0] as Event,
+  { receivedAt: Date.parse("2025-10-21T08:30:00.007Z"), ip: "203.0.113.7" },
+  () => "curl-0001",
+);
 
 describe.skipIf(!chdb)("events table on a current ClickHouse engine (chDB)", () => {
   let dir: string;
@@ -56,15 +60,23 @@ describe.skipIf(!chdb)("events table on a current ClickHouse engine (chDB)", () 
   });
 
   const columnsOf = (database: string, table: string) =>
-    chRows<{ name: string; type: string }>(w, `SELECT name, type FROM system.columns WHERE database = '${database}' AND table = '${table}' ORDER BY position`).map(
-      (c) => [c.name, c.type] as [string, string],
-    );
-  const rowsFor = (...events: Record<string, unknown>[]) => events.map((e) => eventRow(e, CONNECTION, PIPELINE, w.features));
+    chRows<{ name: string; type: string }>(
+      w,
+      `SELECT name, type FROM system.columns WHERE database = '${database}' AND table = '${table}' ORDER BY position`,
+    ).map((c) => [c.name, c.type] as [string, string]);
+  const rowsFor = (...events: Record<string, unknown>[]) =>
+    events.map((e) => eventRow(e, CONNECTION, PIPELINE, w.features));
 
   test("the engine is current, so featuresOf takes the DateTime64 / LowCardinality branch", () => {
     const major = Number(w.features.version.split(".")[0]);
     expect(major).toBeGreaterThanOrEqual(24);
-    expect(w.features).toMatchObject({ dateTime64: true, lowCardinality: true, insertDedupToken: true, bool: true, replacingIsDeleted: true });
+    expect(w.features).toMatchObject({
+      dateTime64: true,
+      lowCardinality: true,
+      insertDedupToken: true,
+      bool: true,
+      replacingIsDeleted: true,
+    });
     expect(w.statements).toEqual(["SELECT version() AS v", "CREATE DATABASE IF NOT EXISTS `tributary`"]);
     expect(chRows(w, "SELECT name FROM system.databases WHERE name = 'tributary'")).toEqual([{ name: "tributary" }]);
   });
@@ -90,8 +102,18 @@ describe.skipIf(!chdb)("events table on a current ClickHouse engine (chDB)", () 
     expect(types.context_ip).toBe("Nullable(String)");
     expect(columns.length).toBe(26);
 
-    expect(chRows(w, "SELECT engine, partition_key, sorting_key, primary_key FROM system.tables WHERE database = 'tributary' AND name = 'events'")).toEqual([
-      { engine: "ReplacingMergeTree", partition_key: "toYYYYMM(timestamp)", sorting_key: "connection, pipeline, message_id", primary_key: "connection, pipeline, message_id" },
+    expect(
+      chRows(
+        w,
+        "SELECT engine, partition_key, sorting_key, primary_key FROM system.tables WHERE database = 'tributary' AND name = 'events'",
+      ),
+    ).toEqual([
+      {
+        engine: "ReplacingMergeTree",
+        partition_key: "toYYYYMM(timestamp)",
+        sorting_key: "connection, pipeline, message_id",
+        primary_key: "connection, pipeline, message_id",
+      },
     ]);
 
     w.statements.length = 0;
@@ -104,7 +126,9 @@ describe.skipIf(!chdb)("events table on a current ClickHouse engine (chDB)", () 
     const old = await connectChdbWarehouse(session, "tributary_old");
     // The table as an older Tributary made it: without original_timestamp and context_locale.
     const full = eventsTableDDL("tributary_old", old.features);
-    const olderDDL = full.replace("  `original_timestamp` Nullable(DateTime64(3, 'UTC')),\n", "").replace(",\n  `context_locale` Nullable(String)", "");
+    const olderDDL = full
+      .replace("  `original_timestamp` Nullable(DateTime64(3, 'UTC')),\n", "")
+      .replace(",\n  `context_locale` Nullable(String)", "");
     expect(olderDDL.length).toBeLessThan(full.length - 60);
     chExec(old, olderDDL);
     expect(columnsOf("tributary_old", "events").map(([n]) => n)).not.toContain("original_timestamp");
@@ -121,9 +145,16 @@ describe.skipIf(!chdb)("events table on a current ClickHouse engine (chDB)", () 
     expect(byName(columnsOf("tributary_old", "events"))).toEqual(byName(eventsColumns(old.features)));
 
     // And the migrated table takes today's rows (JSONEachRow matches by name, so column order is moot).
-    const outcome = await new Inserter(old, "events", fastRetry).insert([eventRow(track, CONNECTION, PIPELINE, old.features)]);
+    const outcome = await new Inserter(old, "events", fastRetry).insert([
+      eventRow(track, CONNECTION, PIPELINE, old.features),
+    ]);
     expect(outcome).toEqual({ inserted: 1, rejected: [] });
-    expect(chRows(old, "SELECT toUnixTimestamp64Milli(original_timestamp) AS o, context_locale FROM tributary_old.events FINAL")).toEqual([
+    expect(
+      chRows(
+        old,
+        "SELECT toUnixTimestamp64Milli(original_timestamp) AS o, context_locale FROM tributary_old.events FINAL",
+      ),
+    ).toEqual([
       { o: 1760976923992, context_locale: "en-US" }, // 2025-10-20T16:15:23.992Z
     ]);
   });
@@ -144,13 +175,20 @@ describe.skipIf(!chdb)("events table on a current ClickHouse engine (chDB)", () 
 
     expect(chRows(w, "SELECT count() AS n FROM tributary.events")).toEqual([{ n: 4 }]);
     expect(chRows(w, "SELECT count() AS n FROM tributary.events FINAL")).toEqual([{ n: 3 }]);
-    expect(chRows(w, "SELECT message_id, count() AS n FROM tributary.events FINAL GROUP BY message_id ORDER BY message_id")).toEqual([
+    expect(
+      chRows(w, "SELECT message_id, count() AS n FROM tributary.events FINAL GROUP BY message_id ORDER BY message_id"),
+    ).toEqual([
       { message_id: "6a0f3c1e-identify-0001", n: 1 },
       { message_id: "curl-0001", n: 1 },
       { message_id: "f9189a52-b37b-4d7d-9f2d-08b91d85fa9c", n: 1 },
     ]);
     // Both copies of the track (basic and best_effort parsing) hold the same instant, to the millisecond.
-    expect(chRows(w, "SELECT toUnixTimestamp64Milli(timestamp) AS t, toUnixTimestamp64Milli(received_at) AS r FROM tributary.events WHERE type = 'track' AND message_id LIKE 'f918%'")).toEqual([
+    expect(
+      chRows(
+        w,
+        "SELECT toUnixTimestamp64Milli(timestamp) AS t, toUnixTimestamp64Milli(received_at) AS r FROM tributary.events WHERE type = 'track' AND message_id LIKE 'f918%'",
+      ),
+    ).toEqual([
       { t: 1760976924010, r: 1760976924412 },
       { t: 1760976924010, r: 1760976924412 },
     ]);
@@ -166,7 +204,8 @@ describe.skipIf(!chdb)("events table on a current ClickHouse engine (chDB)", () 
         JSONExtractInt(properties, 'answer') AS answer, JSONExtractString(traits, 'email') AS email, integrations
       FROM tributary.events FINAL ORDER BY message_id`,
     );
-    const ua = "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.2.1 Safari/605.1.15";
+    const ua =
+      "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.2.1 Safari/605.1.15";
     const browserContext = {
       context_ip: "172.91.24.57",
       context_library_name: "krenalis.js",
@@ -255,7 +294,9 @@ describe.skipIf(!chdb)("events table on a current ClickHouse engine (chDB)", () 
       retries.push(e);
       inserter.stop();
     });
-    const rows = [track, identify, curl].map((e) => eventRow({ ...e, messageId: `bisect-${e.messageId}` }, "bisect", PIPELINE, w.features));
+    const rows = [track, identify, curl].map((e) =>
+      eventRow({ ...e, messageId: `bisect-${e.messageId}` }, "bisect", PIPELINE, w.features),
+    );
     const bad = { ...rows[1]!, timestamp: "20th of October" };
     const outcome = await inserter.insert([rows[0]!, bad, rows[2]!]);
     expect(retries).toEqual([]); // classified as content, never retried
@@ -263,10 +304,9 @@ describe.skipIf(!chdb)("events table on a current ClickHouse engine (chDB)", () 
     expect(outcome.rejected.map((r) => r.row.message_id)).toEqual(["bisect-6a0f3c1e-identify-0001"]);
     expect(outcome.rejected[0]!.reason).toContain("while reading the value of key timestamp");
     // The refused batches wrote nothing: exactly the two good rows, even without FINAL.
-    expect(chRows(w, "SELECT message_id FROM tributary.events WHERE connection = 'bisect' ORDER BY message_id")).toEqual([
-      { message_id: "bisect-curl-0001" },
-      { message_id: "bisect-f9189a52-b37b-4d7d-9f2d-08b91d85fa9c" },
-    ]);
+    expect(
+      chRows(w, "SELECT message_id FROM tributary.events WHERE connection = 'bisect' ORDER BY message_id"),
+    ).toEqual([{ message_id: "bisect-curl-0001" }, { message_id: "bisect-f9189a52-b37b-4d7d-9f2d-08b91d85fa9c" }]);
   });
 
   test("rawTableDDL creates a raw webhook table with the current types", () => {
@@ -279,9 +319,17 @@ describe.skipIf(!chdb)("events table on a current ClickHouse engine (chDB)", () 
       ["body", "String"],
       ["headers", "String"],
     ]);
-    chExec(w, `INSERT INTO tributary.raw_hooks FORMAT JSONEachRow\n{"connection":"hook","delivery_id":"d1","row_index":0,"received_at":"2025-10-21 08:30:00.007","body":"{}","headers":"{}"}`);
-    chExec(w, `INSERT INTO tributary.raw_hooks FORMAT JSONEachRow\n{"connection":"hook","delivery_id":"d1","row_index":0,"received_at":"2025-10-21 08:30:00.007","body":"{}","headers":"{}"}`);
-    expect(chRows(w, "SELECT count() AS n, max(toUnixTimestamp64Milli(received_at)) AS r FROM tributary.raw_hooks FINAL")).toEqual([{ n: 1, r: 1761035400007 }]);
+    chExec(
+      w,
+      `INSERT INTO tributary.raw_hooks FORMAT JSONEachRow\n{"connection":"hook","delivery_id":"d1","row_index":0,"received_at":"2025-10-21 08:30:00.007","body":"{}","headers":"{}"}`,
+    );
+    chExec(
+      w,
+      `INSERT INTO tributary.raw_hooks FORMAT JSONEachRow\n{"connection":"hook","delivery_id":"d1","row_index":0,"received_at":"2025-10-21 08:30:00.007","body":"{}","headers":"{}"}`,
+    );
+    expect(
+      chRows(w, "SELECT count() AS n, max(toUnixTimestamp64Milli(received_at)) AS r FROM tributary.raw_hooks FINAL"),
+    ).toEqual([{ n: 1, r: 1761035400007 }]);
   });
 });
 
@@ -320,7 +368,9 @@ describe.skipIf(!chdb)("replicated (ON CLUSTER) DDL on a current ClickHouse engi
           <two_shards><shard><replica><host>127.0.0.1</host><port>9000</port></replica></shard><shard><replica><host>127.0.0.1</host><port>9001</port></replica></shard></two_shards>
         </remote_servers></clickhouse>`,
     );
-    session = new chdb!.Session(join(dir, "data"), { connectionArgs: ["--output_format_json_quote_64bit_integers=0", `--config-file=${config}`] });
+    session = new chdb!.Session(join(dir, "data"), {
+      connectionArgs: ["--output_format_json_quote_64bit_integers=0", `--config-file=${config}`],
+    });
     w = await connectChdbWarehouse(session, DB);
   }, 60_000);
   afterAll(async () => {
@@ -339,49 +389,85 @@ describe.skipIf(!chdb)("replicated (ON CLUSTER) DDL on a current ClickHouse engi
 
   test("the statements are the single-server ones with ON CLUSTER and the Replicated engine", () => {
     const s = statements();
-    expect(s.events).toBe(eventsTableDDL(DB, w.features).replace(`${quoteIdent(DB)}.events (`, `${quoteIdent(DB)}.events ON CLUSTER \`tributary\` (`).replace("ENGINE = ReplacingMergeTree()", `ENGINE = ReplicatedReplacingMergeTree(${path("events")})`));
-    expect(s.users).toContain(`ENGINE = ReplicatedReplacingMergeTree(${path("users")}, _version, _deleted)\nORDER BY profile_id`);
-    expect(s.hooks).toContain(`ENGINE = ReplicatedReplacingMergeTree(${path("hooks")})\nPARTITION BY toYYYYMM(received_at)`);
+    expect(s.events).toBe(
+      eventsTableDDL(DB, w.features)
+        .replace(`${quoteIdent(DB)}.events (`, `${quoteIdent(DB)}.events ON CLUSTER \`tributary\` (`)
+        .replace("ENGINE = ReplacingMergeTree()", `ENGINE = ReplicatedReplacingMergeTree(${path("events")})`),
+    );
+    expect(s.users).toContain(
+      `ENGINE = ReplicatedReplacingMergeTree(${path("users")}, _version, _deleted)\nORDER BY profile_id`,
+    );
+    expect(s.hooks).toContain(
+      `ENGINE = ReplicatedReplacingMergeTree(${path("hooks")})\nPARTITION BY toYYYYMM(received_at)`,
+    );
   });
 
   test("the engine parses every statement verbatim, ON CLUSTER and engine arguments included (formatQuery)", () => {
     for (const [table, sql] of Object.entries(statements())) {
       const formatted = format(sql);
       expect(formatted).toStartWith(`CREATE TABLE IF NOT EXISTS ${DB}.${table} ON CLUSTER ${CLUSTER}\n`);
-      expect(formatted).toContain(`ENGINE = ReplicatedReplacingMergeTree(${path(table)}${table === "users" ? ", _version, _deleted" : ""})`);
+      expect(formatted).toContain(
+        `ENGINE = ReplicatedReplacingMergeTree(${path(table)}${table === "users" ? ", _version, _deleted" : ""})`,
+      );
       expect(format(formatted)).toBe(formatted); // and its own rendering parses back to itself
     }
     // The database, as connectWarehouse creates it on a cluster.
-    expect(format(`CREATE DATABASE IF NOT EXISTS ${quoteIdent(DB)}${onCluster({ cluster: CLUSTER })}`)).toBe(`CREATE DATABASE IF NOT EXISTS ${DB} ON CLUSTER ${CLUSTER}`);
+    expect(format(`CREATE DATABASE IF NOT EXISTS ${quoteIdent(DB)}${onCluster({ cluster: CLUSTER })}`)).toBe(
+      `CREATE DATABASE IF NOT EXISTS ${DB} ON CLUSTER ${CLUSTER}`,
+    );
   });
 
   test("the cluster must exist and have one shard (system.clusters)", async () => {
     await checkCluster(w, CLUSTER);
     await expect(checkCluster(w, "nope")).rejects.toThrow('the server has no cluster "nope" in its remote_servers');
-    await expect(checkCluster(w, "two_shards")).rejects.toThrow('cluster "two_shards" has 2 shards; Tributary writes one shard of replicas');
-  });
-
-  test(withZooKeeper ? "without ON CLUSTER they create Replicated tables with the single-server columns and keys (ZooKeeper running)" : "without ON CLUSTER the engine accepts each definition up to needing ZooKeeper (none installed)", () => {
-    const local = (sql: string) => sql.replace(onCluster({ cluster: CLUSTER }), "");
-    if (!withZooKeeper) {
-      for (const sql of Object.values(statements())) expect(() => chExec(w, local(sql))).toThrow(expect.objectContaining({ code: "225" })); // NO_ZOOKEEPER
-      // ... which comes after the definition is checked: a wrong is_deleted column fails first.
-      expect(() => chExec(w, local(statements().users).replace("_version, _deleted)", "_version, _gone)"))).toThrow(expect.objectContaining({ code: "16" }));
-      return;
-    }
-    for (const sql of Object.values(statements())) chExec(w, local(sql));
-    const columnsOf = (table: string) =>
-      chRows<{ name: string; type: string }>(w, `SELECT name, type FROM system.columns WHERE database = '${DB}' AND table = '${table}' ORDER BY position`).map((c) => [c.name, c.type]);
-    expect(columnsOf("events")).toEqual(eventsColumns(w.features));
-    expect(columnsOf("users")).toEqual(usersColumns(model, w.features));
-    expect(chRows(w, `SELECT name, engine, sorting_key FROM system.tables WHERE database = '${DB}' ORDER BY name`)).toEqual([
-      { name: "events", engine: "ReplicatedReplacingMergeTree", sorting_key: "connection, pipeline, message_id" },
-      { name: "hooks", engine: "ReplicatedReplacingMergeTree", sorting_key: "connection, delivery_id, row_index" },
-      { name: "users", engine: "ReplicatedReplacingMergeTree", sorting_key: "profile_id" },
-    ]);
-    // The macros filled in per replica.
-    expect(chRows(w, `SELECT table, zookeeper_path, replica_name FROM system.replicas WHERE database = '${DB}' ORDER BY table`)).toEqual(
-      ["events", "hooks", "users"].map((table) => ({ table, zookeeper_path: `/clickhouse/tables/1/${DB}/${table}`, replica_name: "r1" })),
+    await expect(checkCluster(w, "two_shards")).rejects.toThrow(
+      'cluster "two_shards" has 2 shards; Tributary writes one shard of replicas',
     );
   });
+
+  test(
+    withZooKeeper
+      ? "without ON CLUSTER they create Replicated tables with the single-server columns and keys (ZooKeeper running)"
+      : "without ON CLUSTER the engine accepts each definition up to needing ZooKeeper (none installed)",
+    () => {
+      const local = (sql: string) => sql.replace(onCluster({ cluster: CLUSTER }), "");
+      if (!withZooKeeper) {
+        for (const sql of Object.values(statements()))
+          expect(() => chExec(w, local(sql))).toThrow(expect.objectContaining({ code: "225" })); // NO_ZOOKEEPER
+        // ... which comes after the definition is checked: a wrong is_deleted column fails first.
+        expect(() => chExec(w, local(statements().users).replace("_version, _deleted)", "_version, _gone)"))).toThrow(
+          expect.objectContaining({ code: "16" }),
+        );
+        return;
+      }
+      for (const sql of Object.values(statements())) chExec(w, local(sql));
+      const columnsOf = (table: string) =>
+        chRows<{ name: string; type: string }>(
+          w,
+          `SELECT name, type FROM system.columns WHERE database = '${DB}' AND table = '${table}' ORDER BY position`,
+        ).map((c) => [c.name, c.type]);
+      expect(columnsOf("events")).toEqual(eventsColumns(w.features));
+      expect(columnsOf("users")).toEqual(usersColumns(model, w.features));
+      expect(
+        chRows(w, `SELECT name, engine, sorting_key FROM system.tables WHERE database = '${DB}' ORDER BY name`),
+      ).toEqual([
+        { name: "events", engine: "ReplicatedReplacingMergeTree", sorting_key: "connection, pipeline, message_id" },
+        { name: "hooks", engine: "ReplicatedReplacingMergeTree", sorting_key: "connection, delivery_id, row_index" },
+        { name: "users", engine: "ReplicatedReplacingMergeTree", sorting_key: "profile_id" },
+      ]);
+      // The macros filled in per replica.
+      expect(
+        chRows(
+          w,
+          `SELECT table, zookeeper_path, replica_name FROM system.replicas WHERE database = '${DB}' ORDER BY table`,
+        ),
+      ).toEqual(
+        ["events", "hooks", "users"].map((table) => ({
+          table,
+          zookeeper_path: `/clickhouse/tables/1/${DB}/${table}`,
+          replica_name: "r1",
+        })),
+      );
+    },
+  );
 });

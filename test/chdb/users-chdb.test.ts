@@ -50,7 +50,12 @@ describe.skipIf(!chdb)("users datetimes on a DateTime64 server (chDB)", () => {
     // No CLICKHOUSE_URL: the node ingests; its users pipeline runs here, on chDB.
     node = await startTestNode(nats.url, files);
     await ensureDlqStream(node.bus.jsm, 1);
-    manager = new PipelineManager(node.bus, w, { maxRows: 1000, maxBytes: 8 * 1024 * 1024, maxAgeMs: 100, ackWaitMs: 2000 });
+    manager = new PipelineManager(node.bus, w, {
+      maxRows: 1000,
+      maxBytes: 8 * 1024 * 1024,
+      maxAgeMs: 100,
+      ackWaitMs: 2000,
+    });
     await manager.apply(node.config.current);
     expect([...manager.workers.keys()]).toEqual(["dates/users"]);
   }, 60_000);
@@ -63,9 +68,19 @@ describe.skipIf(!chdb)("users datetimes on a DateTime64 server (chDB)", () => {
   });
 
   let seq = 0;
-  const identify = (userId: string, traits: Record<string, unknown>, timestamp = "2025-06-01T00:00:00.000Z") => ({ type: "identify", userId, messageId: `chdb-${++seq}`, timestamp, traits });
+  const identify = (userId: string, traits: Record<string, unknown>, timestamp = "2025-06-01T00:00:00.000Z") => ({
+    type: "identify",
+    userId,
+    messageId: `chdb-${++seq}`,
+    timestamp,
+    traits,
+  });
   const post = async (events: unknown[]) => {
-    const r = await fetch(`${node.url}/v1/batch`, { method: "POST", headers: { Authorization: `Bearer ${KEY}` }, body: JSON.stringify({ batch: events }) });
+    const r = await fetch(`${node.url}/v1/batch`, {
+      method: "POST",
+      headers: { Authorization: `Bearer ${KEY}` },
+      body: JSON.stringify({ batch: events }),
+    });
     expect(r.status).toBe(200);
     expect(((await r.json()) as any).rejected ?? []).toEqual([]);
   };
@@ -81,36 +96,69 @@ describe.skipIf(!chdb)("users datetimes on a DateTime64 server (chDB)", () => {
   }
   const snapshot = async () => (await manager.snapshots())[0]!;
   const users = () =>
-    chRows<any>(w, `SELECT user_id, plan, toString(signed_up_at) AS at, arrayMap(d -> toString(d), dates) AS dates FROM tributary.users FINAL ORDER BY user_id`);
+    chRows<any>(
+      w,
+      `SELECT user_id, plan, toString(signed_up_at) AS at, arrayMap(d -> toString(d), dates) AS dates FROM tributary.users FINAL ORDER BY user_id`,
+    );
 
   test("impossible or unstorable datetimes fail their event and are dead-lettered; the rest of the batch and later updates of the profile land", async () => {
     expect(w.features.dateTime64).toBe(true);
-    const bad: unknown[] = ["2024-13-45", 9007199254740991, "2023-02-29", "2024-06-31T00:00:00Z", "2024-01-01T12:60:00Z", "1899-12-31T23:59:59.999Z", "2300-01-01T00:00:00Z", -2208988800001, "2024-01-01T00:00:00+24:00"];
+    const bad: unknown[] = [
+      "2024-13-45",
+      9007199254740991,
+      "2023-02-29",
+      "2024-06-31T00:00:00Z",
+      "2024-01-01T12:60:00Z",
+      "1899-12-31T23:59:59.999Z",
+      "2300-01-01T00:00:00Z",
+      -2208988800001,
+      "2024-01-01T00:00:00+24:00",
+    ];
     const refused = bad.map((v) => identify("dates-user", { at: v }));
     const inArray = identify("dates-user", { dates: ["2024-01-01", "2024-02-30"] });
     const early = identify("dates-early", { plan: "x" }, "1850-01-01T00:00:00.000Z");
     await post([
-      identify("dates-user", { at: "2024-02-29T12:00:00.250Z", plan: "first", dates: ["1900-01-01T00:00:00Z", "2299-12-31T23:59:59.999Z", -2208988800000] }),
+      identify("dates-user", {
+        at: "2024-02-29T12:00:00.250Z",
+        plan: "first",
+        dates: ["1900-01-01T00:00:00Z", "2299-12-31T23:59:59.999Z", -2208988800000],
+      }),
       ...refused,
       inArray,
       early,
       identify("dates-bystander", { at: 1735689600000, plan: "b" }),
     ]);
     const s = await until(snapshot, (x) => x.lag === 0 && x.failed >= bad.length + 2);
-    expect(s).toMatchObject({ failed: bad.length + 2, deadLettered: bad.length + 2, deadLetters: bad.length + 2, lag: 0 });
+    expect(s).toMatchObject({
+      failed: bad.length + 2,
+      deadLettered: bad.length + 2,
+      deadLetters: bad.length + 2,
+      lag: 0,
+    });
     refused.forEach((e, i) => {
       const err = s.lastErrors.find((x) => x.messageId === e.messageId)?.error;
-      expect(`${JSON.stringify(bad[i])} → ${err}`).toContain(`property "signed_up_at" must be datetime, got ${JSON.stringify(bad[i])}`);
+      expect(`${JSON.stringify(bad[i])} → ${err}`).toContain(
+        `property "signed_up_at" must be datetime, got ${JSON.stringify(bad[i])}`,
+      );
     });
-    expect(s.lastErrors.find((x) => x.messageId === inArray.messageId)?.error).toContain(`property "dates" must be array(datetime), got "2024-02-30": day 30 does not exist in 2024-02`);
-    expect(s.lastErrors.find((x) => x.messageId === early.messageId)?.error).toContain("is outside the range the users table stores (1900-01-01T00:00:00.000Z .. 2299-12-31T23:59:59.999Z)");
+    expect(s.lastErrors.find((x) => x.messageId === inArray.messageId)?.error).toContain(
+      `property "dates" must be array(datetime), got "2024-02-30": day 30 does not exist in 2024-02`,
+    );
+    expect(s.lastErrors.find((x) => x.messageId === early.messageId)?.error).toContain(
+      "is outside the range the users table stores (1900-01-01T00:00:00.000Z .. 2299-12-31T23:59:59.999Z)",
+    );
 
     // The profile is not poisoned: a later update lands.
     await post([identify("dates-user", { plan: "second" }, "2025-06-02T00:00:00.000Z")]);
     const r = await until(users, (x) => x.length === 2 && x[1]?.plan === "second");
     expect(r).toEqual([
       { user_id: "dates-bystander", plan: "b", at: "2025-01-01 00:00:00.000", dates: [] },
-      { user_id: "dates-user", plan: "second", at: "2024-02-29 12:00:00.250", dates: ["1900-01-01 00:00:00.000", "2299-12-31 23:59:59.999", "1900-01-01 00:00:00.000"] },
+      {
+        user_id: "dates-user",
+        plan: "second",
+        at: "2024-02-29 12:00:00.250",
+        dates: ["1900-01-01 00:00:00.000", "2299-12-31 23:59:59.999", "1900-01-01 00:00:00.000"],
+      },
     ]);
   }, 120_000);
 });

@@ -58,19 +58,30 @@ describe.skipIf(!process.env.TRIBUTARY_CLUSTER_TESTS)("replicated ClickHouse: Zo
           dataDir: `${base}/clickhouse-r${i + 1}`,
           tcpPort,
           // A replica killed and restarted waits for its old ZooKeeper session to expire.
-          replication: { zookeeper: [zk.connect], sessionTimeoutMs: 4000, cluster: CLUSTER, shards, shard: "1", replica: `r${i + 1}` },
+          replication: {
+            zookeeper: [zk.connect],
+            sessionTimeoutMs: 4000,
+            cluster: CLUSTER,
+            shards,
+            shard: "1",
+            replica: `r${i + 1}`,
+          },
         }),
       ),
     );
     await Promise.all(replicas.map((r) => r.start()));
     dbs = replicas.map((r) => chClient(r.url));
     nats = await natsStarting;
-    node = await startTestNode(nats.url, { "web.yaml": connection, "customer-model.yaml": MODEL }, {
-      clickhouseUrl: replicas.map((r) => r.url).join(","),
-      clickhouseCluster: CLUSTER,
-      batchMaxAgeMs: 200,
-      inserter: { initialBackoffMs: 100, maxBackoffMs: 1000 },
-    });
+    node = await startTestNode(
+      nats.url,
+      { "web.yaml": connection, "customer-model.yaml": MODEL },
+      {
+        clickhouseUrl: replicas.map((r) => r.url).join(","),
+        clickhouseCluster: CLUSTER,
+        batchMaxAgeMs: 200,
+        inserter: { initialBackoffMs: 100, maxBackoffMs: 1000 },
+      },
+    );
     await node.pipelinesReady;
   }, 120_000);
 
@@ -85,7 +96,10 @@ describe.skipIf(!process.env.TRIBUTARY_CLUSTER_TESTS)("replicated ClickHouse: Zo
   });
 
   const engines = (i: number, database = "tributary") =>
-    rows<{ name: string; engine: string }>(dbs[i]!, `SELECT name, engine FROM system.tables WHERE database = '${database}' ORDER BY name`);
+    rows<{ name: string; engine: string }>(
+      dbs[i]!,
+      `SELECT name, engine FROM system.tables WHERE database = '${database}' ORDER BY name`,
+    );
 
   test("the node created its tables ON CLUSTER: Replicated*MergeTree on both replicas, one ZooKeeper path", async () => {
     for (const i of [0, 1]) {
@@ -93,21 +107,48 @@ describe.skipIf(!process.env.TRIBUTARY_CLUSTER_TESTS)("replicated ClickHouse: Zo
         { name: "events", engine: "ReplicatedReplacingMergeTree" },
         { name: "users", engine: "ReplicatedReplacingMergeTree" },
       ]);
-      expect(await rows(dbs[i]!, "SELECT table, zookeeper_path, replica_name, is_readonly, total_replicas FROM system.replicas WHERE database = 'tributary' ORDER BY table")).toEqual([
-        { table: "events", zookeeper_path: "/clickhouse/tables/1/tributary/events", replica_name: `r${i + 1}`, is_readonly: 0, total_replicas: 2 },
-        { table: "users", zookeeper_path: "/clickhouse/tables/1/tributary/users", replica_name: `r${i + 1}`, is_readonly: 0, total_replicas: 2 },
+      expect(
+        await rows(
+          dbs[i]!,
+          "SELECT table, zookeeper_path, replica_name, is_readonly, total_replicas FROM system.replicas WHERE database = 'tributary' ORDER BY table",
+        ),
+      ).toEqual([
+        {
+          table: "events",
+          zookeeper_path: "/clickhouse/tables/1/tributary/events",
+          replica_name: `r${i + 1}`,
+          is_readonly: 0,
+          total_replicas: 2,
+        },
+        {
+          table: "users",
+          zookeeper_path: "/clickhouse/tables/1/tributary/users",
+          replica_name: `r${i + 1}`,
+          is_readonly: 0,
+          total_replicas: 2,
+        },
       ]);
     }
   });
 
   test("under load, with the replica the node writes to killed -9 and restarted (each in turn), every accepted event is in events FINAL once on both replicas", async () => {
-    const load = new Load({ url: () => node.url, writeKey: KEY, clients: 4, eventsPerRequest: 25, pauseMs: 20, prefix: "cluster" });
+    const load = new Load({
+      url: () => node.url,
+      writeKey: KEY,
+      clients: 4,
+      eventsPerRequest: 25,
+      pauseMs: 20,
+      prefix: "cluster",
+    });
     const finalCount = (_replica: number) => `SELECT count() AS n FROM tributary.events FINAL WHERE connection = 'web'`;
     const atLeast = (n: number) => (r: { n: number }[]) => Number(r[0]?.n) >= n;
     // Rows flow into r1 (the first URL) and replicate to r2.
     await eventually(dbs[1]!, finalCount(1), atLeast(500), 30_000);
     // Kill the replica the node writes to: r1, then (the node having moved to r2) r2.
-    for (const [down, up] of [[0, 1], [1, 0]] as const) {
+    for (const [down, up] of [
+      [0, 1],
+      [1, 0],
+    ] as const) {
       await replicas[down]!.kill();
       const killedAt = load.accepted.length;
       // The node moves to the other replica: rows accepted after the kill land there while this one is down.
@@ -122,7 +163,12 @@ describe.skipIf(!process.env.TRIBUTARY_CLUSTER_TESTS)("replicated ClickHouse: Zo
     expect(load.statuses.get(200)).toBe(load.requests); // ingestion never noticed
     for (const i of [0, 1]) {
       await eventually(dbs[i]!, finalCount(i), atLeast(accepted.size), 90_000);
-      const ids = (await rows<{ m: string; n: number }>(dbs[i]!, "SELECT message_id AS m, count() AS n FROM tributary.events FINAL WHERE connection = 'web' GROUP BY m")).map((r) => {
+      const ids = (
+        await rows<{ m: string; n: number }>(
+          dbs[i]!,
+          "SELECT message_id AS m, count() AS n FROM tributary.events FINAL WHERE connection = 'web' GROUP BY m",
+        )
+      ).map((r) => {
         expect(Number(r.n)).toBe(1);
         return r.m;
       });
@@ -134,37 +180,70 @@ describe.skipIf(!process.env.TRIBUTARY_CLUSTER_TESTS)("replicated ClickHouse: Zo
 
   test("users: a merged-away profile's delete mutation (18.16 has no is_deleted) reaches both replicas", async () => {
     const post = (events: object[]) =>
-      fetch(`${node.url}/v1/events`, { method: "POST", headers: { Authorization: `Bearer ${KEY}` }, body: JSON.stringify(events) }).then((r) => r.status);
+      fetch(`${node.url}/v1/events`, {
+        method: "POST",
+        headers: { Authorization: `Bearer ${KEY}` },
+        body: JSON.stringify(events),
+      }).then((r) => r.status);
     const t = (s: number) => new Date(Date.UTC(2025, 0, 1, 10, 0, s)).toISOString();
-    expect(await post([{ type: "identify", anonymousId: "anon-1", messageId: "u-m1", timestamp: t(0), traits: { plan: "free" } }])).toBe(200);
-    expect(await post([{ type: "identify", userId: "user-1", messageId: "u-m2", timestamp: t(1), traits: { plan: "pro" } }])).toBe(200);
+    expect(
+      await post([
+        { type: "identify", anonymousId: "anon-1", messageId: "u-m1", timestamp: t(0), traits: { plan: "free" } },
+      ]),
+    ).toBe(200);
+    expect(
+      await post([{ type: "identify", userId: "user-1", messageId: "u-m2", timestamp: t(1), traits: { plan: "pro" } }]),
+    ).toBe(200);
     await eventually(dbs[0]!, "SELECT profile_id FROM tributary.users FINAL", (r) => r.length === 2, 30_000);
     // anon-1's profile folds into user-1's: written once more as deleted, then deleted by a mutation.
-    expect(await post([{ type: "identify", userId: "user-1", anonymousId: "anon-1", messageId: "u-m3", timestamp: t(2) }])).toBe(200);
+    expect(
+      await post([{ type: "identify", userId: "user-1", anonymousId: "anon-1", messageId: "u-m3", timestamp: t(2) }]),
+    ).toBe(200);
     for (const db of dbs) {
-      const users = await eventually(db, "SELECT user_id, anonymous_ids, plan FROM tributary.users FINAL", (r) => r.length === 1, 30_000);
+      const users = await eventually(
+        db,
+        "SELECT user_id, anonymous_ids, plan FROM tributary.users FINAL",
+        (r) => r.length === 1,
+        30_000,
+      );
       expect(users).toEqual([{ user_id: "user-1", anonymous_ids: ["anon-1"], plan: "pro" }]);
-      expect(await rows(db, "SELECT command, is_done FROM system.mutations WHERE database = 'tributary' AND table = 'users'")).toEqual([
-        { command: expect.stringContaining("DELETE WHERE profile_id IN"), is_done: 1 },
-      ]);
+      expect(
+        await rows(
+          db,
+          "SELECT command, is_done FROM system.mutations WHERE database = 'tributary' AND table = 'users'",
+        ),
+      ).toEqual([{ command: expect.stringContaining("DELETE WHERE profile_id IN"), is_done: 1 }]);
     }
   }, 60_000);
 
   test("migrations and raw tables: CREATE ON CLUSTER, ALTERs replicated through ZooKeeper", async () => {
-    const w: Warehouse = await connectWarehouse({ url: `${replicas[1]!.url},${replicas[0]!.url}`, username: "default", password: "", database: "tributary_ddl", cluster: CLUSTER });
+    const w: Warehouse = await connectWarehouse({
+      url: `${replicas[1]!.url},${replicas[0]!.url}`,
+      username: "default",
+      password: "",
+      database: "tributary_ddl",
+      cluster: CLUSTER,
+    });
     try {
       await migrateEventsTable(w);
       await ensureRawTable(w, "hooks");
       expect(await migrateUsersTable(w, { plan: "string" }, false)).toEqual([]);
       // A property added later: one ALTER to one replica, and the other gets the column too.
-      expect(await migrateUsersTable(w, { plan: "string", seats: "int" }, false)).toEqual(["ALTER TABLE `tributary_ddl`.users ADD COLUMN `seats` Nullable(Int64)"]);
+      expect(await migrateUsersTable(w, { plan: "string", seats: "int" }, false)).toEqual([
+        "ALTER TABLE `tributary_ddl`.users ADD COLUMN `seats` Nullable(Int64)",
+      ]);
       for (const i of [0, 1]) {
         expect(await engines(i, "tributary_ddl")).toEqual([
           { name: "events", engine: "ReplicatedReplacingMergeTree" },
           { name: "hooks", engine: "ReplicatedReplacingMergeTree" },
           { name: "users", engine: "ReplicatedReplacingMergeTree" },
         ]);
-        await eventually(dbs[i]!, "SELECT name FROM system.columns WHERE database = 'tributary_ddl' AND table = 'users' AND name = 'seats'", (r) => r.length === 1, 10_000);
+        await eventually(
+          dbs[i]!,
+          "SELECT name FROM system.columns WHERE database = 'tributary_ddl' AND table = 'users' AND name = 'seats'",
+          (r) => r.length === 1,
+          10_000,
+        );
       }
       // Everything exists: starting again issues no DDL beyond the lookups. Every statement that
       // is not a SELECT goes through command() or exec(); record them during a second start.
@@ -184,7 +263,8 @@ describe.skipIf(!process.env.TRIBUTARY_CLUSTER_TESTS)("replicated ClickHouse: Zo
   }, 60_000);
 
   test("a cluster the server does not know is refused with the reason", async () => {
-    const connect = (cluster: string) => connectWarehouse({ url: replicas[0]!.url, username: "default", password: "", database: "tributary", cluster });
+    const connect = (cluster: string) =>
+      connectWarehouse({ url: replicas[0]!.url, username: "default", password: "", database: "tributary", cluster });
     await expect(connect("nope")).rejects.toThrow('no cluster "nope" in its remote_servers');
   });
 });

@@ -77,7 +77,11 @@ export class ChaosLoad {
         event: "Chaos",
         userId: `u${c}`,
         messageId: id,
-        properties: { client: c, i, note: "chaos run: every accepted messageId must be in tributary.events FINAL exactly once" },
+        properties: {
+          client: c,
+          i,
+          note: "chaos run: every accepted messageId must be in tributary.events FINAL exactly once",
+        },
       })),
     );
   }
@@ -122,7 +126,8 @@ export class ChaosLoad {
             try {
               n = (JSON.parse(text) as { accepted?: number }).accepted ?? -1;
             } catch {}
-            if (n !== ids.length) this.anomalies.push(`${target.name} answered ${status} ${text.slice(0, 200)} for ${ids.length} events`);
+            if (n !== ids.length)
+              this.anomalies.push(`${target.name} answered ${status} ${text.slice(0, 200)} for ${ids.length} events`);
           }
           const ra = Number(r.headers.get("retry-after"));
           if (Number.isFinite(ra) && ra > 0) retryAfterMs = Math.min(ra * 1000, 500);
@@ -131,7 +136,14 @@ export class ChaosLoad {
           const key = `no answer (${(e as Error).name === "TimeoutError" ? `timeout ${this.o.timeoutMs} ms` : "connection refused or cut"})`;
           this.reasons.set(key, (this.reasons.get(key) ?? 0) + 1);
         }
-        this.attempts.push({ at: this.now(), status, ms: performance.now() - started, events: ids.length, target: target.name, ...(reason !== undefined && { reason }) });
+        this.attempts.push({
+          at: this.now(),
+          status,
+          ms: performance.now() - started,
+          events: ids.length,
+          target: target.name,
+          ...(reason !== undefined && { reason }),
+        });
         if (status >= 200 && status < 300) {
           ok = true;
           this.acceptedBatches.set(ids[0]!, { at: this.now(), target: target.name, attempt });

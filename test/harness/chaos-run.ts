@@ -47,7 +47,15 @@ async function stopped(pid: number | undefined): Promise<boolean> {
   return false;
 }
 
-export const FAULT_KINDS = ["nats-kill", "nats-pause", "clickhouse-kill", "clickhouse-pause", "node-kill", "node-pause", "stream-full"] as const;
+export const FAULT_KINDS = [
+  "nats-kill",
+  "nats-pause",
+  "clickhouse-kill",
+  "clickhouse-pause",
+  "node-kill",
+  "node-pause",
+  "stream-full",
+] as const;
 export type FaultKind = (typeof FAULT_KINDS)[number];
 
 export interface ChaosOptions {
@@ -195,7 +203,10 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
     TRIBUTARY_PUBLISH_TIMEOUT_MS: "2000",
     TRIBUTARY_STREAM_MAX_BYTES: String(streamMaxBytes),
   };
-  const nodes = [new ChaosNode("node-a", env, join(work, "node-a.log")), new ChaosNode("node-b", env, join(work, "node-b.log"))];
+  const nodes = [
+    new ChaosNode("node-a", env, join(work, "node-a.log")),
+    new ChaosNode("node-b", env, join(work, "node-b.log")),
+  ];
   let db: ClickHouseClient | undefined;
   let nc: NatsConnection | undefined;
   let load: ChaosLoad | undefined;
@@ -209,7 +220,9 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
     db = chClient(ch.url);
     nc = await connect({ servers: nats.url, maxReconnectAttempts: -1, reconnectTimeWait: 250, name: "chaos-checker" });
     const jsm = await jetstreamManager(nc, { timeout: 5000 });
-    log(`chaos: seed ${o.seed}, ${o.seconds} s of faults${short ? " (short)" : ""}; NATS ${nats.url}, ClickHouse ${ch.url}, nodes ${nodes.map((n) => n.url).join(" ")}; logs in ${work}`);
+    log(
+      `chaos: seed ${o.seed}, ${o.seconds} s of faults${short ? " (short)" : ""}; NATS ${nats.url}, ClickHouse ${ch.url}, nodes ${nodes.map((n) => n.url).join(" ")}; logs in ${work}`,
+    );
 
     load = new ChaosLoad({
       targets: () => nodes.filter((n) => n.state !== "down").map((n) => ({ name: n.name, url: n.url })),
@@ -257,7 +270,10 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
       const patience = 30_000;
       const back = await waitOk(s.lifted, s.node, patience);
       s.backToOkMs = back;
-      if (back === undefined) s.note = [s.note, `**no 2xx within ${patience / 1000} s after the fault was lifted**`].filter(Boolean).join("; ");
+      if (back === undefined)
+        s.note = [s.note, `**no 2xx within ${patience / 1000} s after the fault was lifted**`]
+          .filter(Boolean)
+          .join("; ");
       await Bun.sleep(short ? between(400, 900) : between(1000, 3000));
       s.end = L.now();
     };
@@ -338,7 +354,10 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
           // node (it holds delivered, unloaded batches); then let ClickHouse go and the stream drain.
           const n = pick(nodes);
           const hold = short ? 1000 : between(2000, 4000);
-          const s = begin(kind, `fill the stream (${(streamMaxBytes / 1048576).toFixed(0)} MiB limit): ClickHouse frozen until 503s, kill -9 ${n.name} while full, ClickHouse back ${fmtS(hold)} s later`);
+          const s = begin(
+            kind,
+            `fill the stream (${(streamMaxBytes / 1048576).toFixed(0)} MiB limit): ClickHouse frozen until 503s, kill -9 ${n.name} while full, ClickHouse back ${fmtS(hold)} s later`,
+          );
           ch.pause();
           // A condition, not a measure: as long as the fill takes on a busy machine.
           const fillTimeout = 60_000;
@@ -406,8 +425,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
       else if (a.status === 503) {
         s.s503++;
         if (a.reason?.includes(GUARD_503)) s.s503guard++;
-      }
-      else if (a.status === 0) s.noAnswer++;
+      } else if (a.status === 0) s.noAnswer++;
       else s.other++;
       if (a.status !== 0 && a.ms > s.slowestMs) s.slowestMs = a.ms;
     }
@@ -452,7 +470,16 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
       if (sent.has(id)) extra++;
       else phantom++;
     }
-    const rowsBeforeFinal = Number((await (await db.query({ query: `SELECT count() FROM tributary.events WHERE connection = '${CONNECTION}'`, format: "TabSeparated" })).text()).trim());
+    const rowsBeforeFinal = Number(
+      (
+        await (
+          await db.query({
+            query: `SELECT count() FROM tributary.events WHERE connection = '${CONNECTION}'`,
+            format: "TabSeparated",
+          })
+        ).text()
+      ).trim(),
+    );
     const stream = await streamIds(nc, jsm);
     let streamHolds = 0;
     for (const id of accepted) if (stream.ids.has(id)) streamHolds++;
@@ -487,7 +514,9 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
         groups.set(g, x);
       }
       for (const [g, x] of groups)
-        missingDiagnosis.push(`${x.events} events in ${x.batches} batches answered 2xx at ${fmtS(x.from)}–${fmtS(x.to)} s, ${g}; ${x.inStream} of them still in the stream`);
+        missingDiagnosis.push(
+          `${x.events} events in ${x.batches} batches answered 2xx at ${fmtS(x.from)}–${fmtS(x.to)} s, ${g}; ${x.inStream} of them still in the stream`,
+        );
     }
     const refusals: Record<string, number> = {};
     for (const [k, v] of L.reasons) refusals[k] = v;
@@ -522,7 +551,12 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
       drainMs,
       drained,
       drainState,
-      ok: missing.length === 0 && duplicated.length === 0 && phantom === 0 && L.anomalies.length === 0 && accepted.size === L.accepted.length,
+      ok:
+        missing.length === 0 &&
+        duplicated.length === 0 &&
+        phantom === 0 &&
+        L.anomalies.length === 0 &&
+        accepted.size === L.accepted.length,
       elapsedMs: performance.now() - began,
       dirs,
     };
@@ -544,13 +578,19 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
 }
 
 async function countFinal(db: ClickHouseClient): Promise<number> {
-  const r = await db.query({ query: `SELECT count() FROM tributary.events FINAL WHERE connection = '${CONNECTION}'`, format: "TabSeparated" });
+  const r = await db.query({
+    query: `SELECT count() FROM tributary.events FINAL WHERE connection = '${CONNECTION}'`,
+    format: "TabSeparated",
+  });
   return Number((await r.text()).trim());
 }
 
 /** messageId → rows under FINAL. */
 async function storedIds(db: ClickHouseClient): Promise<Map<string, number>> {
-  const r = await db.query({ query: `SELECT message_id FROM tributary.events FINAL WHERE connection = '${CONNECTION}'`, format: "TabSeparated" });
+  const r = await db.query({
+    query: `SELECT message_id FROM tributary.events FINAL WHERE connection = '${CONNECTION}'`,
+    format: "TabSeparated",
+  });
   const out = new Map<string, number>();
   for (const id of (await r.text()).split("\n")) if (id) out.set(id, (out.get(id) ?? 0) + 1);
   return out;
@@ -578,14 +618,20 @@ class StreamWatch {
   async begin(): Promise<void> {
     await Bun.sleep(200);
     try {
-      const [i, c] = await Promise.all([this.jsm.streams.info(STREAM), this.jsm.consumers.info(STREAM, durableName(CONNECTION, PIPELINE))]);
+      const [i, c] = await Promise.all([
+        this.jsm.streams.info(STREAM),
+        this.jsm.consumers.info(STREAM, durableName(CONNECTION, PIPELINE)),
+      ]);
       this.#last0 = i.state.last_seq;
       this.#unloaded0 = c.num_pending + c.num_ack_pending;
     } catch {}
   }
   async sample(): Promise<void> {
     try {
-      const [i, c] = await Promise.all([this.jsm.streams.info(STREAM), this.jsm.consumers.info(STREAM, durableName(CONNECTION, PIPELINE))]);
+      const [i, c] = await Promise.all([
+        this.jsm.streams.info(STREAM),
+        this.jsm.consumers.info(STREAM, durableName(CONNECTION, PIPELINE)),
+      ]);
       const mib = (b: number) => (b / 1048576).toFixed(1);
       this.last = `${mib(i.state.bytes)} MiB in ${i.state.messages} messages (from sequence ${i.state.first_seq}), ${c.num_pending + c.num_ack_pending} not yet loaded`;
       if (this.#last0 < 0) return;
@@ -597,14 +643,21 @@ class StreamWatch {
 }
 
 /** messageId → how many JetStream messages hold it, read from the id headers of the connection's subjects. */
-async function streamIds(nc: NatsConnection, jsm: JetStreamManager): Promise<{ ids: Map<string, number>; firstSeq: number }> {
+async function streamIds(
+  nc: NatsConnection,
+  jsm: JetStreamManager,
+): Promise<{ ids: Map<string, number>; firstSeq: number }> {
   const ids = new Map<string, number>();
   const subject = connectionSubjects(CONNECTION);
   const info = await jsm.streams.info(STREAM, { subjects_filter: subject });
   const total = Object.values(info.state.subjects ?? {}).reduce((a, n) => a + (n as number), 0);
   if (total === 0) return { ids, firstSeq: info.state.first_seq };
   const js = jetstream(nc, { timeout: 10_000 });
-  const c = await js.consumers.get(STREAM, { filter_subjects: subject, headers_only: true, deliver_policy: DeliverPolicy.All });
+  const c = await js.consumers.get(STREAM, {
+    filter_subjects: subject,
+    headers_only: true,
+    deliver_policy: DeliverPolicy.All,
+  });
   const messages = await c.consume({ max_messages: 2000 });
   let seen = 0;
   const t = setTimeout(() => messages.stop(), 120_000);
@@ -637,36 +690,70 @@ export function formatChaos(r: ChaosResult): string {
   lines.push("| # | at s | fault | requests | 2xx | 429 | 503 | no answer | slowest answer | 2xx again after | note |");
   lines.push("| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
   for (const s of r.steps) {
-    const back = s.kind === "steady" || s.kind === "cool-down" ? "" : s.backToOkMs === undefined ? "never" : `${fmtS(s.backToOkMs)} s`;
-    lines.push(`| ${s.index} | ${fmtS(s.start)} | ${s.label} | ${n(s.requests)} | ${n(s.ok)} | ${n(s.s429)} | ${n(s.s503)}${s.s503guard ? ` (guard ${n(s.s503guard)})` : ""} | ${n(s.noAnswer)}${s.other ? ` (+${s.other} other)` : ""} | ${fmtS(s.slowestMs)} s | ${back} | ${[s.applied === false ? "**fault not seen in effect**" : "", s.note ?? ""].filter(Boolean).join("; ")} |`);
+    const back =
+      s.kind === "steady" || s.kind === "cool-down"
+        ? ""
+        : s.backToOkMs === undefined
+          ? "never"
+          : `${fmtS(s.backToOkMs)} s`;
+    lines.push(
+      `| ${s.index} | ${fmtS(s.start)} | ${s.label} | ${n(s.requests)} | ${n(s.ok)} | ${n(s.s429)} | ${n(s.s503)}${s.s503guard ? ` (guard ${n(s.s503guard)})` : ""} | ${n(s.noAnswer)}${s.other ? ` (+${s.other} other)` : ""} | ${fmtS(s.slowestMs)} s | ${back} | ${[s.applied === false ? "**fault not seen in effect**" : "", s.note ?? ""].filter(Boolean).join("; ")} |`,
+    );
   }
   const t = r.totals;
-  lines.push(`| | | **total** | **${n(t.requests)}** | **${n(t.ok)}** | **${n(t.s429)}** | **${n(t.s503)}**${t.s503guard ? ` (guard ${n(t.s503guard)})` : ""} | **${n(t.noAnswer)}**${t.other ? ` (+${t.other} other)` : ""} | ${fmtS(Math.max(...r.steps.map((s) => s.slowestMs)))} s | | |`);
+  lines.push(
+    `| | | **total** | **${n(t.requests)}** | **${n(t.ok)}** | **${n(t.s429)}** | **${n(t.s503)}**${t.s503guard ? ` (guard ${n(t.s503guard)})` : ""} | **${n(t.noAnswer)}**${t.other ? ` (+${t.other} other)` : ""} | ${fmtS(Math.max(...r.steps.map((s) => s.slowestMs)))} s | | |`,
+  );
   lines.push("");
   const refusals = Object.entries(r.refusals).sort((a, b) => b[1] - a[1]);
   if (refusals.length) {
     lines.push("Refusals by reason: " + refusals.map(([k, v]) => `${n(v)} × ${k}`).join("; ") + ".");
     lines.push("");
   }
-  const row = (what: string, v: number | string, verdict = "") => lines.push(`| ${what} | ${typeof v === "number" ? n(v) : v} | ${verdict} |`);
+  const row = (what: string, v: number | string, verdict = "") =>
+    lines.push(`| ${what} | ${typeof v === "number" ? n(v) : v} | ${verdict} |`);
   lines.push("| check | events | |");
   lines.push("| --- | ---: | --- |");
   row("sent (unique messageIds)", r.sentEvents);
   row("accepted (answered 2xx)", r.accepted, `${n(r.retriedOk)} batches only on a retry`);
-  row("never confirmed (refused or unanswered, retries exhausted or load stopped)", r.unconfirmed, `${n(r.abandonedBatches)} batches given up`);
+  row(
+    "never confirmed (refused or unanswered, retries exhausted or load stopped)",
+    r.unconfirmed,
+    `${n(r.abandonedBatches)} batches given up`,
+  );
   row("in `tributary.events FINAL`", r.inClickHouse);
-  row("**missing** (accepted, not in FINAL)", r.missing, r.missing ? `**FAIL** e.g. ${r.missingSample.slice(0, 3).join(", ")}` : "ok");
-  row("**duplicated** (more than once in FINAL)", r.duplicated, r.duplicated ? `**FAIL** e.g. ${r.duplicatedSample.slice(0, 3).join(", ")}` : "ok");
+  row(
+    "**missing** (accepted, not in FINAL)",
+    r.missing,
+    r.missing ? `**FAIL** e.g. ${r.missingSample.slice(0, 3).join(", ")}` : "ok",
+  );
+  row(
+    "**duplicated** (more than once in FINAL)",
+    r.duplicated,
+    r.duplicated ? `**FAIL** e.g. ${r.duplicatedSample.slice(0, 3).join(", ")}` : "ok",
+  );
   row("extra (stored, never confirmed: the request was refused or cut after the write)", r.extra, "allowed");
   row("phantom (stored, never sent)", r.phantom, r.phantom ? "**FAIL**" : "ok");
-  row("stored in JetStream more than once", r.streamDuplicated, r.streamDuplicated ? `README promises once; e.g. ${r.streamDuplicatedSample.slice(0, 3).join(", ")}` : "ok");
-  row("accepted ids still in the stream", r.streamHolds, r.streamFirstSeq > 1 ? `stream starts at sequence ${n(r.streamFirstSeq)} (older messages discarded)` : "");
+  row(
+    "stored in JetStream more than once",
+    r.streamDuplicated,
+    r.streamDuplicated ? `README promises once; e.g. ${r.streamDuplicatedSample.slice(0, 3).join(", ")}` : "ok",
+  );
+  row(
+    "accepted ids still in the stream",
+    r.streamHolds,
+    r.streamFirstSeq > 1 ? `stream starts at sequence ${n(r.streamFirstSeq)} (older messages discarded)` : "",
+  );
   row(
     "stream messages discarded before they were loaded (stream full; a lower bound)",
     r.unackedDiscards,
     r.unackedDiscards ? "a near miss at best: only a node still holding them in memory can load them" : "ok",
   );
-  row("rows before FINAL (redelivered batches collapse)", r.rowsBeforeFinal, `${n(r.rowsBeforeFinal - r.inClickHouse)} collapsed`);
+  row(
+    "rows before FINAL (redelivered batches collapse)",
+    r.rowsBeforeFinal,
+    `${n(r.rowsBeforeFinal - r.inClickHouse)} collapsed`,
+  );
   row("dead-lettered", r.deadLettered, r.deadLettered ? "rows ClickHouse refused for their content" : "");
   row("drain after the load stopped", `${fmtS(r.drainMs)} s`, r.drained ? "" : `**did not settle**: ${r.drainState}`);
   if (r.missingDiagnosis.length) {
@@ -680,6 +767,10 @@ export function formatChaos(r: ChaosResult): string {
     for (const a of r.anomalies) lines.push(`- ${a}`);
   }
   lines.push("");
-  lines.push(r.ok ? "**PASS**: every accepted event is in ClickHouse exactly once." : "**FAIL**: see missing / duplicated / phantom above.");
+  lines.push(
+    r.ok
+      ? "**PASS**: every accepted event is in ClickHouse exactly once."
+      : "**FAIL**: see missing / duplicated / phantom above.",
+  );
   return lines.join("\n");
 }

@@ -17,7 +17,9 @@ export async function loadChdb(): Promise<Chdb | undefined> {
     return await import("chdb");
   } catch (e) {
     if (process.platform === "linux" && process.arch === "x64") throw e;
-    console.warn(`chdb unavailable on ${process.platform}-${process.arch}, skipping: ${(e as Error).message.split("\n")[0]}`);
+    console.warn(
+      `chdb unavailable on ${process.platform}-${process.arch}, skipping: ${(e as Error).message.split("\n")[0]}`,
+    );
     return undefined;
   }
 }
@@ -78,12 +80,24 @@ export async function connectChdbWarehouse(session: Session, database: string): 
       return {
         text: async () => text,
         json: async () => {
-          if (format === "JSONEachRow") return text.split("\n").filter((l) => l.trim() !== "").map((l) => JSON.parse(l));
+          if (format === "JSONEachRow")
+            return text
+              .split("\n")
+              .filter((l) => l.trim() !== "")
+              .map((l) => JSON.parse(l));
           return JSON.parse(text);
         },
       };
     },
-    async insert({ table, values, format = "JSONCompactEachRow" }: { table: string; values: unknown[]; format?: string }) {
+    async insert({
+      table,
+      values,
+      format = "JSONCompactEachRow",
+    }: {
+      table: string;
+      values: unknown[];
+      format?: string;
+    }) {
       if (format !== "JSONEachRow") throw new Error(`chdb warehouse: unsupported insert format ${format}`);
       // What @clickhouse/client sends over HTTP: the statement, then one JSON object per line.
       const query = `INSERT INTO ${table} FORMAT JSONEachRow`;
@@ -94,10 +108,19 @@ export async function connectChdbWarehouse(session: Session, database: string): 
     async close() {},
   };
   // The statements connectWarehouse issues, verbatim.
-  const rows = (await (await client.query({ query: "SELECT version() AS v", format: "JSONEachRow" })).json()) as { v: string }[];
+  const rows = (await (await client.query({ query: "SELECT version() AS v", format: "JSONEachRow" })).json()) as {
+    v: string;
+  }[];
   const features = featuresOf(rows[0]!.v);
   await client.command({ query: `CREATE DATABASE IF NOT EXISTS ${quoteIdent(database)}` });
-  return { client: client as unknown as ClickHouseClient, features, database, session, statements, close: async () => {} };
+  return {
+    client: client as unknown as ClickHouseClient,
+    features,
+    database,
+    session,
+    statements,
+    close: async () => {},
+  };
 }
 
 /** Rows of a query, straight from the session (not recorded in `statements`). */

@@ -36,13 +36,20 @@ export class Load {
     const n = this.o.eventsPerRequest ?? 20;
     while (this.#running) {
       const ids = Array.from({ length: n }, () => `${this.o.prefix ?? "load"}-${c}-${this.#seq++}`);
-      const body = JSON.stringify(ids.map((id) => ({ type: "track", event: "Load", userId: `u${c}`, messageId: id, properties: { n: 1 } })));
+      const body = JSON.stringify(
+        ids.map((id) => ({ type: "track", event: "Load", userId: `u${c}`, messageId: id, properties: { n: 1 } })),
+      );
       let status = 0;
       try {
-        const r = await fetch(`${this.o.url()}/v1/events`, { method: "POST", headers: { Authorization: `Bearer ${this.o.writeKey}` }, body });
+        const r = await fetch(`${this.o.url()}/v1/events`, {
+          method: "POST",
+          headers: { Authorization: `Bearer ${this.o.writeKey}` },
+          body,
+        });
         const text = await r.text();
         status = r.status;
-        if (!this.firstAnswer.has(status)) this.firstAnswer.set(status, { body: text, retryAfter: r.headers.get("retry-after") });
+        if (!this.firstAnswer.has(status))
+          this.firstAnswer.set(status, { body: text, retryAfter: r.headers.get("retry-after") });
       } catch {
         await Bun.sleep(50); // node down: don't spin
       }

@@ -25,7 +25,11 @@ export class NatsCluster {
     const routePorts = await Promise.all(Array.from({ length: size }, () => freePort()));
     const servers = await Promise.all(
       routePorts.map((port, i) =>
-        LocalNats.create({ dataDir: join(dir, `n${i + 1}`), serverName: `n${i + 1}`, cluster: { name, port, routes: routePorts } }),
+        LocalNats.create({
+          dataDir: join(dir, `n${i + 1}`),
+          serverName: `n${i + 1}`,
+          cluster: { name, port, routes: routePorts },
+        }),
       ),
     );
     const cluster = new NatsCluster(servers, dir);
@@ -52,7 +56,12 @@ export class NatsCluster {
 
   /** An admin connection to every server, reconnecting forever (for assertions, not for the nodes). */
   async admin(): Promise<{ nc: NatsConnection; jsm: JetStreamManager }> {
-    this.#admin ??= await connect({ servers: this.servers.map((s) => s.url), maxReconnectAttempts: -1, reconnectTimeWait: 100, name: "test-admin" });
+    this.#admin ??= await connect({
+      servers: this.servers.map((s) => s.url),
+      maxReconnectAttempts: -1,
+      reconnectTimeWait: 100,
+      name: "test-admin",
+    });
     return { nc: this.#admin, jsm: await jetstreamManager(this.#admin, { timeout: 2000, checkAPI: false }) };
   }
 
@@ -65,11 +74,16 @@ export class NatsCluster {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
       try {
-        await jsm.streams.add({ name: "CLUSTER_PROBE", subjects: ["cluster.probe"], num_replicas: this.servers.length });
+        await jsm.streams.add({
+          name: "CLUSTER_PROBE",
+          subjects: ["cluster.probe"],
+          num_replicas: this.servers.length,
+        });
         await jsm.streams.delete("CLUSTER_PROBE");
         return;
       } catch (e) {
-        if (Date.now() > deadline) throw new Error(`JetStream cluster not ready after ${timeoutMs} ms: ${(e as Error).message}`);
+        if (Date.now() > deadline)
+          throw new Error(`JetStream cluster not ready after ${timeoutMs} ms: ${(e as Error).message}`);
       }
       await Bun.sleep(200);
     }
@@ -84,7 +98,10 @@ export class NatsCluster {
   async streamLeader(stream = STREAM, timeoutMs = 20_000): Promise<string> {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
-      const leader = await this.streamInfo(stream).then((i) => i.cluster?.leader, () => undefined);
+      const leader = await this.streamInfo(stream).then(
+        (i) => i.cluster?.leader,
+        () => undefined,
+      );
       if (leader) return leader;
       if (Date.now() > deadline) throw new Error(`stream ${stream} has no leader after ${timeoutMs} ms`);
       await Bun.sleep(200);
@@ -109,8 +126,10 @@ export class NatsCluster {
     for (;;) {
       last = await this.streamInfo(stream).catch(() => last);
       const replicas = last?.cluster?.replicas ?? [];
-      if (last?.cluster?.leader && replicas.length >= want && replicas.every((r) => r.current && !r.offline)) return last;
-      if (Date.now() > deadline) throw new Error(`replicas of ${stream} not current after ${timeoutMs} ms: ${JSON.stringify(last?.cluster)}`);
+      if (last?.cluster?.leader && replicas.length >= want && replicas.every((r) => r.current && !r.offline))
+        return last;
+      if (Date.now() > deadline)
+        throw new Error(`replicas of ${stream} not current after ${timeoutMs} ms: ${JSON.stringify(last?.cluster)}`);
       await Bun.sleep(250);
     }
   }
@@ -128,7 +147,11 @@ export class NatsCluster {
  * Every messageId stored for a connection, read back from the stream's message headers (the
  * Tributary-Ids list each message carries), with how many times each is there.
  */
-export async function storedIds(nc: NatsConnection, connection: string, timeoutMs = 30_000): Promise<Map<string, number>> {
+export async function storedIds(
+  nc: NatsConnection,
+  connection: string,
+  timeoutMs = 30_000,
+): Promise<Map<string, number>> {
   const jsm = await jetstreamManager(nc, { timeout: 5000, checkAPI: false });
   const subject = connectionSubjects(connection);
   const info = await jsm.streams.info(STREAM, { subjects_filter: subject });
@@ -140,7 +163,11 @@ export async function storedIds(nc: NatsConnection, connection: string, timeoutM
   let c;
   for (let attempt = 1; ; attempt++) {
     try {
-      c = await js.consumers.get(STREAM, { filter_subjects: subject, deliver_policy: DeliverPolicy.All, headers_only: true });
+      c = await js.consumers.get(STREAM, {
+        filter_subjects: subject,
+        deliver_policy: DeliverPolicy.All,
+        headers_only: true,
+      });
       break;
     } catch (e) {
       if (attempt >= 10) throw e;

@@ -55,7 +55,11 @@ export const webhookConnection = (name: string, keys: string[], extra = "") =>
   `connection: ${name}\nsource: webhook\nwriteKeys: [${keys.map((k) => JSON.stringify(k)).join(", ")}]\n${extra}`;
 
 /** A node on a free port with its own pipelines directory, removed when the node stops. */
-export async function startTestNode(natsUrl: string, files: Record<string, string>, overrides: Partial<NodeOptions> & PipelineTuning = {}): Promise<RunningNode> {
+export async function startTestNode(
+  natsUrl: string,
+  files: Record<string, string>,
+  overrides: Partial<NodeOptions> & PipelineTuning = {},
+): Promise<RunningNode> {
   const dir = pipelinesDir(files);
   const node = await startNode({ ...defaults, host: "127.0.0.1", port: 0, pipelinesDir: dir, ...overrides, natsUrl });
   const stop = node.stop.bind(node);

@@ -10,7 +10,12 @@ export async function rows<T = Record<string, any>>(c: ClickHouseClient, query: 
 }
 
 /** Polls until `check` passes on the query's rows, or fails with the last rows seen. */
-export async function eventually<T>(c: ClickHouseClient, query: string, check: (r: T[]) => boolean, timeoutMs = 20_000): Promise<T[]> {
+export async function eventually<T>(
+  c: ClickHouseClient,
+  query: string,
+  check: (r: T[]) => boolean,
+  timeoutMs = 20_000,
+): Promise<T[]> {
   const deadline = Date.now() + timeoutMs;
   let last: T[] = [];
   while (Date.now() < deadline) {
@@ -27,13 +32,21 @@ export async function eventually<T>(c: ClickHouseClient, query: string, check: (
  * The exactly-once check of the fault tests: waits until every accepted id is in `events FINAL`
  * for the connection, then checks none is there twice. Returns the ids loaded.
  */
-export async function expectExactlyOnce(c: ClickHouseClient, connection: string, accepted: string[], timeoutMs = 60_000): Promise<Set<string>> {
+export async function expectExactlyOnce(
+  c: ClickHouseClient,
+  connection: string,
+  accepted: string[],
+  timeoutMs = 60_000,
+): Promise<Set<string>> {
   expect(new Set(accepted).size).toBe(accepted.length); // the load never reuses an id
   const deadline = Date.now() + timeoutMs;
   let missing: string[] = [];
   let have = new Set<string>();
   for (;;) {
-    have = await rows<{ m: string }>(c, `SELECT message_id AS m FROM tributary.events FINAL WHERE connection = '${connection}'`)
+    have = await rows<{ m: string }>(
+      c,
+      `SELECT message_id AS m FROM tributary.events FINAL WHERE connection = '${connection}'`,
+    )
       .then((r) => new Set(r.map((x) => x.m)))
       .catch(() => have);
     missing = accepted.filter((id) => !have.has(id));
@@ -41,7 +54,10 @@ export async function expectExactlyOnce(c: ClickHouseClient, connection: string,
     await Bun.sleep(250);
   }
   expect({ missing: missing.length, sample: missing.slice(0, 5) }).toEqual({ missing: 0, sample: [] });
-  const twice = await rows(c, `SELECT message_id, count() AS c FROM tributary.events FINAL WHERE connection = '${connection}' GROUP BY message_id HAVING c > 1 LIMIT 5`);
+  const twice = await rows(
+    c,
+    `SELECT message_id, count() AS c FROM tributary.events FINAL WHERE connection = '${connection}' GROUP BY message_id HAVING c > 1 LIMIT 5`,
+  );
   expect(twice).toEqual([]);
   return have;
 }

@@ -25,12 +25,19 @@ const stack = useStack(files, { adminToken: ADMIN });
 const admin = (path: string, token: string = ADMIN, headers: Record<string, string> = {}) =>
   fetch(`${stack.node.url}${path}`, { headers: { ...(token && { Authorization: `Bearer ${token}` }), ...headers } });
 const post = (events: unknown[], token = KEY) =>
-  fetch(`${stack.node.url}/v1/batch`, { method: "POST", headers: { Authorization: `Bearer ${token}` }, body: JSON.stringify({ batch: events }) }).then((r) => r.status);
+  fetch(`${stack.node.url}/v1/batch`, {
+    method: "POST",
+    headers: { Authorization: `Bearer ${token}` },
+    body: JSON.stringify({ batch: events }),
+  }).then((r) => r.status);
 
 /** Reads SSE messages until `count` data messages arrived (or the timeout), then disconnects. */
 async function sse(path: string, count: number, headers: Record<string, string> = {}, timeoutMs = 5000) {
   const ac = new AbortController();
-  const r = await fetch(`${stack.node.url}${path}`, { headers: { Authorization: `Bearer ${ADMIN}`, ...headers }, signal: ac.signal });
+  const r = await fetch(`${stack.node.url}${path}`, {
+    headers: { Authorization: `Bearer ${ADMIN}`, ...headers },
+    signal: ac.signal,
+  });
   expect(r.status).toBe(200);
   expect(r.headers.get("content-type")).toContain("text/event-stream");
   const reader = r.body!.getReader();
@@ -65,7 +72,13 @@ async function sse(path: string, count: number, headers: Record<string, string> 
 }
 
 describe("auth", () => {
-  const routes = ["/v1/connections", "/v1/pipelines", "/metrics", "/v1/connections/site/events/live", "/v1/connections/site/events/x"];
+  const routes = [
+    "/v1/connections",
+    "/v1/pipelines",
+    "/metrics",
+    "/v1/connections/site/events/live",
+    "/v1/connections/site/events/x",
+  ];
   test("every admin route needs the admin token; write keys never open them", async () => {
     for (const path of routes) {
       expect([path, (await admin(path, "")).status]).toEqual([path, 401]);
@@ -87,7 +100,9 @@ describe("auth", () => {
     const off = await startTestNode(stack.nats.url, files);
     const dev = await startTestNode(stack.nats.url, files, { devAdmin: true });
     try {
-      expect((await fetch(`${off.url}/v1/pipelines`, { headers: { Authorization: `Bearer ${ADMIN}` } })).status).toBe(403);
+      expect((await fetch(`${off.url}/v1/pipelines`, { headers: { Authorization: `Bearer ${ADMIN}` } })).status).toBe(
+        403,
+      );
       expect((await fetch(`${dev.url}/v1/pipelines`)).status).toBe(200);
     } finally {
       await Promise.all([off.stop(), dev.stop()]);
@@ -97,13 +112,17 @@ describe("auth", () => {
 
 test("SSE: the last events, then live ones; Last-Event-ID resumes without gaps", async () => {
   const ids = (p: string, n: number) => Array.from({ length: n }, (_, i) => `${p}-${i}`);
-  expect(await post(ids("sse-a", 5).map((messageId) => ({ type: "track", event: "A", userId: "u", messageId })))).toBe(200);
+  expect(await post(ids("sse-a", 5).map((messageId) => ({ type: "track", event: "A", userId: "u", messageId })))).toBe(
+    200,
+  );
   await Bun.sleep(200);
   const first = await sse("/v1/connections/site/events/live", 5);
   // Events of one request spread over the connection's shard subjects: compare as sets.
   expect(first.map((m) => m.data.messageId).sort()).toEqual(ids("sse-a", 5));
   const last = first.at(-1)!.id!;
-  expect(await post(ids("sse-b", 3).map((messageId) => ({ type: "track", event: "B", userId: "u", messageId })))).toBe(200);
+  expect(await post(ids("sse-b", 3).map((messageId) => ({ type: "track", event: "B", userId: "u", messageId })))).toBe(
+    200,
+  );
   await Bun.sleep(200);
   const resumed = await sse("/v1/connections/site/events/live", 3, { "Last-Event-ID": last });
   expect(resumed.map((m) => m.data.messageId).sort()).toEqual(ids("sse-b", 3));
@@ -115,12 +134,19 @@ test("SSE: the last events, then live ones; Last-Event-ID resumes without gaps",
 });
 
 test("GET /v1/pipelines counts match what ClickHouse holds; /metrics has them and the HTTP figures", async () => {
-  expect(await post([
-    { type: "identify", userId: "p1", messageId: "cnt-1", traits: { a: 1 } },
-    { type: "track", event: "E", userId: "p1", messageId: "cnt-2" },
-  ])).toBe(200);
-  const inCh = async (p: string) => Number((await rows<any>(stack.db, `SELECT count() AS c FROM tributary.events FINAL WHERE pipeline = '${p}'`))[0].c);
-  await eventually<any>(stack.db, `SELECT count() AS c FROM tributary.events FINAL WHERE message_id = 'cnt-2'`, (r) => r[0]?.c === "1");
+  expect(
+    await post([
+      { type: "identify", userId: "p1", messageId: "cnt-1", traits: { a: 1 } },
+      { type: "track", event: "E", userId: "p1", messageId: "cnt-2" },
+    ]),
+  ).toBe(200);
+  const inCh = async (p: string) =>
+    Number((await rows<any>(stack.db, `SELECT count() AS c FROM tributary.events FINAL WHERE pipeline = '${p}'`))[0].c);
+  await eventually<any>(
+    stack.db,
+    `SELECT count() AS c FROM tributary.events FINAL WHERE message_id = 'cnt-2'`,
+    (r) => r[0]?.c === "1",
+  );
   let pipelines: any[] = [];
   // Both pipelines' counts settle once their inserts are confirmed: poll for both, generously.
   const settled = async (name: string) => {
@@ -167,17 +193,32 @@ test("logs are JSON lines with request ids, and never hold write keys, tokens or
   const { setLogLevel } = await import("../../src/util/log.ts");
   const lines: string[] = [];
   const write = process.stderr.write.bind(process.stderr);
-  process.stderr.write = ((chunk: string | Uint8Array) => (lines.push(String(chunk)), true)) as typeof process.stderr.write;
+  process.stderr.write = ((chunk: string | Uint8Array) => (
+    lines.push(String(chunk)), true
+  )) as typeof process.stderr.write;
   setLogLevel("debug");
   let requestId: string | null = null;
   try {
     const r = await fetch(`${stack.node.url}/v1/batch`, {
       method: "POST",
       headers: { Authorization: `Bearer ${KEY}`, "X-Request-Id": "req-abc-123" },
-      body: JSON.stringify({ batch: [{ type: "track", event: "Secret Event Name", userId: "secret-user", properties: { card: "4111111111111111" } }] }),
+      body: JSON.stringify({
+        batch: [
+          {
+            type: "track",
+            event: "Secret Event Name",
+            userId: "secret-user",
+            properties: { card: "4111111111111111" },
+          },
+        ],
+      }),
     });
     requestId = r.headers.get("x-request-id");
-    await fetch(`${stack.node.url}/v1/batch`, { method: "POST", headers: { Authorization: "Bearer wrong-key-0123456789" }, body: "{}" });
+    await fetch(`${stack.node.url}/v1/batch`, {
+      method: "POST",
+      headers: { Authorization: "Bearer wrong-key-0123456789" },
+      body: "{}",
+    });
     await admin("/v1/pipelines");
     await Bun.sleep(50);
   } finally {
@@ -185,10 +226,15 @@ test("logs are JSON lines with request ids, and never hold write keys, tokens or
     process.stderr.write = write;
   }
   expect(requestId).toBe("req-abc-123");
-  const records = lines.join("").trim().split("\n").map((l) => JSON.parse(l));
+  const records = lines
+    .join("")
+    .trim()
+    .split("\n")
+    .map((l) => JSON.parse(l));
   expect(records.some((r) => r.requestId === "req-abc-123" && r.route === "/v1/batch" && r.status === 200)).toBe(true);
   const text = lines.join("");
-  for (const secret of [KEY, ADMIN, "wrong-key-0123456789", "4111111111111111", "Secret Event Name", "secret-user"]) expect(text).not.toContain(secret);
+  for (const secret of [KEY, ADMIN, "wrong-key-0123456789", "4111111111111111", "Secret Event Name", "secret-user"])
+    expect(text).not.toContain(secret);
 });
 
 test("GET /version names the release, without auth", async () => {

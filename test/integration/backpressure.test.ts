@@ -28,13 +28,27 @@ test("a full stream means 503 early, never a lost event; the backlog drains and 
   const MAX = 2 * 1024 * 1024;
   const node = await startTestNode(
     nats.url,
-    { "bp.yaml": `connection: bp\nsource: webhook\nwriteKeys: ["key-bp-00000001"]\npipelines:\n  - name: all\n    import: events\n` },
-    { clickhouseUrl: ch.url, streamMaxBytes: MAX, batchMaxAgeMs: 200, capacity: { intervalMs: 100 }, inserter: { initialBackoffMs: 100, maxBackoffMs: 500 } },
+    {
+      "bp.yaml": `connection: bp\nsource: webhook\nwriteKeys: ["key-bp-00000001"]\npipelines:\n  - name: all\n    import: events\n`,
+    },
+    {
+      clickhouseUrl: ch.url,
+      streamMaxBytes: MAX,
+      batchMaxAgeMs: 200,
+      capacity: { intervalMs: 100 },
+      inserter: { initialBackoffMs: 100, maxBackoffMs: 500 },
+    },
   );
   try {
     await node.pipelinesReady;
     await ch.kill();
-    const load = new Load({ url: () => node.url, writeKey: "key-bp-00000001", clients: 4, eventsPerRequest: 50, prefix: "bp" });
+    const load = new Load({
+      url: () => node.url,
+      writeKey: "key-bp-00000001",
+      clients: 4,
+      eventsPerRequest: 50,
+      prefix: "bp",
+    });
     // Wait for the first 503 (a condition, with a generous deadline), and read the stream at once:
     // once the guard refuses, nothing more is written but the requests already in flight.
     const deadline = Date.now() + 60_000;
@@ -44,7 +58,9 @@ test("a full stream means 503 early, never a lost event; the backlog drains and 
     // The 503 is the guard's own (its text and Retry-After: 30), not JetStream refusing a full
     // stream (DiscardPolicy.New), which answers 503 too but with the publish error's text.
     expect(load.firstAnswer.get(503)).toEqual({
-      body: JSON.stringify({ error: "the event stream is nearly full of events not yet loaded into ClickHouse; retry later" }),
+      body: JSON.stringify({
+        error: "the event stream is nearly full of events not yet loaded into ClickHouse; retry later",
+      }),
       retryAfter: "30",
     });
     // ...and it came early: the stream held well under its limit (the guard trips at
@@ -63,7 +79,13 @@ test("a full stream means 503 early, never a lost event; the backlog drains and 
     let status = 0;
     for (const until = Date.now() + 30_000; status !== 200 && Date.now() < until; ) {
       await Bun.sleep(100);
-      status = (await fetch(`${node.url}/v1/events`, { method: "POST", headers: { Authorization: "Bearer key-bp-00000001" }, body: JSON.stringify({ type: "track", event: "E", userId: "u" }) })).status;
+      status = (
+        await fetch(`${node.url}/v1/events`, {
+          method: "POST",
+          headers: { Authorization: "Bearer key-bp-00000001" },
+          body: JSON.stringify({ type: "track", event: "E", userId: "u" }),
+        })
+      ).status;
     }
     expect(status).toBe(200);
   } finally {

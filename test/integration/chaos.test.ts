@@ -31,13 +31,18 @@ test(`chaos (seed ${seed}): every accepted event is in ClickHouse exactly once`,
 });
 
 test(`chaos (seed ${seed}): JetStream stores each event once and never discards one no pipeline loaded`, () => {
-  expect({ streamDuplicated: r.streamDuplicated, sample: r.streamDuplicatedSample }).toEqual({ streamDuplicated: 0, sample: [] });
+  expect({ streamDuplicated: r.streamDuplicated, sample: r.streamDuplicatedSample }).toEqual({
+    streamDuplicated: 0,
+    sample: [],
+  });
   expect(r.unackedDiscards).toBe(0);
 });
 
 test(`chaos (seed ${seed}): every kind of fault was in effect under load`, () => {
   // Not only scheduled: seen in /proc (killed, stopped) or, for a full stream, in the guard's answer.
-  const notSeen = r.steps.filter((s) => s.kind !== "steady" && s.kind !== "cool-down" && !s.applied).map((s) => `#${s.index} ${s.label}`);
+  const notSeen = r.steps
+    .filter((s) => s.kind !== "steady" && s.kind !== "cool-down" && !s.applied)
+    .map((s) => `#${s.index} ${s.label}`);
   expect(notSeen).toEqual([]);
   const felt = new Set(r.steps.filter((s) => s.applied && s.requests > 0).map((s) => s.kind));
   expect(FAULT_KINDS.filter((k) => !felt.has(k))).toEqual([]);
@@ -49,6 +54,8 @@ test(`chaos (seed ${seed}): a full stream is refused by the guard's 503, and acc
   // The guard's own 503 (its text), not JetStream refusing a write to a full stream.
   expect(full.filter((s) => s.s503guard === 0).map((s) => `#${s.index} ${s.note}`)).toEqual([]);
   // The price of each fault is paid while it lasts, not after it.
-  const stuck = r.steps.filter((s) => s.kind !== "steady" && s.kind !== "cool-down" && s.backToOkMs === undefined).map((s) => `#${s.index} ${s.label}`);
+  const stuck = r.steps
+    .filter((s) => s.kind !== "steady" && s.kind !== "cool-down" && s.backToOkMs === undefined)
+    .map((s) => `#${s.index} ${s.label}`);
   expect(stuck).toEqual([]);
 });

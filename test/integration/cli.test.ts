@@ -34,18 +34,39 @@ afterAll(async () => {
   await nats?.cleanup();
 });
 
-const env = () => ({ ...process.env, NATS_URL: nats.url, TRIBUTARY_PIPELINES: node.config.options.dir, LOG_LEVEL: "error", NO_COLOR: "1" });
+const env = () => ({
+  ...process.env,
+  NATS_URL: nats.url,
+  TRIBUTARY_PIPELINES: node.config.options.dir,
+  LOG_LEVEL: "error",
+  NO_COLOR: "1",
+});
 
 /** Runs a command to its end; a command that does not end is killed after `timeout` (and fails the test on its code). */
-async function run(script: string, args: string[], o: { timeout?: number; cmd?: string[]; extraEnv?: Record<string, string> } = {}) {
-  const p = Bun.spawn(o.cmd ?? [process.execPath, join(ROOT, script), ...args], { cwd: ROOT, env: { ...env(), ...o.extraEnv }, stdout: "pipe", stderr: "pipe", timeout: o.timeout ?? 30_000 });
+async function run(
+  script: string,
+  args: string[],
+  o: { timeout?: number; cmd?: string[]; extraEnv?: Record<string, string> } = {},
+) {
+  const p = Bun.spawn(o.cmd ?? [process.execPath, join(ROOT, script), ...args], {
+    cwd: ROOT,
+    env: { ...env(), ...o.extraEnv },
+    stdout: "pipe",
+    stderr: "pipe",
+    timeout: o.timeout ?? 30_000,
+  });
   const [out, err] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text()]);
   return { code: await p.exited, out, err };
 }
 
 /** A long-running command (tail) whose output is read as it comes. */
 function start(script: string, args: string[]) {
-  const p = Bun.spawn([process.execPath, join(ROOT, script), ...args], { cwd: ROOT, env: env(), stdout: "pipe", stderr: "pipe" });
+  const p = Bun.spawn([process.execPath, join(ROOT, script), ...args], {
+    cwd: ROOT,
+    env: env(),
+    stdout: "pipe",
+    stderr: "pipe",
+  });
   const got = { out: "", err: "" };
   const pump = async (s: ReadableStream<Uint8Array>, key: "out" | "err") => {
     const d = new TextDecoder();
@@ -71,18 +92,24 @@ function start(script: string, args: string[]) {
 async function pool<T, R>(items: T[], n: number, f: (x: T) => Promise<R>): Promise<R[]> {
   const out: R[] = [];
   let next = 0;
-  await Promise.all(Array.from({ length: n }, async () => {
-    while (next < items.length) {
-      const i = next++;
-      out[i] = await f(items[i]!);
-    }
-  }));
+  await Promise.all(
+    Array.from({ length: n }, async () => {
+      while (next < items.length) {
+        const i = next++;
+        out[i] = await f(items[i]!);
+      }
+    }),
+  );
   return out;
 }
 
 let seq = 0;
 const post = (event: Record<string, unknown>) =>
-  fetch(`${node.url}/v1/events`, { method: "POST", headers: { Authorization: `Bearer ${KEY}` }, body: JSON.stringify([{ type: "track", event: "Signed Up", userId: "u-1", messageId: `cli-${seq++}`, ...event }]) });
+  fetch(`${node.url}/v1/events`, {
+    method: "POST",
+    headers: { Authorization: `Bearer ${KEY}` },
+    body: JSON.stringify([{ type: "track", event: "Signed Up", userId: "u-1", messageId: `cli-${seq++}`, ...event }]),
+  });
 
 // Every `npm run` command that is a script of ours (start, test and typecheck have their own owners).
 const scripts = JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")).scripts as Record<string, string>;
@@ -92,7 +119,24 @@ const COMMANDS = Object.entries(scripts)
 
 describe("#2 every command: --help, unknown flags", () => {
   test("the commands are the README's, including stream", () => {
-    expect(COMMANDS.map((c) => c.name)).toEqual(expect.arrayContaining(["check", "tail", "replay", "dlq", "stream", "fuzz", "chaos", "jsonata:conformance", "bench:ingest", "bench:e2e", "bench:soak", "bench:capacity", "bench:transform", "bench:jsonata"]));
+    expect(COMMANDS.map((c) => c.name)).toEqual(
+      expect.arrayContaining([
+        "check",
+        "tail",
+        "replay",
+        "dlq",
+        "stream",
+        "fuzz",
+        "chaos",
+        "jsonata:conformance",
+        "bench:ingest",
+        "bench:e2e",
+        "bench:soak",
+        "bench:capacity",
+        "bench:transform",
+        "bench:jsonata",
+      ]),
+    );
   });
 
   test("--help prints the usage on stdout and exits 0, starting nothing", async () => {
@@ -104,7 +148,10 @@ describe("#2 every command: --help, unknown flags", () => {
   }, 240_000);
 
   test("an unknown flag exits 2 with the usage, and suggests the flag meant", async () => {
-    const results = await pool(COMMANDS, 3, async (c) => ({ name: c.name, ...(await run(c.file, ["--no-such-flag"])) }));
+    const results = await pool(COMMANDS, 3, async (c) => ({
+      name: c.name,
+      ...(await run(c.file, ["--no-such-flag"])),
+    }));
     for (const r of results) {
       expect({ name: r.name, code: r.code }).toEqual({ name: r.name, code: 2 });
       expect(r.err).toContain("--no-such-flag");
@@ -116,7 +163,10 @@ describe("#2 every command: --help, unknown flags", () => {
   }, 240_000);
 
   test("npm run works without bun on PATH (npm finds it in node_modules/.bin)", async () => {
-    const path = (process.env.PATH ?? "").split(delimiter).filter((d) => d && !existsSync(join(d, "bun"))).join(delimiter);
+    const path = (process.env.PATH ?? "")
+      .split(delimiter)
+      .filter((d) => d && !existsSync(join(d, "bun")))
+      .join(delimiter);
     const r = await run("", [], { cmd: ["npm", "run", "-s", "stream", "--", "--help"], extraEnv: { PATH: path } });
     expect(r.code).toBe(0);
     expect(r.out.startsWith("usage: npm run stream")).toBe(true);
@@ -152,7 +202,10 @@ describe("#5 unknown names are errors", () => {
   });
 
   test("a connection no longer configured but with stored events is still known to tail", async () => {
-    await jetstream(nc).publish("tributary.events.retired.0", JSON.stringify([{ type: "track", event: "Old", messageId: "old-1" }]));
+    await jetstream(nc).publish(
+      "tributary.events.retired.0",
+      JSON.stringify([{ type: "track", event: "Old", messageId: "old-1" }]),
+    );
     const t = start("scripts/tail.ts", ["retired"]);
     try {
       expect(await t.until(() => t.got.err.includes("tail: tributary.events.retired.* on"))).toBe(true);
@@ -175,11 +228,20 @@ describe("#7 tail --raw and stream, without the NATS CLI", () => {
       nc.publish("cli-anything.a.b", "hello raw world", { headers: h });
       nc.publish("cli-anything.binary", new Uint8Array([0xff, 0xfe, 0x00]));
       await nc.flush();
-      expect(await human.until(() => human.got.out.includes("hello raw world") && human.got.out.includes("cli-anything.binary"))).toBe(true);
+      expect(
+        await human.until(
+          () => human.got.out.includes("hello raw world") && human.got.out.includes("cli-anything.binary"),
+        ),
+      ).toBe(true);
       expect(human.got.out).toMatch(/\[#1\] .*cli-anything\.a\.b {2}15 bytes\n {2}X-Test: yes\nhello raw world\n/);
       expect(human.got.out).toContain("<3 bytes, not UTF-8; base64: //4A>");
       expect(await json.until(() => json.got.out.includes("\n"))).toBe(true);
-      expect(JSON.parse(json.got.out.split("\n")[0]!)).toEqual({ subject: "cli-anything.a.b", headers: { "X-Test": ["yes"] }, size: 15, payload: "hello raw world" });
+      expect(JSON.parse(json.got.out.split("\n")[0]!)).toEqual({
+        subject: "cli-anything.a.b",
+        headers: { "X-Test": ["yes"] },
+        size: 15,
+        payload: "hello raw world",
+      });
     } finally {
       await human.stop();
       await json.stop();
@@ -204,7 +266,8 @@ describe("#7 tail --raw and stream, without the NATS CLI", () => {
   test("stream: messages, bytes and each pipeline consumer's lag once events are accepted", async () => {
     const before = await run("scripts/stream.ts", ["events", "--json"]);
     expect(before.code).toBe(0);
-    const consumerOf = (out: string) => (JSON.parse(out).consumers as any[]).find((c) => c.name === "tributary-shop--all");
+    const consumerOf = (out: string) =>
+      (JSON.parse(out).consumers as any[]).find((c) => c.name === "tributary-shop--all");
     const lagBefore = consumerOf(before.out).lag;
     // One event per request: one message each (nothing loads them without ClickHouse).
     for (let i = 0; i < 3; i++) expect((await post({ messageId: `lag-${i}` })).status).toBe(200);
@@ -212,11 +275,24 @@ describe("#7 tail --raw and stream, without the NATS CLI", () => {
     const after = await run("scripts/stream.ts", ["events", "--json"]);
     expect(after.code).toBe(0);
     const s = JSON.parse(after.out);
-    expect(s).toMatchObject({ stream: "TRIBUTARY_EVENTS", exists: true, subjects: ["tributary.events.>"], replicas: 1, limits: { discard: "new", maxAgeSeconds: 7 * 86400 } });
+    expect(s).toMatchObject({
+      stream: "TRIBUTARY_EVENTS",
+      exists: true,
+      subjects: ["tributary.events.>"],
+      replicas: 1,
+      limits: { discard: "new", maxAgeSeconds: 7 * 86400 },
+    });
     expect(s.messages).toBeGreaterThanOrEqual(3);
     expect(s.bytes).toBeGreaterThan(0);
     expect(s.last.seq).toBeGreaterThanOrEqual(3);
-    expect(consumerOf(after.out)).toMatchObject({ durable: true, filter: ["tributary.events.shop.*"], lag: lagBefore + 3, pending: lagBefore + 3, ackPending: 0, lastDelivered: { at: null } });
+    expect(consumerOf(after.out)).toMatchObject({
+      durable: true,
+      filter: ["tributary.events.shop.*"],
+      lag: lagBefore + 3,
+      pending: lagBefore + 3,
+      ackPending: 0,
+      lastDelivered: { at: null },
+    });
 
     const text = await run("scripts/stream.ts", []);
     expect(text.code).toBe(0);

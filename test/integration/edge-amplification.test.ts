@@ -68,7 +68,11 @@ test("#6: unauthenticated gzip bombs of [{},{},…] get prompt 401s and do not s
   const attacker = async () => {
     for (let n = 0; attacking || n < 5; n++) {
       const t0 = performance.now();
-      const r = await fetch(`${node.url}/v1/batch`, { method: "POST", headers: { "Content-Encoding": "gzip", "Content-Type": "application/json" }, body: BOMB });
+      const r = await fetch(`${node.url}/v1/batch`, {
+        method: "POST",
+        headers: { "Content-Encoding": "gzip", "Content-Type": "application/json" },
+        body: BOMB,
+      });
       await r.text();
       statuses.set(r.status, (statuses.get(r.status) ?? 0) + 1);
       if (r.status === 401) unauthorized.push(performance.now() - t0);
@@ -100,7 +104,13 @@ test("#6: unauthenticated gzip bombs of [{},{},…] get prompt 401s and do not s
 }, 180_000);
 
 test("#6: a body-keyed batch of about 500 KB (analytics-node before 3.1) is accepted; a keyless body over 1 MiB is refused with 413 before it is parsed", async () => {
-  const batch = Array.from({ length: 1500 }, (_, i) => ({ type: "track", event: "Bulk", userId: `u${i}`, messageId: `bulk-${Date.now()}-${i}`, properties: { pad: "x".repeat(230) } }));
+  const batch = Array.from({ length: 1500 }, (_, i) => ({
+    type: "track",
+    event: "Bulk",
+    userId: `u${i}`,
+    messageId: `bulk-${Date.now()}-${i}`,
+    properties: { pad: "x".repeat(230) },
+  }));
   const body = JSON.stringify({ batch, writeKey: KEY, sentAt: new Date().toISOString() });
   expect(body.length).toBeGreaterThan(500_000);
   expect(body.length).toBeLessThan(512 * 1024);
@@ -114,18 +124,31 @@ test("#6: a body-keyed batch of about 500 KB (analytics-node before 3.1) is acce
     expect((await r.json()).accepted).toBe(1500);
   }
   // An object bomb: the key would have to be looked for in 15 MB.
-  const objectBomb = gzipSync('{"writeKey":"nope-nope-nope","batch":[' + "{},".repeat(5_000_000) + "{}]}", { level: 9 });
-  const r = await fetch(`${node.url}/v1/batch`, { method: "POST", headers: { "Content-Encoding": "gzip" }, body: objectBomb });
+  const objectBomb = gzipSync('{"writeKey":"nope-nope-nope","batch":[' + "{},".repeat(5_000_000) + "{}]}", {
+    level: 9,
+  });
+  const r = await fetch(`${node.url}/v1/batch`, {
+    method: "POST",
+    headers: { "Content-Encoding": "gzip" },
+    body: objectBomb,
+  });
   expect(r.status).toBe(413);
   expect((await r.json()).error).toContain("without an Authorization header");
   // The same with the key in the header is a normal (authenticated) request: its events are judged.
-  const withHeader = await fetch(`${node.url}/v1/batch`, { method: "POST", headers: { "Content-Encoding": "gzip", Authorization: `Bearer ${KEY}` }, body: objectBomb });
+  const withHeader = await fetch(`${node.url}/v1/batch`, {
+    method: "POST",
+    headers: { "Content-Encoding": "gzip", Authorization: `Bearer ${KEY}` },
+    body: objectBomb,
+  });
   expect(withHeader.status).toBe(413); // 5 million events, over the 20,000-event limit
   expect((await withHeader.json()).error).toContain("at most 20000 events");
 }, 60_000);
 
 test("#6: a keyless body names its key anywhere at the top level, with escapes, and the last duplicate wins as in JSON.parse", async () => {
-  const send = (text: string) => fetch(`${node.url}/v1/track`, { method: "POST", headers: { "Content-Type": "text/plain" }, body: text }).then((r) => r.status);
+  const send = (text: string) =>
+    fetch(`${node.url}/v1/track`, { method: "POST", headers: { "Content-Type": "text/plain" }, body: text }).then(
+      (r) => r.status,
+    );
   const e = () => `"event":"E","userId":"u","messageId":"k-${Date.now()}-${seq++}"`;
   expect(await send(`{${e()},"properties":{"writeKey":"x","a":[1,{"b":"]}"}]},"writeKey":"${KEY}"}`)).toBe(200);
   expect(await send(` {"write\\u004bey" : "${KEY}", ${e()}}`)).toBe(200);

@@ -31,7 +31,14 @@ describe("#8 TRIBUTARY_DEV_ADMIN", () => {
   });
 
   test("DNS rebinding: a foreign name in Host reads nothing, on every admin route", async () => {
-    for (const path of ["/v1/pipelines", "/v1/connections", "/metrics", "/v1/replays", "/v1/connections/dev/events/live", "/v1/connections/dev/events/x"]) {
+    for (const path of [
+      "/v1/pipelines",
+      "/v1/connections",
+      "/metrics",
+      "/v1/replays",
+      "/v1/connections/dev/events/live",
+      "/v1/connections/dev/events/x",
+    ]) {
       const r = await fetch(`${stack.node.url}${path}`, { headers: { Host: `rebind.attacker.example:${port()}` } });
       expect({ path, status: r.status }).toEqual({ path, status: 403 });
       expect((await r.json()).error).toContain("Host");
@@ -40,7 +47,11 @@ describe("#8 TRIBUTARY_DEV_ADMIN", () => {
 
   test("a cross-site text/plain POST does not start a replay; the same from a loopback page does", async () => {
     const post = (origin: string) =>
-      fetch(`${stack.node.url}/v1/pipelines/all/replay`, { method: "POST", headers: { Origin: origin, "Content-Type": "text/plain" }, body: JSON.stringify({ dryRun: true }) });
+      fetch(`${stack.node.url}/v1/pipelines/all/replay`, {
+        method: "POST",
+        headers: { Origin: origin, "Content-Type": "text/plain" },
+        body: JSON.stringify({ dryRun: true }),
+      });
     const foreign = await post("https://evil.example");
     expect(foreign.status).toBe(403);
     expect((await foreign.json()).error).toContain("another site");
@@ -73,7 +84,14 @@ describe("#9 and #10, on nodes of their own", () => {
   });
 
   const preflight = (node: RunningNode, origin: string, path = "/v1/batch") =>
-    fetch(`${node.url}${path}`, { method: "OPTIONS", headers: { Origin: origin, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization, content-type" } });
+    fetch(`${node.url}${path}`, {
+      method: "OPTIONS",
+      headers: {
+        Origin: origin,
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, content-type",
+      },
+    });
 
   test("#9 a preflight says yes only to an origin some connection allows, and never with credentials", async () => {
     for (const path of ["/v1/batch", "/v1/track", "/v1/events"]) {
@@ -94,17 +112,30 @@ describe("#9 and #10, on nodes of their own", () => {
   });
 
   test("#9 answers: the origin is reflected for an allowed page; credentials only for a body-keyed (sendBeacon) request", async () => {
-    const track = (extra: Record<string, unknown> = {}) => JSON.stringify({ type: "track", event: "E", userId: "u", messageId: crypto.randomUUID(), ...extra });
-    const header = await fetch(`${guarded.url}/v1/track`, { method: "POST", headers: { Authorization: "Bearer key-edge-shop-0001", Origin: "https://shop.example" }, body: track() });
+    const track = (extra: Record<string, unknown> = {}) =>
+      JSON.stringify({ type: "track", event: "E", userId: "u", messageId: crypto.randomUUID(), ...extra });
+    const header = await fetch(`${guarded.url}/v1/track`, {
+      method: "POST",
+      headers: { Authorization: "Bearer key-edge-shop-0001", Origin: "https://shop.example" },
+      body: track(),
+    });
     expect(header.status).toBe(200);
     expect(header.headers.get("access-control-allow-origin")).toBe("https://shop.example");
     expect(header.headers.get("access-control-allow-credentials")).toBeNull();
-    const beacon = await fetch(`${guarded.url}/v1/track`, { method: "POST", headers: { "Content-Type": "text/plain;charset=UTF-8", Origin: "https://shop.example" }, body: track({ writeKey: "key-edge-shop-0001" }) });
+    const beacon = await fetch(`${guarded.url}/v1/track`, {
+      method: "POST",
+      headers: { "Content-Type": "text/plain;charset=UTF-8", Origin: "https://shop.example" },
+      body: track({ writeKey: "key-edge-shop-0001" }),
+    });
     expect(beacon.status).toBe(200);
     expect(beacon.headers.get("access-control-allow-origin")).toBe("https://shop.example");
     expect(beacon.headers.get("access-control-allow-credentials")).toBe("true");
     // A wrong key from a foreign page: 401, and no CORS yes for that page.
-    const unknown = await fetch(`${guarded.url}/v1/track`, { method: "POST", headers: { Authorization: "Bearer nope-nope-nope", Origin: "https://evil.example" }, body: track() });
+    const unknown = await fetch(`${guarded.url}/v1/track`, {
+      method: "POST",
+      headers: { Authorization: "Bearer nope-nope-nope", Origin: "https://evil.example" },
+      body: track(),
+    });
     expect(unknown.status).toBe(401);
     expect(unknown.headers.get("access-control-allow-origin")).toBeNull();
     expect(unknown.headers.get("access-control-allow-credentials")).toBeNull();
@@ -113,16 +144,23 @@ describe("#9 and #10, on nodes of their own", () => {
   test("#10 /readyz: ok or fail to anyone; the configuration error only with the admin token", async () => {
     const dir = guarded.config.options.dir;
     writeFileSync(join(dir, "broken.yaml"), "connection: secret_internal_name\nsource: webhook\nwriteKeys: []\n");
-    for (const deadline = Date.now() + 10_000; !guarded.config.lastError && Date.now() < deadline; ) await Bun.sleep(50);
+    for (const deadline = Date.now() + 10_000; !guarded.config.lastError && Date.now() < deadline; )
+      await Bun.sleep(50);
     expect(guarded.config.lastError).toContain("broken.yaml");
-    for (const headers of [{}, { Authorization: "Bearer key-edge-shop-0001" }, { Authorization: "Bearer wrong-admin-token" }] as Record<string, string>[]) {
+    for (const headers of [
+      {},
+      { Authorization: "Bearer key-edge-shop-0001" },
+      { Authorization: "Bearer wrong-admin-token" },
+    ] as Record<string, string>[]) {
       const r = await fetch(`${guarded.url}/readyz`, { headers });
       expect(r.status).toBe(200);
       const text = await r.text();
       expect(JSON.parse(text)).toEqual({ ok: true });
       expect(text).not.toContain("broken.yaml");
     }
-    const admin = await (await fetch(`${guarded.url}/readyz`, { headers: { Authorization: `Bearer ${ADMIN}` } })).json();
+    const admin = await (
+      await fetch(`${guarded.url}/readyz`, { headers: { Authorization: `Bearer ${ADMIN}` } })
+    ).json();
     expect(admin).toMatchObject({ ok: true, nats: true, clickhouse: null });
     expect(admin.config.error).toContain("broken.yaml");
   });
@@ -132,19 +170,30 @@ describe("#11 Segment's first-event signature is opt-in per connection", () => {
   const SECRET = "segment-edge-secret-0123";
   let node: RunningNode;
   beforeAll(async () => {
-    const segment = (name: string, extra = "") => `connection: ${name}\nsource: raw\nbody: json-array\ncheck: segment\nsecret: "${SECRET}"\n${extra}`;
-    node = await startTestNode(stack.nats.url, { "strict.yaml": segment("seg-strict"), "batch.yaml": segment("seg-batch", "segmentBatchFallback: true\n") });
+    const segment = (name: string, extra = "") =>
+      `connection: ${name}\nsource: raw\nbody: json-array\ncheck: segment\nsecret: "${SECRET}"\n${extra}`;
+    node = await startTestNode(stack.nats.url, {
+      "strict.yaml": segment("seg-strict"),
+      "batch.yaml": segment("seg-batch", "segmentBatchFallback: true\n"),
+    });
   });
   afterAll(async () => {
     await node?.stop();
   });
   const sign = (data: unknown) => createHmac("sha1", SECRET).update(JSON.stringify(data)).digest("hex");
   const hook = (connection: string, body: string, signature: string) =>
-    fetch(`${node.url}/v1/webhooks/${connection}`, { method: "POST", headers: { "X-Signature": signature, "Content-Type": "application/json" }, body });
+    fetch(`${node.url}/v1/webhooks/${connection}`, {
+      method: "POST",
+      headers: { "X-Signature": signature, "Content-Type": "application/json" },
+      body,
+    });
 
   test("by default a captured signed event B cannot carry [B, anything…]; a whole-body signature still passes", async () => {
     const b = { type: "track", event: "Signed Up", userId: "u1", messageId: "seg-b" };
-    const forged = JSON.stringify([b, { type: "track", event: "Refund Issued", userId: "attacker", messageId: "seg-forged" }]);
+    const forged = JSON.stringify([
+      b,
+      { type: "track", event: "Refund Issued", userId: "attacker", messageId: "seg-forged" },
+    ]);
     const r = await hook("seg-strict", forged, sign(b));
     expect(r.status).toBe(401);
     expect((await hook("seg-strict", JSON.stringify([b]), sign([b]))).status).toBe(200);

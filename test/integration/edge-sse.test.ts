@@ -35,8 +35,14 @@ test("#7 a client that does not read: the node buffers at most its bound, drops 
   const chunks: Buffer[] = [];
   socket.on("data", (c: Buffer) => chunks.push(c));
   await new Promise<void>((resolve, reject) => socket.once("connect", resolve).once("error", reject));
-  socket.write(`GET /v1/connections/sse/events/live HTTP/1.1\r\nHost: ${url.host}\r\nAccept: text/event-stream\r\n\r\n`);
-  for (const deadline = Date.now() + 10_000; !Buffer.concat(chunks).toString().includes("tributary live events") && Date.now() < deadline; ) await Bun.sleep(20);
+  socket.write(
+    `GET /v1/connections/sse/events/live HTTP/1.1\r\nHost: ${url.host}\r\nAccept: text/event-stream\r\n\r\n`,
+  );
+  for (
+    const deadline = Date.now() + 10_000;
+    !Buffer.concat(chunks).toString().includes("tributary live events") && Date.now() < deadline;
+  )
+    await Bun.sleep(20);
   expect(Buffer.concat(chunks).toString()).toStartWith("HTTP/1.1 200");
   socket.pause(); // and never read until the events have passed
 
@@ -45,9 +51,19 @@ test("#7 a client that does not read: the node buffers at most its bound, drops 
   const pad = "x".repeat(240_000);
   const ids: string[] = [];
   for (let r = 0; r < 100; r++) {
-    const batch = Array.from({ length: 4 }, (_, i) => ({ type: "track", event: "Big", userId: "u", messageId: `sse-${r}-${i}`, properties: { pad } }));
+    const batch = Array.from({ length: 4 }, (_, i) => ({
+      type: "track",
+      event: "Big",
+      userId: "u",
+      messageId: `sse-${r}-${i}`,
+      properties: { pad },
+    }));
     ids.push(...batch.map((e) => e.messageId));
-    const res = await fetch(`${node.url}/v1/batch`, { method: "POST", headers: { Authorization: `Bearer ${KEY}` }, body: JSON.stringify({ batch }) });
+    const res = await fetch(`${node.url}/v1/batch`, {
+      method: "POST",
+      headers: { Authorization: `Bearer ${KEY}` },
+      body: JSON.stringify({ batch }),
+    });
     expect(res.status).toBe(200);
     rssMax = Math.max(rssMax, rssMiB());
   }
@@ -62,14 +78,22 @@ test("#7 a client that does not read: the node buffers at most its bound, drops 
   const account = () => {
     const t = text();
     const received = new Set([...t.matchAll(/"messageId":"(sse-\d+-\d)"/g)].map((m) => m[1]!));
-    const reports = [...t.matchAll(/event: dropped\ndata: (\{.*?\})\n/g)].map((m) => JSON.parse(m[1]!) as { dropped: number; overflow?: number; reason?: string });
+    const reports = [...t.matchAll(/event: dropped\ndata: (\{.*?\})\n/g)].map(
+      (m) => JSON.parse(m[1]!) as { dropped: number; overflow?: number; reason?: string },
+    );
     const overflow = reports.reduce((n, r) => n + (r.overflow ?? 0), 0);
     return { received: received.size, overflow, reports };
   };
-  for (const deadline = Date.now() + 30_000; account().received + account().overflow < ids.length && Date.now() < deadline; ) await Bun.sleep(100);
+  for (
+    const deadline = Date.now() + 30_000;
+    account().received + account().overflow < ids.length && Date.now() < deadline;
+  )
+    await Bun.sleep(100);
   socket.destroy();
   const a = account();
-  console.log(`#7 ${ids.length} events of 240 KB while the client did not read: ${a.received} reached it, ${a.overflow} dropped and reported; node RSS ${rss0.toFixed(0)} → max ${rssMax.toFixed(0)} MiB`);
+  console.log(
+    `#7 ${ids.length} events of 240 KB while the client did not read: ${a.received} reached it, ${a.overflow} dropped and reported; node RSS ${rss0.toFixed(0)} → max ${rssMax.toFixed(0)} MiB`,
+  );
   // Dropped, and said so: every event either reached the client or is counted in a report.
   expect(a.overflow).toBeGreaterThan(0);
   expect(a.reports.find((r) => r.overflow)?.reason).toContain("read too slowly");

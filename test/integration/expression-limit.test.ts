@@ -13,7 +13,8 @@ import { NodeProcess } from "../harness/node-process.ts";
 
 const ADMIN = "admin-token-expr-0001";
 // An infinite tail-call loop: jsonata's trampoline keeps it in constant stack, so nothing overflows.
-const hostile = (test: string, otherwise: string) => `'${test} ? ($f := function($x){ $f($x + 1) }; $f(0)) : ${otherwise}'`;
+const hostile = (test: string, otherwise: string) =>
+  `'${test} ? ($f := function($x){ $f($x + 1) }; $f(0)) : ${otherwise}'`;
 
 const files = {
   "attacked.yaml": `connection: attacked
@@ -74,7 +75,12 @@ afterAll(async () => {
 const within = () => AbortSignal.timeout(15_000);
 
 const post = (key: string, events: unknown[]) =>
-  fetch(`${node.url}/v1/batch`, { method: "POST", headers: { Authorization: `Bearer ${key}` }, body: JSON.stringify({ batch: events }), signal: within() });
+  fetch(`${node.url}/v1/batch`, {
+    method: "POST",
+    headers: { Authorization: `Bearer ${key}` },
+    body: JSON.stringify({ batch: events }),
+    signal: within(),
+  });
 
 interface PipelineInfo {
   connection: string;
@@ -85,7 +91,10 @@ interface PipelineInfo {
 }
 
 async function pipelines(): Promise<{ pipelines: PipelineInfo[] }> {
-  const r = await fetch(`${node.url}/v1/pipelines`, { headers: { Authorization: `Bearer ${ADMIN}` }, signal: within() });
+  const r = await fetch(`${node.url}/v1/pipelines`, {
+    headers: { Authorization: `Bearer ${ADMIN}` },
+    signal: within(),
+  });
   expect(r.status).toBe(200);
   return (await r.json()) as { pipelines: PipelineInfo[] };
 }
@@ -96,8 +105,13 @@ async function healthy(): Promise<void> {
 }
 
 test("a filter that never ends fails its own event: listed with its messageId, the node keeps answering, other events land", async () => {
-  const normal = (prefix: string, n: number) => Array.from({ length: n }, (_, i) => ({ type: "track", event: "Viewed", userId: "u", messageId: `${prefix}-${i}` }));
-  const first = await post("key-attacked-0001", [...normal("before", 3), { type: "track", event: "attack", userId: "x", messageId: "attack-1" }, ...normal("after", 3)]);
+  const normal = (prefix: string, n: number) =>
+    Array.from({ length: n }, (_, i) => ({ type: "track", event: "Viewed", userId: "u", messageId: `${prefix}-${i}` }));
+  const first = await post("key-attacked-0001", [
+    ...normal("before", 3),
+    { type: "track", event: "attack", userId: "x", messageId: "attack-1" },
+    ...normal("after", 3),
+  ]);
   expect(first.status).toBe(200);
   // While the hostile event is (or was) being evaluated, the node answers and takes other traffic.
   await healthy();
@@ -125,12 +139,18 @@ test("a filter that never ends fails its own event: listed with its messageId, t
   );
   const ids = landed.map((r) => r.m);
   expect(ids).not.toContain("attack-1");
-  expect(ids.sort()).toEqual([...normal("after", 3), ...normal("before", 3), ...normal("other", 5)].map((e) => e.messageId).sort());
+  expect(ids.sort()).toEqual(
+    [...normal("after", 3), ...normal("before", 3), ...normal("other", 5)].map((e) => e.messageId).sort(),
+  );
   await healthy();
 }, 180_000);
 
 test("a raw webhook whose events: expression never ends stores the delivery and reports the expression's failure, as for any events: error", async () => {
-  const r = await fetch(`${node.url}/v1/webhooks/hooks`, { method: "POST", body: JSON.stringify({ kind: "attack", id: 1 }), signal: within() });
+  const r = await fetch(`${node.url}/v1/webhooks/hooks`, {
+    method: "POST",
+    body: JSON.stringify({ kind: "attack", id: 1 }),
+    signal: within(),
+  });
   expect(r.status).toBe(200);
   const answer = (await r.json()) as { accepted: number; events?: { accepted: number; error?: string } };
   expect(answer.accepted).toBe(1);
@@ -139,7 +159,11 @@ test("a raw webhook whose events: expression never ends stores the delivery and 
   expect(answer.events?.error).toContain("timeout");
   await healthy();
   // A harmless delivery on the same connection still derives its event.
-  const ok = await fetch(`${node.url}/v1/webhooks/hooks`, { method: "POST", body: JSON.stringify({ kind: "fine", messageId: "hook-ok", type: "track", event: "Fine", userId: "u" }), signal: within() });
+  const ok = await fetch(`${node.url}/v1/webhooks/hooks`, {
+    method: "POST",
+    body: JSON.stringify({ kind: "fine", messageId: "hook-ok", type: "track", event: "Fine", userId: "u" }),
+    signal: within(),
+  });
   expect(ok.status).toBe(200);
   expect(await ok.json()).toMatchObject({ accepted: 1, events: { accepted: 1 } });
 }, 120_000);
@@ -147,9 +171,15 @@ test("a raw webhook whose events: expression never ends stores the delivery and 
 test("a message full of hostile events costs its pipeline the limit per event, but the node answers between them", async () => {
   // 120 events x 200 ms = 24 s of filter time, in stream messages of about 30 events (~6 s each):
   // without a turn for the node's loop between events, a request would wait for a whole message.
-  const info = async () => (await pipelines()).pipelines.find((p) => p.connection === "attacked" && p.pipeline === "guarded")!;
+  const info = async () =>
+    (await pipelines()).pipelines.find((p) => p.connection === "attacked" && p.pipeline === "guarded")!;
   const before = (await info()).failed;
-  const attacks = Array.from({ length: 120 }, (_, i) => ({ type: "track", event: "attack", userId: "x", messageId: `flood-${i}` }));
+  const attacks = Array.from({ length: 120 }, (_, i) => ({
+    type: "track",
+    event: "attack",
+    userId: "x",
+    messageId: `flood-${i}`,
+  }));
   expect((await post("key-attacked-0001", attacks)).status).toBe(200);
   let slowest = 0;
   let failed = before;

@@ -21,7 +21,11 @@ type Sent = { ids: string[]; body: string; status: number; retryAfter: string | 
 async function send(batch: string[]): Promise<Sent> {
   const body = JSON.stringify(batch.map((id) => ({ type: "track", event: "Load", userId: "u", messageId: id })));
   try {
-    const r = await fetch(`${node.url}/v1/events`, { method: "POST", headers: { Authorization: `Bearer ${KEY}` }, body });
+    const r = await fetch(`${node.url}/v1/events`, {
+      method: "POST",
+      headers: { Authorization: `Bearer ${KEY}` },
+      body,
+    });
     await r.arrayBuffer();
     return { ids: batch, body, status: r.status, retryAfter: r.headers.get("retry-after") };
   } catch {

@@ -78,7 +78,13 @@ function timeOf(work: () => unknown, times = 1): number {
   return performance.now() - t0;
 }
 const uid = (p = "h") => `${p}-${Date.now()}-${n++}`;
-const track = (extra: Record<string, unknown> = {}) => ({ type: "track", event: "Clicked", userId: "u1", messageId: uid(), ...extra });
+const track = (extra: Record<string, unknown> = {}) => ({
+  type: "track",
+  event: "Clicked",
+  userId: "u1",
+  messageId: uid(),
+  ...extra,
+});
 const post = (path: string, body: BodyInit | null, headers: Record<string, string> = {}) =>
   fetch(`${node.url}${path}`, { method: "POST", headers: { Authorization: `Bearer ${KEY}`, ...headers }, body });
 const answer = async (r: Response) => {
@@ -110,7 +116,10 @@ async function unharmed() {
 }
 
 /** A raw HTTP/1.1 exchange: what came back, and when the socket closed. */
-function rawHttp(head: string, opts: { body?: string | Buffer; trickle?: { bytes: string; everyMs: number }; endAfterMs?: number } = {}) {
+function rawHttp(
+  head: string,
+  opts: { body?: string | Buffer; trickle?: { bytes: string; everyMs: number }; endAfterMs?: number } = {},
+) {
   const t0 = performance.now();
   const socket: Socket = connect(node.port, "127.0.0.1");
   let got = "";
@@ -125,7 +134,8 @@ function rawHttp(head: string, opts: { body?: string | Buffer; trickle?: { bytes
   });
   socket.write(head);
   if (opts.body) socket.write(opts.body);
-  if (opts.trickle) timer = setInterval(() => socket.writable && socket.write(opts.trickle!.bytes), opts.trickle.everyMs);
+  if (opts.trickle)
+    timer = setInterval(() => socket.writable && socket.write(opts.trickle!.bytes), opts.trickle.everyMs);
   if (opts.endAfterMs) setTimeout(() => socket.end(), opts.endAfterMs);
   return { socket, done };
 }
@@ -136,7 +146,16 @@ describe("malformed bodies", () => {
   test("malformed and truncated JSON → 400 'invalid JSON: …'; nothing of a truncated batch is stored", async () => {
     const batch = [track(), track(), track()];
     const text = JSON.stringify(batch);
-    for (const body of ['{"type":"track",', text.slice(0, text.length / 2), "[1,2,", "{'single': 'quotes'}", "NaN", "[1,]", '{"a":1}}', "\u0000"]) {
+    for (const body of [
+      '{"type":"track",',
+      text.slice(0, text.length / 2),
+      "[1,2,",
+      "{'single': 'quotes'}",
+      "NaN",
+      "[1,]",
+      '{"a":1}}',
+      "\u0000",
+    ]) {
       const r = await answer(await post("/v1/events", body));
       expect(r.status).toBe(400);
       expect(r.body.error).toMatch(/^invalid JSON: /);
@@ -156,7 +175,12 @@ describe("malformed bodies", () => {
   }, 60_000);
 
   test("empty bodies → 400 'invalid JSON: the body is empty'", async () => {
-    for (const [body, headers] of [["", {}], [null, {}], ["  \n\t ", {}], [gzipSync(""), { "Content-Encoding": "gzip" }]] as [BodyInit | null, Record<string, string>][]) {
+    for (const [body, headers] of [
+      ["", {}],
+      [null, {}],
+      ["  \n\t ", {}],
+      [gzipSync(""), { "Content-Encoding": "gzip" }],
+    ] as [BodyInit | null, Record<string, string>][]) {
       const r = await answer(await post("/v1/events", body, headers));
       expect(r).toEqual({ status: 400, body: { error: "invalid JSON: the body is empty" } });
     }
@@ -164,7 +188,15 @@ describe("malformed bodies", () => {
   }, 60_000);
 
   test("wrong content types: a JSON body is accepted whatever the type; a body that is not JSON is 400", async () => {
-    const types = ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "application/xml", "image/png", "application/json; charset=latin1", "garbage/;;;"];
+    const types = [
+      "text/plain",
+      "application/x-www-form-urlencoded",
+      "multipart/form-data; boundary=x",
+      "application/xml",
+      "image/png",
+      "application/json; charset=latin1",
+      "garbage/;;;",
+    ];
     for (const type of types) {
       const e = track();
       expect((await answer(await post("/v1/events", JSON.stringify(e), { "Content-Type": type }))).status).toBe(200);
@@ -172,7 +204,11 @@ describe("malformed bodies", () => {
     }
     const form = new FormData();
     form.set("type", "track");
-    for (const [body, type] of [["type=track&userId=u", "application/x-www-form-urlencoded"], [form, undefined], ["<event/>", "application/xml"]] as [BodyInit, string | undefined][]) {
+    for (const [body, type] of [
+      ["type=track&userId=u", "application/x-www-form-urlencoded"],
+      [form, undefined],
+      ["<event/>", "application/xml"],
+    ] as [BodyInit, string | undefined][]) {
       const r = await answer(await post("/v1/events", body, type ? { "Content-Type": type } : {}));
       expect(r.status).toBe(400);
       expect(r.body.error).toMatch(/^invalid JSON: /);
@@ -184,10 +220,22 @@ describe("malformed bodies", () => {
     const e = track();
     const json = JSON.stringify([e]);
     const at = json.indexOf("Clicked");
-    for (const bad of [[0xff], [0xc0, 0x80] /* overlong NUL */, [0xed, 0xa0, 0x80] /* an encoded surrogate */, [0xe2, 0x82] /* truncated sequence */, [0xf4, 0x90, 0x80, 0x80] /* past U+10FFFF */]) {
+    for (const bad of [
+      [0xff],
+      [0xc0, 0x80] /* overlong NUL */,
+      [0xed, 0xa0, 0x80] /* an encoded surrogate */,
+      [0xe2, 0x82] /* truncated sequence */,
+      [0xf4, 0x90, 0x80, 0x80] /* past U+10FFFF */,
+    ]) {
       const bytes = Buffer.concat([Buffer.from(json.slice(0, at)), Buffer.from(bad), Buffer.from(json.slice(at))]);
-      expect(await answer(await post("/v1/events", bytes))).toEqual({ status: 400, body: { error: "body is not valid UTF-8" } });
-      expect(await answer(await post("/v1/events", gzipSync(bytes), { "Content-Encoding": "gzip" }))).toEqual({ status: 400, body: { error: "body is not valid UTF-8" } });
+      expect(await answer(await post("/v1/events", bytes))).toEqual({
+        status: 400,
+        body: { error: "body is not valid UTF-8" },
+      });
+      expect(await answer(await post("/v1/events", gzipSync(bytes), { "Content-Encoding": "gzip" }))).toEqual({
+        status: 400,
+        body: { error: "body is not valid UTF-8" },
+      });
     }
     neverStored.add(e.messageId);
     await unharmed();
@@ -199,7 +247,9 @@ describe("shapes and sizes", () => {
 
   test("nesting: an event may nest 100 levels; deeper is rejected in `rejected` naming the field, quickly, even 100,000 deep", async () => {
     // The event is level 1: properties and 98 more objects {"a": …} below it make 100 levels.
-    const ok = track(), tooDeep = track(), veryDeep = track();
+    const ok = track(),
+      tooDeep = track(),
+      veryDeep = track();
     const body = `[${JSON.stringify({ ...ok, properties: 0 }).replace('"properties":0', `"properties":${deep(99)}`)},${JSON.stringify({ ...tooDeep, properties: 0 }).replace('"properties":0', `"properties":${deep(100)}`)},${JSON.stringify({ ...veryDeep, context: 0 }).replace('"context":0', `"context":${deep(100_000)}`)}]`;
     // Quickly: within 10× what parsing the body here takes (the depth check must not be worse than linear), plus 2 s.
     const parse = timeOf(() => JSON.parse(body));
@@ -228,7 +278,13 @@ describe("shapes and sizes", () => {
     const parse = timeOf(() => JSON.parse(body));
     const t0 = performance.now();
     const r = await answer(await post("/v1/events", body));
-    expect(r).toEqual({ status: 400, body: { error: "no valid events in the request", rejected: [{ index: 0, error: "an event must be a JSON object" }] } });
+    expect(r).toEqual({
+      status: 400,
+      body: {
+        error: "no valid events in the request",
+        rejected: [{ index: 0, error: "an event must be a JSON object" }],
+      },
+    });
     expect(performance.now() - t0).toBeLessThan(2000 + 10 * parse);
     await unharmed();
   }, 60_000);
@@ -239,7 +295,13 @@ describe("shapes and sizes", () => {
     const r = await answer(await post("/v1/events", JSON.stringify([wide, ok])));
     expect(r.status).toBe(200);
     expect(r.body.accepted).toBe(1);
-    expect(r.body.rejected).toEqual([{ index: 0, messageId: wide.messageId, error: expect.stringMatching(/^event is \d+ bytes as JSON, over the 262144-byte limit$/) }]);
+    expect(r.body.rejected).toEqual([
+      {
+        index: 0,
+        messageId: wide.messageId,
+        error: expect.stringMatching(/^event is \d+ bytes as JSON, over the 262144-byte limit$/),
+      },
+    ]);
     storedOnce.add(ok.messageId);
     neverStored.add(wide.messageId);
     await unharmed();
@@ -249,22 +311,38 @@ describe("shapes and sizes", () => {
     const big = track({ properties: { s: "x".repeat(15 * 1024 * 1024) } });
     const r1 = await answer(await post("/v1/events", JSON.stringify(big)));
     expect(r1.status).toBe(400);
-    expect(r1.body.rejected).toEqual([{ index: 0, messageId: big.messageId, error: expect.stringMatching(/over the 262144-byte limit/) }]);
-    const r2 = await answer(await post("/v1/events", JSON.stringify(track({ properties: { s: "x".repeat(17 * 1024 * 1024) } }))));
+    expect(r1.body.rejected).toEqual([
+      { index: 0, messageId: big.messageId, error: expect.stringMatching(/over the 262144-byte limit/) },
+    ]);
+    const r2 = await answer(
+      await post("/v1/events", JSON.stringify(track({ properties: { s: "x".repeat(17 * 1024 * 1024) } }))),
+    );
     expect(r2).toEqual({ status: 413, body: { error: "request body exceeds 16777216 bytes" } });
     // An error that names a field a sender made huge stays short.
-    const r3 = await answer(await post("/v1/events", JSON.stringify(track({ context: { consents: { ["p".repeat(1_000_000)]: "yes" } } }))));
+    const r3 = await answer(
+      await post("/v1/events", JSON.stringify(track({ context: { consents: { ["p".repeat(1_000_000)]: "yes" } } }))),
+    );
     expect(r3.status).toBe(400);
     expect(r3.body.rejected[0].error.length).toBeLessThanOrEqual(301);
     // A messageId over 100 characters is the reason for the rejection, not something to echo.
     const r4 = await answer(await post("/v1/events", JSON.stringify(track({ messageId: "m".repeat(1_000_000) }))));
-    expect(r4).toEqual({ status: 400, body: { error: "no valid events in the request", rejected: [{ index: 0, error: '"messageId" must be a string of 1 to 100 characters' }] } });
+    expect(r4).toEqual({
+      status: 400,
+      body: {
+        error: "no valid events in the request",
+        rejected: [{ index: 0, error: '"messageId" must be a string of 1 to 100 characters' }],
+      },
+    });
     neverStored.add(big.messageId);
     await unharmed();
   }, 60_000);
 
   test("huge numbers: 1e400 (Infinity to JSON.parse) is rejected naming the field; 1e308 is kept; an id past 2^53 is rejected", async () => {
-    const inf = track(), negInf = track(), max = track(), bigId = track(), bigGroup = track();
+    const inf = track(),
+      negInf = track(),
+      max = track(),
+      bigId = track(),
+      bigGroup = track();
     const text = `[${JSON.stringify({ ...inf, properties: { price: 0 } }).replace('"price":0', '"price":1e400')},${JSON.stringify({ ...negInf, properties: { list: [1, 2, 0] } }).replace("[1,2,0]", "[1,2,-1e999]")},${JSON.stringify({ ...max, properties: { n: 1e308, tiny: 0 } }).replace('"tiny":0', '"tiny":1e-400')},${JSON.stringify({ ...bigId, userId: 0 }).replace('"userId":0', '"userId":12345678901234567890')},${JSON.stringify({ ...bigGroup, type: "group", groupId: 0 }).replace('"groupId":0', '"groupId":9007199254740993')}]`;
     const r = await answer(await post("/v1/events", text));
     expect(r).toEqual({
@@ -272,10 +350,26 @@ describe("shapes and sizes", () => {
       body: {
         accepted: 1,
         rejected: [
-          { index: 0, messageId: inf.messageId, error: '"properties.price" is a number too large for JSON (it overflows to Infinity)' },
-          { index: 1, messageId: negInf.messageId, error: '"properties.list.2" is a number too large for JSON (it overflows to Infinity)' },
-          { index: 3, messageId: bigId.messageId, error: '"userId" is a number too large to keep exactly; send it as a string' },
-          { index: 4, messageId: bigGroup.messageId, error: '"groupId" is a number too large to keep exactly; send it as a string' },
+          {
+            index: 0,
+            messageId: inf.messageId,
+            error: '"properties.price" is a number too large for JSON (it overflows to Infinity)',
+          },
+          {
+            index: 1,
+            messageId: negInf.messageId,
+            error: '"properties.list.2" is a number too large for JSON (it overflows to Infinity)',
+          },
+          {
+            index: 3,
+            messageId: bigId.messageId,
+            error: '"userId" is a number too large to keep exactly; send it as a string',
+          },
+          {
+            index: 4,
+            messageId: bigGroup.messageId,
+            error: '"groupId" is a number too large to keep exactly; send it as a string',
+          },
         ],
       },
     });
@@ -306,24 +400,43 @@ describe("shapes and sizes", () => {
       [{ timestamp: "2025-02-30T00:00:00Z" }, '"timestamp" is not a valid date: "2025-02-30T00:00:00Z"'],
       [{ timestamp: "2025-02-29T00:00:00Z" }, '"timestamp" is not a valid date: "2025-02-29T00:00:00Z"'],
       [{ sentAt: "2025-04-31T00:00:00Z" }, '"sentAt" is not a valid date: "2025-04-31T00:00:00Z"'],
-      [{ originalTimestamp: "2025-01-01T00:00:00+99:99" }, '"originalTimestamp" is not a valid date: "2025-01-01T00:00:00+99:99"'],
+      [
+        { originalTimestamp: "2025-01-01T00:00:00+99:99" },
+        '"originalTimestamp" is not a valid date: "2025-01-01T00:00:00+99:99"',
+      ],
       [{ timestamp: "0000-01-01T00:00:00+01:00" }, '"timestamp" falls outside the years 0000 to 9999'],
       [{ timestamp: "9999-12-31T23:00:00-05:00" }, '"timestamp" falls outside the years 0000 to 9999'],
-      [{ timestamp: "0000-01-01T00:00:00Z", sentAt: "9999-12-31T00:00:00Z" }, '"timestamp" corrected for clock skew (receivedAt − (sentAt − timestamp)) falls outside the years 0000 to 9999'],
-      [{ originalTimestamp: "9999-12-31T00:00:00Z", sentAt: "0000-01-01T00:00:00Z" }, '"timestamp" corrected for clock skew (receivedAt − (sentAt − originalTimestamp)) falls outside the years 0000 to 9999'],
+      [
+        { timestamp: "0000-01-01T00:00:00Z", sentAt: "9999-12-31T00:00:00Z" },
+        '"timestamp" corrected for clock skew (receivedAt − (sentAt − timestamp)) falls outside the years 0000 to 9999',
+      ],
+      [
+        { originalTimestamp: "9999-12-31T00:00:00Z", sentAt: "0000-01-01T00:00:00Z" },
+        '"timestamp" corrected for clock skew (receivedAt − (sentAt − originalTimestamp)) falls outside the years 0000 to 9999',
+      ],
       [{ timestamp: 1735689600000 }, '"timestamp" must be an ISO-8601 timestamp'],
     ];
-    const good = [{ timestamp: "0000-01-01T00:00:00Z" }, { timestamp: "9999-12-31T23:59:59.999Z" }, { timestamp: "2024-02-29T12:00:00+14:00" }];
+    const good = [
+      { timestamp: "0000-01-01T00:00:00Z" },
+      { timestamp: "9999-12-31T23:59:59.999Z" },
+      { timestamp: "2024-02-29T12:00:00+14:00" },
+    ];
     const events = [...bad.map(([x]) => track(x)), ...good.map((x) => track(x))];
     const r = await answer(await post("/v1/events", JSON.stringify(events)));
     expect(r.status).toBe(200);
     expect(r.body.accepted).toBe(good.length);
-    expect(r.body.rejected).toEqual(bad.map(([, error], index) => ({ index, messageId: events[index]!.messageId, error })));
+    expect(r.body.rejected).toEqual(
+      bad.map(([, error], index) => ({ index, messageId: events[index]!.messageId, error })),
+    );
     events.slice(0, bad.length).forEach((e) => neverStored.add(e.messageId as string));
     const kept = events.slice(bad.length);
     kept.forEach((e) => storedOnce.add(e.messageId as string));
     const stored = new Map((await storedEvents(node.bus, "hostile")).map((e) => [e.messageId, e]));
-    expect(kept.map((e) => stored.get(e.messageId)!.timestamp)).toEqual(["0000-01-01T00:00:00.000Z", "9999-12-31T23:59:59.999Z", "2024-02-28T22:00:00.000Z"]);
+    expect(kept.map((e) => stored.get(e.messageId)!.timestamp)).toEqual([
+      "0000-01-01T00:00:00.000Z",
+      "9999-12-31T23:59:59.999Z",
+      "2024-02-28T22:00:00.000Z",
+    ]);
     await unharmed();
   }, 60_000);
 });
@@ -331,7 +444,9 @@ describe("shapes and sizes", () => {
 describe("strings and keys", () => {
   test("lone surrogates (valid JSON escapes, not valid Unicode) are kept exactly, stored as escapes: the stream holds valid UTF-8", async () => {
     const e = track();
-    const body = JSON.stringify([{ ...e, event: "E", properties: { s: "" } }]).replace('"event":"E"', '"event":"\\ud800x"').replace('"s":""', '"s":"\\udfff\\ud83d\\ude00"');
+    const body = JSON.stringify([{ ...e, event: "E", properties: { s: "" } }])
+      .replace('"event":"E"', '"event":"\\ud800x"')
+      .replace('"s":""', '"s":"\\udfff\\ud83d\\ude00"');
     expect(await answer(await post("/v1/events", body))).toEqual({ status: 200, body: { accepted: 1 } });
     storedOnce.add(e.messageId);
     const stored = (await storedEvents(node.bus, "hostile")).find((x) => x.messageId === e.messageId)!;
@@ -346,7 +461,8 @@ describe("strings and keys", () => {
   }, 60_000);
 
   test("prototype-pollution keys are stored as plain keys and never reach Object.prototype", async () => {
-    const e = track(), b = track();
+    const e = track(),
+      b = track();
     const poison = '{"polluted":"yes","toString":1}';
     const one = JSON.stringify({ ...e, properties: { x: 1 }, context: { x: 1 } })
       .replace('"properties":{"x":1}', `"properties":{"__proto__":${poison},"constructor":{"prototype":${poison}}}`)
@@ -360,10 +476,11 @@ describe("strings and keys", () => {
     expect(await answer(await post("/v1/batch", batch))).toEqual({ status: 200, body: { accepted: 1 } });
     storedOnce.add(e.messageId).add(b.messageId);
     expect(({} as Record<string, unknown>).polluted).toBeUndefined();
-    expect(Object.prototype.hasOwnProperty.call(Object.prototype, "polluted")).toBe(false);
+    expect(Object.hasOwn(Object.prototype, "polluted")).toBe(false);
     expect(typeof ({} as { toString: unknown }).toString).toBe("function");
     const stored = new Map((await storedEvents(node.bus, "hostile")).map((x) => [x.messageId, x]));
-    const se = stored.get(e.messageId)!, sb = stored.get(b.messageId)!;
+    const se = stored.get(e.messageId)!,
+      sb = stored.get(b.messageId)!;
     const own = (o: object, k: string) => Object.getOwnPropertyDescriptor(o, k)?.value;
     expect(own(se, "__proto__")).toEqual({ polluted: "yes", toString: 1 });
     expect(own(se.properties, "__proto__")).toEqual({ polluted: "yes", toString: 1 });
@@ -381,7 +498,9 @@ describe("the connection", () => {
   let headerTrickle: ReturnType<typeof rawHttp>["done"];
 
   test("slow loris: declared 16 MiB then stalled, or trickled a byte at a time → 503 at the body deadline; meanwhile other clients are served and the stalled ones hold almost no memory", async () => {
-    headerTrickle = rawHttp("POST /v1/events HTTP/1.1\r\nHost: localhost\r\n", { trickle: { bytes: "X-Slow: 1\r\n", everyMs: 500 } }).done;
+    headerTrickle = rawHttp("POST /v1/events HTTP/1.1\r\nHost: localhost\r\n", {
+      trickle: { bytes: "X-Slow: 1\r\n", everyMs: 500 },
+    }).done;
     const clients = [
       ...Array.from({ length: 6 }, () => rawHttp(head(16 * 1024 * 1024))),
       rawHttp(head(100_000), { body: "[", trickle: { bytes: " ", everyMs: 200 } }),
@@ -391,7 +510,11 @@ describe("the connection", () => {
     let cut = 0;
     for (const c of clients) void c.done.then(() => cut++);
     // Wait until the node holds all nine (a condition, not a fixed time).
-    for (const deadline = Date.now() + 30_000; node.ingest.limiter.inFlightRequests < clients.length && Date.now() < deadline; ) await Bun.sleep(10);
+    for (
+      const deadline = Date.now() + 30_000;
+      node.ingest.limiter.inFlightRequests < clients.length && Date.now() < deadline;
+    )
+      await Bun.sleep(10);
     expect(node.ingest.limiter.inFlightRequests).toBe(clients.length);
     // Reserved as bytes arrive: nine stalled requests hold at most 64 KiB each, not 6 × 16 MiB.
     expect(node.ingest.limiter.inFlightBytes).toBeLessThanOrEqual(9 * 64 * 1024);
@@ -420,7 +543,10 @@ describe("the connection", () => {
   }, 60_000);
 
   test("slow loris on a raw webhook: the same deadline", async () => {
-    const { done } = rawHttp(`POST /v1/webhooks/rawhook HTTP/1.1\r\nHost: localhost\r\nX-Token: ${RAW_SECRET}\r\nContent-Length: 500000\r\n\r\n`, { body: "{" });
+    const { done } = rawHttp(
+      `POST /v1/webhooks/rawhook HTTP/1.1\r\nHost: localhost\r\nX-Token: ${RAW_SECRET}\r\nContent-Length: 500000\r\n\r\n`,
+      { body: "{" },
+    );
     const { response } = await done;
     expect(response).toStartWith("HTTP/1.1 503 ");
     await unharmed();
@@ -431,7 +557,10 @@ describe("the connection", () => {
     for (let i = 0; i < 10_000; i++) many[`x-flood-${i}`] = "v";
     expect((await post("/v1/events", JSON.stringify(track()), many)).status).toBe(431);
     expect((await post("/v1/events", JSON.stringify(track()), { "X-Big": "a".repeat(1024 * 1024) })).status).toBe(431);
-    expect((await post("/v1/events", JSON.stringify(track()), { Authorization: `Bearer ${"k".repeat(1024 * 1024)}` })).status).toBe(431);
+    expect(
+      (await post("/v1/events", JSON.stringify(track()), { Authorization: `Bearer ${"k".repeat(1024 * 1024)}` }))
+        .status,
+    ).toBe(431);
     const { response, closedAfterMs } = await headerTrickle;
     expect(response).toBe("");
     expect(closedAfterMs).toBeLessThan(20_000);
@@ -441,16 +570,26 @@ describe("the connection", () => {
   test("a gzip bomb (10 MB inflating to 10 GiB) → 413 quickly, with memory bounded", async () => {
     // Full-flush deflate blocks are byte-aligned and identical: repeating one makes a valid stream cheaply.
     const block = deflateRawSync(Buffer.alloc(1024 * 1024), { finishFlush: constants.Z_FULL_FLUSH, level: 9 });
-    const bomb = Buffer.concat([Buffer.from([0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff]), ...Array<Buffer>(10_240).fill(block)]);
+    const bomb = Buffer.concat([
+      Buffer.from([0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff]),
+      ...Array<Buffer>(10_240).fill(block),
+    ]);
     expect(bomb.length).toBeLessThan(11_000_000);
     Bun.gc(true);
     const before = process.memoryUsage().rss;
     let peak = before;
     const sampler = setInterval(() => (peak = Math.max(peak, process.memoryUsage().rss)), 2);
     // Quickly: the node inflates up to its 16 MiB limit and stops; 10× what inflating 16 MiB of it takes here, plus 2 s.
-    const inflate16 = timeOf(() => inflateRawSync(Buffer.concat(Array<Buffer>(16).fill(block)), { finishFlush: constants.Z_SYNC_FLUSH }));
+    const inflate16 = timeOf(() =>
+      inflateRawSync(Buffer.concat(Array<Buffer>(16).fill(block)), { finishFlush: constants.Z_SYNC_FLUSH }),
+    );
     const t0 = performance.now();
-    const r = await answer(await post("/v1/batch", bomb, { "Content-Encoding": "gzip", "Content-Type": "application/x-www-form-urlencoded" }));
+    const r = await answer(
+      await post("/v1/batch", bomb, {
+        "Content-Encoding": "gzip",
+        "Content-Type": "application/x-www-form-urlencoded",
+      }),
+    );
     clearInterval(sampler);
     expect(r).toEqual({ status: 413, body: { error: "request body exceeds 16777216 bytes" } });
     expect(performance.now() - t0).toBeLessThan(2000 + 10 * inflate16);
@@ -461,13 +600,28 @@ describe("the connection", () => {
 });
 
 describe("credentials", () => {
-  const ingestPaths = ["/v1/events", "/v1/batch", "/v1/track", "/v1/identify", "/v1/page", "/v1/screen", "/v1/group", "/v1/alias"];
+  const ingestPaths = [
+    "/v1/events",
+    "/v1/batch",
+    "/v1/track",
+    "/v1/identify",
+    "/v1/page",
+    "/v1/screen",
+    "/v1/group",
+    "/v1/alias",
+  ];
   // Every route but ingestion, webhooks, preflights, the debugger's page shell and the public probes is an admin route.
-  const PUBLIC = /^\/(v1\/(events|batch|track|identify|page|screen|group|alias|[tipsgab]|webhooks\/.*|projects\/[^/]+\/settings)|beacon\/v1\/batch|sourceConfig\/?|debugger(\/.*)?|healthz|readyz|version|openapi\.json)$/;
-  const adminRoutes = () => node.routes.filter((r) => r.method !== "OPTIONS" && !PUBLIC.test(r.path)).map((r) => ({ method: r.method, path: r.path.replace(/:[a-zA-Z]+/g, "x") }));
+  const PUBLIC =
+    /^\/(v1\/(events|batch|track|identify|page|screen|group|alias|[tipsgab]|webhooks\/.*|projects\/[^/]+\/settings)|beacon\/v1\/batch|sourceConfig\/?|debugger(\/.*)?|healthz|readyz|version|openapi\.json)$/;
+  const adminRoutes = () =>
+    node.routes
+      .filter((r) => r.method !== "OPTIONS" && !PUBLIC.test(r.path))
+      .map((r) => ({ method: r.method, path: r.path.replace(/:[a-zA-Z]+/g, "x") }));
 
   test("the admin token and a raw connection's secret never ingest: 401 on every endpoint, however sent, with the unknown-key body", async () => {
-    const unknown = await answer(await post("/v1/events", JSON.stringify(track()), { Authorization: "Bearer not-a-key-at-all" }));
+    const unknown = await answer(
+      await post("/v1/events", JSON.stringify(track()), { Authorization: "Bearer not-a-key-at-all" }),
+    );
     expect(unknown.status).toBe(401);
     for (const secret of [ADMIN, RAW_SECRET]) {
       for (const path of ingestPaths) {
@@ -478,7 +632,13 @@ describe("credentials", () => {
           [{}, path === "/v1/batch" ? { batch: [e], writeKey: secret } : { ...e, writeKey: secret }],
         ];
         for (const [headers, body] of ways) {
-          const r = await answer(await fetch(`${node.url}${path}`, { method: "POST", headers, body: JSON.stringify(path === "/v1/batch" && !("batch" in (body as object)) ? { batch: [body] } : body) }));
+          const r = await answer(
+            await fetch(`${node.url}${path}`, {
+              method: "POST",
+              headers,
+              body: JSON.stringify(path === "/v1/batch" && !("batch" in (body as object)) ? { batch: [body] } : body),
+            }),
+          );
           expect([path, r]).toEqual([path, unknown]);
         }
         neverStored.add(e.messageId);
@@ -491,14 +651,20 @@ describe("credentials", () => {
     expect(routes.length).toBeGreaterThanOrEqual(5);
     for (const { method, path } of routes) {
       for (const token of [KEY, RAW_SECRET]) {
-        const r = await fetch(`${node.url}${path}`, { method, headers: { Authorization: `Bearer ${token}` }, ...(method === "POST" && { body: "{}" }) });
+        const r = await fetch(`${node.url}${path}`, {
+          method,
+          headers: { Authorization: `Bearer ${token}` },
+          ...(method === "POST" && { body: "{}" }),
+        });
         expect([method, path, r.status]).toEqual([method, path, 401]);
         bodies.push(await r.text());
       }
     }
     for (const token of [KEY, ADMIN]) {
       for (const headers of [{ "X-Token": token }, { Authorization: `Bearer ${token}` }] as Record<string, string>[]) {
-        const r = await answer(await fetch(`${node.url}/v1/webhooks/rawhook`, { method: "POST", headers, body: '{"id":1}' }));
+        const r = await answer(
+          await fetch(`${node.url}/v1/webhooks/rawhook`, { method: "POST", headers, body: '{"id":1}' }),
+        );
         expect(r.status).toBe(401);
       }
     }
@@ -506,9 +672,18 @@ describe("credentials", () => {
 
   test("a raw webhook's shared-secret header is never stored, so neither the stream nor the debugger shows it", async () => {
     const ac = new AbortController();
-    const live = await fetch(`${node.url}/v1/connections/rawhook/events/live`, { headers: { Authorization: `Bearer ${ADMIN}` }, signal: ac.signal });
+    const live = await fetch(`${node.url}/v1/connections/rawhook/events/live`, {
+      headers: { Authorization: `Bearer ${ADMIN}` },
+      signal: ac.signal,
+    });
     expect(live.status).toBe(200);
-    const r = await answer(await fetch(`${node.url}/v1/webhooks/rawhook`, { method: "POST", headers: { "X-Token": RAW_SECRET, "X-Other": "kept" }, body: '{"id":"secret-check"}' }));
+    const r = await answer(
+      await fetch(`${node.url}/v1/webhooks/rawhook`, {
+        method: "POST",
+        headers: { "X-Token": RAW_SECRET, "X-Other": "kept" },
+        body: '{"id":"secret-check"}',
+      }),
+    );
     expect(r.status).toBe(200);
     const records = await storedEvents(node.bus, "rawhook");
     expect(records.length).toBeGreaterThan(0);
@@ -533,10 +708,22 @@ describe("credentials", () => {
   test("no write key, admin token or secret appears in any answer or any log line of this file", async () => {
     // A near-miss of each, too: errors must not echo what was sent.
     for (const near of [KEY.slice(0, -1) + "X", ADMIN.slice(0, -1) + "X"]) {
-      bodies.push(await (await post("/v1/events", JSON.stringify(track()), { Authorization: `Bearer ${near}` })).text());
-      bodies.push(await (await fetch(`${node.url}/v1/pipelines`, { headers: { Authorization: `Bearer ${near}` } })).text());
+      bodies.push(
+        await (await post("/v1/events", JSON.stringify(track()), { Authorization: `Bearer ${near}` })).text(),
+      );
+      bodies.push(
+        await (await fetch(`${node.url}/v1/pipelines`, { headers: { Authorization: `Bearer ${near}` } })).text(),
+      );
     }
-    bodies.push(await (await fetch(`${node.url}/v1/webhooks/rawhook`, { method: "POST", headers: { "X-Token": RAW_SECRET.slice(0, -1) + "X" }, body: "{}" })).text());
+    bodies.push(
+      await (
+        await fetch(`${node.url}/v1/webhooks/rawhook`, {
+          method: "POST",
+          headers: { "X-Token": RAW_SECRET.slice(0, -1) + "X" },
+          body: "{}",
+        })
+      ).text(),
+    );
     expect(bodies.length).toBeGreaterThan(50);
     expect(logs.length).toBeGreaterThan(0);
     for (const secret of [KEY, ADMIN, RAW_SECRET, KEY.slice(0, -1), ADMIN.slice(0, -1), RAW_SECRET.slice(0, -1)]) {
@@ -547,53 +734,87 @@ describe("credentials", () => {
 });
 
 describe("property: arbitrary bodies over HTTP", () => {
-  test("property: any body → 200, 400 or 413 (never 5xx, never a hang); a 200 lists each invalid event; accepted events are stored exactly once", async () => {
-    const paths = ["/v1/events", "/v1/batch", "/v1/track", "/v1/identify"];
-    const accepted = new Set<string>(), refused = new Set<string>();
-    let run = 0;
-    await fc.assert(
-      fc.asyncProperty(bodyish, fc.constantFrom(...paths), fc.constantFrom("identity", "gzip"), fc.constantFrom("application/json", "text/plain", "application/x-www-form-urlencoded"), async (value, path, encoding, type) => {
-        const r = run++;
-        // Events that carry a string messageId get a unique one, so the stream can be checked for them.
-        const ids: (string | undefined)[] = [];
-        const tag = (e: unknown, i: number) => {
-          if (e && typeof e === "object" && !Array.isArray(e) && typeof (e as { messageId?: unknown }).messageId === "string") {
-            const id = `fz-${r}-${i}`;
-            ids[i] = id;
-            return { ...e, messageId: id };
-          }
-          return e;
-        };
-        let body = value;
-        if (Array.isArray(value) && path === "/v1/events") body = value.map(tag);
-        else if (path === "/v1/batch" && value && typeof value === "object" && Array.isArray((value as { batch?: unknown }).batch)) body = { ...value, batch: (value as { batch: unknown[] }).batch.map(tag) };
-        const text = hostileJson(body);
-        const t0 = performance.now();
-        const res = await post(path, encoding === "gzip" ? gzipSync(text) : text, { "Content-Type": type, ...(encoding === "gzip" && { "Content-Encoding": "gzip" }) });
-        const a = await answer(res);
-        expect(performance.now() - t0).toBeLessThan(5000);
-        expect([200, 400, 413]).toContain(a.status);
-        expect(typeof a.body).toBe("object");
-        const events = path === "/v1/events" ? (Array.isArray(body) ? body : [body]) : path === "/v1/batch" ? ((body as { batch?: unknown[] })?.batch ?? []) : [body];
-        if (a.status === 200) {
-          const rejected = (a.body.rejected ?? []) as { index: number; error: string }[];
-          expect(a.body.accepted + rejected.length).toBe(events.length);
-          for (const x of rejected) expect(x.error).toMatch(/"[^"]+"|event/);
-          const bad = new Set(rejected.map((x) => x.index));
-          ids.forEach((id, i) => id && (bad.has(i) ? refused : accepted).add(id));
-        } else {
-          expect(typeof a.body.error).toBe("string");
-          ids.forEach((id) => id && refused.add(id));
-        }
-      }),
-      params(100),
-    );
-    const counts = new Map<string, number>();
-    for (const e of await storedEvents(node.bus, "hostile")) if (typeof e.messageId === "string" && e.messageId.startsWith("fz-")) counts.set(e.messageId, (counts.get(e.messageId) ?? 0) + 1);
-    expect([...accepted].filter((id) => counts.get(id) !== 1)).toEqual([]);
-    expect([...refused].filter((id) => counts.has(id))).toEqual([]);
-    await unharmed();
-  }, fuzzTimeout);
+  test(
+    "property: any body → 200, 400 or 413 (never 5xx, never a hang); a 200 lists each invalid event; accepted events are stored exactly once",
+    async () => {
+      const paths = ["/v1/events", "/v1/batch", "/v1/track", "/v1/identify"];
+      const accepted = new Set<string>(),
+        refused = new Set<string>();
+      let run = 0;
+      await fc.assert(
+        fc.asyncProperty(
+          bodyish,
+          fc.constantFrom(...paths),
+          fc.constantFrom("identity", "gzip"),
+          fc.constantFrom("application/json", "text/plain", "application/x-www-form-urlencoded"),
+          async (value, path, encoding, type) => {
+            const r = run++;
+            // Events that carry a string messageId get a unique one, so the stream can be checked for them.
+            const ids: (string | undefined)[] = [];
+            const tag = (e: unknown, i: number) => {
+              if (
+                e &&
+                typeof e === "object" &&
+                !Array.isArray(e) &&
+                typeof (e as { messageId?: unknown }).messageId === "string"
+              ) {
+                const id = `fz-${r}-${i}`;
+                ids[i] = id;
+                return { ...e, messageId: id };
+              }
+              return e;
+            };
+            let body = value;
+            if (Array.isArray(value) && path === "/v1/events") body = value.map(tag);
+            else if (
+              path === "/v1/batch" &&
+              value &&
+              typeof value === "object" &&
+              Array.isArray((value as { batch?: unknown }).batch)
+            )
+              body = { ...value, batch: (value as { batch: unknown[] }).batch.map(tag) };
+            const text = hostileJson(body);
+            const t0 = performance.now();
+            const res = await post(path, encoding === "gzip" ? gzipSync(text) : text, {
+              "Content-Type": type,
+              ...(encoding === "gzip" && { "Content-Encoding": "gzip" }),
+            });
+            const a = await answer(res);
+            expect(performance.now() - t0).toBeLessThan(5000);
+            expect([200, 400, 413]).toContain(a.status);
+            expect(typeof a.body).toBe("object");
+            const events =
+              path === "/v1/events"
+                ? Array.isArray(body)
+                  ? body
+                  : [body]
+                : path === "/v1/batch"
+                  ? ((body as { batch?: unknown[] })?.batch ?? [])
+                  : [body];
+            if (a.status === 200) {
+              const rejected = (a.body.rejected ?? []) as { index: number; error: string }[];
+              expect(a.body.accepted + rejected.length).toBe(events.length);
+              for (const x of rejected) expect(x.error).toMatch(/"[^"]+"|event/);
+              const bad = new Set(rejected.map((x) => x.index));
+              ids.forEach((id, i) => id && (bad.has(i) ? refused : accepted).add(id));
+            } else {
+              expect(typeof a.body.error).toBe("string");
+              ids.forEach((id) => id && refused.add(id));
+            }
+          },
+        ),
+        params(100),
+      );
+      const counts = new Map<string, number>();
+      for (const e of await storedEvents(node.bus, "hostile"))
+        if (typeof e.messageId === "string" && e.messageId.startsWith("fz-"))
+          counts.set(e.messageId, (counts.get(e.messageId) ?? 0) + 1);
+      expect([...accepted].filter((id) => counts.get(id) !== 1)).toEqual([]);
+      expect([...refused].filter((id) => counts.has(id))).toEqual([]);
+      await unharmed();
+    },
+    fuzzTimeout,
+  );
 });
 
 test("every event answered 2xx is stored exactly once; nothing of a refused request or a rejected event is stored", async () => {
@@ -610,7 +831,10 @@ test("every event answered 2xx is stored exactly once; nothing of a refused requ
 async function lastRawMessage(connection: string, messageId: string): Promise<Uint8Array> {
   const { DeliverPolicy } = await import("@nats-io/jetstream");
   const { STREAM, connectionSubjects } = await import("../../src/bus/subjects.ts");
-  const c = await node.bus.js.consumers.get(STREAM, { filter_subjects: connectionSubjects(connection), deliver_policy: DeliverPolicy.All });
+  const c = await node.bus.js.consumers.get(STREAM, {
+    filter_subjects: connectionSubjects(connection),
+    deliver_policy: DeliverPolicy.All,
+  });
   const info = await c.info();
   const total = info.num_pending;
   const messages = await c.consume();

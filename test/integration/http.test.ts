@@ -16,7 +16,7 @@ beforeAll(async () => {
     nats.url,
     {
       "http.yaml": webhookConnection("http", [KEY, KEY2]),
-      "other.yaml": webhookConnection("other", [OTHER], "allowedOrigins: [\"https://app.example.com\"]\n"),
+      "other.yaml": webhookConnection("other", [OTHER], 'allowedOrigins: ["https://app.example.com"]\n'),
     },
     { maxRequestBytes: 1024 * 1024, maxEventBytes: 4096, maxEventsPerRequest: 100 },
   );
@@ -31,25 +31,41 @@ const uid = (p = "m") => `${p}-${Date.now()}-${n++}`;
 const post = (path: string, body: BodyInit | null, headers: Record<string, string> = {}) =>
   fetch(`${node.url}${path}`, { method: "POST", headers: { Authorization: `Bearer ${KEY}`, ...headers }, body });
 const json = (v: unknown) => JSON.stringify(v);
-const track = (extra: Record<string, unknown> = {}) => ({ type: "track", event: "Clicked", userId: "u1", messageId: uid(), ...extra });
-const stored = async (connection = "http") => new Map((await storedEvents(node.bus, connection)).map((e) => [e.messageId as string, e]));
+const track = (extra: Record<string, unknown> = {}) => ({
+  type: "track",
+  event: "Clicked",
+  userId: "u1",
+  messageId: uid(),
+  ...extra,
+});
+const stored = async (connection = "http") =>
+  new Map((await storedEvents(node.bus, connection)).map((e) => [e.messageId as string, e]));
 
 describe("auth", () => {
   test("missing, malformed and unknown keys get the same 401", async () => {
     const bodies = await Promise.all(
-      ([{}, { Authorization: "Bearer" }, { Authorization: "Token x" }, { Authorization: "Bearer nope-nope-nope" }, { Authorization: "Basic " + btoa("nope:") }] as Record<string, string>[]).map(
-        async (h) => {
-          const r = await fetch(`${node.url}/v1/events`, { method: "POST", headers: h, body: json(track()) });
-          return [r.status, await r.text()];
-        },
-      ),
+      (
+        [
+          {},
+          { Authorization: "Bearer" },
+          { Authorization: "Token x" },
+          { Authorization: "Bearer nope-nope-nope" },
+          { Authorization: "Basic " + btoa("nope:") },
+        ] as Record<string, string>[]
+      ).map(async (h) => {
+        const r = await fetch(`${node.url}/v1/events`, { method: "POST", headers: h, body: json(track()) });
+        return [r.status, await r.text()];
+      }),
     );
     for (const b of bodies) expect(b).toEqual(bodies[0]!);
     expect(bodies[0]![0]).toBe(401);
   });
 
   test("Bearer, Basic, a rotated second key and a body writeKey all authenticate", async () => {
-    const a = track(), b = track(), c = track(), d = track();
+    const a = track(),
+      b = track(),
+      c = track(),
+      d = track();
     expect((await post("/v1/events", json(a))).status).toBe(200);
     expect((await post("/v1/events", json(b), { Authorization: "Basic " + btoa(`${KEY}:`) })).status).toBe(200);
     expect((await post("/v1/events", json(c), { Authorization: `Bearer ${KEY2}` })).status).toBe(200);
@@ -61,7 +77,11 @@ describe("auth", () => {
   });
 
   test("the header wins over a body writeKey", async () => {
-    const r = await fetch(`${node.url}/v1/track`, { method: "POST", headers: { Authorization: "Bearer wrong-key-123" }, body: json({ ...track(), writeKey: KEY }) });
+    const r = await fetch(`${node.url}/v1/track`, {
+      method: "POST",
+      headers: { Authorization: "Bearer wrong-key-123" },
+      body: json({ ...track(), writeKey: KEY }),
+    });
     expect(r.status).toBe(401);
   });
 
@@ -75,18 +95,26 @@ describe("auth", () => {
 
 describe("bodies", () => {
   test("/v1/events takes an array or one object, under any content type", async () => {
-    const a = [track(), track()], b = track(), c = track();
+    const a = [track(), track()],
+      b = track(),
+      c = track();
     const r1 = await post("/v1/events", json(a), { "Content-Type": "application/json" });
     expect(await r1.json()).toEqual({ accepted: 2 });
     expect((await post("/v1/events", json(b), { "Content-Type": "text/plain" })).status).toBe(200);
-    expect((await post("/v1/events", json(c), { "Content-Type": "application/x-www-form-urlencoded" })).status).toBe(200);
+    expect((await post("/v1/events", json(c), { "Content-Type": "application/x-www-form-urlencoded" })).status).toBe(
+      200,
+    );
     const s = await stored();
     for (const e of [...a, b, c]) expect(s.has(e.messageId as string)).toBe(true);
   });
 
   test("gzip and deflate bodies, including gzip under x-www-form-urlencoded as RudderStack sends", async () => {
-    const a = track(), b = track();
-    const r1 = await post("/v1/batch", gzipSync(json({ batch: [a] })), { "Content-Encoding": "gzip", "Content-Type": "application/x-www-form-urlencoded" });
+    const a = track(),
+      b = track();
+    const r1 = await post("/v1/batch", gzipSync(json({ batch: [a] })), {
+      "Content-Encoding": "gzip",
+      "Content-Type": "application/x-www-form-urlencoded",
+    });
     expect(r1.status).toBe(200);
     const r2 = await post("/v1/events", deflateSync(json([b])), { "Content-Encoding": "deflate" });
     expect(r2.status).toBe(200);
@@ -114,7 +142,13 @@ describe("bodies", () => {
   });
 
   test("shape errors → 400", async () => {
-    for (const [path, body] of [["/v1/events", "42"], ["/v1/batch", json([track()])], ["/v1/batch", json({ batch: {} })], ["/v1/track", json([track()])], ["/v1/events", "[]"]] as const) {
+    for (const [path, body] of [
+      ["/v1/events", "42"],
+      ["/v1/batch", json([track()])],
+      ["/v1/batch", json({ batch: {} })],
+      ["/v1/track", json([track()])],
+      ["/v1/events", "[]"],
+    ] as const) {
       const r = await post(path, body);
       expect([path, r.status]).toEqual([path, 400]);
       expect(typeof (await r.json()).error).toBe("string");
@@ -131,7 +165,15 @@ describe("validation and partial acceptance", () => {
   test("invalid events are rejected by index with the field named; the valid ones are kept", async () => {
     const good = [track(), track()];
     // Index 6 is under the limit in characters but over it in UTF-8 bytes.
-    const body = [good[0], { type: "track", userId: "u", messageId: "bad-1" }, { type: "identify" }, { type: "group", userId: "u" }, good[1], { ...track(), big: "x".repeat(5000) }, { ...track(), big: "é".repeat(2500) }];
+    const body = [
+      good[0],
+      { type: "track", userId: "u", messageId: "bad-1" },
+      { type: "identify" },
+      { type: "group", userId: "u" },
+      good[1],
+      { ...track(), big: "x".repeat(5000) },
+      { ...track(), big: "é".repeat(2500) },
+    ];
     const r = await post("/v1/events", json(body));
     expect(r.status).toBe(200);
     const res = await r.json();
@@ -149,7 +191,13 @@ describe("validation and partial acceptance", () => {
   });
 
   test("no valid event → 400 with every rejection", async () => {
-    const r = await post("/v1/events", json([{ type: "nope", userId: "u" }, { type: "track", userId: "u" }]));
+    const r = await post(
+      "/v1/events",
+      json([
+        { type: "nope", userId: "u" },
+        { type: "track", userId: "u" },
+      ]),
+    );
     expect(r.status).toBe(400);
     const res = await r.json();
     expect(res.rejected.map((x: { index: number }) => x.index)).toEqual([0, 1]);
@@ -163,11 +211,21 @@ describe("validation and partial acceptance", () => {
   });
 
   test("/v1/batch merges top-level context and integrations under each event's own and applies sentAt", async () => {
-    const a = track({ context: { locale: "fr" } }), b = track({ sentAt: "2025-01-01T00:00:01Z", timestamp: "2025-01-01T00:00:00Z" });
-    const r = await post("/v1/batch", json({ batch: [a, b], context: { locale: "en", app: { name: "x" } }, integrations: { All: true }, sentAt: "2025-01-01T00:00:10Z" }));
+    const a = track({ context: { locale: "fr" } }),
+      b = track({ sentAt: "2025-01-01T00:00:01Z", timestamp: "2025-01-01T00:00:00Z" });
+    const r = await post(
+      "/v1/batch",
+      json({
+        batch: [a, b],
+        context: { locale: "en", app: { name: "x" } },
+        integrations: { All: true },
+        sentAt: "2025-01-01T00:00:10Z",
+      }),
+    );
     expect(r.status).toBe(200);
     const s = await stored();
-    const sa = s.get(a.messageId as string)!, sb = s.get(b.messageId as string)!;
+    const sa = s.get(a.messageId as string)!,
+      sb = s.get(b.messageId as string)!;
     expect(sa.context.locale).toBe("fr");
     expect(sa.context.app).toEqual({ name: "x" });
     expect(sa.integrations).toEqual({ All: true });
@@ -179,7 +237,9 @@ describe("validation and partial acceptance", () => {
 
 describe("normalised fields and client address", () => {
   test("messageId generated, receivedAt set, context.ip from the socket; X-Forwarded-For ignored without TRUST_PROXY", async () => {
-    const r = await post("/v1/identify", json({ userId: "ip-user", traits: { n: 1 } }), { "X-Forwarded-For": "203.0.113.9" });
+    const r = await post("/v1/identify", json({ userId: "ip-user", traits: { n: 1 } }), {
+      "X-Forwarded-For": "203.0.113.9",
+    });
     expect(r.status).toBe(200);
     const e = [...(await stored()).values()].find((x) => x.userId === "ip-user")!;
     expect(e.messageId).toMatch(/^[0-9a-f-]{36}$/);
@@ -218,7 +278,11 @@ describe("browsers", () => {
   test("OPTIONS preflight → 204 with CORS headers", async () => {
     const r = await fetch(`${node.url}/v1/batch`, {
       method: "OPTIONS",
-      headers: { Origin: "https://site.example", "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization, content-type" },
+      headers: {
+        Origin: "https://site.example",
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, content-type",
+      },
     });
     expect(r.status).toBe(204);
     expect(r.headers.get("access-control-allow-origin")).toBe("https://site.example");
@@ -227,10 +291,16 @@ describe("browsers", () => {
   });
 
   test("allowedOrigins restricts which origins may send; a refused page can read why (issue 17)", async () => {
-    const ok = await post("/v1/events", json(track()), { Authorization: `Bearer ${OTHER}`, Origin: "https://app.example.com" });
+    const ok = await post("/v1/events", json(track()), {
+      Authorization: `Bearer ${OTHER}`,
+      Origin: "https://app.example.com",
+    });
     expect(ok.status).toBe(200);
     expect(ok.headers.get("access-control-allow-origin")).toBe("https://app.example.com");
-    const no = await post("/v1/events", json(track()), { Authorization: `Bearer ${OTHER}`, Origin: "https://evil.example" });
+    const no = await post("/v1/events", json(track()), {
+      Authorization: `Bearer ${OTHER}`,
+      Origin: "https://evil.example",
+    });
     expect(no.status).toBe(403);
     expect(no.headers.get("access-control-allow-origin")).toBe("https://evil.example");
     expect((await no.json()).reason).toBe("origin_not_allowed");

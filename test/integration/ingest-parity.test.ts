@@ -23,14 +23,20 @@ const K = {
   page: "key-page-000001",
   blocked: "key-blocked-001",
 };
-const CHROME_WINDOWS = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/117.0.0.0 Safari/537.36";
+const CHROME_WINDOWS =
+  "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/117.0.0.0 Safari/537.36";
 
 // The page origin for the browser test: a second server, so a different origin from the node's.
 let pageServer: ReturnType<typeof Bun.serve> | undefined;
 const pageOrigin = () => `http://127.0.0.1:${pageServer!.port}`;
 
 beforeAll(async () => {
-  pageServer = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => new Response("<!doctype html><title>shop</title><p>shop", { headers: { "Content-Type": "text/html" } }) });
+  pageServer = Bun.serve({
+    hostname: "127.0.0.1",
+    port: 0,
+    fetch: () =>
+      new Response("<!doctype html><title>shop</title><p>shop", { headers: { "Content-Type": "text/html" } }),
+  });
   nats = await startNats();
   node = await startTestNode(
     nats.url,
@@ -56,9 +62,20 @@ afterAll(async () => {
 let n = 0;
 const uid = (p = "m") => `${p}-${Date.now()}-${n++}`;
 const post = (path: string, body: unknown, key = K.parity, headers: Record<string, string> = {}) =>
-  fetch(`${node.url}${path}`, { method: "POST", headers: { Authorization: `Bearer ${key}`, "Content-Type": "application/json", ...headers }, body: typeof body === "string" ? body : JSON.stringify(body) });
-const stored = async (connection = "parity") => new Map((await storedEvents(node.bus, connection)).map((e) => [e.messageId as string, e]));
-const track = (extra: Record<string, unknown> = {}) => ({ type: "track", event: "Clicked", anonymousId: "82281550-c0fc-4d69-bcf9-db1e43f9a76a", messageId: uid(), ...extra });
+  fetch(`${node.url}${path}`, {
+    method: "POST",
+    headers: { Authorization: `Bearer ${key}`, "Content-Type": "application/json", ...headers },
+    body: typeof body === "string" ? body : JSON.stringify(body),
+  });
+const stored = async (connection = "parity") =>
+  new Map((await storedEvents(node.bus, connection)).map((e) => [e.messageId as string, e]));
+const track = (extra: Record<string, unknown> = {}) => ({
+  type: "track",
+  event: "Clicked",
+  anonymousId: "82281550-c0fc-4d69-bcf9-db1e43f9a76a",
+  messageId: uid(),
+  ...extra,
+});
 
 describe("enrichment", () => {
   test("Chrome on Windows, screen density, sessionId and context.traits, as stored in JetStream", async () => {
@@ -66,7 +83,13 @@ describe("enrichment", () => {
       messageId: uid(),
       anonymousId: "5d60ebba-cbf6-463c-8d55-fc7a6f66183f",
       event: "Product View",
-      context: { userAgent: CHROME_WINDOWS, screen: { width: 2816, height: 1584, density: 1.3636363636363635 }, sessionId: 1730384955277, sessionStart: true, traits: { name: "Bob" } },
+      context: {
+        userAgent: CHROME_WINDOWS,
+        screen: { width: 2816, height: 1584, density: 1.3636363636363635 },
+        sessionId: 1730384955277,
+        sessionStart: true,
+        traits: { name: "Bob" },
+      },
     };
     const r = await post("/v1/track", e);
     expect(await r.json()).toEqual({ accepted: 1 });
@@ -98,11 +121,19 @@ describe("enrichment", () => {
     const res = await r.json();
     expect(res.accepted).toBe(1);
     expect(res.rejected).toEqual([
-      { index: 1, messageId: body[1]!.messageId, error: '"context.screen.width" is 40000, outside the range 1 to 32767' },
+      {
+        index: 1,
+        messageId: body[1]!.messageId,
+        error: '"context.screen.width" is 40000, outside the range 1 to 32767',
+      },
       { index: 2, messageId: body[2]!.messageId, error: '"context.ip" is a zoned address: "fe80::1%eth0"' },
       { index: 3, messageId: body[3]!.messageId, error: '"context.ip" is a multicast address: "239.255.255.250"' },
       { index: 4, messageId: body[4]!.messageId, error: '"context.consents.analytics" must be true or false' },
-      { index: 5, messageId: body[5]!.messageId, error: '"context.screen.density" is -1; it must be a positive number' },
+      {
+        index: 5,
+        messageId: body[5]!.messageId,
+        error: '"context.screen.density" is -1; it must be a positive number',
+      },
     ]);
     const s = await stored();
     expect(s.has(good.messageId as string)).toBe(true);
@@ -149,14 +180,23 @@ describe("privacy", () => {
   });
 
   test("a connection's ip: mask24 / drop protect the stream itself", async () => {
-    const a = track(), b = track({ context: { ip: "203.0.113.77" } }), c = track();
+    const a = track(),
+      b = track({ context: { ip: "203.0.113.77" } }),
+      c = track();
     expect((await post("/v1/track", a, K.masked, { "X-Forwarded-For": "198.51.100.23" })).status).toBe(200);
     expect((await post("/v1/track", b, K.masked)).status).toBe(200);
-    expect((await post("/v1/track", c, K.masked, { "X-Forwarded-For": "[2001:db8:85a3:1234::1]:443" })).status).toBe(200);
+    expect((await post("/v1/track", c, K.masked, { "X-Forwarded-For": "[2001:db8:85a3:1234::1]:443" })).status).toBe(
+      200,
+    );
     const m = await stored("masked");
-    expect([a, b, c].map((e) => m.get(e.messageId as string)!.context.ip)).toEqual(["198.51.100.0", "203.0.113.0", "2001:db8:85a3::"]);
+    expect([a, b, c].map((e) => m.get(e.messageId as string)!.context.ip)).toEqual([
+      "198.51.100.0",
+      "203.0.113.0",
+      "2001:db8:85a3::",
+    ]);
 
-    const d = track({ context: { ip: "203.0.113.77", locale: "en-GB" } }), f = track();
+    const d = track({ context: { ip: "203.0.113.77", locale: "en-GB" } }),
+      f = track();
     expect((await post("/v1/track", d, K.dropped)).status).toBe(200);
     expect((await post("/v1/track", f, K.dropped, { "X-Forwarded-For": "198.51.100.23" })).status).toBe(200);
     const dr = await stored("dropped");
@@ -167,7 +207,9 @@ describe("privacy", () => {
 
 describe("consents", () => {
   test("batch-level consents fill in the purposes each event lacks", async () => {
-    const a = track({ context: { consents: { ads: false } } }), b = track(), c = track({ context: { consents: { analytics: false, email: true } } });
+    const a = track({ context: { consents: { ads: false } } }),
+      b = track(),
+      c = track({ context: { consents: { analytics: false, email: true } } });
     const r = await post("/v1/batch", { batch: [a, b, c], context: { consents: { analytics: true, ads: true } } });
     expect(await r.json()).toEqual({ accepted: 3 });
     const s = await stored();
@@ -180,7 +222,11 @@ describe("consents", () => {
 describe("senders", () => {
   test("a sendBeacon-style text/plain body with writeKey", async () => {
     const e = track({ writeKey: K.parity });
-    const r = await fetch(`${node.url}/v1/track`, { method: "POST", headers: { "Content-Type": "text/plain;charset=UTF-8" }, body: JSON.stringify(e) });
+    const r = await fetch(`${node.url}/v1/track`, {
+      method: "POST",
+      headers: { "Content-Type": "text/plain;charset=UTF-8" },
+      body: JSON.stringify(e),
+    });
     expect(await r.json()).toEqual({ accepted: 1 });
     const s = (await stored()).get(e.messageId as string)!;
     expect(s.event).toBe("Clicked");
@@ -188,7 +234,14 @@ describe("senders", () => {
   });
 
   test("an origin outside allowedOrigins is refused with 403 and nothing stored; the preflight still answers", async () => {
-    const pre = await fetch(`${node.url}/v1/track`, { method: "OPTIONS", headers: { Origin: "https://evil.example", "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization, content-type" } });
+    const pre = await fetch(`${node.url}/v1/track`, {
+      method: "OPTIONS",
+      headers: {
+        Origin: "https://evil.example",
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, content-type",
+      },
+    });
     expect(pre.status).toBe(204);
     const e = track();
     const r = await post("/v1/track", e, K.blocked, { Origin: "https://evil.example" });
@@ -210,7 +263,12 @@ describe("senders", () => {
 
   test("20,000 small events in one request are accepted", async () => {
     const run = uid("bulk");
-    const batch = Array.from({ length: 20_000 }, (_, i) => ({ type: "track", event: "e", userId: `u${i % 100}`, messageId: `${run}-${i}` }));
+    const batch = Array.from({ length: 20_000 }, (_, i) => ({
+      type: "track",
+      event: "e",
+      userId: `u${i % 100}`,
+      messageId: `${run}-${i}`,
+    }));
     const r = await post("/v1/batch", { batch }, K.bulk);
     expect(await r.json()).toEqual({ accepted: 20_000 });
     const ids = new Set((await storedEvents(node.bus, "bulk")).map((e) => e.messageId));
@@ -221,7 +279,11 @@ describe("senders", () => {
 describe("rate limits", () => {
   test("over the bucket → 429 with Retry-After, nothing of the request stored; invalid events are not charged", async () => {
     // 60 events per minute (1 per second), burst 10.
-    const first = [...Array.from({ length: 8 }, () => track()), { type: "track", userId: "u" }, { type: "track", userId: "u" }];
+    const first = [
+      ...Array.from({ length: 8 }, () => track()),
+      { type: "track", userId: "u" },
+      { type: "track", userId: "u" },
+    ];
     const t0 = performance.now();
     const r1 = await post("/v1/events", first, K.slow);
     expect(r1.status).toBe(200);
@@ -249,14 +311,24 @@ describe("rate limits", () => {
     expect(s.size).toBe(10);
     for (const e of [...over, ...huge]) expect(s.has(e.messageId as string)).toBe(false);
 
-    const metrics = await (await fetch(`${node.url}/metrics`, { headers: { Authorization: `Bearer ${ADMIN}` } })).text();
+    const metrics = await (
+      await fetch(`${node.url}/metrics`, { headers: { Authorization: `Bearer ${ADMIN}` } })
+    ).text();
     expect(metrics).toContain('tributary_rate_limited_events_total{connection="slow"} 16');
   });
 
   test("retrying after Retry-After succeeds", async () => {
     // 120 events per minute (2 per second), burst 10: an empty bucket takes 5 s to hold 10 again.
     const t0 = performance.now();
-    expect((await post("/v1/events", Array.from({ length: 10 }, () => track()), K.fast)).status).toBe(200);
+    expect(
+      (
+        await post(
+          "/v1/events",
+          Array.from({ length: 10 }, () => track()),
+          K.fast,
+        )
+      ).status,
+    ).toBe(200);
     const again = Array.from({ length: 10 }, () => track());
     const r = await post("/v1/events", again, K.fast);
     const elapsedS = (performance.now() - t0) / 1000;
@@ -276,19 +348,31 @@ const CHROMIUM = "/usr/bin/chromium";
 
 describe("a real browser on another origin (Chromium)", () => {
   test("a preflighted fetch succeeds; a connection whose allowedOrigins excludes the page is blocked; sendBeacon with writeKey lands", async () => {
-    if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} not found: install Debian's chromium (npm test does it as root: apt-get install -y chromium)`);
+    if (!existsSync(CHROMIUM))
+      throw new Error(
+        `${CHROMIUM} not found: install Debian's chromium (npm test does it as root: apt-get install -y chromium)`,
+      );
     const playwright = await import("playwright-core");
-    const browser = await playwright.chromium.launch({ executablePath: CHROMIUM, args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"] });
+    const browser = await playwright.chromium.launch({
+      executablePath: CHROMIUM,
+      args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+    });
     try {
       const page = await browser.newPage();
       await page.goto(`${pageOrigin()}/`);
-      const ok = track(), blocked = track(), beacon = track({ writeKey: K.page });
+      const ok = track(),
+        blocked = track(),
+        beacon = track({ writeKey: K.page });
       const results = await page.evaluate(
         async ({ url, keys, ok, blocked, beacon }) => {
           // Authorization and Content-Type: application/json make this a preflighted request.
           const send = async (key: string, event: unknown) => {
             try {
-              const r = await fetch(`${url}/v1/track`, { method: "POST", headers: { Authorization: `Bearer ${key}`, "Content-Type": "application/json" }, body: JSON.stringify(event) });
+              const r = await fetch(`${url}/v1/track`, {
+                method: "POST",
+                headers: { Authorization: `Bearer ${key}`, "Content-Type": "application/json" },
+                body: JSON.stringify(event),
+              });
               return { status: r.status, body: await r.json() };
             } catch (e) {
               return { failed: String(e) };
@@ -307,7 +391,10 @@ describe("a real browser on another origin (Chromium)", () => {
       expect(new URL(node.url).origin).not.toBe(pageOrigin());
       expect(results.ok).toEqual({ status: 200, body: { accepted: 1 } });
       // Refused, and readable by the page: the 403 names the reason (issue 17).
-      expect(results.blocked).toEqual({ status: 403, body: { error: expect.stringContaining("is not allowed for this connection"), reason: "origin_not_allowed" } });
+      expect(results.blocked).toEqual({
+        status: 403,
+        body: { error: expect.stringContaining("is not allowed for this connection"), reason: "origin_not_allowed" },
+      });
       expect(results.beacon).toBe(true);
 
       // sendBeacon does not wait for the answer: poll the stream.

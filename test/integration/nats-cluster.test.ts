@@ -41,7 +41,11 @@ async function expectInStream(conn: string, accepted: string[]): Promise<Map<str
   const stored = await storedIds(nc, conn);
   const missing = accepted.filter((id) => !stored.has(id));
   const twice = [...stored].filter(([, n]) => n > 1).map(([id]) => id);
-  expect({ missing: missing.length, sample: missing.slice(0, 5), twice: twice.slice(0, 5) }).toEqual({ missing: 0, sample: [], twice: [] });
+  expect({ missing: missing.length, sample: missing.slice(0, 5), twice: twice.slice(0, 5) }).toEqual({
+    missing: 0,
+    sample: [],
+    twice: [],
+  });
   return stored;
 }
 
@@ -59,7 +63,8 @@ test("the events stream goes from 1 to 3 replicas at a node's start, keeping eve
   const one = await startTestNode(cluster.url, files, { streamReplicas: 1 });
   const ids = Array.from({ length: 2000 }, (_, i) => `scale-${i}`);
   try {
-    for (let i = 0; i < ids.length; i += 200) expect(await post(one, "key-scale-000001", ids.slice(i, i + 200))).toBe(200);
+    for (let i = 0; i < ids.length; i += 200)
+      expect(await post(one, "key-scale-000001", ids.slice(i, i + 200))).toBe(200);
     expect((await cluster.streamInfo()).config.num_replicas).toBe(1);
   } finally {
     await one.stop();
@@ -81,11 +86,24 @@ test("the events stream goes from 1 to 3 replicas at a node's start, keeping eve
 test("kill -9 the stream leader mid-load, restart it later: every 2xx was on a quorum and lands once", async () => {
   const key = "key-leaderkill-01";
   const files = { "l.yaml": connection("leaderkill", key) };
-  const opts = { clickhouseUrl: ch.url, streamReplicas: 3, batchMaxAgeMs: 200, publishTimeoutMs: 2000, ackWaitMs: 5000 };
+  const opts = {
+    clickhouseUrl: ch.url,
+    streamReplicas: 3,
+    batchMaxAgeMs: 200,
+    publishTimeoutMs: 2000,
+    ackWaitMs: 5000,
+  };
   // A knows every server; B only the two A is not on: two nodes on different servers.
   const a = await startTestNode(cluster.url, files, opts);
   const sa = serverOf(a)!;
-  const b = await startTestNode(cluster.servers.filter((s) => s.serverName !== sa).map((s) => s.url).join(","), files, opts);
+  const b = await startTestNode(
+    cluster.servers
+      .filter((s) => s.serverName !== sa)
+      .map((s) => s.url)
+      .join(","),
+    files,
+    opts,
+  );
   expect(serverOf(b)).not.toBe(sa);
   const t0 = Date.now();
   const phase = (what: string) => console.log(`[leader kill] +${((Date.now() - t0) / 1000).toFixed(1)} s ${what}`);
@@ -94,7 +112,13 @@ test("kill -9 the stream leader mid-load, restart it later: every 2xx was on a q
     // The server node A talks to leads the stream: its death takes A's connection and the leader.
     await cluster.makeLeader(sa);
     let i = 0;
-    const load = new Load({ url: () => (i++ % 2 ? a.url : b.url), writeKey: key, clients: 4, pauseMs: 10, prefix: "lk" });
+    const load = new Load({
+      url: () => (i++ % 2 ? a.url : b.url),
+      writeKey: key,
+      clients: 4,
+      pauseMs: 10,
+      prefix: "lk",
+    });
     // The longest stretch without a new 2xx: how long writes stopped.
     let lastGrowth = Date.now();
     let lastCount = 0;
@@ -114,9 +138,13 @@ test("kill -9 the stream leader mid-load, restart it later: every 2xx was on a q
     try {
       await Bun.sleep(2500);
       const beforeKill = load.accepted.length;
-      const consumerLeader = (await (await cluster.admin()).jsm.consumers.info(STREAM, durableName("leaderkill", "all"))).cluster?.leader;
+      const consumerLeader = (
+        await (await cluster.admin()).jsm.consumers.info(STREAM, durableName("leaderkill", "all"))
+      ).cluster?.leader;
       await cluster.server(sa).kill();
-      phase(`killed ${sa}, the stream leader, after ${beforeKill} events accepted (the pipeline's consumer was led by ${consumerLeader})`);
+      phase(
+        `killed ${sa}, the stream leader, after ${beforeKill} events accepted (the pipeline's consumer was led by ${consumerLeader})`,
+      );
       const newLeader = await cluster.streamLeader();
       expect(newLeader).not.toBe(sa);
       phase(`new leader ${newLeader}`);
@@ -126,7 +154,11 @@ test("kill -9 the stream leader mid-load, restart it later: every 2xx was on a q
       const acceptsAgain = async (node: RunningNode) => {
         for (const deadline = Date.now() + 60_000; Date.now() < deadline; await Bun.sleep(200)) {
           const messageId = `probe-${probes.length}-${Date.now()}`;
-          const r = await fetch(`${node.url}/v1/events`, { method: "POST", headers: { Authorization: `Bearer ${key}` }, body: JSON.stringify({ type: "track", event: "Probe", userId: "u", messageId }) }).catch(() => undefined);
+          const r = await fetch(`${node.url}/v1/events`, {
+            method: "POST",
+            headers: { Authorization: `Bearer ${key}` },
+            body: JSON.stringify({ type: "track", event: "Probe", userId: "u", messageId }),
+          }).catch(() => undefined);
           if (r?.status === 200) return probes.push(messageId) > 0;
           probesRefused.push(messageId);
         }
@@ -137,7 +169,8 @@ test("kill -9 the stream leader mid-load, restart it later: every 2xx was on a q
       phase("both nodes accept again");
       expect(serverOf(a)).not.toBe(sa);
       // ...and the load goes on through the new leader.
-      for (const deadline = Date.now() + 60_000; load.accepted.length - beforeKill <= 500 && Date.now() < deadline; ) await Bun.sleep(100);
+      for (const deadline = Date.now() + 60_000; load.accepted.length - beforeKill <= 500 && Date.now() < deadline; )
+        await Bun.sleep(100);
       expect(load.accepted.length - beforeKill).toBeGreaterThan(500);
       // Quorum: with the old leader still dead, the two survivors hold every event answered 2xx.
       const snapshot = load.accepted.slice();
@@ -151,7 +184,9 @@ test("kill -9 the stream leader mid-load, restart it later: every 2xx was on a q
       await load.stop();
       await cluster.server(sa).start(); // a no-op unless the test failed while it was down
     }
-    phase(`load stopped: ${JSON.stringify(Object.fromEntries(load.statuses))} requests, ${load.accepted.length} events accepted; no 2xx for ${longestGapMs} ms at most; A on ${serverOf(a)}, B on ${serverOf(b)}`);
+    phase(
+      `load stopped: ${JSON.stringify(Object.fromEntries(load.statuses))} requests, ${load.accepted.length} events accepted; no 2xx for ${longestGapMs} ms at most; A on ${serverOf(a)}, B on ${serverOf(b)}`,
+    );
     expect(quorumChecked).toBeGreaterThan(0);
     // The restarted server caught up. (Its copy is not compared: nats-server 2.9 re-appends the
     // last entries it had after a kill -9, so it may hold a few messages twice; see README.)

@@ -15,7 +15,11 @@ const PUBLISH_TIMEOUT_MS = 5000;
 beforeAll(async () => {
   nats = await startNats();
   node = await startTestNode(nats.url, { "r.yaml": webhookConnection("reload", ["old-key-0001"]) });
-  small = await startTestNode(nats.url, { "s.yaml": webhookConnection("small", ["small-key-0001"]) }, { maxInFlightBytes: 64 * 1024, publishTimeoutMs: PUBLISH_TIMEOUT_MS });
+  small = await startTestNode(
+    nats.url,
+    { "s.yaml": webhookConnection("small", ["small-key-0001"]) },
+    { maxInFlightBytes: 64 * 1024, publishTimeoutMs: PUBLISH_TIMEOUT_MS },
+  );
 });
 afterAll(async () => {
   await small?.stop();
@@ -25,8 +29,17 @@ afterAll(async () => {
 
 let n = 0;
 const events = (count: number, pad = 0) =>
-  JSON.stringify(Array.from({ length: count }, () => ({ type: "track", event: "E", userId: "u", messageId: `n-${n++}`, properties: { pad: "x".repeat(pad) } })));
-const post = (key: string, body: string, to = node) => fetch(`${to.url}/v1/events`, { method: "POST", headers: { Authorization: `Bearer ${key}` }, body });
+  JSON.stringify(
+    Array.from({ length: count }, () => ({
+      type: "track",
+      event: "E",
+      userId: "u",
+      messageId: `n-${n++}`,
+      properties: { pad: "x".repeat(pad) },
+    })),
+  );
+const post = (key: string, body: string, to = node) =>
+  fetch(`${to.url}/v1/events`, { method: "POST", headers: { Authorization: `Bearer ${key}` }, body });
 
 test("/healthz and /readyz report NATS reachability", async () => {
   expect((await fetch(`${node.url}/healthz`)).status).toBe(200);
@@ -63,7 +76,12 @@ test("a key rotation on disk is picked up without a restart and without failing 
         c.close();
       },
     });
-    return fetch(`${node.url}/v1/events`, { method: "POST", headers: { Authorization: "Bearer old-key-0001" }, body: stream, duplex: "half" } as RequestInit);
+    return fetch(`${node.url}/v1/events`, {
+      method: "POST",
+      headers: { Authorization: "Bearer old-key-0001" },
+      body: stream,
+      duplex: "half",
+    } as RequestInit);
   });
   expect(await until(() => node.ingest.limiter.inFlightRequests >= before + 20)).toBe(true);
   writeFileSync(join(dir, "r.yaml"), webhookConnection("reload", ["new-key-0002"]));
@@ -90,7 +108,12 @@ test("overload gets 429 with Retry-After at once, nothing of it stored; a hung J
     const results = await Promise.all(
       bodies.map(async (b) => {
         const r = await post("small-key-0001", b, small);
-        return { status: r.status, retryAfter: r.headers.get("retry-after"), ms: Date.now() - started, ids: (JSON.parse(b) as { messageId: string }[]).map((e) => e.messageId) };
+        return {
+          status: r.status,
+          retryAfter: r.headers.get("retry-after"),
+          ms: Date.now() - started,
+          ids: (JSON.parse(b) as { messageId: string }[]).map((e) => e.messageId),
+        };
       }),
     );
     const tooMany = results.filter((r) => r.status === 429);

@@ -33,11 +33,15 @@ afterAll(async () => {
 });
 
 test("ClickHouse killed during sustained load: ingestion keeps answering 2xx, every accepted event lands once", async () => {
-  const node = await startTestNode(nats.url, { "a.yaml": connection("chkill", "key-chkill-0001") }, {
-    clickhouseUrl: ch.url,
-    batchMaxAgeMs: 200,
-    inserter: { initialBackoffMs: 100, maxBackoffMs: 1000 },
-  });
+  const node = await startTestNode(
+    nats.url,
+    { "a.yaml": connection("chkill", "key-chkill-0001") },
+    {
+      clickhouseUrl: ch.url,
+      batchMaxAgeMs: 200,
+      inserter: { initialBackoffMs: 100, maxBackoffMs: 1000 },
+    },
+  );
   try {
     await node.pipelinesReady;
     const load = new Load({ url: () => node.url, writeKey: "key-chkill-0001", clients: 4, pauseMs: 5, prefix: "chk" });
@@ -47,7 +51,8 @@ test("ClickHouse killed during sustained load: ingestion keeps answering 2xx, ev
     const refusedBefore = load.requests - (load.statuses.get(200) ?? 0);
     // While the warehouse is away the events wait in JetStream: no refusals. Counted over the next
     // 20 requests however long they take (a condition, not a fixed 3 s on a busy machine).
-    for (const deadline = Date.now() + 60_000; load.requests - before <= 20 && Date.now() < deadline; ) await Bun.sleep(50);
+    for (const deadline = Date.now() + 60_000; load.requests - before <= 20 && Date.now() < deadline; )
+      await Bun.sleep(50);
     expect(load.requests - before).toBeGreaterThan(20);
     expect(load.requests - (load.statuses.get(200) ?? 0)).toBe(refusedBefore);
     await ch.start();
@@ -65,7 +70,13 @@ test("ClickHouse killed during sustained load: ingestion keeps answering 2xx, ev
 test("the node killed mid-batch (SIGKILL) and restarted: every accepted event lands once", async () => {
   const dir = pipelinesDir({ "b.yaml": connection("nodekill", "key-nodekill-0001") });
   // A long batch age keeps a batch open when the kill comes: those events were read, not acknowledged.
-  const env = { NATS_URL: nats.url, CLICKHOUSE_URL: ch.url, TRIBUTARY_PIPELINES: dir, TRIBUTARY_BATCH_MAX_AGE_MS: "1500", TRIBUTARY_ACK_WAIT_MS: "3000" };
+  const env = {
+    NATS_URL: nats.url,
+    CLICKHOUSE_URL: ch.url,
+    TRIBUTARY_PIPELINES: dir,
+    TRIBUTARY_BATCH_MAX_AGE_MS: "1500",
+    TRIBUTARY_ACK_WAIT_MS: "3000",
+  };
   let node = new NodeProcess(env);
   await node.start();
   await node.ready();
@@ -75,7 +86,9 @@ test("the node killed mid-batch (SIGKILL) and restarted: every accepted event la
     const acceptedAtKill = load.accepted.length;
     await node.kill();
     // Some of what was accepted had not reached ClickHouse yet, or the kill proves nothing.
-    const loadedAtKill = (await rows<{ c: string }>(db, `SELECT count() AS c FROM tributary.events FINAL WHERE connection = 'nodekill'`))[0]!.c;
+    const loadedAtKill = (
+      await rows<{ c: string }>(db, `SELECT count() AS c FROM tributary.events FINAL WHERE connection = 'nodekill'`)
+    )[0]!.c;
     expect(Number(loadedAtKill)).toBeLessThan(acceptedAtKill);
     node = new NodeProcess(env);
     await node.start();
@@ -99,11 +112,18 @@ test("two nodes consuming one pipeline share the work; every accepted event land
   try {
     const [ma, mb] = await Promise.all([a.pipelinesReady, b.pipelinesReady]);
     let i = 0;
-    const load = new Load({ url: () => (i++ % 2 ? a.url : b.url), writeKey: "key-twonodes-0001", clients: 4, pauseMs: 5, prefix: "two" });
+    const load = new Load({
+      url: () => (i++ % 2 ? a.url : b.url),
+      writeKey: "key-twonodes-0001",
+      clients: 4,
+      pauseMs: 5,
+      prefix: "two",
+    });
     // Load until both nodes have loaded something (at least 3 s; a condition, with a generous deadline).
     const loadedBy = (m: typeof ma) => [...m.workers.values()][0]!.stats.loaded;
     await Bun.sleep(3000);
-    for (const deadline = Date.now() + 60_000; (loadedBy(ma) === 0 || loadedBy(mb) === 0) && Date.now() < deadline; ) await Bun.sleep(100);
+    for (const deadline = Date.now() + 60_000; (loadedBy(ma) === 0 || loadedBy(mb) === 0) && Date.now() < deadline; )
+      await Bun.sleep(100);
     await load.stop();
     await expectExactlyOnce(db, "twonodes", load.accepted);
     const loaded = [ma, mb].map(loadedBy);

@@ -19,27 +19,51 @@ const python = (name: string) => `  - name: ${name}
         def transform(event):
             return {"plan": (event.get("traits") or {}).get("plan")}
 `;
-const connection = (name: string, key: string) => webhookConnection(name, [key], `pipelines:\n${python("profiles")}  - name: all\n    import: events\n`);
+const connection = (name: string, key: string) =>
+  webhookConnection(name, [key], `pipelines:\n${python("profiles")}  - name: all\n    import: events\n`);
 
-const identifies = (prefix: string, n: number) => Array.from({ length: n }, (_, i) => ({ type: "identify", userId: `${prefix}-${i}`, messageId: `${prefix}-m${i}`, traits: { plan: "pro" } }));
+const identifies = (prefix: string, n: number) =>
+  Array.from({ length: n }, (_, i) => ({
+    type: "identify",
+    userId: `${prefix}-${i}`,
+    messageId: `${prefix}-m${i}`,
+    traits: { plan: "pro" },
+  }));
 const post = (node: RunningNode, key: string, events: unknown[]) =>
-  fetch(`${node.url}/v1/batch`, { method: "POST", headers: { Authorization: `Bearer ${key}` }, body: JSON.stringify({ batch: events }) }).then((r) => r.status);
+  fetch(`${node.url}/v1/batch`, {
+    method: "POST",
+    headers: { Authorization: `Bearer ${key}` },
+    body: JSON.stringify({ batch: events }),
+  }).then((r) => r.status);
 
 test("events sent the moment /healthz answers, and the moment a configuration change is loaded, reach every pipeline, Python ones included", async () => {
   const [nats, ch] = await Promise.all([startNats(), startClickHouse()]);
   const db = chClient(ch.url);
-  const node = await startTestNode(nats.url, { "model.yaml": MODEL, "early.yaml": connection("early", "key-early-0001") }, { clickhouseUrl: ch.url, batchMaxAgeMs: 100 });
+  const node = await startTestNode(
+    nats.url,
+    { "model.yaml": MODEL, "early.yaml": connection("early", "key-early-0001") },
+    { clickhouseUrl: ch.url, batchMaxAgeMs: 100 },
+  );
   try {
-    while ((await fetch(`${node.url}/healthz`).then((r) => r.status, () => 0)) !== 200) await Bun.sleep(5);
+    while (
+      (await fetch(`${node.url}/healthz`).then(
+        (r) => r.status,
+        () => 0,
+      )) !== 200
+    )
+      await Bun.sleep(5);
     // Ten requests over the first second, while the Python pipeline is still loading.
     for (let i = 0; i < 10; i++) {
       expect(await post(node, "key-early-0001", identifies(`early${i}`, 10))).toBe(200);
       await Bun.sleep(100);
     }
     const users = (prefix: string) => `SELECT count() AS c FROM tributary.users FINAL WHERE user_id LIKE '${prefix}%'`;
-    const events = (connection: string) => `SELECT pipeline, count() AS c FROM tributary.events FINAL WHERE connection = '${connection}' GROUP BY pipeline`;
+    const events = (connection: string) =>
+      `SELECT pipeline, count() AS c FROM tributary.events FINAL WHERE connection = '${connection}' GROUP BY pipeline`;
     await eventually<any>(db, users("early"), (r) => r[0]?.c === "100", 90_000);
-    expect(await eventually<any>(db, events("early"), (r) => r[0]?.c === "100", 30_000)).toEqual([{ pipeline: "all", c: "100" }]);
+    expect(await eventually<any>(db, events("early"), (r) => r[0]?.c === "100", 30_000)).toEqual([
+      { pipeline: "all", c: "100" },
+    ]);
     await node.pipelinesReady;
 
     // A configuration change adds a connection whose Python pipeline loads first: events sent as
@@ -51,7 +75,9 @@ test("events sent the moment /healthz answers, and the moment a configuration ch
       await Bun.sleep(100);
     }
     await eventually<any>(db, users("late"), (r) => r[0]?.c === "100", 90_000);
-    expect(await eventually<any>(db, events("late"), (r) => r[0]?.c === "100", 30_000)).toEqual([{ pipeline: "all", c: "100" }]);
+    expect(await eventually<any>(db, events("late"), (r) => r[0]?.c === "100", 30_000)).toEqual([
+      { pipeline: "all", c: "100" },
+    ]);
   } finally {
     await node.stop();
     await db.close();

@@ -14,7 +14,10 @@ import { IDS_HEADER } from "../../src/bus/shard-writer.ts";
 
 const files = {
   "model.yaml": "customerModel:\n  plan: string\n",
-  "site.yaml": webhookConnection("site", ["key-site-0001"], `pipelines:
+  "site.yaml": webhookConnection(
+    "site",
+    ["key-site-0001"],
+    `pipelines:
   - name: all
     import: events
   - name: people
@@ -22,7 +25,8 @@ const files = {
     transform:
       mapping:
         plan: traits.plan
-`),
+`,
+  ),
   "hooks.yaml": `connection: hooks
 source: raw
 insecure: true
@@ -54,9 +58,21 @@ test("an event with a top-level `raw` field is loaded and counted by events and 
     }),
   });
   expect(r.status).toBe(200);
-  const loaded = await eventually<any>(stack.db, `SELECT message_id FROM tributary.events FINAL WHERE pipeline = 'all' ORDER BY message_id`, (x) => x.length >= 3, 30_000);
+  const loaded = await eventually<any>(
+    stack.db,
+    `SELECT message_id FROM tributary.events FINAL WHERE pipeline = 'all' ORDER BY message_id`,
+    (x) => x.length >= 3,
+    30_000,
+  );
   expect(loaded.map((x) => x.message_id)).toEqual(["plain-t", "raw-i", "raw-t"]);
-  expect(await eventually<any>(stack.db, `SELECT user_id, plan FROM tributary.users FINAL WHERE user_id = 'r2'`, (x) => x.length === 1, 30_000)).toEqual([{ user_id: "r2", plan: "raw" }]);
+  expect(
+    await eventually<any>(
+      stack.db,
+      `SELECT user_id, plan FROM tributary.users FINAL WHERE user_id = 'r2'`,
+      (x) => x.length === 1,
+      30_000,
+    ),
+  ).toEqual([{ user_id: "r2", plan: "raw" }]);
   const m = await stack.node.pipelinesReady;
   expect(m.workers.get("site/all")!.stats.received).toBe(3);
   // No raw table loader exists for a webhook connection, and nothing here was one.
@@ -64,19 +80,39 @@ test("an event with a top-level `raw` field is loaded and counted by events and 
 });
 
 test("a raw connection loads its deliveries into its table and its derived events (with a `raw` field) into events; old messages still load", async () => {
-  const r = await fetch(`${stack.node.url}/v1/webhooks/hooks`, { method: "POST", headers: { "X-Delivery": "d-1" }, body: JSON.stringify({ id: 1, raw: RAW }) });
+  const r = await fetch(`${stack.node.url}/v1/webhooks/hooks`, {
+    method: "POST",
+    headers: { "X-Delivery": "d-1" },
+    body: JSON.stringify({ id: 1, raw: RAW }),
+  });
   expect(r.status).toBe(200);
   expect(await r.json()).toMatchObject({ accepted: 1, events: { accepted: 1 } });
   // A delivery as an earlier version stored it: no record envelope, `{messageId, raw}` in the array.
   const h = natsHeaders();
   h.set(IDS_HEADER, JSON.stringify(["legacy-1"]));
-  await stack.node.bus.js.publish(shardSubject("hooks", shardOf("legacy-1")), JSON.stringify([{ messageId: "legacy-1", raw: { receivedAt: new Date().toISOString(), headers: {}, rows: ['{"old":true}'] } }]), { headers: h });
-  const table = await eventually<any>(stack.db, `SELECT delivery_id, body FROM tributary.hooks FINAL ORDER BY delivery_id`, (x) => x.length >= 2, 30_000);
+  await stack.node.bus.js.publish(
+    shardSubject("hooks", shardOf("legacy-1")),
+    JSON.stringify([
+      { messageId: "legacy-1", raw: { receivedAt: new Date().toISOString(), headers: {}, rows: ['{"old":true}'] } },
+    ]),
+    { headers: h },
+  );
+  const table = await eventually<any>(
+    stack.db,
+    `SELECT delivery_id, body FROM tributary.hooks FINAL ORDER BY delivery_id`,
+    (x) => x.length >= 2,
+    30_000,
+  );
   expect(table).toEqual([
     { delivery_id: "d-1", body: JSON.stringify({ id: 1, raw: RAW }) },
     { delivery_id: "legacy-1", body: '{"old":true}' },
   ]);
-  const derived = await eventually<any>(stack.db, `SELECT message_id, event FROM tributary.events FINAL WHERE connection = 'hooks'`, (x) => x.length >= 1, 30_000);
+  const derived = await eventually<any>(
+    stack.db,
+    `SELECT message_id, event FROM tributary.events FINAL WHERE connection = 'hooks'`,
+    (x) => x.length >= 1,
+    30_000,
+  );
   expect(derived).toEqual([{ message_id: "d-1:0:0", event: "Hook" }]);
   await Bun.sleep(500);
   expect((await rows<any>(stack.db, `SELECT count() AS c FROM tributary.hooks FINAL`))[0].c).toBe("2");
@@ -85,16 +121,28 @@ test("a raw connection loads its deliveries into its table and its derived event
 test("raw delivery ids that differ after character 80 are both stored; a redelivery of either is a duplicate", async () => {
   const long = "x".repeat(80);
   const hook = (connection: string, body: unknown, headers: Record<string, string> = {}) =>
-    fetch(`${stack.node.url}/v1/webhooks/${connection}`, { method: "POST", headers, body: JSON.stringify(body) }).then(async (r) => ({ status: r.status, body: await r.json() }));
+    fetch(`${stack.node.url}/v1/webhooks/${connection}`, { method: "POST", headers, body: JSON.stringify(body) }).then(
+      async (r) => ({ status: r.status, body: await r.json() }),
+    );
   // By header
-  expect(await hook("hooks", { n: 1 }, { "X-Delivery": `${long}-a` })).toMatchObject({ status: 200, body: { accepted: 1 } });
-  expect(await hook("hooks", { n: 2 }, { "X-Delivery": `${long}-b` })).toMatchObject({ status: 200, body: { accepted: 1 } });
-  expect((await hook("hooks", { n: 1 }, { "X-Delivery": `${long}-a` })).body).toMatchObject({ accepted: 0, duplicate: true });
+  expect(await hook("hooks", { n: 1 }, { "X-Delivery": `${long}-a` })).toMatchObject({
+    status: 200,
+    body: { accepted: 1 },
+  });
+  expect(await hook("hooks", { n: 2 }, { "X-Delivery": `${long}-b` })).toMatchObject({
+    status: 200,
+    body: { accepted: 1 },
+  });
+  expect((await hook("hooks", { n: 1 }, { "X-Delivery": `${long}-a` })).body).toMatchObject({
+    accepted: 0,
+    duplicate: true,
+  });
   // By JSONata
   expect(await hook("ids", { id: `${long}-a` })).toMatchObject({ status: 200, body: { accepted: 1 } });
   expect(await hook("ids", { id: `${long}-b` })).toMatchObject({ status: 200, body: { accepted: 1 } });
   expect((await hook("ids", { id: `${long}-b` })).body).toMatchObject({ accepted: 0, duplicate: true });
-  const q = (t: string) => `SELECT delivery_id, body FROM tributary.${t} FINAL WHERE delivery_id LIKE 'id-sha256:%' ORDER BY body`;
+  const q = (t: string) =>
+    `SELECT delivery_id, body FROM tributary.${t} FINAL WHERE delivery_id LIKE 'id-sha256:%' ORDER BY body`;
   for (const t of ["hooks", "ids"]) {
     const got = await eventually<any>(stack.db, q(t), (x) => x.length >= 2, 30_000);
     expect(got.length).toBe(2);

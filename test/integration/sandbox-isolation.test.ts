@@ -2,7 +2,11 @@ import { afterAll, beforeAll, expect, test } from "bun:test";
 import { chmodSync, existsSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer, type Server } from "node:net";
 import { join, resolve } from "node:path";
-import { describeIsolation, parseSandboxOptions, processMemoryBytes } from "../../src/pipeline/transform/sandbox-isolation.ts";
+import {
+  describeIsolation,
+  parseSandboxOptions,
+  processMemoryBytes,
+} from "../../src/pipeline/transform/sandbox-isolation.ts";
 import { useStack } from "../harness/stack.ts";
 import { eventually } from "../harness/warehouse.ts";
 
@@ -133,7 +137,8 @@ test("a guest holding the host's fs, net and process leaves no mark and reads no
   const fds = seen.fds as string[];
   for (const fd of fds) {
     const [n, link] = fd.split("=") as [string, string];
-    if (Number(n) > 2) expect(link).toMatch(/^anon_inode:|^socket:|^pipe:|^\?$|^\/proc\/|^\/dev\/(null|urandom|random)$/);
+    if (Number(n) > 2)
+      expect(link).toMatch(/^anon_inode:|^socket:|^pipe:|^\?$|^\/proc\/|^\/dev\/(null|urandom|random)$/);
     expect(link).not.toContain(root);
   }
 }, 120_000);
@@ -144,7 +149,12 @@ test("a guest that disabled every guard and never returns: the node's own deadli
     method: "POST",
     headers: { Authorization: "Bearer key-escape-0001" },
     body: JSON.stringify({
-      batch: ids.map((id) => ({ type: "identify", userId: id, messageId: id, traits: { paths: {}, port, nodePid: process.pid, spin: id.startsWith("spin") } })),
+      batch: ids.map((id) => ({
+        type: "identify",
+        userId: id,
+        messageId: id,
+        traits: { paths: {}, port, nodePid: process.pid, spin: id.startsWith("spin") },
+      })),
     }),
   });
   expect(r.status).toBe(200);
@@ -159,7 +169,11 @@ test("a guest that disabled every guard and never returns: the node's own deadli
   const err = stats.lastErrors.find((e: { messageId?: string }) => e.messageId === "spin-1");
   expect(err?.error).toContain("its sandbox did not stop it");
   expect(err?.error).toContain("killed and restarted");
-  const spun = await eventually<{ n: number }>(stack.db, "SELECT count() AS n FROM tributary.users FINAL WHERE user_id = 'spin-1'", () => true);
+  const spun = await eventually<{ n: number }>(
+    stack.db,
+    "SELECT count() AS n FROM tributary.users FINAL WHERE user_id = 'spin-1'",
+    () => true,
+  );
   expect(Number(spun[0]!.n)).toBe(0);
 }, 180_000);
 
@@ -173,7 +187,12 @@ test("memory outside the interpreter's heap hits the process cap: the hog fails,
     method: "POST",
     headers: { Authorization: "Bearer key-escape-0001" },
     body: JSON.stringify({
-      batch: ids.map((id) => ({ type: "identify", userId: id, messageId: id, traits: { paths: {}, port, nodePid: process.pid, hog: id.startsWith("hog") } })),
+      batch: ids.map((id) => ({
+        type: "identify",
+        userId: id,
+        messageId: id,
+        traits: { paths: {}, port, nodePid: process.pid, hog: id.startsWith("hog") },
+      })),
     }),
   });
   expect(r.status).toBe(200);

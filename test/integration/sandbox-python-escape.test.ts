@@ -27,7 +27,12 @@ import type { RunningNode } from "../../src/node.ts";
  */
 
 const ADMIN = "admin-sandbox-escape-0123456789";
-const KEYS = { escape: "key-escape-0001", loop: "key-loop-0001", bystander: "key-bystander-0001", memory: "key-memory-0001" };
+const KEYS = {
+  escape: "key-escape-0001",
+  loop: "key-loop-0001",
+  bystander: "key-bystander-0001",
+  memory: "key-memory-0001",
+};
 
 const indent = (src: string, n: number) =>
   src
@@ -574,15 +579,26 @@ afterAll(async () => {
 
 let seq = 0;
 const post = async (key: string, events: Record<string, unknown>[]) => {
-  const r = await fetch(`${node.url}/v1/batch`, { method: "POST", headers: { Authorization: `Bearer ${key}` }, body: JSON.stringify({ batch: events }) });
+  const r = await fetch(`${node.url}/v1/batch`, {
+    method: "POST",
+    headers: { Authorization: `Bearer ${key}` },
+    body: JSON.stringify({ batch: events }),
+  });
   expect(r.status).toBe(200);
 };
-const identify = (userId: string, traits: Record<string, unknown>) => ({ type: "identify", userId, messageId: `${userId}-${seq++}`, traits });
+const identify = (userId: string, traits: Record<string, unknown>) => ({
+  type: "identify",
+  userId,
+  messageId: `${userId}-${seq++}`,
+  traits,
+});
 
 /** lastErrors of the connection's pipelines; undefined when none of them is running (its transform did not load). */
 async function lastErrors(connectionName: string): Promise<{ messageId?: string; error: string }[] | undefined> {
   const r = await fetch(`${node.url}/v1/pipelines`, { headers: { Authorization: `Bearer ${ADMIN}` } });
-  const body = (await r.json()) as { pipelines: { connection: string; lastErrors: { messageId?: string; error: string }[] }[] };
+  const body = (await r.json()) as {
+    pipelines: { connection: string; lastErrors: { messageId?: string; error: string }[] }[];
+  };
   const mine = body.pipelines.filter((p) => p.connection === connectionName);
   return mine.length ? mine.flatMap((p) => p.lastErrors) : undefined;
 }
@@ -594,14 +610,21 @@ type Outcome = { loaded: string } | { failed: string } | { processed: true };
  * an outcome, an earlier one still without any after a few more seconds was processed and its error
  * scrolled out of lastErrors (`processed`). An event whose outcome never shows is `undefined`.
  */
-async function outcomes(connectionName: string, events: { userId: string; messageId: string }[], timeoutMs: number): Promise<Map<string, Outcome | undefined>> {
+async function outcomes(
+  connectionName: string,
+  events: { userId: string; messageId: string }[],
+  timeoutMs: number,
+): Promise<Map<string, Outcome | undefined>> {
   const out = new Map<string, Outcome | undefined>(events.map((e) => [e.messageId, undefined]));
   const deadline = Date.now() + timeoutMs;
   const started = Date.now();
   let lastSeenAt: number | undefined;
   for (;;) {
     const ids = events.map((e) => `'${e.userId}'`).join(",");
-    const loaded = await rows<{ user_id: string; probe: string | null }>(db, `SELECT user_id, probe FROM tributary.users FINAL WHERE user_id IN (${ids})`).catch(() => []);
+    const loaded = await rows<{ user_id: string; probe: string | null }>(
+      db,
+      `SELECT user_id, probe FROM tributary.users FINAL WHERE user_id IN (${ids})`,
+    ).catch(() => []);
     const errors = await lastErrors(connectionName).catch(() => []);
     if (errors === undefined) {
       if (Date.now() - started > 5000) {
@@ -629,7 +652,13 @@ async function outcomes(connectionName: string, events: { userId: string; messag
   }
 }
 const text = (o: Outcome | undefined) =>
-  o === undefined ? "(no outcome)" : "loaded" in o ? o.loaded : "failed" in o ? `failed: ${o.failed}` : "(processed; its error is no longer in lastErrors)";
+  o === undefined
+    ? "(no outcome)"
+    : "loaded" in o
+      ? o.loaded
+      : "failed" in o
+        ? `failed: ${o.failed}`
+        : "(processed; its error is no longer in lastErrors)";
 
 /** RSS of this process (the node runs in it) and of its descendants that are not NATS or ClickHouse (a sandbox process). */
 function sandboxHostRssMiB(): number {
@@ -688,7 +717,9 @@ describe("finding 1: Python reaches no JS object, host file system or network", 
       chmodSync(dir, 0o777); // writable whatever uid the sandbox runs as: only the sandbox can keep a file out
       const { port, connections, close } = await loopbackListener();
       try {
-        const events = Array.from({ length: walks.has(technique) ? 30 : 1 }, (_, k) => identify(`escape-${technique}-${k}`, { technique, dir, port }));
+        const events = Array.from({ length: walks.has(technique) ? 30 : 1 }, (_, k) =>
+          identify(`escape-${technique}-${k}`, { technique, dir, port }),
+        );
         await post(KEYS.escape, events);
         const got = await outcomes("escape", events, 45_000);
         await Bun.sleep(500); // a WebSocket connects after the event returned
@@ -715,7 +746,16 @@ describe("finding 1: Python reaches no JS object, host file system or network", 
     const t = text(o);
     expect(t).not.toContain("ALLOWED");
     if ("loaded" in o!) {
-      for (const label of ["import js", "import pyodide.ffi", "from pyodide.ffi import to_js", "import ctypes", "import subprocess", "import socket", "os.system", "open('/etc/passwd')"]) {
+      for (const label of [
+        "import js",
+        "import pyodide.ffi",
+        "from pyodide.ffi import to_js",
+        "import ctypes",
+        "import subprocess",
+        "import socket",
+        "os.system",
+        "open('/etc/passwd')",
+      ]) {
         expect(t).toContain(`${label} refused (`);
       }
     }
@@ -767,8 +807,13 @@ describe("finding 2: Python cannot switch off its own time limit", () => {
     // Afterwards, on another connection and pipeline.
     const others = [1, 2, 3].map((n) => identify(`bystander-${n}`, { n }));
     await post(KEYS.bystander, others);
-    const [got, gotOthers] = await Promise.all([outcomes("loop", batch, 60_000), outcomes("bystander", others, 60_000)]);
-    const seen = Object.fromEntries([...batch, ...others].map((e) => [e.userId, text(got.get(e.messageId) ?? gotOthers.get(e.messageId))]));
+    const [got, gotOthers] = await Promise.all([
+      outcomes("loop", batch, 60_000),
+      outcomes("bystander", others, 60_000),
+    ]);
+    const seen = Object.fromEntries(
+      [...batch, ...others].map((e) => [e.userId, text(got.get(e.messageId) ?? gotOthers.get(e.messageId))]),
+    );
     expect(seen).toEqual({
       "loop-normal-1": "normal 1",
       "loop-evil-getframe": expect.stringMatching(/^failed: .*time limit/i),

@@ -25,7 +25,10 @@ pipelines:
 `;
 
 const stack = useStack(
-  { "seg.yaml": connection("wh-segment", "key-wh-segment-0001"), "rs.yaml": connection("wh-rudder", "key-wh-rudder-0001") },
+  {
+    "seg.yaml": connection("wh-segment", "key-wh-segment-0001"),
+    "rs.yaml": connection("wh-rudder", "key-wh-rudder-0001"),
+  },
   { batchMaxAgeMs: 200 },
 );
 
@@ -67,7 +70,8 @@ function expectedRow(e: Json, connection: string, pipeline: string): Json {
 /** Rows as stored, timestamps read back as epoch milliseconds whatever the server's column type. */
 async function warehouseRows(connection: string, expected: number): Promise<Json[]> {
   // toUInt64 of a DateTime64(3) is seconds on current servers; of 18.16's UInt64 column it is the value.
-  const ms = (c: string) => `if(toTypeName(${c}) LIKE '%DateTime64%', toUInt64(toFloat64(${c}) * 1000), toUInt64(${c}))`;
+  const ms = (c: string) =>
+    `if(toTypeName(${c}) LIKE '%DateTime64%', toUInt64(toFloat64(${c}) * 1000), toUInt64(${c}))`;
   const rows = await eventually<Json>(
     stack.db,
     `SELECT *, ${ms("timestamp")} AS timestamp_ms, ${ms("received_at")} AS received_at_ms,
@@ -108,12 +112,34 @@ async function expectWarehouseMatchesStream(connection: string) {
 }
 
 test("@segment/analytics-node events reach tributary.events with every column right", async () => {
-  const analytics = new SegmentAnalytics({ writeKey: "key-wh-segment-0001", host: stack.node.url, path: "/v1/batch", flushInterval: 20, maxRetries: 0 });
+  const analytics = new SegmentAnalytics({
+    writeKey: "key-wh-segment-0001",
+    host: stack.node.url,
+    path: "/v1/batch",
+    flushInterval: 20,
+    maxRetries: 0,
+  });
   const errors: unknown[] = [];
   const cb = (err?: unknown) => void (err && errors.push(err));
   analytics.identify({ userId: "su1", anonymousId: "sa1", traits: { email: "s@example.com" } }, cb);
-  analytics.track({ anonymousId: "sa1", event: "Order Completed", properties: { revenue: 42.5 }, timestamp: new Date(Date.now() - 3600_000) }, cb);
-  analytics.page({ userId: "su1", category: "Docs", name: "Pricing", properties: { url: "https://example.com/pricing", path: "/pricing" } }, cb);
+  analytics.track(
+    {
+      anonymousId: "sa1",
+      event: "Order Completed",
+      properties: { revenue: 42.5 },
+      timestamp: new Date(Date.now() - 3600_000),
+    },
+    cb,
+  );
+  analytics.page(
+    {
+      userId: "su1",
+      category: "Docs",
+      name: "Pricing",
+      properties: { url: "https://example.com/pricing", path: "/pricing" },
+    },
+    cb,
+  );
   analytics.group({ userId: "su1", groupId: "sg1", traits: { name: "Acme" } }, cb);
   analytics.alias({ userId: "su1", previousId: "sa1" }, cb);
   await analytics.closeAndFlush({ timeout: 10_000 });
@@ -123,8 +149,20 @@ test("@segment/analytics-node events reach tributary.events with every column ri
 
 test("@rudderstack/rudder-sdk-node events reach tributary.events with every column right", async () => {
   const errors: unknown[] = [];
-  const client = new RudderAnalytics("key-wh-rudder-0001", { dataPlaneUrl: stack.node.url, flushAt: 5, flushInterval: 50, retryCount: 0, logLevel: "error", errorHandler: (e) => void errors.push(e) });
-  client.identify({ userId: "ru1", anonymousId: "ra1", traits: { email: "r@example.com" }, context: { locale: "it-IT", userAgent: "UA/2" } });
+  const client = new RudderAnalytics("key-wh-rudder-0001", {
+    dataPlaneUrl: stack.node.url,
+    flushAt: 5,
+    flushInterval: 50,
+    retryCount: 0,
+    logLevel: "error",
+    errorHandler: (e) => void errors.push(e),
+  });
+  client.identify({
+    userId: "ru1",
+    anonymousId: "ra1",
+    traits: { email: "r@example.com" },
+    context: { locale: "it-IT", userAgent: "UA/2" },
+  });
   client.track({ anonymousId: "ra1", event: "Product Viewed", properties: { sku: "S1" } });
   client.page({ userId: "ru1", category: "Docs", name: "Install", properties: { path: "/install" } });
   client.group({ userId: "ru1", groupId: "rg1", traits: { name: "Initech" } });

@@ -94,9 +94,28 @@ describe("@segment/analytics-node pointed at the node", () => {
 
     const anHourAgo = new Date(Date.now() - 3600_000);
     const t0 = Date.now();
-    analytics.identify({ userId: "seg-user-1", anonymousId: "seg-anon-1", traits: { email: "a@example.com", plan: "pro" }, messageId: "seg-msg-identify-1" }, cb);
-    analytics.track({ anonymousId: "seg-anon-1", event: "Order Completed", properties: { revenue: 42.5, currency: "EUR" }, timestamp: anHourAgo }, cb);
-    analytics.page({ userId: "seg-user-1", category: "Docs", name: "Pricing", properties: { url: "https://example.com/pricing" } }, cb);
+    analytics.identify(
+      {
+        userId: "seg-user-1",
+        anonymousId: "seg-anon-1",
+        traits: { email: "a@example.com", plan: "pro" },
+        messageId: "seg-msg-identify-1",
+      },
+      cb,
+    );
+    analytics.track(
+      {
+        anonymousId: "seg-anon-1",
+        event: "Order Completed",
+        properties: { revenue: 42.5, currency: "EUR" },
+        timestamp: anHourAgo,
+      },
+      cb,
+    );
+    analytics.page(
+      { userId: "seg-user-1", category: "Docs", name: "Pricing", properties: { url: "https://example.com/pricing" } },
+      cb,
+    );
     analytics.group({ userId: "seg-user-1", groupId: "seg-org-9", traits: { name: "Acme", employees: 12 } }, cb);
     analytics.alias({ userId: "seg-user-1", previousId: "seg-anon-1" }, cb);
     await analytics.closeAndFlush({ timeout: 10_000 });
@@ -112,7 +131,9 @@ describe("@segment/analytics-node pointed at the node", () => {
       expect(r.sentAt).toMatch(ISO_MS);
       expect(r.batch.length).toBeLessThanOrEqual(2);
     }
-    const sent = requests.flatMap((r) => (r.batch as Json[]).map((e) => ({ event: e, batchSentAt: r.sentAt as string })));
+    const sent = requests.flatMap((r) =>
+      (r.batch as Json[]).map((e) => ({ event: e, batchSentAt: r.sentAt as string })),
+    );
     expect(sent.map((s) => s.event.type).sort()).toEqual(["alias", "group", "identify", "page", "track"]);
 
     const stored = await storedById(C.segment.name);
@@ -209,7 +230,9 @@ function rudderClient(key: string) {
   };
   const settle = async () => {
     await client.flush();
-    const timeout = new Promise<never>((_, reject) => setTimeout(() => reject(new Error("RudderStack SDK did not deliver within 10 s")), 10_000));
+    const timeout = new Promise<never>((_, reject) =>
+      setTimeout(() => reject(new Error("RudderStack SDK did not deliver within 10 s")), 10_000),
+    );
     return Promise.race([Promise.all(delivered), timeout]);
   };
   return { client, callback, settle, errors };
@@ -219,9 +242,18 @@ describe("@rudderstack/rudder-sdk-node pointed at the node", () => {
   test("identify, track, page, group and alias (gzip batches, Basic auth) are stored once each, normalised", async () => {
     const { client, callback, settle, errors } = rudderClient(C.rudder.key);
     const t0 = Date.now();
-    client.identify({ userId: "rs-user-1", anonymousId: "rs-anon-1", traits: { email: "b@example.com", plan: "team" } }, callback());
-    client.track({ anonymousId: "rs-anon-1", event: "Product Viewed", properties: { sku: "SKU-1", price: 9.99 } }, callback());
-    client.page({ userId: "rs-user-1", category: "Docs", name: "Install", properties: { path: "/install" } }, callback());
+    client.identify(
+      { userId: "rs-user-1", anonymousId: "rs-anon-1", traits: { email: "b@example.com", plan: "team" } },
+      callback(),
+    );
+    client.track(
+      { anonymousId: "rs-anon-1", event: "Product Viewed", properties: { sku: "SKU-1", price: 9.99 } },
+      callback(),
+    );
+    client.page(
+      { userId: "rs-user-1", category: "Docs", name: "Install", properties: { path: "/install" } },
+      callback(),
+    );
     client.group({ userId: "rs-user-1", groupId: "rs-org-7", traits: { name: "Initech" } }, callback());
     client.alias({ userId: "rs-user-1", previousId: "rs-anon-1" }, callback());
     const payloads = await settle();
@@ -253,7 +285,12 @@ describe("@rudderstack/rudder-sdk-node pointed at the node", () => {
       expect(e.context.ip).toBe(LOOPBACK);
       expect(e.channel).toBe("server");
       expect(e).not.toHaveProperty("writeKey");
-      expect(e).toEqual({ ...s, context: { ...s.context, ip: LOOPBACK }, timestamp: e.timestamp, receivedAt: e.receivedAt });
+      expect(e).toEqual({
+        ...s,
+        context: { ...s.context, ip: LOOPBACK },
+        timestamp: e.timestamp,
+        receivedAt: e.receivedAt,
+      });
     }
 
     const byType = (t: string) => [...stored.values()].find((e) => e.type === t)!;
@@ -346,11 +383,17 @@ describe("shared fixtures sent as curl would", () => {
     expect(Array.isArray(events)).toBe(true);
     const t0 = Date.now();
     // The fixture's bytes as they are on disk, as `curl -d @webhook-curl-track.json` sends them.
-    const r = await post("/v1/events", C.fxEvents.key, readFileSync(new URL("webhook-curl-track.json", FIXTURES), "utf8"));
+    const r = await post(
+      "/v1/events",
+      C.fxEvents.key,
+      readFileSync(new URL("webhook-curl-track.json", FIXTURES), "utf8"),
+    );
     const t1 = Date.now();
     expect([r.status, await r.json()]).toEqual([200, { accepted: 1 }]);
 
-    const all = [...(await storedById(C.fxEvents.name)).values()].filter((e) => e.anonymousId === events[0].anonymousId);
+    const all = [...(await storedById(C.fxEvents.name)).values()].filter(
+      (e) => e.anonymousId === events[0].anonymousId,
+    );
     expect(all).toHaveLength(1);
     const e = all[0]!;
     expectReceivedBetween(e, t0, t1);
@@ -372,7 +415,12 @@ describe("shared fixtures sent as curl would", () => {
     const identify = fixture("segment-identify.json");
     const track = fixture("segment-track.json");
     // Envelope fields apply under each event's own: the events' sentAt and context.ip win.
-    const envelope = (e: Json) => JSON.stringify({ batch: [e], sentAt: "2025-10-20T16:15:30.000Z", context: { ip: "10.9.8.7", app: { name: "replay" } } });
+    const envelope = (e: Json) =>
+      JSON.stringify({
+        batch: [e],
+        sentAt: "2025-10-20T16:15:30.000Z",
+        context: { ip: "10.9.8.7", app: { name: "replay" } },
+      });
     const t0 = Date.now();
     const r1 = await post("/v1/batch", C.fxBatchIdentify.key, envelope(identify), "Basic");
     const r2 = await post("/v1/batch", C.fxBatchTrack.key, envelope(track), "Basic");
@@ -380,7 +428,10 @@ describe("shared fixtures sent as curl would", () => {
     expect([r1.status, await r1.json()]).toEqual([200, { accepted: 1 }]);
     expect([r2.status, await r2.json()]).toEqual([200, { accepted: 1 }]);
 
-    for (const [connection, f] of [[C.fxBatchIdentify.name, identify], [C.fxBatchTrack.name, track]] as const) {
+    for (const [connection, f] of [
+      [C.fxBatchIdentify.name, identify],
+      [C.fxBatchTrack.name, track],
+    ] as const) {
       const stored = await storedById(connection);
       expect(stored.size).toBe(1);
       const e = stored.get(f.messageId)!;

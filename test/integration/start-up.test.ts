@@ -48,7 +48,14 @@ function spawnNode(env: Record<string, string | undefined>, args: string[] = [],
   const proc = Bun.spawn(cmd ?? [process.execPath, MAIN, ...args], {
     // An undefined value removes the variable.
     env: Object.fromEntries(
-      Object.entries({ ...inherited, HOST: "127.0.0.1", TRIBUTARY_PIPELINES: pipelines, CLICKHOUSE_URL: NO_CLICKHOUSE, LOG_LEVEL: "info", ...env }).filter(([, v]) => v !== undefined),
+      Object.entries({
+        ...inherited,
+        HOST: "127.0.0.1",
+        TRIBUTARY_PIPELINES: pipelines,
+        CLICKHOUSE_URL: NO_CLICKHOUSE,
+        LOG_LEVEL: "info",
+        ...env,
+      }).filter(([, v]) => v !== undefined),
     ) as Record<string, string>,
     stdout: "pipe",
     stderr: "pipe",
@@ -60,7 +67,10 @@ function spawnNode(env: Record<string, string | undefined>, args: string[] = [],
   const read = async (s: ReadableStream<Uint8Array>) => {
     for await (const chunk of s) output += decoder.decode(chunk, { stream: true });
   };
-  const done = Promise.all([read(proc.stdout as ReadableStream<Uint8Array>), read(proc.stderr as ReadableStream<Uint8Array>)]);
+  const done = Promise.all([
+    read(proc.stdout as ReadableStream<Uint8Array>),
+    read(proc.stderr as ReadableStream<Uint8Array>),
+  ]);
   return {
     proc,
     get output() {
@@ -111,23 +121,40 @@ describe("#1 a port already taken", () => {
     const records = jsonLines(second.output);
     const last = records[records.length - 1]!;
     expect(last.level).toBe("error");
-    expect(last.msg).toContain(`port ${port} (HTTP) is already in use by another Tributary node (pid ${first.proc.pid}:`);
+    expect(last.msg).toContain(
+      `port ${port} (HTTP) is already in use by another Tributary node (pid ${first.proc.pid}:`,
+    );
     expect(last.msg).toContain("PORT");
     expect(last.msg).not.toContain("\n    at "); // one line, no stack
     // The first node still answers every request with the same key.
     for (let i = 0; i < 10; i++) {
-      const r = await fetch(`http://127.0.0.1:${port}/v1/track`, { method: "POST", headers: { Authorization: `Bearer ${KEY}` }, body: JSON.stringify({ event: "E", userId: "u" }) });
+      const r = await fetch(`http://127.0.0.1:${port}/v1/track`, {
+        method: "POST",
+        headers: { Authorization: `Bearer ${KEY}` },
+        body: JSON.stringify({ event: "E", userId: "u" }),
+      });
       expect(r.status).toBe(200);
     }
   }, 60_000);
 
   test("a local service's port held by another process: refused before anything starts, nothing logged as started", async () => {
     for (const which of ["NATS_PORT", "CLICKHOUSE_TCP_PORT"] as const) {
-      const ports = { PORT: await freePort(), NATS_PORT: await freePort(), CLICKHOUSE_HTTP_PORT: await freePort(), CLICKHOUSE_TCP_PORT: await freePort() };
+      const ports = {
+        PORT: await freePort(),
+        NATS_PORT: await freePort(),
+        CLICKHOUSE_HTTP_PORT: await freePort(),
+        CLICKHOUSE_TCP_PORT: await freePort(),
+      };
       holdPort(ports[which]);
       const data = tempDir("startup-data");
       dirs.push(data);
-      const node = spawnNode({ ...Object.fromEntries(Object.entries(ports).map(([k, v]) => [k, String(v)])), NATS_URL: undefined, CLICKHOUSE_URL: undefined, TRIBUTARY_DATA: data, LOG_FORMAT: "json" });
+      const node = spawnNode({
+        ...Object.fromEntries(Object.entries(ports).map(([k, v]) => [k, String(v)])),
+        NATS_URL: undefined,
+        CLICKHOUSE_URL: undefined,
+        TRIBUTARY_DATA: data,
+        LOG_FORMAT: "json",
+      });
       const code = await node.exit(90_000);
       // A node that started (it should not have) stops the services it started on SIGTERM.
       if (code === "still running") node.proc.kill("SIGTERM"), await node.exit(20_000);
@@ -135,7 +162,9 @@ describe("#1 a port already taken", () => {
       expect(jsonLines(node.output).filter((r) => r.msg.startsWith("started"))).toEqual([]);
       const last = jsonLines(node.output).pop()!;
       const role = which === "NATS_PORT" ? "local nats-server" : "local clickhouse-server native TCP";
-      expect(last.msg).toContain(`port ${ports[which]} (${role}) is already in use by another process (pid ${process.pid}:`);
+      expect(last.msg).toContain(
+        `port ${ports[which]} (${role}) is already in use by another process (pid ${process.pid}:`,
+      );
       expect(last.msg).toContain(which);
       expect(existsSync(join(data, "tributary.pid"))).toBe(false); // the data directory is released
     }
@@ -145,7 +174,13 @@ describe("#1 a port already taken", () => {
     const ports = { PORT: await freePort(), NATS_PORT: await freePort() };
     const data = tempDir("startup-data");
     dirs.push(data);
-    const node = spawnNode({ PORT: String(ports.PORT), NATS_PORT: String(ports.NATS_PORT), NATS_URL: undefined, TRIBUTARY_DATA: data, LOG_FORMAT: "json" });
+    const node = spawnNode({
+      PORT: String(ports.PORT),
+      NATS_PORT: String(ports.NATS_PORT),
+      NATS_URL: undefined,
+      TRIBUTARY_DATA: data,
+      LOG_FORMAT: "json",
+    });
     expect(await node.waitFor("tributary node listening", 60_000)).toBe(true);
     expect(node.output).toContain("started local nats-server");
     node.proc.kill("SIGHUP");
@@ -172,7 +207,9 @@ describe("#1 a port already taken", () => {
     );
     await local.stop();
     expect(started).toBeInstanceOf(PortInUseError);
-    expect((started as Error).message).toContain(`port ${port} (local nats-server) is already in use by another process (pid ${process.pid}:`);
+    expect((started as Error).message).toContain(
+      `port ${port} (local nats-server) is already in use by another process (pid ${process.pid}:`,
+    );
   }, 60_000);
 
   test("with LOG_FORMAT=json a node writes JSON lines only, and no banner", () => {
@@ -208,13 +245,17 @@ describe("#6 on a terminal", () => {
     expect(out).not.toContain(KEY);
     expect(out).not.toContain("gh-secret-0001");
     // Other records are `time LEVEL msg k=v` lines, not JSON.
-    expect(out).toMatch(/^\d\d:\d\d:\d\d INFO +tributary node listening url=http:\/\/127\.0\.0\.1:\d+ connections=\["gh","shop"\]$/m);
+    expect(out).toMatch(
+      /^\d\d:\d\d:\d\d INFO +tributary node listening url=http:\/\/127\.0\.0\.1:\d+ connections=\["gh","shop"\]$/m,
+    );
     expect(out.split("\n").filter((l) => l.startsWith("{"))).toEqual([]);
   }, 60_000);
 
   test("TRIBUTARY_DEV_ADMIN: /debugger/auth tells a loopback page no token is needed, and a rebinding page nothing of the kind", async () => {
     expect(await (await fetch(`http://127.0.0.1:${port}/debugger/auth`)).json()).toEqual({ token: "none" });
-    const foreign = await (await fetch(`http://127.0.0.1:${port}/debugger/auth`, { headers: { Host: `rebind.attacker.example:${port}` } })).json();
+    const foreign = await (
+      await fetch(`http://127.0.0.1:${port}/debugger/auth`, { headers: { Host: `rebind.attacker.example:${port}` } })
+    ).json();
     expect(foreign.token).toBe("off");
     expect(foreign.error).toContain("Host");
   });
@@ -222,7 +263,11 @@ describe("#6 on a terminal", () => {
   test("under a pseudo-terminal, without LOG_FORMAT, the banner is printed (and 0.0.0.0 is shown as localhost)", async () => {
     if (!existsSync("/usr/bin/script")) throw new Error("/usr/bin/script (util-linux) is needed for this test");
     const p = await freePort();
-    const tty = spawnNode({ PORT: String(p), HOST: "0.0.0.0", NATS_URL: nats.url }, [], ["/usr/bin/script", "-qfec", `${process.execPath} ${MAIN}`, "/dev/null"]);
+    const tty = spawnNode(
+      { PORT: String(p), HOST: "0.0.0.0", NATS_URL: nats.url },
+      [],
+      ["/usr/bin/script", "-qfec", `${process.execPath} ${MAIN}`, "/dev/null"],
+    );
     try {
       expect(await tty.waitFor("Try it")).toBe(true);
       expect(tty.output).toContain(`is listening on http://localhost:${p}`);
@@ -243,6 +288,16 @@ test("--help prints the environment it reads and exits 0 without starting anythi
   const code = await help.exit(20_000);
   if (code === "still running") help.proc.kill("SIGKILL");
   expect(code).toBe(0);
-  for (const name of ["Usage: npm start", "PORT", "NATS_URL", "CLICKHOUSE_URL", "TRIBUTARY_ADMIN_TOKEN", "TRIBUTARY_DEV_ADMIN", "LOG_FORMAT", "TRIBUTARY_DATA"]) expect(help.output).toContain(name);
+  for (const name of [
+    "Usage: npm start",
+    "PORT",
+    "NATS_URL",
+    "CLICKHOUSE_URL",
+    "TRIBUTARY_ADMIN_TOKEN",
+    "TRIBUTARY_DEV_ADMIN",
+    "LOG_FORMAT",
+    "TRIBUTARY_DATA",
+  ])
+    expect(help.output).toContain(name);
   expect(help.output).not.toContain('"level"');
 }, 30_000);

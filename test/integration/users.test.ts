@@ -67,9 +67,16 @@ for (const kind of Object.keys(KINDS)) files[`u-${kind}.yaml`] = connection(kind
 const stack = useStack(files);
 
 const post = (key: string, events: unknown[]) =>
-  fetch(`${stack.node.url}/v1/batch`, { method: "POST", headers: { Authorization: `Bearer ${key}` }, body: JSON.stringify({ batch: events }) }).then((r) => r.status);
+  fetch(`${stack.node.url}/v1/batch`, {
+    method: "POST",
+    headers: { Authorization: `Bearer ${key}` },
+    body: JSON.stringify({ batch: events }),
+  }).then((r) => r.status);
 const users = (where: string) =>
-  rows<any>(stack.db, `SELECT user_id, anonymous_ids, email, plan, company, country, age, is_active, signed_up_at, tags FROM tributary.users FINAL WHERE ${where} ORDER BY user_id`);
+  rows<any>(
+    stack.db,
+    `SELECT user_id, anonymous_ids, email, plan, company, country, age, is_active, signed_up_at, tags FROM tributary.users FINAL WHERE ${where} ORDER BY user_id`,
+  );
 const stats = async (key: string) => (await stack.node.pipelinesReady).workers.get(key)!.stats;
 
 for (const kind of Object.keys(KINDS)) {
@@ -77,8 +84,15 @@ for (const kind of Object.keys(KINDS)) {
     // Profiles are shared by every connection: each kind gets its own user and anonymous id.
     const userId = `seed-${kind}`;
     const anonymousId = `${fixture.anonymousId}-${kind}`;
-    expect(await post(`key-users-${kind}-0001`, [{ ...fixture, userId, anonymousId, messageId: `seed-${kind}-1` }])).toBe(200);
-    const [row] = await eventually<any>(stack.db, `SELECT * FROM tributary.users FINAL WHERE user_id = '${userId}'`, (r) => r.length === 1, 30_000);
+    expect(
+      await post(`key-users-${kind}-0001`, [{ ...fixture, userId, anonymousId, messageId: `seed-${kind}-1` }]),
+    ).toBe(200);
+    const [row] = await eventually<any>(
+      stack.db,
+      `SELECT * FROM tributary.users FINAL WHERE user_id = '${userId}'`,
+      (r) => r.length === 1,
+      30_000,
+    );
     expect(row).toMatchObject({
       user_id: userId,
       anonymous_ids: [anonymousId],
@@ -90,7 +104,10 @@ for (const kind of Object.keys(KINDS)) {
       tags: [],
     });
     // first/last seen are the event's (skew-corrected) timestamp, to the millisecond.
-    const ms = await rows<any>(stack.db, `SELECT toUInt64(first_seen_at) AS f, toUInt64(last_seen_at) AS l FROM tributary.users FINAL WHERE user_id = '${userId}'`);
+    const ms = await rows<any>(
+      stack.db,
+      `SELECT toUInt64(first_seen_at) AS f, toUInt64(last_seen_at) AS l FROM tributary.users FINAL WHERE user_id = '${userId}'`,
+    );
     expect(Number(ms[0].f)).toBe(Date.parse(fixture.timestamp));
     expect(Number(ms[0].l)).toBe(Date.parse(fixture.timestamp));
   }, 60_000);
@@ -98,24 +115,114 @@ for (const kind of Object.keys(KINDS)) {
 
 test("anonymous, then identified: earlier anonymous traits and later events land on one user", async () => {
   const K = "key-journey-0001";
-  expect(await post(K, [{ type: "identify", anonymousId: "anon-j1", messageId: "j-1", timestamp: "2025-01-01T00:00:00.000Z", traits: { plan: "free", tags: ["a"] } }])).toBe(200);
-  await eventually<any>(stack.db, `SELECT * FROM tributary.users FINAL WHERE has(anonymous_ids, 'anon-j1')`, (r) => r.length === 1 && r[0].user_id === null);
-  expect(await post(K, [{ type: "identify", userId: "user-j", anonymousId: "anon-j1", messageId: "j-2", timestamp: "2025-01-02T00:00:00.000Z", traits: { email: "j@example.com" } }])).toBe(200);
-  expect(await post(K, [{ type: "track", event: "E", userId: "user-j", messageId: "j-3", timestamp: "2025-01-03T00:00:00.000Z", traits: { age: 41, active: true, signedUpAt: "2024-12-31T23:59:59.123Z" } }])).toBe(200);
-  const r = await eventually<any>(stack.db, `SELECT user_id, anonymous_ids, email, plan, age, is_active, tags FROM tributary.users FINAL WHERE user_id = 'user-j' OR has(anonymous_ids, 'anon-j1')`, (x) => x.length === 1 && x[0].age !== null);
-  expect(r).toEqual([{ user_id: "user-j", anonymous_ids: ["anon-j1"], email: "j@example.com", plan: "free", age: "41", is_active: expect.anything(), tags: ["a"] }]);
+  expect(
+    await post(K, [
+      {
+        type: "identify",
+        anonymousId: "anon-j1",
+        messageId: "j-1",
+        timestamp: "2025-01-01T00:00:00.000Z",
+        traits: { plan: "free", tags: ["a"] },
+      },
+    ]),
+  ).toBe(200);
+  await eventually<any>(
+    stack.db,
+    `SELECT * FROM tributary.users FINAL WHERE has(anonymous_ids, 'anon-j1')`,
+    (r) => r.length === 1 && r[0].user_id === null,
+  );
+  expect(
+    await post(K, [
+      {
+        type: "identify",
+        userId: "user-j",
+        anonymousId: "anon-j1",
+        messageId: "j-2",
+        timestamp: "2025-01-02T00:00:00.000Z",
+        traits: { email: "j@example.com" },
+      },
+    ]),
+  ).toBe(200);
+  expect(
+    await post(K, [
+      {
+        type: "track",
+        event: "E",
+        userId: "user-j",
+        messageId: "j-3",
+        timestamp: "2025-01-03T00:00:00.000Z",
+        traits: { age: 41, active: true, signedUpAt: "2024-12-31T23:59:59.123Z" },
+      },
+    ]),
+  ).toBe(200);
+  const r = await eventually<any>(
+    stack.db,
+    `SELECT user_id, anonymous_ids, email, plan, age, is_active, tags FROM tributary.users FINAL WHERE user_id = 'user-j' OR has(anonymous_ids, 'anon-j1')`,
+    (x) => x.length === 1 && x[0].age !== null,
+  );
+  expect(r).toEqual([
+    {
+      user_id: "user-j",
+      anonymous_ids: ["anon-j1"],
+      email: "j@example.com",
+      plan: "free",
+      age: "41",
+      is_active: expect.anything(),
+      tags: ["a"],
+    },
+  ]);
   expect([true, 1]).toContain(r[0].is_active);
 });
 
 test("two anonymous ids merge into one user; the merged-away profile disappears from users FINAL", async () => {
   const K = "key-journey-0001";
-  expect(await post(K, [
-    { type: "identify", anonymousId: "anon-m1", messageId: "m-1", timestamp: "2025-02-01T00:00:00.000Z", traits: { plan: "trial" } },
-    { type: "identify", anonymousId: "anon-m2", messageId: "m-2", timestamp: "2025-02-02T00:00:00.000Z", traits: { email: "m@example.com" } },
-  ])).toBe(200);
-  await eventually<any>(stack.db, `SELECT * FROM tributary.users FINAL WHERE hasAny(anonymous_ids, ['anon-m1', 'anon-m2'])`, (r) => r.length === 2);
-  expect(await post(K, [{ type: "identify", userId: "user-m", anonymousId: "anon-m1", messageId: "m-3", timestamp: "2025-02-03T00:00:00.000Z", traits: {} }])).toBe(200);
-  expect(await post(K, [{ type: "identify", userId: "user-m", anonymousId: "anon-m2", messageId: "m-4", timestamp: "2025-02-04T00:00:00.000Z", traits: {} }])).toBe(200);
+  expect(
+    await post(K, [
+      {
+        type: "identify",
+        anonymousId: "anon-m1",
+        messageId: "m-1",
+        timestamp: "2025-02-01T00:00:00.000Z",
+        traits: { plan: "trial" },
+      },
+      {
+        type: "identify",
+        anonymousId: "anon-m2",
+        messageId: "m-2",
+        timestamp: "2025-02-02T00:00:00.000Z",
+        traits: { email: "m@example.com" },
+      },
+    ]),
+  ).toBe(200);
+  await eventually<any>(
+    stack.db,
+    `SELECT * FROM tributary.users FINAL WHERE hasAny(anonymous_ids, ['anon-m1', 'anon-m2'])`,
+    (r) => r.length === 2,
+  );
+  expect(
+    await post(K, [
+      {
+        type: "identify",
+        userId: "user-m",
+        anonymousId: "anon-m1",
+        messageId: "m-3",
+        timestamp: "2025-02-03T00:00:00.000Z",
+        traits: {},
+      },
+    ]),
+  ).toBe(200);
+  expect(
+    await post(K, [
+      {
+        type: "identify",
+        userId: "user-m",
+        anonymousId: "anon-m2",
+        messageId: "m-4",
+        timestamp: "2025-02-04T00:00:00.000Z",
+        traits: {},
+      },
+    ]),
+  ).toBe(200);
   const r = await eventually<any>(
     stack.db,
     `SELECT user_id, arraySort(anonymous_ids) AS ids, email, plan FROM tributary.users FINAL WHERE hasAny(anonymous_ids, ['anon-m1', 'anon-m2']) OR user_id = 'user-m'`,
@@ -124,18 +231,57 @@ test("two anonymous ids merge into one user; the merged-away profile disappears 
   );
   expect(r).toEqual([{ user_id: "user-m", ids: ["anon-m1", "anon-m2"], email: "m@example.com", plan: "trial" }]);
   // alias works the same way: an anonymous profile folded into the user.
-  expect(await post(K, [{ type: "identify", anonymousId: "anon-m3", messageId: "m-5", timestamp: "2025-02-05T00:00:00.000Z", traits: { tags: ["x", "y"] } }])).toBe(200);
-  await eventually<any>(stack.db, `SELECT * FROM tributary.users FINAL WHERE has(anonymous_ids, 'anon-m3')`, (x) => x.length === 1);
-  expect(await post(K, [{ type: "alias", userId: "user-m", previousId: "anon-m3", messageId: "m-6", timestamp: "2025-02-06T00:00:00.000Z" }])).toBe(200);
-  const after = await eventually<any>(stack.db, `SELECT user_id, tags FROM tributary.users FINAL WHERE has(anonymous_ids, 'anon-m3') OR user_id = 'user-m'`, (x) => x.length === 1 && x[0].tags.length === 2, 30_000);
+  expect(
+    await post(K, [
+      {
+        type: "identify",
+        anonymousId: "anon-m3",
+        messageId: "m-5",
+        timestamp: "2025-02-05T00:00:00.000Z",
+        traits: { tags: ["x", "y"] },
+      },
+    ]),
+  ).toBe(200);
+  await eventually<any>(
+    stack.db,
+    `SELECT * FROM tributary.users FINAL WHERE has(anonymous_ids, 'anon-m3')`,
+    (x) => x.length === 1,
+  );
+  expect(
+    await post(K, [
+      {
+        type: "alias",
+        userId: "user-m",
+        previousId: "anon-m3",
+        messageId: "m-6",
+        timestamp: "2025-02-06T00:00:00.000Z",
+      },
+    ]),
+  ).toBe(200);
+  const after = await eventually<any>(
+    stack.db,
+    `SELECT user_id, tags FROM tributary.users FINAL WHERE has(anonymous_ids, 'anon-m3') OR user_id = 'user-m'`,
+    (x) => x.length === 1 && x[0].tags.length === 2,
+    30_000,
+  );
   expect(after).toEqual([{ user_id: "user-m", tags: ["x", "y"] }]);
 });
 
 test("out-of-order and duplicate delivery: the latest timestamp wins whatever the order of arrival", async () => {
   const K = "key-journey-0001";
-  const ev = (n: number, plan: string, day: string) => ({ type: "identify", userId: "user-o", messageId: `o-${n}`, timestamp: `2025-03-${day}T00:00:00.000Z`, traits: { plan } });
+  const ev = (n: number, plan: string, day: string) => ({
+    type: "identify",
+    userId: "user-o",
+    messageId: `o-${n}`,
+    timestamp: `2025-03-${day}T00:00:00.000Z`,
+    traits: { plan },
+  });
   expect(await post(K, [ev(3, "gold", "03")])).toBe(200);
-  await eventually<any>(stack.db, `SELECT plan FROM tributary.users FINAL WHERE user_id = 'user-o'`, (x) => x.length === 1 && x[0].plan === "gold");
+  await eventually<any>(
+    stack.db,
+    `SELECT plan FROM tributary.users FINAL WHERE user_id = 'user-o'`,
+    (x) => x.length === 1 && x[0].plan === "gold",
+  );
   // Older events arriving later, and the newest again (a redelivery), change nothing.
   expect(await post(K, [ev(1, "free", "01"), ev(2, "silver", "02")])).toBe(200);
   expect(await post("key-journey-0001", [{ ...ev(3, "gold", "03"), messageId: "o-3" }])).toBe(200);
@@ -145,17 +291,29 @@ test("out-of-order and duplicate delivery: the latest timestamp wins whatever th
   const s = await stats("journey/profiles");
   expect(s.failed).toBe(0);
   // first_seen_at is the oldest event's time, last_seen_at the newest's.
-  const seen = await rows<any>(stack.db, `SELECT toUInt64(first_seen_at) AS f, toUInt64(last_seen_at) AS l FROM tributary.users FINAL WHERE user_id = 'user-o'`);
-  expect([Number(seen[0].f), Number(seen[0].l)]).toEqual([Date.parse("2025-03-01T00:00:00.000Z"), Date.parse("2025-03-03T00:00:00.000Z")]);
+  const seen = await rows<any>(
+    stack.db,
+    `SELECT toUInt64(first_seen_at) AS f, toUInt64(last_seen_at) AS l FROM tributary.users FINAL WHERE user_id = 'user-o'`,
+  );
+  expect([Number(seen[0].f), Number(seen[0].l)]).toEqual([
+    Date.parse("2025-03-01T00:00:00.000Z"),
+    Date.parse("2025-03-03T00:00:00.000Z"),
+  ]);
 });
 
 test("output that breaks the Customer Model fails that event with pipeline, property and messageId; others go on", async () => {
   const K = "key-journey-0001";
-  expect(await post(K, [
-    { type: "identify", userId: "user-bad", messageId: "bad-1", traits: { age: "forty" } },
-    { type: "identify", userId: "user-good", messageId: "good-1", traits: { age: 30 } },
-  ])).toBe(200);
-  await eventually<any>(stack.db, `SELECT age FROM tributary.users FINAL WHERE user_id = 'user-good'`, (x) => x.length === 1);
+  expect(
+    await post(K, [
+      { type: "identify", userId: "user-bad", messageId: "bad-1", traits: { age: "forty" } },
+      { type: "identify", userId: "user-good", messageId: "good-1", traits: { age: 30 } },
+    ]),
+  ).toBe(200);
+  await eventually<any>(
+    stack.db,
+    `SELECT age FROM tributary.users FINAL WHERE user_id = 'user-good'`,
+    (x) => x.length === 1,
+  );
   expect(await users(`user_id = 'user-bad'`)).toEqual([]);
   const s = await stats("journey/profiles");
   const err = s.lastErrors.find((e) => e.messageId === "bad-1")!;
@@ -167,13 +325,20 @@ test("output that breaks the Customer Model fails that event with pipeline, prop
 test("adding a property adds a column at reload; retyping one is refused unless the model says migrate", async () => {
   const dir = stack.node.config.options.dir;
   writeFileSync(join(dir, "customer-model.yaml"), MODEL + "  score: float\n");
-  const cols = await eventually<any>(stack.db, `SELECT name, type FROM system.columns WHERE database = 'tributary' AND table = 'users' AND name = 'score'`, (x) => x.length === 1);
+  const cols = await eventually<any>(
+    stack.db,
+    `SELECT name, type FROM system.columns WHERE database = 'tributary' AND table = 'users' AND name = 'score'`,
+    (x) => x.length === 1,
+  );
   expect(cols[0].type).toBe("Nullable(Float64)");
   writeFileSync(join(dir, "customer-model.yaml"), MODEL.replace("age: int", "age: string") + "  score: float\n");
   const manager = await stack.node.pipelinesReady;
   for (let i = 0; i < 1200 && !manager.lastError?.includes("Customer Model"); i++) await Bun.sleep(50);
   expect(manager.lastError).toContain(`property "age" would change from Nullable(Int64) to Nullable(String)`);
   expect(manager.lastError).toContain("migrate: true");
-  const age = await rows<any>(stack.db, `SELECT type FROM system.columns WHERE database = 'tributary' AND table = 'users' AND name = 'age'`);
+  const age = await rows<any>(
+    stack.db,
+    `SELECT type FROM system.columns WHERE database = 'tributary' AND table = 'users' AND name = 'age'`,
+  );
   expect(age[0].type).toBe("Nullable(Int64)");
 });

@@ -44,7 +44,12 @@ function lastOverFirst(fn: (guess: string) => unknown, reps: number, rounds = 31
 const TOLERANCE = 1.5;
 
 /** Passes when any of `attempts` measurements is within [1/tolerance, tolerance]: noise only ever widens the ratio. */
-function indistinguishable(fn: (guess: string) => unknown, reps: number, tolerance = TOLERANCE, attempts = 3): number[] {
+function indistinguishable(
+  fn: (guess: string) => unknown,
+  reps: number,
+  tolerance = TOLERANCE,
+  attempts = 3,
+): number[] {
   const seen: number[] = [];
   for (let a = 0; a < attempts; a++) {
     const r = lastOverFirst(fn, reps);
@@ -56,7 +61,9 @@ function indistinguishable(fn: (guess: string) => unknown, reps: number, toleran
 const within = (ratios: number[], tolerance = TOLERANCE) => ratios.some((r) => r <= tolerance && r >= 1 / tolerance);
 
 describe("timing of key comparison", () => {
-  const config = { connections: new Map([["c", { connection: "c", source: "webhook", writeKeys: [real], file: "c.yaml" }]]) } as unknown as Config;
+  const config = {
+    connections: new Map([["c", { connection: "c", source: "webhook", writeKeys: [real], file: "c.yaml" }]]),
+  } as unknown as Config;
   const index = new WriteKeyIndex(config);
 
   test("the measurement detects a leaky comparison at the real cost (SHA-256 of the key, then character by character)", () => {
@@ -73,7 +80,10 @@ describe("timing of key comparison", () => {
     lastOverFirst(leaky, 20, 5); // warm-up
     const ratios = [lastOverFirst(leaky, 60), lastOverFirst(leaky, 60)];
     // A leak shows as a ratio well outside [1/TOLERANCE, TOLERANCE] every time.
-    expect(ratios.every((r) => r > TOLERANCE * 1.25), `ratios ${ratios.map((r) => r.toFixed(2)).join(", ")}`).toBe(true);
+    expect(
+      ratios.every((r) => r > TOLERANCE * 1.25),
+      `ratios ${ratios.map((r) => r.toFixed(2)).join(", ")}`,
+    ).toBe(true);
   }, 30_000);
 
   test("WriteKeyIndex.lookup takes the same time whether a wrong key differs from a real one in its first or its last byte", () => {
@@ -87,7 +97,12 @@ describe("timing of key comparison", () => {
 
   test("the admin guard takes the same time whether a wrong token differs from the real one in its first or its last byte", () => {
     const guard = adminGuard({ token: real, devLoopback: false });
-    const requests = new Map([differsFirst, differsLast, real].map((t) => [t, new Request("http://node/v1/pipelines", { headers: { Authorization: `Bearer ${t}` } })]));
+    const requests = new Map(
+      [differsFirst, differsLast, real].map((t) => [
+        t,
+        new Request("http://node/v1/pipelines", { headers: { Authorization: `Bearer ${t}` } }),
+      ]),
+    );
     expect(guard(requests.get(real)!, "203.0.113.1")).toBeUndefined();
     expect(guard(requests.get(differsLast)!, "203.0.113.1")?.status).toBe(401);
     lastOverFirst((g) => guard(requests.get(g)!, undefined), 20, 5);
@@ -101,13 +116,24 @@ describe("property: write-key lookup", () => {
     const key = fc.string({ unit: "binary", minLength: 8, maxLength: 40 });
     fc.assert(
       fc.property(fc.uniqueArray(key, { minLength: 1, maxLength: 4 }), key, fc.nat(), (keys, other, pick) => {
-        const config = { connections: new Map([["c", { connection: "c", source: "webhook", writeKeys: keys, file: "c.yaml" }], ["r", { connection: "r", source: "raw", writeKeys: [other], file: "r.yaml" }]]) } as unknown as Config;
+        const config = {
+          connections: new Map([
+            ["c", { connection: "c", source: "webhook", writeKeys: keys, file: "c.yaml" }],
+            ["r", { connection: "r", source: "raw", writeKeys: [other], file: "r.yaml" }],
+          ]),
+        } as unknown as Config;
         const index = new WriteKeyIndex(config);
         const k = keys[pick % keys.length]!;
         expect(index.lookup(k)?.connection).toBe("c");
         // A raw connection's "key" never authenticates ingestion.
         if (!keys.includes(other)) expect(index.lookup(other)).toBeUndefined();
-        for (const near of [k.slice(0, -1), k + "x", k.slice(1), k.toUpperCase() === k ? k.toLowerCase() : k.toUpperCase(), ""]) {
+        for (const near of [
+          k.slice(0, -1),
+          k + "x",
+          k.slice(1),
+          k.toUpperCase() === k ? k.toLowerCase() : k.toUpperCase(),
+          "",
+        ]) {
           if (!keys.includes(near)) expect(index.lookup(near)).toBeUndefined();
         }
       }),

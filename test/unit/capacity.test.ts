@@ -15,7 +15,14 @@ const MAX = 1_000_000;
 function fakeJsm(state: { pending: number }): JetStreamManager {
   return {
     streams: {
-      info: async () => ({ state: { messages: Math.max(1, state.pending), bytes: Math.max(1, state.pending) * 100, first_seq: 1, last_seq: 0 } }),
+      info: async () => ({
+        state: {
+          messages: Math.max(1, state.pending),
+          bytes: Math.max(1, state.pending) * 100,
+          first_seq: 1,
+          last_seq: 0,
+        },
+      }),
       purge: async () => ({ purged: 0 }),
     },
     consumers: {
@@ -56,7 +63,9 @@ test("the guard refuses from capacityDefaults.refuseRatio of the limit and accep
 test("the README states the thresholds capacityDefaults uses", () => {
   const readme = readFileSync(new URL("../../README.md", import.meta.url), "utf8").replace(/\s+/g, " ");
   const pct = (r: number) => `${Math.round(r * 100)} %`;
-  const refuse = [...readme.matchAll(/at (\d+ %) of the limit it answers 503|answers 503 at (\d+ %)/g)].map((m) => m[1] ?? m[2]);
+  const refuse = [...readme.matchAll(/at (\d+ %) of the limit it answers 503|answers 503 at (\d+ %)/g)].map(
+    (m) => m[1] ?? m[2],
+  );
   const resume = [...readme.matchAll(/below (\d+ %) it accepts again/g)].map((m) => m[1]);
   expect(refuse.length).toBeGreaterThanOrEqual(2);
   expect(resume.length).toBeGreaterThanOrEqual(1);

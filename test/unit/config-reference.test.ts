@@ -21,7 +21,8 @@ describe("configuration reference", () => {
     try {
       committed = readFileSync(REFERENCE_PATH, "utf8");
     } catch {}
-    if (committed !== renderConfigReference()) throw new Error("docs/configuration.md is out of date: run `npm run docs:config` and commit the result");
+    if (committed !== renderConfigReference())
+      throw new Error("docs/configuration.md is out of date: run `npm run docs:config` and commit the result");
   });
 
   test("every key of every file kind has a description, and every example is valid for its key", () => {
@@ -67,7 +68,8 @@ describe("configuration reference", () => {
       for (const name of readdirSync(dir)) {
         const path = join(dir, name);
         if (statSync(path).isDirectory()) walk(path);
-        else if (name.endsWith(".ts")) for (const m of readFileSync(path, "utf8").matchAll(/\benv\.([A-Z][A-Z0-9_]+)\b/g)) read.add(m[1]!);
+        else if (name.endsWith(".ts"))
+          for (const m of readFileSync(path, "utf8").matchAll(/\benv\.([A-Z][A-Z0-9_]+)\b/g)) read.add(m[1]!);
       }
     };
     walk(join(import.meta.dir, "../../src"));

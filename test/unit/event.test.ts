@@ -36,7 +36,13 @@ describe("validity (PRODUCT.md §1)", () => {
     { type: "screen", userId: "u" },
     { type: "group", userId: "u", groupId: 7 },
     { type: "alias", userId: "u", previousId: "p" },
-    { type: "track", userId: "u", event: "e", timestamp: "2025-10-20T16:15:23.992Z", sentAt: "2025-10-20T16:15:24+02:00" },
+    {
+      type: "track",
+      userId: "u",
+      event: "e",
+      timestamp: "2025-10-20T16:15:23.992Z",
+      sentAt: "2025-10-20T16:15:24+02:00",
+    },
   ])("%j is valid", (event) => {
     expect(validateEvent(event)).toBeUndefined();
   });
@@ -47,7 +53,13 @@ describe("normalisation", () => {
 
   test("timestamp corrects client clock skew when sentAt and the client's timestamp are known", () => {
     const e = normaliseEvent(
-      { type: "track", event: "e", userId: "u", timestamp: "2025-10-20T10:00:00.000Z", sentAt: "2025-10-20T10:00:05.000Z" } as any,
+      {
+        type: "track",
+        event: "e",
+        userId: "u",
+        timestamp: "2025-10-20T10:00:00.000Z",
+        sentAt: "2025-10-20T10:00:05.000Z",
+      } as any,
       { receivedAt },
     );
     expect(e.originalTimestamp).toBe("2025-10-20T10:00:00.000Z");
@@ -58,7 +70,13 @@ describe("normalisation", () => {
 
   test("originalTimestamp as RudderStack sends it is used for the correction", () => {
     const e = normaliseEvent(
-      { type: "track", event: "e", userId: "u", originalTimestamp: "2025-10-20T10:00:00.000Z", sentAt: "2025-10-20T10:00:01.500Z" } as any,
+      {
+        type: "track",
+        event: "e",
+        userId: "u",
+        originalTimestamp: "2025-10-20T10:00:00.000Z",
+        sentAt: "2025-10-20T10:00:01.500Z",
+      } as any,
       { receivedAt },
     );
     expect(e.timestamp).toBe("2025-10-20T16:15:28.500Z");
@@ -66,7 +84,14 @@ describe("normalisation", () => {
 
   test("an event already normalised upstream (timestamp and originalTimestamp) keeps its timestamp", () => {
     const e = normaliseEvent(
-      { type: "track", event: "e", userId: "u", originalTimestamp: "2025-10-20T16:15:23.992Z", sentAt: "2025-10-20T16:15:24.327Z", timestamp: "2025-10-20T16:15:24.010Z" } as any,
+      {
+        type: "track",
+        event: "e",
+        userId: "u",
+        originalTimestamp: "2025-10-20T16:15:23.992Z",
+        sentAt: "2025-10-20T16:15:24.327Z",
+        timestamp: "2025-10-20T16:15:24.010Z",
+      } as any,
       { receivedAt },
     );
     expect(e.timestamp).toBe("2025-10-20T16:15:24.010Z");
@@ -74,16 +99,19 @@ describe("normalisation", () => {
   });
 
   test("without sentAt the sent timestamp is kept; without any, receivedAt", () => {
-    expect(normaliseEvent({ type: "identify", userId: "u", timestamp: "2025-01-01T00:00:00Z" } as any, { receivedAt }).timestamp).toBe(
-      "2025-01-01T00:00:00.000Z",
-    );
+    expect(
+      normaliseEvent({ type: "identify", userId: "u", timestamp: "2025-01-01T00:00:00Z" } as any, { receivedAt })
+        .timestamp,
+    ).toBe("2025-01-01T00:00:00.000Z");
     const bare = normaliseEvent({ type: "identify", userId: "u" } as any, { receivedAt });
     expect(bare.timestamp).toBe("2025-10-20T16:15:30.000Z");
     expect(bare.originalTimestamp).toBeUndefined();
   });
 
   test("messageId is kept or generated; numeric ids become strings", () => {
-    expect(normaliseEvent({ type: "identify", userId: "u", messageId: "m1" } as any, { receivedAt }).messageId).toBe("m1");
+    expect(normaliseEvent({ type: "identify", userId: "u", messageId: "m1" } as any, { receivedAt }).messageId).toBe(
+      "m1",
+    );
     const e = normaliseEvent({ type: "group", userId: 5, groupId: 9 } as any, { receivedAt });
     expect(e.messageId).toMatch(/^[0-9a-f-]{36}$/);
     expect(e.userId).toBe("5");
@@ -92,8 +120,19 @@ describe("normalisation", () => {
 
   test("batch context/integrations merge under the event's own; batch sentAt fills in", () => {
     const e = normaliseEvent(
-      { type: "identify", userId: "u", context: { locale: "fr", library: { name: "mine" } }, integrations: { All: false } } as any,
-      { receivedAt, ip: "10.1.2.3", context: { locale: "en", app: { name: "a" } }, integrations: { All: true, X: true }, sentAt: "2025-10-20T16:15:29Z" },
+      {
+        type: "identify",
+        userId: "u",
+        context: { locale: "fr", library: { name: "mine" } },
+        integrations: { All: false },
+      } as any,
+      {
+        receivedAt,
+        ip: "10.1.2.3",
+        context: { locale: "en", app: { name: "a" } },
+        integrations: { All: true, X: true },
+        sentAt: "2025-10-20T16:15:29Z",
+      },
     );
     expect(e.context).toEqual({ locale: "fr", library: { name: "mine" }, app: { name: "a" }, ip: "10.1.2.3" });
     expect(e.integrations).toEqual({ All: false, X: true });
@@ -101,7 +140,10 @@ describe("normalisation", () => {
   });
 
   test("context.ip from the event wins over the request's", () => {
-    const e = normaliseEvent({ type: "identify", userId: "u", context: { ip: "1.2.3.4" } } as any, { receivedAt, ip: "127.0.0.1" });
+    const e = normaliseEvent({ type: "identify", userId: "u", context: { ip: "1.2.3.4" } } as any, {
+      receivedAt,
+      ip: "127.0.0.1",
+    });
     expect((e.context as any).ip).toBe("1.2.3.4");
   });
 });
@@ -113,6 +155,7 @@ describe("write keys from Authorization", () => {
     expect(writeKeyFromHeader("basic " + btoa("abc"))).toBe("abc");
   });
   test("malformed headers give no key", () => {
-    for (const h of [null, "", "Bearer", "Bearer ", "Token abc", "Basic " + btoa(":pw")]) expect(writeKeyFromHeader(h)).toBeUndefined();
+    for (const h of [null, "", "Bearer", "Bearer ", "Token abc", "Basic " + btoa(":pw")])
+      expect(writeKeyFromHeader(h)).toBeUndefined();
   });
 });

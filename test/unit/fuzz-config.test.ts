@@ -14,7 +14,11 @@ import { ConfigStore } from "../../src/config/store.ts";
  * environment (write keys, webhook secrets) never appear in a problem, which is logged.
  */
 
-const SECRETS = { SITE_KEY: "SECRET-site-key-0123456789", GH_SECRET: "SECRET-github-0123456789", TOKEN: "SECRET-token-0123456789" };
+const SECRETS = {
+  SITE_KEY: "SECRET-site-key-0123456789",
+  GH_SECRET: "SECRET-github-0123456789",
+  TOKEN: "SECRET-token-0123456789",
+};
 const env = { ...SECRETS, PLAIN: "plain-value-12345" };
 
 const VALID: Record<string, string> = {
@@ -68,10 +72,60 @@ migrate: false
 /** Scalars that break things: wrong types, YAML tags, unclosed flow collections, bad JSONata, unset variables. */
 const wildScalar = fc.oneof(
   fc.constantFrom(
-    "", "~", "null", "[]", "{}", "-1", "0", "1e400", "0x1F", "true", "yes", "on", "!!binary aGk=", "!!str 1", "!!set {a}", "!!omap [a: 1]", "!foo x",
-    "*nope", "&a x", '"\\ud800"', "'unterminated", '"unterminated', "${UNSET}", "${A:-}", "${PLAIN}", "${}", "$${SITE_KEY}", "[[[[[[[", "{a: {b: {c:",
-    "x".repeat(300), "type = ", "$exists(", "(((((", '"(((((((((("', "__proto__", "constructor", "|", ">-", "- a", "? k", "#", "%YAML 1.1", "---", "...",
-    "2001-12-14", "[a, *a]", "{<<: {a: 1}}", "function () {", "😀", "\t", "\u0000", "a: b: c", "@x", "`x`",
+    "",
+    "~",
+    "null",
+    "[]",
+    "{}",
+    "-1",
+    "0",
+    "1e400",
+    "0x1F",
+    "true",
+    "yes",
+    "on",
+    "!!binary aGk=",
+    "!!str 1",
+    "!!set {a}",
+    "!!omap [a: 1]",
+    "!foo x",
+    "*nope",
+    "&a x",
+    '"\\ud800"',
+    "'unterminated",
+    '"unterminated',
+    "${UNSET}",
+    "${A:-}",
+    "${PLAIN}",
+    "${}",
+    "$${SITE_KEY}",
+    "[[[[[[[",
+    "{a: {b: {c:",
+    "x".repeat(300),
+    "type = ",
+    "$exists(",
+    "(((((",
+    '"(((((((((("',
+    "__proto__",
+    "constructor",
+    "|",
+    ">-",
+    "- a",
+    "? k",
+    "#",
+    "%YAML 1.1",
+    "---",
+    "...",
+    "2001-12-14",
+    "[a, *a]",
+    "{<<: {a: 1}}",
+    "function () {",
+    "😀",
+    "\t",
+    "\u0000",
+    "a: b: c",
+    "@x",
+    "`x`",
   ),
   hostileString(20),
   fc.jsonValue({ maxDepth: 2 }).map((v) => JSON.stringify(v)),
@@ -79,38 +133,110 @@ const wildScalar = fc.oneof(
 
 /** One line of YAML-ish text. */
 const keyish = fc.oneof(
-  fc.constantFrom("connection", "source", "writeKeys", "pipelines", "name", "import", "filter", "transform", "mapping", "jsonata", "check", "secret", "hmac", "header", "equals", "dedup", "events", "customerModel", "migrate", "table", "<<", "__proto__", "? [a, b]"),
+  fc.constantFrom(
+    "connection",
+    "source",
+    "writeKeys",
+    "pipelines",
+    "name",
+    "import",
+    "filter",
+    "transform",
+    "mapping",
+    "jsonata",
+    "check",
+    "secret",
+    "hmac",
+    "header",
+    "equals",
+    "dedup",
+    "events",
+    "customerModel",
+    "migrate",
+    "table",
+    "<<",
+    "__proto__",
+    "? [a, b]",
+  ),
   hostileString(8),
 );
 const lineish = fc
-  .tuple(fc.integer({ min: 0, max: 8 }), fc.oneof(fc.tuple(keyish, wildScalar).map(([k, v]) => `${k}: ${v}`), wildScalar.map((v) => `- ${v}`), keyish.map((k) => `${k}:`), wildScalar))
+  .tuple(
+    fc.integer({ min: 0, max: 8 }),
+    fc.oneof(
+      fc.tuple(keyish, wildScalar).map(([k, v]) => `${k}: ${v}`),
+      wildScalar.map((v) => `- ${v}`),
+      keyish.map((k) => `${k}:`),
+      wildScalar,
+    ),
+  )
   .map(([indent, text]) => " ".repeat(indent) + text);
 
 type Mutation = (lines: string[]) => string[];
 const at = (lines: string[], i: number) => Math.min(Math.max(0, i), Math.max(0, lines.length - 1));
 const mutation: fc.Arbitrary<Mutation> = fc.oneof(
-  fc.nat().map((i): Mutation => (l) => l.filter((_, j) => j !== at(l, i))),
-  fc.nat().map((i): Mutation => (l) => [...l.slice(0, at(l, i) + 1), ...l.slice(at(l, i))]),
-  fc.tuple(fc.nat(), fc.nat()).map(([i, j]): Mutation => (l) => {
-    const c = [...l];
-    const a = at(c, i), b = at(c, j);
-    [c[a], c[b]] = [c[b]!, c[a]!];
-    return c;
-  }),
-  fc.tuple(fc.nat(), wildScalar).map(([i, v]): Mutation => (l) => l.map((line, j) => (j === at(l, i) ? line.replace(/:( .*)?$/, `: ${v}`) : line))),
-  fc.tuple(fc.nat(), fc.integer({ min: -4, max: 4 })).map(([i, d]): Mutation => (l) => l.map((line, j) => (j === at(l, i) ? (d > 0 ? " ".repeat(d) + line : line.slice(Math.min(-d, line.length - line.trimStart().length))) : line))),
-  fc.tuple(fc.nat(), lineish).map(([i, x]): Mutation => (l) => [...l.slice(0, at(l, i)), x, ...l.slice(at(l, i))]),
-  fc.nat().map((n): Mutation => (l) => l.join("\n").slice(0, n % (l.join("\n").length + 1)).split("\n")),
-  fc.tuple(fc.nat(), hostileString(3)).map(([n, s]): Mutation => (l) => {
-    const t = l.join("\n");
-    const p = n % (t.length + 1);
-    return (t.slice(0, p) + s + t.slice(p)).split("\n");
-  }),
+  fc.nat().map(
+    (i): Mutation =>
+      (l) =>
+        l.filter((_, j) => j !== at(l, i)),
+  ),
+  fc.nat().map(
+    (i): Mutation =>
+      (l) => [...l.slice(0, at(l, i) + 1), ...l.slice(at(l, i))],
+  ),
+  fc.tuple(fc.nat(), fc.nat()).map(
+    ([i, j]): Mutation =>
+      (l) => {
+        const c = [...l];
+        const a = at(c, i),
+          b = at(c, j);
+        [c[a], c[b]] = [c[b]!, c[a]!];
+        return c;
+      },
+  ),
+  fc.tuple(fc.nat(), wildScalar).map(
+    ([i, v]): Mutation =>
+      (l) =>
+        l.map((line, j) => (j === at(l, i) ? line.replace(/:( .*)?$/, `: ${v}`) : line)),
+  ),
+  fc.tuple(fc.nat(), fc.integer({ min: -4, max: 4 })).map(
+    ([i, d]): Mutation =>
+      (l) =>
+        l.map((line, j) =>
+          j === at(l, i)
+            ? d > 0
+              ? " ".repeat(d) + line
+              : line.slice(Math.min(-d, line.length - line.trimStart().length))
+            : line,
+        ),
+  ),
+  fc.tuple(fc.nat(), lineish).map(
+    ([i, x]): Mutation =>
+      (l) => [...l.slice(0, at(l, i)), x, ...l.slice(at(l, i))],
+  ),
+  fc.nat().map(
+    (n): Mutation =>
+      (l) =>
+        l
+          .join("\n")
+          .slice(0, n % (l.join("\n").length + 1))
+          .split("\n"),
+  ),
+  fc.tuple(fc.nat(), hostileString(3)).map(
+    ([n, s]): Mutation =>
+      (l) => {
+        const t = l.join("\n");
+        const p = n % (t.length + 1);
+        return (t.slice(0, p) + s + t.slice(p)).split("\n");
+      },
+  ),
 );
-const mutated = fc.tuple(fc.constantFrom(...Object.keys(VALID)), fc.array(mutation, { minLength: 1, maxLength: 4 })).map(([name, ms]) => ({
-  name,
-  text: ms.reduce((lines, m) => m(lines), VALID[name]!.split("\n")).join("\n"),
-}));
+const mutated = fc
+  .tuple(fc.constantFrom(...Object.keys(VALID)), fc.array(mutation, { minLength: 1, maxLength: 4 }))
+  .map(([name, ms]) => ({
+    name,
+    text: ms.reduce((lines, m) => m(lines), VALID[name]!.split("\n")).join("\n"),
+  }));
 
 const dirs: string[] = [];
 afterAll(() => {
@@ -127,7 +253,8 @@ function load(files: Record<string, string>): { problems: string[]; shown: Recor
     loadConfig(dir, env);
     return { problems: [], shown };
   } catch (e) {
-    if (!(e instanceof ConfigError)) throw new Error(`loadConfig threw ${(e as Error)?.name}, not a ConfigError: ${(e as Error)?.message}`);
+    if (!(e instanceof ConfigError))
+      throw new Error(`loadConfig threw ${(e as Error)?.name}, not a ConfigError: ${(e as Error)?.message}`);
     return { problems: e.problems, shown };
   } finally {
     rmSync(dir, { recursive: true, force: true });
@@ -153,10 +280,21 @@ describe("property: configuration loader", () => {
   });
 
   test("a YAML alias bomb, a key made of a collection and a secret that lands in a message: one-line problems, secrets shown as ${NAME}", () => {
-    const laughs = ["a: &a [x, x, x, x, x, x, x, x, x]", ...["b", "c", "d", "e", "f", "g"].map((k, i) => `${k}: &${k} [${Array(9).fill(`*${"abcdefg"[i]}`).join(", ")}]`), "connection: x"].join("\n");
-    expect(parseConfigFile("f.yaml", laughs, env)).toEqual({ kind: "problems", problems: ["f.yaml:1: YAML: Excessive alias count indicates a resource exhaustion attack"] });
+    const laughs = [
+      "a: &a [x, x, x, x, x, x, x, x, x]",
+      ...["b", "c", "d", "e", "f", "g"].map((k, i) => `${k}: &${k} [${Array(9).fill(`*${"abcdefg"[i]}`).join(", ")}]`),
+      "connection: x",
+    ].join("\n");
+    expect(parseConfigFile("f.yaml", laughs, env)).toEqual({
+      kind: "problems",
+      problems: ["f.yaml:1: YAML: Excessive alias count indicates a resource exhaustion attack"],
+    });
     // A key may hold line breaks (a block scalar as key), and a collection key is named as YAML writes it.
-    const r = parseConfigFile("f.yaml", `? |\n  line one\n  line two\n: 1\n? [k]: $\${SITE_KEY}\nconnection: x\nsource: webhook\nwriteKeys: [abcdefgh]\n`, env);
+    const r = parseConfigFile(
+      "f.yaml",
+      `? |\n  line one\n  line two\n: 1\n? [k]: $\${SITE_KEY}\nconnection: x\nsource: webhook\nwriteKeys: [abcdefgh]\n`,
+      env,
+    );
     expect(r.kind).toBe("problems");
     const problems = (r as { problems: string[] }).problems;
     expect(problems.some((p) => p.includes("${SITE_KEY}"))).toBe(true);
@@ -167,65 +305,84 @@ describe("property: configuration loader", () => {
     }
   });
 
-  test("property: any YAML-ish text → parseConfigFile answers (never throws, never hangs); every problem starts with file:line:", () => {
-    fc.assert(
-      fc.property(fc.array(lineish, { maxLength: 12 }), (lines) => {
-        const text = lines.join("\n");
-        const t0 = performance.now();
-        const r = parseConfigFile("f.yaml", text, env);
-        expect(performance.now() - t0).toBeLessThan(2000);
-        if (r.kind === "problems") {
-          expect(r.problems.length).toBeGreaterThan(0);
-          expectWellFormed(r.problems, ["f.yaml"], text);
-        }
-      }),
-      params(1500),
-    );
-  }, fuzzTimeout);
+  test(
+    "property: any YAML-ish text → parseConfigFile answers (never throws, never hangs); every problem starts with file:line:",
+    () => {
+      fc.assert(
+        fc.property(fc.array(lineish, { maxLength: 12 }), (lines) => {
+          const text = lines.join("\n");
+          const t0 = performance.now();
+          const r = parseConfigFile("f.yaml", text, env);
+          expect(performance.now() - t0).toBeLessThan(2000);
+          if (r.kind === "problems") {
+            expect(r.problems.length).toBeGreaterThan(0);
+            expectWellFormed(r.problems, ["f.yaml"], text);
+          }
+        }),
+        params(1500),
+      );
+    },
+    fuzzTimeout,
+  );
 
-  test("property: mutations of valid files → loadConfig loads or throws a ConfigError naming file and line, never a secret", () => {
-    fc.assert(
-      fc.property(mutated, ({ name, text }) => {
-        const files = { ...VALID, [name]: text };
-        const t0 = performance.now();
-        const { problems, shown } = load(files);
-        expect(performance.now() - t0).toBeLessThan(2000);
-        expectWellFormed(problems, Object.values(shown));
-        // The untouched files never get the blame for another file's problem, except for cross-file rules
-        // (a mapping onto a property the mutated model no longer has is the mapping's problem).
-        for (const p of problems) if (!p.startsWith(shown[name]!)) expect(p).toMatch(/already defined in|also belongs to|is not in the Customer Model/);
-      }),
-      params(600),
-    );
-  }, fuzzTimeout);
-
-  test("property: a broken change keeps the last good configuration running", () => {
-    const dir = mkdtempSync(join(tmpdir(), "tributary-fuzz-store-"));
-    dirs.push(dir);
-    for (const [n, t] of Object.entries(VALID)) writeFileSync(join(dir, n), t);
-    const store = new ConfigStore({ dir, env });
-    // The store logs each rejected change: keep those lines, and check them for secrets too.
-    const logged: string[] = [];
-    const write = process.stderr.write;
-    process.stderr.write = ((chunk: string | Uint8Array) => (logged.push(String(chunk)), true)) as typeof process.stderr.write;
-    try {
+  test(
+    "property: mutations of valid files → loadConfig loads or throws a ConfigError naming file and line, never a secret",
+    () => {
       fc.assert(
         fc.property(mutated, ({ name, text }) => {
-          const good = store.current;
-          writeFileSync(join(dir, name), text);
-          if (!store.reload()) {
-            expect(store.current).toBe(good);
-            expectWellFormed(store.lastError!.split("\n"), Object.keys(VALID).map((n) => relative(process.cwd(), join(dir, n))));
-          }
-          writeFileSync(join(dir, name), VALID[name]!);
-          expect(store.reload()).toBe(true);
+          const files = { ...VALID, [name]: text };
+          const t0 = performance.now();
+          const { problems, shown } = load(files);
+          expect(performance.now() - t0).toBeLessThan(2000);
+          expectWellFormed(problems, Object.values(shown));
+          // The untouched files never get the blame for another file's problem, except for cross-file rules
+          // (a mapping onto a property the mutated model no longer has is the mapping's problem).
+          for (const p of problems)
+            if (!p.startsWith(shown[name]!))
+              expect(p).toMatch(/already defined in|also belongs to|is not in the Customer Model/);
         }),
-        params(100),
+        params(600),
       );
-    } finally {
-      process.stderr.write = write;
-      store.close();
-    }
-    for (const secret of Object.values(SECRETS)) expect(logged.filter((l) => l.includes(secret))).toEqual([]);
-  }, fuzzTimeout);
+    },
+    fuzzTimeout,
+  );
+
+  test(
+    "property: a broken change keeps the last good configuration running",
+    () => {
+      const dir = mkdtempSync(join(tmpdir(), "tributary-fuzz-store-"));
+      dirs.push(dir);
+      for (const [n, t] of Object.entries(VALID)) writeFileSync(join(dir, n), t);
+      const store = new ConfigStore({ dir, env });
+      // The store logs each rejected change: keep those lines, and check them for secrets too.
+      const logged: string[] = [];
+      const write = process.stderr.write;
+      process.stderr.write = ((chunk: string | Uint8Array) => (
+        logged.push(String(chunk)), true
+      )) as typeof process.stderr.write;
+      try {
+        fc.assert(
+          fc.property(mutated, ({ name, text }) => {
+            const good = store.current;
+            writeFileSync(join(dir, name), text);
+            if (!store.reload()) {
+              expect(store.current).toBe(good);
+              expectWellFormed(
+                store.lastError!.split("\n"),
+                Object.keys(VALID).map((n) => relative(process.cwd(), join(dir, n))),
+              );
+            }
+            writeFileSync(join(dir, name), VALID[name]!);
+            expect(store.reload()).toBe(true);
+          }),
+          params(100),
+        );
+      } finally {
+        process.stderr.write = write;
+        store.close();
+      }
+      for (const secret of Object.values(SECRETS)) expect(logged.filter((l) => l.includes(secret))).toEqual([]);
+    },
+    fuzzTimeout,
+  );
 });

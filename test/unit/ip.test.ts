@@ -1,5 +1,14 @@
 import { describe, expect, test } from "bun:test";
-import { applyIpPolicy, forwardedFor, formatIp, maskAddr, parseIp, resolveEventIp, socketIp, usableIp } from "../../src/ingest/ip.ts";
+import {
+  applyIpPolicy,
+  forwardedFor,
+  formatIp,
+  maskAddr,
+  parseIp,
+  resolveEventIp,
+  socketIp,
+  usableIp,
+} from "../../src/ingest/ip.ts";
 
 // Inputs from Krenalis's collector tests (krenalis/krenalis core/internal/collector/decoder_test.go,
 // TestParseRemoteAddr and TestDecoderContextIPHandling), extended to IPv6 as PRODUCT.md §1 asks.
@@ -32,12 +41,28 @@ describe("parsing and masks (Krenalis TestParseRemoteAddr)", () => {
     expect(masked(input, 16)).toBe(ip16);
   });
 
-  test.each(["", "   ", "1.2.3", "1.2.3.4.5", "256.1.1.1", "-1.2.3.4", "1.2.3.-4", "abc.def.ghi.jkl", "1.2.3.4 ", " 1.2.3.4", "192.168.001.042", "1::2::3", "1:2:3:4:5:6:7:8:9", "12345::1", "::ffff:1.2.3", "g::1", ":1", "1:"])(
-    "%j is malformed",
-    (input) => {
-      expect(parseIp(input)).toEqual({ error: "is not a valid IP address" });
-    },
-  );
+  test.each([
+    "",
+    "   ",
+    "1.2.3",
+    "1.2.3.4.5",
+    "256.1.1.1",
+    "-1.2.3.4",
+    "1.2.3.-4",
+    "abc.def.ghi.jkl",
+    "1.2.3.4 ",
+    " 1.2.3.4",
+    "192.168.001.042",
+    "1::2::3",
+    "1:2:3:4:5:6:7:8:9",
+    "12345::1",
+    "::ffff:1.2.3",
+    "g::1",
+    ":1",
+    "1:",
+  ])("%j is malformed", (input) => {
+    expect(parseIp(input)).toEqual({ error: "is not a valid IP address" });
+  });
 
   test("IPv6: canonical RFC 5952 text, /48 and /32", () => {
     expect(canonical("2001:0DB8:0000:0000:0000:0000:0000:0001")).toBe("2001:db8::1");
@@ -120,13 +145,22 @@ describe("X-Forwarded-For", () => {
     expect(forwardedFor(header)).toEqual({ ip });
   });
 
-  test.each(["unknown", "not-an-ip, 10.0.0.1", ", 10.0.0.1", "203.0.113.9:http", "203.0.113.9:70000", "[2001:db8::1", "[2001:db8::1]x", "[203.0.113.9]:80", "fe80::1%eth0", "224.0.0.1", "1.2.3.4:5:6"])(
-    "%j is a malformed first hop, named in the error",
-    (header) => {
-      const r = forwardedFor(header);
-      expect("error" in r && r.error).toStartWith("X-Forwarded-For: the first hop ");
-    },
-  );
+  test.each([
+    "unknown",
+    "not-an-ip, 10.0.0.1",
+    ", 10.0.0.1",
+    "203.0.113.9:http",
+    "203.0.113.9:70000",
+    "[2001:db8::1",
+    "[2001:db8::1]x",
+    "[203.0.113.9]:80",
+    "fe80::1%eth0",
+    "224.0.0.1",
+    "1.2.3.4:5:6",
+  ])("%j is a malformed first hop, named in the error", (header) => {
+    const r = forwardedFor(header);
+    expect("error" in r && r.error).toStartWith("X-Forwarded-For: the first hop ");
+  });
 
   test("socket addresses are canonical: dual-stack mapped addresses unmapped, zones dropped", () => {
     expect(socketIp("::ffff:127.0.0.1")).toBe("127.0.0.1");

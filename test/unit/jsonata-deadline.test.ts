@@ -26,13 +26,22 @@ const OBJ_DAG = `$reduce([1..40], function($a, $i){ {"a": $a, "b": $a} }, 1)`;
 const ARR_DAG = `$reduce([1..40], function($a, $i){ [[$a], [$a]] }, [])`;
 
 const RUNAWAYS: [string, string][] = [
-  ["infinite recursion through tail calls (the issue's filter)", `event = "attack" ? ($f := function($x){ $f($x + 1) }; $f(0)) : true`],
+  [
+    "infinite recursion through tail calls (the issue's filter)",
+    `event = "attack" ? ($f := function($x){ $f($x + 1) }; $f(0)) : true`,
+  ],
   ["mutual tail calls", `($a := function($x){ $b($x + 1) }; $b := function($x){ $a($x + 1) }; $a(0))`],
-  ["a tail-recursive loop with an accumulator", `($loop := function($n, $acc){ $loop($n + 1, $acc & "") }; $loop(0, ""))`],
+  [
+    "a tail-recursive loop with an accumulator",
+    `($loop := function($n, $acc){ $loop($n + 1, $acc & "") }; $loop(0, ""))`,
+  ],
   ["$map over ten million generated items", `$map([1..10000000], function($v){ $v * 2 })`],
   ["$reduce over ten million generated items", `$reduce([1..10000000], function($a, $v){ $a + $v }, 0)`],
   ["$filter over ten million generated items", `$filter([1..10000000], function($v){ $v % 7 = 0 })`],
-  ["$sort with a costly comparator", `$sort($map([1..3000], function($v){ -$v }), function($a, $b){ $count([1..2000]) > 0 and $a > $b })`],
+  [
+    "$sort with a costly comparator",
+    `$sort($map([1..3000], function($v){ -$v }), function($a, $b){ $count([1..2000]) > 0 and $a > $b })`,
+  ],
   ["$sort of a large array (merge copies)", `$sort([1..20000])`],
   ["nested path loops", `[1..10000].([1..10000])`],
   ["a predicate over a huge range", `[1..10000000][$ % 3 = 0 and $ % 5 = 0]`],
@@ -84,7 +93,9 @@ describe("compiled closures", () => {
     expect(filter.evaluate({ event: "normal" })).toBe(true);
     expectTimeout(() => filter.evaluate({ event: "attack" }));
     expect(filter.evaluate({ event: "normal" })).toBe(true);
-    const loop = compileJsonata("($loop := function($n, $acc) { $n = 0 ? $acc : $loop($n - 1, $acc + 1) }; $loop(1000, 0))");
+    const loop = compileJsonata(
+      "($loop := function($n, $acc) { $n = 0 ? $acc : $loop($n - 1, $acc + 1) }; $loop(1000, 0))",
+    );
     expect(loop.evaluate({})).toBe(1000);
   });
 
@@ -150,7 +161,11 @@ describe("the pipeline's front door", () => {
   });
 
   test("jsonata and mapping transforms: only the runaway event fails, the rest of the batch is transformed", async () => {
-    const events = [{ event: "a", n: 1 }, { event: "attack", n: 2 }, { event: "b", n: 3 }];
+    const events = [
+      { event: "a", n: 1 },
+      { event: "attack", n: 2 },
+      { event: "b", n: 3 },
+    ];
     const t = jsonataTransform(`event = "attack" ? ($f := function($x){ $f($x + 1) }; $f(0)) : {"n": n}`);
     const r = await t.transformBatch(events);
     expect(r[0]).toEqual({ ok: true, value: { n: 1 } });
@@ -158,7 +173,10 @@ describe("the pipeline's front door", () => {
     expect((r[1] as { error: string }).error).toStartWith("D1012: ");
     expect(r[2]).toEqual({ ok: true, value: { n: 3 } });
 
-    const m = mappingTransform({ n: "n", loop: `event = "attack" ? ($f := function($x){ $f($x + 1) }; $f(0)) : "fine"` });
+    const m = mappingTransform({
+      n: "n",
+      loop: `event = "attack" ? ($f := function($x){ $f($x + 1) }; $f(0)) : "fine"`,
+    });
     const rm = await m.transformBatch(events);
     expect(rm[0]).toEqual({ ok: true, value: { n: 1, loop: "fine" } });
     expect((rm[1] as { error: string }).error).toStartWith(`mapping of "loop": D1012: `);
@@ -185,6 +203,7 @@ describe("TRIBUTARY_EXPRESSION_TIMEOUT_MS", () => {
   test("defaults to 100 ms, takes a positive number, refuses anything else", () => {
     expect(optionsFromEnv({}).expressionTimeoutMs).toBe(100);
     expect(optionsFromEnv({ TRIBUTARY_EXPRESSION_TIMEOUT_MS: "250" }).expressionTimeoutMs).toBe(250);
-    for (const bad of ["0", "-5", "soon"]) expect(() => optionsFromEnv({ TRIBUTARY_EXPRESSION_TIMEOUT_MS: bad })).toThrow();
+    for (const bad of ["0", "-5", "soon"])
+      expect(() => optionsFromEnv({ TRIBUTARY_EXPRESSION_TIMEOUT_MS: bad })).toThrow();
   });
 });

@@ -118,7 +118,7 @@ describe("operators", () => {
   });
 
   test("arithmetic and comparison errors carry jsonata's codes and positions", () => {
-    const e1 = errorOf(() => compileJsonata('traits.email + 1').evaluate(order));
+    const e1 = errorOf(() => compileJsonata("traits.email + 1").evaluate(order));
     expect(e1.code).toBe("T2001");
     expect(e1.position).toBe(14);
     expect(e1.token).toBe("+");
@@ -142,7 +142,13 @@ describe("constructors, conditionals, variables", () => {
         `{"email": traits.email, "name": traits.firstName & " " & traits.lastName, "plan": $lowercase(traits.plan), "total": $sum(properties.products.price), "country": context.location.country, "none": missing}`,
       ),
     ).toEqual({ email: "e@example.com", name: "Emily Johnson", plan: "enterprise", total: 37, country: "US" });
-    expect(await both("[traits.email, missing, properties.products.sku, [1, 2]]")).toEqual(["e@example.com", "a", "b", "c", [1, 2]]);
+    expect(await both("[traits.email, missing, properties.products.sku, [1, 2]]")).toEqual([
+      "e@example.com",
+      "a",
+      "b",
+      "c",
+      [1, 2],
+    ]);
     expect(await both("properties.products{sku: price}")).toEqual({ a: 19.99, b: 5.01, c: 12 });
     expect(await both("properties.products.{ 'k': sku }")).toEqual([{ k: "a" }, { k: "b" }, { k: "c" }]);
     expect(await both("{}")).toEqual({});
@@ -163,7 +169,9 @@ describe("constructors, conditionals, variables", () => {
     expect(await both("$base + properties.total", order, { base: 100 })).toBe(137);
     expect(await both("$$.type")).toBe("track");
     // a binding that shadows a built-in wins, as in jsonata
-    expect(await both("$lowercase(traits.plan)", order, { lowercase: (s: string) => `custom ${s}` })).toBe("custom Enterprise");
+    expect(await both("$lowercase(traits.plan)", order, { lowercase: (s: string) => `custom ${s}` })).toBe(
+      "custom Enterprise",
+    );
   });
 });
 
@@ -186,9 +194,15 @@ describe("functions and lambdas", () => {
     expect(await both("$map(properties.products, function($p) { $p.price * $p.qty })")).toEqual([19.99, 10.02, 12]);
     expect(await both("$filter(properties.products, function($p) { $p.price > 10 }).sku")).toEqual(["a", "c"]);
     expect(await both("$reduce(properties.products.qty, function($a, $b) { $a + $b })")).toBe(4);
-    expect(await both("$sort(properties.products, function($a, $b) { $a.price > $b.price }).sku")).toEqual(["b", "c", "a"]);
+    expect(await both("$sort(properties.products, function($a, $b) { $a.price > $b.price }).sku")).toEqual([
+      "b",
+      "c",
+      "a",
+    ]);
     expect(await both("($add := function($a, $b) { $a + $b }; $inc := $add(?, 1); $inc(41))")).toBe(42);
-    expect(await both("($twice := function($f) { function($x) { $f($f($x)) } }; $twice(function($v) { $v * 3 })(2))")).toBe(18);
+    expect(
+      await both("($twice := function($f) { function($x) { $f($f($x)) } }; $twice(function($v) { $v * 3 })(2))"),
+    ).toBe(18);
     expect(await both("($f := $uppercase ~> $substring(?, 0, 3); $f(traits.plan))")).toBe("ENT");
     expect(await both("$each(traits, function($v, $k) { $k })")).toEqual(["email", "firstName", "lastName", "plan"]);
   });
@@ -264,7 +278,11 @@ describe("conformance runner", () => {
     const run = spawnSync(process.execPath, ["scripts/jsonata-conformance.ts"], {
       cwd: repo,
       // The vendored subset (test/fixtures/jsonata-suite), so any clone can run it.
-      env: { ...process.env, JSONATA_SUITE: path.join(repo, "test/fixtures/jsonata-suite"), JSONATA_GROUPS: "fields,predicates,parent-operator,tail-recursion" },
+      env: {
+        ...process.env,
+        JSONATA_SUITE: path.join(repo, "test/fixtures/jsonata-suite"),
+        JSONATA_GROUPS: "fields,predicates,parent-operator,tail-recursion",
+      },
       encoding: "utf8",
     });
     const lines = run.stdout.trim().split("\n");

@@ -4,19 +4,43 @@ import { compileExpression } from "../../src/pipeline/filter.ts";
 
 /** `bun run tail`: the line it prints per event and how --filter / --pipeline select events. */
 
-const track = { type: "track", event: "Signed Up", userId: "u-1", messageId: "m-1", receivedAt: "2024-05-01T12:34:56.789Z", properties: { plan: "pro" } };
+const track = {
+  type: "track",
+  event: "Signed Up",
+  userId: "u-1",
+  messageId: "m-1",
+  receivedAt: "2024-05-01T12:34:56.789Z",
+  properties: { plan: "pro" },
+};
 
 test("one compact line per event: time, type, name, user, messageId", () => {
-  expect(formatLine(track, { utc: true })).toBe(`12:34:56.789  track     ${"Signed Up".padEnd(24)}  ${"u-1".padEnd(16)}  m-1`);
-  const page = formatLine({ type: "page", name: "Pricing", anonymousId: "a-9", messageId: "m-2", receivedAt: track.receivedAt }, { utc: true });
+  expect(formatLine(track, { utc: true })).toBe(
+    `12:34:56.789  track     ${"Signed Up".padEnd(24)}  ${"u-1".padEnd(16)}  m-1`,
+  );
+  const page = formatLine(
+    { type: "page", name: "Pricing", anonymousId: "a-9", messageId: "m-2", receivedAt: track.receivedAt },
+    { utc: true },
+  );
   expect(page.split(/\s{2,}/)).toEqual(["12:34:56.789", "page", "Pricing", "anon:a-9", "m-2"]);
-  const identify = formatLine({ type: "identify", userId: "u-2", traits: { email: "a@b.c" }, messageId: "m-3", receivedAt: track.receivedAt }, { utc: true });
+  const identify = formatLine(
+    { type: "identify", userId: "u-2", traits: { email: "a@b.c" }, messageId: "m-3", receivedAt: track.receivedAt },
+    { utc: true },
+  );
   expect(identify.split(/\s{2,}/)).toEqual(["12:34:56.789", "identify", "a@b.c", "u-2", "m-3"]);
 });
 
 test("raw webhook deliveries print differently", () => {
-  const raw = { messageId: "d-1", raw: { receivedAt: track.receivedAt, headers: {}, rows: ['{"hello": "world"}', "{}"] } };
-  expect(formatLine(raw, { utc: true }).split(/\s{2,}/)).toEqual(["12:34:56.789", "raw", '2 rows {"hello": "world"}', "-", "d-1"]);
+  const raw = {
+    messageId: "d-1",
+    raw: { receivedAt: track.receivedAt, headers: {}, rows: ['{"hello": "world"}', "{}"] },
+  };
+  expect(formatLine(raw, { utc: true }).split(/\s{2,}/)).toEqual([
+    "12:34:56.789",
+    "raw",
+    '2 rows {"hello": "world"}',
+    "-",
+    "d-1",
+  ]);
   expect(eventsOf(JSON.stringify(raw))).toEqual([raw]);
   expect(eventsOf(JSON.stringify([track, track]))).toHaveLength(2);
 });
@@ -47,7 +71,9 @@ test("--raw: subjects are checked before subscribing; a message prints as subjec
   expect(subjectProblem("a b")).toContain("not a NATS subject");
   const r = rawMessage({ subject: "s.1", reply: "", headers: undefined, data: new TextEncoder().encode("[1]") });
   expect(r).toEqual({ subject: "s.1", size: 3, payload: "[1]" });
-  expect(formatRaw(r, 7, { utc: true, at: new Date("2024-05-01T12:34:56.789Z") })).toBe("[#7]  12:34:56.789  s.1  3 bytes\n[1]\n");
+  expect(formatRaw(r, 7, { utc: true, at: new Date("2024-05-01T12:34:56.789Z") })).toBe(
+    "[#7]  12:34:56.789  s.1  3 bytes\n[1]\n",
+  );
 });
 
 test("unknown names: the closest known one is suggested, a swap of two letters included", async () => {
@@ -58,5 +84,7 @@ test("unknown names: the closest known one is suggested, a swap of two letters i
   expect(unknownName("connection", "shpo", ["shop", "billing"], { where: "looked in ./pipelines" })).toBe(
     `no connection "shpo". Did you mean "shop"? Known connections: billing, shop (looked in ./pipelines).`,
   );
-  expect(unknownName("pipeline", "x", [], { of: `of connection "a"` })).toBe(`no pipeline "x" of connection "a". No pipelines of connection "a" are known.`);
+  expect(unknownName("pipeline", "x", [], { of: `of connection "a"` })).toBe(
+    `no pipeline "x" of connection "a". No pipelines of connection "a" are known.`,
+  );
 });

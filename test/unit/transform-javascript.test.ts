@@ -1,7 +1,11 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import fixture from "../fixtures/segment-identify.json" with { type: "json" };
 import { createJavaScriptTransform } from "../../src/pipeline/transform/javascript.ts";
-import { TransformLoadError, type SandboxedTransform, type TransformResult } from "../../src/pipeline/transform/types.ts";
+import {
+  TransformLoadError,
+  type SandboxedTransform,
+  type TransformResult,
+} from "../../src/pipeline/transform/types.ts";
 
 /**
  * A small memory limit so allocation cases stay fast; a time limit a good event never comes near,
@@ -91,8 +95,21 @@ describe("JavaScript transform", () => {
   });
 
   test("the event arrives exactly as JSON would carry it", async () => {
-    const data = { ...fixture, z: -0, big: 2 ** 40, f: 1.5, wide: "€ 😀", latin: "é", when: new Date(0), skip: undefined, arr: [undefined, 1], "0": "key" };
-    expect(await shared.transformBatch([{ kind: "echo", data }])).toEqual([{ ok: true, value: { json: JSON.stringify(data), proto: true } }]);
+    const data = {
+      ...fixture,
+      z: -0,
+      big: 2 ** 40,
+      f: 1.5,
+      wide: "€ 😀",
+      latin: "é",
+      when: new Date(0),
+      skip: undefined,
+      arr: [undefined, 1],
+      "0": "key",
+    };
+    expect(await shared.transformBatch([{ kind: "echo", data }])).toEqual([
+      { ok: true, value: { json: JSON.stringify(data), proto: true } },
+    ]);
   });
 
   test("undefined or null means no change", async () => {
@@ -103,7 +120,20 @@ describe("JavaScript transform", () => {
   });
 
   test("in a mixed batch only the bad events fail", async () => {
-    const kinds = ["throw", "custom", "loop", "alloc", "buffers", "recurse", "number", "string", "array", "promise", "async", "date"];
+    const kinds = [
+      "throw",
+      "custom",
+      "loop",
+      "alloc",
+      "buffers",
+      "recurse",
+      "number",
+      "string",
+      "array",
+      "promise",
+      "async",
+      "date",
+    ];
     const events = [good(0), ...kinds.flatMap((k, i) => [bad(k, i + 1), good(100 + i)])];
     const results = await shared.transformBatch(events);
     expect(results).toHaveLength(events.length);
@@ -138,7 +168,11 @@ describe("JavaScript transform", () => {
     // QuickJS polls its interrupt handler every ~10k branches: ~10 s here. The watchdog stops the worker.
     // The answer itself shows the watchdog stopped it (no wall-clock bound: a loaded machine is slow).
     const results = await shared.transformBatch([good(1), bad("stall"), good(3)]);
-    expect(results).toEqual([okGood(1), { ok: false, error: "transform exceeded the time limit of 500 ms (sandbox stopped after 1250 ms)" }, okGood(3)]);
+    expect(results).toEqual([
+      okGood(1),
+      { ok: false, error: "transform exceeded the time limit of 500 ms (sandbox stopped after 1250 ms)" },
+      okGood(3),
+    ]);
     expect(await shared.transformBatch([good(4)])).toEqual([okGood(4)]);
   });
 

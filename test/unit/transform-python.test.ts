@@ -3,7 +3,11 @@ import { existsSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createPythonTransform } from "../../src/pipeline/transform/python.ts";
-import { TransformLoadError, type SandboxedTransform, type TransformResult } from "../../src/pipeline/transform/types.ts";
+import {
+  TransformLoadError,
+  type SandboxedTransform,
+  type TransformResult,
+} from "../../src/pipeline/transform/types.ts";
 
 // Pyodide boots in ~1–2 s per worker: the tests share instances and start them in parallel.
 const identify = await Bun.file(join(import.meta.dir, "../fixtures/segment-identify.json")).json();
@@ -109,7 +113,10 @@ let deep: SandboxedTransform;
 const ok = (value: unknown): TransformResult => ({ ok: true, value });
 
 beforeAll(async () => {
-  [shared, deep] = await Promise.all([createPythonTransform(source, { timeoutMs: 1000 }), createPythonTransform(deepSource, { timeoutMs: 1000 })]);
+  [shared, deep] = await Promise.all([
+    createPythonTransform(source, { timeoutMs: 1000 }),
+    createPythonTransform(deepSource, { timeoutMs: 1000 }),
+  ]);
 }, 60_000);
 
 afterAll(() => {
@@ -121,11 +128,18 @@ afterAll(() => {
 describe("Python transformations (Pyodide worker)", () => {
   test("maps the Segment identify fixture to a concrete dict", async () => {
     const [r] = await shared.transformBatch([identify]);
-    expect(r).toEqual(ok({ email: "emily.johnson@example.com", plan: "Enterprise", company: "Acme Corp", user_id: "703991475" }));
+    expect(r).toEqual(
+      ok({ email: "emily.johnson@example.com", plan: "Enterprise", company: "Acme Corp", user_id: "703991475" }),
+    );
   });
 
   test("None means no change; KeyError and non-dict results fail their event only", async () => {
-    const rs = await shared.transformBatch([{ kind: "none" }, { kind: "identify", traits: {} }, { kind: "set" }, identify]);
+    const rs = await shared.transformBatch([
+      { kind: "none" },
+      { kind: "identify", traits: {} },
+      { kind: "set" },
+      identify,
+    ]);
     expect(rs[0]).toEqual({ ok: true, value: undefined });
     expect(rs[1]).toEqual({ ok: false, error: `KeyError: 'email' (line ${lineOf(source, 't["email"]')})` });
     expect(rs[2]!.ok).toBe(false);
@@ -157,7 +171,10 @@ describe("Python transformations (Pyodide worker)", () => {
       ok({ email: "emily.johnson@example.com", plan: "Enterprise", company: "Acme Corp", user_id: "703991475" }),
     ]);
     // and the next batch runs normally
-    expect(await shared.transformBatch([{ kind: "after" }, { kind: "alloc_ok" }])).toEqual([ok({ kind: "after" }), ok({ len: 32 * 1024 * 1024 })]);
+    expect(await shared.transformBatch([{ kind: "after" }, { kind: "alloc_ok" }])).toEqual([
+      ok({ kind: "after" }),
+      ok({ len: 32 * 1024 * 1024 }),
+    ]);
   }, 30_000);
 
   test("a transformation that swallows the interrupt is stopped, its worker replaced, the rest goes on", async () => {
@@ -168,11 +185,24 @@ describe("Python transformations (Pyodide worker)", () => {
     expect((rs[1] as { error: string }).error).toContain("exceeded the time limit (1000 ms)");
     expect(rs[2]).toEqual(ok({ kind: "b" }));
     expect(performance.now() - t0).toBeGreaterThan(2000); // stopped by the host, after its grace (limit + max(limit, 1 s))
-    expect(await shared.transformBatch([identify])).toEqual([ok({ email: "emily.johnson@example.com", plan: "Enterprise", company: "Acme Corp", user_id: "703991475" })]);
+    expect(await shared.transformBatch([identify])).toEqual([
+      ok({ email: "emily.johnson@example.com", plan: "Enterprise", company: "Acme Corp", user_id: "703991475" }),
+    ]);
   }, 30_000);
 
   test("escape attempts fail their own event or stay inside the sandbox", async () => {
-    const kinds = ["import_js", "import_pyodide_js", "ffi", "run_js", "passwd", "micropip", "system", "write", "listdir", "ok"];
+    const kinds = [
+      "import_js",
+      "import_pyodide_js",
+      "ffi",
+      "run_js",
+      "passwd",
+      "micropip",
+      "system",
+      "write",
+      "listdir",
+      "ok",
+    ];
     const rs = await shared.transformBatch(kinds.map((kind) => ({ kind })));
     const byKind = Object.fromEntries(kinds.map((k, i) => [k, rs[i]!]));
     const notAllowed = (name: string, line: number): TransformResult => ({
@@ -185,9 +215,18 @@ describe("Python transformations (Pyodide worker)", () => {
     expect(byKind.run_js).toEqual(notAllowed("pyodide.code", lineOf(source, "from pyodide.code")));
     expect(byKind.micropip).toEqual(notAllowed("micropip", lineOf(source, "import micropip")));
     // the in-memory file system has no /etc/passwd; the host's is never mounted
-    expect(byKind.passwd).toEqual({ ok: false, error: `FileNotFoundError: [Errno 44] No such file or directory: '/etc/passwd' (line ${lineOf(source, "/etc/passwd")})` });
-    expect(byKind.system).toEqual({ ok: false, error: `AttributeError: module 'os' has no attribute 'system' (line ${lineOf(source, '.system("id")')})` });
-    expect(byKind.write).toEqual({ ok: false, error: `PermissionError: writing files is not available in transformations (line ${lineOf(source, '"/tmp/x"')})` });
+    expect(byKind.passwd).toEqual({
+      ok: false,
+      error: `FileNotFoundError: [Errno 44] No such file or directory: '/etc/passwd' (line ${lineOf(source, "/etc/passwd")})`,
+    });
+    expect(byKind.system).toEqual({
+      ok: false,
+      error: `AttributeError: module 'os' has no attribute 'system' (line ${lineOf(source, '.system("id")')})`,
+    });
+    expect(byKind.write).toEqual({
+      ok: false,
+      error: `PermissionError: writing files is not available in transformations (line ${lineOf(source, '"/tmp/x"')})`,
+    });
     expect(byKind.listdir).toEqual(ok({ root: ["dev", "home", "lib", "proc", "tmp"], home: ["pyodide", "web_user"] }));
     expect(byKind.ok).toEqual(ok({ kind: "ok" }));
   });
@@ -202,11 +241,23 @@ describe("Python transformations (Pyodide worker)", () => {
     ]);
     // The import blocker and __import__ are gone, but imports still raise the "import" audit event,
     // and the audit hook (which nothing can remove) refuses them, and gc with them.
-    expect(rs[0]).toEqual({ ok: false, error: `ModuleNotFoundError: import of 'ctypes' is not allowed in transformations (line ${lineOf(deepSource, "import ctypes")})` });
+    expect(rs[0]).toEqual({
+      ok: false,
+      error: `ModuleNotFoundError: import of 'ctypes' is not allowed in transformations (line ${lineOf(deepSource, "import ctypes")})`,
+    });
     expect(existsSync(marker)).toBe(false);
-    expect(rs[1]).toEqual({ ok: false, error: `ModuleNotFoundError: import of '_socket' is not allowed in transformations (line ${lineOf(deepSource, "import _socket")})` });
-    expect(rs[2]).toEqual({ ok: false, error: `ModuleNotFoundError: import of 'js' is not allowed in transformations (line ${lineOf(deepSource, "import js")})` });
-    expect(rs[3]).toEqual({ ok: false, error: `PermissionError: gc.get_objects is not available in transformations (line ${lineOf(deepSource, "gc.get_objects()")})` });
+    expect(rs[1]).toEqual({
+      ok: false,
+      error: `ModuleNotFoundError: import of '_socket' is not allowed in transformations (line ${lineOf(deepSource, "import _socket")})`,
+    });
+    expect(rs[2]).toEqual({
+      ok: false,
+      error: `ModuleNotFoundError: import of 'js' is not allowed in transformations (line ${lineOf(deepSource, "import js")})`,
+    });
+    expect(rs[3]).toEqual({
+      ok: false,
+      error: `PermissionError: gc.get_objects is not available in transformations (line ${lineOf(deepSource, "gc.get_objects()")})`,
+    });
   });
 
   test("events that are not JSON fail alone", async () => {

@@ -38,9 +38,13 @@ const DIGEST_BYTES: Record<Algorithm, number> = { sha1: 20, sha256: 32, sha512: 
  * a `check`. Throws a plain Error for a config that cannot work (no check and not insecure, a preset
  * without `secret`, an empty secret, a bad tolerance).
  */
-export function compileCheck(c: CheckConfig, options: { stripeToleranceSeconds?: number } = {}): WebhookCheck | undefined {
+export function compileCheck(
+  c: CheckConfig,
+  options: { stripeToleranceSeconds?: number } = {},
+): WebhookCheck | undefined {
   const check = c.check;
-  if (c.segmentBatchFallback !== undefined && check !== "segment") throw new Error("segmentBatchFallback: only for check: segment");
+  if (c.segmentBatchFallback !== undefined && check !== "segment")
+    throw new Error("segmentBatchFallback: only for check: segment");
   if (check === undefined) {
     if (c.insecure === true) return undefined;
     throw new Error('check: a raw connection needs "check", or "insecure: true" spelled out');
@@ -49,12 +53,17 @@ export function compileCheck(c: CheckConfig, options: { stripeToleranceSeconds?:
     const secrets = secretList(c.secret, `check: ${check} needs the connection's "secret"`);
     switch (check) {
       case "github":
-        return hmacCheck("github", { header: "X-Hub-Signature-256", algorithm: "sha256", encoding: "hex", prefix: "sha256=" }, secrets);
+        return hmacCheck(
+          "github",
+          { header: "X-Hub-Signature-256", algorithm: "sha256", encoding: "hex", prefix: "sha256=" },
+          secrets,
+        );
       case "segment":
         return segmentCheck(secrets, c.segmentBatchFallback === true);
       case "stripe": {
         const tolerance = options.stripeToleranceSeconds ?? STRIPE_DEFAULT_TOLERANCE_SECONDS;
-        if (!Number.isFinite(tolerance) || tolerance <= 0) throw new Error("stripe tolerance must be a positive number of seconds");
+        if (!Number.isFinite(tolerance) || tolerance <= 0)
+          throw new Error("stripe tolerance must be a positive number of seconds");
         return stripeCheck(secrets, tolerance);
       }
       default:
@@ -64,9 +73,14 @@ export function compileCheck(c: CheckConfig, options: { stripeToleranceSeconds?:
   if ("hmac" in check) {
     const h = check.hmac;
     if (!DIGEST_BYTES[h.algorithm]) throw new Error(`check.hmac.algorithm: unsupported ${JSON.stringify(h.algorithm)}`);
-    if (h.encoding !== "hex" && h.encoding !== "base64") throw new Error(`check.hmac.encoding: unsupported ${JSON.stringify(h.encoding)}`);
+    if (h.encoding !== "hex" && h.encoding !== "base64")
+      throw new Error(`check.hmac.encoding: unsupported ${JSON.stringify(h.encoding)}`);
     const secrets = secretList(h.secret, "check.hmac.secret: needs a secret");
-    return hmacCheck("hmac", { header: h.header, algorithm: h.algorithm, encoding: h.encoding, prefix: h.prefix }, secrets);
+    return hmacCheck(
+      "hmac",
+      { header: h.header, algorithm: h.algorithm, encoding: h.encoding, prefix: h.prefix },
+      secrets,
+    );
   }
   return headerCheck(check.header, secretList(check.equals, "check.equals: needs a value"));
 }
@@ -143,12 +157,22 @@ function hmacCheck(kind: string, spec: HmacSpec, secrets: string[]): WebhookChec
     verify(body, headers) {
       let value = requireHeader(headers, spec.header);
       if (spec.prefix) {
-        if (!value.startsWith(spec.prefix)) throw new WebhookCheckError(`${spec.header} header does not start with "${spec.prefix}"`);
+        if (!value.startsWith(spec.prefix))
+          throw new WebhookCheckError(`${spec.header} header does not start with "${spec.prefix}"`);
         value = value.slice(spec.prefix.length);
       }
       const got = decodeSignature(value, spec.encoding, bytes);
-      if (!got) throw new WebhookCheckError(`${spec.header} header is not a ${spec.encoding} HMAC-${spec.algorithm.toUpperCase()} signature`);
-      if (!matchesAny(got, secrets.map((s) => hmac(spec.algorithm, s, body)))) throw new WebhookCheckError("signature does not match");
+      if (!got)
+        throw new WebhookCheckError(
+          `${spec.header} header is not a ${spec.encoding} HMAC-${spec.algorithm.toUpperCase()} signature`,
+        );
+      if (
+        !matchesAny(
+          got,
+          secrets.map((s) => hmac(spec.algorithm, s, body)),
+        )
+      )
+        throw new WebhookCheckError("signature does not match");
     },
   };
 }
@@ -192,12 +216,24 @@ function segmentCheck(secrets: string[], batchFallback: boolean): WebhookCheck {
       const header = full ? "X-Segment-Signature" : "X-Signature";
       const got = decodeSignature(requireHeader(headers, header), "hex", bytes);
       if (!got) throw new WebhookCheckError(`${header} header is not a hex HMAC-SHA1 signature`);
-      if (matchesAny(got, secrets.map((s) => hmac("sha1", s, body)))) return;
+      if (
+        matchesAny(
+          got,
+          secrets.map((s) => hmac("sha1", s, body)),
+        )
+      )
+        return;
       if (!full && batchFallback) {
         const first = firstArrayElementJson(body, decoder);
         if (first !== undefined) {
           const signed = encoder.encode(first);
-          if (matchesAny(got, secrets.map((s) => hmac("sha1", s, signed)))) return;
+          if (
+            matchesAny(
+              got,
+              secrets.map((s) => hmac("sha1", s, signed)),
+            )
+          )
+            return;
         }
       }
       throw new WebhookCheckError("signature does not match");

@@ -36,7 +36,8 @@ export function splitRawBody(bytes: Uint8Array, format: RawBodyFormat): RawDocum
     } catch (e) {
       throw new RawBodyError(`invalid JSON: ${(e as Error).message}`);
     }
-    if (!Array.isArray(v)) throw new RawBodyError(`expected a JSON array (body: json-array), got ${v === null ? "null" : typeof v}`);
+    if (!Array.isArray(v))
+      throw new RawBodyError(`expected a JSON array (body: json-array), got ${v === null ? "null" : typeof v}`);
     return { rows: v.map((x) => JSON.stringify(x)), parsed: v };
   }
   // json: one document, or newline-separated documents (NDJSON), one row each.
@@ -52,7 +53,11 @@ export function splitRawBody(bytes: Uint8Array, format: RawBodyFormat): RawDocum
       try {
         parsed.push(JSON.parse(line));
       } catch (e) {
-        throw new RawBodyError(lines.filter((l) => l.trim()).length > 1 ? `invalid JSON on line ${i + 1}: ${(e as Error).message}` : `invalid JSON: ${(whole as Error).message}`);
+        throw new RawBodyError(
+          lines.filter((l) => l.trim()).length > 1
+            ? `invalid JSON on line ${i + 1}: ${(e as Error).message}`
+            : `invalid JSON: ${(whole as Error).message}`,
+        );
       }
       rows.push(line);
     }
@@ -65,7 +70,11 @@ export function splitRawBody(bytes: Uint8Array, format: RawBodyFormat): RawDocum
  * of a `{header, equals}` check, which carries the shared secret itself) is never stored, listed
  * or not: stored headers reach the stream, the debugger and the warehouse.
  */
-export function storedHeaders(headers: Headers, which: "all" | string[] | undefined, secretHeader?: string): Record<string, string> {
+export function storedHeaders(
+  headers: Headers,
+  which: "all" | string[] | undefined,
+  secretHeader?: string,
+): Record<string, string> {
   const out: Record<string, string> = {};
   if (!which) return out;
   const secret = secretHeader?.toLowerCase();

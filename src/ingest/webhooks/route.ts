@@ -6,7 +6,15 @@ import type { EventLog } from "../../bus/event-log.ts";
 import { BusUnavailableError } from "../../bus/errors.ts";
 import { compileExpression, type Expression } from "../../pipeline/filter.ts";
 import type { RawRecord } from "../../pipeline/raw-stage.ts";
-import { readBody, PayloadTooLargeError, BadEncodingError, BodyTimeoutError, BodyAbortedError, BodyOverloadError, SMALL_BODY_BYTES } from "../body.ts";
+import {
+  readBody,
+  PayloadTooLargeError,
+  BadEncodingError,
+  BodyTimeoutError,
+  BodyAbortedError,
+  BodyOverloadError,
+  SMALL_BODY_BYTES,
+} from "../body.ts";
 import { ingest, type IngestLimits, type IngestStats } from "../handler.ts";
 import type { InFlightLimiter } from "../overload.ts";
 import { compileCheck, WebhookCheckError, type WebhookCheck } from "./check.ts";
@@ -36,7 +44,13 @@ const json = (status: number, body: unknown, headers: Record<string, string> = {
  * connection's `check`, stored as one JetStream message per delivery (whole or not at all),
  * deduplicated by the delivery id, and loaded into the connection's table by its raw pipeline.
  */
-export function webhookRoutes(config: ConfigStore, eventLog: EventLog, limiter: InFlightLimiter, stats: IngestStats, o: WebhookOptions) {
+export function webhookRoutes(
+  config: ConfigStore,
+  eventLog: EventLog,
+  limiter: InFlightLimiter,
+  stats: IngestStats,
+  o: WebhookOptions,
+) {
   const bodyTimeoutMs = o.bodyTimeoutMs ?? ingestDefaults.bodyTimeoutMs;
   // Refused signatures are logged at warn, rate-limited per connection and reason.
   const refusals = new RefusalLog();
@@ -59,8 +73,13 @@ export function webhookRoutes(config: ConfigStore, eventLog: EventLog, limiter: 
     const c = config.current.connections.get(name);
     if (!c || c.source !== "raw") return json(404, { error: `no raw webhook connection named "${name}"` });
     // Reserved as bytes arrive (see ingest's server.ts): a stalled sender holds at most SMALL_BODY_BYTES.
-    let reserved = Math.min(Number(request.headers.get("content-length") ?? 0) || SMALL_BODY_BYTES, SMALL_BODY_BYTES, o.maxBodyBytes);
-    if (!limiter.tryAcquire(reserved)) return json(429, { error: "node overloaded; retry later" }, { "Retry-After": "1" });
+    let reserved = Math.min(
+      Number(request.headers.get("content-length") ?? 0) || SMALL_BODY_BYTES,
+      SMALL_BODY_BYTES,
+      o.maxBodyBytes,
+    );
+    if (!limiter.tryAcquire(reserved))
+      return json(429, { error: "node overloaded; retry later" }, { "Retry-After": "1" });
     const grow = (size: number) => {
       if (size <= reserved) return true;
       if (!limiter.tryGrow(size - reserved)) return false;
@@ -75,7 +94,8 @@ export function webhookRoutes(config: ConfigStore, eventLog: EventLog, limiter: 
         if (e instanceof PayloadTooLargeError) return json(413, { error: e.message });
         if (e instanceof BadEncodingError || e instanceof BodyAbortedError) return json(400, { error: e.message });
         if (e instanceof BodyOverloadError) return json(429, { error: e.message }, { "Retry-After": "1" });
-        if (e instanceof BodyTimeoutError) return json(503, { error: e.message }, { Connection: "close", "Retry-After": String(o.retryAfterSeconds) });
+        if (e instanceof BodyTimeoutError)
+          return json(503, { error: e.message }, { Connection: "close", "Retry-After": String(o.retryAfterSeconds) });
         throw e;
       }
       const x = compiledOf(c);
@@ -84,7 +104,10 @@ export function webhookRoutes(config: ConfigStore, eventLog: EventLog, limiter: 
       } catch (e) {
         if (e instanceof WebhookCheckError) {
           // The reason is the check's fixed wording (which header, which rule), never a secret.
-          refusals.warn(`webhook\n${c.connection}\n${e.message}`, "webhook refused: check failed", { connection: c.connection, reason: e.message });
+          refusals.warn(`webhook\n${c.connection}\n${e.message}`, "webhook refused: check failed", {
+            connection: c.connection,
+            reason: e.message,
+          });
           return json(401, { error: `unauthorized: ${e.message}` });
         }
         throw e;
@@ -100,10 +123,18 @@ export function webhookRoutes(config: ConfigStore, eventLog: EventLog, limiter: 
       if (typeof deliveryId !== "string") return json(400, { error: deliveryId.error });
       const record: RawRecord = {
         messageId: deliveryId,
-        raw: { receivedAt: new Date(receivedAt).toISOString(), headers: storedHeaders(request.headers, c.headers, secretHeaderOf(c)), rows: docs.rows },
+        raw: {
+          receivedAt: new Date(receivedAt).toISOString(),
+          headers: storedHeaders(request.headers, c.headers, secretHeaderOf(c)),
+          rows: docs.rows,
+        },
       };
       const stored = await eventLog.append(c.connection, [{ id: deliveryId, json: JSON.stringify(record) }], "raw");
-      const answer: Record<string, unknown> = { accepted: stored.stored, rows: docs.rows.length, ...(stored.duplicates && { duplicate: true }) };
+      const answer: Record<string, unknown> = {
+        accepted: stored.stored,
+        rows: docs.rows.length,
+        ...(stored.duplicates && { duplicate: true }),
+      };
       if (x.events) {
         const derived = deriveEvents(x.events, docs.parsed, deliveryId);
         if ("error" in derived) answer.events = { accepted: 0, error: derived.error };
@@ -115,7 +146,8 @@ export function webhookRoutes(config: ConfigStore, eventLog: EventLog, limiter: 
       }
       return json(200, answer);
     } catch (e) {
-      if (e instanceof BusUnavailableError) return json(503, { error: e.message }, { "Retry-After": String(o.retryAfterSeconds) });
+      if (e instanceof BusUnavailableError)
+        return json(503, { error: e.message }, { "Retry-After": String(o.retryAfterSeconds) });
       log.error("webhook failed", { connection: name, error: String((e as Error)?.stack ?? e) });
       return json(503, { error: "internal error; retry later" }, { "Retry-After": String(o.retryAfterSeconds) });
     } finally {
@@ -123,7 +155,11 @@ export function webhookRoutes(config: ConfigStore, eventLog: EventLog, limiter: 
     }
   }
 
-  return new Elysia({ name: "webhooks" }).post("/v1/webhooks/:connection", ({ params, request }) => handle(params.connection, request), { parse: "none" });
+  return new Elysia({ name: "webhooks" }).post(
+    "/v1/webhooks/:connection",
+    ({ params, request }) => handle(params.connection, request),
+    { parse: "none" },
+  );
 }
 
 /** The header that carries a `{header, equals}` check's shared secret (never stored). */
@@ -132,7 +168,13 @@ function secretHeaderOf(c: LoadedConnection): string | undefined {
 }
 
 /** The delivery id: the configured header, or JSONata over the body, else a hash of the body. */
-function deliveryIdOf(c: LoadedConnection, x: Compiled, headers: Headers, bytes: Uint8Array, parsed: unknown[]): string | { error: string } {
+function deliveryIdOf(
+  c: LoadedConnection,
+  x: Compiled,
+  headers: Headers,
+  bytes: Uint8Array,
+  parsed: unknown[],
+): string | { error: string } {
   if (c.dedup && "header" in c.dedup) {
     const v = headers.get(c.dedup.header);
     if (v) return boundedId(v);
@@ -174,7 +216,12 @@ function deriveEvents(e: Expression, parsed: unknown[], deliveryId: string): { e
     }
     const list = v === undefined ? [] : Array.isArray(v) ? v : [v];
     list.forEach((ev, k) => {
-      if (ev && typeof ev === "object" && !Array.isArray(ev) && (ev as { messageId?: unknown }).messageId === undefined) {
+      if (
+        ev &&
+        typeof ev === "object" &&
+        !Array.isArray(ev) &&
+        (ev as { messageId?: unknown }).messageId === undefined
+      ) {
         events.push({ ...ev, messageId: `${deliveryId}:${d}:${k}` });
       } else events.push(ev);
     });

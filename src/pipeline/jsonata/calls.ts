@@ -29,12 +29,15 @@ export interface CompiledLambda {
  * JS function (by library code, or by the caller of an expression) it validates its signature and
  * resolves tail calls itself, as jsonata's lambda objects do.
  */
-export function lambda(raw: (...args: any[]) => any, arity: number, signature?: SignatureValidator, tailCalls = false): CompiledLambda {
+export function lambda(
+  raw: (...args: any[]) => any,
+  arity: number,
+  signature?: SignatureValidator,
+  tailCalls = false,
+): CompiledLambda {
   let l: CompiledLambda;
   if (signature !== undefined || tailCalls) {
-    l = function (...args: any[]) {
-      return apply(l, args, undefined);
-    } as CompiledLambda;
+    l = ((...args: any[]) => apply(l, args, undefined)) as CompiledLambda;
   } else {
     l = raw as CompiledLambda;
   }
@@ -162,7 +165,13 @@ function nativeParamCount(f: (...a: any[]) => any): number {
 }
 
 /** `evaluatePartialApplication`, after the arguments and the procedure are evaluated. */
-export function partial(proc: any, args: any[], position: number | undefined, name: unknown, forgotDollar: boolean): any {
+export function partial(
+  proc: any,
+  args: any[],
+  position: number | undefined,
+  name: unknown,
+  forgotDollar: boolean,
+): any {
   if (proc !== undefined && proc !== null && proc._cl === true) {
     const raw = proc._raw;
     return partialOf(proc.arity, (full) => raw.apply(undefined, full), args);
@@ -192,7 +201,12 @@ function partialOf(paramCount: number, invoke: (full: any[]) => any, args: any[]
 
 /** `f ~> g` for two functions: λ($x){ $g($f($x)) }. */
 export function compose(f: any, g: any): any {
-  return lambda((x: any) => new Thunk(g, [norm(call(f, [wrapArg(x)], null, undefined, "f"))], undefined, "g"), 1, undefined, true);
+  return lambda(
+    (x: any) => new Thunk(g, [norm(call(f, [wrapArg(x)], null, undefined, "f"))], undefined, "g"),
+    1,
+    undefined,
+    true,
+  );
 }
 
 /** The signature of a transform (`|pattern|update|`) function. */

@@ -20,7 +20,8 @@ function procName(proc: Node): string | undefined {
 
 /** `$name(...)` where `name` is a built-in and nothing in the expression binds it. */
 function directBuiltin(c: Compiler, proc: Node): Builtin | undefined {
-  if (proc.type !== "variable" || proc.predicate || proc.group || proc.keepArray || !c.options.assumeBuiltins) return undefined;
+  if (proc.type !== "variable" || proc.predicate || proc.group || proc.keepArray || !c.options.assumeBuiltins)
+    return undefined;
   if (!c.isFree(proc.value)) return undefined;
   const b = BUILTINS.get(proc.value);
   if (b !== undefined) c.builtinRefs.add(proc.value);
@@ -37,7 +38,9 @@ export function compileCall(c: Compiler, node: Node, inp: string, applyTo?: Val)
   const p = c.ev(proc, inp);
   if (proc.type === "path") {
     // `uppercase(x)`: help the user who forgot the `$`
-    o.line(`if (${p.c} === undefined && ${c.varRef(name!)}) throw R.jerr("T1005", ${pos}, { token: ${literal(name)} });`);
+    o.line(
+      `if (${p.c} === undefined && ${c.varRef(name!)}) throw R.jerr("T1005", ${pos}, { token: ${literal(name)} });`,
+    );
   }
   const args = applyTo ? [applyTo.c] : [];
   for (const a of node.arguments as Node[]) {
@@ -142,7 +145,10 @@ export function compilePartial(c: Compiler, node: Node, inp: string): Val {
   const p = c.ev(proc, inp);
   const name = procName(proc);
   const forgot = proc.type === "path" ? `!!${c.varRef(name!)}` : "false";
-  return { c: o.let(`R.partial(${p.c}, [${args.join(", ")}], ${literal(node.position)}, ${literal(name)}, ${forgot})`), m: F };
+  return {
+    c: o.let(`R.partial(${p.c}, [${args.join(", ")}], ${literal(node.position)}, ${literal(name)}, ${forgot})`),
+    m: F,
+  };
 }
 
 export function compileApply(c: Compiler, node: Node, inp: string): Val {
@@ -160,5 +166,10 @@ export function compileTransform(c: Compiler, node: Node, _inp: string): Val {
   const remove = node.delete !== undefined ? closure(c, node.delete) : "undefined";
   const clone = `() => ${c.varRef("clone")}`;
   const positions = `position: ${literal(node.position)}, updatePosition: ${literal(node.update.position)}, deletePosition: ${literal(node.delete?.position)}`;
-  return { c: o.let(`R.transform({ clone: ${clone}, pattern: ${pattern}, update: ${update}, remove: ${remove}, ${positions} })`), m: F };
+  return {
+    c: o.let(
+      `R.transform({ clone: ${clone}, pattern: ${pattern}, update: ${update}, remove: ${remove}, ${positions} })`,
+    ),
+    m: F,
+  };
 }

@@ -25,13 +25,21 @@ export function mayThrow(n: Node): boolean {
     case "variable":
       return false;
     case "path":
-      return !!n.keepSingletonArray || (n.steps as Node[]).some((s) => s.type !== "name" || s.predicate || s.stages || s.group || s.tuple);
+      return (
+        !!n.keepSingletonArray ||
+        (n.steps as Node[]).some((s) => s.type !== "name" || s.predicate || s.stages || s.group || s.tuple)
+      );
     case "binary":
       return !(n.value === "=" || n.value === "!=" || n.value === "in") || mayThrow(n.lhs) || mayThrow(n.rhs);
     case "unary":
       return n.value !== "[" || (n.expressions as Node[]).some(mayThrow);
     case "function":
-      return !(n.procedure.type === "variable" && n.procedure.value === "exists" && n.arguments.length === 1 && !mayThrow(n.arguments[0]));
+      return !(
+        n.procedure.type === "variable" &&
+        n.procedure.value === "exists" &&
+        n.arguments.length === 1 &&
+        !mayThrow(n.arguments[0])
+      );
     default:
       return true;
   }
@@ -77,8 +85,15 @@ export function compileBinary(c: Compiler, node: Node, inp: string): Val {
   if (op === "and" || op === "or") return logical(c, node, inp);
   const o = c.out;
   const pos = literal(node.position);
-  if (op === "in" && node.rhs.type === "unary" && node.rhs.value === "[" && !node.rhs.predicate && !node.rhs.group &&
-    (node.rhs.expressions as Node[]).length > 0 && (node.rhs.expressions as Node[]).every(isPlainLiteral)) {
+  if (
+    op === "in" &&
+    node.rhs.type === "unary" &&
+    node.rhs.value === "[" &&
+    !node.rhs.predicate &&
+    !node.rhs.group &&
+    (node.rhs.expressions as Node[]).length > 0 &&
+    (node.rhs.expressions as Node[]).every(isPlainLiteral)
+  ) {
     const l = c.ev(node.lhs, inp);
     const tests = (node.rhs.expressions as Node[]).map((e) => `${l.c} === ${literal(e.value)}`);
     return { c: o.let(`(${tests.join(" || ")})`), m: B };
@@ -87,11 +102,16 @@ export function compileBinary(c: Compiler, node: Node, inp: string): Val {
   const r = c.ev(node.rhs, inp);
   if (ARITH.has(op)) {
     const checks: string[] = [];
-    if (node.lhs.type !== "number" || !isPlainLiteral(node.lhs)) checks.push(`typeof ${l.c} === "number" && ${l.c} - ${l.c} === 0`);
-    if (node.rhs.type !== "number" || !isPlainLiteral(node.rhs)) checks.push(`typeof ${r.c} === "number" && ${r.c} - ${r.c} === 0`);
+    if (node.lhs.type !== "number" || !isPlainLiteral(node.lhs))
+      checks.push(`typeof ${l.c} === "number" && ${l.c} - ${l.c} === 0`);
+    if (node.rhs.type !== "number" || !isPlainLiteral(node.rhs))
+      checks.push(`typeof ${r.c} === "number" && ${r.c} - ${r.c} === 0`);
     const fast = `${l.c} ${op} ${r.c}`;
     if (checks.length === 0) return { c: o.let(fast), m: N };
-    return { c: o.let(`(${checks.join(" && ")}) ? ${fast} : R.arith(${l.c}, ${r.c}, ${literal(op)}, ${pos})`), m: N | U };
+    return {
+      c: o.let(`(${checks.join(" && ")}) ? ${fast} : R.arith(${l.c}, ${r.c}, ${literal(op)}, ${pos})`),
+      m: N | U,
+    };
   }
   if (op === "=" || op === "!=") {
     const lit = isPlainLiteral(node.rhs) ? r : isPlainLiteral(node.lhs) ? l : undefined;
@@ -104,8 +124,10 @@ export function compileBinary(c: Compiler, node: Node, inp: string): Val {
   }
   if (COMPARE.has(op)) {
     let test: string;
-    if (isPlainLiteral(node.rhs) && (r.m === N || r.m === S)) test = `typeof ${l.c} === ${r.m === N ? '"number"' : '"string"'}`;
-    else if (isPlainLiteral(node.lhs) && (l.m === N || l.m === S)) test = `typeof ${r.c} === ${l.m === N ? '"number"' : '"string"'}`;
+    if (isPlainLiteral(node.rhs) && (r.m === N || r.m === S))
+      test = `typeof ${l.c} === ${r.m === N ? '"number"' : '"string"'}`;
+    else if (isPlainLiteral(node.lhs) && (l.m === N || l.m === S))
+      test = `typeof ${r.c} === ${l.m === N ? '"number"' : '"string"'}`;
     else test = `typeof ${l.c} === typeof ${r.c} && (typeof ${l.c} === "number" || typeof ${l.c} === "string")`;
     return { c: o.let(`(${test}) ? ${l.c} ${op} ${r.c} : R.cmp(${l.c}, ${r.c}, ${literal(op)}, ${pos})`), m: B | U };
   }

@@ -12,8 +12,17 @@ import { compileTuplePath } from "./compile-tuples.ts";
 import { ANY, O, Q, U, Unsupported, literal, type Node, type Val } from "./gen.ts";
 
 function isPlainName(step: Node): boolean {
-  return step.type === "name" && !step.predicate && !step.stages && !step.group && !step.keepArray &&
-    !step.focus && !step.index && !step.tuple && !step.ancestor;
+  return (
+    step.type === "name" &&
+    !step.predicate &&
+    !step.stages &&
+    !step.group &&
+    !step.keepArray &&
+    !step.focus &&
+    !step.index &&
+    !step.tuple &&
+    !step.ancestor
+  );
 }
 
 function hasTuples(node: Node): boolean {
@@ -38,7 +47,8 @@ export function compilePath(c: Compiler, node: Node, inp: string): Val {
   if (hasTuples(node)) return compileTuplePath(c, node, inp);
   if (!node.group && !node.keepSingletonArray && !node.keepArray && steps.every(isPlainName)) {
     const names = steps.map((s) => s.value as string);
-    const call = names.length === 1 ? `R.path1(${inp}, ${literal(names[0])})` : `R.pathNames(${inp}, ${o.constant(names)})`;
+    const call =
+      names.length === 1 ? `R.path1(${inp}, ${literal(names[0])})` : `R.pathNames(${inp}, ${o.constant(names)})`;
     // already normalised: a second normalisation would be a no-op
     return { c: o.let(call), m: ANY & ~Q };
   }
@@ -106,7 +116,9 @@ export function compileFilter(c: Compiler, pred: Node, v: Val): Val {
 
 function sortStep(c: Compiler, step: Node, seqIn: string): string {
   const o = c.out;
-  const terms = (step.terms as Node[]).map((t) => `{ f: ${closure(c, t.expression)}, descending: ${t.descending === true} }`);
+  const terms = (step.terms as Node[]).map(
+    (t) => `{ f: ${closure(c, t.expression)}, descending: ${t.descending === true} }`,
+  );
   return o.let(`R.sort(${seqIn}, [${terms.join(", ")}], ${literal(step.position)})`);
 }
 

@@ -85,7 +85,8 @@ export function compileTuplePath(c: Compiler, node: Node, inp: string): Val {
   });
   o.close();
   // the stream exists only if evaluation reached a tuple step (a path can end before)
-  if (tb !== undefined) o.line(`if (${stream} !== undefined) ${res} = ${node.tuple ? stream : `R.tupleValues(${stream})`};`);
+  if (tb !== undefined)
+    o.line(`if (${stream} !== undefined) ${res} = ${node.tuple ? stream : `R.tupleValues(${stream})`};`);
   if (node.keepSingletonArray) o.line(`${res} = R.keepSingletonPath(${res});`);
   if (node.group) {
     if (tb === undefined) return compileGroup(c, node.group, { c: res, m: ANY });

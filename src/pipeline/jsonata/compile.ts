@@ -292,7 +292,9 @@ export class Compiler {
       case "-": {
         const v = this.ev(node.expression, inp);
         return {
-          c: o.let(`(typeof ${v.c} === "number" && ${v.c} - ${v.c} === 0) ? -${v.c} : R.neg(${v.c}, ${literal(node.position)})`),
+          c: o.let(
+            `(typeof ${v.c} === "number" && ${v.c} - ${v.c} === 0) ? -${v.c} : R.neg(${v.c}, ${literal(node.position)})`,
+          ),
           m: N | U,
         };
       }

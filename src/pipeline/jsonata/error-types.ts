@@ -39,7 +39,13 @@ export class JsonataEvaluationError extends Error {
  */
 export class ExpressionTimeoutError extends JsonataEvaluationError {
   constructor(readonly limitMs: number) {
-    super(`Evaluation timeout after ${limitMs} milliseconds. Check for infinite loop`, "D1012", undefined, undefined, limitMs);
+    super(
+      `Evaluation timeout after ${limitMs} milliseconds. Check for infinite loop`,
+      "D1012",
+      undefined,
+      undefined,
+      limitMs,
+    );
     this.name = "ExpressionTimeoutError";
   }
 }

@@ -29,7 +29,11 @@ export interface ParamSpec {
 
 export interface Builtin {
   name: string;
-  def: { _jsonata_function: true; implementation: (...args: any[]) => any; signature: { definition: string; validate(args: unknown[], ctx: unknown): unknown[] } };
+  def: {
+    _jsonata_function: true;
+    implementation: (...args: any[]) => any;
+    signature: { definition: string; validate(args: unknown[], ctx: unknown): unknown[] };
+  };
   params: ParamSpec[];
   /** type mask of the result */
   returns: number;
@@ -73,27 +77,104 @@ export function parseParams(signature: string): { params: ParamSpec[]; returns: 
 
 /** Built-ins whose implementation cannot throw once the arguments passed the guard. */
 const NO_THROW = new Set([
-  "lowercase", "uppercase", "length", "trim", "exists", "count", "keys", "lookup", "append", "reverse",
-  "substringBefore", "substringAfter", "merge", "spread", "distinct", "sum", "max", "min", "average",
-  "millis", "base64encode",
+  "lowercase",
+  "uppercase",
+  "length",
+  "trim",
+  "exists",
+  "count",
+  "keys",
+  "lookup",
+  "append",
+  "reverse",
+  "substringBefore",
+  "substringAfter",
+  "merge",
+  "spread",
+  "distinct",
+  "sum",
+  "max",
+  "min",
+  "average",
+  "millis",
+  "base64encode",
 ]);
 
 const NAMES = [
-  "sum", "count", "max", "min", "average", "string", "substring", "substringBefore", "substringAfter",
-  "lowercase", "uppercase", "length", "trim", "pad", "match", "contains", "replace", "split", "join",
-  "formatNumber", "formatBase", "formatInteger", "parseInteger", "number", "floor", "ceil", "round", "abs",
-  "sqrt", "power", "random", "boolean", "not", "map", "zip", "filter", "single", "reduce", "sift", "keys",
-  "lookup", "append", "exists", "spread", "merge", "reverse", "each", "error", "assert", "type", "sort",
-  "shuffle", "distinct", "base64encode", "base64decode", "encodeUrlComponent", "encodeUrl",
-  "decodeUrlComponent", "decodeUrl", "toMillis", "fromMillis", "clone",
+  "sum",
+  "count",
+  "max",
+  "min",
+  "average",
+  "string",
+  "substring",
+  "substringBefore",
+  "substringAfter",
+  "lowercase",
+  "uppercase",
+  "length",
+  "trim",
+  "pad",
+  "match",
+  "contains",
+  "replace",
+  "split",
+  "join",
+  "formatNumber",
+  "formatBase",
+  "formatInteger",
+  "parseInteger",
+  "number",
+  "floor",
+  "ceil",
+  "round",
+  "abs",
+  "sqrt",
+  "power",
+  "random",
+  "boolean",
+  "not",
+  "map",
+  "zip",
+  "filter",
+  "single",
+  "reduce",
+  "sift",
+  "keys",
+  "lookup",
+  "append",
+  "exists",
+  "spread",
+  "merge",
+  "reverse",
+  "each",
+  "error",
+  "assert",
+  "type",
+  "sort",
+  "shuffle",
+  "distinct",
+  "base64encode",
+  "base64decode",
+  "encodeUrlComponent",
+  "encodeUrl",
+  "decodeUrlComponent",
+  "decodeUrl",
+  "toMillis",
+  "fromMillis",
+  "clone",
 ];
 
 function returnMask(letter: string): number {
   switch (letter) {
-    case "s": return S | U;
-    case "n": return N | U;
-    case "b": return B | U;
-    default: return ANY;
+    case "s":
+      return S | U;
+    case "n":
+      return N | U;
+    case "b":
+      return B | U;
+    default:
+      return ANY;
   }
 }
 
@@ -108,9 +189,21 @@ for (const name of NAMES) BUILTINS.set(name, entry(name, staticFrame.lookup(name
 // $now and $millis live one frame above the bindings in jsonata, bound per evaluation
 BUILTINS.set(
   "now",
-  entry("now", defineFunction((picture?: string, timezone?: string) => datetime.fromMillis(now().getTime(), picture, timezone), "<s?s?:s>")),
+  entry(
+    "now",
+    defineFunction(
+      (picture?: string, timezone?: string) => datetime.fromMillis(now().getTime(), picture, timezone),
+      "<s?s?:s>",
+    ),
+  ),
 );
-BUILTINS.set("millis", entry("millis", defineFunction(() => now().getTime(), "<:n>")));
+BUILTINS.set(
+  "millis",
+  entry(
+    "millis",
+    defineFunction(() => now().getTime(), "<:n>"),
+  ),
+);
 
 /**
  * Faster equivalents of a few hot built-ins, used on the fast path only (the guard has checked the
@@ -136,7 +229,8 @@ export const FAST_IMPL = new Map<string, (...args: any[]) => any>([
     // a number, boolean or null comes out as jsonata's JSON.stringify-with-replacer writes it
     "string",
     function (this: unknown, arg: unknown, prettify?: boolean) {
-      if (typeof arg === "number" && Number.isFinite(arg)) return String(Number.isInteger(arg) ? arg : Number(arg.toPrecision(15)));
+      if (typeof arg === "number" && Number.isFinite(arg))
+        return String(Number.isInteger(arg) ? arg : Number(arg.toPrecision(15)));
       if (typeof arg === "boolean" || arg === null) return String(arg);
       return stringImpl.call(this, arg, prettify);
     },
@@ -150,7 +244,13 @@ const evalDef = defineFunction(function (this: any, expr: unknown, focus: unknow
 BUILTINS.set("eval", { ...entry("eval", evalDef), throws: true });
 
 export const evalHook: {
-  run: (expr: unknown, focus: unknown, input: unknown, bindings: Record<string, unknown> | undefined, argc: number) => unknown;
+  run: (
+    expr: unknown,
+    focus: unknown,
+    input: unknown,
+    bindings: Record<string, unknown> | undefined,
+    argc: number,
+  ) => unknown;
 } = {
   run: () => {
     throw new Error("jsonata $eval: compiler not installed");
@@ -166,11 +266,24 @@ export function guard(param: ParamSpec, arg: string, mask: number): string {
     switch (t) {
       case "x":
         return "true";
-      case "s": parts.push(`typeof ${arg} === "string"`); allowed |= S; break;
-      case "n": parts.push(`typeof ${arg} === "number"`); allowed |= N; break;
-      case "b": parts.push(`typeof ${arg} === "boolean"`); allowed |= B; break;
-      case "l": parts.push(`${arg} === null`); break;
-      case "o": parts.push(`R.isObject(${arg})`); break;
+      case "s":
+        parts.push(`typeof ${arg} === "string"`);
+        allowed |= S;
+        break;
+      case "n":
+        parts.push(`typeof ${arg} === "number"`);
+        allowed |= N;
+        break;
+      case "b":
+        parts.push(`typeof ${arg} === "boolean"`);
+        allowed |= B;
+        break;
+      case "l":
+        parts.push(`${arg} === null`);
+        break;
+      case "o":
+        parts.push(`R.isObject(${arg})`);
+        break;
       case "a":
         if (param.subtype) parts.push(`R.isArrayOf(${arg}, ${JSON.stringify(param.subtype.charAt(0))})`);
         else {

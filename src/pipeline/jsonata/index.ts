@@ -10,7 +10,13 @@
  */
 import { compileAst, type CompiledSource } from "./compile.ts";
 import { enter, expressionTimeLimit, leave, tick } from "./deadline.ts";
-import { ExpressionTimeoutError, JsonataCompileError, JsonataEvaluationError, toCompileError, toEvaluationError } from "./errors.ts";
+import {
+  ExpressionTimeoutError,
+  JsonataCompileError,
+  JsonataEvaluationError,
+  toCompileError,
+  toEvaluationError,
+} from "./errors.ts";
 import { evalHook } from "./functions.ts";
 import { Unsupported } from "./gen.ts";
 import { jsonataSync, type JsonataNode, type SyncJsonataInstance } from "./interpreter.ts";
@@ -21,7 +27,14 @@ import * as runtimePaths from "./runtime-paths.ts";
 import * as runtimeTuples from "./runtime-tuples.ts";
 
 export { ExpressionTimeoutError, JsonataCompileError, JsonataEvaluationError };
-export { expressionTimeLimit, setExpressionTimeLimit, tick, walkResult, withTimeLimit, DEFAULT_TIME_LIMIT_MS } from "./deadline.ts";
+export {
+  expressionTimeLimit,
+  setExpressionTimeLimit,
+  tick,
+  walkResult,
+  withTimeLimit,
+  DEFAULT_TIME_LIMIT_MS,
+} from "./deadline.ts";
 
 export interface CompiledJsonata {
   readonly source: string;
@@ -49,12 +62,24 @@ type Evaluator = (input: unknown, bindings: Record<string, unknown> | undefined)
 
 /* eslint-disable @typescript-eslint/no-explicit-any */
 /** What generated code calls as `R.name`. */
-const R: Record<string, unknown> = { ...runtime, ...runtimePaths, ...runtimeOperators, ...runtimeTuples, ...calls, evalCall, scopeBindings };
+const R: Record<string, unknown> = {
+  ...runtime,
+  ...runtimePaths,
+  ...runtimeOperators,
+  ...runtimeTuples,
+  ...calls,
+  evalCall,
+  scopeBindings,
+};
 
 function build(ast: JsonataNode, assumeBuiltins: boolean): { evaluate: Evaluator; compiled: CompiledSource } {
   const compiled = compileAst(ast, { assumeBuiltins });
   // T: the deadline's step, a closure parameter so the generated loops call it directly
-  const factory = new Function("R", "K", "T", compiled.source) as (r: unknown, k: unknown[], t: () => void) => Evaluator;
+  const factory = new Function("R", "K", "T", compiled.source) as (
+    r: unknown,
+    k: unknown[],
+    t: () => void,
+  ) => Evaluator;
   return { evaluate: factory(R, compiled.constants, tick), compiled };
 }
 
@@ -136,7 +161,11 @@ function installGuard(instance: SyncJsonataInstance, timeLimitMs: number, maxDep
   let started = 0;
   const check = (): void => {
     if (maxDepth > 0 && depth > maxDepth) {
-      throw { code: "U1001", message: "Stack overflow error: Check for non-terminating recursive function.  Consider rewriting as tail-recursive." };
+      throw {
+        code: "U1001",
+        message:
+          "Stack overflow error: Check for non-terminating recursive function.  Consider rewriting as tail-recursive.",
+      };
     }
     if (Date.now() - started > timeLimitMs) {
       throw { code: "U1001", message: "Expression evaluation timeout: Check for infinite loop" };
@@ -184,7 +213,13 @@ function compileForEval(expr: string): Expression {
   return e;
 }
 
-function runEval(expr: unknown, focus: unknown, input: unknown, bindings: Record<string, unknown> | undefined, argc: number): unknown {
+function runEval(
+  expr: unknown,
+  focus: unknown,
+  input: unknown,
+  bindings: Record<string, unknown> | undefined,
+  argc: number,
+): unknown {
   if (expr === undefined) return undefined;
   let ctx = input;
   if (argc > 1 && focus !== undefined) {
@@ -212,7 +247,12 @@ evalHook.run = runEval;
 const evalSignature = jsonataSync.internals.parseSignature("<sx?:x>");
 
 /** `$eval(expr, focus?)` called directly from generated code. */
-function evalCall(args: unknown[], input: unknown, bindings: Record<string, unknown>, position: number | undefined): unknown {
+function evalCall(
+  args: unknown[],
+  input: unknown,
+  bindings: Record<string, unknown>,
+  position: number | undefined,
+): unknown {
   try {
     const [expr, focus] = evalSignature.validate(args, input);
     return runEval(expr, focus, input, bindings, args.length);
@@ -222,7 +262,11 @@ function evalCall(args: unknown[], input: unknown, bindings: Record<string, unkn
 }
 
 /** The caller's variables, as bindings for an expression evaluated by $eval. */
-function scopeBindings(bindings: Record<string, unknown> | undefined, names: string[], values: unknown[]): Record<string, unknown> | undefined {
+function scopeBindings(
+  bindings: Record<string, unknown> | undefined,
+  names: string[],
+  values: unknown[],
+): Record<string, unknown> | undefined {
   if (names.length === 0) return bindings;
   const out: Record<string, unknown> = { ...(bindings ?? {}) };
   for (let i = 0; i < names.length; i++) out[names[i]!] = values[i];

@@ -53,7 +53,16 @@ export interface JsonataInternals {
   fn: Record<"boolean" | "string" | "append" | "lookup" | "sort" | "exists", AnyFunction> & Record<string, AnyFunction>;
   datetime: Record<"fromMillis" | "toMillis" | "formatInteger" | "parseInteger", AnyFunction>;
   utils: Record<
-    "isNumeric" | "isArrayOfNumbers" | "isArrayOfStrings" | "isDeepEqual" | "isIterable" | "getFunctionArity" | "isSequence" | "isFunction" | "isLambda" | "keys",
+    | "isNumeric"
+    | "isArrayOfNumbers"
+    | "isArrayOfStrings"
+    | "isDeepEqual"
+    | "isIterable"
+    | "getFunctionArity"
+    | "isSequence"
+    | "isFunction"
+    | "isLambda"
+    | "keys",
     AnyFunction
   >;
   parseSignature(sig: string): SignatureValidator;
@@ -70,7 +79,9 @@ export interface SyncJsonata {
 function replaceExactly(src: string, from: string, to: string, expected?: number): string {
   const parts = src.split(from);
   if (parts.length === 1 || (expected !== undefined && parts.length - 1 !== expected)) {
-    throw new Error(`jsonata sync transform: expected ${expected ?? "some"} occurrence(s) of ${JSON.stringify(from)}, found ${parts.length - 1}`);
+    throw new Error(
+      `jsonata sync transform: expected ${expected ?? "some"} occurrence(s) of ${JSON.stringify(from)}, found ${parts.length - 1}`,
+    );
   }
   return parts.join(to);
 }
@@ -82,7 +93,10 @@ function replaceExactly(src: string, from: string, to: string, expected?: number
 const DEADLINE_STEPS: [string, string][] = [
   // every node the interpreter evaluates, and every function application (trampoline included)
   ["function evaluate(expr, input, environment) {", "function evaluate(expr, input, environment) { __tick();"],
-  ["function applyInner(proc, args, input, environment) {", "function applyInner(proc, args, input, environment) { __tick();"],
+  [
+    "function applyInner(proc, args, input, environment) {",
+    "function applyInner(proc, args, input, environment) { __tick();",
+  ],
   // recursive over nested values: exponential on shared sub-trees
   ["function isDeepEqual(lhs, rhs) {", "function isDeepEqual(lhs, rhs) { __tick();"],
   ["str = JSON.stringify(arg, function (key, val) {", "str = JSON.stringify(arg, function (key, val) { __tick();"],
@@ -91,15 +105,27 @@ const DEADLINE_STEPS: [string, string][] = [
   ["function lookup(input, key) {", "function lookup(input, key) { __tick();"],
   ["function boolean(arg) {", "function boolean(arg) { __tick();"],
   ["function spread(arg) {", "function spread(arg) { __tick();"],
-  ["function keys(arg) {\n        var result = this.createSequence();", "function keys(arg) { __tick();\n        var result = this.createSequence();"],
+  [
+    "function keys(arg) {\n        var result = this.createSequence();",
+    "function keys(arg) { __tick();\n        var result = this.createSequence();",
+  ],
   // steps that copy their operands: quadratic when repeated (grouping, $spread, $sort's merge)
   ["const size = arg1.length + arg2.length;", "const size = arg1.length + arg2.length; __tickWork(size);"],
-  ["var merge_iter = function (result, left, right) {", "var merge_iter = function (result, left, right) { __tickWork(left.length + right.length);"],
+  [
+    "var merge_iter = function (result, left, right) {",
+    "var merge_iter = function (result, left, right) { __tickWork(left.length + right.length);",
+  ],
   ["result = new Array(size);", "__tick(); result = new Array(size);"],
   ["result[index] = item;", "result[index] = item; if ((index & 65535) === 65535) __tickWork(65536);"],
-  ["var padLength = Math.abs(width) - length(str);", "var padLength = Math.abs(width) - length(str); __nativeStep(padLength);"],
+  [
+    "var padLength = Math.abs(width) - length(str);",
+    "var padLength = Math.abs(width) - length(str); __nativeStep(padLength);",
+  ],
   // $eval wraps what its expression throws as D3121: an expired deadline throws again first
-  ["// error evaluating the expression passed to $eval", "__checkNow(); // error evaluating the expression passed to $eval"],
+  [
+    "// error evaluating the expression passed to $eval",
+    "__checkNow(); // error evaluating the expression passed to $eval",
+  ],
   // one backtracking regex can run for a second: read the clock around each match
   ["var match = re.exec(str);", "__checkNow(); var match = re.exec(str); __checkNow();"],
 ];
@@ -133,12 +159,24 @@ function load(): SyncJsonata {
   const syncSrc = makeSyncSource(src);
   const mod: { exports: any } = { exports: {} };
   // The bundle is a UMD/browserify wrapper: it assigns `module.exports` when both exist.
-  const factory = new Function("module", "exports", "require", "__tick", "__tickWork", "__checkNow", "__nativeStep", `${syncSrc}\n//# sourceURL=jsonata-sync.js`);
+  const factory = new Function(
+    "module",
+    "exports",
+    "require",
+    "__tick",
+    "__tickWork",
+    "__checkNow",
+    "__nativeStep",
+    `${syncSrc}\n//# sourceURL=jsonata-sync.js`,
+  );
   factory(mod, mod.exports, undefined, tick, tickWork, checkNow, nativeStep);
   const jsonata = mod.exports as SyncJsonata;
-  if (typeof jsonata !== "function" || !jsonata.internals) throw new Error("jsonata sync transform: module did not load");
+  if (typeof jsonata !== "function" || !jsonata.internals)
+    throw new Error("jsonata sync transform: module did not load");
   // self-test: must evaluate synchronously and correctly
-  const probe = jsonata('$sum([1,2,3].($ * 2)) & "-" & $uppercase("ok") & ($map([1], function($v){$v}) = 1 ? "y" : "n")').evaluate({});
+  const probe = jsonata(
+    '$sum([1,2,3].($ * 2)) & "-" & $uppercase("ok") & ($map([1], function($v){$v}) = 1 ? "y" : "n")',
+  ).evaluate({});
   if (probe !== "12-OKy") throw new Error(`jsonata sync transform: self-test failed (${String(probe)})`);
   return jsonata;
 }

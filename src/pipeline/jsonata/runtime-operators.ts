@@ -38,11 +38,16 @@ export function arith(lhs: any, rhs: any, op: string, position: number | undefin
   }
   if (lhs === undefined || rhs === undefined) return undefined;
   switch (op) {
-    case "+": return lhs + rhs;
-    case "-": return lhs - rhs;
-    case "*": return lhs * rhs;
-    case "/": return lhs / rhs;
-    default: return lhs % rhs;
+    case "+":
+      return lhs + rhs;
+    case "-":
+      return lhs - rhs;
+    case "*":
+      return lhs * rhs;
+    case "/":
+      return lhs / rhs;
+    default:
+      return lhs % rhs;
   }
 }
 
@@ -68,15 +73,23 @@ export function cmp(lhs: any, rhs: any, op: string, position: number | undefined
   const lok = lt === "undefined" || lt === "string" || lt === "number";
   const rok = rt === "undefined" || rt === "string" || rt === "number";
   if (!lok || !rok) {
-    throw decorate(jerr("T2010", undefined, { value: !(lt === "string" || lt === "number") ? lhs : rhs }), position, op);
+    throw decorate(
+      jerr("T2010", undefined, { value: !(lt === "string" || lt === "number") ? lhs : rhs }),
+      position,
+      op,
+    );
   }
   if (lt === "undefined" || rt === "undefined") return undefined;
   if (lt !== rt) throw decorate(jerr("T2009", undefined, { value: lhs, value2: rhs }), position, op);
   switch (op) {
-    case "<": return lhs < rhs;
-    case "<=": return lhs <= rhs;
-    case ">": return lhs > rhs;
-    default: return lhs >= rhs;
+    case "<":
+      return lhs < rhs;
+    case "<=":
+      return lhs <= rhs;
+    case ">":
+      return lhs > rhs;
+    default:
+      return lhs >= rhs;
   }
 }
 

@@ -26,7 +26,13 @@ export function lookup(input: any, key: string): any {
     }
     return result;
   }
-  if (input !== null && typeof input === "object" && hasOwn.call(input, key) && input._jsonata_function !== true && input._jsonata_lambda !== true) {
+  if (
+    input !== null &&
+    typeof input === "object" &&
+    hasOwn.call(input, key) &&
+    input._jsonata_function !== true &&
+    input._jsonata_lambda !== true
+  ) {
     return input[key];
   }
   return undefined;
@@ -57,7 +63,13 @@ export function pathNames(input: any, names: readonly string[]): any {
   const last = names.length - 1;
   for (let i = 0; i <= last; i++) {
     const key = names[i]!;
-    if (cur === null || typeof cur !== "object" || !hasOwn.call(cur, key) || cur._jsonata_function === true || cur._jsonata_lambda === true) {
+    if (
+      cur === null ||
+      typeof cur !== "object" ||
+      !hasOwn.call(cur, key) ||
+      cur._jsonata_function === true ||
+      cur._jsonata_lambda === true
+    ) {
       return undefined;
     }
     const v = cur[key];
@@ -196,7 +208,8 @@ function recurseDescendants(input: any, results: Seq): void {
 /** A one-name path (`type`): `pathNames` without the loop. */
 export function path1(input: any, key: string): any {
   if (input !== null && typeof input === "object" && !Array.isArray(input)) {
-    if (!hasOwn.call(input, key) || input._jsonata_function === true || input._jsonata_lambda === true) return undefined;
+    if (!hasOwn.call(input, key) || input._jsonata_function === true || input._jsonata_lambda === true)
+      return undefined;
     const v = input[key];
     if (Array.isArray(v) && (v as Seq).sequence === true) return pathNames(input, [key]);
     return v;
@@ -243,7 +256,11 @@ export function sort(input: Seq, terms: SortTerm[], position: number | undefined
 }
 
 /** `evaluateGroupExpression` (non-tuple) with key/value closures. */
-export function group(input: any, pairs: [(x: any) => any, (x: any) => any][], position: number | undefined): Record<string, unknown> {
+export function group(
+  input: any,
+  pairs: [(x: any) => any, (x: any) => any][],
+  position: number | undefined,
+): Record<string, unknown> {
   const result: Record<string, unknown> = Object.create(null);
   const groups: Record<string, { data: any; exprIndex: number }> = Object.create(null);
   if (input && input.tupleStream) throw new Error("jsonata compiler: tuple stream reached a non-tuple group");

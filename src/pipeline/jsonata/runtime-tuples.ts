@@ -28,7 +28,14 @@ export function tuplesOf(input: any[]): Record<string, unknown>[] {
 }
 
 /** The per-result part of `evaluateTupleStep`: one output tuple per item of the step's value. */
-export function tuplePush(result: Seq, tuple: Record<string, any>, res: any, focus: string | undefined, index: string | undefined, ancestor: string | undefined): void {
+export function tuplePush(
+  result: Seq,
+  tuple: Record<string, any>,
+  res: any,
+  focus: string | undefined,
+  index: string | undefined,
+  ancestor: string | undefined,
+): void {
   if (res === undefined) return;
   if (!Array.isArray(res)) res = [res];
   for (let bb = 0; bb < res.length; bb++) {

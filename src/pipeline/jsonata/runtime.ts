@@ -10,7 +10,13 @@
 import { jsonataSync } from "./interpreter.ts";
 
 /* eslint-disable @typescript-eslint/no-explicit-any */
-export type Seq = any[] & { sequence?: boolean; keepSingleton?: boolean; cons?: boolean; outerWrapper?: boolean; tupleStream?: boolean };
+export type Seq = any[] & {
+  sequence?: boolean;
+  keepSingleton?: boolean;
+  cons?: boolean;
+  outerWrapper?: boolean;
+  tupleStream?: boolean;
+};
 
 const { fn } = jsonataSync.internals;
 const propIsEnum = Object.prototype.propertyIsEnumerable;
@@ -126,17 +132,28 @@ export function obj(): Record<string, unknown> {
 }
 
 export function isObject(v: any): boolean {
-  return v !== null && typeof v === "object" && !Array.isArray(v) && v._jsonata_function !== true && v._jsonata_lambda !== true;
+  return (
+    v !== null &&
+    typeof v === "object" &&
+    !Array.isArray(v) &&
+    v._jsonata_function !== true &&
+    v._jsonata_lambda !== true
+  );
 }
 
 function symbolOf(v: any): string {
   if (isFunction(v)) return "f";
   switch (typeof v) {
-    case "string": return "s";
-    case "number": return "n";
-    case "boolean": return "b";
-    case "object": return v === null ? "l" : Array.isArray(v) ? "a" : "o";
-    default: return "m";
+    case "string":
+      return "s";
+    case "number":
+      return "n";
+    case "boolean":
+      return "b";
+    case "object":
+      return v === null ? "l" : Array.isArray(v) ? "a" : "o";
+    default:
+      return "m";
   }
 }
 

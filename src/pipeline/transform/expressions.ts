@@ -17,7 +17,10 @@ class OutOfTime {
  * expressions it runs). An event that ran out of time held the main thread for the whole limit, so
  * before the next one the node answers what queued up meanwhile (health checks, ingestion).
  */
-async function eachEvent(events: unknown[], one: (event: unknown) => TransformResult | OutOfTime): Promise<TransformResult[]> {
+async function eachEvent(
+  events: unknown[],
+  one: (event: unknown) => TransformResult | OutOfTime,
+): Promise<TransformResult[]> {
   const out: TransformResult[] = [];
   for (const event of events) {
     let r: TransformResult | OutOfTime;

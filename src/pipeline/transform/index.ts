@@ -9,7 +9,10 @@ import type { SandboxedTransform } from "./types.ts";
  * TransformLoadError. JavaScript and Python always run in a sandbox process of their own
  * (sandbox-process.ts), never in the node's process.
  */
-export async function createTransform(t: NonNullable<Pipeline["transform"]>, options?: SandboxProcessOptions): Promise<SandboxedTransform> {
+export async function createTransform(
+  t: NonNullable<Pipeline["transform"]>,
+  options?: SandboxProcessOptions,
+): Promise<SandboxedTransform> {
   if ("mapping" in t) return mappingTransform(t.mapping);
   if ("jsonata" in t) return jsonataTransform(t.jsonata);
   const o = options ?? parseSandboxOptions();

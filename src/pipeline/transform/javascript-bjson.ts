@@ -187,7 +187,11 @@ export class BjsonWriter {
 
   /** Write `v` as JSON.stringify would see it; false if it is skipped (undefined, function, symbol). */
   private value(v: unknown, key: string): boolean {
-    if (v !== null && (typeof v === "object" || typeof v === "bigint") && typeof (v as { toJSON?: unknown }).toJSON === "function") {
+    if (
+      v !== null &&
+      (typeof v === "object" || typeof v === "bigint") &&
+      typeof (v as { toJSON?: unknown }).toJSON === "function"
+    ) {
       v = (v as { toJSON(k: string): unknown }).toJSON(key);
     }
     switch (typeof v) {
@@ -219,7 +223,8 @@ export class BjsonWriter {
         }
         if (v instanceof Number || v instanceof String || v instanceof Boolean) return this.value(v.valueOf(), key);
         // Cycles: checked only once deep (JSON-carried events are shallow), like JSON.stringify's error.
-        if (this.stack.length >= 32 && this.stack.includes(v)) throw new TypeError("cyclic structure can't be serialized in JSON");
+        if (this.stack.length >= 32 && this.stack.includes(v))
+          throw new TypeError("cyclic structure can't be serialized in JSON");
         this.stack.push(v);
         if (Array.isArray(v)) {
           this.byte(TAG_ARRAY);
@@ -267,7 +272,7 @@ export const bjsonSelfTestJson = JSON.stringify({
   s: "ascii",
   l: "Latin-1 é",
   w: "wide € 😀 \ud800",
-  long: "x".repeat(40) + "\u0000\u0001\n\"",
+  long: "x".repeat(40) + '\u0000\u0001\n"',
   i: [0, 1, -1, 2147483647, -2147483648, 300, 2147483648],
   f: [1.5, 2 ** 40, 1e-7, -1e300],
   b: [true, false, null],

@@ -13,7 +13,13 @@ import {
   type QuickJSWASMModule,
 } from "quickjs-emscripten";
 import { BjsonWriter, bjsonSelfTestJson, bjsonVersion } from "./javascript-bjson.ts";
-import { bjsonCheckSource, cellTickFactorySource, lockdownSource, preludeSource, runnerFactorySource } from "./javascript-guest.ts";
+import {
+  bjsonCheckSource,
+  cellTickFactorySource,
+  lockdownSource,
+  preludeSource,
+  runnerFactorySource,
+} from "./javascript-guest.ts";
 import { TransformLoadError, type TransformLimits, type TransformResult } from "./types.ts";
 
 /** QuickJS's own stack limit; well below what the host's native stack allows for WASM frames. */
@@ -37,7 +43,10 @@ export const wasmMemoryBytes = (l: TransformLimits) => {
 
 async function newModule(limits: TransformLimits): Promise<QuickJSWASMModule> {
   const page = 64 * 1024;
-  const wasmMemory = new WebAssembly.Memory({ initial: (16 * 1024 * 1024) / page, maximum: wasmMemoryBytes(limits) / page });
+  const wasmMemory = new WebAssembly.Memory({
+    initial: (16 * 1024 * 1024) / page,
+    maximum: wasmMemoryBytes(limits) / page,
+  });
   return newQuickJSWASMModule(newVariant(RELEASE_SYNC, { wasmMemory }));
 }
 
@@ -47,7 +56,9 @@ export const loadBudgetMs = (l: TransformLimits) => Math.max(1000, l.timeoutMs);
 export const fail = (error: string): TransformResult => ({ ok: false, error });
 
 /** Events for the sandbox: JSON text each, or bjson values sharing one header (javascript-bjson.ts). */
-export type EventsInput = { kind: "json"; events: string[] } | { kind: "bjson"; header: Uint8Array; events: Uint8Array[] };
+export type EventsInput =
+  | { kind: "json"; events: string[] }
+  | { kind: "bjson"; header: Uint8Array; events: Uint8Array[] };
 
 /** Called when an event starts (its index in the batch) or a phase outside any event starts (-1). */
 export type ProgressListener = (eventIndex: number) => void;
@@ -148,7 +159,9 @@ export class Sandbox {
       if (r.error) {
         const err = describeGuestError(ctx.dump(r.error));
         r.error.dispose();
-        throw new TransformLoadError(`JavaScript transform does not load: freezing the built-ins failed: ${err.interrupted ? "timed out" : err.text}`);
+        throw new TransformLoadError(
+          `JavaScript transform does not load: freezing the built-ins failed: ${err.interrupted ? "timed out" : err.text}`,
+        );
       }
       r.value.dispose();
     }
@@ -177,14 +190,24 @@ export class Sandbox {
    */
   private cellTick(factory: QuickJSHandle, hostTick: QuickJSHandle): QuickJSHandle | undefined {
     const c = this.ctx as unknown as {
-      memory?: { newHeapBufferPointer?(a: Uint8Array): { value: { pointer: number } }; heapValueHandle?(p: number): QuickJSHandle };
+      memory?: {
+        newHeapBufferPointer?(a: Uint8Array): { value: { pointer: number } };
+        heapValueHandle?(p: number): QuickJSHandle;
+      };
       ffi?: { QTS_NewArrayBuffer?(ctx: unknown, p: number, n: number): number };
       ctx?: { value: unknown };
       module?: { HEAPU8?: Uint8Array };
     };
     try {
       const { memory, ffi, module } = c;
-      if (!memory?.newHeapBufferPointer || !memory.heapValueHandle || !ffi?.QTS_NewArrayBuffer || !c.ctx || !module?.HEAPU8) return undefined;
+      if (
+        !memory?.newHeapBufferPointer ||
+        !memory.heapValueHandle ||
+        !ffi?.QTS_NewArrayBuffer ||
+        !c.ctx ||
+        !module?.HEAPU8
+      )
+        return undefined;
       // QuickJS adopts the allocation (frees it with the ArrayBuffer), so the pointer stays valid as long as the guest holds it.
       const pointer = memory.newHeapBufferPointer(new Uint8Array(8)).value.pointer;
       using ab = memory.heapValueHandle(ffi.QTS_NewArrayBuffer(c.ctx.value, pointer, 8));
@@ -316,7 +339,12 @@ export class Sandbox {
         ab = this.newBytes(doc);
       } catch {
         this.deadline = Infinity;
-        return { ok: false, at: -1, done: undefined, error: `sandbox out of memory (limit ${formatBytes(this.limits.memoryBytes)})` };
+        return {
+          ok: false,
+          at: -1,
+          done: undefined,
+          error: `sandbox out of memory (limit ${formatBytes(this.limits.memoryBytes)})`,
+        };
       }
       arg = ctx.decodeBinaryJSON(ab); // on failure (OOM) not an array: the runner throws before the first event
       ab.dispose();
@@ -390,7 +418,11 @@ export class SandboxHost {
    * Transform JSON-encoded events; the JSON array of TransformResult, one per event, in order.
    * `progress(i)` is told when event i starts, `progress(-1)` when a phase outside events starts.
    */
-  async runBatch(input: EventsInput, progress: ProgressListener = () => {}, report: PartialListener = () => {}): Promise<string> {
+  async runBatch(
+    input: EventsInput,
+    progress: ProgressListener = () => {},
+    report: PartialListener = () => {},
+  ): Promise<string> {
     const n = input.events.length;
     let pending: number[] = Array.from({ length: n }, (_, i) => i);
     // Fast path: every chunk succeeds, the guest's JSON goes out untouched.
@@ -420,7 +452,12 @@ export class SandboxHost {
       } catch (e) {
         // WASM-level failure (e.g. native stack exhausted, abort): throw away the whole module.
         this.drop(true);
-        outcome = { ok: false, at: sandbox.ticksNow() - 1, done: undefined, error: `sandbox crashed: ${(e as Error).message}` };
+        outcome = {
+          ok: false,
+          at: sandbox.ticksNow() - 1,
+          done: undefined,
+          error: `sandbox crashed: ${(e as Error).message}`,
+        };
       }
       progress(-1);
       if (outcome.ok) {
@@ -460,7 +497,11 @@ export class SandboxHost {
       } else if (resolved === chunk.length) {
         // everything completed; the abort came after the last event
       } else if (chunk.length === 1) {
-        results[chunk[0]!] = fail(at < 0 ? `event does not fit in the sandbox: ${outcome.error}` : `result does not fit in the sandbox: ${outcome.error}`);
+        results[chunk[0]!] = fail(
+          at < 0
+            ? `event does not fit in the sandbox: ${outcome.error}`
+            : `result does not fit in the sandbox: ${outcome.error}`,
+        );
       } else {
         oneByOne = true; // failed outside any one event (the chunk's JSON itself): retry the events one by one
       }
@@ -527,7 +568,10 @@ export function parseResults(json: string, n: number, prefix = false): Transform
   const out: TransformResult[] = new Array(n);
   for (let i = 0; i < n; i++) {
     const r = parsed[i] as { ok?: unknown; value?: unknown; error?: unknown } | null;
-    if (r?.ok === true && (r.value === undefined || (typeof r.value === "object" && r.value !== null && !Array.isArray(r.value)))) {
+    if (
+      r?.ok === true &&
+      (r.value === undefined || (typeof r.value === "object" && r.value !== null && !Array.isArray(r.value)))
+    ) {
       out[i] = { ok: true, value: r.value };
     } else if (r?.ok === false && typeof r.error === "string") out[i] = { ok: false, error: r.error };
     else return undefined;

@@ -62,7 +62,10 @@ const startupGraceMs = 10_000;
 const messageEvents = 128;
 
 /** Compile and load user code; throws TransformLoadError if it doesn't compile or defines no `transform`. */
-export async function createJavaScriptTransform(source: string, limits?: Partial<TransformLimits>): Promise<SandboxedTransform> {
+export async function createJavaScriptTransform(
+  source: string,
+  limits?: Partial<TransformLimits>,
+): Promise<SandboxedTransform> {
   const l: TransformLimits = { ...transformLimitDefaults, ...limits };
   if (!(l.timeoutMs > 0) || !(l.memoryBytes > 0)) throw new RangeError(`invalid transform limits ${JSON.stringify(l)}`);
   const t = new JavaScriptTransform(source, l);
@@ -179,7 +182,10 @@ export class JavaScriptTransform implements SandboxedTransform {
             const parsed = msg.type === "results" ? parseResults(msg.json, m.indices.length) : undefined;
             if (parsed) parsed.forEach((r, k) => (results[m.indices[k]!] = r));
             else {
-              for (const i of m.indices) results[i] = fail(msg.type === "failed" ? `sandbox failed: ${msg.message}` : "sandbox returned malformed results");
+              for (const i of m.indices)
+                results[i] = fail(
+                  msg.type === "failed" ? `sandbox failed: ${msg.message}` : "sandbox returned malformed results",
+                );
               stopAfter = true;
             }
           }
@@ -220,7 +226,11 @@ export class JavaScriptTransform implements SandboxedTransform {
   }
 
   /** The events at `indices` for the wire; those that cannot be serialized fail in `results`. */
-  private encode(events: unknown[], indices: number[], results: (TransformResult | undefined)[]): { input: WireEvents; carried: number[] } {
+  private encode(
+    events: unknown[],
+    indices: number[],
+    results: (TransformResult | undefined)[],
+  ): { input: WireEvents; carried: number[] } {
     const carried: number[] = [];
     if (this.binary) {
       const { batch, errors } = BjsonWriter.encodeBatch(indices.map((i) => events[i]));
@@ -243,7 +253,8 @@ export class JavaScriptTransform implements SandboxedTransform {
   }
 
   private post(m: ToWorker) {
-    if (m.type === "batch" && m.input.kind === "bjson") this.worker!.postMessage(m, [m.input.bytes.buffer as ArrayBuffer]);
+    if (m.type === "batch" && m.input.kind === "bjson")
+      this.worker!.postMessage(m, [m.input.bytes.buffer as ArrayBuffer]);
     else this.worker!.postMessage(m);
   }
 
@@ -281,7 +292,11 @@ export class JavaScriptTransform implements SandboxedTransform {
    * conversation is complete. Meanwhile the watchdog reads the progress buffer: once the running
    * event (or phase, index -1) has run longer than limitMs(index), the conversation ends as stopped.
    */
-  private converse(start: () => boolean, onMessage: (m: FromWorker) => boolean, limitMs: (eventIndex: number) => number): Promise<Ending> {
+  private converse(
+    start: () => boolean,
+    onMessage: (m: FromWorker) => boolean,
+    limitMs: (eventIndex: number) => number,
+  ): Promise<Ending> {
     const w = this.worker!;
     // The worker is idle between conversations: its progress is ours to reset.
     this.ints[0] = -1;

@@ -62,7 +62,9 @@ const SIGINT = 2;
 const sourceFile = "<transform>";
 
 const g = globalThis as unknown as Record<string, unknown>;
-const send: (m: FromWorker) => void = (globalThis as unknown as { postMessage: (m: unknown) => void }).postMessage.bind(globalThis);
+const send: (m: FromWorker) => void = (globalThis as unknown as { postMessage: (m: unknown) => void }).postMessage.bind(
+  globalThis,
+);
 const now: () => number = performance.now.bind(performance);
 const origin = performance.timeOrigin;
 const atomicsStore = Atomics.store;
@@ -87,7 +89,13 @@ let timeoutMs = 100;
 class GuestExit extends Error {}
 
 /** The imports the sandbox depends on gating: a Pyodide build without them is refused, not run open. */
-const requiredImports = ["emscripten_resize_heap", "_emscripten_system", "__syscall_socket", "__syscall_openat", "_dlopen_js"];
+const requiredImports = [
+  "emscripten_resize_heap",
+  "_emscripten_system",
+  "__syscall_socket",
+  "__syscall_openat",
+  "_dlopen_js",
+];
 
 /** Wrap the interpreter's WebAssembly imports (done once, at instantiation). */
 function gateImports() {
@@ -116,7 +124,13 @@ function wrapEnv(env: Record<string, unknown>) {
     const orig = env[name];
     if (typeof orig === "function") env[name] = f(orig as Fn);
   };
-  const refuseWhenLocked = (name: string, result: number) => wrap(name, (orig) => (...a) => (locked ? result : orig(...a)));
+  const refuseWhenLocked = (name: string, result: number) =>
+    wrap(
+      name,
+      (orig) =>
+        (...a) =>
+          locked ? result : orig(...a),
+    );
   wrap("emscripten_resize_heap", (orig) => (requested) => {
     if (requested >>> 0 > heapCap) {
       memoryRefused = true;
@@ -127,21 +141,50 @@ function wrapEnv(env: Record<string, unknown>) {
   });
   wrap("_emscripten_system", () => (command) => (command ? -1 : 0)); // "no shell available"
   for (const name of [
-    "__syscall_socket", "__syscall_connect", "__syscall_bind", "__syscall_listen", "__syscall_accept4",
-    "__syscall_sendto", "__syscall_sendmsg", "__syscall_recvfrom", "__syscall_recvmsg",
-    "__syscall_getsockopt", "__syscall_getpeername", "__syscall_getsockname", "_maybe_connect_async",
-    "__syscall_mkdirat", "__syscall_mknodat", "__syscall_unlinkat", "__syscall_rmdir", "__syscall_renameat",
-    "__syscall_symlinkat", "__syscall_truncate64", "__syscall_ftruncate64", "__syscall_fallocate",
-    "__syscall_pipe", "__syscall_chmod", "__syscall_fchmod", "__syscall_fchmodat2", "__syscall_fchownat",
-    "__syscall_fchown32", "__syscall_utimensat",
+    "__syscall_socket",
+    "__syscall_connect",
+    "__syscall_bind",
+    "__syscall_listen",
+    "__syscall_accept4",
+    "__syscall_sendto",
+    "__syscall_sendmsg",
+    "__syscall_recvfrom",
+    "__syscall_recvmsg",
+    "__syscall_getsockopt",
+    "__syscall_getpeername",
+    "__syscall_getsockname",
+    "_maybe_connect_async",
+    "__syscall_mkdirat",
+    "__syscall_mknodat",
+    "__syscall_unlinkat",
+    "__syscall_rmdir",
+    "__syscall_renameat",
+    "__syscall_symlinkat",
+    "__syscall_truncate64",
+    "__syscall_ftruncate64",
+    "__syscall_fallocate",
+    "__syscall_pipe",
+    "__syscall_chmod",
+    "__syscall_fchmod",
+    "__syscall_fchmodat2",
+    "__syscall_fchownat",
+    "__syscall_fchown32",
+    "__syscall_utimensat",
   ]) {
     refuseWhenLocked(name, -EACCES);
   }
-  wrap("__syscall_openat", (orig) => (dirfd, path, flags, varargs) =>
-    locked && (flags! & O_WRITE_FLAGS) !== 0 ? -EACCES : orig(dirfd!, path!, flags!, varargs!),
+  wrap(
+    "__syscall_openat",
+    (orig) => (dirfd, path, flags, varargs) =>
+      locked && (flags! & O_WRITE_FLAGS) !== 0 ? -EACCES : orig(dirfd!, path!, flags!, varargs!),
   );
   refuseWhenLocked("_dlopen_js", 0);
-  wrap("_emscripten_dlopen_js", (orig) => (...a) => (locked ? 0 : orig(...a)));
+  wrap(
+    "_emscripten_dlopen_js",
+    (orig) =>
+      (...a) =>
+        locked ? 0 : orig(...a),
+  );
   refuseWhenLocked("_setitimer_js", -ENOSYS);
   for (const name of ["exit", "proc_exit"]) {
     wrap(name, (orig) => (...a) => {
@@ -267,7 +310,16 @@ function lockDownRealm(py: Record<string, unknown>) {
       /* exotic object */
     }
   };
-  for (const k of ["NODEFS", "NODERAWFS", "PROXYFS", "WORKERFS", "IDBFS", "NODESOCKFS", "SOCKFS", "NODEFS_mount_opts"]) {
+  for (const k of [
+    "NODEFS",
+    "NODERAWFS",
+    "PROXYFS",
+    "WORKERFS",
+    "IDBFS",
+    "NODESOCKFS",
+    "SOCKFS",
+    "NODEFS_mount_opts",
+  ]) {
     const f = module[k];
     if (f && typeof f === "object") gut(f, 0);
     try {
@@ -277,14 +329,35 @@ function lockDownRealm(py: Record<string, unknown>) {
     }
   }
   scrub(module, [
-    "loadDynamicLibrary", "loadWebAssemblyModule", "dlopenInternal", "asyncLoad", "initRandomFill",
-    "FS_stdin_getChar", "__emscripten_system", "_emscripten_run_script", "_emscripten_run_script_int",
-    "_emscripten_run_script_string", "_emscripten_async_load_script", "_emscripten_websocket_new",
-    "setWasmTableEntry", "addFunction", "readBinary", "readAsync", "instantiateWasm",
+    "loadDynamicLibrary",
+    "loadWebAssemblyModule",
+    "dlopenInternal",
+    "asyncLoad",
+    "initRandomFill",
+    "FS_stdin_getChar",
+    "__emscripten_system",
+    "_emscripten_run_script",
+    "_emscripten_run_script_int",
+    "_emscripten_run_script_string",
+    "_emscripten_async_load_script",
+    "_emscripten_websocket_new",
+    "setWasmTableEntry",
+    "addFunction",
+    "readBinary",
+    "readAsync",
+    "instantiateWasm",
   ]);
   scrub(module.API, [
-    "loadBinaryFile", "initializeNodeSockFS", "loadScript", "loadDynlib", "loadPackage",
-    "install", "bootstrapFinalizedPromise", "rawRun", "runPythonInternal", "setPyodideModule",
+    "loadBinaryFile",
+    "initializeNodeSockFS",
+    "loadScript",
+    "loadDynlib",
+    "loadPackage",
+    "install",
+    "bootstrapFinalizedPromise",
+    "rawRun",
+    "runPythonInternal",
+    "setPyodideModule",
   ]);
   delete module.API._nodeSock;
   // The public API object: everything.
@@ -294,7 +367,7 @@ function lockDownRealm(py: Record<string, unknown>) {
   // The realm: no code generation, no host I/O.
   const ctors = [
     Function,
-    Object.getPrototypeOf(async function () {}).constructor,
+    Object.getPrototypeOf(async () => {}).constructor,
     Object.getPrototypeOf(function* () {}).constructor,
     Object.getPrototypeOf(async function* () {}).constructor,
   ] as { prototype: object }[];
@@ -306,9 +379,30 @@ function lockDownRealm(py: Record<string, unknown>) {
     (console as unknown as Record<string, unknown>)[k] = quiet; // a fatal error would dump Pyodide's source
   }
   for (const name of [
-    "process", "require", "fetch", "WebSocket", "Worker", "XMLHttpRequest", "EventSource", "navigator",
-    "ShadowRealm", "BroadcastChannel", "MessageChannel", "Buffer", "HTMLRewriter", "eval",
-    "importScripts", "Request", "Response", "FormData", "Headers", "Blob", "File", "alert", "prompt", "confirm",
+    "process",
+    "require",
+    "fetch",
+    "WebSocket",
+    "Worker",
+    "XMLHttpRequest",
+    "EventSource",
+    "navigator",
+    "ShadowRealm",
+    "BroadcastChannel",
+    "MessageChannel",
+    "Buffer",
+    "HTMLRewriter",
+    "eval",
+    "importScripts",
+    "Request",
+    "Response",
+    "FormData",
+    "Headers",
+    "Blob",
+    "File",
+    "alert",
+    "prompt",
+    "confirm",
   ]) {
     try {
       delete g[name];
@@ -388,7 +482,13 @@ async function init(m: Extract<ToWorker, { type: "init" }>) {
   const memoryText = `exceeded the memory limit (${formatBytes(m.memoryBytes)})`;
   let out: unknown;
   try {
-    out = load(m.source, sourceFile, `exceeded the time limit (${m.loadBudgetMs} ms)`, `exceeded the time limit (${m.timeoutMs} ms)`, memoryText);
+    out = load(
+      m.source,
+      sourceFile,
+      `exceeded the time limit (${m.loadBudgetMs} ms)`,
+      `exceeded the time limit (${m.timeoutMs} ms)`,
+      memoryText,
+    );
   } catch (e) {
     const msg = errorText(e);
     send({ type: "loadError", message: memoryRefused ? `top-level code ${memoryText}` : msg, config: memoryRefused });

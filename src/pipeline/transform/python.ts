@@ -64,7 +64,10 @@ const fail = (error: string): TransformResult => ({ ok: false, error });
 const absoluteNow = () => performance.timeOrigin + performance.now();
 
 /** Compile and load user code; throws TransformLoadError if it doesn't compile or defines no `transform`. */
-export async function createPythonTransform(source: string, limits?: Partial<TransformLimits>): Promise<SandboxedTransform> {
+export async function createPythonTransform(
+  source: string,
+  limits?: Partial<TransformLimits>,
+): Promise<SandboxedTransform> {
   const l: TransformLimits = { ...transformLimitDefaults, ...limits };
   if (!(l.timeoutMs > 0) || !(l.memoryBytes > 0)) throw new RangeError(`invalid transform limits ${JSON.stringify(l)}`);
   if (typeof source !== "string") throw new TransformLoadError("Python transformation source must be a string");
@@ -129,7 +132,13 @@ export class PythonTransform implements SandboxedTransform {
    * cross into the interpreter as they are, without a parse and a second stringify.
    */
   transformJsonBatch(encoded: string[]): Promise<TransformResult[]> {
-    const p = this.queue.then(() => this.runEncoded(encoded, encoded.map((_, i) => i), new Array(encoded.length)));
+    const p = this.queue.then(() =>
+      this.runEncoded(
+        encoded,
+        encoded.map((_, i) => i),
+        new Array(encoded.length),
+      ),
+    );
     this.queue = p.catch(() => {});
     return p;
   }
@@ -149,12 +158,20 @@ export class PythonTransform implements SandboxedTransform {
     return this.runEncoded(encoded, todo, results);
   }
 
-  private async runEncoded(encoded: string[], todo: number[], results: (TransformResult | undefined)[]): Promise<TransformResult[]> {
+  private async runEncoded(
+    encoded: string[],
+    todo: number[],
+    results: (TransformResult | undefined)[],
+  ): Promise<TransformResult[]> {
     let start = 0;
     while (start < todo.length) {
       let end = start;
       let bytes = 0;
-      while (end < todo.length && end - start < chunkMaxEvents && (end === start || bytes + encoded[todo[end]!]!.length <= chunkMaxBytes)) {
+      while (
+        end < todo.length &&
+        end - start < chunkMaxEvents &&
+        (end === start || bytes + encoded[todo[end]!]!.length <= chunkMaxBytes)
+      ) {
         bytes += encoded[todo[end]!]!.length + 1;
         end++;
       }
@@ -267,7 +284,12 @@ export class PythonTransform implements SandboxedTransform {
    * worker. Start times are stamped by the worker, so a busy host thread does not make events look
    * slow; `doneAt`: the progress value meaning "all events done", never stopped for.
    */
-  private exchange(message: ToWorker, matches: (m: FromWorker) => boolean, limit: number | (() => number), doneAt: number): Promise<Exchange> {
+  private exchange(
+    message: ToWorker,
+    matches: (m: FromWorker) => boolean,
+    limit: number | (() => number),
+    doneAt: number,
+  ): Promise<Exchange> {
     const w = this.worker!;
     const limitMs = typeof limit === "number" ? () => limit : limit;
     return new Promise<Exchange>((resolve) => {
@@ -322,7 +344,8 @@ function parseResults(json: string, max: number): TransformResult[] | undefined 
   const out: TransformResult[] = [];
   for (const r of raw) {
     if (r === null) out.push({ ok: true, value: undefined });
-    else if (Array.isArray(r) && r[0] === 1 && r[1] !== null && typeof r[1] === "object" && !Array.isArray(r[1])) out.push({ ok: true, value: r[1] });
+    else if (Array.isArray(r) && r[0] === 1 && r[1] !== null && typeof r[1] === "object" && !Array.isArray(r[1]))
+      out.push({ ok: true, value: r[1] });
     else if (Array.isArray(r) && r[0] === 0 && typeof r[1] === "string") out.push(fail(r[1]));
     else return undefined;
   }

@@ -120,7 +120,8 @@ export function createMemoryGroup(bytes: number): MemoryGroup | undefined {
       if (existsSync(join(dir, "memory.swap.max"))) writeFileSync(join(dir, "memory.swap.max"), "0");
     } else {
       writeFileSync(join(dir, "memory.limit_in_bytes"), String(bytes));
-      if (existsSync(join(dir, "memory.memsw.limit_in_bytes"))) writeFileSync(join(dir, "memory.memsw.limit_in_bytes"), String(bytes));
+      if (existsSync(join(dir, "memory.memsw.limit_in_bytes")))
+        writeFileSync(join(dir, "memory.memsw.limit_in_bytes"), String(bytes));
     }
   } catch {
     try {

@@ -8,7 +8,14 @@ import type { TransformLimits, TransformResult } from "./types.ts";
 
 export type SandboxKind = "javascript" | "python";
 
-export type ToSandbox = { t: "init"; kind: SandboxKind; source: string; limits: TransformLimits; cpuSeconds: number; unguarded: boolean };
+export type ToSandbox = {
+  t: "init";
+  kind: SandboxKind;
+  source: string;
+  limits: TransformLimits;
+  cpuSeconds: number;
+  unguarded: boolean;
+};
 
 /** A batch: its id and each event's JSON text (newline-free: JSON.stringify escapes newlines). */
 export interface BatchFrame {

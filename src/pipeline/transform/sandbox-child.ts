@@ -26,8 +26,12 @@ async function load(m: Extract<ToSandbox, { t: "init" }>) {
   cpuBudgetMicros = m.cpuSeconds * 0.9 * 1e6;
   try {
     if (m.unguarded) transform = unguarded(m.source);
-    else if (m.kind === "javascript") transform = await (await import("./javascript.ts")).createJavaScriptTransform(m.source, m.limits);
-    else transform = python = (await (await import("./python.ts")).createPythonTransform(m.source, m.limits)) as PythonTransform;
+    else if (m.kind === "javascript")
+      transform = await (await import("./javascript.ts")).createJavaScriptTransform(m.source, m.limits);
+    else
+      transform = python = (await (
+        await import("./python.ts")
+      ).createPythonTransform(m.source, m.limits)) as PythonTransform;
     send({ t: "ready" });
   } catch (e) {
     const x = e as Error;
@@ -69,7 +73,10 @@ async function handle(m: ToSandbox | BatchFrame) {
   else if (python) results = await python.transformJsonBatch(m.events);
   else {
     const events: unknown[] = JSON.parse(`[${m.events.join(",")}]`);
-    results = events.length === m.events.length ? await transform.transformBatch(events) : m.events.map(() => ({ ok: false, error: "malformed batch" }));
+    results =
+      events.length === m.events.length
+        ? await transform.transformBatch(events)
+        : m.events.map(() => ({ ok: false, error: "malformed batch" }));
   }
   send({ t: "result", id: m.id, results });
   const used = process.cpuUsage();

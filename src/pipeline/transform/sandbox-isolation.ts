@@ -66,7 +66,9 @@ export function parseSandboxOptions(env: Record<string, string | undefined> = pr
   return {
     limits: {
       timeoutMs: positive("TRIBUTARY_TRANSFORM_TIMEOUT_MS", env.TRIBUTARY_TRANSFORM_TIMEOUT_MS, d.limits.timeoutMs),
-      memoryBytes: positive("TRIBUTARY_TRANSFORM_MEMORY_MB", env.TRIBUTARY_TRANSFORM_MEMORY_MB, d.limits.memoryBytes / 1048576) * 1048576,
+      memoryBytes:
+        positive("TRIBUTARY_TRANSFORM_MEMORY_MB", env.TRIBUTARY_TRANSFORM_MEMORY_MB, d.limits.memoryBytes / 1048576) *
+        1048576,
     },
     cpuSeconds: positive("TRIBUTARY_SANDBOX_CPU_SECONDS", env.TRIBUTARY_SANDBOX_CPU_SECONDS, d.cpuSeconds),
     maxOpenFiles: d.maxOpenFiles,
@@ -125,7 +127,10 @@ function probe() {
   let bwrap = which("bwrap");
   if (bwrap) {
     // A kernel or container may refuse namespaces: try once, with the flags we will use.
-    const r = spawnSync(bwrap, [...namespaceFlags(), "--ro-bind", "/", "/", "--", "true"], { stdio: "ignore", timeout: 10_000 });
+    const r = spawnSync(bwrap, [...namespaceFlags(), "--ro-bind", "/", "/", "--", "true"], {
+      stdio: "ignore",
+      timeout: 10_000,
+    });
     if (r.status !== 0) bwrap = undefined;
   }
   probed = { bwrap, setpriv: isRoot ? which("setpriv") : undefined, prlimit: which("prlimit"), root: isRoot };
@@ -133,8 +138,13 @@ function probe() {
 }
 
 const namespaceFlags = () => [
-  "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try",
-  "--die-with-parent", "--new-session",
+  "--unshare-ipc",
+  "--unshare-pid",
+  "--unshare-net",
+  "--unshare-uts",
+  "--unshare-cgroup-try",
+  "--die-with-parent",
+  "--new-session",
 ];
 
 /**
@@ -159,7 +169,16 @@ export function sandboxCommand(o: SandboxProcessOptions, memoryGroup?: string): 
   ];
   const env: Record<string, string> = {};
   const drop = p.setpriv
-    ? [p.setpriv, `--reuid=${o.uid}`, `--regid=${o.gid}`, "--clear-groups", "--no-new-privs", "--inh-caps=-all", "--bounding-set=-all", "--"]
+    ? [
+        p.setpriv,
+        `--reuid=${o.uid}`,
+        `--regid=${o.gid}`,
+        "--clear-groups",
+        "--no-new-privs",
+        "--inh-caps=-all",
+        "--bounding-set=-all",
+        "--",
+      ]
     : [];
   if (p.root && !p.setpriv) missing.push("uid not dropped: setpriv (util-linux) not found");
   const rlimit = p.prlimit ? [p.prlimit, ...limits, "--"] : [];
@@ -180,18 +199,43 @@ export function sandboxCommand(o: SandboxProcessOptions, memoryGroup?: string): 
       else if (link === false) cmd.push("--ro-bind", dir, dir);
     }
     cmd.push(
-      "--proc", "/proc", "--dev", "/dev",
-      "--perms", "0755", "--tmpfs", "/dev/shm",
-      "--perms", "0755", "--tmpfs", "/tmp",
-      "--perms", "01777", "--dir", "/tmp/work",
-      "--chdir", "/tmp/work",
-      "--perms", "0755", "--dir", "/app",
-      "--ro-bind", bun, "/app/bun",
-      "--ro-bind", join(root, "src"), "/app/src",
-      "--ro-bind", join(root, "node_modules"), "/app/node_modules",
-      "--ro-bind", join(root, "package.json"), "/app/package.json",
+      "--proc",
+      "/proc",
+      "--dev",
+      "/dev",
+      "--perms",
+      "0755",
+      "--tmpfs",
+      "/dev/shm",
+      "--perms",
+      "0755",
+      "--tmpfs",
+      "/tmp",
+      "--perms",
+      "01777",
+      "--dir",
+      "/tmp/work",
+      "--chdir",
+      "/tmp/work",
+      "--perms",
+      "0755",
+      "--dir",
+      "/app",
+      "--ro-bind",
+      bun,
+      "/app/bun",
+      "--ro-bind",
+      join(root, "src"),
+      "/app/src",
+      "--ro-bind",
+      join(root, "node_modules"),
+      "/app/node_modules",
+      "--ro-bind",
+      join(root, "package.json"),
+      "/app/package.json",
     );
-    if (existsSync(join(root, "tsconfig.json"))) cmd.push("--ro-bind", join(root, "tsconfig.json"), "/app/tsconfig.json");
+    if (existsSync(join(root, "tsconfig.json")))
+      cmd.push("--ro-bind", join(root, "tsconfig.json"), "/app/tsconfig.json");
     cmd.push("--", ...drop, ...rlimit, "/app/bun", `/app/${childScript}`);
     return {
       cmd,
@@ -221,7 +265,15 @@ export function sandboxCommand(o: SandboxProcessOptions, memoryGroup?: string): 
     cmd: [...join1, ...rlimit, bun, join(root, childScript)],
     cwd,
     env,
-    layers: { process: true, emptyEnvironment: true, rlimits: !!p.prlimit, memoryCap, namespaces: [], uid: process.getuid?.(), missing },
+    layers: {
+      process: true,
+      emptyEnvironment: true,
+      rlimits: !!p.prlimit,
+      memoryCap,
+      namespaces: [],
+      uid: process.getuid?.(),
+      missing,
+    },
   };
 }
 

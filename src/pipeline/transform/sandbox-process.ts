@@ -16,8 +16,21 @@
 import type { Subprocess } from "bun";
 import { log } from "../../util/log.ts";
 import { createMemoryGroup } from "./sandbox-cgroup.ts";
-import { FrameError, FrameReader, encodeBatchFrame, encodeFrame, type FromSandbox, type SandboxKind, type ToSandbox } from "./sandbox-channel.ts";
-import { describeIsolation, processMemoryBytes, sandboxCommand, type SandboxProcessOptions } from "./sandbox-isolation.ts";
+import {
+  FrameError,
+  FrameReader,
+  encodeBatchFrame,
+  encodeFrame,
+  type FromSandbox,
+  type SandboxKind,
+  type ToSandbox,
+} from "./sandbox-channel.ts";
+import {
+  describeIsolation,
+  processMemoryBytes,
+  sandboxCommand,
+  type SandboxProcessOptions,
+} from "./sandbox-isolation.ts";
 import { TransformLoadError, type SandboxedTransform, type TransformResult } from "./types.ts";
 
 /** Events per frame: few enough that a killed chunk is found fast (5 s + 128 x 2 x the per-event limit), enough to amortise a frame. */
@@ -38,10 +51,15 @@ export function announce(o: SandboxProcessOptions) {
   announced = true;
   const layers = describeIsolation(o);
   (layers.missing.length ? log.warn : log.info)("transform sandbox layers", { ...layers });
-  if (o.unguardedForTests) log.warn("TRIBUTARY_SANDBOX_TEST_UNGUARDED=1: JavaScript transforms run WITHOUT their interpreter (tests only)");
+  if (o.unguardedForTests)
+    log.warn("TRIBUTARY_SANDBOX_TEST_UNGUARDED=1: JavaScript transforms run WITHOUT their interpreter (tests only)");
 }
 
-export async function createProcessTransform(kind: SandboxKind, source: string, o: SandboxProcessOptions): Promise<SandboxedTransform> {
+export async function createProcessTransform(
+  kind: SandboxKind,
+  source: string,
+  o: SandboxProcessOptions,
+): Promise<SandboxedTransform> {
   if (typeof source !== "string") throw new TransformLoadError(`${kind} transformation source must be a string`);
   announce(o);
   const t = new ProcessTransform(kind, source, o);
@@ -158,7 +176,12 @@ class ProcessTransform implements SandboxedTransform {
       }
       const chunks = cut(pending, solo, encoded);
       const ids = chunks.map(() => this.#nextId++);
-      const frames = chunks.map((idx, k) => encodeBatchFrame(ids[k]!, idx.map((i) => encoded[i]!)));
+      const frames = chunks.map((idx, k) =>
+        encodeBatchFrame(
+          ids[k]!,
+          idx.map((i) => encoded[i]!),
+        ),
+      );
       let done = 0;
       const out = await this.#converse(
         frames,
@@ -166,7 +189,8 @@ class ProcessTransform implements SandboxedTransform {
         (f) => {
           if (f.t !== "result") return false;
           const k = done;
-          if (f.id !== ids[k] || !validResults(f.results, chunks[k]!.length)) throw new FrameError("sandbox answered out of turn or with malformed results");
+          if (f.id !== ids[k] || !validResults(f.results, chunks[k]!.length))
+            throw new FrameError("sandbox answered out of turn or with malformed results");
           chunks[k]!.forEach((i, j) => (results[i] = f.results[j]!));
           done++;
           return done === chunks.length;
@@ -181,7 +205,10 @@ class ProcessTransform implements SandboxedTransform {
       const stalled = chunks[done] ?? [];
       if (stalled.length === 1) results[stalled[0]!] = fail(out.reason);
       else for (const i of stalled) solo.add(i);
-      pending = chunks.slice(done).flat().filter((i) => results[i] === undefined);
+      pending = chunks
+        .slice(done)
+        .flat()
+        .filter((i) => results[i] === undefined);
     }
     return results.map((r) => r ?? fail("internal error: event not processed"));
   }
@@ -252,7 +279,8 @@ class ProcessTransform implements SandboxedTransform {
       for await (const chunk of proc.stdout) {
         if (this.#proc !== proc) return;
         for (const f of reader.push(chunk)) {
-          if (!f || typeof f !== "object" || !("t" in f)) throw new FrameError("the sandbox sent a frame only the node sends");
+          if (!f || typeof f !== "object" || !("t" in f))
+            throw new FrameError("the sandbox sent a frame only the node sends");
           this.#onFrame?.(f as FromSandbox);
         }
       }
@@ -314,7 +342,14 @@ class ProcessTransform implements SandboxedTransform {
 
 /** bubblewrap passes a killed child on as exit code 128 + signal. */
 function endedBy(signal: string | number | null, code: number): string {
-  const n = typeof signal === "number" ? signal : signal ? ({ SIGKILL: 9, SIGXCPU: 24, SIGXFSZ: 25 } as Record<string, number>)[signal] : code > 128 ? code - 128 : undefined;
+  const n =
+    typeof signal === "number"
+      ? signal
+      : signal
+        ? ({ SIGKILL: 9, SIGXCPU: 24, SIGXFSZ: 25 } as Record<string, number>)[signal]
+        : code > 128
+          ? code - 128
+          : undefined;
   if (n === 9) return "killed: it reached its memory cap, or crashed";
   if (n === 24) return "killed: it used up its CPU-time limit";
   if (n === 25) return "killed: it tried to write a file";
@@ -353,7 +388,8 @@ function validResults(r: unknown, n: number): r is TransformResult[] {
     if (!x || typeof x !== "object") return false;
     const y = x as { ok?: unknown; value?: unknown; error?: unknown };
     if (y.ok === true) {
-      if (y.value !== undefined && (y.value === null || typeof y.value !== "object" || Array.isArray(y.value))) return false;
+      if (y.value !== undefined && (y.value === null || typeof y.value !== "object" || Array.isArray(y.value)))
+        return false;
     } else if (y.ok !== false || typeof y.error !== "string") return false;
   }
   return true;

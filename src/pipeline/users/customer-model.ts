@@ -9,7 +9,8 @@ import type { ServerFeatures } from "../../sink/clickhouse/server.ts";
  */
 export type CustomerModel = Record<string, string>;
 
-const ISO_DATETIME = /^(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,9}))?)?)?(Z|[+-]\d{2}:?\d{2})?$/;
+const ISO_DATETIME =
+  /^(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,9}))?)?)?(Z|[+-]\d{2}:?\d{2})?$/;
 
 /**
  * The instants a datetime column can hold, in epoch milliseconds: DateTime64(3) takes
@@ -41,7 +42,8 @@ export function datetimeMs(v: unknown): number | string {
   if (!m) return "not ISO 8601 (YYYY-MM-DD[THH:MM[:SS[.fff]]][Z|±HH:MM])";
   const [y, mo, d, h = 0, mi = 0, s = 0] = m.slice(1, 7).map((x) => (x === undefined ? 0 : Number(x)));
   if (mo! < 1 || mo! > 12) return `month ${mo} does not exist`;
-  if (d! < 1 || d! > daysIn(y!, mo!)) return `day ${d} does not exist in ${String(y).padStart(4, "0")}-${String(mo).padStart(2, "0")}`;
+  if (d! < 1 || d! > daysIn(y!, mo!))
+    return `day ${d} does not exist in ${String(y).padStart(4, "0")}-${String(mo).padStart(2, "0")}`;
   if (h > 23 || mi > 59 || s > 59) return "the time of day does not exist";
   let offset = 0;
   const zone = m[8];
@@ -59,11 +61,15 @@ export function datetimeMs(v: unknown): number | string {
 }
 
 /** Why a datetime value cannot be stored on this server, or undefined when it can. */
-export function datetimeProblem(v: unknown, f: Pick<ServerFeatures, "dateTime64" | "version"> = CURRENT): string | undefined {
+export function datetimeProblem(
+  v: unknown,
+  f: Pick<ServerFeatures, "dateTime64" | "version"> = CURRENT,
+): string | undefined {
   const ms = datetimeMs(v);
   if (typeof ms === "string") return ms;
   const { min, max } = datetimeRange(f);
-  if (ms < min || ms > max) return `outside ${iso(min)} .. ${iso(max)}, the range the users table stores on ClickHouse ${f.version}`;
+  if (ms < min || ms > max)
+    return `outside ${iso(min)} .. ${iso(max)}, the range the users table stores on ClickHouse ${f.version}`;
   return undefined;
 }
 
@@ -92,7 +98,11 @@ const SCALARS: Record<string, Scalar> = {
     column: () => "Int64",
     toCell: (v) => (Number.isSafeInteger(v) ? v : null),
   },
-  float: { schema: () => Type.Number(), column: () => "Float64", toCell: (v) => (typeof v === "number" && Number.isFinite(v) ? v : null) },
+  float: {
+    schema: () => Type.Number(),
+    column: () => "Float64",
+    toCell: (v) => (typeof v === "number" && Number.isFinite(v) ? v : null),
+  },
   boolean: {
     schema: () => Type.Boolean(),
     column: (f) => (f.bool ? "Bool" : "UInt8"),
@@ -162,7 +172,11 @@ export class ModelCheck {
 
   /** Throws ModelViolation naming the first offending property. */
   assert(value: unknown): asserts value is Record<string, unknown> {
-    if (!value || typeof value !== "object" || Array.isArray(value)) throw new ModelViolation(`the transformation returned ${Array.isArray(value) ? "an array" : typeof value}, not an object`, "");
+    if (!value || typeof value !== "object" || Array.isArray(value))
+      throw new ModelViolation(
+        `the transformation returned ${Array.isArray(value) ? "an array" : typeof value}, not an object`,
+        "",
+      );
     if (this.#check.Check(value)) return this.#assertDatetimes(value as Record<string, unknown>);
     for (const key of Object.keys(value)) {
       if (!(key in this.model)) throw new ModelViolation(`property "${key}" is not in the Customer Model`, key);
@@ -170,7 +184,10 @@ export class ModelCheck {
     const first = this.#check.Errors(value).First()!;
     const property = first.path.split("/")[1] ?? "";
     const got = (value as Record<string, unknown>)[property];
-    throw new ModelViolation(`property "${property}" must be ${this.model[property]}, got ${JSON.stringify(got)?.slice(0, 80)}`, property);
+    throw new ModelViolation(
+      `property "${property}" must be ${this.model[property]}, got ${JSON.stringify(got)?.slice(0, 80)}`,
+      property,
+    );
   }
 
   #assertDatetimes(value: Record<string, unknown>): void {
@@ -179,7 +196,11 @@ export class ModelCheck {
       if (v === null || v === undefined) continue;
       for (const x of Array.isArray(v) ? v : [v]) {
         const problem = datetimeProblem(x, this.features);
-        if (problem) throw new ModelViolation(`property "${name}" must be ${this.model[name]}, got ${JSON.stringify(x)?.slice(0, 80)}: ${problem}`, name);
+        if (problem)
+          throw new ModelViolation(
+            `property "${name}" must be ${this.model[name]}, got ${JSON.stringify(x)?.slice(0, 80)}: ${problem}`,
+            name,
+          );
       }
     }
   }

@@ -49,7 +49,8 @@ const fmt = (n: number) => String(n).replace(/\B(?=(\d{3})+(?!\d))/g, ",");
 /** Why an id cannot be used, or undefined. */
 export function idProblem(kind: string, id: string): string | undefined {
   const n = Buffer.byteLength(id);
-  if (n > PROFILE_LIMITS.idBytes) return `${kind} is ${fmt(n)} bytes, more than the ${fmt(PROFILE_LIMITS.idBytes)} an id may have`;
+  if (n > PROFILE_LIMITS.idBytes)
+    return `${kind} is ${fmt(n)} bytes, more than the ${fmt(PROFILE_LIMITS.idBytes)} an id may have`;
   return undefined;
 }
 
@@ -99,7 +100,8 @@ export class ProfileConflictError extends Error {
   }
 }
 
-const keyOf = (kind: "u" | "a", id: string) => `${kind}.${createHash("sha256").update(id).digest("base64url").slice(0, 32)}`;
+const keyOf = (kind: "u" | "a", id: string) =>
+  `${kind}.${createHash("sha256").update(id).digest("base64url").slice(0, 32)}`;
 const enc = new TextEncoder();
 
 interface Slot<T> {
@@ -159,7 +161,9 @@ class Attempt {
 
   async prefetch(keys: string[]): Promise<void> {
     await Promise.all([...new Set(keys)].filter((k) => !this.identities.has(k)).map((k) => this.#readIdentity(k)));
-    const pids = [...this.identities.values()].map((s) => s.value).filter((v): v is string => !!v && !this.profiles.has(v));
+    const pids = [...this.identities.values()]
+      .map((s) => s.value)
+      .filter((v): v is string => !!v && !this.profiles.has(v));
     await Promise.all([...new Set(pids)].map((id) => this.#readProfile(id)));
   }
 
@@ -169,7 +173,11 @@ class Attempt {
     const e = await this.ids.get(key).catch((err) => {
       throw new ProfileStoreUnavailable(err);
     });
-    const slot = { value: e && e.operation === "PUT" ? e.string() : undefined, revision: e?.revision ?? 0, dirty: false };
+    const slot = {
+      value: e && e.operation === "PUT" ? e.string() : undefined,
+      revision: e?.revision ?? 0,
+      dirty: false,
+    };
     this.identities.set(key, slot);
     return slot;
   }
@@ -178,7 +186,11 @@ class Attempt {
     const e = await this.store.get(id).catch((err) => {
       throw new ProfileStoreUnavailable(err);
     });
-    const slot = { value: e && e.operation === "PUT" ? (e.json() as Profile) : undefined, revision: e?.revision ?? 0, dirty: false };
+    const slot = {
+      value: e && e.operation === "PUT" ? (e.json() as Profile) : undefined,
+      revision: e?.revision ?? 0,
+      dirty: false,
+    };
     this.profiles.set(id, slot);
     return slot;
   }
@@ -194,7 +206,9 @@ class Attempt {
 
   /** The profiles the current update changed, as they are now. */
   edited(): Profile[] {
-    return [...this.#journal!.profiles.keys()].map((id) => this.profiles.get(id)?.value).filter((p): p is Profile => !!p);
+    return [...this.#journal!.profiles.keys()]
+      .map((id) => this.profiles.get(id)?.value)
+      .filter((p): p is Profile => !!p);
   }
 
   commit(): void {
@@ -255,7 +269,14 @@ class Attempt {
   }
 
   create(id: string = randomUUID()): Profile {
-    const p: Profile = { id, anonymousIds: [], firstSeen: Number.MAX_SAFE_INTEGER, lastSeen: 0, updatedAt: this.now, props: {} };
+    const p: Profile = {
+      id,
+      anonymousIds: [],
+      firstSeen: Number.MAX_SAFE_INTEGER,
+      lastSeen: 0,
+      updatedAt: this.now,
+      props: {},
+    };
     this.#save(id);
     const slot = this.profiles.get(id);
     if (slot) slot.value = p;
@@ -277,7 +298,10 @@ class Attempt {
     const put = async <T>(kv: KV, key: string, slot: Slot<T>, data: string) => {
       if (!slot.dirty) return;
       try {
-        slot.revision = slot.revision === 0 ? await kv.create(key, enc.encode(data)) : await kv.update(key, enc.encode(data), slot.revision);
+        slot.revision =
+          slot.revision === 0
+            ? await kv.create(key, enc.encode(data))
+            : await kv.update(key, enc.encode(data), slot.revision);
       } catch (e) {
         const m = String((e as Error).message);
         if (/wrong last sequence|key exists|exists/i.test(m)) throw new ProfileConflictError(`${key}: ${m}`);
@@ -307,7 +331,10 @@ export class ProfileStore {
   static async open(js: JetStreamClient, replicas = 1): Promise<ProfileStore> {
     const kvm = new Kvm(js);
     const opts = { history: 1, replicas };
-    return new ProfileStore(await kvm.create("tributary_identities", opts), await kvm.create("tributary_profiles", opts));
+    return new ProfileStore(
+      await kvm.create("tributary_identities", opts),
+      await kvm.create("tributary_profiles", opts),
+    );
   }
 
   /**
@@ -320,7 +347,13 @@ export class ProfileStore {
     for (let attempt = 1; ; attempt++) {
       const a = new Attempt(this.ids, this.store, Date.now());
       try {
-        await a.prefetch(updates.flatMap((u) => [u.userId && keyOf("u", u.userId), u.anonymousId && keyOf("a", u.anonymousId)].filter((k): k is string => !!k)));
+        await a.prefetch(
+          updates.flatMap((u) =>
+            [u.userId && keyOf("u", u.userId), u.anonymousId && keyOf("a", u.anonymousId)].filter(
+              (k): k is string => !!k,
+            ),
+          ),
+        );
         const refused: ApplyOutcome["refused"] = [];
         let slice = performance.now();
         for (const [index, u] of updates.entries()) {
@@ -330,13 +363,22 @@ export class ProfileStore {
             for (const p of a.edited()) {
               if (p.mergedInto) continue; // a tombstone only gains its mergedInto
               const size = profileBytes(p);
-              if (size > PROFILE_LIMITS.profileBytes) throw new ProfileRefused(`the profile would be ${fmt(size)} bytes, more than its limit of ${fmt(PROFILE_LIMITS.profileBytes)}`);
+              if (size > PROFILE_LIMITS.profileBytes)
+                throw new ProfileRefused(
+                  `the profile would be ${fmt(size)} bytes, more than its limit of ${fmt(PROFILE_LIMITS.profileBytes)}`,
+                );
             }
             a.commit();
           } catch (e) {
             if (e instanceof ProfileStoreUnavailable) throw e;
             a.rollback();
-            refused.push({ index, reason: e instanceof ProfileRefused ? e.message : `the profile update failed: ${String((e as Error)?.message ?? e)}` });
+            refused.push({
+              index,
+              reason:
+                e instanceof ProfileRefused
+                  ? e.message
+                  : `the profile update failed: ${String((e as Error)?.message ?? e)}`,
+            });
           }
           // A long batch lets the loop breathe: heartbeats, HTTP answers and other pipelines go on.
           if (performance.now() - slice > 20) {
@@ -358,7 +400,11 @@ export class ProfileStore {
   }
 
   async #applyOne(a: Attempt, u: ProfileUpdate): Promise<void> {
-    for (const [kind, id] of [["userId", u.userId], ["anonymousId", u.anonymousId], ["previousId", u.previousId]] as const) {
+    for (const [kind, id] of [
+      ["userId", u.userId],
+      ["anonymousId", u.anonymousId],
+      ["previousId", u.previousId],
+    ] as const) {
       const problem = id === undefined ? undefined : idProblem(kind, id);
       if (problem) throw new ProfileRefused(problem);
     }
@@ -407,7 +453,8 @@ export class ProfileStore {
       }
     }
     let changed = false;
-    for (const [name, v] of Object.entries(u.props)) if (v !== undefined && setProp(target, name, v, u.timestamp, u.messageId)) changed = true;
+    for (const [name, v] of Object.entries(u.props))
+      if (v !== undefined && setProp(target, name, v, u.timestamp, u.messageId)) changed = true;
     if (u.timestamp < target.firstSeen) (target.firstSeen = u.timestamp), (changed = true);
     if (u.timestamp > target.lastSeen) (target.lastSeen = u.timestamp), (changed = true);
     if (changed) a.changed(target);

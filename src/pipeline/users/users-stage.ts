@@ -102,13 +102,24 @@ export class UsersStage implements PipelineStage {
       }
       const userId = str(e.userId);
       const anonymousId = str(e.anonymousId);
-      if (userId === undefined && anonymousId === undefined) return refused.push({ event: e, reason: "the event has neither userId nor anonymousId" });
+      if (userId === undefined && anonymousId === undefined)
+        return refused.push({ event: e, reason: "the event has neither userId nor anonymousId" });
       const parsed = Date.parse(String(e.timestamp ?? e.receivedAt));
       const timestamp = Number.isNaN(parsed) ? Date.now() : parsed;
       if (timestamp < this.#range.min || timestamp > this.#range.max) {
-        return refused.push({ event: e, reason: `timestamp ${String(e.timestamp ?? e.receivedAt).slice(0, 40)} is outside the range the users table stores (${iso(this.#range.min)} .. ${iso(this.#range.max)})` });
+        return refused.push({
+          event: e,
+          reason: `timestamp ${String(e.timestamp ?? e.receivedAt).slice(0, 40)} is outside the range the users table stores (${iso(this.#range.min)} .. ${iso(this.#range.max)})`,
+        });
       }
-      updates.push({ userId, anonymousId, previousId: e.type === "alias" ? str(e.previousId) : undefined, timestamp, messageId, props: value });
+      updates.push({
+        userId,
+        anonymousId,
+        previousId: e.type === "alias" ? str(e.previousId) : undefined,
+        timestamp,
+        messageId,
+        props: value,
+      });
       sources.push(e);
       stats.transformed++;
       stats.onOutcome?.(messageId, "transformed");
@@ -158,7 +169,9 @@ export class UsersStage implements PipelineStage {
   async afterInsert(): Promise<void> {
     if (this.warehouse.features.replacingIsDeleted || !this.#merged.length) return;
     const ids = this.#merged.map(quoteString).join(", ");
-    await this.warehouse.client.command({ query: `ALTER TABLE ${quoteIdent(this.warehouse.database)}.users DELETE WHERE profile_id IN (${ids})` });
+    await this.warehouse.client.command({
+      query: `ALTER TABLE ${quoteIdent(this.warehouse.database)}.users DELETE WHERE profile_id IN (${ids})`,
+    });
     this.#merged = [];
   }
 

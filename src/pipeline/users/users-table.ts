@@ -29,12 +29,23 @@ export function fixedColumns(f: ServerFeatures): [string, string][] {
 }
 
 export function usersColumns(model: CustomerModel, f: ServerFeatures): [string, string][] {
-  return [...fixedColumns(f), ...Object.entries(model).map(([name, type]): [string, string] => [name, columnType(type, f)])];
+  return [
+    ...fixedColumns(f),
+    ...Object.entries(model).map(([name, type]): [string, string] => [name, columnType(type, f)]),
+  ];
 }
 
 export function usersTableDDL(database: string, model: CustomerModel, f: ServerFeatures, cluster?: string): string {
-  const cols = usersColumns(model, f).map(([n, t]) => `  ${quoteIdent(n)} ${t}`).join(",\n");
-  const engine = tableEngine("ReplacingMergeTree", f.replacingIsDeleted ? ["_version", "_deleted"] : ["_version"], database, "users", cluster);
+  const cols = usersColumns(model, f)
+    .map(([n, t]) => `  ${quoteIdent(n)} ${t}`)
+    .join(",\n");
+  const engine = tableEngine(
+    "ReplacingMergeTree",
+    f.replacingIsDeleted ? ["_version", "_deleted"] : ["_version"],
+    database,
+    "users",
+    cluster,
+  );
   return `CREATE TABLE IF NOT EXISTS ${quoteIdent(database)}.users${onCluster({ cluster })} (\n${cols}\n) ENGINE = ${engine}\nORDER BY profile_id`;
 }
 
@@ -65,12 +76,18 @@ export function usersMigration(
     const have = existing.get(name);
     if (have === undefined) add.push(`ALTER TABLE ${table} ADD COLUMN ${quoteIdent(name)} ${type}`);
     else if (have !== type && !fixed.has(name)) {
-      risky.push({ change: `property "${name}" would change from ${have} to ${type}`, sql: `ALTER TABLE ${table} MODIFY COLUMN ${quoteIdent(name)} ${type}` });
+      risky.push({
+        change: `property "${name}" would change from ${have} to ${type}`,
+        sql: `ALTER TABLE ${table} MODIFY COLUMN ${quoteIdent(name)} ${type}`,
+      });
     }
   }
   for (const name of existing.keys()) {
     if (!fixed.has(name) && !(name in model)) {
-      risky.push({ change: `property "${name}" was removed (its column and data would be dropped)`, sql: `ALTER TABLE ${table} DROP COLUMN ${quoteIdent(name)}` });
+      risky.push({
+        change: `property "${name}" was removed (its column and data would be dropped)`,
+        sql: `ALTER TABLE ${table} DROP COLUMN ${quoteIdent(name)}`,
+      });
     }
   }
   if (risky.length && !migrate) throw new ModelMigrationRefused(risky.map((r) => r.change));

@@ -45,7 +45,9 @@ export function eventsColumns(f: ServerFeatures): [string, string][] {
 }
 
 export function eventsTableDDL(database: string, f: ServerFeatures, cluster?: string): string {
-  const cols = eventsColumns(f).map(([n, t]) => `  ${quoteIdent(n)} ${t}`).join(",\n");
+  const cols = eventsColumns(f)
+    .map(([n, t]) => `  ${quoteIdent(n)} ${t}`)
+    .join(",\n");
   const month = f.dateTime64 ? "toYYYYMM(timestamp)" : "toYYYYMM(toDateTime(intDiv(timestamp, 1000)))";
   const engine = tableEngine("ReplacingMergeTree", [], database, "events", cluster);
   return `CREATE TABLE IF NOT EXISTS ${quoteIdent(database)}.events${onCluster({ cluster })} (\n${cols}\n) ENGINE = ${engine}\nPARTITION BY ${month}\nORDER BY (connection, pipeline, message_id)`;
@@ -67,13 +69,18 @@ export async function migrateEventsTable(w: Warehouse): Promise<void> {
   ).json()) as { name: string }[];
   const have = new Set(rows.map((r) => r.name));
   for (const [name, type] of eventsColumns(w.features)) {
-    if (!have.has(name)) await w.client.command({ query: `ALTER TABLE ${quoteIdent(w.database)}.events ADD COLUMN ${quoteIdent(name)} ${type}` });
+    if (!have.has(name))
+      await w.client.command({
+        query: `ALTER TABLE ${quoteIdent(w.database)}.events ADD COLUMN ${quoteIdent(name)} ${type}`,
+      });
   }
 }
 
 type Json = Record<string, unknown>;
-const str = (v: unknown): string | null => (v === undefined || v === null ? null : typeof v === "string" ? v : JSON.stringify(v));
-const obj = (v: unknown): Json | undefined => (v && typeof v === "object" && !Array.isArray(v) ? (v as Json) : undefined);
+const str = (v: unknown): string | null =>
+  v === undefined || v === null ? null : typeof v === "string" ? v : JSON.stringify(v);
+const obj = (v: unknown): Json | undefined =>
+  v && typeof v === "object" && !Array.isArray(v) ? (v as Json) : undefined;
 
 /** One `events` row from a normalised event, in the server's timestamp representation. */
 export function eventRow(e: Json, connection: string, pipeline: string, f: ServerFeatures): Json {

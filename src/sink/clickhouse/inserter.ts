@@ -85,7 +85,12 @@ export class Inserter {
         const code = errorCode(e);
         if (code !== undefined && CONTENT_ERRORS.has(code)) return e;
         if (this.#stopped) throw e;
-        if (attempt === 1 || attempt % 10 === 0) log.warn("clickhouse insert failed; retrying", { table: this.table, attempt, error: String((e as Error).message ?? e).split("\n")[0] });
+        if (attempt === 1 || attempt % 10 === 0)
+          log.warn("clickhouse insert failed; retrying", {
+            table: this.table,
+            attempt,
+            error: String((e as Error).message ?? e).split("\n")[0],
+          });
         this.onRetry(attempt, e);
         await Bun.sleep(delay);
         delay = Math.min(delay * 2, this.options.maxBackoffMs);

@@ -32,7 +32,14 @@ export interface ServerFeatures {
 export function featuresOf(version: string): ServerFeatures {
   const [major = 0, minor = 0] = version.split(".").map(Number);
   const atLeast = (M: number, m: number) => major > M || (major === M && minor >= m);
-  return { version, dateTime64: atLeast(20, 1), lowCardinality: atLeast(19, 0), insertDedupToken: atLeast(22, 2), bool: atLeast(21, 12), replacingIsDeleted: atLeast(23, 2) };
+  return {
+    version,
+    dateTime64: atLeast(20, 1),
+    lowCardinality: atLeast(19, 0),
+    insertDedupToken: atLeast(22, 2),
+    bool: atLeast(21, 12),
+    replacingIsDeleted: atLeast(23, 2),
+  };
 }
 
 export interface Warehouse {
@@ -86,7 +93,11 @@ class FailoverClient {
   #failed(i: number, e: unknown): void {
     if (this.clients.length < 2 || i !== this.#current || !switchesServer(e)) return;
     this.#current = (i + 1) % this.clients.length;
-    log.warn("clickhouse server failed; switching to the next one", { failed: this.urls[i], next: this.url, error: String((e as Error)?.message ?? e).split("\n")[0] });
+    log.warn("clickhouse server failed; switching to the next one", {
+      failed: this.urls[i],
+      next: this.url,
+      error: String((e as Error)?.message ?? e).split("\n")[0],
+    });
   }
 
   async #call<T>(f: (c: ClickHouseClient) => Promise<T>): Promise<T> {
@@ -141,13 +152,21 @@ export async function connectWarehouse(o: ClickHouseOptions): Promise<Warehouse>
     let version: string | undefined;
     for (let attempt = 1; version === undefined; attempt++) {
       try {
-        const rows = (await (await client.query({ query: "SELECT version() AS v", format: "JSONEachRow" })).json()) as { v: string }[];
+        const rows = (await (await client.query({ query: "SELECT version() AS v", format: "JSONEachRow" })).json()) as {
+          v: string;
+        }[];
         version = rows[0]!.v;
       } catch (e) {
         if (attempt >= urls.length || !switchesServer(e)) throw e;
       }
     }
-    const w: Warehouse = { client, features: featuresOf(version), database: o.database, cluster: o.cluster, close: () => failover.close() };
+    const w: Warehouse = {
+      client,
+      features: featuresOf(version),
+      database: o.database,
+      cluster: o.cluster,
+      close: () => failover.close(),
+    };
     if (o.cluster) {
       await checkCluster(w, o.cluster);
       if (!(await exists(w, `SELECT name FROM system.databases WHERE name = ${quoteString(o.database)}`))) {
@@ -172,7 +191,8 @@ export async function checkCluster(w: Warehouse, cluster: string): Promise<void>
     })
   ).json()) as { shards: number | string; replicas: number | string }[];
   const shards = Number(rows[0]?.shards ?? 0);
-  if (!shards) throw new Error(`TRIBUTARY_CLICKHOUSE_CLUSTER: the server has no cluster "${cluster}" in its remote_servers`);
+  if (!shards)
+    throw new Error(`TRIBUTARY_CLICKHOUSE_CLUSTER: the server has no cluster "${cluster}" in its remote_servers`);
   if (shards > 1) {
     throw new Error(
       `TRIBUTARY_CLICKHOUSE_CLUSTER: cluster "${cluster}" has ${shards} shards; Tributary writes one shard of replicas ` +
@@ -209,11 +229,16 @@ export const DDL_TIMEOUT_SECONDS = 20;
  */
 export async function clusterDDL(w: Warehouse, query: string): Promise<void> {
   try {
-    await w.client.command({ query, clickhouse_settings: { wait_end_of_query: 1, distributed_ddl_task_timeout: String(DDL_TIMEOUT_SECONDS) } });
+    await w.client.command({
+      query,
+      clickhouse_settings: { wait_end_of_query: 1, distributed_ddl_task_timeout: String(DDL_TIMEOUT_SECONDS) },
+    });
   } catch (e) {
     // 159 TIMEOUT_EXCEEDED (18.16 spells errors "Code: 159, e.displayText() = ...", which the client may not parse).
     if ((e as { code?: unknown })?.code !== "159" && !/Code: 159\b/.test(String((e as Error)?.message ?? e))) throw e;
-    log.warn("ON CLUSTER DDL not confirmed by every replica; the ones down run it when they return", { error: String((e as Error).message).split("\n")[0] });
+    log.warn("ON CLUSTER DDL not confirmed by every replica; the ones down run it when they return", {
+      error: String((e as Error).message).split("\n")[0],
+    });
   }
 }
 
@@ -235,7 +260,8 @@ export async function createTable(w: Warehouse, table: string, ddl: string): Pro
   // A replica added to the cluster since the database was made lacks it too.
   await clusterDDL(w, `CREATE DATABASE IF NOT EXISTS ${quoteIdent(w.database)}${onCluster(w)}`);
   await clusterDDL(w, ddl);
-  if (!(await exists(w, lookup))) throw new Error(`ON CLUSTER DDL did not create ${w.database}.${table} on this replica yet`);
+  if (!(await exists(w, lookup)))
+    throw new Error(`ON CLUSTER DDL did not create ${w.database}.${table} on this replica yet`);
 }
 
 export function quoteIdent(name: string): string {
