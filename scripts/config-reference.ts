@@ -1,8 +1,7 @@
 /**
  * `npm run docs:config [-- --check]`: writes docs/configuration.md, the configuration reference,
  * from the TypeBox schemas that validate `pipelines/` (src/config/schema.ts: every key, type,
- * allowed value, default, description and example) and from the defaults the node reads its
- * environment with. The prose around the tables lives here, so the whole file is reproducible;
+ * allowed value, default, description and example) and the environment (src/config/env.ts). The prose around the tables lives here, so the whole file is reproducible;
  * test/unit/config-reference.test.ts fails when the committed file differs from what this makes.
  * `--check` exits 1 instead of writing when the file is out of date.
  */
@@ -12,8 +11,7 @@ import { parseCommand } from "./cli.ts";
 import type { TSchema } from "@sinclair/typebox";
 import { stringify } from "yaml";
 import { Connection, CustomerModelFile, Pipeline, PropertyType } from "../src/config/schema.ts";
-import { defaults } from "../src/config/env.ts";
-import { defaultSandboxOptions } from "../src/pipeline/transform/sandbox-isolation.ts";
+import { Environment, expectedText } from "../src/config/env.ts";
 
 export const REFERENCE_PATH = join(import.meta.dir, "../docs/configuration.md");
 
@@ -63,137 +61,16 @@ table: github_events
 const MIB = 1024 * 1024;
 const size = (n: number) =>
   n === 0 ? "0" : n % MIB === 0 ? `${n} (${n / MIB} MiB)` : n % 1024 === 0 ? `${n} (${n / 1024} KiB)` : String(n);
-const sandbox = defaultSandboxOptions();
 
-/** Every variable the node reads; defaults come from the code that reads them. */
-export const ENVIRONMENT: [name: string, fallback: string, description: string][] = [
-  ["PORT", String(defaults.port), "HTTP port of the node."],
-  ["HOST", defaults.host, "Address the HTTP server listens on."],
-  [
-    "NATS_URL",
-    "",
-    "NATS server URL; a cluster's servers separated by commas (tried in turn). Unset: `npm start` runs a local `nats-server -js` on `NATS_PORT`, with its data under `TRIBUTARY_DATA`.",
-  ],
-  ["NATS_PORT", "4222", "Port of the local nats-server `npm start` runs when `NATS_URL` is unset."],
-  [
-    "CLICKHOUSE_URL",
-    "",
-    "ClickHouse HTTP URL; the replicas of a replicated setup separated by commas (tried in turn). Unset: `npm start` runs a local clickhouse-server on `CLICKHOUSE_HTTP_PORT`.",
-  ],
-  [
-    "CLICKHOUSE_HTTP_PORT",
-    "8123",
-    "HTTP port of the local clickhouse-server `npm start` runs when `CLICKHOUSE_URL` is unset.",
-  ],
-  ["CLICKHOUSE_TCP_PORT", "9000", "Native-protocol port of that local clickhouse-server."],
-  ["CLICKHOUSE_USER", defaults.clickhouseUser, "ClickHouse user."],
-  ["CLICKHOUSE_PASSWORD", defaults.clickhousePassword, "ClickHouse password."],
-  [
-    "TRIBUTARY_CLICKHOUSE_CLUSTER",
-    "",
-    'A `remote_servers` cluster of one shard: tables are `Replicated*MergeTree`, created `ON CLUSTER` (the README\'s "Replicated ClickHouse").',
-  ],
-  ["TRIBUTARY_DATABASE", defaults.database, "ClickHouse database of the `events`, `users` and raw webhook tables."],
-  ["TRIBUTARY_PIPELINES", defaults.pipelinesDir, "The configuration directory this reference describes."],
-  ["TRIBUTARY_DATA", defaults.dataDir, "Data directory of the local nats-server and clickhouse-server."],
-  [
-    "TRUST_PROXY",
-    String(defaults.trustProxy),
-    "`1`, `true`, `yes` or `on`: the client address is the first `X-Forwarded-For` hop, not the socket's. Only behind a proxy you trust.",
-  ],
-  [
-    "TRIBUTARY_ADMIN_TOKEN",
-    "",
-    "Bearer token of the admin API and the Event debugger. Unset: both are off (but see `TRIBUTARY_DEV_ADMIN`).",
-  ],
-  [
-    "TRIBUTARY_DEV_ADMIN",
-    String(defaults.devAdmin),
-    "Without an admin token, open the admin API and the debugger to loopback callers only (development).",
-  ],
-  [
-    "TRIBUTARY_MAX_REQUEST_BYTES",
-    size(defaults.maxRequestBytes),
-    "Largest request body after decompression; larger is 413.",
-  ],
-  [
-    "TRIBUTARY_MAX_EVENT_BYTES",
-    size(defaults.maxEventBytes),
-    "Largest event as JSON; a larger one is rejected on its own, the rest of the batch kept.",
-  ],
-  ["TRIBUTARY_MAX_EVENTS_PER_REQUEST", String(defaults.maxEventsPerRequest), "Most events in one request."],
-  [
-    "TRIBUTARY_MAX_IN_FLIGHT_BYTES",
-    size(defaults.maxInFlightBytes),
-    "Decompressed request bytes being worked on at once; beyond it requests get 429.",
-  ],
-  [
-    "TRIBUTARY_PUBLISH_TIMEOUT_MS",
-    String(defaults.publishTimeoutMs),
-    "How long to wait for JetStream to acknowledge before answering 503.",
-  ],
-  [
-    "TRIBUTARY_STREAM_MAX_AGE_HOURS",
-    String(defaults.streamMaxAgeHours),
-    "How long the events stream keeps events: what `replay` can reach.",
-  ],
-  [
-    "TRIBUTARY_STREAM_MAX_BYTES",
-    String(defaults.streamMaxBytes),
-    "Storage the events stream may use; near it the node answers 503 rather than push out events a pipeline has not loaded. 0: no limit.",
-  ],
-  [
-    "TRIBUTARY_STREAM_REPLICAS",
-    String(defaults.streamReplicas),
-    "JetStream replicas of the streams (with a NATS cluster).",
-  ],
-  [
-    "TRIBUTARY_DEDUP_WINDOW_HOURS",
-    String(defaults.dedupWindowHours),
-    "How long a `messageId` is remembered per connection, so a retried event is stored once.",
-  ],
-  [
-    "TRIBUTARY_BATCH_MAX_ROWS",
-    String(defaults.batchMaxRows),
-    "A pipeline's batch goes to ClickHouse at this many rows…",
-  ],
-  ["TRIBUTARY_BATCH_MAX_BYTES", size(defaults.batchMaxBytes), "…or this many bytes…"],
-  ["TRIBUTARY_BATCH_MAX_AGE_MS", String(defaults.batchMaxAgeMs), "…or this age, whichever comes first."],
-  [
-    "TRIBUTARY_ACK_WAIT_MS",
-    String(defaults.ackWaitMs),
-    "JetStream redelivers what a pipeline read but did not acknowledge (a node that died) after this.",
-  ],
-  [
-    "TRIBUTARY_EXPRESSION_TIMEOUT_MS",
-    String(defaults.expressionTimeoutMs),
-    "Time limit of each JSONata evaluation (filters, `mapping`, `jsonata`, `events:`, `dedup: {jsonata}`) per event; past it that event fails with `D1012`.",
-  ],
-  [
-    "TRIBUTARY_TRANSFORM_TIMEOUT_MS",
-    String(sandbox.limits.timeoutMs),
-    "Time limit of a JavaScript or Python transform per event.",
-  ],
-  [
-    "TRIBUTARY_TRANSFORM_MEMORY_MB",
-    String(sandbox.limits.memoryBytes / MIB),
-    "Interpreter heap of a JavaScript or Python sandbox, in MiB.",
-  ],
-  [
-    "TRIBUTARY_SANDBOX_CPU_SECONDS",
-    String(sandbox.cpuSeconds),
-    "CPU time of one sandbox process; it is replaced at 90 %.",
-  ],
-  ["TRIBUTARY_SANDBOX_UID", String(sandbox.uid), "User id sandbox processes run as when the node runs as root."],
-  ["TRIBUTARY_SANDBOX_GID", String(sandbox.gid), "Group id sandbox processes run as when the node runs as root."],
-  ["LOG_LEVEL", "info", "`debug`, `info`, `warn` or `error`."],
-  [
-    "LOG_FORMAT",
-    "",
-    "`json` (one JSON object per line) or `pretty` (one short line per record). Unset: pretty when stderr is a terminal, JSON otherwise.",
-  ],
-  ["NO_COLOR", "", "Set to anything: no colours in terminal logs."],
-];
+/** Every variable the node reads, from the schema it validates them with (src/config/env.ts). */
+export const ENVIRONMENT: [name: string, type: string, fallback: string, description: string][] = Object.entries(
+  Environment.properties as Record<string, S>,
+).map(([name, s]) => [
+  name,
+  expectedText(s),
+  s.default === undefined ? "" : s.unit === "bytes" ? size(s.default) : String(s.default),
+  s.description ?? "",
+]);
 
 const cell = (s: string) => s.replace(/\|/g, "\\|").replace(/\n/g, " ");
 /** A value as it is written in YAML (flow style for lists and maps). */
@@ -279,11 +156,11 @@ export function renderConfigReference(): string {
   const types = (PropertyType.anyOf as S[])
     .map((t) => `| ${code(t.const)} | ${cell(t.description ?? "")} |`)
     .join("\n");
-  const env = ENVIRONMENT.map(([name, fallback, description]) => {
+  const env = ENVIRONMENT.map(([name, type, fallback, description]) => {
     const [value, note] = fallback.split(/ (?=\()/); // "16777216 (16 MiB)": the value, then what it means
-    return `| \`${name}\` | ${fallback === "" ? "" : cell(code(value) + (note ? ` ${note}` : ""))} | ${cell(description)} |`;
+    return `| \`${name}\` | ${cell(type)} | ${fallback === "" ? "" : cell(code(value) + (note ? ` ${note}` : ""))} | ${cell(description)} |`;
   }).join("\n");
-  return `<!-- Generated by \`npm run docs:config\` (scripts/config-reference.ts) from src/config/schema.ts and the node's defaults. Do not edit: change the schemas or the script, then regenerate. -->
+  return `<!-- Generated by \`npm run docs:config\` (scripts/config-reference.ts) from src/config/schema.ts and src/config/env.ts. Do not edit: change the schemas or the script, then regenerate. -->
 
 # Configuration reference
 
@@ -344,11 +221,13 @@ ${types}
 
 ## Environment variables
 
-An empty default means unset. A value the node cannot use (a number that is not one, a negative
-size, a time limit of 0) stops it at start-up.
+Generated from the schema the node validates its environment with (\`src/config/env.ts\`). An
+empty default means unset; an empty value counts as unset too, except for a text with a default.
+A value outside what the variable takes stops the node at start-up with a message naming the
+variable, such as \`TRIBUTARY_STREAM_REPLICAS: expected an integer 1–5, got "2.5"\`.
 
-| variable | default | meaning |
-| --- | --- | --- |
+| variable | takes | default | meaning |
+| --- | --- | --- | --- |
 ${env}
 `;
 }
@@ -357,7 +236,7 @@ if (import.meta.main) {
   const { values } = parseCommand({
     name: "docs:config",
     usage:
-      "usage: npm run docs:config [-- --check]\n\nWrites docs/configuration.md from src/config/schema.ts and the node's defaults.\n      --check   write nothing; exit 1 when the file is out of date\n  -h, --help    this help",
+      "usage: npm run docs:config [-- --check]\n\nWrites docs/configuration.md from src/config/schema.ts and src/config/env.ts.\n      --check   write nothing; exit 1 when the file is out of date\n  -h, --help    this help",
     options: { check: { type: "boolean" } },
   });
   const text = renderConfigReference();

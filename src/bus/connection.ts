@@ -2,6 +2,8 @@ import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { nanos } from "@nats-io/nats-core";
 import {
   DiscardPolicy,
+  JetStreamApiCodes,
+  JetStreamApiError,
   jetstream,
   jetstreamManager,
   StorageType,
@@ -155,7 +157,7 @@ function replicaError(e: unknown, replicas: number): Error {
  */
 async function scaleStream(jsm: JetStreamManager, name: string, replicas: number): Promise<void> {
   const info = await jsm.streams.info(name).catch((e) => {
-    if (/stream not found/i.test(String((e as Error).message))) return undefined;
+    if (isStreamNotFound(e)) return undefined;
     throw e;
   });
   if (!info || (info.config.num_replicas || 1) === replicas) return;
@@ -168,6 +170,10 @@ async function scaleStream(jsm: JetStreamManager, name: string, replicas: number
     messages: info.state.messages,
   });
 }
+
+/** JetStream's own answer (API code 10059), whatever text a server version words it with. */
+export const isStreamNotFound = (e: unknown): boolean =>
+  e instanceof JetStreamApiError && e.code === JetStreamApiCodes.StreamNotFound;
 
 /** Creates the events stream, or updates the settings that can change without losing data. */
 export async function ensureStream(jsm: JetStreamManager, o: BusOptions): Promise<void> {
@@ -197,7 +203,7 @@ export async function ensureStream(jsm: JetStreamManager, o: BusOptions): Promis
       log.info("events stream updated", { max_age_hours: o.streamMaxAgeHours, max_bytes: config.max_bytes });
     }
   } catch (e) {
-    if (!/stream not found/i.test(String((e as Error).message))) throw e;
+    if (!isStreamNotFound(e)) throw e;
     try {
       await jsm.streams.add(config);
       log.info("events stream created", { stream: STREAM, replicas: o.streamReplicas });

@@ -3,7 +3,7 @@ import { startClickHouse, startNats, startTestNode } from "../harness/services.t
 import { chClient, expectExactlyOnce } from "../harness/warehouse.ts";
 import { Load } from "../harness/load.ts";
 import { STREAM } from "../../src/bus/subjects.ts";
-import { capacityDefaults } from "../../src/bus/capacity.ts";
+import { capacityDefaults } from "../../src/config/env.ts";
 import type { ClickHouseClient } from "@clickhouse/client";
 
 /**

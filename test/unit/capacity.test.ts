@@ -1,6 +1,7 @@
 import { expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
-import { StreamCapacity, capacityDefaults } from "../../src/bus/capacity.ts";
+import { StreamCapacity } from "../../src/bus/capacity.ts";
+import { capacityDefaults } from "../../src/config/env.ts";
 import type { JetStreamManager } from "@nats-io/jetstream";
 
 /**

@@ -1,4 +1,4 @@
-import { createClient, ClickHouseLogLevel, type ClickHouseClient } from "@clickhouse/client";
+import { createClient, ClickHouseError, ClickHouseLogLevel, type ClickHouseClient } from "@clickhouse/client";
 import { log } from "../../util/log.ts";
 
 export interface ClickHouseOptions {
@@ -221,6 +221,19 @@ export function tableEngine(kind: string, args: string[], database: string, tabl
 /** How long ON CLUSTER DDL waits for every replica (under the client's 30 s request timeout); the ones down run it from the queue when they return. */
 export const DDL_TIMEOUT_SECONDS = 20;
 
+const TIMEOUT_EXCEEDED = 159;
+
+/**
+ * The server's error code: the client's typed `ClickHouseError.code` when it parsed the answer. 18.16
+ * words errors as "Code: 159, e.displayText() = DB::Exception: ..." without the `(TYPE)` suffix the
+ * client's parser needs, so there the code is read from that leading field of the server's answer.
+ */
+export function clickHouseCode(e: unknown): number | undefined {
+  if (e instanceof ClickHouseError && /^\d+$/.test(e.code)) return Number(e.code);
+  const m = /^\s*Code: (\d+)/.exec(String((e as Error)?.message ?? ""));
+  return m ? Number(m[1]) : undefined;
+}
+
 /**
  * Runs ON CLUSTER DDL and waits for every replica's answer (wait_end_of_query: otherwise a
  * replica's error would arrive after the 200). A replica that is down does not block Tributary:
@@ -234,8 +247,7 @@ export async function clusterDDL(w: Warehouse, query: string): Promise<void> {
       clickhouse_settings: { wait_end_of_query: 1, distributed_ddl_task_timeout: String(DDL_TIMEOUT_SECONDS) },
     });
   } catch (e) {
-    // 159 TIMEOUT_EXCEEDED (18.16 spells errors "Code: 159, e.displayText() = ...", which the client may not parse).
-    if ((e as { code?: unknown })?.code !== "159" && !/Code: 159\b/.test(String((e as Error)?.message ?? e))) throw e;
+    if (clickHouseCode(e) !== TIMEOUT_EXCEEDED) throw e;
     log.warn("ON CLUSTER DDL not confirmed by every replica; the ones down run it when they return", {
       error: String((e as Error).message).split("\n")[0],
     });
