@@ -1,7 +1,7 @@
 /**
  * The QuickJS side of JavaScript transformations: one runtime + context with the user's code loaded,
- * and the batch loop that isolates failures per event. Runs inside the transform's worker thread
- * (javascript-worker.ts); see javascript.ts for the overall design.
+ * running one chunk of events with failures isolated per event. Runs inside the transform's worker
+ * thread (javascript-worker.ts), driven by javascript-sandbox-host.ts; see javascript.ts for the design.
  */
 import {
   newQuickJSWASMModule,
@@ -20,13 +20,12 @@ import {
   preludeSource,
   runnerFactorySource,
 } from "./javascript-guest.ts";
+import { decodeResultObject, formatBytes, parseResults } from "./host.ts";
+import { javascriptTopLevelBudgetMs } from "./javascript-protocol.ts";
 import { TransformLoadError, type TransformLimits, type TransformResult } from "./types.ts";
 
 /** QuickJS's own stack limit; well below what the host's native stack allows for WASM frames. */
 const maxStackBytes = 256 * 1024;
-/** A batch is cut into chunks so the batch JSON itself takes a small part of the memory limit. */
-const chunkMaxEvents = 500;
-const chunkMaxBytes = 1024 * 1024;
 const sourceName = "transform.js";
 
 /**
@@ -41,7 +40,7 @@ export const wasmMemoryBytes = (l: TransformLimits) => {
   return Math.ceil(Math.max(l.memoryBytes + 16 * 1024 * 1024, 32 * 1024 * 1024) / page) * page;
 };
 
-async function newModule(limits: TransformLimits): Promise<QuickJSWASMModule> {
+export async function newModule(limits: TransformLimits): Promise<QuickJSWASMModule> {
   const page = 64 * 1024;
   const wasmMemory = new WebAssembly.Memory({
     initial: (16 * 1024 * 1024) / page,
@@ -49,11 +48,6 @@ async function newModule(limits: TransformLimits): Promise<QuickJSWASMModule> {
   });
   return newQuickJSWASMModule(newVariant(RELEASE_SYNC, { wasmMemory }));
 }
-
-/** Budget for the user's top-level code, which runs once per (re)build. */
-export const loadBudgetMs = (l: TransformLimits) => Math.max(1000, l.timeoutMs);
-
-export const fail = (error: string): TransformResult => ({ ok: false, error });
 
 /** Events for the sandbox: JSON text each, or bjson values sharing one header (javascript-bjson.ts). */
 export type EventsInput =
@@ -68,7 +62,7 @@ export type ProgressListener = (eventIndex: number) => void;
  */
 export type PartialListener = (indices: number[], json: string) => void;
 
-type ChunkOutcome =
+export type ChunkOutcome =
   | { ok: true; json: string }
   /** `at`: index (in the chunk) of the event running when the sandbox aborted; -1 before the first, len after the last. */
   | { ok: false; at: number; done: TransformResult[] | undefined; error: string };
@@ -130,7 +124,7 @@ export class Sandbox {
     using factory = this.evalInternal(runnerFactorySource);
     using cellFactory = this.evalInternal(cellTickFactorySource);
 
-    const budget = loadBudgetMs(this.limits);
+    const budget = javascriptTopLevelBudgetMs(this.limits);
     this.deadline = performance.now() + budget;
     const loaded = ctx.evalCode(source, sourceName);
     this.deadline = Infinity;
@@ -368,7 +362,7 @@ export class Sandbox {
       this.deadline = Infinity;
       if (p.error) p.error.dispose();
       else {
-        done = parseResults(ctx.getString(p.value), Math.min(at, n));
+        done = parseResults(ctx.getString(p.value), Math.min(at, n), decodeResultObject);
         p.value.dispose();
       }
     }
@@ -387,196 +381,6 @@ export class Sandbox {
     this.ctx.dispose();
     this.rt.dispose();
   }
-}
-
-/** A Sandbox that rebuilds itself (and if need be its WASM module) after aborts. */
-export class SandboxHost {
-  private sandbox: Sandbox | undefined;
-  /** Number of sandbox rebuilds after aborts. */
-  rebuilds = 0;
-  /** Whether events may come as bjson (else JSON text). */
-  binary = false;
-  /** Whether progress names each event as it starts (tick by host call) or when noticed (cell mode). */
-  exactProgress = true;
-
-  private constructor(
-    private mod: QuickJSWASMModule | undefined,
-    private readonly source: string,
-    private readonly limits: TransformLimits,
-  ) {}
-
-  /** Throws TransformLoadError for problems with the user's code. */
-  static async create(source: string, limits: TransformLimits): Promise<SandboxHost> {
-    const h = new SandboxHost(await newModule(limits), source, limits);
-    h.sandbox = new Sandbox(h.mod!, source, limits);
-    h.binary = h.sandbox.binary;
-    h.exactProgress = !h.sandbox.cellMode;
-    return h;
-  }
-
-  /**
-   * Transform JSON-encoded events; the JSON array of TransformResult, one per event, in order.
-   * `progress(i)` is told when event i starts, `progress(-1)` when a phase outside events starts.
-   */
-  async runBatch(
-    input: EventsInput,
-    progress: ProgressListener = () => {},
-    report: PartialListener = () => {},
-  ): Promise<string> {
-    const n = input.events.length;
-    let pending: number[] = Array.from({ length: n }, (_, i) => i);
-    // Fast path: every chunk succeeds, the guest's JSON goes out untouched.
-    const parts: string[] = [];
-    const results: (TransformResult | undefined)[] = new Array(n);
-    let slow = false;
-    let oneByOne = false;
-    const reportResolved = (chunk: number[]) => {
-      if (pending.length === 0) return; // the final answer carries them
-      const resolved = chunk.filter((i) => results[i] !== undefined);
-      if (resolved.length > 0) report(resolved, JSON.stringify(resolved.map((i) => results[i])));
-    };
-    while (pending.length > 0) {
-      const chunk = takeChunk(pending, input, oneByOne ? 1 : chunkMaxEvents);
-      let sandbox: Sandbox;
-      try {
-        progress(-1);
-        sandbox = await this.ensureSandbox();
-      } catch (e) {
-        for (const i of pending) results[i] = fail(`sandbox could not be rebuilt: ${(e as Error).message}`);
-        slow = true;
-        break;
-      }
-      let outcome: ChunkOutcome;
-      try {
-        outcome = sandbox.runChunk(input, chunk, (k) => progress(k < chunk.length ? chunk[k]! : -1));
-      } catch (e) {
-        // WASM-level failure (e.g. native stack exhausted, abort): throw away the whole module.
-        this.drop(true);
-        outcome = {
-          ok: false,
-          at: sandbox.ticksNow() - 1,
-          done: undefined,
-          error: `sandbox crashed: ${(e as Error).message}`,
-        };
-      }
-      progress(-1);
-      if (outcome.ok) {
-        if (!slow && !outcome.json.includes('"error":"InternalError: out of memory')) {
-          parts.push(outcome.json.slice(1, -1));
-          pending = pending.slice(chunk.length);
-          if (pending.length > 0) report(chunk, outcome.json);
-          continue;
-        } else {
-          // An out-of-memory was caught: the runner stopped after that event; rebuild for the rest.
-          slow = true;
-          const parsed = parseResults(outcome.json, chunk.length, true);
-          if (!parsed || parsed.length === 0) {
-            for (const i of chunk) results[i] = fail("sandbox returned malformed results");
-          } else {
-            parsed.forEach((res, k) => {
-              results[chunk[k]!] =
-                !res.ok && res.error === "InternalError: out of memory"
-                  ? fail(`transform exceeded the memory limit of ${formatBytes(this.limits.memoryBytes)}`)
-                  : res;
-            });
-          }
-          this.drop(false);
-        }
-        pending = pending.filter((i) => results[i] === undefined);
-        reportResolved(chunk);
-        continue;
-      }
-      // Aborted: keep what completed, fail the event that was running, rebuild, go on with the rest.
-      this.drop(false);
-      slow = true;
-      const { at, done } = outcome;
-      let resolved = 0;
-      if (done) for (; resolved < done.length; resolved++) results[chunk[resolved]!] = done[resolved];
-      if (at >= 0 && at < chunk.length) {
-        results[chunk[at]!] = fail(outcome.error);
-      } else if (resolved === chunk.length) {
-        // everything completed; the abort came after the last event
-      } else if (chunk.length === 1) {
-        results[chunk[0]!] = fail(
-          at < 0
-            ? `event does not fit in the sandbox: ${outcome.error}`
-            : `result does not fit in the sandbox: ${outcome.error}`,
-        );
-      } else {
-        oneByOne = true; // failed outside any one event (the chunk's JSON itself): retry the events one by one
-      }
-      pending = pending.filter((i) => results[i] === undefined);
-      reportResolved(chunk);
-    }
-    if (!slow) return `[${parts.join(",")}]`;
-    // Switched to the slow path midway: the chunks that went fast are still in `parts`, in order.
-    if (parts.length > 0) {
-      const early = JSON.parse(`[${parts.join(",")}]`) as TransformResult[];
-      early.forEach((r, i) => (results[i] = r));
-    }
-    return JSON.stringify(results.map((r) => r ?? fail("internal error: event not processed")));
-  }
-
-  private async ensureSandbox(): Promise<Sandbox> {
-    if (this.sandbox) return this.sandbox;
-    if (!this.mod) this.mod = await newModule(this.limits);
-    this.rebuilds++;
-    this.sandbox = new Sandbox(this.mod, this.source, this.limits);
-    return this.sandbox;
-  }
-
-  private drop(dropModule: boolean) {
-    const s = this.sandbox;
-    this.sandbox = undefined;
-    if (s) {
-      try {
-        s.dispose();
-      } catch {
-        dropModule = true; // freeing a runtime after a crash can fail: don't reuse that WASM instance
-      }
-    }
-    if (dropModule) this.mod = undefined;
-  }
-
-  dispose() {
-    this.drop(true);
-  }
-}
-
-/** Next chunk from the front of `pending`: at most `maxEvents` events and about chunkMaxBytes of JSON. */
-function takeChunk(pending: number[], input: EventsInput, maxEvents: number): number[] {
-  let bytes = 0;
-  let k = 0;
-  while (k < pending.length && k < maxEvents) {
-    bytes += input.events[pending[k]!]!.length + 1;
-    if (k > 0 && bytes > chunkMaxBytes) break;
-    k++;
-  }
-  return pending.slice(0, k);
-}
-
-/** Parse and check a JSON array of n TransformResult (with `prefix`, at most n); undefined if it is anything else. */
-export function parseResults(json: string, n: number, prefix = false): TransformResult[] | undefined {
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(json);
-  } catch {
-    return undefined;
-  }
-  if (!Array.isArray(parsed) || (prefix ? parsed.length > n : parsed.length !== n)) return undefined;
-  n = parsed.length;
-  const out: TransformResult[] = new Array(n);
-  for (let i = 0; i < n; i++) {
-    const r = parsed[i] as { ok?: unknown; value?: unknown; error?: unknown } | null;
-    if (
-      r?.ok === true &&
-      (r.value === undefined || (typeof r.value === "object" && r.value !== null && !Array.isArray(r.value)))
-    ) {
-      out[i] = { ok: true, value: r.value };
-    } else if (r?.ok === false && typeof r.error === "string") out[i] = { ok: false, error: r.error };
-    else return undefined;
-  }
-  return out;
 }
 
 interface GuestError {
@@ -599,8 +403,4 @@ function describeGuestError(dumped: unknown): GuestError {
   }
   // QuickJS throws `null` when it cannot even allocate the exception.
   return { text: String(dumped), interrupted: false, outOfMemory: dumped === null };
-}
-
-export function formatBytes(n: number): string {
-  return n >= 1024 * 1024 ? `${Math.round((n / 1024 / 1024) * 10) / 10} MiB` : `${n} bytes`;
 }

@@ -5,7 +5,8 @@
  */
 import { BjsonWriter } from "./javascript-bjson.ts";
 import type { FromWorker, ToWorker } from "./javascript-protocol.ts";
-import { SandboxHost, type EventsInput } from "./javascript-sandbox.ts";
+import type { EventsInput } from "./javascript-sandbox.ts";
+import { SandboxHost } from "./javascript-sandbox-host.ts";
 
 declare const self: Worker;
 

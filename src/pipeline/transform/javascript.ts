@@ -1,9 +1,11 @@
 /**
  * JavaScript transformations, sandboxed in QuickJS (quickjs-emscripten, sync WASM build), in a worker thread.
  *
- * Files: javascript.ts (this, the parent side: batching, watchdog), javascript-worker.ts (the worker),
- * javascript-sandbox.ts (QuickJS runtime, per-event isolation, rebuilds), javascript-guest.ts (code
- * evaluated inside QuickJS), javascript-bjson.ts (events in QuickJS's binary format), javascript-protocol.ts.
+ * Files: javascript.ts (this, the parent side on the shared transform host, host.ts: what a round of a
+ * batch sends and who failed after a stall), javascript-protocol.ts (messages, encoding, budgets),
+ * javascript-worker.ts (the worker), javascript-sandbox.ts (QuickJS runtime, per-event isolation),
+ * javascript-sandbox-host.ts (the worker's batch loop, rebuilds), javascript-guest.ts (code evaluated
+ * inside QuickJS), javascript-bjson.ts (events in QuickJS's binary format).
  *
  * Isolation
  *  - Each transformation owns a worker thread, and in it a WASM module instance, a QuickJS runtime and a
@@ -45,30 +47,25 @@
  *  unreported within 5 ms of the last report, the unfinished events of the stalled message are replayed
  *  one per message in a new worker, where the next stall names its event exactly and fails it alone.
  */
-import { BjsonWriter } from "./javascript-bjson.ts";
-import { progressBytes, type FromWorker, type ToWorker, type WireEvents } from "./javascript-protocol.ts";
-import { fail, loadBudgetMs, parseResults } from "./javascript-sandbox.ts";
+import { complete, decodeResultObject, fail, parseResults, resolveLimits, WorkerHost, type Results } from "./host.ts";
 import {
-  TransformLoadError,
-  transformLimitDefaults,
-  type SandboxedTransform,
-  type TransformLimits,
-  type TransformResult,
-} from "./types.ts";
-
-/** Starting a worker + compiling the WASM module can be slow on a loaded machine. */
-const startupGraceMs = 10_000;
-/** Events per message to the worker: the next message is encoded while the worker runs this one. */
-const messageEvents = 128;
+  encodeEvents,
+  javascriptTopLevelBudgetMs,
+  messageEvents,
+  post,
+  progressBytes,
+  stallLimitMs,
+  startupGraceMs,
+  type FromWorker,
+} from "./javascript-protocol.ts";
+import { TransformLoadError, type SandboxedTransform, type TransformLimits, type TransformResult } from "./types.ts";
 
 /** Compile and load user code; throws TransformLoadError if it doesn't compile or defines no `transform`. */
 export async function createJavaScriptTransform(
   source: string,
   limits?: Partial<TransformLimits>,
 ): Promise<SandboxedTransform> {
-  const l: TransformLimits = { ...transformLimitDefaults, ...limits };
-  if (!(l.timeoutMs > 0) || !(l.memoryBytes > 0)) throw new RangeError(`invalid transform limits ${JSON.stringify(l)}`);
-  const t = new JavaScriptTransform(source, l);
+  const t = new JavaScriptTransform(source, resolveLimits(limits));
   await t.start();
   return t;
 }
@@ -81,10 +78,13 @@ interface Sent {
   partials: { indices: number[]; json: string }[];
 }
 
-type Ending = { stopped: false } | { stopped: true; reason: string };
+/** The running event as the worker published it: its message and its index there (-1: none). */
+interface Position {
+  messageId: number;
+  index: number;
+}
 
-export class JavaScriptTransform implements SandboxedTransform {
-  private worker: Worker | undefined;
+export class JavaScriptTransform extends WorkerHost<FromWorker, Position> {
   /** Whether the worker's QuickJS reads bjson (else events go as JSON text). */
   private binary = false;
   /** Whether the worker reports each event as it starts (else only when its interrupt handler notices). */
@@ -92,17 +92,14 @@ export class JavaScriptTransform implements SandboxedTransform {
   private readonly progress = new SharedArrayBuffer(progressBytes);
   private readonly ints = new Int32Array(this.progress, 0, 2);
   private readonly floats = new Float64Array(this.progress, 0, 2);
-  private queue: Promise<unknown> = Promise.resolve();
   private nextId = 1;
-  private disposed = false;
-  private abortCurrent: ((reason: string) => void) | undefined;
-  /** Workers started after the first (a stalled or crashed sandbox was replaced). */
-  restarts = 0;
 
   constructor(
     private readonly source: string,
-    private readonly limits: TransformLimits,
-  ) {}
+    limits: TransformLimits,
+  ) {
+    super(limits);
+  }
 
   /** Start the first worker; throws TransformLoadError for the user's code. */
   async start(): Promise<void> {
@@ -111,162 +108,103 @@ export class JavaScriptTransform implements SandboxedTransform {
   }
 
   transformBatch(events: unknown[]): Promise<TransformResult[]> {
-    const p = this.queue.then(() => this.runBatch(events));
-    this.queue = p.catch(() => {});
-    return p;
+    return this.serial(async () => {
+      const results: Results = new Array(events.length);
+      /** Events to send one per message: they were in flight when a sandbox stalled, culprit unknown. */
+      const solo = new Set<number>();
+      const all = Array.from({ length: events.length }, (_, i) => i);
+      await this.drive(all, results, (pending) => this.round(events, pending, results, solo));
+      return complete(results);
+    });
   }
 
-  dispose() {
-    this.disposed = true;
-    this.abortCurrent?.("transform disposed");
-    this.stopWorker();
-  }
-
-  private async runBatch(events: unknown[]): Promise<TransformResult[]> {
-    const results: (TransformResult | undefined)[] = new Array(events.length);
-    let pending: number[] = Array.from({ length: events.length }, (_, i) => i);
-    const failAll = (error: string) => {
-      for (const i of pending) results[i] ??= fail(error);
-      pending = [];
-    };
-    /** Events to send one per message: they were in flight when a sandbox stalled, culprit unknown. */
-    const solo = new Set<number>();
-    let stops = 0;
-    while (pending.length > 0) {
-      if (this.disposed) {
-        failAll("transform disposed");
-        break;
-      }
-      if (!this.worker) {
-        this.restarts++;
-        const r = await this.spawn();
-        if (r !== true) {
-          failAll(`sandbox could not be restarted: ${r.message}`);
-          break;
+  /** Post all of `pending` in messages and collect their results; after a stop, decide who failed. */
+  private async round(events: unknown[], pending: number[], results: Results, solo: Set<number>) {
+    const sent: Sent[] = [];
+    let stopAfter = false;
+    const ending = await this.converse(
+      () => {
+        // Encode and post message by message: the worker starts on the first while the next is encoded.
+        let group: number[] = [];
+        const flush = () => {
+          if (group.length === 0) return;
+          const { input, carried } = encodeEvents(this.binary, events, group, results);
+          group = [];
+          if (carried.length === 0) return;
+          const m: Sent = { id: this.nextId++, indices: carried, done: false, partials: [] };
+          sent.push(m);
+          post(this.worker!, { type: "batch", id: m.id, input });
+        };
+        for (const i of pending) {
+          if (solo.has(i)) {
+            flush();
+            group.push(i);
+            flush();
+          } else {
+            group.push(i);
+            if (group.length >= messageEvents) flush();
+          }
         }
-      }
-      const sent: Sent[] = [];
-      let stopAfter = false;
-      const ending = await this.converse(
-        () => {
-          // Encode and post message by message: the worker starts on the first while the next is encoded.
-          let group: number[] = [];
-          const flush = () => {
-            if (group.length === 0) return;
-            const { input, carried } = this.encode(events, group, results);
-            group = [];
-            if (carried.length === 0) return;
-            const m: Sent = { id: this.nextId++, indices: carried, done: false, partials: [] };
-            sent.push(m);
-            this.post({ type: "batch", id: m.id, input });
-          };
-          for (const i of pending) {
-            if (solo.has(i)) {
-              flush();
-              group.push(i);
-              flush();
-            } else {
-              group.push(i);
-              if (group.length >= messageEvents) flush();
-            }
-          }
-          flush();
-          return sent.length === 0;
-        },
-        (msg) => {
-          const m = "id" in msg ? sent.find((x) => x.id === msg.id) : undefined;
-          if (!m) return false;
-          if (msg.type === "partial") m.partials.push(msg);
-          else {
-            m.done = true;
-            const parsed = msg.type === "results" ? parseResults(msg.json, m.indices.length) : undefined;
-            if (parsed) parsed.forEach((r, k) => (results[m.indices[k]!] = r));
-            else {
-              for (const i of m.indices)
-                results[i] = fail(
-                  msg.type === "failed" ? `sandbox failed: ${msg.message}` : "sandbox returned malformed results",
-                );
-              stopAfter = true;
-            }
-          }
-          return sent.every((x) => x.done);
-        },
-        (i) => (i >= 0 ? this.limits.timeoutMs * 2 + 250 : loadBudgetMs(this.limits) + 1000),
-      );
-      if (stopAfter) this.stopWorker();
-      if (ending.stopped) {
-        // The worker was stopped (stalled or crashed): keep the results it reported, fail the event
-        // that was running if that is certain, else send the unfinished events of the stalled message
-        // one per message so the next stall names its event. Replay the rest in a new worker.
-        this.stopWorker();
-        const runningIn = this.ints[1];
-        const at = this.ints[0]!;
-        for (const m of sent) {
-          if (m.done) continue;
-          for (const p of m.partials) {
-            parseResults(p.json, p.indices.length)?.forEach((r, k) => {
-              const i = m.indices[p.indices[k]!];
-              if (i !== undefined) results[i] = r;
+        flush();
+        return sent.length === 0;
+      },
+      (msg) => {
+        const m = "id" in msg ? sent.find((x) => x.id === msg.id) : undefined;
+        if (!m) return false;
+        if (msg.type === "partial") m.partials.push(msg);
+        else {
+          m.done = true;
+          const parsed =
+            msg.type === "results" ? parseResults(msg.json, m.indices.length, decodeResultObject) : undefined;
+          if (parsed)
+            parsed.forEach((r, k) => {
+              results[m.indices[k]!] = r;
             });
+          else {
+            for (const i of m.indices)
+              results[i] = fail(
+                msg.type === "failed" ? `sandbox failed: ${msg.message}` : "sandbox returned malformed results",
+              );
+            stopAfter = true;
           }
-          if (m.id !== runningIn) continue;
-          const unfinished = m.indices.filter((i) => results[i] === undefined);
-          if (m.indices.length === 1 || (unfinished.length === 1 && this.exactProgress)) {
-            for (const i of unfinished) results[i] = fail(ending.reason);
-          } else if (this.exactProgress && at >= 0 && at < m.indices.length) {
-            results[m.indices[at]!] ??= fail(ending.reason);
-          } else for (const i of unfinished) solo.add(i);
         }
-        if (this.disposed) failAll("transform disposed");
-        else if (++stops > events.length + 2) failAll(`sandbox keeps stopping: ${ending.reason}`);
+        return sent.every((x) => x.done);
+      },
+      this.watchdog((i) => stallLimitMs(this.limits, i)),
+    );
+    if (stopAfter) this.stopWorker();
+    if (!ending.stopped) return { pending: pending.filter((i) => results[i] === undefined) };
+    // The worker was stopped (stalled or crashed): keep the results it reported, fail the event
+    // that was running if that is certain, else send the unfinished events of the stalled message
+    // one per message so the next stall names its event. Replay the rest in a new worker.
+    this.stopWorker();
+    const { messageId: runningIn, index: at } = ending.position;
+    for (const m of sent) {
+      if (m.done) continue;
+      for (const p of m.partials) {
+        parseResults(p.json, p.indices.length, decodeResultObject)?.forEach((r, k) => {
+          const i = m.indices[p.indices[k]!];
+          if (i !== undefined) results[i] = r;
+        });
       }
-      pending = pending.filter((i) => results[i] === undefined);
+      if (m.id !== runningIn) continue;
+      const unfinished = m.indices.filter((i) => results[i] === undefined);
+      if (m.indices.length === 1 || (unfinished.length === 1 && this.exactProgress)) {
+        for (const i of unfinished) results[i] = fail(ending.reason);
+      } else if (this.exactProgress && at >= 0 && at < m.indices.length) {
+        results[m.indices[at]!] ??= fail(ending.reason);
+      } else for (const i of unfinished) solo.add(i);
     }
-    return results.map((r) => r ?? fail("internal error: event not processed"));
-  }
-
-  /** The events at `indices` for the wire; those that cannot be serialized fail in `results`. */
-  private encode(
-    events: unknown[],
-    indices: number[],
-    results: (TransformResult | undefined)[],
-  ): { input: WireEvents; carried: number[] } {
-    const carried: number[] = [];
-    if (this.binary) {
-      const { batch, errors } = BjsonWriter.encodeBatch(indices.map((i) => events[i]));
-      indices.forEach((i, k) => {
-        if (errors[k] === undefined) carried.push(i);
-        else results[i] = fail(`event is not JSON-serializable: ${errors[k]}`);
-      });
-      return { input: { kind: "bjson", ...batch }, carried };
-    }
-    const texts: string[] = [];
-    for (const i of indices) {
-      try {
-        texts.push(JSON.stringify(events[i]) ?? "null");
-        carried.push(i);
-      } catch (e) {
-        results[i] = fail(`event is not JSON-serializable: ${(e as Error).message}`);
-      }
-    }
-    return { input: { kind: "json", events: texts }, carried };
-  }
-
-  private post(m: ToWorker) {
-    if (m.type === "batch" && m.input.kind === "bjson")
-      this.worker!.postMessage(m, [m.input.bytes.buffer as ArrayBuffer]);
-    else this.worker!.postMessage(m);
+    return { pending: pending.filter((i) => results[i] === undefined), stopped: ending.reason };
   }
 
   /** Start a worker and load the user's code in it: true, or why not. */
-  private async spawn(): Promise<true | Error> {
-    const w = new Worker(new URL("./javascript-worker.ts", import.meta.url).href);
-    (w as unknown as { unref?: () => void }).unref?.(); // an idle sandbox must not keep the process alive
-    this.worker = w;
+  async spawn(): Promise<true | Error> {
+    const w = this.startWorker(new URL("./javascript-worker.ts", import.meta.url));
     let reply: FromWorker | undefined;
     const ending = await this.converse(
       () => {
-        this.post({ type: "init", source: this.source, limits: this.limits, progress: this.progress });
+        post(w, { type: "init", source: this.source, limits: this.limits, progress: this.progress });
         return false;
       },
       (m) => {
@@ -274,7 +212,7 @@ export class JavaScriptTransform implements SandboxedTransform {
         reply = m;
         return true;
       },
-      () => loadBudgetMs(this.limits) + startupGraceMs,
+      this.watchdog(() => javascriptTopLevelBudgetMs(this.limits) + startupGraceMs),
     );
     if (reply?.type === "ready") {
       this.binary = reply.binary;
@@ -287,63 +225,24 @@ export class JavaScriptTransform implements SandboxedTransform {
     return m.config ? new TransformLoadError(m.message) : new Error(m.message);
   }
 
-  /**
-   * Talk to the worker: `start()` posts (true: nothing to wait for), `onMessage` says when the
-   * conversation is complete. Meanwhile the watchdog reads the progress buffer: once the running
-   * event (or phase, index -1) has run longer than limitMs(index), the conversation ends as stopped.
-   */
-  private converse(
-    start: () => boolean,
-    onMessage: (m: FromWorker) => boolean,
-    limitMs: (eventIndex: number) => number,
-  ): Promise<Ending> {
-    const w = this.worker!;
-    // The worker is idle between conversations: its progress is ours to reset.
-    this.ints[0] = -1;
-    this.ints[1] = 0;
-    this.floats[1] = Date.now();
-    return new Promise<Ending>((resolve) => {
-      const pollMs = Math.max(5, Math.min(50, this.limits.timeoutMs / 2));
-      let timer: ReturnType<typeof setInterval> | undefined;
-      const finish = (x: Ending) => {
-        clearInterval(timer);
-        w.removeEventListener("message", onMsg);
-        w.removeEventListener("error", onError);
-        w.removeEventListener("close", onClose);
-        this.abortCurrent = undefined;
-        resolve(x);
-      };
-      const stopped = (reason: string) => finish({ stopped: true, reason });
-      const onMsg = (e: MessageEvent<FromWorker>) => {
-        if (onMessage(e.data)) finish({ stopped: false });
-      };
-      const onError = (e: ErrorEvent) => stopped(`sandbox crashed: ${e.message}`);
-      const onClose = () => stopped("sandbox exited");
-      w.addEventListener("message", onMsg);
-      w.addEventListener("error", onError);
-      w.addEventListener("close", onClose);
-      this.abortCurrent = stopped;
-      if (start()) {
-        finish({ stopped: false });
-        return;
-      }
-      timer = setInterval(() => {
+  /** Once the running event (or phase, index -1) has run longer than limitMs(index), the worker is stopped. */
+  private watchdog(limitMs: (eventIndex: number) => number) {
+    return {
+      pollMs: Math.max(5, Math.min(50, this.limits.timeoutMs / 2)),
+      begin: () => {
+        this.ints[0] = -1;
+        this.ints[1] = 0;
+        this.floats[1] = Date.now();
+      },
+      overrun: () => {
         const i = this.ints[0]!;
         const limit = limitMs(i);
-        if (Date.now() - this.floats[1]! > limit) {
-          stopped(
-            i >= 0
-              ? `transform exceeded the time limit of ${this.limits.timeoutMs} ms (sandbox stopped after ${limit} ms)`
-              : `sandbox did not respond within ${limit} ms`,
-          );
-        }
-      }, pollMs);
-    });
-  }
-
-  private stopWorker() {
-    const w = this.worker;
-    this.worker = undefined;
-    w?.terminate();
+        if (Date.now() - this.floats[1]! <= limit) return undefined;
+        return i >= 0
+          ? `transform exceeded the time limit of ${this.limits.timeoutMs} ms (sandbox stopped after ${limit} ms)`
+          : `sandbox did not respond within ${limit} ms`;
+      },
+      position: (): Position => ({ messageId: this.ints[1]!, index: this.ints[0]! }),
+    };
   }
 }

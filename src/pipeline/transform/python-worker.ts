@@ -8,7 +8,7 @@
  *     creating files) are refused. Everything Python can do to the outside goes through these imports,
  *     so this holds whatever the Python code does.
  *  2. Pyodide boots with an empty object as the `js` module, stdin closed and stdout/stderr discarded.
- *  3. The JS realm of the worker is locked down (`lockDownRealm`): no code generation (eval, Function
+ *  3. The JS realm of the worker is locked down (`lockDownRealm`, python-lockdown.ts): no code generation (eval, Function
  *     constructors), no `process`, `fetch`, `WebSocket`, `Worker`, …, and the Pyodide API objects lose
  *     their file-system / package / network entry points. Should Python code reach a JS object in
  *     spite of step 4, it finds nothing to escape with.
@@ -21,37 +21,10 @@
  * a long C call) is stopped by the host, which watches the progress counter and terminates the worker.
  */
 import { loadPyodide } from "pyodide";
+import { formatBytes } from "./host.ts";
 import { guestSetupSource } from "./python-guest.ts";
-
-export type ToWorker =
-  /**
-   * `progress`: Int32Array [started, stamp]: `started` = index of the running event + 1 (0: before the
-   * first), `stamp` = when it started, in ms since `epoch` (performance.timeOrigin + now() scale).
-   */
-  | {
-      type: "init";
-      source: string;
-      timeoutMs: number;
-      memoryBytes: number;
-      loadBudgetMs: number;
-      progress: SharedArrayBuffer;
-      epoch: number;
-      /** Boot from this memory snapshot of a freshly booted interpreter (~0.25 s instead of ~1.5 s). */
-      snapshot?: Uint8Array;
-      /** Boot normally and send a snapshot of the booted interpreter (before any setup) back. */
-      makeSnapshot?: boolean;
-    }
-  | { type: "batch"; id: number; json: string; count: number };
-
-export type FromWorker =
-  | { type: "booted" }
-  | { type: "snapshot"; snapshot: Uint8Array }
-  | { type: "ready"; heapBytes: number; capBytes: number }
-  | { type: "loadError"; message: string; config: boolean }
-  /** `json`: one result per event, possibly fewer than sent when `recycle` (the memory limit was hit). */
-  | { type: "result"; id: number; json: string; recycle: boolean }
-  /** The interpreter failed outside the per-event handling (fatal error, runner failure). */
-  | { type: "broken"; id: number; message: string };
+import { lockDownRealm } from "./python-lockdown.ts";
+import type { FromWorker, ToWorker } from "./python-protocol.ts";
 
 /** Errno values of emscripten's libc. */
 const EACCES = 2;
@@ -61,7 +34,6 @@ const O_WRITE_FLAGS = 1 | 2 | 0o100 | 0o1000 | 0o2000;
 const SIGINT = 2;
 const sourceFile = "<transform>";
 
-const g = globalThis as unknown as Record<string, unknown>;
 const send: (m: FromWorker) => void = (globalThis as unknown as { postMessage: (m: unknown) => void }).postMessage.bind(
   globalThis,
 );
@@ -255,163 +227,6 @@ function publish(started: number) {
   atomicsStore(progress, 0, started);
 }
 
-/** Remove what a JS object reached from Python could be used for: code generation, I/O, loaders. */
-function lockDownRealm(py: Record<string, unknown>) {
-  const thrower = () => {
-    throw new Error("not available in a transformation sandbox");
-  };
-  const scrub = (o: unknown, names: string[]) => {
-    if (!o || typeof o !== "object") return;
-    for (const n of names) {
-      try {
-        Object.defineProperty(o, n, { value: thrower, writable: false, configurable: false });
-      } catch {
-        /* not configurable: leave it */
-      }
-    }
-  };
-  const module = py._module as Record<string, unknown> & { FS: Record<string, unknown>; API: Record<string, unknown> };
-  const fs = module.FS;
-  const filesystems = fs.filesystems as Record<string, unknown> | undefined;
-  if (filesystems) {
-    for (const k of Object.keys(filesystems)) if (k !== "MEMFS") delete filesystems[k];
-    Object.freeze(filesystems);
-  }
-  scrub(fs, ["mount", "unmount", "forceLoadFile", "createLazyFile", "createPreloadedFile", "syncfs"]);
-  // The file-system and socket back-ends close over Node's `fs` and `ws` (Pyodide runs in Node mode
-  // under Bun), down to their nested `node_ops` / `stream_ops` / `websocket_sock_ops`. None is used
-  // once the host file system is never mounted: every function at every depth becomes a thrower
-  // that cannot be redefined, and the objects are frozen.
-  const seen = new Set<object>();
-  const gut = (o: unknown, depth: number) => {
-    if (!o || (typeof o !== "object" && typeof o !== "function") || seen.has(o as object) || depth > 6) return;
-    seen.add(o as object);
-    for (const n of Object.getOwnPropertyNames(o)) {
-      const d = Object.getOwnPropertyDescriptor(o, n);
-      if (!d) continue;
-      if ("value" in d && typeof d.value === "function") {
-        try {
-          Object.defineProperty(o, n, { value: thrower, writable: false, configurable: false });
-        } catch {
-          /* non-configurable already */
-        }
-      } else if ("value" in d && d.value && typeof d.value === "object") gut(d.value, depth + 1);
-      else if (!("value" in d)) {
-        try {
-          Object.defineProperty(o, n, { get: thrower, set: thrower, configurable: false });
-        } catch {
-          /* non-configurable accessor */
-        }
-      }
-    }
-    try {
-      Object.freeze(o);
-    } catch {
-      /* exotic object */
-    }
-  };
-  for (const k of [
-    "NODEFS",
-    "NODERAWFS",
-    "PROXYFS",
-    "WORKERFS",
-    "IDBFS",
-    "NODESOCKFS",
-    "SOCKFS",
-    "NODEFS_mount_opts",
-  ]) {
-    const f = module[k];
-    if (f && typeof f === "object") gut(f, 0);
-    try {
-      Object.defineProperty(module, k, { value: undefined, writable: false, configurable: false });
-    } catch {
-      /* not configurable */
-    }
-  }
-  scrub(module, [
-    "loadDynamicLibrary",
-    "loadWebAssemblyModule",
-    "dlopenInternal",
-    "asyncLoad",
-    "initRandomFill",
-    "FS_stdin_getChar",
-    "__emscripten_system",
-    "_emscripten_run_script",
-    "_emscripten_run_script_int",
-    "_emscripten_run_script_string",
-    "_emscripten_async_load_script",
-    "_emscripten_websocket_new",
-    "setWasmTableEntry",
-    "addFunction",
-    "readBinary",
-    "readAsync",
-    "instantiateWasm",
-  ]);
-  scrub(module.API, [
-    "loadBinaryFile",
-    "initializeNodeSockFS",
-    "loadScript",
-    "loadDynlib",
-    "loadPackage",
-    "install",
-    "bootstrapFinalizedPromise",
-    "rawRun",
-    "runPythonInternal",
-    "setPyodideModule",
-  ]);
-  delete module.API._nodeSock;
-  // The public API object: everything.
-  for (const k of Object.getOwnPropertyNames(py)) {
-    if (typeof py[k] === "function") scrub(py, [k]);
-  }
-  // The realm: no code generation, no host I/O.
-  const ctors = [
-    Function,
-    Object.getPrototypeOf(async () => {}).constructor,
-    Object.getPrototypeOf(function* () {}).constructor,
-    Object.getPrototypeOf(async function* () {}).constructor,
-  ] as { prototype: object }[];
-  for (const C of ctors) {
-    Object.defineProperty(C.prototype, "constructor", { value: thrower, writable: false, configurable: false });
-  }
-  const quiet = () => {};
-  for (const k of ["log", "info", "warn", "error", "debug", "trace"]) {
-    (console as unknown as Record<string, unknown>)[k] = quiet; // a fatal error would dump Pyodide's source
-  }
-  for (const name of [
-    "process",
-    "require",
-    "fetch",
-    "WebSocket",
-    "Worker",
-    "XMLHttpRequest",
-    "EventSource",
-    "navigator",
-    "ShadowRealm",
-    "BroadcastChannel",
-    "MessageChannel",
-    "Buffer",
-    "HTMLRewriter",
-    "eval",
-    "importScripts",
-    "Request",
-    "Response",
-    "FormData",
-    "Headers",
-    "Blob",
-    "File",
-    "alert",
-    "prompt",
-    "confirm",
-  ]) {
-    try {
-      delete g[name];
-    } catch {
-      /* non-configurable */
-    }
-  }
-}
-
 type PyCallable = ((...args: unknown[]) => unknown) & { destroy?: () => void };
 
 let runner: PyCallable | undefined;
@@ -530,10 +345,6 @@ function runBatch(m: Extract<ToWorker, { type: "batch" }>) {
 function errorText(e: unknown): string {
   const s = e instanceof Error ? `${e.name}: ${e.message}` : String(e);
   return s.length > 2000 ? `${s.slice(0, 2000)}…` : s;
-}
-
-function formatBytes(n: number): string {
-  return n % (1024 * 1024) === 0 ? `${n / (1024 * 1024)} MiB` : `${n} bytes`;
 }
 
 let queue: Promise<void> = Promise.resolve();

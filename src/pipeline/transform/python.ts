@@ -1,6 +1,8 @@
 /**
  * Python transformations, run by Pyodide (CPython compiled to WebAssembly) in a Worker of their own.
- * The guest side is python-worker.ts (+ python-guest.ts for the Python part).
+ * This file is the parent side, on the shared transform host (host.ts): what a round of a batch sends
+ * and who failed after a stop. python-protocol.ts holds the messages, encodings and budgets; the
+ * guest side is python-worker.ts (+ python-lockdown.ts, and python-guest.ts for the Python part).
  *
  * User code: a module defining `transform(event)`; `event` is the event as a dict (parsed from JSON);
  * it returns a dict (Customer Model properties; keys strings, values JSON) or None for "no change".
@@ -46,21 +48,30 @@
  * interpreter (before any setup or user code), from which later workers — other transformations,
  * restarts — boot in ~0.3 s. The user's module state (globals) lives as long as its worker.
  */
-import type { FromWorker, ToWorker } from "./python-worker.ts";
 import {
-  TransformLoadError,
-  transformLimitDefaults,
-  type SandboxedTransform,
-  type TransformLimits,
-  type TransformResult,
-} from "./types.ts";
+  complete,
+  cut,
+  encodeJson,
+  fail,
+  parseResults,
+  resolveLimits,
+  WorkerHost,
+  type Round,
+  type Watchdog,
+} from "./host.ts";
+import {
+  bootTimeoutMs,
+  chunkMaxBytes,
+  chunkMaxEvents,
+  decodePythonResult,
+  progressInts,
+  pythonTopLevelBudgetMs,
+  stallLimitMs,
+  type FromWorker,
+  type ToWorker,
+} from "./python-protocol.ts";
+import { TransformLoadError, type SandboxedTransform, type TransformLimits, type TransformResult } from "./types.ts";
 
-const chunkMaxEvents = 500;
-const chunkMaxBytes = 1024 * 1024;
-/** Pyodide's own boot (no user code yet); generous for a loaded machine. */
-const bootTimeoutMs = 60_000;
-
-const fail = (error: string): TransformResult => ({ ok: false, error });
 const absoluteNow = () => performance.timeOrigin + performance.now();
 
 /** Compile and load user code; throws TransformLoadError if it doesn't compile or defines no `transform`. */
@@ -68,8 +79,7 @@ export async function createPythonTransform(
   source: string,
   limits?: Partial<TransformLimits>,
 ): Promise<SandboxedTransform> {
-  const l: TransformLimits = { ...transformLimitDefaults, ...limits };
-  if (!(l.timeoutMs > 0) || !(l.memoryBytes > 0)) throw new RangeError(`invalid transform limits ${JSON.stringify(l)}`);
+  const l = resolveLimits(limits);
   if (typeof source !== "string") throw new TransformLoadError("Python transformation source must be a string");
   const t = new PythonTransform(source, l);
   const r = await t.spawn();
@@ -88,43 +98,28 @@ export async function createPythonTransform(
 let snapshot: Uint8Array | undefined;
 let snapshotRequested = false;
 
-/** Top-level code of the user's module: its own, longer budget. */
-const loadBudgetMs = (l: TransformLimits) => Math.max(1000, l.timeoutMs * 10);
-/** How long the host lets one event (or phase) run before it stops the worker. */
-const stallLimitMs = (l: TransformLimits) => l.timeoutMs + Math.max(1000, l.timeoutMs);
+/** The published counter: index of the running event + 1 (0: before the first). */
+type Position = number;
 
-type Exchange =
-  | { kind: "message"; msg: FromWorker }
-  /** The worker was stopped or died; `progress`: the published counter (index of the running event + 1). */
-  | { kind: "stopped"; progress: number; reason: string; stalled: boolean };
-
-export class PythonTransform implements SandboxedTransform {
-  /** Stats for tests/diagnostics. */
-  restarts = 0;
-  private worker: Worker | undefined;
+export class PythonTransform extends WorkerHost<FromWorker, Position> {
   /** [started, stamp]: see ToWorker "init". */
-  private readonly progress = new Int32Array(new SharedArrayBuffer(16));
+  private readonly progress = new Int32Array(new SharedArrayBuffer(progressInts * 4));
   private epoch = 0;
-  private queue: Promise<unknown> = Promise.resolve();
-  private disposed = false;
   private nextId = 1;
-  private abortCurrent: ((reason: string) => void) | undefined;
 
   constructor(
     private readonly source: string,
-    private readonly limits: TransformLimits,
-  ) {}
-
-  transformBatch(events: unknown[]): Promise<TransformResult[]> {
-    const p = this.queue.then(() => this.runBatch(events));
-    this.queue = p.catch(() => {});
-    return p;
+    limits: TransformLimits,
+  ) {
+    super(limits);
   }
 
-  dispose() {
-    this.disposed = true;
-    this.abortCurrent?.("transform disposed");
-    this.stopWorker();
+  transformBatch(events: unknown[]): Promise<TransformResult[]> {
+    return this.serial(async () => {
+      const results: (TransformResult | undefined)[] = new Array(events.length);
+      const { encoded, todo } = encodeJson(events, results);
+      return this.runEncoded(encoded, todo, results);
+    });
   }
 
   /**
@@ -132,104 +127,68 @@ export class PythonTransform implements SandboxedTransform {
    * cross into the interpreter as they are, without a parse and a second stringify.
    */
   transformJsonBatch(encoded: string[]): Promise<TransformResult[]> {
-    const p = this.queue.then(() =>
+    return this.serial(() =>
       this.runEncoded(
         encoded,
         encoded.map((_, i) => i),
         new Array(encoded.length),
       ),
     );
-    this.queue = p.catch(() => {});
-    return p;
   }
 
-  private async runBatch(events: unknown[]): Promise<TransformResult[]> {
-    const results: (TransformResult | undefined)[] = new Array(events.length);
-    const encoded: string[] = new Array(events.length);
-    const todo: number[] = [];
-    for (let i = 0; i < events.length; i++) {
-      try {
-        encoded[i] = JSON.stringify(events[i]) ?? "null";
-        todo.push(i);
-      } catch (e) {
-        results[i] = fail(`event is not JSON-serializable: ${(e as Error).message}`);
-      }
-    }
-    return this.runEncoded(encoded, todo, results);
+  private async runEncoded(encoded: string[], todo: number[], results: (TransformResult | undefined)[]) {
+    await this.drive(todo, results, (pending) => this.round(pending, encoded, results));
+    return complete(results);
   }
 
-  private async runEncoded(
-    encoded: string[],
-    todo: number[],
-    results: (TransformResult | undefined)[],
-  ): Promise<TransformResult[]> {
-    let start = 0;
-    while (start < todo.length) {
-      let end = start;
-      let bytes = 0;
-      while (
-        end < todo.length &&
-        end - start < chunkMaxEvents &&
-        (end === start || bytes + encoded[todo[end]!]!.length <= chunkMaxBytes)
-      ) {
-        bytes += encoded[todo[end]!]!.length + 1;
-        end++;
+  /** Run the next chunk of `pending`; after a stop, fail the event that was running (the worker published it). */
+  private async round(pending: number[], encoded: string[], results: (TransformResult | undefined)[]): Promise<Round> {
+    const sub = cut(pending, {
+      maxEvents: chunkMaxEvents,
+      maxBytes: chunkMaxBytes,
+      sizeOf: (i) => encoded[i]!.length,
+    })[0]!;
+    const rest = pending.slice(sub.length);
+    const id = this.nextId++;
+    let reply: FromWorker | undefined;
+    const out = await this.exchange(
+      { type: "batch", id, json: `[${sub.map((i) => encoded[i]).join(",")}]`, count: sub.length },
+      (m) => {
+        if ((m.type !== "result" && m.type !== "broken") || m.id !== id) return false;
+        reply = m;
+        return true;
+      },
+      this.watchdog(() => stallLimitMs(this.limits), sub.length + 1),
+    );
+    if (!out.stopped && reply?.type === "result") {
+      const parsed = parseResults(reply.json, sub.length, decodePythonResult, true);
+      if (!parsed) {
+        this.stopWorker();
+        for (const i of sub) results[i] = fail("sandbox returned malformed results");
+        return { pending: rest };
       }
-      await this.runChunk(todo.slice(start, end), encoded, results);
-      start = end;
+      parsed.forEach((r, k) => {
+        results[sub[k]!] = r;
+      });
+      if (reply.recycle || parsed.length < sub.length) this.stopWorker(); // heap at its cap: start afresh
+      return { pending: sub.slice(parsed.length).concat(rest) };
     }
-    return results.map((r) => r ?? fail("internal error: event not processed"));
-  }
-
-  /** Run the events `indices` (into `encoded`/`results`) to completion, through restarts. */
-  private async runChunk(indices: number[], encoded: string[], results: (TransformResult | undefined)[]) {
-    let pending = indices;
-    const failAll = (error: string) => {
-      for (const i of pending) results[i] = fail(error);
-      pending = [];
-    };
-    while (pending.length > 0) {
-      if (this.disposed) return failAll("transform disposed");
-      if (!this.worker) {
-        this.restarts++;
-        const r = await this.spawn();
-        if (r !== true) return failAll(`sandbox could not be restarted: ${r.message}`);
-      }
-      const sub = pending;
-      const id = this.nextId++;
-      const out = await this.exchange(
-        { type: "batch", id, json: `[${sub.map((i) => encoded[i]).join(",")}]`, count: sub.length },
-        (m) => (m.type === "result" || m.type === "broken") && m.id === id,
-        stallLimitMs(this.limits),
-        sub.length + 1,
-      );
-      if (out.kind === "message" && out.msg.type === "result") {
-        const parsed = parseResults(out.msg.json, sub.length);
-        if (!parsed) {
-          this.stopWorker();
-          return failAll("sandbox returned malformed results");
-        }
-        parsed.forEach((r, k) => (results[sub[k]!] = r));
-        pending = sub.slice(parsed.length);
-        if (out.msg.recycle || parsed.length < sub.length) this.stopWorker(); // heap at its cap: start afresh
-        continue;
-      }
-      // Stopped, crashed or broken: the results of this exchange are lost. Fail the event that was
-      // running (the worker published its index) and replay the others in a new worker.
-      this.stopWorker();
-      if (this.disposed) return failAll("transform disposed");
-      const progress = out.kind === "stopped" ? out.progress : Atomics.load(this.progress, 0);
-      const reason =
-        out.kind === "stopped"
-          ? out.stalled
-            ? `transform exceeded the time limit (${this.limits.timeoutMs} ms) and did not stop; the sandbox was restarted`
-            : out.reason
-          : `sandbox failed: ${(out.msg as Extract<FromWorker, { type: "broken" }>).message}`;
-      const at = Math.max(0, progress - 1);
-      if (at >= sub.length) return failAll(reason);
-      results[sub[at]!] = fail(reason);
-      pending = sub.filter((_, k) => k !== at);
+    // Stopped, crashed or broken: the results of this exchange are lost. Fail the event that was
+    // running (the worker published its index) and replay the others in a new worker.
+    this.stopWorker();
+    const reason = out.stopped
+      ? out.stalled
+        ? `transform exceeded the time limit (${this.limits.timeoutMs} ms) and did not stop; the sandbox was restarted`
+        : out.reason
+      : `sandbox failed: ${(reply as Extract<FromWorker, { type: "broken" }>).message}`;
+    if (this.disposed) return { pending, stopped: reason };
+    const at = Math.max(0, (out.stopped ? out.position : Atomics.load(this.progress, 0)) - 1);
+    if (at >= sub.length) {
+      for (const i of sub) results[i] = fail(reason);
+      return { pending: rest, stopped: reason };
     }
+    results[sub[at]!] = fail(reason);
+    return { pending: sub.filter((_, k) => k !== at).concat(rest), stopped: reason };
   }
 
   /** Start a worker and load the user's code in it: true, or why not. */
@@ -238,17 +197,16 @@ export class PythonTransform implements SandboxedTransform {
     const useSnapshot = snapshot;
     const makeSnapshot = !snapshot && !snapshotRequested;
     if (makeSnapshot) snapshotRequested = true;
-    const w = new Worker(new URL("./python-worker.ts", import.meta.url).href);
-    (w as unknown as { unref?: () => void }).unref?.(); // an idle sandbox must not keep the process alive
-    this.worker = w;
+    this.startWorker(new URL("./python-worker.ts", import.meta.url));
     let booted = false;
+    let reply: FromWorker | undefined;
     const out = await this.exchange(
       {
         type: "init",
         source: this.source,
         timeoutMs: this.limits.timeoutMs,
         memoryBytes: this.limits.memoryBytes,
-        loadBudgetMs: loadBudgetMs(this.limits),
+        loadBudgetMs: pythonTopLevelBudgetMs(this.limits),
         progress: this.progress.buffer as SharedArrayBuffer,
         epoch: this.epoch,
         snapshot: useSnapshot,
@@ -257,97 +215,63 @@ export class PythonTransform implements SandboxedTransform {
       (m) => {
         if (m.type === "booted") booted = true;
         if (m.type === "snapshot" && m.snapshot instanceof Uint8Array) snapshot = m.snapshot;
-        return m.type === "ready" || m.type === "loadError";
+        if (m.type !== "ready" && m.type !== "loadError") return false;
+        reply = m;
+        return true;
       },
-      () => (booted ? loadBudgetMs(this.limits) + Math.max(1000, this.limits.timeoutMs) : bootTimeoutMs),
-      1,
+      this.watchdog(
+        () => (booted ? pythonTopLevelBudgetMs(this.limits) + Math.max(1000, this.limits.timeoutMs) : bootTimeoutMs),
+        1,
+      ),
     );
-    if (out.kind === "message" && out.msg.type === "ready") return true;
+    if (!out.stopped && reply?.type === "ready") return true;
     this.stopWorker();
     if (makeSnapshot && !snapshot) snapshotRequested = false; // let a later worker try
     if (useSnapshot && !booted && snapshot === useSnapshot) {
       snapshot = undefined; // a snapshot that does not boot: never again, boot this one normally
       return this.spawn();
     }
-    if (out.kind === "stopped") {
+    if (out.stopped) {
       return booted
         ? new TransformLoadError(`Python transform does not load: top-level code did not finish (${out.reason})`)
         : new Error(`Python runtime did not start: ${out.reason}`);
     }
-    const m = out.msg as Extract<FromWorker, { type: "loadError" }>;
+    const m = reply as Extract<FromWorker, { type: "loadError" }>;
     return m.config ? new TransformLoadError(`Python transform does not load: ${m.message}`) : new Error(m.message);
   }
 
-  /**
-   * Send one message to the worker and wait for the matching reply, while watching the progress
-   * buffer: when the event (or phase) running has been running for longer than the limit, stop the
-   * worker. Start times are stamped by the worker, so a busy host thread does not make events look
-   * slow; `doneAt`: the progress value meaning "all events done", never stopped for.
-   */
-  private exchange(
-    message: ToWorker,
-    matches: (m: FromWorker) => boolean,
-    limit: number | (() => number),
-    doneAt: number,
-  ): Promise<Exchange> {
+  /** Post one message and wait for the reply `onMessage` accepts, the watchdog watching. */
+  private exchange(message: ToWorker, onMessage: (m: FromWorker) => boolean, watchdog: Watchdog<Position>) {
     const w = this.worker!;
-    const limitMs = typeof limit === "number" ? () => limit : limit;
-    return new Promise<Exchange>((resolve) => {
-      const pollMs = Math.max(5, Math.min(50, this.limits.timeoutMs / 4));
-      const finish = (x: Exchange) => {
-        clearInterval(timer);
-        w.removeEventListener("message", onMessage);
-        w.removeEventListener("error", onError);
-        w.removeEventListener("close", onClose);
-        this.abortCurrent = undefined;
-        resolve(x);
-      };
-      const stopped = (reason: string, stalled = false) =>
-        finish({ kind: "stopped", progress: Atomics.load(this.progress, 0), reason, stalled });
-      const onMessage = (e: MessageEvent<FromWorker>) => {
-        if (matches(e.data)) finish({ kind: "message", msg: e.data });
-      };
-      const onError = (e: ErrorEvent) => stopped(`sandbox crashed: ${e.message}`);
-      const onClose = () => stopped("sandbox exited");
-      const timer = setInterval(() => {
-        if (Atomics.load(this.progress, 0) >= doneAt) return;
+    return this.converse(
+      () => {
+        w.postMessage(message);
+        return false;
+      },
+      onMessage,
+      watchdog,
+    );
+  }
+
+  /**
+   * Stop the worker once the event (or phase) running has been running for longer than the limit.
+   * Start times are stamped by the worker, so a busy host thread does not make events look slow;
+   * `doneAt`: the progress value meaning "all events done", never stopped for.
+   */
+  private watchdog(limitMs: () => number, doneAt: number): Watchdog<Position> {
+    return {
+      pollMs: Math.max(5, Math.min(50, this.limits.timeoutMs / 4)),
+      begin: () => {
+        Atomics.store(this.progress, 1, Math.round(absoluteNow() - this.epoch)); // the worker is idle: the phase starts now
+        Atomics.store(this.progress, 0, 0);
+      },
+      overrun: () => {
+        if (Atomics.load(this.progress, 0) >= doneAt) return undefined;
         const running = absoluteNow() - this.epoch - Atomics.load(this.progress, 1);
         const l = limitMs();
-        if (running > l) stopped(`sandbox did not respond within ${Math.round(l)} ms`, true);
-      }, pollMs);
-      this.abortCurrent = (reason) => stopped(reason);
-      Atomics.store(this.progress, 1, Math.round(absoluteNow() - this.epoch)); // the worker is idle: the phase starts now
-      Atomics.store(this.progress, 0, 0);
-      w.addEventListener("message", onMessage);
-      w.addEventListener("error", onError);
-      w.addEventListener("close", onClose);
-      w.postMessage(message);
-    });
+        return running > l ? `sandbox did not respond within ${Math.round(l)} ms` : undefined;
+      },
+      position: () => Atomics.load(this.progress, 0),
+    };
   }
-
-  private stopWorker() {
-    const w = this.worker;
-    this.worker = undefined;
-    w?.terminate();
-  }
-}
-
-/** The runner's JSON: one entry per event, null | [1, dict] | [0, error]; undefined if malformed. */
-function parseResults(json: string, max: number): TransformResult[] | undefined {
-  let raw: unknown;
-  try {
-    raw = JSON.parse(json);
-  } catch {
-    return undefined;
-  }
-  if (!Array.isArray(raw) || raw.length > max) return undefined;
-  const out: TransformResult[] = [];
-  for (const r of raw) {
-    if (r === null) out.push({ ok: true, value: undefined });
-    else if (Array.isArray(r) && r[0] === 1 && r[1] !== null && typeof r[1] === "object" && !Array.isArray(r[1]))
-      out.push({ ok: true, value: r[1] });
-    else if (Array.isArray(r) && r[0] === 0 && typeof r[1] === "string") out.push(fail(r[1]));
-    else return undefined;
-  }
-  return out;
 }

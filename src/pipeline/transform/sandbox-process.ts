@@ -31,6 +31,7 @@ import {
   sandboxCommand,
   type SandboxProcessOptions,
 } from "./sandbox-isolation.ts";
+import { complete, cut, decodeResultObject, encodeJson, fail, type Results } from "./host.ts";
 import { TransformLoadError, type SandboxedTransform, type TransformResult } from "./types.ts";
 
 /** Events per frame: few enough that a killed chunk is found fast (5 s + 128 x 2 x the per-event limit), enough to amortise a frame. */
@@ -41,8 +42,6 @@ const bootMs = 60_000;
 /** Slack on top of the per-event budget of a chunk: an in-process restart of the interpreter fits in it. */
 const chunkGraceMs = 5_000;
 const maxStderrBytes = 16 * 1024;
-
-const fail = (error: string): TransformResult => ({ ok: false, error });
 
 let announced = false;
 /** The start-up line saying which sandbox layers are active (once per process). */
@@ -147,17 +146,9 @@ class ProcessTransform implements SandboxedTransform {
   }
 
   async #runBatch(events: unknown[]): Promise<TransformResult[]> {
-    const results: (TransformResult | undefined)[] = new Array(events.length);
-    const encoded: string[] = new Array(events.length);
-    let pending: number[] = [];
-    for (let i = 0; i < events.length; i++) {
-      try {
-        encoded[i] = JSON.stringify(events[i]) ?? "null";
-        pending.push(i);
-      } catch (e) {
-        results[i] = fail(`event is not JSON-serializable: ${(e as Error).message}`);
-      }
-    }
+    const results: Results = new Array(events.length);
+    const { encoded, todo } = encodeJson(events, results);
+    let pending = todo;
     /** Events that were in a chunk when its process was killed: they go one per chunk. */
     const solo = new Set<number>();
     while (pending.length > 0) {
@@ -174,7 +165,12 @@ class ProcessTransform implements SandboxedTransform {
           break;
         }
       }
-      const chunks = cut(pending, solo, encoded);
+      const chunks = cut(pending, {
+        maxEvents: chunkEvents,
+        maxBytes: chunkBytes,
+        sizeOf: (i) => encoded[i]!.length,
+        solo,
+      });
       const ids = chunks.map(() => this.#nextId++);
       const frames = chunks.map((idx, k) =>
         encodeBatchFrame(
@@ -191,7 +187,9 @@ class ProcessTransform implements SandboxedTransform {
           const k = done;
           if (f.id !== ids[k] || !validResults(f.results, chunks[k]!.length))
             throw new FrameError("sandbox answered out of turn or with malformed results");
-          chunks[k]!.forEach((i, j) => (results[i] = f.results[j]!));
+          chunks[k]!.forEach((i, j) => {
+            results[i] = f.results[j]!;
+          });
           done++;
           return done === chunks.length;
         },
@@ -210,7 +208,7 @@ class ProcessTransform implements SandboxedTransform {
         .flat()
         .filter((i) => results[i] === undefined);
     }
-    return results.map((r) => r ?? fail("internal error: event not processed"));
+    return complete(results);
   }
 
   /**
@@ -357,40 +355,7 @@ function endedBy(signal: string | number | null, code: number): string {
   return signal ? `killed by ${signal}` : `exit code ${code}`;
 }
 
-/** The next chunks to send: solo events one per chunk, the rest by count and bytes. */
-function cut(pending: number[], solo: Set<number>, encoded: string[]): number[][] {
-  const chunks: number[][] = [];
-  let cur: number[] = [];
-  let bytes = 0;
-  for (const i of pending) {
-    if (solo.has(i)) {
-      if (cur.length) chunks.push(cur);
-      chunks.push([i]);
-      cur = [];
-      bytes = 0;
-      continue;
-    }
-    if (cur.length > 0 && (cur.length >= chunkEvents || bytes + encoded[i]!.length > chunkBytes)) {
-      chunks.push(cur);
-      cur = [];
-      bytes = 0;
-    }
-    cur.push(i);
-    bytes += encoded[i]!.length;
-  }
-  if (cur.length) chunks.push(cur);
-  return chunks;
-}
-
+/** Results as the sandbox sent them, one per event of the chunk, each of the `{ ok, value | error }` shape. */
 function validResults(r: unknown, n: number): r is TransformResult[] {
-  if (!Array.isArray(r) || r.length !== n) return false;
-  for (const x of r) {
-    if (!x || typeof x !== "object") return false;
-    const y = x as { ok?: unknown; value?: unknown; error?: unknown };
-    if (y.ok === true) {
-      if (y.value !== undefined && (y.value === null || typeof y.value !== "object" || Array.isArray(y.value)))
-        return false;
-    } else if (y.ok !== false || typeof y.error !== "string") return false;
-  }
-  return true;
+  return Array.isArray(r) && r.length === n && r.every((x) => decodeResultObject(x) !== undefined);
 }
