@@ -1,4 +1,4 @@
-// `npm run bench:jsonata`: compiled JSONata (src/pipeline/jsonata) against the `jsonata` package's
+// `npm run bench:jsonata`: compiled JSONata (src/expr/jsonata) against the `jsonata` package's
 // own (asynchronous) evaluate, on pipeline-style filters and mappings over the fixture events.
 //
 // For every expression both engines first evaluate every event and their results must be deep-equal
@@ -11,7 +11,7 @@
 import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import jsonata from "jsonata";
-import { compileJsonata } from "../src/pipeline/jsonata/index.ts";
+import { compileJsonata } from "../src/expr/index.ts";
 import { parseCommand } from "../scripts/cli.ts";
 
 // Before anything starts: `--help` prints this and exits, an unknown flag exits 2.

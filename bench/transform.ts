@@ -8,7 +8,7 @@
  * more than 20 % of its events/s to the process layer, and JavaScript's CPU per event stays within
  * 20 % of before. CPU counts every thread of this process and of its child processes (the sandbox).
  *
- *  - mapping: 5 properties, `compileJsonata` (src/pipeline/jsonata/index.ts) vs the `jsonata` package,
+ *  - mapping: 5 properties, `compileJsonata` (src/expr/index.ts) vs the `jsonata` package,
  *    each property's expression parsed once, then `await expr.evaluate(event)` per property per event.
  *  - javascript: createJavaScriptTransform, batches of `batchSize` events, vs one QuickJS context
  *    evaluating `(<source>)(<event JSON>)` per event and dumping the result.
@@ -151,7 +151,9 @@ console.log(`(CPU µs/event counts all threads of this process and of its childr
 {
   let compileJsonata: ((expr: string) => { evaluate(input: unknown, bindings?: unknown): unknown }) | undefined;
   try {
-    compileJsonata = (await tryImport("../src/pipeline/jsonata/index.ts"))?.compileJsonata as typeof compileJsonata;
+    compileJsonata = (
+      (await tryImport("../src/expr/index.ts")) ?? (await tryImport("../src/pipeline/jsonata/index.ts"))
+    )?.compileJsonata as typeof compileJsonata;
   } catch (e) {
     console.log(`mapping: compiler failed to import: ${(e as Error).message}`);
   }

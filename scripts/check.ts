@@ -8,7 +8,7 @@
  */
 import { readFileSync } from "node:fs";
 import { lineInYaml, loadConfig, ConfigError, type Config } from "../src/config/loader.ts";
-import { compileFilter } from "../src/pipeline/filter.ts";
+import { compileFilter } from "../src/expr/index.ts";
 import { createTransform } from "../src/pipeline/transform/index.ts";
 import { DEFAULT_USERS_FILTER } from "../src/pipeline/users/users-stage.ts";
 import { ModelCheck } from "../src/pipeline/users/customer-model.ts";

@@ -11,7 +11,7 @@
  */
 import { existsSync, readdirSync, readFileSync } from "node:fs";
 import path from "node:path";
-import { compileJsonata, type CompiledJsonata } from "../src/pipeline/jsonata/index.ts";
+import { type CompiledJsonata, compileJsonata } from "../src/expr/index.ts";
 import { parseCommand } from "./cli.ts";
 
 const USAGE = `usage: npm run jsonata:conformance

@@ -11,7 +11,7 @@ import { connect, type Msg, type NatsConnection } from "@nats-io/transport-node"
 import { jetstreamManager } from "@nats-io/jetstream";
 import { connectionSubjects } from "../src/bus/subjects.ts";
 import { loadConfig } from "../src/config/loader.ts";
-import { compileExpression, jsonataBoolean, type Expression } from "../src/pipeline/filter.ts";
+import { compileExpression, jsonataBoolean, type Expression } from "../src/expr/index.ts";
 import { consentGranted } from "../src/ingest/consent.ts";
 import { EXIT_USAGE, fail as failWith, parseCommand, unknownName, usageError } from "./cli.ts";
 import { configuredNames, storedNames } from "./cli-names.ts";

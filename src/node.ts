@@ -19,7 +19,7 @@ import { connectWarehouse, type Warehouse } from "./sink/clickhouse/server.ts";
 import { migrateEventsTable } from "./sink/clickhouse/events-table.ts";
 import { ensureDlqStream } from "./bus/dead-letters.ts";
 import { PipelineManager, ensureConsumersAtStart } from "./pipeline/manager.ts";
-import { setExpressionTimeLimit } from "./pipeline/jsonata/index.ts";
+import { setExpressionTimeLimit } from "./expr/index.ts";
 import type { BatchOptions } from "./pipeline/worker.ts";
 import type { InserterOptions } from "./sink/clickhouse/inserter.ts";
 

@@ -173,7 +173,7 @@ export interface NodeOptions {
   batchMaxAgeMs: number;
   /** JetStream redelivers what a pipeline read but did not acknowledge (a node that died) after this. */
   ackWaitMs: number;
-  /** Per event, for each filter, mapping, `jsonata` transform, `events:` and `dedup: {jsonata}` (src/pipeline/jsonata/deadline.ts). */
+  /** Per event, for each filter, mapping, `jsonata` transform, `events:` and `dedup: {jsonata}` (src/expr/jsonata/deadline.ts). */
   expressionTimeoutMs: number;
   /** LOG_FORMAT; unset: pretty when stderr is a terminal, JSON otherwise (src/util/log.ts). */
   logFormat?: LogFormat;

@@ -5,7 +5,7 @@ import { LineCounter, parseDocument, visit, isScalar, type Document, type Node }
 import { Connection, CustomerModelFile } from "./schema.ts";
 import { schemaProblems } from "./schema-errors.ts";
 import { didYouMean } from "./suggest.ts";
-import { compileExpression, compileFilter } from "../pipeline/filter.ts";
+import { compileExpression, compileFilter } from "../expr/index.ts";
 import { compileCheck } from "../ingest/webhooks/check.ts";
 
 /** A configuration that cannot be used; each message names file, line and field. */

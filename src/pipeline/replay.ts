@@ -6,7 +6,7 @@ import { STREAM, connectionSubjects, consumerName } from "../bus/subjects.ts";
 import type { Config } from "../config/loader.ts";
 import type { Warehouse } from "../sink/clickhouse/server.ts";
 import { Inserter } from "../sink/clickhouse/inserter.ts";
-import { compileFilter } from "./filter.ts";
+import { compileFilter } from "../expr/index.ts";
 import { PipelineStats } from "./stats.ts";
 import { StageFactory, filterOf } from "./stages.ts";
 import { selectEvents } from "./worker.ts";

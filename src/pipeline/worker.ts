@@ -14,7 +14,7 @@ import { KIND_HEADER } from "../bus/shard-writer.ts";
 import { publishDeadLetters } from "../bus/dead-letters.ts";
 import type { Warehouse } from "../sink/clickhouse/server.ts";
 import { Inserter, inserterDefaults, type InserterOptions } from "../sink/clickhouse/inserter.ts";
-import { ExpressionTimeoutError, compileFilter, type EventFilter } from "./filter.ts";
+import { ExpressionTimeoutError, compileFilter, type EventFilter } from "../expr/index.ts";
 import { consentGranted } from "../ingest/consent.ts";
 import { PipelineStats } from "./stats.ts";
 import { log } from "../util/log.ts";

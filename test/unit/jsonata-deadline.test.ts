@@ -6,8 +6,9 @@ import {
   JsonataEvaluationError,
   setExpressionTimeLimit,
   withTimeLimit,
-} from "../../src/pipeline/jsonata/index.ts";
-import { compileExpression, compileFilter } from "../../src/pipeline/filter.ts";
+  compileExpression,
+  compileFilter,
+} from "../../src/expr/index.ts";
 import { jsonataTransform, mappingTransform } from "../../src/pipeline/transform/expressions.ts";
 import { optionsFromEnv } from "../../src/config/env.ts";
 

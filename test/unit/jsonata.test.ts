@@ -2,7 +2,7 @@ import { describe, expect, test } from "bun:test";
 import { spawnSync } from "node:child_process";
 import path from "node:path";
 import jsonata from "jsonata";
-import { compileJsonata, JsonataCompileError, JsonataEvaluationError } from "../../src/pipeline/jsonata/index.ts";
+import { compileJsonata, JsonataCompileError, JsonataEvaluationError } from "../../src/expr/index.ts";
 
 const order = {
   type: "track",

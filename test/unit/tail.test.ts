@@ -1,6 +1,6 @@
 import { expect, test } from "bun:test";
 import { eventsOf, formatLine, makeSelector } from "../../scripts/tail.ts";
-import { compileExpression } from "../../src/pipeline/filter.ts";
+import { compileExpression } from "../../src/expr/index.ts";
 
 /** `bun run tail`: the line it prints per event and how --filter / --pipeline select events. */
 

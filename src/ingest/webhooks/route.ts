@@ -4,7 +4,7 @@ import type { ConfigStore } from "../../config/store.ts";
 import type { LoadedConnection } from "../../config/loader.ts";
 import type { EventLog } from "../../bus/event-log.ts";
 import { BusUnavailableError } from "../../bus/errors.ts";
-import { compileExpression, type Expression } from "../../pipeline/filter.ts";
+import { compileExpression, type Expression } from "../../expr/index.ts";
 import type { RawRecord } from "../../pipeline/raw-stage.ts";
 import {
   readBody,

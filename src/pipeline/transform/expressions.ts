@@ -1,5 +1,4 @@
-import { compileExpression, ExpressionTimeoutError, type Expression } from "../filter.ts";
-import { withTimeLimit } from "../jsonata/index.ts";
+import { compileExpression, ExpressionTimeoutError, type Expression, withTimeLimit } from "../../expr/index.ts";
 import type { SandboxedTransform, TransformResult } from "./types.ts";
 
 const message = (e: unknown) => {

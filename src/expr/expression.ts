@@ -1,6 +1,5 @@
-import { compileJsonata, tick, walkResult, withTimeLimit, type CompiledJsonata } from "./jsonata/index.ts";
-
-export { ExpressionTimeoutError } from "./jsonata/index.ts";
+import { compileOnce } from "./cache.ts";
+import { tick, walkResult, withTimeLimit, type CompiledJsonata } from "./jsonata/index.ts";
 
 /** A filter expression that does not compile; names the position in the expression. */
 export class FilterCompileError extends Error {
@@ -56,7 +55,7 @@ export interface Expression {
   evaluate(input: unknown): unknown;
 }
 
-/** Compiled to a synchronous JavaScript closure (src/pipeline/jsonata), so per-event cost is a function call. */
+/** Compiled to a synchronous JavaScript closure (src/expr/jsonata), so per-event cost is a function call. */
 export function compileExpression(expr: string): Expression {
   const e = compile(expr);
   return {
@@ -72,7 +71,7 @@ export function compileExpression(expr: string): Expression {
 
 function compile(expr: string): CompiledJsonata {
   try {
-    return compileJsonata(expr);
+    return compileOnce(expr);
   } catch (err) {
     const x = err as { message?: string; position?: number; code?: string };
     throw new FilterCompileError(`${x.code ? x.code + ": " : ""}${x.message ?? String(err)}`, x.position);
