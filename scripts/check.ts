@@ -8,9 +8,8 @@
  */
 import { readFileSync } from "node:fs";
 import { lineInYaml, loadConfig, ConfigError, type Config } from "../src/config/loader.ts";
-import { compileFilter } from "../src/expr/index.ts";
 import { createTransform } from "../src/pipeline/transform/index.ts";
-import { DEFAULT_USERS_FILTER } from "../src/pipeline/users/users-stage.ts";
+import { decide, filterOf, selectionOf, type Verdict } from "../src/event/selection.ts";
 import { ModelCheck } from "../src/pipeline/users/customer-model.ts";
 import { DEDUP_SHARDS, STREAM, shardSubject } from "../src/bus/subjects.ts";
 import { nameCollisions } from "../src/pipeline/manager.ts";
@@ -97,17 +96,18 @@ if (values.explain) {
   );
   const model: ModelCheck = new ModelCheck(config.customerModel);
   for (const p of c.pipelines ?? []) {
-    const expr = p.filter ?? (p.import === "users" ? DEFAULT_USERS_FILTER : undefined);
+    // The pipeline's own selection (src/event/selection.ts): its filter or the users preset, then its consents.
+    const expr = filterOf(p);
     let line = `- ${p.name} (import: ${p.import}${p.enabled === false ? ", disabled" : ""}): `;
-    let kept: boolean;
+    let verdict: Verdict;
     try {
-      kept = compileFilter(expr).test(event);
+      verdict = decide(event, selectionOf(p));
     } catch (e) {
       console.log(line + `filter fails: ${(e as Error).message}`);
       continue;
     }
-    if (!kept) {
-      console.log(line + `filtered out by ${expr}`);
+    if (!verdict.keep) {
+      console.log(line + (verdict.why === "filter" ? `filtered out by ${expr}` : `filtered out: ${verdict.reason}`));
       continue;
     }
     line += expr ? `kept by ${expr}` : "kept (no filter)";

@@ -8,7 +8,7 @@ import { optionsFromEnv } from "../src/config/env.ts";
 import { busOptionsOf, connectBus } from "../src/bus/connection.ts";
 import { DLQ_STREAM, ensureDlqStream, readDeadLetters } from "../src/bus/dead-letters.ts";
 import { connectWarehouse } from "../src/sink/clickhouse/server.ts";
-import { Inserter } from "../src/sink/clickhouse/inserter.ts";
+import { clickHouseSink } from "../src/sink/clickhouse/sink.ts";
 import { fail, parseCommand, unknownName } from "./cli.ts";
 import { configuredNames, storedNames } from "./cli-names.ts";
 
@@ -73,12 +73,13 @@ try {
       if ((l as { kind?: string }).kind !== "event")
         byTable.set(l.table ?? "events", [...(byTable.get(l.table ?? "events") ?? []), l]);
     for (const [table, group] of byTable) {
-      const inserter = new Inserter(warehouse, table, { initialBackoffMs: 200, maxBackoffMs: 2000 });
-      const outcome = await inserter.insert(group.map((l) => l.event as Record<string, unknown>));
-      const still = new Set(outcome.rejected.map((r) => r.row));
+      // No dead-letter destination: a row still refused is a letter already, and stays one.
+      const sink = clickHouseSink(warehouse, table, { inserter: { initialBackoffMs: 200, maxBackoffMs: 2000 } });
+      const outcome = await sink.write(group.map((l) => l.event as Record<string, unknown>));
+      const still = new Set(outcome.refused.map((r) => r.row));
       for (const l of group) {
         if (still.has(l.event as Record<string, unknown>)) {
-          console.log(`#${l.seq}  still refused: ${outcome.rejected.find((r) => r.row === l.event)!.reason}`);
+          console.log(`#${l.seq}  still refused: ${outcome.refused.find((r) => r.row === l.event)!.reason}`);
           continue;
         }
         await bus.jsm.streams.deleteMessage(DLQ_STREAM, l.seq);

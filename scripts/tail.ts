@@ -11,8 +11,15 @@ import { connect, type Msg, type NatsConnection } from "@nats-io/transport-node"
 import { jetstreamManager } from "@nats-io/jetstream";
 import { connectionSubjects } from "../src/bus/subjects.ts";
 import { loadConfig } from "../src/config/loader.ts";
-import { compileExpression, jsonataBoolean, type Expression } from "../src/expr/index.ts";
-import { consentGranted } from "../src/ingest/consent.ts";
+import {
+  compileExpression,
+  compileFilter,
+  jsonataBoolean,
+  type EventFilter,
+  type Expression,
+} from "../src/expr/index.ts";
+import { KIND_HEADER, recordKind } from "../src/event/envelope.ts";
+import { decide, selectionOf, type Selection } from "../src/event/selection.ts";
 import { EXIT_USAGE, fail as failWith, parseCommand, unknownName, usageError } from "./cli.ts";
 import { configuredNames, storedNames } from "./cli-names.ts";
 import { natsServers } from "./cli-nats.ts";
@@ -135,12 +142,25 @@ export interface Selector {
   (e: Event): boolean;
 }
 
-export function makeSelector(filter?: Expression, pipeline?: { filter?: Expression; consents?: string[] }): Selector {
+/** A pipeline's selection as the pipeline makes it (src/event/selection.ts), or its parts. */
+export type PipelineSelection = Selection | { filter?: Expression | EventFilter; consents?: string[] };
+
+const asFilter = (f: Expression | EventFilter | undefined): EventFilter =>
+  f === undefined
+    ? compileFilter(undefined)
+    : "test" in f
+      ? f
+      : { source: f.source, test: (e) => jsonataBoolean(f.evaluate(e)) };
+
+/** `--filter` and `--pipeline`: the pipeline decides exactly as it does when it runs (its filter or preset, then its consents). */
+export function makeSelector(filter?: Expression, pipeline?: PipelineSelection): Selector {
+  const sel: Selection | undefined = pipeline && {
+    filter: asFilter(pipeline.filter),
+    consents: pipeline.consents,
+    takes: "takes" in pipeline ? pipeline.takes : "events",
+  };
   return (e) => {
-    if (pipeline) {
-      if (!consentGranted(e, pipeline.consents)) return false;
-      if (pipeline.filter && !jsonataBoolean(pipeline.filter.evaluate(e))) return false;
-    }
+    if (sel && !decide(e, sel).keep) return false;
     if (filter && !jsonataBoolean(filter.evaluate(e))) return false;
     return true;
   };
@@ -258,7 +278,7 @@ async function main(argv: string[]) {
     }
   }
 
-  let pipeline: { filter?: Expression; consents?: string[] } | undefined;
+  let pipeline: Selection | undefined;
   if (values.pipeline !== undefined) {
     let config;
     try {
@@ -275,7 +295,8 @@ async function main(argv: string[]) {
       fail(
         `--pipeline: ${unknownName("pipeline", values.pipeline, names, { of: `of connection "${connection}"`, where: `in ${dir}` })}`,
       );
-    pipeline = { filter: p.filter ? compileExpression(p.filter) : undefined, consents: p.consents };
+    // The pipeline's own selection: its filter, or the users preset when it has none, and its consents.
+    pipeline = selectionOf(p);
   }
   const select = makeSelector(filter, pipeline);
 
@@ -347,7 +368,10 @@ async function main(argv: string[]) {
       continue;
     }
     let out = "";
+    const header = m.headers?.get(KIND_HEADER) || undefined;
     for (const e of events) {
+      // A pipeline takes one kind of record (a raw connection's stream holds deliveries too).
+      if (pipeline && recordKind(header, e) !== pipeline.takes) continue;
       let keep: boolean;
       try {
         keep = select(e);

@@ -1,5 +1,6 @@
 import type { Bus } from "./connection.ts";
-import { ShardWriter, type Entry, type RecordKind } from "./shard-writer.ts";
+import { ShardWriter, type Entry } from "./shard-writer.ts";
+import type { RecordKind } from "../event/envelope.ts";
 import { DEDUP_SHARDS, shardOf, shardSubject } from "./subjects.ts";
 
 export interface AppendResult {

@@ -1,4 +1,4 @@
-import { consentsProblem } from "./consent.ts";
+import { consentsProblem } from "../event/consent.ts";
 import { applyIpPolicy, resolveEventIp, type IpPolicy } from "./ip.ts";
 import { normaliseBrowserName, normaliseOsName, parseUserAgent } from "./user-agent.ts";
 

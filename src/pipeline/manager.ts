@@ -4,7 +4,8 @@ import type { Pipeline } from "../config/schema.ts";
 import type { Warehouse } from "../sink/clickhouse/server.ts";
 import { PipelineWorker, batchDefaults, durableName, ensurePipelineConsumer, type BatchOptions } from "./worker.ts";
 import { RAW_PIPELINE } from "./raw-stage.ts";
-import { StageFactory, filterOf } from "./stages.ts";
+import { StageFactory } from "./stages.ts";
+import { filterOf } from "../event/selection.ts";
 import { migrateUsersTable } from "./users/users-table.ts";
 import type { CustomerModel } from "./users/customer-model.ts";
 import type { InserterOptions } from "../sink/clickhouse/inserter.ts";
@@ -137,7 +138,7 @@ export class PipelineManager {
         return {
           connection: w.connection,
           pipeline: w.pipeline,
-          import: w.stage.raw ? "raw" : w.stage.table === "users" ? "users" : "events",
+          import: w.stage.kind,
           received: s.received,
           filteredOut: s.filteredOut,
           consentFailed: s.consentFailed,

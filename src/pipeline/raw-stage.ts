@@ -1,20 +1,19 @@
 import type { Warehouse } from "../sink/clickhouse/server.ts";
 import { timeCell } from "./users/customer-model.ts";
-import type { PipelineStage } from "./worker.ts";
+import type { RawRecord } from "../event/envelope.ts";
+import type { Stage } from "./stage.ts";
+
+/** Moved to the record envelope; re-exported for importers not yet updated. */
+export type { RawRecord } from "../event/envelope.ts";
 
 /** The internal pipeline that loads a raw connection's deliveries into its table. */
 export const RAW_PIPELINE = "(raw table)";
 
-/** What a raw webhook delivery looks like in the stream (and to `nats sub`). */
-export interface RawRecord {
-  messageId: string;
-  raw: { receivedAt: string; headers: Record<string, string>; rows: string[] };
-}
-
-export function rawStage(connection: string, table: string, w: Warehouse): PipelineStage {
+export function rawStage(connection: string, table: string, w: Warehouse): Stage {
   return {
+    kind: "raw",
     table,
-    raw: true,
+    takes: "raw",
     toRows: (records) =>
       (records as unknown as RawRecord[]).flatMap((r) => {
         const receivedAt = timeCell(Date.parse(r.raw.receivedAt), w.features);

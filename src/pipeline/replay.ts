@@ -1,15 +1,15 @@
 import { createHash } from "node:crypto";
 import { nanos } from "@nats-io/nats-core";
-import { AckPolicy, DeliverPolicy, type JsMsg } from "@nats-io/jetstream";
+import { AckPolicy, DeliverPolicy } from "@nats-io/jetstream";
 import type { Bus } from "../bus/connection.ts";
 import { STREAM, connectionSubjects, consumerName } from "../bus/subjects.ts";
 import type { Config } from "../config/loader.ts";
 import type { Warehouse } from "../sink/clickhouse/server.ts";
-import { Inserter } from "../sink/clickhouse/inserter.ts";
-import { compileFilter } from "../expr/index.ts";
+import { clickHouseSink } from "../sink/clickhouse/sink.ts";
+import { selectionOf } from "../event/selection.ts";
+import { Runner } from "./runner.ts";
 import { PipelineStats } from "./stats.ts";
-import { StageFactory, filterOf } from "./stages.ts";
-import { selectEvents } from "./worker.ts";
+import { StageFactory } from "./stages.ts";
 
 export interface ReplayOptions {
   connection: string;
@@ -52,7 +52,8 @@ export class ReplayError extends Error {
 
 /**
  * Re-runs a pipeline — its current filter, consents and transformation — over events still in the
- * stream, into the same table. Exactly once as seen by queries: events rows collapse on
+ * stream, into the same table, through the live pipelines' Runner and sink: rows ClickHouse refuses
+ * are dead-lettered exactly as the live pipeline does. Exactly once as seen by queries: events rows collapse on
  * (connection, pipeline, message_id) under FINAL, and users profiles merge by event time, so a
  * replay over rows already loaded changes nothing.
  * It reads with a durable consumer of its own (the pipeline's live consumer is not touched),
@@ -73,7 +74,7 @@ export async function replay(
     );
   const stage = await new StageFactory(bus, warehouse).build(c.connection, p, config.customerModel);
   const stats = new PipelineStats();
-  const selection = { filter: compileFilter(filterOf(p)), consents: p.consents, raw: false };
+  const selection = selectionOf(p, stage.takes);
   const until = o.until ? Date.parse(o.until) : undefined;
   if (o.since && Number.isNaN(Date.parse(o.since))) throw new ReplayError(`--since: not an ISO 8601 time: ${o.since}`);
   if (o.until && Number.isNaN(until)) throw new ReplayError(`--until: not an ISO 8601 time: ${o.until}`);
@@ -107,7 +108,6 @@ export async function replay(
       : { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: Math.max(1, first) }),
   });
   const consumer = await bus.js.consumers.get(STREAM, name);
-  const inserter = new Inserter(warehouse, stage.table);
   const started = performance.now();
   const progress: ReplayProgress = {
     done: 0,
@@ -132,53 +132,55 @@ export async function replay(
     o.onProgress?.({ ...progress });
   };
 
-  let batch: Record<string, unknown>[] = [];
-  let held: JsMsg[] = [];
-  const flush = async () => {
-    const events = batch;
-    const messages = held;
-    batch = [];
-    held = [];
-    progress.kept += events.length;
-    if (!o.dryRun && events.length) {
-      const rows = await stage.toRows(events, stats);
-      const outcome = await inserter.insert(rows);
-      await stage.afterInsert?.();
-      progress.loaded += outcome.inserted;
-      for (const r of outcome.rejected)
-        stats.recordError(`ClickHouse refused the row: ${r.reason}`, r.row.message_id as string);
-    }
+  const sink = clickHouseSink(warehouse, stage.table, {
+    deadLetters: { bus, connection: c.connection, pipeline: p.name },
+  });
+  let failure: unknown;
+  const runner = new Runner(stage, sink, selection, stats, {
+    maxRows: o.batchRows ?? 10_000,
+    maxBytes: Number.POSITIVE_INFINITY,
+    maxAgeMs: Number.POSITIVE_INFINITY,
+    heartbeatMs: 40_000, // a third of the ack wait
+    // Awaited: a rerun resumes after the ack floor, so it must be where the loaded batches end.
+    ack: async (messages) => {
+      await Promise.all(messages.map((m) => m.ackAck()));
+    },
     // A dry run acknowledges nothing: it leaves no trace to resume from.
-    if (!o.dryRun) await Promise.all(messages.map((m) => m.ackAck()));
+    dryRun: o.dryRun,
+    onFlushError: (e) => {
+      failure ??= e;
+    },
+  });
+  runner.onFlushed = (kept, written) => {
+    progress.kept += kept;
+    progress.loaded += written;
   };
   let complete = last < first;
   try {
     if (!complete) {
       const messages = await consumer.consume({ max_bytes: 8 * 1024 * 1024 });
       o.signal?.addEventListener("abort", () => void messages.close());
-      for await (const m of messages) {
+      await runner.run(messages, {
         // Messages already buffered are left unacknowledged: a rerun gets them again.
-        if (o.signal?.aborted) break;
-        if (until !== undefined && m.info.timestampNanos / 1e6 > until) {
-          complete = true;
-          break;
-        }
-        await selectEvents(m, selection, stats, batch);
-        held.push(m);
-        const end = m.seq >= last || m.info.pending === 0;
-        if (batch.length >= (o.batchRows ?? 10_000) || end) await flush();
-        report(m.seq);
-        if (end) {
-          complete = true;
-          break;
-        }
-      }
+        stopBefore: (m) => {
+          if (o.signal?.aborted || failure !== undefined) return true;
+          if (until !== undefined && m.info.timestampNanos / 1e6 > until) complete = true;
+          return complete;
+        },
+        isLast: (m) => {
+          if (m.seq >= last || m.info.pending === 0) complete = true;
+          return complete;
+        },
+        after: (m) => report(m.seq),
+      });
       await messages.close();
     }
-    if (!o.signal?.aborted) await flush();
+    if (!o.signal?.aborted && failure === undefined) await runner.flush();
+    if (failure !== undefined) throw failure;
   } finally {
     stage.dispose?.();
-    if ((complete && !o.signal?.aborted) || o.dryRun) await bus.jsm.consumers.delete(STREAM, name).catch(() => {});
+    if ((complete && !o.signal?.aborted && failure === undefined) || o.dryRun)
+      await bus.jsm.consumers.delete(STREAM, name).catch(() => {});
   }
   progress.finished = complete && !o.signal?.aborted;
   if (progress.finished) report(progress.total + first - 1);

@@ -8,10 +8,10 @@ import { rawStage } from "./raw-stage.ts";
 import { createTransform } from "./transform/index.ts";
 import { announce } from "./transform/sandbox-process.ts";
 import { parseSandboxOptions } from "./transform/sandbox-isolation.ts";
-import { DEFAULT_USERS_FILTER, UsersStage } from "./users/users-stage.ts";
+import { UsersStage } from "./users/users-stage.ts";
 import { ProfileStore } from "./users/profiles.ts";
 import type { CustomerModel } from "./users/customer-model.ts";
-import type { PipelineStage } from "./worker.ts";
+import type { Stage } from "./stage.ts";
 
 /** What building a stage needs; the profile store is opened once, on first use. */
 export class StageFactory {
@@ -25,12 +25,7 @@ export class StageFactory {
   }
 
   /** The stage of a pipeline (or of a raw connection's table loader when `rawTable` is set). */
-  async build(
-    connection: string,
-    p: Pipeline,
-    model: CustomerModel | undefined,
-    rawTable?: string,
-  ): Promise<PipelineStage> {
+  async build(connection: string, p: Pipeline, model: CustomerModel | undefined, rawTable?: string): Promise<Stage> {
     if (rawTable) {
       await ensureRawTable(this.warehouse, rawTable);
       return rawStage(connection, rawTable, this.warehouse);
@@ -50,7 +45,3 @@ export class StageFactory {
     );
   }
 }
-
-/** The filter a pipeline runs: its own, or the users preset. */
-export const filterOf = (p: Pipeline): string | undefined =>
-  p.filter ?? (p.import === "users" ? DEFAULT_USERS_FILTER : undefined);

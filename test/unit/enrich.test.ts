@@ -2,7 +2,7 @@ import { describe, expect, test } from "bun:test";
 import { normaliseEvent, NormaliseError, type RequestFacts } from "../../src/ingest/normalise.ts";
 import { validateEvent } from "../../src/ingest/event-schema.ts";
 import { normaliseBrowserName, normaliseOsName, parseUserAgent } from "../../src/ingest/user-agent.ts";
-import { consentGranted } from "../../src/ingest/consent.ts";
+import { consentGranted } from "../../src/event/consent.ts";
 import { RateLimiter, TokenBucket } from "../../src/ingest/rate-limit.ts";
 
 // Inputs from Krenalis's collector tests (krenalis/krenalis core/internal/collector/decoder_test.go:

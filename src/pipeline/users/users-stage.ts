@@ -1,7 +1,7 @@
 import type { Warehouse } from "../../sink/clickhouse/server.ts";
 import { quoteIdent, quoteString } from "../../sink/clickhouse/server.ts";
 import type { PipelineStats } from "../stats.ts";
-import type { PipelineStage } from "../worker.ts";
+import type { Stage } from "../stage.ts";
 import type { SandboxedTransform } from "../transform/types.ts";
 import type { DeadLetter } from "../../bus/dead-letters.ts";
 import { log } from "../../util/log.ts";
@@ -10,11 +10,8 @@ import type { ProfileState, ProfileStore, ProfileUpdate } from "./profiles.ts";
 
 type Json = Record<string, unknown>;
 
-/**
- * Krenalis's preset for "Import users" (identify events, or any event that carries traits),
- * plus alias: it carries no traits but links two identities.
- */
-export const DEFAULT_USERS_FILTER = `type in ["identify", "alias"] or $exists(traits)`;
+/** The users preset lives with the rest of event selection; re-exported for its old importers. */
+export { DEFAULT_USERS_FILTER } from "../../event/selection.ts";
 
 const str = (v: unknown) => (typeof v === "string" && v !== "" ? v : undefined);
 const iso = (ms: number) => new Date(ms).toISOString();
@@ -63,8 +60,10 @@ export interface RefusedEventLetter extends DeadLetter {
  * always insertable (toCell gives null for a stored value that no longer fits its column), so no
  * stored state can make a later batch fail.
  */
-export class UsersStage implements PipelineStage {
+export class UsersStage implements Stage {
+  readonly kind = "users";
   readonly table = "users";
+  readonly takes = "events";
   #merged: string[] = [];
   #disposed = false;
   readonly #check: ModelCheck;
