@@ -1,9 +1,9 @@
 import { Elysia } from "elysia";
 import { ConfigStore } from "./config/store.ts";
-import type { NodeOptions } from "./config/env.ts";
+import { capacityDefaults, type NodeOptions } from "./config/env.ts";
 import { connectBus, type Bus } from "./bus/connection.ts";
 import { EventLog } from "./bus/event-log.ts";
-import { StreamCapacity, capacityDefaults, type CapacityOptions } from "./bus/capacity.ts";
+import { StreamCapacity, type CapacityOptions } from "./bus/capacity.ts";
 import { ingestRoutes, type IngestServer } from "./ingest/server.ts";
 import { webhookRoutes } from "./ingest/webhooks/route.ts";
 import { LiveWindow } from "./debugger/live-window.ts";
@@ -12,7 +12,15 @@ import { adminRoutes } from "./debugger/routes.ts";
 import { replayRoutes } from "./ops/replay-routes.ts";
 import { adminGuard } from "./ops/admin-auth.ts";
 import { openApiDocument } from "./ops/openapi.ts";
-import { addPipelineSource, httpDuration, httpRequests } from "./ops/metrics.ts";
+import {
+  addNodeSource,
+  addPipelineSource,
+  capacityRefusals,
+  httpDuration,
+  httpRequests,
+  publishConflicts,
+  publishDuration,
+} from "./ops/metrics.ts";
 import { log, requestContext } from "./util/log.ts";
 import { PortInUseError, portHolder, type PortUse } from "./services/port-check.ts";
 import { connectWarehouse, type Warehouse } from "./sink/clickhouse/server.ts";
@@ -81,6 +89,7 @@ export async function startNode(o: NodeOptions & { natsUrl: string } & PipelineT
     dedupWindowHours: o.dedupWindowHours,
     timeoutMs: o.publishTimeoutMs,
   });
+  bus.observer = { published: (s) => publishDuration.observe(s), conflicted: () => publishConflicts.inc() };
   const capacity = new StreamCapacity(bus.jsm, { ...capacityDefaults, maxBytes: o.streamMaxBytes, ...o.capacity });
   capacity.start();
   const eventLog = new EventLog(bus, { dedupWindowMs: o.dedupWindowHours * 3600_000, timeoutMs: o.publishTimeoutMs });
@@ -174,6 +183,17 @@ export async function startNode(o: NodeOptions & { natsUrl: string } & PipelineT
     retryAfterSeconds: 5,
   });
 
+  const removeNodeSource = addNodeSource(() => ({
+    ingest: ingest.stats,
+    inFlight: {
+      bytes: ingest.limiter.inFlightBytes,
+      requests: ingest.limiter.inFlightRequests,
+      refused: ingest.limiter.rejected,
+    },
+    capacity: { full: capacity.full, backlogBytes: capacity.backlogBytes },
+    dedupIds: eventLog.indexedIds,
+  }));
+
   const adminEnabled = !!o.adminToken || o.devAdmin;
   if (!adminEnabled) log.info("admin API and debugger disabled: set TRIBUTARY_ADMIN_TOKEN to enable them");
   if (adminEnabled) live.start(bus.nc);
@@ -212,6 +232,7 @@ export async function startNode(o: NodeOptions & { natsUrl: string } & PipelineT
     .onBeforeHandle(({ request }) => {
       // Back-pressure: refuse new events while the stream could not keep them (see StreamCapacity).
       if (capacity.full && request.method === "POST" && /^\/(v1|beacon)\//.test(new URL(request.url).pathname)) {
+        capacityRefusals.inc();
         return new Response(
           JSON.stringify({
             error: "the event stream is nearly full of events not yet loaded into ClickHouse; retry later",
@@ -261,6 +282,7 @@ export async function startNode(o: NodeOptions & { natsUrl: string } & PipelineT
     stopping = true;
     capacity.stop();
     removeSource();
+    removeNodeSource();
     live.stop();
     config.close();
     await bus.close().catch(() => {});
@@ -287,6 +309,7 @@ export async function startNode(o: NodeOptions & { natsUrl: string } & PipelineT
       stopping = true;
       capacity.stop();
       removeSource();
+      removeNodeSource();
       live.stop();
       // Stop taking requests, let in-flight ones finish their JetStream writes, flush the
       // pipelines' batches, then disconnect.

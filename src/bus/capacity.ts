@@ -2,6 +2,7 @@ import type { JetStreamManager } from "@nats-io/jetstream";
 import { STREAM } from "./subjects.ts";
 import { log } from "../util/log.ts";
 
+/** Defaults: `capacityDefaults` in src/config/env.ts. */
 export interface CapacityOptions {
   /** The stream's max_bytes; 0 means unlimited and the guard never trips. */
   maxBytes: number;
@@ -10,8 +11,6 @@ export interface CapacityOptions {
   resumeRatio: number;
   intervalMs: number;
 }
-
-export const capacityDefaults: CapacityOptions = { maxBytes: 0, refuseRatio: 0.8, resumeRatio: 0.6, intervalMs: 500 };
 
 /** Stored bytes per byte of event JSON (id header, message overhead), erring high. */
 const STORED_PER_JSON_BYTE = 1.5;

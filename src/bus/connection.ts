@@ -26,8 +26,17 @@ export interface BusOptions {
   name?: string;
 }
 
+/** Told what the bus does, for metrics (src/node.ts connects it to src/ops/metrics.ts: the bus imports no ops). */
+export interface BusObserver {
+  /** A batch of events stored, `seconds` after it was published. */
+  published(seconds: number): void;
+  /** A publish refused because the shard subject had moved on (wrong last sequence); it is retried. */
+  conflicted(): void;
+}
+
 export interface Bus {
   nc: NatsConnection;
+  observer?: BusObserver;
   js: JetStreamClient;
   jsm: JetStreamManager;
   options: BusOptions;

@@ -1,6 +1,5 @@
-import { publishDuration } from "../ops/metrics.ts";
 import { headers } from "@nats-io/nats-core";
-import { DeliverPolicy, JetStreamApiError } from "@nats-io/jetstream";
+import { DeliverPolicy, JetStreamApiCodes, JetStreamApiError } from "@nats-io/jetstream";
 import type { Bus } from "./connection.ts";
 import { BusUnavailableError } from "./errors.ts";
 import { STREAM } from "./subjects.ts";
@@ -29,7 +28,6 @@ export const IDS_HEADER = "Tributary-Ids";
  */
 export const KIND_HEADER = "Tributary-Kind";
 export type RecordKind = "events" | "raw";
-const WRONG_LAST_SEQUENCE = 10071;
 /** JetStream refuses a message whose headers exceed 64 KiB: the id list of one message stays under it. */
 const MAX_IDS_HEADER_BYTES = 60 * 1024;
 
@@ -216,19 +214,22 @@ export class ShardWriter {
         h.set(IDS_HEADER, JSON.stringify(ids));
         h.set(KIND_HEADER, batch.kind);
         try {
-          const stopTimer = publishDuration.startTimer();
+          const started = performance.now();
           const ack = await this.bus.js.publish(this.subject, `[${jsons.join(",")}]`, {
             headers: h,
             expect: { lastSubjectSequence: this.#lastSeq },
             timeout: this.options.timeoutMs,
           });
-          stopTimer();
+          this.bus.observer?.published((performance.now() - started) / 1000);
           this.#lastSeq = ack.seq;
           for (const id of ids) this.#index.add(id, ack.seq);
           break;
         } catch (e) {
           this.#synced = false;
-          if (e instanceof JetStreamApiError && e.code === WRONG_LAST_SEQUENCE && attempt < 5) continue;
+          if (e instanceof JetStreamApiError && e.code === JetStreamApiCodes.StreamWrongLastSequence && attempt < 5) {
+            this.bus.observer?.conflicted();
+            continue;
+          }
           throw e;
         }
       }

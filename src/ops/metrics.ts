@@ -112,3 +112,119 @@ new Gauge({
       if (p.lag !== null) this.set({ connection: p.connection, pipeline: p.pipeline }, p.lag);
   },
 });
+
+/**
+ * What a running node's components count, read at scrape time like the pipelines: the ingest
+ * routes' `IngestStats` and in-flight limiter, the stream's capacity guard, the dedup index.
+ */
+export interface NodeSnapshot {
+  /** Events of HTTP ingest and webhook-derived events: stored, already stored (same messageId), invalid. */
+  ingest: { accepted: number; duplicates: number; rejected: number };
+  /** Request bodies being worked on now, and requests refused with 429 because the limit was reached. */
+  inFlight: { bytes: number; requests: number; refused: number };
+  /** The back-pressure guard (src/bus/capacity.ts): refusing now, and its estimate of unloaded bytes. */
+  capacity: { full: boolean; backlogBytes: number };
+  /** messageIds held by this node's dedup index. */
+  dedupIds: number;
+}
+
+const nodeSources = new Set<() => NodeSnapshot>();
+export function addNodeSource(f: () => NodeSnapshot): () => void {
+  nodeSources.add(f);
+  return () => void nodeSources.delete(f);
+}
+/** Summed over the nodes of this process (one in production; tests may start several). */
+const sum = (f: (s: NodeSnapshot) => number) => {
+  let n = 0;
+  for (const source of nodeSources) n += f(source());
+  return n;
+};
+
+new Counter({
+  name: "tributary_ingest_events_total",
+  help: "Events received over HTTP (ingest routes and webhook-derived events) by outcome: accepted (stored), duplicate (messageId already stored), rejected (invalid)",
+  labelNames: ["outcome"] as const,
+  registers: [registry],
+  collect() {
+    this.reset();
+    this.inc(
+      { outcome: "accepted" },
+      sum((s) => s.ingest.accepted),
+    );
+    this.inc(
+      { outcome: "duplicate" },
+      sum((s) => s.ingest.duplicates),
+    );
+    this.inc(
+      { outcome: "rejected" },
+      sum((s) => s.ingest.rejected),
+    );
+  },
+});
+
+new Gauge({
+  name: "tributary_ingest_in_flight_bytes",
+  help: "Decompressed request bytes being worked on now (TRIBUTARY_MAX_IN_FLIGHT_BYTES bounds it)",
+  registers: [registry],
+  collect() {
+    this.set(sum((s) => s.inFlight.bytes));
+  },
+});
+
+new Gauge({
+  name: "tributary_ingest_in_flight_requests",
+  help: "Requests whose bodies are being worked on now",
+  registers: [registry],
+  collect() {
+    this.set(sum((s) => s.inFlight.requests));
+  },
+});
+
+new Counter({
+  name: "tributary_ingest_overloaded_requests_total",
+  help: "Requests refused with 429 because the in-flight limit of bytes or requests was reached",
+  registers: [registry],
+  collect() {
+    this.reset();
+    this.inc(sum((s) => s.inFlight.refused));
+  },
+});
+
+new Gauge({
+  name: "tributary_stream_capacity_full",
+  help: "1 while the events stream is nearly full of events not yet loaded and the node answers 503 to new events, else 0",
+  registers: [registry],
+  collect() {
+    this.set(sum((s) => (s.capacity.full ? 1 : 0)));
+  },
+});
+
+new Gauge({
+  name: "tributary_stream_backlog_bytes",
+  help: "The capacity guard's estimate of stream bytes no pipeline has loaded yet (0 without TRIBUTARY_STREAM_MAX_BYTES)",
+  registers: [registry],
+  collect() {
+    this.set(sum((s) => s.capacity.backlogBytes));
+  },
+});
+
+export const capacityRefusals = new Counter({
+  name: "tributary_stream_capacity_refused_requests_total",
+  help: "Event requests answered 503 because the events stream was nearly full of events not yet loaded",
+  registers: [registry],
+});
+
+new Gauge({
+  name: "tributary_dedup_index_ids",
+  help: "messageIds in this node's dedup index (those stored within TRIBUTARY_DEDUP_WINDOW_HOURS on the shards it wrote or warmed)",
+  registers: [registry],
+  collect() {
+    this.set(sum((s) => s.dedupIds));
+  },
+});
+
+export const publishConflicts = new Counter({
+  name: "tributary_jetstream_publish_conflicts_total",
+  help: "Publishes JetStream refused because the shard subject had moved on (another node wrote it first): each is re-read, deduplicated and retried",
+  registers: [registry],
+});
