@@ -4,8 +4,10 @@ import { capacityDefaults, type NodeOptions } from "./config/env.ts";
 import { connectBus, type Bus } from "./bus/connection.ts";
 import { EventLog } from "./bus/event-log.ts";
 import { StreamCapacity, type CapacityOptions } from "./bus/capacity.ts";
-import { ingestRoutes, type IngestServer } from "./ingest/server.ts";
-import { webhookRoutes } from "./ingest/webhooks/route.ts";
+import { httpEvents, ingestDefaults, type IngestServer } from "./ingest/server.ts";
+import { rawWebhooks } from "./ingest/webhooks/route.ts";
+import { webhookEvents } from "./ingest/webhooks/events.ts";
+import { sourceContext, type Source } from "./ingest/source.ts";
 import { LiveWindow } from "./debugger/live-window.ts";
 import { OutcomeLog } from "./debugger/outcomes.ts";
 import { adminRoutes } from "./debugger/routes.ts";
@@ -166,22 +168,27 @@ export async function startNode(o: NodeOptions & { natsUrl: string } & PipelineT
   const outcomes = new OutcomeLog();
   const started = new WeakMap<Request, number>();
 
-  const ingest = ingestRoutes(config, eventLog, {
+  // Every source shares the node's in-flight budget and event counters.
+  const sources = sourceContext(config, eventLog, {
+    maxInFlightBytes: o.maxInFlightBytes,
+    maxInFlightRequests: ingestDefaults.maxInFlightRequests,
+  });
+  const ingest = httpEvents({
     trustProxy: o.trustProxy,
     maxRequestBytes: o.maxRequestBytes,
     maxEventBytes: o.maxEventBytes,
     maxEventsPerRequest: o.maxEventsPerRequest,
-    maxInFlightBytes: o.maxInFlightBytes,
-  });
-
+  }).build(sources);
+  const limits = { maxEventBytes: o.maxEventBytes, maxEventsPerRequest: o.maxEventsPerRequest, retryAfterSeconds: 5 };
+  const derived = webhookEvents(limits).build(sources);
   // One delivery is one JetStream message: its body must fit the server's max_payload.
   const maxPayload = bus.nc.info?.max_payload ?? 1024 * 1024;
-  const webhooks = webhookRoutes(config, eventLog, ingest.limiter, ingest.stats, {
+  const webhooks = rawWebhooks({
     maxBodyBytes: Math.min(o.maxRequestBytes, maxPayload - 64 * 1024),
-    maxEventBytes: o.maxEventBytes,
-    maxEventsPerRequest: o.maxEventsPerRequest,
-    retryAfterSeconds: 5,
-  });
+    ...limits,
+    events: derived,
+  }).build(sources);
+  const mounted: Source[] = [ingest, webhooks, derived];
 
   const removeNodeSource = addNodeSource(() => ({
     ingest: ingest.stats,
@@ -244,8 +251,7 @@ export async function startNode(o: NodeOptions & { natsUrl: string } & PipelineT
         );
       }
     })
-    .use(ingest.app)
-    .use(webhooks)
+    .use(mounted.reduce((routes, s) => (s.routes ? routes.use(s.routes) : routes), new Elysia({ name: "sources" })))
     .use(admin)
     .use(replays)
     .get("/healthz", () => ({ ok: true }))

@@ -1,5 +1,6 @@
 import { createHash, timingSafeEqual } from "node:crypto";
 import type { Config, LoadedConnection } from "../config/loader.ts";
+import { HttpError } from "./http-error.ts";
 
 /**
  * Write-key lookup. Keys are indexed by their SHA-256 digest, so the map lookup's timing depends
@@ -145,4 +146,17 @@ function valueEndAt(text: string, i: number): number {
     if (d === 0x2c || d === 0x7d || d === 0x5d || d === 0x20 || d === 0x09 || d === 0x0a || d === 0x0d) break;
   }
   return j > i ? j : -1;
+}
+
+/** Any authentication failure: the same answer whatever failed, so a caller learns nothing about which keys exist. */
+export class UnauthorizedError extends HttpError {
+  readonly status = 401;
+  readonly code = "UNAUTHORIZED";
+  constructor() {
+    super("unauthorized: send a valid write key");
+    this.name = "UnauthorizedError";
+  }
+  override get headers(): Record<string, string> {
+    return { "WWW-Authenticate": 'Basic realm="tributary"' };
+  }
 }

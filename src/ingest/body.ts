@@ -1,16 +1,25 @@
 /**
  * Reading request bodies within limits: inflating gzip/deflate while counting, strict UTF-8, a
  * deadline for the whole body, and memory accounted as bytes arrive (not as they are promised).
+ * Each way a body can fail is an {@link HttpError} carrying the status its sender is answered with.
  */
+import { HttpError } from "./http-error.ts";
 
-export class PayloadTooLargeError extends Error {
-  constructor(readonly limit: number) {
-    super(`request body exceeds ${limit} bytes`);
+export class PayloadTooLargeError extends HttpError {
+  readonly status = 413;
+  readonly code = "BODY_TOO_LARGE";
+  constructor(
+    readonly limit: number,
+    message = `request body exceeds ${limit} bytes`,
+  ) {
+    super(message);
     this.name = "PayloadTooLargeError";
   }
 }
 
-export class BadEncodingError extends Error {
+export class BadEncodingError extends HttpError {
+  readonly status = 400;
+  readonly code = "BAD_ENCODING";
   constructor(message: string) {
     super(message);
     this.name = "BadEncodingError";
@@ -18,36 +27,59 @@ export class BadEncodingError extends Error {
 }
 
 /** The whole body did not arrive in time (a stalled or trickling sender, "slow loris"): 503, so real senders retry (PRODUCT.md: never 408). */
-export class BodyTimeoutError extends Error {
-  constructor(readonly ms: number) {
+export class BodyTimeoutError extends HttpError {
+  readonly status = 503;
+  readonly code = "BODY_TIMEOUT";
+  constructor(
+    readonly ms: number,
+    /** When the sender should retry; the connection is closed either way, as the rest of the body may still be coming. */
+    readonly retryAfterSeconds?: number,
+  ) {
     super(`request body not received within ${ms / 1000} s`);
     this.name = "BodyTimeoutError";
+  }
+  override get headers(): Record<string, string> {
+    return this.retryAfterSeconds === undefined
+      ? { Connection: "close" }
+      : { Connection: "close", "Retry-After": String(this.retryAfterSeconds) };
   }
 }
 
 /** The sender went away before its body ended: nobody is left to answer. */
-export class BodyAbortedError extends Error {
+export class BodyAbortedError extends HttpError {
+  readonly status = 400;
+  readonly code = "BODY_ABORTED";
   constructor(message: string) {
     super(message);
     this.name = "BodyAbortedError";
   }
+  override get headers(): Record<string, string> {
+    return { Connection: "close" };
+  }
 }
 
 /** The node's in-flight budget refused the bytes that arrived: 429, nothing stored. */
-export class BodyOverloadError extends Error {
+export class BodyOverloadError extends HttpError {
+  readonly status = 429;
+  readonly code = "OVERLOADED";
   constructor() {
     super("node overloaded; retry later");
     this.name = "BodyOverloadError";
+  }
+  override get headers(): Record<string, string> {
+    return { "Retry-After": "1" };
   }
 }
 
 /**
  * The body's first byte (after JSON whitespace) was refused by {@link BodyReadOptions.firstByte}:
- * nothing more is read or inflated.
+ * nothing more is read or inflated. Only a JSON object is ever asked for this way.
  */
-export class BodyRefusedError extends Error {
+export class BodyRefusedError extends HttpError {
+  readonly status = 400;
+  readonly code = "BODY_REFUSED";
   constructor() {
-    super("body refused by its first byte");
+    super("body must be a JSON object");
     this.name = "BodyRefusedError";
   }
 }
@@ -57,6 +89,8 @@ export interface BodyReadOptions {
   limit: number;
   /** The whole body must have arrived within this many milliseconds. */
   timeoutMs?: number;
+  /** The Retry-After a {@link BodyTimeoutError} answers with. */
+  retryAfterSeconds?: number;
   /**
    * Told the body's size so far (after decompression) each time more arrives; `false` refuses the
    * request as overload. Lets the caller account memory for bytes received, so a client that
@@ -98,11 +132,11 @@ const optionsOf = (o: BodyReadOptions | number): BodyReadOptions => (typeof o ==
 const encodingOf = (request: Request) => (request.headers.get("content-encoding") ?? "identity").trim().toLowerCase();
 
 /** Rejects with {@link BodyTimeoutError} after `ms`; `clear()` stops the timer. */
-function deadline(ms: number | undefined): { promise: Promise<never>; clear(): void } {
+function deadline(ms: number | undefined, retryAfterSeconds?: number): { promise: Promise<never>; clear(): void } {
   if (!ms || !Number.isFinite(ms)) return { promise: new Promise<never>(() => {}), clear() {} };
   let timer: ReturnType<typeof setTimeout> | undefined;
   const promise = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new BodyTimeoutError(ms)), ms);
+    timer = setTimeout(() => reject(new BodyTimeoutError(ms, retryAfterSeconds)), ms);
   });
   promise.catch(() => {});
   return { promise, clear: () => clearTimeout(timer) };
@@ -115,7 +149,7 @@ export async function readBodyText(request: Request, options: BodyReadOptions | 
   const declared = request.headers.has("content-length") ? Number(request.headers.get("content-length")) : NaN;
   // Fast path: a small plain body with a declared length is read natively, in one piece.
   if ((encoding === "identity" || encoding === "") && declared <= SMALL_BODY_BYTES) {
-    const d = deadline(o.timeoutMs);
+    const d = deadline(o.timeoutMs, o.retryAfterSeconds);
     const body = request.arrayBuffer();
     body.catch(() => {});
     let bytes: ArrayBuffer;
@@ -168,7 +202,7 @@ export async function readBody(request: Request, options: BodyReadOptions | numb
   let size = 0;
   const most = Math.min(plain && declared > 0 ? declared : Infinity, limit);
   const reader = stream.getReader();
-  const d = deadline(o.timeoutMs);
+  const d = deadline(o.timeoutMs, o.retryAfterSeconds);
   let seenFirst = !o.firstByte;
   try {
     for (;;) {
@@ -199,13 +233,8 @@ export async function readBody(request: Request, options: BodyReadOptions | numb
     }
   } catch (e) {
     reader.cancel().catch(() => {});
-    if (
-      e instanceof PayloadTooLargeError ||
-      e instanceof BodyTimeoutError ||
-      e instanceof BodyOverloadError ||
-      e instanceof BodyRefusedError
-    )
-      throw e;
+    // Ours (too large, late, over budget, refused) as they are; the stream's own failures are named here.
+    if (e instanceof HttpError) throw e;
     if (plain) throw new BodyAbortedError(`request body ended early: ${(e as Error)?.message ?? e}`);
     throw new BadEncodingError(`cannot decode ${encoding} body: ${(e as Error)?.message ?? e}`);
   } finally {

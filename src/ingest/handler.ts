@@ -132,20 +132,34 @@ export function bodyWriteKey(body: unknown): string | undefined {
   return undefined;
 }
 
+/** One request's events for {@link ingest}. */
+export interface IngestRequest {
+  connection: LoadedConnection;
+  endpoint: Endpoint;
+  /** The parsed body. */
+  body: unknown;
+  facts: RequestFacts;
+  eventLog: EventLog;
+  limits: IngestLimits;
+  stats: IngestStats;
+  /** Per-connection rate limits; none for events derived from a webhook delivery. */
+  rateLimiter?: RateLimiter;
+}
+
 /**
  * Validates, normalises and durably stores the events of one request for one connection.
  * A 2xx is returned only once JetStream has acknowledged every accepted event.
  */
-export async function ingest(
-  connection: LoadedConnection,
-  endpoint: Endpoint,
-  body: unknown,
-  facts: RequestFacts,
-  log: EventLog,
-  limits: IngestLimits,
-  stats: IngestStats,
-  rateLimiter?: RateLimiter,
-): Promise<IngestResult> {
+export async function ingest({
+  connection,
+  endpoint,
+  body,
+  facts,
+  eventLog: log,
+  limits,
+  stats,
+  rateLimiter,
+}: IngestRequest): Promise<IngestResult> {
   const split = eventsOf(endpoint, body);
   if ("error" in split) return { status: 400, body: { error: split.error } };
   const { events } = split;

@@ -3,7 +3,7 @@ import { Elysia } from "elysia";
 import { Type, type Static } from "@sinclair/typebox";
 import type { LoadedConnection } from "../config/loader.ts";
 import { corsHeaders, originRefused } from "./cors.ts";
-import { writeKeyFromHeader } from "./auth.ts";
+import { UnauthorizedError, writeKeyFromHeader } from "./auth.ts";
 
 /**
  * The settings the browser SDKs fetch before they send anything, so that both work unmodified
@@ -213,11 +213,8 @@ export function sdkConfigRoutes(x: SdkConfigContext) {
       auth !== null ? writeKeyFromHeader(auth) : (new URL(request.url).searchParams.get("writeKey") ?? undefined);
     const c = x.lookup(key);
     if (!c || key === undefined) {
-      return json(
-        401,
-        { error: "unauthorized: send a valid write key" },
-        { "WWW-Authenticate": 'Basic realm="tributary"', ...x.publicCors(request) },
-      );
+      const e = new UnauthorizedError();
+      return json(e.status, { error: e.message }, { ...e.headers, ...x.publicCors(request) });
     }
     const refused = originRefused(request, c.allowedOrigins);
     if (refused !== undefined) return x.refuseOrigin(request, c.connection, refused, false);

@@ -1,18 +1,9 @@
-import { Elysia } from "elysia";
+import { Elysia, type AnyElysia } from "elysia";
 import type { ConfigStore } from "../config/store.ts";
 import type { Config } from "../config/loader.ts";
 import type { EventLog } from "../bus/event-log.ts";
-import { WriteKeyIndex, topLevelWriteKey, writeKeyFromHeader } from "./auth.ts";
-import {
-  readBodyText,
-  PayloadTooLargeError,
-  BadEncodingError,
-  BodyTimeoutError,
-  BodyAbortedError,
-  BodyOverloadError,
-  BodyRefusedError,
-  SMALL_BODY_BYTES,
-} from "./body.ts";
+import { UnauthorizedError, WriteKeyIndex, topLevelWriteKey, writeKeyFromHeader } from "./auth.ts";
+import { BodyRefusedError, PayloadTooLargeError } from "./body.ts";
 import { bodyWriteKey, ingest, type Endpoint, type IngestResult, type IngestStats } from "./handler.ts";
 import { EVENT_TYPES } from "./event-schema.ts";
 import { InFlightLimiter } from "./overload.ts";
@@ -21,14 +12,15 @@ import { RateLimiter } from "./rate-limit.ts";
 import { allows, clipOrigin, corsHeaders, originRefused, originRefusedResponse } from "./cors.ts";
 import { RefusalLog } from "./refusal-log.ts";
 import { sdkConfigRoutes } from "./sdk-config.ts";
-import { log as logger } from "../util/log.ts";
+import { sourceContext, type Source, type SourceContext, type SourceSpec } from "./source.ts";
+import type { HttpError } from "./http-error.ts";
 
 export interface IngestServerOptions {
   trustProxy: boolean;
   maxRequestBytes: number;
   maxEventBytes: number;
   maxEventsPerRequest: number;
-  /** Total decompressed body bytes being processed at once; beyond it, 429. */
+  /** The node's budget (see {@link IntakeBudget}): used only when {@link ingestRoutes} builds a node of its own. */
   maxInFlightBytes: number;
   maxInFlightRequests: number;
   retryAfterSeconds: number;
@@ -60,16 +52,13 @@ export const ingestDefaults: IngestServerOptions = {
 };
 
 /** Same body for every authentication failure, so a caller learns nothing about which keys exist. */
-const UNAUTHORIZED: IngestResult = {
-  status: 401,
-  body: { error: "unauthorized: send a valid write key" },
-  headers: { "WWW-Authenticate": 'Basic realm="tributary"' },
-};
+const UNAUTHORIZED = new UnauthorizedError();
 
 const CORS_ALLOW_HEADERS = "Authorization, Content-Type, Content-Encoding";
 
-function respond(r: IngestResult, extra: Record<string, string> = {}): Response {
-  return new Response(JSON.stringify(r.body), {
+function respond(r: IngestResult | HttpError, extra: Record<string, string> = {}): Response {
+  const body = "body" in r ? r.body : { error: r.message };
+  return new Response(JSON.stringify(body), {
     status: r.status,
     headers: { "Content-Type": "application/json", ...r.headers, ...extra },
   });
@@ -92,26 +81,47 @@ export function clientIp(
   return { ip: canonicalSocketIp(socketIp) };
 }
 
-export interface IngestServer {
-  app: Elysia<any, any, any, any, any, any, any>;
+/** The HTTP event source: the node's event counters, its shared in-flight budget, and the routes. */
+export interface IngestServer extends Source {
+  readonly routes: AnyElysia;
+  /** The same plugin as `routes`. */
+  app: AnyElysia;
   stats: IngestStats;
+  /** The node's in-flight budget, which every source's bodies share. */
   limiter: InFlightLimiter;
   rateLimiter: RateLimiter;
 }
 
-/** The ingestion routes of PRODUCT.md §1 as an Elysia plugin. */
+/** The ingestion routes of PRODUCT.md §1 (`/v1/*`, beacon and SDK settings) as a source. */
+export function httpEvents(opts: Partial<IngestServerOptions> = {}): SourceSpec<IngestServer> {
+  const o = { ...ingestDefaults, ...opts };
+  return { name: "http-events", build: (cx) => buildHttpEvents(o, cx) };
+}
+
+/** The HTTP event source as a node of its own would mount it, with its own in-flight budget. */
 export function ingestRoutes(
   config: ConfigStore,
   eventLog: EventLog,
   opts: Partial<IngestServerOptions> = {},
 ): IngestServer {
   const o = { ...ingestDefaults, ...opts };
-  const stats: IngestStats = { accepted: 0, duplicates: 0, rejected: 0 };
-  const limiter = new InFlightLimiter(o.maxInFlightBytes, o.maxInFlightRequests);
+  return httpEvents(o).build(sourceContext(config, eventLog, o));
+}
+
+function buildHttpEvents(o: IngestServerOptions, cx: SourceContext): IngestServer {
+  const { config, eventLog, intake, stats } = cx;
   const rateLimiter = new RateLimiter();
   // Requests without an Authorization header share a budget of their own: what anyone can make
   // the node do before it knows who is asking is bounded per request and in total.
   const bodyKeyLimiter = new InFlightLimiter(o.maxBodyKeyInFlightBytes, o.maxBodyKeyInFlightRequests);
+  const keylessBudgets = [bodyKeyLimiter];
+  const keylessLimit = Math.min(o.maxBodyKeyBytes, o.maxRequestBytes);
+  const keylessTooLarge = `a request without an Authorization header may be at most ${keylessLimit} bytes after decompression; send the write key in the Authorization header for larger bodies`;
+  const limits = {
+    maxEventBytes: o.maxEventBytes,
+    maxEventsPerRequest: o.maxEventsPerRequest,
+    retryAfterSeconds: o.retryAfterSeconds,
+  };
   let keys = new WriteKeyIndex(config.current);
   let keysOf: Config = config.current;
   /** The `allowedOrigins` of every key connection, `undefined` in it when one allows every origin. */
@@ -180,134 +190,68 @@ export function ingestRoutes(
       if (refused !== undefined) return refuseOrigin(request, connection.connection, refused, keyless);
     }
 
-    // Memory is reserved for bytes that arrived, not for bytes promised: a sender that declares a
-    // large Content-Length and then stalls (slow loris) holds at most SMALL_BODY_BYTES.
-    const declared = Number(request.headers.get("content-length") ?? 0) || SMALL_BODY_BYTES;
-    const limit = keyless ? Math.min(o.maxBodyKeyBytes, o.maxRequestBytes) : o.maxRequestBytes;
-    let reserve = Math.min(declared, SMALL_BODY_BYTES, limit);
-    const overloaded = () =>
-      respond(
-        { status: 429, body: { error: "node overloaded; retry later" }, headers: { "Retry-After": "1" } },
-        publicCors(request, keyless),
-      );
-    // Unauthenticated bytes are held in both budgets until the body has been read and its key known.
-    let bodyKeyReserve = keyless ? reserve : 0;
-    if (keyless && !bodyKeyLimiter.tryAcquire(reserve)) return overloaded();
-    const releaseBodyKey = () => {
-      if (!keyless || bodyKeyReserve < 0) return;
-      bodyKeyLimiter.release(bodyKeyReserve);
-      bodyKeyReserve = -1;
-    };
-    if (!limiter.tryAcquire(reserve)) {
-      releaseBodyKey();
-      return overloaded();
-    }
-    const grow = (size: number) => {
-      if (size <= reserve) return true;
-      if (bodyKeyReserve >= 0 && keyless) {
-        if (size > bodyKeyReserve) {
-          if (!bodyKeyLimiter.tryGrow(size - bodyKeyReserve)) return false;
-          bodyKeyReserve = size;
+    return intake.text(
+      request,
+      {
+        limit: keyless ? keylessLimit : o.maxRequestBytes,
+        timeoutMs: o.bodyTimeoutMs,
+        retryAfterSeconds: o.retryAfterSeconds,
+        // Unauthenticated bytes are held in both budgets until the body has been read and its key known.
+        ...(keyless && {
+          budgets: keylessBudgets,
+          // Without a key header only a JSON object can carry one (or be a beacon's batch): anything
+          // else is refused at its first byte.
+          firstByte: (b: number) => b === 0x7b /* { */,
+          refine: (e: HttpError) =>
+            e instanceof BodyRefusedError && keyInBody
+              ? UNAUTHORIZED
+              : e instanceof PayloadTooLargeError
+                ? new PayloadTooLargeError(e.limit, keylessTooLarge)
+                : e,
+        }),
+        refusalHeaders: () => publicCors(request, keyless),
+        failure: { message: "ingest failed" },
+      },
+      async (text, held) => {
+        // The key is found by a scan that builds nothing; the body is parsed only once it is known.
+        let bodyKey: string | undefined;
+        if (keyInBody) {
+          bodyKey = topLevelWriteKey(text);
+          connection = index.lookup(bodyKey);
+          if (!connection) return respond(UNAUTHORIZED, publicCors(request, true));
+          const refused = originRefused(request, connection.allowedOrigins);
+          if (refused !== undefined) return refuseOrigin(request, connection.connection, refused, true);
         }
-      }
-      if (!limiter.tryGrow(size - reserve)) return false;
-      reserve = size;
-      return true;
-    };
-    try {
-      let text: string;
-      try {
-        // Without a key header only a JSON object can carry one (or be a beacon's batch): anything
-        // else is refused at its first byte.
-        text = await readBodyText(request, {
-          limit,
-          timeoutMs: o.bodyTimeoutMs,
-          grow,
-          ...(keyless && { firstByte: (b: number) => b === 0x7b /* { */ }),
+        held.release(bodyKeyLimiter);
+        const c = connection!;
+        let body: unknown;
+        try {
+          body = JSON.parse(text);
+        } catch (e) {
+          const error =
+            text.trim() === "" ? "invalid JSON: the body is empty" : `invalid JSON: ${(e as Error).message}`;
+          return respond({ status: 400, body: { error } }, corsHeaders(request, c.allowedOrigins, keyless));
+        }
+        if (keyInBody && bodyWriteKey(body) !== bodyKey) return respond(UNAUTHORIZED, publicCors(request, true));
+        const address = clientIp(request, socketIp, o.trustProxy);
+        if ("error" in address)
+          return respond(
+            { status: 400, body: { error: address.error } },
+            corsHeaders(request, c.allowedOrigins, keyless),
+          );
+        const result = await ingest({
+          connection: c,
+          endpoint,
+          body,
+          facts: { receivedAt, ip: address.ip },
+          eventLog,
+          limits,
+          stats,
+          rateLimiter,
         });
-      } catch (e) {
-        if (e instanceof BodyRefusedError)
-          return respond(
-            keyInBody ? UNAUTHORIZED : { status: 400, body: { error: "body must be a JSON object" } },
-            publicCors(request, keyless),
-          );
-        if (e instanceof PayloadTooLargeError) {
-          const error = keyless
-            ? `a request without an Authorization header may be at most ${limit} bytes after decompression; send the write key in the Authorization header for larger bodies`
-            : e.message;
-          return respond({ status: 413, body: { error } }, publicCors(request, keyless));
-        }
-        if (e instanceof BadEncodingError)
-          return respond({ status: 400, body: { error: e.message } }, publicCors(request, keyless));
-        if (e instanceof BodyOverloadError) return overloaded();
-        if (e instanceof BodyTimeoutError)
-          return respond(
-            {
-              status: 503,
-              body: { error: e.message },
-              headers: { Connection: "close", "Retry-After": String(o.retryAfterSeconds) },
-            },
-            publicCors(request, keyless),
-          );
-        if (e instanceof BodyAbortedError) {
-          logger.debug("request body ended early", { error: e.message });
-          return respond({ status: 400, body: { error: e.message }, headers: { Connection: "close" } });
-        }
-        throw e;
-      }
-      // Characters, not bytes, for an inflated body: close enough for a memory bound.
-      if (!grow(text.length)) return overloaded();
-      // The key is found by a scan that builds nothing; the body is parsed only once it is known.
-      let bodyKey: string | undefined;
-      if (keyInBody) {
-        bodyKey = topLevelWriteKey(text);
-        connection = index.lookup(bodyKey);
-        if (!connection) return respond(UNAUTHORIZED, publicCors(request, true));
-        const refused = originRefused(request, connection.allowedOrigins);
-        if (refused !== undefined) return refuseOrigin(request, connection.connection, refused, true);
-      }
-      releaseBodyKey();
-      const c = connection!;
-      let body: unknown;
-      try {
-        body = JSON.parse(text);
-      } catch (e) {
-        const error = text.trim() === "" ? "invalid JSON: the body is empty" : `invalid JSON: ${(e as Error).message}`;
-        return respond({ status: 400, body: { error } }, corsHeaders(request, c.allowedOrigins, keyless));
-      }
-      if (keyInBody && bodyWriteKey(body) !== bodyKey) return respond(UNAUTHORIZED, publicCors(request, true));
-      const address = clientIp(request, socketIp, o.trustProxy);
-      if ("error" in address)
-        return respond(
-          { status: 400, body: { error: address.error } },
-          corsHeaders(request, c.allowedOrigins, keyless),
-        );
-      const result = await ingest(
-        c,
-        endpoint,
-        body,
-        { receivedAt, ip: address.ip },
-        eventLog,
-        {
-          maxEventBytes: o.maxEventBytes,
-          maxEventsPerRequest: o.maxEventsPerRequest,
-          retryAfterSeconds: o.retryAfterSeconds,
-        },
-        stats,
-        rateLimiter,
-      );
-      return respond(result, corsHeaders(request, c.allowedOrigins, keyless));
-    } catch (e) {
-      logger.error("ingest failed", { error: String((e as Error)?.stack ?? e) });
-      return respond({
-        status: 503,
-        body: { error: "internal error; retry later" },
-        headers: { "Retry-After": String(o.retryAfterSeconds) },
-      });
-    } finally {
-      releaseBodyKey();
-      limiter.release(reserve);
-    }
+        return respond(result, corsHeaders(request, c.allowedOrigins, keyless));
+      },
+    );
   }
 
   /**
@@ -336,7 +280,7 @@ export function ingestRoutes(
     });
   };
 
-  const routes: [string, Endpoint, ("body" | "query")?][] = [
+  const paths: [string, Endpoint, ("body" | "query")?][] = [
     ["/v1/events", { kind: "events" }],
     ["/v1/batch", { kind: "batch" }],
     ...EVENT_TYPES.map((t): [string, Endpoint] => [`/v1/${t}`, { kind: "single", type: t }]),
@@ -348,7 +292,7 @@ export function ingestRoutes(
   ];
 
   let app = new Elysia({ name: "ingest" });
-  for (const [path, endpoint, keyIn] of routes) {
+  for (const [path, endpoint, keyIn] of paths) {
     app = app
       // Bodies are JSON whatever the Content-Type says, gzip under x-www-form-urlencoded included:
       // never let the framework parse them.
@@ -364,5 +308,6 @@ export function ingestRoutes(
     refuseOrigin,
     trustProxy: o.trustProxy,
   });
-  return { app: app.use(sdk), stats, limiter, rateLimiter };
+  const routes = app.use(sdk);
+  return { name: "http-events", routes, app: routes, stats, limiter: intake.budget, rateLimiter };
 }

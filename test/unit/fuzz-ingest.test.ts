@@ -125,7 +125,7 @@ describe("property: ingest()", () => {
           const body = parsed(v);
           const { log, appended } = memoryLog();
           const stats: IngestStats = { accepted: 0, duplicates: 0, rejected: 0 };
-          const r = await ingest(connection, endpoint, body, facts(), log, LIMITS, stats);
+          const r = await ingest({ connection, endpoint, body, facts: facts(), eventLog: log, limits: LIMITS, stats });
           expect([200, 400, 413]).toContain(r.status);
           const b = r.body as {
             accepted?: number;
