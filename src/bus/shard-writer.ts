@@ -4,6 +4,7 @@ import type { Bus } from "./connection.ts";
 import { BusUnavailableError } from "./errors.ts";
 import { STREAM } from "./subjects.ts";
 import { IdIndex } from "./id-index.ts";
+import { KIND_HEADER, type RecordKind } from "../event/envelope.ts";
 
 /** One event ready to store: its messageId and its serialised JSON. */
 export interface Entry {
@@ -20,14 +21,6 @@ export interface ShardWriterOptions {
 
 /** Header listing the messageIds a message holds, so a node can rebuild its index from headers alone. */
 export const IDS_HEADER = "Tributary-Ids";
-/**
- * The record envelope: what a message holds, `events` (ingested events) or `raw` (raw webhook
- * deliveries, see raw-stage.ts). A message holds one kind only. Pipelines tell the kinds apart by
- * this header, never by a field of the record, which a sender controls. Messages written before
- * the header existed have none (see `isLegacyRawRecord`).
- */
-export const KIND_HEADER = "Tributary-Kind";
-export type RecordKind = "events" | "raw";
 /** JetStream refuses a message whose headers exceed 64 KiB: the id list of one message stays under it. */
 const MAX_IDS_HEADER_BYTES = 60 * 1024;
 

@@ -4,7 +4,6 @@ import type { RawRecord } from "../event/envelope.ts";
 import type { Stage } from "./stage.ts";
 
 /** Moved to the record envelope; re-exported for importers not yet updated. */
-export type { RawRecord } from "../event/envelope.ts";
 
 /** The internal pipeline that loads a raw connection's deliveries into its table. */
 export const RAW_PIPELINE = "(raw table)";

@@ -3,7 +3,7 @@ import { Elysia } from "elysia";
 import type { LoadedConnection } from "../../config/loader.ts";
 import { BusUnavailableError } from "../../bus/errors.ts";
 import { compileExpression, type Expression } from "../../expr/index.ts";
-import type { RawRecord } from "../../pipeline/raw-stage.ts";
+import type { RawRecord } from "../../event/envelope.ts";
 import type { IngestLimits } from "../handler.ts";
 import { respond as json } from "../http-error.ts";
 import type { Source, SourceContext, SourceSpec } from "../source.ts";
