@@ -1,5 +1,5 @@
 import { join } from "node:path";
-import { optionsFromEnv, type NodeOptions } from "./config/env.ts";
+import { EnvironmentError, optionsFromEnv, type NodeOptions } from "./config/env.ts";
 import { ConfigError } from "./config/loader.ts";
 import { LocalNats } from "./services/nats-server.ts";
 import { LocalClickHouse } from "./services/clickhouse-server.ts";
@@ -37,13 +37,13 @@ async function main() {
   if (!options.natsUrl || !options.clickhouseUrl) releaseData = lockDataDir(options.dataDir);
   const nats = options.natsUrl
     ? undefined
-    : await LocalNats.create({ dataDir: join(options.dataDir, "nats"), port: Number(process.env.NATS_PORT ?? 4222) });
+    : await LocalNats.create({ dataDir: join(options.dataDir, "nats"), port: options.natsPort });
   const ch = options.clickhouseUrl
     ? undefined
     : await LocalClickHouse.create({
         dataDir: join(options.dataDir, "clickhouse"),
-        httpPort: Number(process.env.CLICKHOUSE_HTTP_PORT ?? 8123),
-        tcpPort: Number(process.env.CLICKHOUSE_TCP_PORT ?? 9000),
+        httpPort: options.clickhouseHttpPort,
+        tcpPort: options.clickhouseTcpPort,
       });
   for (const service of [nats, ch]) for (const use of service?.options.listens ?? []) ensurePortFree(use);
 
@@ -108,7 +108,7 @@ const readable = (e: unknown) =>
   e instanceof PortInUseError ||
   e instanceof DataDirInUseError ||
   e instanceof ServiceStartError ||
-  /^environment: /.test((e as Error)?.message ?? "");
+  e instanceof EnvironmentError;
 
 main().catch(async (e) => {
   if (e instanceof ConfigError) log.error(e.message);

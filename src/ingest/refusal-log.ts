@@ -1,3 +1,4 @@
+import { refusalLogDefaults as envRefusalLogDefaults } from "../config/env.ts";
 import { log } from "../util/log.ts";
 
 /**
@@ -15,7 +16,8 @@ export interface RefusalLogOptions {
   maxSubjects: number;
 }
 
-export const refusalLogDefaults: RefusalLogOptions = { windowMs: 60_000, maxLinesPerWindow: 100, maxSubjects: 10_000 };
+/** From config/env.ts, the one place defaults live. */
+export const refusalLogDefaults: RefusalLogOptions = envRefusalLogDefaults;
 
 /** Longest value (an origin, a reason) copied into a log line. */
 const MAX_FIELD_CHARS = 256;

@@ -14,6 +14,7 @@ import { RefusalLog } from "./refusal-log.ts";
 import { sdkConfigRoutes } from "./sdk-config.ts";
 import { sourceContext, type Source, type SourceContext, type SourceSpec } from "./source.ts";
 import type { HttpError } from "./http-error.ts";
+import { ingestDefaults as envIngestDefaults } from "../config/env.ts";
 
 export interface IngestServerOptions {
   trustProxy: boolean;
@@ -36,20 +37,8 @@ export interface IngestServerOptions {
   maxBodyKeyInFlightRequests: number;
 }
 
-export const ingestDefaults: IngestServerOptions = {
-  trustProxy: false,
-  maxRequestBytes: 16 * 1024 * 1024,
-  maxEventBytes: 256 * 1024,
-  maxEventsPerRequest: 20_000,
-  maxInFlightBytes: 64 * 1024 * 1024,
-  maxInFlightRequests: 4096,
-  retryAfterSeconds: 5,
-  bodyTimeoutMs: 60_000,
-  // analytics-node before 3.1 sends the key only in the body, in batches of about 500 KB.
-  maxBodyKeyBytes: 1024 * 1024,
-  maxBodyKeyInFlightBytes: 16 * 1024 * 1024,
-  maxBodyKeyInFlightRequests: 256,
-};
+/** From config/env.ts, the one place defaults live (the same object: tests may change a field). */
+export const ingestDefaults: IngestServerOptions = envIngestDefaults;
 
 /** Same body for every authentication failure, so a caller learns nothing about which keys exist. */
 const UNAUTHORIZED = new UnauthorizedError();

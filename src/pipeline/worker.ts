@@ -19,6 +19,7 @@ import { Runner } from "./runner.ts";
 import type { Stage } from "./stage.ts";
 import { PipelineStats } from "./stats.ts";
 import { log } from "../util/log.ts";
+import { batchDefaults as envBatchDefaults } from "../config/env.ts";
 
 export interface BatchOptions {
   maxRows: number;
@@ -28,12 +29,8 @@ export interface BatchOptions {
   ackWaitMs: number;
 }
 
-export const batchDefaults: BatchOptions = {
-  maxRows: defaults.batchMaxRows,
-  maxBytes: defaults.batchMaxBytes,
-  maxAgeMs: defaults.batchMaxAgeMs,
-  ackWaitMs: defaults.ackWaitMs,
-};
+/** From config/env.ts, the one place defaults live. */
+export const batchDefaults: BatchOptions = envBatchDefaults;
 
 /** The pipeline's durable consumer (injective: see consumerName). */
 export const durableName = consumerName;

@@ -1,6 +1,7 @@
 import type { Warehouse } from "./server.ts";
 import { quoteIdent } from "./server.ts";
 import { log } from "../../util/log.ts";
+import { inserterDefaults as envInserterDefaults } from "../../config/env.ts";
 
 type Row = Record<string, unknown>;
 
@@ -10,7 +11,8 @@ export interface InserterOptions {
   maxBackoffMs: number;
 }
 
-export const inserterDefaults: InserterOptions = { initialBackoffMs: 200, maxBackoffMs: 10_000 };
+/** From config/env.ts, the one place defaults live. */
+export const inserterDefaults: InserterOptions = envInserterDefaults;
 
 /** ClickHouse error codes that mean "this data", not "this server": retrying cannot help. */
 // 6 CANNOT_PARSE_TEXT, 26/27 CANNOT_PARSE_*, 38/41 date/time parse, 53 TYPE_MISMATCH, 69/70 overflow/conversion,
