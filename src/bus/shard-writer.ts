@@ -21,6 +21,15 @@ export interface ShardWriterOptions {
 
 /** Header listing the messageIds a message holds, so a node can rebuild its index from headers alone. */
 export const IDS_HEADER = "Tributary-Ids";
+/**
+ * What the dedup index holds for a record: its id within its kind. A raw delivery and an event
+ * derived from it may carry the same id (an `events:` expression naming the event after its
+ * delivery), and neither is a copy of the other. A message's ids take the kind of its KIND_HEADER;
+ * one written before the header existed counts as events.
+ */
+const dedupKey = (kind: RecordKind | string | undefined, id: string) => (kind === "raw" ? `\u0000raw\u0000${id}` : id);
+const kindOf = (h: { get(k: string): string } | undefined) => h?.get(KIND_HEADER) || undefined;
+
 /** JetStream refuses a message whose headers exceed 64 KiB: the id list of one message stays under it. */
 const MAX_IDS_HEADER_BYTES = 60 * 1024;
 
@@ -100,7 +109,7 @@ export class ShardWriter {
     let stored = 0;
     let duplicates = 0;
     const enqueue = (e: Entry) => {
-      const inFlight = this.#pending.get(e.id);
+      const inFlight = this.#pending.get(dedupKey(kind, e.id));
       if (inFlight) {
         duplicates++;
         waits.add(inFlight.done);
@@ -126,19 +135,20 @@ export class ShardWriter {
       batch.jsons.push(e.json);
       batch.bytes += size;
       batch.idBytes += idSize;
-      this.#pending.set(e.id, batch);
+      this.#pending.set(dedupKey(kind, e.id), batch);
       waits.add(batch.done);
       stored++;
     };
     let suspects: Entry[] | undefined;
     for (const e of entries) {
-      if (!this.#pending.has(e.id) && this.#index.lookup(e.id) !== undefined) (suspects ??= []).push(e);
+      const key = dedupKey(kind, e.id);
+      if (!this.#pending.has(key) && this.#index.lookup(key) !== undefined) (suspects ??= []).push(e);
       else enqueue(e);
     }
     if (suspects) {
-      const already = await this.#storedAmong(suspects.map((e) => e.id));
+      const already = await this.#storedAmong(suspects.map((e) => dedupKey(kind, e.id)));
       for (const e of suspects) {
-        if (already.has(e.id)) duplicates++;
+        if (already.has(dedupKey(kind, e.id))) duplicates++;
         else enqueue(e);
       }
     }
@@ -147,7 +157,7 @@ export class ShardWriter {
     return { stored, duplicates };
   }
 
-  /** Which of these ids (each an index hit) really are in the stream, read from their messages. */
+  /** Which of these dedup keys (each an index hit) really are in the stream, read from their messages. */
   async #storedAmong(ids: string[]): Promise<Set<string>> {
     const found = new Set<string>();
     const bySeq = new Map<number, string[]>();
@@ -170,7 +180,8 @@ export class ShardWriter {
           });
         }
         const header = m?.header.get(IDS_HEADER);
-        held = new Set(header ? (JSON.parse(header) as string[]) : []);
+        const kind = kindOf(m?.header);
+        held = new Set(header ? (JSON.parse(header) as string[]).map((id) => dedupKey(kind, id)) : []);
         this.#confirmed.set(seq, held);
         if (this.#confirmed.size > 256) this.#confirmed.delete(this.#confirmed.keys().next().value!);
       }
@@ -197,9 +208,10 @@ export class ShardWriter {
       for (let attempt = 0; ; attempt++) {
         if (!this.#synced) await this.#sync();
         // Events another node (or an earlier attempt of ours) stored meanwhile are done.
-        const suspects = batch.ids.filter((id) => this.#index.lookup(id) !== undefined);
+        const keys = batch.ids.map((id) => dedupKey(batch.kind, id));
+        const suspects = keys.filter((k) => this.#index.lookup(k) !== undefined);
         const already = suspects.length ? await this.#storedAmong(suspects) : undefined;
-        const keep = batch.ids.map((id) => !already?.has(id));
+        const keep = keys.map((k) => !already?.has(k));
         const ids = batch.ids.filter((_, i) => keep[i]);
         if (ids.length === 0) break;
         const jsons = ids.length === batch.ids.length ? batch.jsons : batch.jsons.filter((_, i) => keep[i]);
@@ -215,7 +227,7 @@ export class ShardWriter {
           });
           this.bus.observer?.published((performance.now() - started) / 1000);
           this.#lastSeq = ack.seq;
-          for (const id of ids) this.#index.add(id, ack.seq);
+          for (const id of ids) this.#index.add(dedupKey(batch.kind, id), ack.seq);
           break;
         } catch (e) {
           this.#synced = false;
@@ -234,7 +246,10 @@ export class ShardWriter {
           : new BusUnavailableError(`JetStream did not confirm the write: ${(e as Error).message}`, { cause: e }),
       );
     } finally {
-      for (const id of batch.ids) if (this.#pending.get(id) === batch) this.#pending.delete(id);
+      for (const id of batch.ids) {
+        const key = dedupKey(batch.kind, id);
+        if (this.#pending.get(key) === batch) this.#pending.delete(key);
+      }
     }
   }
 
@@ -256,7 +271,8 @@ export class ShardWriter {
       }
       if (!m) return true; // nothing left at or after seq (removed by the stream's limits meanwhile)
       const ids = m.header.get(IDS_HEADER);
-      if (ids) for (const id of JSON.parse(ids) as string[]) this.#index.add(id, m.seq);
+      const kind = kindOf(m.header);
+      if (ids) for (const id of JSON.parse(ids) as string[]) this.#index.add(dedupKey(kind, id), m.seq);
       this.#lastSeq = m.seq;
       if (m.seq >= target) return true;
       seq = m.seq + 1;
@@ -297,7 +313,8 @@ export class ShardWriter {
       try {
         for await (const m of messages) {
           const ids = m.headers?.get(IDS_HEADER);
-          if (ids) for (const id of JSON.parse(ids) as string[]) this.#index.add(id, m.seq);
+          const kind = kindOf(m.headers);
+          if (ids) for (const id of JSON.parse(ids) as string[]) this.#index.add(dedupKey(kind, id), m.seq);
           if (m.seq >= target) {
             reached = true;
             break;
