@@ -1,5 +1,6 @@
-/** What a pipeline did with one event, as the Event debugger shows it. */
-export type Outcome = "kept" | "filtered" | "transformed" | "failed" | "loaded";
+import type { Outcome, OutcomeRecorder } from "../event/outcome.ts";
+
+export type { Outcome };
 
 export interface OutcomeRecord {
   pipeline: string;
@@ -12,7 +13,7 @@ export interface OutcomeRecord {
  * Per-event pipeline outcomes of the recent events this node processed, bounded per connection
  * (oldest forgotten first), so the debugger can say why an event was kept, filtered or failed.
  */
-export class OutcomeLog {
+export class OutcomeLog implements OutcomeRecorder {
   readonly #byConnection = new Map<string, Map<string, OutcomeRecord[]>>();
 
   constructor(readonly perConnection = 10_000) {}

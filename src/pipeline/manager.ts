@@ -12,7 +12,7 @@ import type { InserterOptions } from "../sink/clickhouse/inserter.ts";
 import { log } from "../util/log.ts";
 import { STREAM, legacyConsumerName } from "../bus/subjects.ts";
 import { deadLetterCounts, dlqSubject } from "../bus/dead-letters.ts";
-import type { OutcomeLog } from "../debugger/outcomes.ts";
+import type { OutcomeRecorder } from "../event/outcome.ts";
 import type { PipelineSnapshot } from "../ops/metrics.ts";
 
 /** What JetStream names after a pipeline: two pipelines sharing either would share its messages. */
@@ -123,7 +123,7 @@ export class PipelineManager {
     readonly batch: BatchOptions = batchDefaults,
     readonly inserter?: InserterOptions,
     /** Per-event outcomes for the debugger; undefined when the admin API is off. */
-    readonly outcomes?: OutcomeLog,
+    readonly outcomes?: OutcomeRecorder,
   ) {}
 
   /** Counts and consumer lag of every pipeline running on this node (GET /v1/pipelines, /metrics). */

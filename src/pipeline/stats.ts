@@ -1,4 +1,4 @@
-import type { Outcome } from "../debugger/outcomes.ts";
+import type { Outcome } from "../event/outcome.ts";
 
 /** Counters of one pipeline, as GET /v1/pipelines and /metrics show them. */
 export class PipelineStats {
