@@ -105,6 +105,9 @@ export class ShardWriter {
 
   /** Resolves when every entry is stored (or was already); the count of new ones. */
   async append(entries: Entry[], kind: RecordKind = "events"): Promise<{ stored: number; duplicates: number }> {
+    // Before this node's first write on the subject its index is empty: load it first, so the
+    // answer counts a copy stored by another node (or before a restart) as the duplicate it is.
+    if (!this.#synced && this.#lastSeq === 0) await this.warm();
     const waits = new Set<Promise<void>>();
     let stored = 0;
     let duplicates = 0;

@@ -61,7 +61,7 @@ test("an event named after its delivery (messageId = the dedup id) loads beside 
   expect(Number(counts[0]!.n)).toBe(2);
 });
 
-test("a node that rebuilt its dedup index from the stream still tells a delivery from its event: a redelivery doubles neither", async () => {
+test("a node that rebuilt its dedup index from the stream still tells a delivery from its event: a redelivery is a duplicate and doubles neither", async () => {
   // A second node reads the window's ids from message headers, each under its message's kind.
   const other = await startTestNode(stack.nats.url, files, { clickhouseUrl: stack.ch.url, batchMaxAgeMs: 100 });
   try {
@@ -70,8 +70,8 @@ test("a node that rebuilt its dedup index from the stream still tells a delivery
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ id: "evt_1", who: "u-1" }),
     });
-    // (A node whose index is not loaded yet answers before it finds the copy; it stores nothing twice.)
     expect(r.status).toBe(200);
+    expect(await r.json()).toMatchObject({ duplicate: true });
     const fresh = await fetch(`${other.url}/v1/webhooks/hook`, {
       method: "POST",
       headers: { "Content-Type": "application/json" },
