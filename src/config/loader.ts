@@ -6,7 +6,7 @@ import { Connection, CustomerModelFile } from "./schema.ts";
 import { schemaProblems } from "./schema-errors.ts";
 import { didYouMean } from "./suggest.ts";
 import { compileExpression, compileFilter } from "../expr/index.ts";
-import { compileCheck } from "../ingest/webhooks/check.ts";
+import { webhookCheckProblem } from "./webhook-check.ts";
 
 /** A configuration that cannot be used; each message names file, line and field. */
 export class ConfigError extends Error {
@@ -219,11 +219,8 @@ function checkWhole(connections: LoadedConnection[], problems: string[]) {
     if (other) problems.push(`${c.file}:1: connection: "${c.connection}" is already defined in ${other}`);
     names.set(c.connection, c.file);
     if (c.source === "raw") {
-      try {
-        compileCheck(c);
-      } catch (e) {
-        problems.push(`${c.file}:1: ${(e as Error).message}`);
-      }
+      const problem = webhookCheckProblem(c);
+      if (problem) problems.push(`${c.file}:1: ${problem}`);
       const table = c.table ?? c.connection;
       if (["events", "users"].includes(table))
         problems.push(`${c.file}:1: table: "${table}" is Tributary's own table; name the raw table otherwise`);
