@@ -1,7 +1,7 @@
 import { readdirSync, readFileSync, statSync } from "node:fs";
 import { join, relative } from "node:path";
 import { TypeCompiler } from "@sinclair/typebox/compiler";
-import { LineCounter, parseDocument, visit, isScalar, type Document, type Node } from "yaml";
+import { LineCounter, parseDocument, visit, type Document, type Node } from "yaml";
 import { Connection, CustomerModelFile } from "./schema.ts";
 import { schemaProblems } from "./schema-errors.ts";
 import { didYouMean } from "./suggest.ts";

@@ -10,7 +10,6 @@ import {
 } from "@nats-io/jetstream";
 import type { Bus } from "../bus/connection.ts";
 import { STREAM, connectionSubjects, consumerName, legacyConsumerName } from "../bus/subjects.ts";
-import { defaults } from "../config/env.ts";
 import { compileFilter } from "../expr/index.ts";
 import type { Warehouse } from "../sink/clickhouse/server.ts";
 import { inserterDefaults, type InserterOptions } from "../sink/clickhouse/inserter.ts";

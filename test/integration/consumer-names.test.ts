@@ -1,6 +1,5 @@
 import { expect, test } from "bun:test";
 import { join } from "node:path";
-import { writeFileSync } from "node:fs";
 import { AckPolicy, DeliverPolicy } from "@nats-io/jetstream";
 import { startClickHouse, startNats, startTestNode, pipelinesDir, webhookConnection } from "../harness/services.ts";
 import { chClient, eventually, rows } from "../harness/warehouse.ts";

@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import type { ClickHouseClient } from "@clickhouse/client";
 import { startClickHouse, startTestNode } from "../harness/services.ts";
-import { chClient, expectExactlyOnce, rows } from "../harness/warehouse.ts";
+import { chClient, expectExactlyOnce } from "../harness/warehouse.ts";
 import { Load } from "../harness/load.ts";
 import { NatsCluster, storedIds } from "../harness/nats-cluster.ts";
 import type { RunningNode } from "../../src/node.ts";
