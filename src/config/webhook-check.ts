@@ -5,8 +5,12 @@ export type CheckConfig = Pick<Connection, "check" | "secret" | "insecure" | "se
 
 const ALGORITHMS = new Set(["sha1", "sha256", "sha512"]);
 
+/** A secret setting as a list: one string, or several during a rotation. */
+export const secretsOf = (s: string | string[] | undefined): string[] =>
+  s === undefined ? [] : typeof s === "string" ? [s] : s;
+
 const emptySecrets = (s: string | string[] | undefined) => {
-  const list = s === undefined ? [] : typeof s === "string" ? [s] : s;
+  const list = secretsOf(s);
   return list.length === 0 || list.some((x) => typeof x !== "string" || x.length === 0);
 };
 

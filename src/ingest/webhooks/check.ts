@@ -1,5 +1,5 @@
 import { createHash, createHmac, timingSafeEqual } from "node:crypto";
-import { type CheckConfig, webhookCheckProblem } from "../../config/webhook-check.ts";
+import { type CheckConfig, secretsOf, webhookCheckProblem } from "../../config/webhook-check.ts";
 
 /**
  * Request authentication for raw webhooks (PRODUCT.md §2, `check`).
@@ -41,13 +41,14 @@ export function compileCheck(
   c: CheckConfig,
   options: { stripeToleranceSeconds?: number } = {},
 ): WebhookCheck | undefined {
-  // The configuration's rule (the loader refuses the same files); what follows only builds.
+  // The configuration's rule (the loader refuses the same files): past it, every preset has its
+  // secrets and every hmac a known algorithm and encoding, so what follows only builds.
   const problem = webhookCheckProblem(c);
   if (problem) throw new Error(problem);
   const check = c.check;
   if (check === undefined) return undefined;
   if (typeof check === "string") {
-    const secrets = secretList(c.secret, `check: ${check} needs the connection's "secret"`);
+    const secrets = secretsOf(c.secret);
     switch (check) {
       case "github":
         return hmacCheck(
@@ -69,23 +70,14 @@ export function compileCheck(
   }
   if ("hmac" in check) {
     const h = check.hmac;
-    if (!DIGEST_BYTES[h.algorithm]) throw new Error(`check.hmac.algorithm: unsupported ${JSON.stringify(h.algorithm)}`);
-    if (h.encoding !== "hex" && h.encoding !== "base64")
-      throw new Error(`check.hmac.encoding: unsupported ${JSON.stringify(h.encoding)}`);
-    const secrets = secretList(h.secret, "check.hmac.secret: needs a secret");
+    const secrets = secretsOf(h.secret);
     return hmacCheck(
       "hmac",
       { header: h.header, algorithm: h.algorithm, encoding: h.encoding, prefix: h.prefix },
       secrets,
     );
   }
-  return headerCheck(check.header, secretList(check.equals, "check.equals: needs a value"));
-}
-
-function secretList(s: string | string[] | undefined, missing: string): string[] {
-  const list = s === undefined ? [] : typeof s === "string" ? [s] : s;
-  if (list.length === 0 || list.some((x) => typeof x !== "string" || x.length === 0)) throw new Error(missing);
-  return list;
+  return headerCheck(check.header, secretsOf(check.equals));
 }
 
 function requireHeader(headers: Headers, name: string): string {
