@@ -10,6 +10,7 @@ import { readFileSync } from "node:fs";
 import { lineInYaml, loadConfig, ConfigError, type Config } from "../src/config/loader.ts";
 import { createTransform } from "../src/pipeline/transform/index.ts";
 import { decide, filterOf, selectionOf, type Verdict } from "../src/event/selection.ts";
+import { selectedBy } from "../src/pipeline/export/selected-by.ts";
 import { ModelCheck } from "../src/pipeline/users/customer-model.ts";
 import { DEDUP_SHARDS, STREAM, shardSubject } from "../src/bus/subjects.ts";
 import { nameCollisions } from "../src/pipeline/manager.ts";
@@ -97,11 +98,12 @@ if (values.explain) {
   const model: ModelCheck = new ModelCheck(config.customerModel);
   for (const p of c.pipelines ?? []) {
     // The pipeline's own selection (src/event/selection.ts): its filter or the users preset, then its consents.
-    const expr = filterOf(p);
-    let line = `- ${p.name} (import: ${p.import}${p.enabled === false ? ", disabled" : ""}): `;
+    const expr = filterOf(selectedBy(p));
+    const kind = p.export ? `export: ${p.export} to ${p.destination?.type}` : `import: ${p.import}`;
+    let line = `- ${p.name} (${kind}${p.enabled === false ? ", disabled" : ""}): `;
     let verdict: Verdict;
     try {
-      verdict = decide(event, selectionOf(p));
+      verdict = decide(event, selectionOf(selectedBy(p)));
     } catch (e) {
       console.log(line + `filter fails: ${(e as Error).message}`);
       continue;
@@ -115,6 +117,7 @@ if (values.explain) {
     if (t) {
       const [r] = await t.transformBatch([event]);
       if (!r!.ok) line += `; transformation fails: ${r!.error}`;
+      else if (p.export) line += `; sends ${JSON.stringify(r!.value ?? null)}`;
       else {
         try {
           model.assert(r!.value ?? {});
@@ -123,7 +126,7 @@ if (values.explain) {
           line += `; output breaks the Customer Model: ${(e as Error).message}`;
         }
       }
-    } else line += "; loaded into events";
+    } else line += p.export ? "; sent as it is" : "; loaded into events";
     console.log(line);
   }
 }

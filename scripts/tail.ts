@@ -20,6 +20,7 @@ import {
 } from "../src/expr/index.ts";
 import { KIND_HEADER, recordKind } from "../src/event/envelope.ts";
 import { decide, selectionOf, type Selection } from "../src/event/selection.ts";
+import { selectedBy } from "../src/pipeline/export/selected-by.ts";
 import { EXIT_USAGE, fail as failWith, parseCommand, unknownName, usageError } from "./cli.ts";
 import { configuredNames, storedNames } from "./cli-names.ts";
 import { natsServers } from "./cli-nats.ts";
@@ -296,7 +297,7 @@ async function main(argv: string[]) {
         `--pipeline: ${unknownName("pipeline", values.pipeline, names, { of: `of connection "${connection}"`, where: `in ${dir}` })}`,
       );
     // The pipeline's own selection: its filter, or the users preset when it has none, and its consents.
-    pipeline = selectionOf(p);
+    pipeline = selectionOf(selectedBy(p));
   }
   const select = makeSelector(filter, pipeline);
 

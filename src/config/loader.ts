@@ -7,6 +7,7 @@ import { schemaProblems } from "./schema-errors.ts";
 import { didYouMean } from "./suggest.ts";
 import { compileExpression, compileFilter } from "../expr/index.ts";
 import { webhookCheckProblem } from "./webhook-check.ts";
+import { destinationProblems } from "./destination.ts";
 
 /** A configuration that cannot be used; each message names file, line and field. */
 export class ConfigError extends Error {
@@ -141,6 +142,15 @@ function parseFile(
       } catch (e) {
         problems.push(`${at("/filter")}: ${(e as Error).message}`);
       }
+      if ((p.import === undefined) === (p.export === undefined))
+        problems.push(`${at("")}: exactly one of import (events | users) and export (events)`);
+      if (p.export !== undefined && !p.destination)
+        problems.push(`${at("")}: export: events needs a destination (type and url)`);
+      if (p.export === undefined && p.destination)
+        problems.push(`${at("/destination")}: destination is for export pipelines`);
+      if (p.destination)
+        for (const d of destinationProblems(p.destination))
+          problems.push(`${at(`/destination${d.path}`)}: ${d.message}`);
       if (p.import === "users" && !p.transform)
         problems.push(`${at("")}: import: users needs a transform (mapping, jsonata, javascript or python)`);
       if (p.import === "events" && p.transform)
@@ -196,7 +206,8 @@ function checkMappings(
   const properties = Object.keys(model);
   for (const c of connections) {
     c.pipelines?.forEach((p, i) => {
-      if (!p.transform || !("mapping" in p.transform)) return;
+      // An export's mapping names the fields of the body it sends, not Customer Model properties.
+      if (p.export !== undefined || !p.transform || !("mapping" in p.transform)) return;
       for (const key of Object.keys(p.transform.mapping)) {
         if (Object.hasOwn(model, key)) continue;
         const path = `/pipelines/${i}/transform/mapping/${key.replace(/~/g, "~0").replace(/\//g, "~1")}`;

@@ -1,4 +1,5 @@
 import { Type, type Static, type TLiteral } from "@sinclair/typebox";
+import { Destination } from "./destination.ts";
 
 /**
  * The schema of one file in `pipelines/`: the single source of truth for validation, types and the
@@ -68,7 +69,7 @@ export const Transform = Type.Union(
   ],
   {
     description:
-      "`import: users` only, and required there: how an event becomes Customer Model properties. Exactly one of `mapping`, `jsonata`, `javascript`, `python`. The result is checked against the Customer Model: an unknown property or a wrong type fails that event (dead-lettered, listed with its messageId), never silently. `null` clears a property; a property left out keeps its value.",
+      "`import: users` only, and required there: how an event becomes Customer Model properties. Exactly one of `mapping`, `jsonata`, `javascript`, `python`. The result is checked against the Customer Model: an unknown property or a wrong type fails that event (dead-lettered, listed with its messageId), never silently. `null` clears a property; a property left out keeps its value. `export` pipelines may have one too (optional): its output is the body sent for each event, with no Customer Model check; an event whose transformation fails is dead-lettered.",
   },
 );
 
@@ -81,16 +82,30 @@ export const Pipeline = Type.Object(
         "The pipeline's name, unique within its connection. It names the JetStream consumer, the `pipeline` column and the dead-letter subject.",
       examples: ["all-track-events"],
     }),
-    import: Type.Union(
-      [
-        Value("events", "One row per kept event in `tributary.events`, as the event is (no transform)."),
-        Value(
-          "users",
-          "Profiles in `tributary.users`: each kept event's `transform` output updates its user's profile.",
-        ),
-      ],
-      { description: "What the pipeline loads into ClickHouse." },
+    import: Type.Optional(
+      Type.Union(
+        [
+          Value("events", "One row per kept event in `tributary.events`, as the event is (no transform)."),
+          Value(
+            "users",
+            "Profiles in `tributary.users`: each kept event's `transform` output updates its user's profile.",
+          ),
+        ],
+        { description: "What the pipeline loads into ClickHouse. Exactly one of `import` and `export`." },
+      ),
     ),
+    export: Type.Optional(
+      Type.Union(
+        [
+          Value(
+            "events",
+            "Each kept event (or its `transform` output) is sent to `destination`, each user's events in stream order.",
+          ),
+        ],
+        { description: "What the pipeline sends to its `destination`. Exactly one of `import` and `export`." },
+      ),
+    ),
+    destination: Type.Optional(Destination),
     filter: Type.Optional(
       Type.String({
         minLength: 1,

@@ -6,6 +6,7 @@ import { PipelineWorker, batchDefaults, durableName, ensurePipelineConsumer, typ
 import { RAW_PIPELINE } from "./raw-stage.ts";
 import { StageFactory } from "./stages.ts";
 import { filterOf } from "../event/selection.ts";
+import { selectedBy } from "./export/selected-by.ts";
 import { migrateUsersTable } from "./users/users-table.ts";
 import type { CustomerModel } from "./users/customer-model.ts";
 import type { InserterOptions } from "../sink/clickhouse/inserter.ts";
@@ -14,6 +15,10 @@ import { STREAM, legacyConsumerName } from "../bus/subjects.ts";
 import { deadLetterCounts, dlqSubject } from "../bus/dead-letters.ts";
 import type { OutcomeRecorder } from "../event/outcome.ts";
 import type { PipelineSnapshot } from "../ops/metrics.ts";
+import { describeDestination, resolveDestination } from "../config/destination.ts";
+import { ExportWorker } from "./export/worker.ts";
+import type { ExportStage } from "./export/stage.ts";
+import type { ExportPipelineSnapshot } from "./stats.ts";
 
 /** What JetStream names after a pipeline: two pipelines sharing either would share its messages. */
 export interface PipelineNaming {
@@ -107,7 +112,7 @@ export async function ensureConsumersAtStart(bus: Bus, config: Config, ackWaitMs
 }
 
 export class PipelineManager {
-  readonly workers = new Map<string, PipelineWorker>();
+  readonly workers = new Map<string, PipelineWorker | ExportWorker>();
   readonly #signatures = new Map<string, string>();
   #applying: Promise<void> = Promise.resolve();
   #stages?: StageFactory;
@@ -135,7 +140,7 @@ export class PipelineManager {
           deadLetterCounts(this.bus, w.connection),
         ]);
         const s = w.stats;
-        return {
+        const snapshot: PipelineSnapshot & { export?: ExportPipelineSnapshot } = {
           connection: w.connection,
           pipeline: w.pipeline,
           import: w.stage.kind,
@@ -151,6 +156,13 @@ export class PipelineManager {
           lastLoadAt: s.lastLoadAt ?? null,
           lastErrors: [...s.lastErrors],
         };
+        if (w instanceof ExportWorker)
+          snapshot.export = {
+            destination: describeDestination(w.destination),
+            role: w.active ? "active" : "standby",
+            ...w.exportStats.snapshot(),
+          };
+        return snapshot;
       }),
     );
   }
@@ -215,7 +227,12 @@ export class PipelineManager {
       for (const p of c.pipelines ?? []) {
         if (p.enabled === false) continue;
         if (p.import === "users" && !model) continue;
-        const signature = p.import === "users" ? JSON.stringify([p.transform, model]) : "events";
+        const signature =
+          p.import === "users"
+            ? JSON.stringify([p.transform, model])
+            : p.export
+              ? JSON.stringify(["export", p.transform, p.destination])
+              : "events";
         wanted.set(`${c.connection}/${p.name}`, { connection: c.connection, pipeline: p, signature });
       }
     }
@@ -278,7 +295,7 @@ export class PipelineManager {
     }
     for (const [key, want] of wanted) {
       const existing = this.workers.get(key);
-      const filter = filterOf(want.pipeline);
+      const filter = filterOf(selectedBy(want.pipeline));
       if (existing) {
         existing.setFilter(filter);
         existing.consents = want.pipeline.consents;
@@ -286,16 +303,27 @@ export class PipelineManager {
       }
       if (failed.has(key)) continue;
       try {
-        const w = new PipelineWorker(
-          this.bus,
-          this.warehouse,
-          want.connection,
-          want.pipeline.name,
-          filter,
-          await this.#stage(want, model),
-          this.batch,
-          this.inserter,
-        );
+        const stage = await this.#stage(want, model);
+        const w = want.pipeline.export
+          ? new ExportWorker(
+              this.bus,
+              want.connection,
+              want.pipeline.name,
+              filter,
+              stage as ExportStage,
+              resolveDestination(want.pipeline.destination!),
+              this.batch,
+            )
+          : new PipelineWorker(
+              this.bus,
+              this.warehouse,
+              want.connection,
+              want.pipeline.name,
+              filter,
+              stage,
+              this.batch,
+              this.inserter,
+            );
         w.consents = want.pipeline.consents;
         w.startAfterSeq = afterSeq;
         const outcomes = this.outcomes;

@@ -7,6 +7,7 @@ import type { Config } from "../config/loader.ts";
 import type { Warehouse } from "../sink/clickhouse/server.ts";
 import { clickHouseSink } from "../sink/clickhouse/sink.ts";
 import { selectionOf } from "../event/selection.ts";
+import { selectedBy } from "./export/selected-by.ts";
 import { Runner } from "./runner.ts";
 import { PipelineStats } from "./stats.ts";
 import { StageFactory } from "./stages.ts";
@@ -74,7 +75,7 @@ export async function replay(
     );
   const stage = await new StageFactory(bus, warehouse).build(c.connection, p, config.customerModel);
   const stats = new PipelineStats();
-  const selection = selectionOf(p, stage.takes);
+  const selection = selectionOf(selectedBy(p), stage.takes);
   const until = o.until ? Date.parse(o.until) : undefined;
   if (o.since && Number.isNaN(Date.parse(o.since))) throw new ReplayError(`--since: not an ISO 8601 time: ${o.since}`);
   if (o.until && Number.isNaN(until)) throw new ReplayError(`--until: not an ISO 8601 time: ${o.until}`);

@@ -3,8 +3,8 @@ import type { PipelineStats } from "./stats.ts";
 
 type Json = Record<string, unknown>;
 
-/** The kinds of pipeline: `import: events`, `import: users`, and a raw connection's table loader. */
-export type StageKind = "events" | "users" | "raw";
+/** The kinds of pipeline: `import: events`, `import: users`, a raw connection's table loader, and `export: events`. */
+export type StageKind = "events" | "users" | "raw" | "export";
 
 /**
  * What a kind of pipeline does with the records its selection kept: the rows for its table. A stage
@@ -12,7 +12,7 @@ export type StageKind = "events" | "users" | "raw";
  */
 export interface Stage {
   readonly kind: StageKind;
-  /** The table its rows are for. */
+  /** The table its rows are for (an export: its destination, as `webhook:<url>`). */
   readonly table: string;
   /** Ingested events, or raw webhook deliveries (a raw connection's stream holds both). */
   readonly takes: RecordKind;

@@ -12,6 +12,8 @@ import { UsersStage } from "./users/users-stage.ts";
 import { ProfileStore } from "./users/profiles.ts";
 import type { CustomerModel } from "./users/customer-model.ts";
 import type { Stage } from "./stage.ts";
+import { ExportStage } from "./export/stage.ts";
+import { type DestinationOptions, describeDestination, resolveDestination } from "../config/destination.ts";
 
 /** What building a stage needs; the profile store is opened once, on first use. */
 export class StageFactory {
@@ -30,6 +32,7 @@ export class StageFactory {
       await ensureRawTable(this.warehouse, rawTable);
       return rawStage(connection, rawTable, this.warehouse);
     }
+    if (p.export) return this.#exportStage(connection, p);
     if (p.import === "events") return eventsStage(connection, p.name, this.warehouse.features);
     if (!model) throw new Error(`pipeline "${p.name}": import: users needs the Customer Model`);
     this.#profiles ??= ProfileStore.open(this.bus.js, this.bus.options.streamReplicas);
@@ -44,4 +47,18 @@ export class StageFactory {
       deadLetters,
     );
   }
+
+  async #exportStage(connection: string, p: Pipeline): Promise<ExportStage> {
+    if (!p.destination) throw new Error(`pipeline "${p.name}": export needs a destination`);
+    const d = resolveDestination(p.destination);
+    const deadLetters = (letters: DeadLetter[]) => publishDeadLetters(this.bus, letters);
+    const transform = p.transform ? await createTransform(p.transform) : undefined;
+    return new ExportStage(connection, p.name, d, exportTable(d), transform, deadLetters);
+  }
+}
+
+/** What an export's dead letters and logs name as its "table": the destination, without secrets. */
+export function exportTable(d: DestinationOptions): string {
+  const { type, url } = describeDestination(d);
+  return `${type}:${url}`;
 }

@@ -1,4 +1,14 @@
 import type { Outcome } from "../event/outcome.ts";
+import type { ExportSnapshot } from "../sink/http/stats.ts";
+
+/**
+ * What `/v1/pipelines` adds under `export` for an export pipeline: its destination (type and URL,
+ * never headers, keys or secrets), whether this node is its sender, and the sink's counters.
+ */
+export interface ExportPipelineSnapshot extends ExportSnapshot {
+  destination: { type: string; url: string };
+  role: "active" | "standby";
+}
 
 /** Counters of one pipeline, as GET /v1/pipelines and /metrics show them. */
 export class PipelineStats {
