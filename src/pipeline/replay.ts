@@ -11,6 +11,8 @@ import { selectedBy } from "./export/selected-by.ts";
 import { Runner } from "./runner.ts";
 import { PipelineStats } from "./stats.ts";
 import { StageFactory } from "./stages.ts";
+import { ExportStage } from "./export/stage.ts";
+import { exportSink } from "./export/sink.ts";
 
 export interface ReplayOptions {
   connection: string;
@@ -53,7 +55,8 @@ export class ReplayError extends Error {
 
 /**
  * Re-runs a pipeline — its current filter, consents and transformation — over events still in the
- * stream, into the same table, through the live pipelines' Runner and sink: rows ClickHouse refuses
+ * stream, into the same table (an export pipeline: to its destination, each user's events in stream
+ * order), through the live pipelines' Runner and sink: rows ClickHouse refuses
  * are dead-lettered exactly as the live pipeline does. Exactly once as seen by queries: events rows collapse on
  * (connection, pipeline, message_id) under FINAL, and users profiles merge by event time, so a
  * replay over rows already loaded changes nothing.
@@ -133,9 +136,15 @@ export async function replay(
     o.onProgress?.({ ...progress });
   };
 
-  const sink = clickHouseSink(warehouse, stage.table, {
-    deadLetters: { bus, connection: c.connection, pipeline: p.name },
-  });
+  // An export pipeline re-sends to its destination: the same messageIds, and the same
+  // Idempotency-Keys for batches grouped as before (always, with maxEvents: 1).
+  const deadLetters = { bus, connection: c.connection, pipeline: p.name };
+  const sink =
+    stage instanceof ExportStage
+      ? exportSink(stage.destination, { deadLetters })
+      : clickHouseSink(warehouse, stage.table, { deadLetters });
+  // A destination that is down is retried for ever: Ctrl-C leaves the batch for the next run.
+  if (stage instanceof ExportStage) o.signal?.addEventListener("abort", () => sink.stop());
   let failure: unknown;
   const runner = new Runner(stage, sink, selection, stats, {
     maxRows: o.batchRows ?? 10_000,
@@ -179,6 +188,7 @@ export async function replay(
     if (!o.signal?.aborted && failure === undefined) await runner.flush();
     if (failure !== undefined) throw failure;
   } finally {
+    if (stage instanceof ExportStage) sink.stop();
     stage.dispose?.();
     if ((complete && !o.signal?.aborted && failure === undefined) || o.dryRun)
       await bus.jsm.consumers.delete(STREAM, name).catch(() => {});

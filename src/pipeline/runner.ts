@@ -152,7 +152,10 @@ export class Runner {
     // The sink stored the refused rows as dead letters before resolving.
     this.stats.deadLettered += outcome.refused.length;
     for (const r of outcome.refused)
-      this.stats.recordError(`ClickHouse refused the row: ${r.reason}`, r.row.message_id as string);
+      this.stats.recordError(
+        `${this.stage.kind === "export" ? "the destination refused the event" : "ClickHouse refused the row"}: ${r.reason}`,
+        (r.row.message_id ?? r.row.messageId) as string,
+      );
     await this.stage.afterInsert?.();
     this.onLoaded?.(events.map((e) => e.messageId as string));
     await this.options.ack(messages);

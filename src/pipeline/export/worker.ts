@@ -175,7 +175,8 @@ export class ExportWorker {
   async #catchUp(sink: ExportSink, from: number, to: number, signal: AbortSignal): Promise<void> {
     log.info("export pipeline catching up what the previous sender left", { pipeline: this.pipeline, from, to });
     const consumer = await this.bus.js.consumers.get(STREAM, {
-      filter_subjects: [connectionSubjects(this.connection)],
+      // One subject as a string: a list needs nats-server 2.10.
+      filter_subjects: connectionSubjects(this.connection),
       deliver_policy: DeliverPolicy.StartSequence,
       opt_start_seq: from,
     });
