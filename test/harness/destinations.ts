@@ -96,8 +96,9 @@ export async function expectExactlyOnceIn(
   database: string,
   connection: string,
   expected: string[],
-  timeoutMs = 90_000,
+  o: { timeoutMs?: number } = {},
 ): Promise<void> {
+  const timeoutMs = o.timeoutMs ?? 90_000;
   expect(new Set(expected).size).toBe(expected.length);
   const q = `SELECT message_id AS m, count() AS c FROM ${database}.events FINAL WHERE connection = '${connection}' GROUP BY m`;
   const deadline = Date.now() + timeoutMs;

@@ -19,8 +19,9 @@ export class NodeProcess {
     return this.#proc?.pid;
   }
 
-  async start(): Promise<void> {
-    const port = await freePort();
+  /** On `port` when given (a restart where senders expect it), else on a free one. */
+  async start(port?: number): Promise<void> {
+    port ??= await freePort();
     this.#proc = Bun.spawn([process.execPath, MAIN], {
       env: { ...process.env, LOG_LEVEL: "error", HOST: "127.0.0.1", PORT: String(port), ...this.env },
       stdout: "inherit",

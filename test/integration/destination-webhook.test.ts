@@ -195,8 +195,8 @@ test("500, 429 with Retry-After, a timeout, 408 and 503 are retried with the sam
   for (const r of [b, c, d, e, f]) expect(r!.events.map((x) => x.messageId)).toEqual(a!.events.map((x) => x.messageId));
   // Retry-After: 1 is honoured (a lower bound only).
   expect(c!.at - b!.answeredAt!).toBeGreaterThanOrEqual(900);
-  // The slow answer was given up on: the retry came before it was answered.
-  expect(d!.at).toBeLessThan(c!.answeredAt!);
+  // The slow answer was given up on: the retry came before it was answered (or it still is not).
+  expect(d!.at).toBeLessThan(c!.answeredAt ?? performance.now());
   // ndjson: one event per line, each signed body verified.
   expect(a!.body.trim().split("\n")).toHaveLength(a!.events.length);
   for (const r of retrying.requests) expect(r.signature).toBe("valid");
