@@ -3,6 +3,7 @@
  * deadline for the whole body, and memory accounted as bytes arrive (not as they are promised).
  * Each way a body can fail is an {@link HttpError} carrying the status its sender is answered with.
  */
+import { isUtf8 } from "node:buffer";
 import { HttpError } from "./http-error.ts";
 
 export class PayloadTooLargeError extends HttpError {
@@ -117,15 +118,15 @@ function firstNonSpace(bytes: Uint8Array, from = 0): number {
 /** Bodies declaring at most this many bytes are read natively in one piece. */
 export const SMALL_BODY_BYTES = 64 * 1024;
 
-const utf8 = new TextDecoder("utf-8", { fatal: true });
+// Validating first (simdutf) and then decoding without checks costs half of a fatal decoder's
+// decode in Bun (0.1 against 0.22 µs for an event's ~700 bytes); the loose decoder drops a
+// leading byte-order mark as the fatal one did.
+const utf8 = new TextDecoder("utf-8");
 
 /** Strict UTF-8: invalid bytes are an error rather than silently replaced by U+FFFD. */
 export function decodeUtf8(bytes: Uint8Array): string {
-  try {
-    return utf8.decode(bytes);
-  } catch {
-    throw new BadEncodingError("body is not valid UTF-8");
-  }
+  if (!isUtf8(bytes)) throw new BadEncodingError("body is not valid UTF-8");
+  return utf8.decode(bytes);
 }
 
 const optionsOf = (o: BodyReadOptions | number): BodyReadOptions => (typeof o === "number" ? { limit: o } : o);

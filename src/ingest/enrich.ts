@@ -52,6 +52,8 @@ export function mergeContext(
 
 /** Rounds half away from zero at 2 decimals, on the number as written (1.005 → 1.01). */
 function round2(v: number): number {
+  // Whole densities (1, 2, 3) are the common case; below 1e13, v × 100 is exact, so they stay as they are.
+  if (Number.isInteger(v) && Math.abs(v) < 1e13) return v;
   const s = String(v);
   if (s.includes("e")) return Math.round(v * 100) / 100;
   return Number(Math.round(Number(s + "e2")) + "e-2");

@@ -48,7 +48,60 @@ const inRange = (field: string, t: number, how = ""): number => {
   return t;
 };
 
+/** `s[at, at+n)` as a number, or -1 when one of them is not a digit. */
+const digitsOrNot = (s: string, at: number, n: number) => {
+  let v = 0;
+  for (let i = at; i < at + n; i++) {
+    const d = s.charCodeAt(i) - 48;
+    if (d < 0 || d > 9) return -1;
+    v = v * 10 + d;
+  }
+  return v;
+};
+const DAYS = [31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+
+/**
+ * The time of a timestamp written exactly as toISOString() writes it (`YYYY-MM-DDTHH:MM:SS.sssZ`,
+ * a day the calendar has, hours 00–23, seconds 00–59), by arithmetic; else undefined and the caller
+ * asks Date.parse. SDKs send this form, three fields an event: Date.parse costs ~0.2 µs each.
+ * Days are counted from the civil date (H. Hinnant's days_from_civil), valid for every 4-digit year.
+ */
+export function canonicalTime(s: string): number | undefined {
+  if (
+    s.length !== 24 ||
+    s.charCodeAt(4) !== 45 /* - */ ||
+    s.charCodeAt(7) !== 45 ||
+    s.charCodeAt(10) !== 84 /* T */ ||
+    s.charCodeAt(13) !== 58 /* : */ ||
+    s.charCodeAt(16) !== 58 ||
+    s.charCodeAt(19) !== 46 /* . */ ||
+    s.charCodeAt(23) !== 90 /* Z */
+  )
+    return undefined;
+  const year = digitsOrNot(s, 0, 4),
+    month = digitsOrNot(s, 5, 2),
+    day = digitsOrNot(s, 8, 2),
+    hour = digitsOrNot(s, 11, 2),
+    minute = digitsOrNot(s, 14, 2),
+    second = digitsOrNot(s, 17, 2),
+    ms = digitsOrNot(s, 20, 3);
+  if (year < 0 || month < 1 || month > 12 || day < 1 || hour < 0 || hour > 23 || minute < 0 || minute > 59)
+    return undefined;
+  if (second < 0 || second > 59 || ms < 0) return undefined;
+  const leap = year % 4 === 0 && (year % 100 !== 0 || year % 400 === 0);
+  if (day > (month === 2 && leap ? 29 : DAYS[month - 1]!)) return undefined;
+  const y = month <= 2 ? year - 1 : year;
+  const era = Math.floor(y / 400);
+  const yoe = y - era * 400;
+  const doy = Math.floor((153 * (month > 2 ? month - 3 : month + 9) + 2) / 5) + day - 1;
+  const doe = yoe * 365 + Math.floor(yoe / 4) - Math.floor(yoe / 100) + doy;
+  const days = era * 146097 + doe - 719468;
+  return ((days * 24 + hour) * 60 + minute) * 60000 + second * 1000 + ms;
+}
+
 const time = (field: string, value: string): number => {
+  const fast = canonicalTime(value);
+  if (fast !== undefined) return fast;
   const t = Date.parse(value);
   if (Number.isNaN(t) || !realDate(value)) throw new NormaliseError(`"${field}" is not a valid date: "${value}"`);
   return t;
@@ -59,6 +112,7 @@ const ID_FIELDS = ["userId", "anonymousId", "groupId", "previousId"] as const;
 // Already in the form toISOString() gives: kept as sent, saving a format per field per event.
 const CANONICAL = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/;
 const iso = (field: string, value: string): string => {
+  if (canonicalTime(value) !== undefined) return value;
   const t = time(field, value);
   return CANONICAL.test(value) ? value : new Date(inRange(field, t)).toISOString();
 };

@@ -22,37 +22,41 @@ export interface NameVersion {
   version?: string;
 }
 
-const BROWSERS: Record<string, string> = {
-  chrome: "Chrome",
-  "chrome headless": "Chrome",
-  "chrome webview": "Chrome",
-  "mobile chrome": "Chrome",
-  safari: "Safari",
-  "mobile safari": "Safari",
-  edge: "Edge",
-  "microsoft edge": "Edge",
-  firefox: "Firefox",
-  "mobile firefox": "Firefox",
-  "samsung internet": "Samsung Internet",
-  "samsung browser": "Samsung Internet",
-  opera: "Opera",
-  "mobile opera": "Opera",
-};
+const BROWSERS = new Map<string, string>(
+  Object.entries({
+    chrome: "Chrome",
+    "chrome headless": "Chrome",
+    "chrome webview": "Chrome",
+    "mobile chrome": "Chrome",
+    safari: "Safari",
+    "mobile safari": "Safari",
+    edge: "Edge",
+    "microsoft edge": "Edge",
+    firefox: "Firefox",
+    "mobile firefox": "Firefox",
+    "samsung internet": "Samsung Internet",
+    "samsung browser": "Samsung Internet",
+    opera: "Opera",
+    "mobile opera": "Opera",
+  }),
+);
 
-const SYSTEMS: Record<string, string> = {
-  android: "Android",
-  windows: "Windows",
-  ios: "iOS",
-  macos: "macOS",
-  darwin: "macOS",
-  "mac os": "macOS",
-  "mac os x": "macOS",
-  "os x": "macOS",
-  linux: "Linux",
-  "chrome os": "Chrome OS",
-  chromeos: "Chrome OS",
-  "chromium os": "Chrome OS",
-};
+const SYSTEMS = new Map<string, string>(
+  Object.entries({
+    android: "Android",
+    windows: "Windows",
+    ios: "iOS",
+    macos: "macOS",
+    darwin: "macOS",
+    "mac os": "macOS",
+    "mac os x": "macOS",
+    "os x": "macOS",
+    linux: "Linux",
+    "chrome os": "Chrome OS",
+    chromeos: "Chrome OS",
+    "chromium os": "Chrome OS",
+  }),
+);
 
 /** Distributions the parser names on their own; Krenalis reports them all as Linux. */
 const LINUX = new Set([
@@ -82,8 +86,17 @@ const LINUX = new Set([
   "manjaro",
 ]);
 
-export const normaliseBrowserName = (name: string): string => BROWSERS[name.toLowerCase()] ?? name;
-export const normaliseOsName = (name: string): string => SYSTEMS[name.toLowerCase()] ?? name;
+/**
+ * Names already spelled as stored map to themselves without lower-casing a copy: nearly every
+ * event that sends `context.browser` / `context.os` sends one of them. Maps, not object literals:
+ * a sender's `constructor` or `__proto__` must not find Object.prototype's.
+ */
+const lookupName = (table: Map<string, string>, name: string): string =>
+  table.get(name) ?? table.get(name.toLowerCase()) ?? name;
+for (const table of [BROWSERS, SYSTEMS]) for (const v of [...table.values()]) table.set(v, v);
+
+export const normaliseBrowserName = (name: string): string => lookupName(BROWSERS, name);
+export const normaliseOsName = (name: string): string => lookupName(SYSTEMS, name);
 
 /** `117.0.0.0` → `117.0.0`, `10` → `10.0.0`; non-numeric versions (`XP`) as they are. */
 export function tripleVersion(version: string | undefined): string | undefined {
@@ -120,16 +133,24 @@ function parse(ua: string): ParsedUserAgent {
   return out;
 }
 
-// Parsing costs ~50 µs; traffic repeats a few thousand user agents, so recent results are kept.
-const CACHE_SIZE = 2048;
+// Parsing costs ~50 µs; traffic repeats a few thousand user agents, so the most recently used
+// results are kept (a Map iterates in insertion order: a hit moves to the end, the first goes).
+export const UA_CACHE_SIZE = 2048;
 const cache = new Map<string, ParsedUserAgent>();
+/** User agents parsed (cache misses) since start: lets a test see the cache work. */
+export const userAgentStats = { parsed: 0 };
 
-/** Browser and OS of a user agent; either is absent when the parser does not recognise it. */
+/** Browser and OS of a user agent; either is absent when the parser does not recognise it. Callers must not modify it. */
 export function parseUserAgent(ua: string): ParsedUserAgent {
   let hit = cache.get(ua);
-  if (hit) return hit;
+  if (hit) {
+    cache.delete(ua);
+    cache.set(ua, hit);
+    return hit;
+  }
   hit = parse(ua);
-  if (cache.size >= CACHE_SIZE) cache.delete(cache.keys().next().value!);
+  userAgentStats.parsed++;
+  if (cache.size >= UA_CACHE_SIZE) cache.delete(cache.keys().next().value!);
   cache.set(ua, hit);
   return hit;
 }
