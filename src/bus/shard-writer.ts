@@ -28,6 +28,19 @@ export const IDS_HEADER = "Tributary-Ids";
  * one written before the header existed counts as events.
  */
 const dedupKey = (kind: RecordKind | string | undefined, id: string) => (kind === "raw" ? `\u0000raw\u0000${id}` : id);
+const dedupKeys = (kind: RecordKind | string | undefined, ids: string[]) =>
+  kind === "raw" ? ids.map((id) => dedupKey(kind, id)) : ids;
+
+/** Bytes an id adds to the Tributary-Ids header: its JSON string and a comma. */
+function idHeaderBytes(id: string): number {
+  for (let i = 0; i < id.length; i++) {
+    const c = id.charCodeAt(i);
+    // Letters, digits, `_ . : -` are written as they are (the common case: UUIDs); anything else is measured.
+    if (!((c >= 48 && c <= 58) || (c >= 65 && c <= 90) || (c >= 97 && c <= 122) || c === 95 || c === 46 || c === 45))
+      return Buffer.byteLength(JSON.stringify(id)) + 1;
+  }
+  return id.length + 3;
+}
 const kindOf = (h: { get(k: string): string } | undefined) => h?.get(KIND_HEADER) || undefined;
 
 /** JetStream refuses a message whose headers exceed 64 KiB: the id list of one message stays under it. */
@@ -40,13 +53,15 @@ interface Batch {
   bytes: number;
   /** Length of the Tributary-Ids header (a JSON array of the ids). */
   idBytes: number;
+  /** The writer's {@link ShardWriter.indexEpoch} when the batch was opened: every id in it was checked since. */
+  epoch: number;
   done: Promise<void>;
   resolve: () => void;
   reject: (e: Error) => void;
 }
 
-function newBatch(kind: RecordKind = "events"): Batch {
-  const b = { kind, ids: [], jsons: [], bytes: 2, idBytes: 2 } as unknown as Batch;
+function newBatch(kind: RecordKind = "events", epoch = 0): Batch {
+  const b = { kind, ids: [], jsons: [], bytes: 2, idBytes: 2, epoch } as unknown as Batch;
   b.done = new Promise<void>((res, rej) => {
     b.resolve = res;
     b.reject = rej;
@@ -75,6 +90,12 @@ export class ShardWriter {
   #pending = new Map<string, Batch>();
   #queue: Batch[] = [];
   #lastSeq = 0;
+  /**
+   * Counts the times ids stored by someone else (another node, or a publish of ours whose outcome
+   * was unknown) entered the index. A batch opened at the current count holds only ids checked
+   * against everything the index has learnt since: it need not be checked again before its publish.
+   */
+  #indexEpoch = 0;
   #synced = false;
   #pumping = false;
 
@@ -111,6 +132,9 @@ export class ShardWriter {
     const waits = new Set<Promise<void>>();
     let stored = 0;
     let duplicates = 0;
+    // The index as the lookups below see it; a suspect is enqueued after an await, its check as old as this.
+    const checkedAt = this.#indexEpoch;
+    let last: Batch | undefined;
     const enqueue = (e: Entry) => {
       const inFlight = this.#pending.get(dedupKey(kind, e.id));
       if (inFlight) {
@@ -121,7 +145,7 @@ export class ShardWriter {
       let batch = this.#queue[this.#queue.length - 1];
       // The event in the body, and its id in the Tributary-Ids header: max_payload counts both, and
       // the header has its own 64 KiB bound.
-      const idSize = /^[\w.:-]*$/.test(e.id) ? e.id.length + 3 : Buffer.byteLength(JSON.stringify(e.id)) + 1;
+      const idSize = idHeaderBytes(e.id);
       const size = e.json.length + 1 + idSize;
       if (
         !batch ||
@@ -130,22 +154,26 @@ export class ShardWriter {
             batch.bytes + size > this.options.maxPayloadBytes ||
             batch.idBytes + idSize > MAX_IDS_HEADER_BYTES))
       ) {
-        batch = newBatch(kind);
+        batch = newBatch(kind, checkedAt);
         this.#queue.push(batch);
       }
-      if (batch.ids.length === 0) batch.kind = kind; // an empty batch (a warm-up) takes the first entry's kind
+      if (batch.ids.length === 0) {
+        batch.kind = kind; // an empty batch (a warm-up) takes the first entry's kind
+        batch.epoch = checkedAt;
+      } else if (checkedAt < batch.epoch) batch.epoch = checkedAt;
       batch.ids.push(e.id);
       batch.jsons.push(e.json);
       batch.bytes += size;
       batch.idBytes += idSize;
       this.#pending.set(dedupKey(kind, e.id), batch);
-      waits.add(batch.done);
+      if (batch !== last) waits.add((last = batch).done);
       stored++;
     };
     let suspects: Entry[] | undefined;
     for (const e of entries) {
       const key = dedupKey(kind, e.id);
-      if (!this.#pending.has(key) && this.#index.lookup(key) !== undefined) (suspects ??= []).push(e);
+      // An id in flight is answered by enqueue; only an index hit (rare) asks the pending map twice.
+      if (this.#index.lookup(key) !== undefined && !this.#pending.has(key)) (suspects ??= []).push(e);
       else enqueue(e);
     }
     if (suspects) {
@@ -210,14 +238,21 @@ export class ShardWriter {
     try {
       for (let attempt = 0; ; attempt++) {
         if (!this.#synced) await this.#sync();
-        // Events another node (or an earlier attempt of ours) stored meanwhile are done.
-        const keys = batch.ids.map((id) => dedupKey(batch.kind, id));
-        const suspects = keys.filter((k) => this.#index.lookup(k) !== undefined);
-        const already = suspects.length ? await this.#storedAmong(suspects) : undefined;
-        const keep = keys.map((k) => !already?.has(k));
-        const ids = batch.ids.filter((_, i) => keep[i]);
+        // Events another node (or an earlier attempt of ours) stored meanwhile are done: checked
+        // again only when the index learnt of such writes since the batch's ids were checked.
+        const keys = dedupKeys(batch.kind, batch.ids);
+        let ids = batch.ids;
+        let jsons = batch.jsons;
+        if (this.#indexEpoch !== batch.epoch) {
+          const suspects = keys.filter((k) => this.#index.lookup(k) !== undefined);
+          const already = suspects.length ? await this.#storedAmong(suspects) : undefined;
+          if (already?.size) {
+            const keep = keys.map((k) => !already.has(k));
+            ids = batch.ids.filter((_, i) => keep[i]);
+            jsons = batch.jsons.filter((_, i) => keep[i]);
+          }
+        }
         if (ids.length === 0) break;
-        const jsons = ids.length === batch.ids.length ? batch.jsons : batch.jsons.filter((_, i) => keep[i]);
         const h = headers();
         h.set(IDS_HEADER, JSON.stringify(ids));
         h.set(KIND_HEADER, batch.kind);
@@ -230,7 +265,7 @@ export class ShardWriter {
           });
           this.bus.observer?.published((performance.now() - started) / 1000);
           this.#lastSeq = ack.seq;
-          for (const id of ids) this.#index.add(dedupKey(batch.kind, id), ack.seq);
+          this.#index.addAll(ids === batch.ids ? keys : dedupKeys(batch.kind, ids), ack.seq);
           break;
         } catch (e) {
           this.#synced = false;
@@ -274,13 +309,18 @@ export class ShardWriter {
       }
       if (!m) return true; // nothing left at or after seq (removed by the stream's limits meanwhile)
       const ids = m.header.get(IDS_HEADER);
-      const kind = kindOf(m.header);
-      if (ids) for (const id of JSON.parse(ids) as string[]) this.#index.add(dedupKey(kind, id), m.seq);
+      if (ids) this.#learn(kindOf(m.header), ids, m.seq);
       this.#lastSeq = m.seq;
       if (m.seq >= target) return true;
       seq = m.seq + 1;
     }
     return false;
+  }
+
+  /** Indexes the ids of a message read back from the stream (its Tributary-Ids header). */
+  #learn(kind: string | undefined, header: string, seq: number): void {
+    this.#index.addAll(dedupKeys(kind, JSON.parse(header) as string[]), seq);
+    this.#indexEpoch++;
   }
 
   /**
@@ -316,8 +356,7 @@ export class ShardWriter {
       try {
         for await (const m of messages) {
           const ids = m.headers?.get(IDS_HEADER);
-          const kind = kindOf(m.headers);
-          if (ids) for (const id of JSON.parse(ids) as string[]) this.#index.add(dedupKey(kind, id), m.seq);
+          if (ids) this.#learn(kindOf(m.headers), ids, m.seq);
           if (m.seq >= target) {
             reached = true;
             break;
