@@ -1,6 +1,7 @@
 import type { Warehouse } from "./server.ts";
 import { quoteIdent } from "./server.ts";
 import { log } from "../../util/log.ts";
+import { clickHouseCode } from "./errors.ts";
 import { inserterDefaults as envInserterDefaults } from "../../config/env.ts";
 
 type Row = Record<string, unknown>;
@@ -18,13 +19,6 @@ export const inserterDefaults: InserterOptions = envInserterDefaults;
 // 6 CANNOT_PARSE_TEXT, 26/27 CANNOT_PARSE_*, 38/41 date/time parse, 53 TYPE_MISMATCH, 69/70 overflow/conversion,
 // 72 CANNOT_PARSE_NUMBER, 117 INCORRECT_DATA, 131 TOO_LARGE_STRING_SIZE.
 const CONTENT_ERRORS = new Set([6, 26, 27, 38, 41, 53, 69, 70, 72, 117, 131]);
-
-function errorCode(e: unknown): number | undefined {
-  const code = (e as { code?: unknown })?.code;
-  if (typeof code === "string" && /^\d+$/.test(code)) return Number(code);
-  const m = /Code: (\d+)/.exec(String((e as Error)?.message ?? e));
-  return m ? Number(m[1]) : undefined;
-}
 
 export interface InsertOutcome {
   inserted: number;
@@ -77,14 +71,12 @@ export class Inserter {
     let delay = this.options.initialBackoffMs;
     for (let attempt = 1; ; attempt++) {
       try {
-        await this.warehouse.client.insert({
-          table: `${quoteIdent(this.warehouse.database)}.${quoteIdent(this.table)}`,
-          values: rows,
-          format: "JSONEachRow",
-        });
+        const table = `${quoteIdent(this.warehouse.database)}.${quoteIdent(this.table)}`;
+        if (this.warehouse.insertRows) await this.warehouse.insertRows(table, rows);
+        else await this.warehouse.client.insert({ table, values: rows, format: "JSONEachRow" });
         return undefined;
       } catch (e) {
-        const code = errorCode(e);
+        const code = clickHouseCode(e);
         if (code !== undefined && CONTENT_ERRORS.has(code)) return e;
         if (this.#stopped) throw e;
         if (attempt === 1 || attempt % 10 === 0)

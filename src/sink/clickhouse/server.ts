@@ -1,5 +1,12 @@
-import { createClient, ClickHouseError, ClickHouseLogLevel, type ClickHouseClient } from "@clickhouse/client";
+import { createClient, ClickHouseLogLevel, type ClickHouseClient } from "@clickhouse/client";
 import { log } from "../../util/log.ts";
+import { clickHouseCode } from "./errors.ts";
+import { JsonInsert } from "./http-insert.ts";
+
+export { clickHouseCode } from "./errors.ts";
+
+/** Every request to ClickHouse, its answer included, must be done within this. */
+const REQUEST_TIMEOUT_MS = 30_000;
 
 export interface ClickHouseOptions {
   /** One server, or the replicas of a cluster separated by commas (tried in turn when one fails). */
@@ -48,6 +55,12 @@ export interface Warehouse {
   database: string;
   /** Set for a replicated warehouse: the `remote_servers` cluster DDL runs ON. */
   cluster?: string;
+  /**
+   * `INSERT INTO table FORMAT JSONEachRow` of these rows (`table` quoted, database included), to
+   * the current server as `client` would, through fetch where it can (http-insert.ts). Warehouses
+   * built without it (test doubles) are written through `client.insert`.
+   */
+  insertRows?(table: string, rows: readonly Record<string, unknown>[]): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -60,10 +73,8 @@ export interface Warehouse {
 const FAILOVER_CODES = new Set([209, 210, 225, 242, 319, 999]);
 
 export function switchesServer(e: unknown): boolean {
-  const code = (e as { code?: unknown })?.code;
-  if (typeof code === "string" && /^\d+$/.test(code)) return FAILOVER_CODES.has(Number(code));
-  const m = /Code: (\d+)/.exec(String((e as Error)?.message ?? e));
-  return m ? FAILOVER_CODES.has(Number(m[1])) : true;
+  const code = clickHouseCode(e);
+  return code === undefined || FAILOVER_CODES.has(code);
 }
 
 export const splitUrls = (url: string): string[] =>
@@ -84,6 +95,8 @@ class FailoverClient {
   constructor(
     readonly urls: string[],
     readonly clients: ClickHouseClient[],
+    /** Per server, its fetch insert, or undefined where its URL needs the client. */
+    readonly inserts: (JsonInsert | undefined)[] = [],
   ) {}
 
   get url(): string {
@@ -100,14 +113,22 @@ class FailoverClient {
     });
   }
 
-  async #call<T>(f: (c: ClickHouseClient) => Promise<T>): Promise<T> {
+  async #call<T>(f: (c: ClickHouseClient, i: number) => Promise<T>): Promise<T> {
     const i = this.#current;
     try {
-      return await f(this.clients[i]!);
+      return await f(this.clients[i]!, i);
     } catch (e) {
       this.#failed(i, e);
       throw e;
     }
+  }
+
+  insertRows(table: string, rows: readonly Record<string, unknown>[]): Promise<void> {
+    return this.#call(async (c, i) => {
+      const fast = this.inserts[i];
+      if (fast) await fast.insert(table, rows);
+      else await c.insert({ table, values: rows as Record<string, unknown>[], format: "JSONEachRow" });
+    });
   }
 
   query(p: Parameters<ClickHouseClient["query"]>[0]) {
@@ -142,10 +163,15 @@ export async function connectWarehouse(o: ClickHouseOptions): Promise<Warehouse>
       username: o.username,
       password: o.password,
       log: { level: ClickHouseLogLevel.OFF },
-      request_timeout: 30_000,
+      request_timeout: REQUEST_TIMEOUT_MS,
     }),
   );
-  const failover = new FailoverClient(urls, clients);
+  const inserts = urls.map((url) =>
+    JsonInsert.handles(url)
+      ? new JsonInsert({ url, username: o.username, password: o.password, timeoutMs: REQUEST_TIMEOUT_MS })
+      : undefined,
+  );
+  const failover = new FailoverClient(urls, clients, inserts);
   const client = urls.length === 1 ? clients[0]! : (failover as unknown as ClickHouseClient);
   try {
     // The first server that answers (the others are tried when it fails later).
@@ -165,6 +191,7 @@ export async function connectWarehouse(o: ClickHouseOptions): Promise<Warehouse>
       features: featuresOf(version),
       database: o.database,
       cluster: o.cluster,
+      insertRows: (table, rows) => failover.insertRows(table, rows),
       close: () => failover.close(),
     };
     if (o.cluster) {
@@ -222,17 +249,6 @@ export function tableEngine(kind: string, args: string[], database: string, tabl
 export const DDL_TIMEOUT_SECONDS = 20;
 
 const TIMEOUT_EXCEEDED = 159;
-
-/**
- * The server's error code: the client's typed `ClickHouseError.code` when it parsed the answer. 18.16
- * words errors as "Code: 159, e.displayText() = DB::Exception: ..." without the `(TYPE)` suffix the
- * client's parser needs, so there the code is read from that leading field of the server's answer.
- */
-export function clickHouseCode(e: unknown): number | undefined {
-  if (e instanceof ClickHouseError && /^\d+$/.test(e.code)) return Number(e.code);
-  const m = /^\s*Code: (\d+)/.exec(String((e as Error)?.message ?? ""));
-  return m ? Number(m[1]) : undefined;
-}
 
 /**
  * Runs ON CLUSTER DDL and waits for every replica's answer (wait_end_of_query: otherwise a
