@@ -145,7 +145,12 @@ export class ExportWorker {
     const consumer = await this.bus.js.consumers.get(STREAM, this.durable);
     const messages = await consumer.consume({ max_bytes: 8 * 1024 * 1024, expires: 5_000 });
     this.#messages = messages;
-    const close = () => void messages.close();
+    // Stopping the sink too: the loop may be waiting for room in it, and the iterator closes only
+    // once the loop leaves it.
+    const close = () => {
+      sink.stop();
+      void messages.close();
+    };
     signal.addEventListener("abort", close, { once: true });
     try {
       for await (const m of messages) {
@@ -181,7 +186,10 @@ export class ExportWorker {
       opt_start_seq: from,
     });
     const messages = await consumer.consume({ max_bytes: 8 * 1024 * 1024 });
-    const close = () => void messages.close();
+    const close = () => {
+      sink.stop();
+      void messages.close();
+    };
     signal.addEventListener("abort", close, { once: true });
     try {
       for await (const m of messages) {
@@ -192,7 +200,7 @@ export class ExportWorker {
       }
     } finally {
       signal.removeEventListener("abort", close);
-      await messages.close().catch(() => {});
+      void messages.close().catch(() => {});
     }
   }
 
@@ -232,12 +240,15 @@ export class ExportWorker {
    */
   async stop(graceMs = 5000): Promise<void> {
     this.#stopping = true;
-    await this.#messages?.close().catch(() => {});
+    // Not awaited yet: close() resolves once the loop has left the iterator, and the loop may be
+    // waiting for room in the sink, which only stopping the sink gives.
+    const closing = this.#messages?.close().catch(() => {});
     const deadline = Date.now() + graceMs;
     this.#sink?.flush();
     while (this.#held.size && Date.now() < deadline) await Bun.sleep(50);
     this.#abort.abort();
     this.#sink?.stop();
+    await closing;
     await this.#loop?.catch(() => {});
     this.stage.dispose?.();
   }
