@@ -20,13 +20,19 @@ export interface Queued<T> {
   at: number;
 }
 
+/** One key's state: its items not yet in a batch (from `head` on), and whether it waits in the ready queue or for a batch. */
+interface KeyState<T> {
+  items: Queued<T>[];
+  head: number;
+  ready: boolean;
+  busy: boolean;
+}
+
 export class OrderedBatcher<T> {
-  /** Per key, its items not yet in a batch, in order. */
-  readonly #byKey = new Map<string, Queued<T>[]>();
-  /** Keys with items and no batch under way, in the order they became ready. */
-  readonly #ready = new Set<string>();
-  /** Keys with a batch under way. */
-  readonly #busy = new Set<string>();
+  readonly #keys = new Map<string, KeyState<T>>();
+  /** Keys with items and no batch under way, in the order they became ready (from `#readyHead` on). */
+  #ready: KeyState<T>[] = [];
+  #readyHead = 0;
   #readyItems = 0;
   #readyBytes = 0;
   /** The oldest ready item's time (a lower bound once batches left). */
@@ -57,12 +63,19 @@ export class OrderedBatcher<T> {
   push(items: { key: string; bytes: number; value: T }[]): void {
     const at = performance.now();
     for (const { key, bytes, value } of items) {
-      const item: Queued<T> = { key, bytes, value, at };
-      let list = this.#byKey.get(key);
-      if (!list) this.#byKey.set(key, (list = []));
-      list.push(item);
+      let k = this.#keys.get(key);
+      if (!k) this.#keys.set(key, (k = { items: [], head: 0, ready: false, busy: false }));
+      k.items.push({ key, bytes, value, at });
       this.#queued++;
-      if (!this.#busy.has(key)) this.#markReady(key, [item], false);
+      if (k.busy) continue;
+      // Ready already, or made ready now: either way its new item counts as ready.
+      this.#readyItems++;
+      this.#readyBytes += bytes;
+      if (at < this.#openedAt) this.#openedAt = at;
+      if (!k.ready) {
+        k.ready = true;
+        this.#ready.push(k);
+      }
     }
     this.#pump(false);
   }
@@ -76,20 +89,12 @@ export class OrderedBatcher<T> {
   stop(): Queued<T>[] {
     this.#stopped = true;
     clearTimeout(this.#timer);
-    const left = [...this.#byKey.values()].flat();
-    this.#byKey.clear();
-    this.#ready.clear();
+    const left: Queued<T>[] = [];
+    for (const k of this.#keys.values()) for (let i = k.head; i < k.items.length; i++) left.push(k.items[i]!);
+    this.#keys.clear();
+    this.#ready = [];
+    this.#readyHead = 0;
     return left;
-  }
-
-  #markReady(key: string, items: Queued<T>[], pump = true): void {
-    this.#ready.add(key);
-    for (const i of items) {
-      this.#readyItems++;
-      this.#readyBytes += i.bytes;
-      if (i.at < this.#openedAt) this.#openedAt = i.at;
-    }
-    if (pump) this.#pump(false);
   }
 
   #pump(force: boolean): void {
@@ -112,31 +117,38 @@ export class OrderedBatcher<T> {
   }
 
   /** The next batch: ready keys in order, each key's items in order, within the limits. */
-  #take(): Queued<T>[] {
+  #take(): { batch: Queued<T>[]; keys: KeyState<T>[] } {
     const batch: Queued<T>[] = [];
+    const keys: KeyState<T>[] = [];
     let bytes = 0;
-    for (const key of this.#ready) {
-      const list = this.#byKey.get(key)!;
-      let n = 0;
-      while (n < list.length && batch.length < this.limits.maxItems) {
-        const item = list[n]!;
+    while (this.#readyHead < this.#ready.length) {
+      const k = this.#ready[this.#readyHead]!;
+      let n = k.head;
+      while (n < k.items.length && batch.length < this.limits.maxItems) {
+        const item = k.items[n]!;
         // The first item always goes, so an item larger than maxBytes is sent alone, not stuck.
         if (batch.length > 0 && bytes + item.bytes > this.limits.maxBytes) break;
         batch.push(item);
         bytes += item.bytes;
         n++;
       }
-      if (n === 0) break;
-      list.splice(0, n);
-      this.#ready.delete(key);
-      this.#busy.add(key);
+      if (n === k.head) break;
+      this.#readyHead++;
+      k.head = n;
+      k.ready = false;
+      k.busy = true;
+      keys.push(k);
       // The key's remaining items are no longer ready: they wait for this batch.
-      for (const rest of list) {
+      for (let i = n; i < k.items.length; i++) {
         this.#readyItems--;
-        this.#readyBytes -= rest.bytes;
+        this.#readyBytes -= k.items[i]!.bytes;
       }
       // A key cut short by a limit: the batch is full.
-      if (list.length || batch.length >= this.limits.maxItems) break;
+      if (n < k.items.length || batch.length >= this.limits.maxItems) break;
+    }
+    if (this.#readyHead > 1024 && this.#readyHead * 2 > this.#ready.length) {
+      this.#ready = this.#ready.slice(this.#readyHead);
+      this.#readyHead = 0;
     }
     this.#readyItems -= batch.length;
     this.#readyBytes -= bytes;
@@ -145,20 +157,31 @@ export class OrderedBatcher<T> {
       clearTimeout(this.#timer);
       this.#timer = undefined;
     }
-    return batch;
+    return { batch, keys };
   }
 
-  #dispatch(batch: Queued<T>[]): void {
+  #dispatch({ batch, keys }: { batch: Queued<T>[]; keys: KeyState<T>[] }): void {
     this.#inFlight++;
-    const keys = new Set(batch.map((i) => i.key));
     const settled = () => {
       this.#inFlight--;
       this.#queued -= batch.length;
-      for (const key of keys) {
-        this.#busy.delete(key);
-        const list = this.#byKey.get(key);
-        if (!list?.length) this.#byKey.delete(key);
-        else if (!this.#stopped) this.#markReady(key, list);
+      for (const k of keys) {
+        k.busy = false;
+        if (this.#stopped) continue;
+        if (k.head >= k.items.length) {
+          // Nothing left: forget the key (a new item starts it afresh).
+          if (this.#keys.get(k.items[0]!.key) === k) this.#keys.delete(k.items[0]!.key);
+          continue;
+        }
+        k.items = k.items.slice(k.head);
+        k.head = 0;
+        k.ready = true;
+        this.#ready.push(k);
+        for (const item of k.items) {
+          this.#readyItems++;
+          this.#readyBytes += item.bytes;
+          if (item.at < this.#openedAt) this.#openedAt = item.at;
+        }
       }
       this.#pump(false);
       this.onSettled?.();
