@@ -17,7 +17,10 @@ process.on("message", async (m: unknown) => {
     process.send?.({
       ingest: { ...node.ingest.stats },
       pipelines: Object.fromEntries(
-        [...(manager?.workers ?? [])].map(([k, w]) => [k, { ...w.stats, lastErrors: w.stats.lastErrors.slice(-3) }]),
+        (await (manager?.snapshots() ?? [])).map((s) => [
+          `${s.connection}/${s.pipeline}`,
+          { ...s, lastErrors: s.lastErrors.slice(-3) },
+        ]),
       ),
       memory: process.memoryUsage(),
     });

@@ -15,6 +15,7 @@
 //              backlog and drain time beside it
 //   4. half    open loop at half of phase 3's landed rate: receipt-to-queryable of every event, from
 //              its received_at (the node's clock at receipt) to the first poll that counted it
+//   4b. open   open loop at E2E_OPEN_RATE (5,000) events/s for E2E_OPEN_SECONDS (10): a sender's p99
 //   5. sink    an ingest-only node builds a JetStream backlog, then a full node drains it with no
 //              HTTP load: the pipeline's own speed against the raw ceiling
 //   6. verify  nodes stopped gracefully; every event answered 2xx is in ClickHouse exactly once
@@ -28,7 +29,16 @@
 // (/work/shared/fixtures/segment-track.json, else test/fixtures/segment-track.json), E2E_SPLIT=1
 // (ingest and pipeline in two node processes), E2E_CPU_PROF (a directory: profile the nodes there).
 // TRIBUTARY_BATCH_MAX_ROWS / _BYTES / _AGE_MS reach the nodes as usual and size the raw batches too.
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import {
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  readdirSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import type { Subprocess } from "bun";
@@ -67,6 +77,8 @@ const num = (name: string, d: number) => (env[name] ? Number(env[name]) : d);
 const RAW_SECONDS = num("E2E_RAW_SECONDS", 16);
 const SECONDS = num("E2E_SECONDS", 15);
 const HALF_SECONDS = num("E2E_HALF_SECONDS", 15);
+const OPEN_RATE = num("E2E_OPEN_RATE", 5000);
+const OPEN_SECONDS = num("E2E_OPEN_SECONDS", 10);
 const CONNECTIONS = num("E2E_CONNECTIONS", 4);
 const BATCH = num("E2E_BATCH", 100);
 const POLL_MS = num("E2E_POLL_MS", 100);
@@ -113,19 +125,37 @@ function cpuOf(pid: number | undefined, thread = false): number {
     return 0;
   }
 }
+/** A process and every process it started (the node's pipeline workers and sandboxes), at this moment. */
+function processTree(pid: number): number[] {
+  const out = [pid];
+  for (let i = 0; i < out.length; i++) {
+    try {
+      for (const tid of readdirSync(`/proc/${out[i]}/task`))
+        for (const c of readFileSync(`/proc/${out[i]}/task/${tid}/children`, "utf8").trim().split(/\s+/))
+          if (c) out.push(Number(c));
+    } catch {}
+  }
+  return out;
+}
 function machineCpu(): { busy: number; total: number } {
   const f = readFileSync("/proc/stat", "utf8").split("\n", 1)[0]!.trim().split(/\s+/).slice(1).map(Number);
   const total = f.slice(0, 8).reduce((a, n) => a + n, 0);
   return { busy: (total - f[3]! - f[4]!) / CLK_TCK, total: total / CLK_TCK };
 }
 
-/** Cores used by each process over a span; nodeJs is the node's main (JavaScript) thread, at most 1 (per node). */
-type Cpu = Record<"node" | "nodeJs" | "nats" | "clickhouse" | "loadgen" | "bench" | "other", number>;
+/**
+ * Cores used by each process over a span. `node` is each node's process tree (its pipeline worker
+ * processes included); `nodeJs` is the node's main thread, the one answering HTTP (at most 1 per
+ * node); `pipelines` is the worker processes' share of `node`.
+ */
+type Cpu = Record<"node" | "nodeJs" | "pipelines" | "nats" | "clickhouse" | "loadgen" | "bench" | "other", number>;
 /** Starts a CPU meter over the processes we know; `stop(loadgenSeconds)` gives cores used by each. */
 function cpuMeter(): { stop(loadgenCpuSeconds?: number): Cpu } {
   const sum = (f: (pid: number) => number) => nodes.reduce((a, n) => a + f(n.proc.pid), 0);
+  const tree = (p: number) => processTree(p).reduce((a, q) => a + cpuOf(q), 0);
   const pids = () => ({
-    node: sum((p) => cpuOf(p)),
+    node: sum(tree),
+    pipelines: sum((p) => tree(p) - cpuOf(p)),
     nodeJs: sum((p) => cpuOf(p, true)),
     nats: cpuOf(nats.pid),
     clickhouse: cpuOf(ch.pid),
@@ -142,6 +172,7 @@ function cpuMeter(): { stop(loadgenCpuSeconds?: number): Cpu } {
       const cpu: Cpu = {
         node: (p1.node - p0.node) / span,
         nodeJs: (p1.nodeJs - p0.nodeJs) / span,
+        pipelines: (p1.pipelines - p0.pipelines) / span,
         nats: (p1.nats - p0.nats) / span,
         clickhouse: (p1.clickhouse - p0.clickhouse) / span,
         loadgen: loadgen / span,
@@ -383,10 +414,13 @@ interface Half {
 let raw: Raw | undefined;
 let max: Max | undefined;
 let half: Half | undefined;
+let open: { r: LoadResult; cpu: Cpu } | undefined;
 let sink:
   | {
       events: number;
       ingestRate: number;
+      /** The ingest-only node's CPU over the load that built the backlog: HTTP without a pipeline. */
+      ingestCpu: Cpu;
       landed: ReturnType<typeof landedRate>;
       beforeReady: number;
       startSeconds: number;
@@ -650,6 +684,14 @@ try {
     };
   }
 
+  // ---------------- 4b. open: what a sender sees at a fixed rate while the pipeline runs
+  say(`phase 4b: open loop at ${OPEN_RATE.toLocaleString("en")} events/s for ${OPEN_SECONDS} s, pipeline running`);
+  {
+    const l = await load("open", "open", { seconds: OPEN_SECONDS, eventsPerSecond: OPEN_RATE });
+    accepted.open = l.r.accepted;
+    open = { r: l.r, cpu: l.cpu };
+  }
+
   // ---------------- 5. sink drain: the pipeline alone, JetStream → ClickHouse, no HTTP load
   say(`phase 5: backlog from an ingest-only node for ${DRAIN_SECONDS} s, then a node drains it with no HTTP load`);
   for (const n of nodes.splice(0)) await stopNode(n);
@@ -684,6 +726,7 @@ try {
     sink = {
       events: b.r.accepted,
       ingestRate: b.r.eventsPerSecond,
+      ingestCpu: b.cpu,
       landed: landedRate(samples, ready, d.doneAt),
       beforeReady: atReady - base,
       startSeconds: (ready - t0) / 1000,
@@ -780,6 +823,19 @@ if (half) {
     `| … HTTP answer (2xx) at half load: p50 / p99 | ${fmt(half.r.p50, 1)} / ${fmt(half.r.p99, 1)} ms | – | |`,
   );
 }
+if (open)
+  console.log(
+    `| **HTTP answer (2xx), open loop at ${fmt(OPEN_RATE)} events/s** (${fmt(BATCH)}-event requests), pipeline running: p50 / p99 | **${fmt(open.r.p50, 1)} / ${fmt(open.r.p99, 1)} ms** | p99 ≤ 50 ms ${verdict(open.r.p99 <= 50)} | ${cores(open.cpu)} |`,
+  );
+if (max && sink) {
+  // The thread answering senders: its CPU per event with the pipeline running (max phase, closed
+  // loop) and without (the ingest-only node that built the backlog, closed loop).
+  const withP = max.cpu.nodeJs / max.r.eventsPerSecond;
+  const withoutP = sink.ingestCpu.nodeJs / sink.ingestRate;
+  console.log(
+    `| **HTTP thread CPU per event, pipeline running ÷ not** (${fmt(1e6 * withP, 2)} ÷ ${fmt(1e6 * withoutP, 2)} µs, closed loop) | **${fmt(withP / withoutP, 2)}×** | ≤ 1.2× ${verdict(withP / withoutP <= 1.2)} | pipeline workers used ${fmt(max.cpu.pipelines, 2)} cores |`,
+  );
+}
 if (sink && raw)
   console.log(
     `| sink alone: a ${fmt(sink.events)}-event JetStream backlog drained, no HTTP load | ${fmt(sink.landed.rate)} events/s = ${fmt((100 * sink.landed.rate) / raw.rowsPerSecond, 1)} % of raw | – | ${cores(sink.cpu)} |`,
@@ -805,9 +861,13 @@ if (raw || max || sink) {
   const total = (c: Cpu | undefined, rate: number | undefined, client: boolean) =>
     c && rate ? (c.node + c.nats + c.clickhouse + (client ? c.bench : 0)) / rate : NaN;
   const r = total(raw?.cpu, raw?.rowsPerSecond, true);
+  const e2e = total(max?.wholeCpu, max?.overall, false) / r;
+  // Tributary's own share: the node's CPU per event against the insert client's per row.
+  const own = max?.wholeCpu && raw ? max.wholeCpu.node / max.overall / (raw.cpu.bench / raw.rowsPerSecond) : NaN;
   console.log(
-    `\nBy CPU, which other jobs on the machine disturb less than rates: an event end to end costs ${fmt(total(max?.wholeCpu, max?.overall, false) / r, 1)}× the CPU of a raw insert's row ` +
-      `(the sink alone ${fmt(total(sink?.cpu, sink?.landed.rate, false) / r, 1)}×).`,
+    `\nBy CPU, which other jobs on the machine disturb less than rates: an event end to end (node, its pipeline workers, nats-server, clickhouse-server) costs **${fmt(e2e, 2)}×** the CPU of a raw insert's row (client + clickhouse-server; target ≤ 1.5× ${verdict(e2e <= 1.5)}), ` +
+      `the sink alone ${fmt(total(sink?.cpu, sink?.landed.rate, false) / r, 2)}×; ` +
+      `Tributary's share (node CPU per event ÷ the raw insert client's per row) ${fmt(own, 2)}×.`,
   );
 }
 console.log("");
@@ -865,6 +925,9 @@ console.log(`\n(${fmt((now() - started) / 1000, 1)} s)`);
       sinkEventsPerSecond: sink?.landed.rate,
       rawUsPerRow: usPerEvent(raw?.cpu, raw?.rowsPerSecond, true),
       e2eUsPerEvent: usPerEvent(max?.wholeCpu, max?.overall, false),
+      openP99Ms: open?.r.p99,
+      httpThreadUsPerEventWithPipeline: max ? (1e6 * max.cpu.nodeJs) / max.r.eventsPerSecond : undefined,
+      httpThreadUsPerEventWithout: sink ? (1e6 * sink.ingestCpu.nodeJs) / sink.ingestRate : undefined,
       exactlyOnce: verify?.ok ?? false,
     }),
   );

@@ -17,6 +17,7 @@ import { openApiDocument } from "./ops/openapi.ts";
 import {
   addNodeSource,
   addPipelineSource,
+  addRegistrySource,
   capacityRefusals,
   httpDuration,
   httpRequests,
@@ -25,12 +26,12 @@ import {
 } from "./ops/metrics.ts";
 import { log, requestContext } from "./util/log.ts";
 import { PortInUseError, portHolder, type PortUse } from "./services/port-check.ts";
-import { connectWarehouse, type Warehouse } from "./sink/clickhouse/server.ts";
-import { migrateEventsTable } from "./sink/clickhouse/events-table.ts";
-import { ensureDlqStream } from "./bus/dead-letters.ts";
-import { PipelineManager, ensureConsumersAtStart } from "./pipeline/manager.ts";
+import { ensureConsumersAtStart } from "./pipeline/manager.ts";
+import { STREAM } from "./bus/subjects.ts";
+import { PipelineRuntime } from "./pipeline/host/runtime.ts";
+import { PipelineSupervisor } from "./pipeline/host/supervisor.ts";
+import type { Pipelines } from "./pipeline/host/pipelines.ts";
 import { setExpressionTimeLimit } from "./expr/index.ts";
-import type { BatchOptions } from "./pipeline/worker.ts";
 import type { InserterOptions } from "./sink/clickhouse/inserter.ts";
 
 export const VERSION = {
@@ -58,7 +59,7 @@ export interface RunningNode {
   eventLog: EventLog;
   ingest: IngestServer;
   /** Resolves once ClickHouse is reachable, tables migrated and pipelines running (never without CLICKHOUSE_URL). */
-  pipelinesReady: Promise<PipelineManager>;
+  pipelinesReady: Promise<Pipelines>;
   stop(): Promise<void>;
 }
 
@@ -110,62 +111,74 @@ export async function startNode(o: NodeOptions & { natsUrl: string } & PipelineT
     }),
   );
 
-  const removeSource = addPipelineSource(async () => (manager ? manager.snapshots() : []));
-  // Ingestion never waits for the warehouse: events queue in JetStream until ClickHouse is there.
-  let warehouse: Warehouse | undefined;
-  let manager: PipelineManager | undefined;
-  let stopping = false;
-  const pipelinesReady = new Promise<PipelineManager>((resolve) => {
-    if (!o.clickhouseUrl) return;
-    void (async () => {
-      for (let delay = 250; !stopping; delay = Math.min(delay * 2, 10_000)) {
-        try {
-          warehouse = await connectWarehouse({
-            url: o.clickhouseUrl!,
-            username: o.clickhouseUser,
-            password: o.clickhousePassword,
-            database: o.database,
-            cluster: o.clickhouseCluster,
-          });
-          await migrateEventsTable(warehouse);
-          await ensureDlqStream(bus.jsm, o.streamReplicas);
-          const batch: BatchOptions = {
-            maxRows: o.batchMaxRows,
-            maxBytes: o.batchMaxBytes,
-            maxAgeMs: o.batchMaxAgeMs,
-            ackWaitMs: o.ackWaitMs,
-          };
-          manager = new PipelineManager(
-            bus,
-            warehouse,
-            batch,
-            o.inserter,
-            o.adminToken || o.devAdmin ? outcomes : undefined,
-          );
-          await manager.apply(config.current);
-          config.onChange((c) => void manager?.apply(c));
-          log.info("pipelines running", {
-            clickhouse: warehouse.features.version,
-            workers: [...manager.workers.keys()],
-          });
-          resolve(manager);
-          return;
-        } catch (e) {
-          await warehouse?.close().catch(() => {});
-          warehouse = undefined;
-          log.warn("warehouse not ready; retrying", {
-            error: String((e as Error).message ?? e).split("\n")[0],
-            retryInMs: delay,
-          });
-          await Bun.sleep(delay);
-        }
-      }
-    })();
-  });
-
   // The debugger's view of recent traffic and of what pipelines did with it.
   const live = new LiveWindow();
   const outcomes = new OutcomeLog();
+  const adminEnabled = !!o.adminToken || o.devAdmin;
+
+  // Ingestion never waits for the warehouse: events queue in JetStream until ClickHouse is there.
+  // The pipelines run in worker processes (or, with TRIBUTARY_PIPELINE_WORKERS=0, here): never
+  // on the thread answering senders.
+  let stopping = false;
+  let pipelines: Pipelines | undefined;
+  const pipelinesReady = new Promise<Pipelines>((resolve) => {
+    if (!o.clickhouseUrl) return;
+    const runtime = {
+      clickhouseUrl: o.clickhouseUrl,
+      clickhouseUser: o.clickhouseUser,
+      clickhousePassword: o.clickhousePassword,
+      clickhouseCluster: o.clickhouseCluster,
+      database: o.database,
+      streamReplicas: o.streamReplicas,
+      batchMaxRows: o.batchMaxRows,
+      batchMaxBytes: o.batchMaxBytes,
+      batchMaxAgeMs: o.batchMaxAgeMs,
+      ackWaitMs: o.ackWaitMs,
+      inserter: o.inserter,
+    };
+    if (o.pipelineWorkers === 0) {
+      const r = new PipelineRuntime(bus, config, runtime, adminEnabled ? outcomes : undefined);
+      pipelines = r;
+      void r.ready.then(() => resolve(r));
+      return;
+    }
+    const s = new PipelineSupervisor({
+      count: o.pipelineWorkers,
+      outcomes: adminEnabled ? outcomes : undefined,
+      init: {
+        runtime,
+        bus: {
+          url: o.natsUrl,
+          streamMaxAgeHours: o.streamMaxAgeHours,
+          streamMaxBytes: o.streamMaxBytes,
+          streamReplicas: o.streamReplicas,
+          dedupWindowHours: o.dedupWindowHours,
+          publishTimeoutMs: o.publishTimeoutMs,
+        },
+        pipelinesDir: o.pipelinesDir,
+        expressionTimeoutMs: o.expressionTimeoutMs,
+        startSeq: bus.startSeq,
+        outcomes: adminEnabled,
+      },
+    });
+    pipelines = s;
+    void s.ready.then(() => resolve(s));
+    // A pipeline a change adds gets every event accepted from the moment this node loaded the
+    // change: its consumer is created here, from the stream's position now, before the workers
+    // (which read the directory when told) start it.
+    let reloads = Promise.resolve();
+    config.onChange((c) => {
+      const after = bus.jsm.streams.info(STREAM).then((i) => i.state.last_seq);
+      reloads = reloads
+        .then(async () => {
+          await ensureConsumersAtStart({ ...bus, startSeq: await after }, c, o.ackWaitMs);
+          await s.reload();
+        })
+        .catch((e) => log.warn("pipelines not reloaded", { error: String((e as Error).message ?? e) }));
+    });
+  });
+  const removeSource = addPipelineSource(async () => (pipelines ? pipelines.snapshots() : []));
+  const removeRegistrySource = addRegistrySource(async () => (pipelines ? pipelines.metrics() : []));
   const started = new WeakMap<Request, number>();
 
   // Every source shares the node's in-flight budget and event counters.
@@ -201,12 +214,11 @@ export async function startNode(o: NodeOptions & { natsUrl: string } & PipelineT
     dedupIds: eventLog.indexedIds,
   }));
 
-  const adminEnabled = !!o.adminToken || o.devAdmin;
   if (!adminEnabled) log.info("admin API and debugger disabled: set TRIBUTARY_ADMIN_TOKEN to enable them");
   if (adminEnabled) live.start(bus.nc);
   const guard = adminGuard({ token: o.adminToken, devLoopback: o.devAdmin });
   const admin = adminRoutes(config, live, outcomes, guard);
-  const replays = replayRoutes(config, bus, () => (manager ? warehouse : undefined), guard);
+  const replays = replayRoutes(config, () => pipelines, guard);
 
   const app = new Elysia()
     .onRequest(({ request, set }) => {
@@ -264,14 +276,7 @@ export async function startNode(o: NodeOptions & { natsUrl: string } & PipelineT
           () => true,
           () => false,
         ));
-      const ch = o.clickhouseUrl
-        ? manager && warehouse
-          ? await warehouse.client.ping().then(
-              (r) => r.success,
-              () => false,
-            )
-          : false
-        : null;
+      const ch = o.clickhouseUrl ? ((await pipelines?.warehouseUp()) ?? false) : null;
       const ok = nats && ch !== false;
       set.status = ok ? 200 : 503;
       // Anyone may ask whether the node is ready; only the admin sees why not (the configuration
@@ -288,9 +293,11 @@ export async function startNode(o: NodeOptions & { natsUrl: string } & PipelineT
     stopping = true;
     capacity.stop();
     removeSource();
+    removeRegistrySource();
     removeNodeSource();
     live.stop();
     config.close();
+    await pipelines?.stop().catch(() => {});
     await bus.close().catch(() => {});
     if ((e as { code?: string }).code === "EADDRINUSE") throw new PortInUseError(HTTP_PORT(o.port), portHolder(o.port));
     throw e;
@@ -315,15 +322,15 @@ export async function startNode(o: NodeOptions & { natsUrl: string } & PipelineT
       stopping = true;
       capacity.stop();
       removeSource();
+      removeRegistrySource();
       removeNodeSource();
       live.stop();
       // Stop taking requests, let in-flight ones finish their JetStream writes, flush the
       // pipelines' batches, then disconnect.
       await app.stop(false);
       config.close();
-      await manager?.stop();
+      await pipelines?.stop();
       await bus.close();
-      await warehouse?.close();
     },
   };
 }

@@ -105,7 +105,19 @@ export const Environment = Type.Object({
     30_000,
     "JetStream redelivers what a pipeline read but did not acknowledge (a node that died) after this.",
   ),
-  // Expressions run on the main thread, so this is what one hostile event may hold the node for. Normal
+  TRIBUTARY_PIPELINE_WORKERS: int(
+    0,
+    1,
+    "Processes that run the pipelines (consumers, filters, transforms, inserts), each a share of the connections, so no pipeline work runs on the threads answering senders. 0: on the node's own thread (embedding, debugging).",
+    64,
+  ),
+  TRIBUTARY_INGEST_WORKERS: int(
+    0,
+    0,
+    "Threads answering HTTP on the node's port (they share it with `SO_REUSEPORT`). 0: one per core.",
+    256,
+  ),
+  // Expressions run where their pipeline runs, so this is what one hostile event may hold it for. Normal
   // ones take microseconds (a millisecond in the interpreter fallback): 100 ms leaves room for a GC
   // pause or a busy machine, and matches the JavaScript/Python transforms' per-event limit.
   TRIBUTARY_EXPRESSION_TIMEOUT_MS: positive(
@@ -175,6 +187,10 @@ export interface NodeOptions {
   ackWaitMs: number;
   /** Per event, for each filter, mapping, `jsonata` transform, `events:` and `dedup: {jsonata}` (src/expr/jsonata/deadline.ts). */
   expressionTimeoutMs: number;
+  /** Processes running the pipelines; 0: in this process (src/pipeline/host). */
+  pipelineWorkers: number;
+  /** Threads answering HTTP; 0: one per core. */
+  ingestWorkers: number;
   /** LOG_FORMAT; unset: pretty when stderr is a terminal, JSON otherwise (src/util/log.ts). */
   logFormat?: LogFormat;
 }
@@ -212,6 +228,8 @@ function toOptions(env: Environment): NodeOptions {
     batchMaxAgeMs: env.TRIBUTARY_BATCH_MAX_AGE_MS,
     ackWaitMs: env.TRIBUTARY_ACK_WAIT_MS,
     expressionTimeoutMs: env.TRIBUTARY_EXPRESSION_TIMEOUT_MS,
+    pipelineWorkers: env.TRIBUTARY_PIPELINE_WORKERS,
+    ingestWorkers: env.TRIBUTARY_INGEST_WORKERS,
     logFormat: env.LOG_FORMAT,
   };
 }

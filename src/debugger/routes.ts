@@ -2,7 +2,7 @@ import { Elysia } from "elysia";
 import type { ConfigStore } from "../config/store.ts";
 import type { LiveEvent, LiveWindow } from "./live-window.ts";
 import type { OutcomeLog } from "./outcomes.ts";
-import { pipelineSnapshots, registry } from "../ops/metrics.ts";
+import { pipelineSnapshots, registry, renderMetrics } from "../ops/metrics.ts";
 
 type Guard = (request: Request, ip: string | undefined) => Response | undefined;
 
@@ -78,9 +78,7 @@ export function adminRoutes(config: ConfigStore, live: LiveWindow, outcomes: Out
     )
     .get(
       "/metrics",
-      guarded(
-        async () => new Response(await registry.metrics(), { headers: { "Content-Type": registry.contentType } }),
-      ),
+      guarded(async () => new Response(await renderMetrics(), { headers: { "Content-Type": registry.contentType } })),
     );
 }
 

@@ -1,4 +1,4 @@
-import { Counter, Gauge, Histogram, Registry } from "prom-client";
+import { AggregatorRegistry, Counter, Gauge, Histogram, Registry } from "prom-client";
 
 /**
  * Prometheus metrics of a node (GET /metrics). Counters of HTTP, JetStream and the sink are
@@ -228,3 +228,21 @@ export const publishConflicts = new Counter({
   help: "Publishes JetStream refused because the shard subject had moved on (another node wrote it first): each is re-read, deduplicated and retried",
   registers: [registry],
 });
+
+/**
+ * Metric values recorded in other processes of the node (the pipeline workers' sink histograms),
+ * merged into /metrics at scrape time: each source gives one prom-client JSON dump per process.
+ */
+const registrySources = new Set<() => Promise<unknown[][]>>();
+export function addRegistrySource(f: () => Promise<unknown[][]>): () => void {
+  registrySources.add(f);
+  return () => void registrySources.delete(f);
+}
+
+/** The node's /metrics text: this process's registry, with every worker process's values summed in. */
+export async function renderMetrics(): Promise<string> {
+  const others = (await Promise.all([...registrySources].map((f) => f().catch(() => [])))).flat();
+  if (!others.length) return registry.metrics();
+  const mine = await registry.getMetricsAsJSON();
+  return AggregatorRegistry.aggregate([mine, ...(others as (typeof mine)[])]).metrics();
+}

@@ -1,10 +1,9 @@
 import { Elysia } from "elysia";
 import { Type } from "@sinclair/typebox";
 import { TypeCompiler } from "@sinclair/typebox/compiler";
-import type { Bus } from "../bus/connection.ts";
 import type { ConfigStore } from "../config/store.ts";
-import type { Warehouse } from "../sink/clickhouse/server.ts";
-import { replay, type ReplayProgress } from "../pipeline/replay.ts";
+import type { Pipelines } from "../pipeline/host/pipelines.ts";
+import type { ReplayProgress } from "../pipeline/replay.ts";
 import { log } from "../util/log.ts";
 
 type Guard = (request: Request, ip: string | undefined) => Response | undefined;
@@ -35,8 +34,11 @@ interface Job {
 const json = (body: unknown, status = 200) =>
   new Response(JSON.stringify(body), { status, headers: { "Content-Type": "application/json" } });
 
-/** POST /v1/pipelines/<name>/replay starts a replay in this node; GET /v1/replays follows them. */
-export function replayRoutes(config: ConfigStore, bus: Bus, warehouse: () => Warehouse | undefined, guard: Guard) {
+/**
+ * POST /v1/pipelines/<name>/replay starts a replay in this node, where its pipelines run (a worker
+ * process by default); GET /v1/replays follows them.
+ */
+export function replayRoutes(config: ConfigStore, pipelines: () => Pipelines | undefined, guard: Guard) {
   const jobs = new Map<string, Job>();
   const ip = (ctx: { request: Request; server: { requestIP(r: Request): { address: string } | null } | null }) =>
     ctx.server?.requestIP(ctx.request)?.address;
@@ -77,8 +79,8 @@ export function replayRoutes(config: ConfigStore, bus: Bus, warehouse: () => War
             { error: `several connections have a pipeline named "${name}": say which with "connection"` },
             400,
           );
-        const w = warehouse();
-        if (!w) return json({ error: "ClickHouse is not reachable yet; retry later" }, 503);
+        const p = pipelines();
+        if (!p || !(await p.warehouseUp())) return json({ error: "ClickHouse is not reachable yet; retry later" }, 503);
         const job: Job = {
           id: crypto.randomUUID(),
           connection: owners[0]!.connection,
@@ -86,12 +88,7 @@ export function replayRoutes(config: ConfigStore, bus: Bus, warehouse: () => War
           startedAt: new Date().toISOString(),
         };
         jobs.set(job.id, job);
-        replay(bus, w, config.current, {
-          ...body,
-          connection: job.connection,
-          pipeline: name,
-          onProgress: (p) => (job.progress = p),
-        })
+        p.replay({ ...body, connection: job.connection, pipeline: name }, (progress) => (job.progress = progress))
           .then((p) => (job.progress = p))
           .catch((e) => {
             job.error = String((e as Error).message ?? e);

@@ -60,7 +60,7 @@ test("ClickHouse killed during sustained load: ingestion keeps answering 2xx, ev
     await load.stop();
     expect(load.statuses.get(200)).toBe(load.requests);
     await expectExactlyOnce(db, "chkill", load.accepted);
-    const [stats] = [...(await node.pipelinesReady).workers.values()].map((w) => w.stats);
+    const [stats] = await (await node.pipelinesReady).snapshots();
     expect(stats!.loaded).toBeGreaterThanOrEqual(load.accepted.length);
   } finally {
     await node.stop();
@@ -120,13 +120,16 @@ test("two nodes consuming one pipeline share the work; every accepted event land
       prefix: "two",
     });
     // Load until both nodes have loaded something (at least 3 s; a condition, with a generous deadline).
-    const loadedBy = (m: typeof ma) => [...m.workers.values()][0]!.stats.loaded;
+    const loadedBy = async (m: typeof ma) => (await m.snapshots())[0]?.loaded ?? 0;
     await Bun.sleep(3000);
-    for (const deadline = Date.now() + 60_000; (loadedBy(ma) === 0 || loadedBy(mb) === 0) && Date.now() < deadline; )
+    for (
+      const deadline = Date.now() + 60_000;
+      ((await loadedBy(ma)) === 0 || (await loadedBy(mb)) === 0) && Date.now() < deadline;
+    )
       await Bun.sleep(100);
     await load.stop();
     await expectExactlyOnce(db, "twonodes", load.accepted);
-    const loaded = [ma, mb].map(loadedBy);
+    const loaded = await Promise.all([ma, mb].map(loadedBy));
     // Both nodes took part, and together they loaded each event once.
     expect(loaded[0]).toBeGreaterThan(0);
     expect(loaded[1]).toBeGreaterThan(0);

@@ -137,8 +137,8 @@ const writeFile = async (name: string, text: string, loaded: () => boolean) => {
   writeFileSync(join(stack.node.config.options.dir, name), text);
   for (let i = 0; i < 100 && !loaded(); i++) await Bun.sleep(50);
   expect(loaded()).toBe(true);
-  // The manager applies the new config right after the store has it.
-  await (await stack.node.pipelinesReady).apply(stack.node.config.current);
+  // The pipelines apply the new config right after the store has it.
+  await (await stack.node.pipelinesReady).reload();
 };
 const postAs = (key: string, events: unknown[]) =>
   fetch(`${stack.node.url}/v1/batch`, {
@@ -183,7 +183,7 @@ test("a pipeline added later starts from new events; a filter that throws fails 
     ).map((x) => x.message_id),
   ).toEqual(["late-1", "late-3"]);
   expect(got.length).toBe(2);
-  const stats = (await stack.node.pipelinesReady).workers.get("late/numbers")!.stats;
+  const stats = (await (await stack.node.pipelinesReady).snapshot("late/numbers"))!;
   expect(stats).toMatchObject({ received: 4, filteredOut: 1, failed: 1, loaded: 2 });
   expect(stats.lastErrors).toHaveLength(1);
   expect(stats.lastErrors[0]!.messageId).toBe("late-2");
@@ -205,7 +205,7 @@ test("enabled: false stops a pipeline and leaves its events in the stream; re-en
     file(false),
     () => stack.node.config.current.connections.get("pausable")!.pipelines![0]!.enabled === false,
   );
-  expect((await stack.node.pipelinesReady).workers.has("pausable/p")).toBe(false);
+  expect(await (await stack.node.pipelinesReady).snapshot("pausable/p")).toBeUndefined();
   expect(
     await postAs("key-pausable-0001", [
       { type: "track", event: "E", userId: "u", messageId: "pz-2" },
@@ -287,6 +287,6 @@ test("a pipeline requiring consent purposes never loads events without them, and
     (x) => x.length >= 2,
   );
   expect(got.map((x) => x.message_id)).toEqual(["c-1", "c-4"]);
-  const stats = (await stack.node.pipelinesReady).workers.get("consented/analytics only")!.stats;
+  const stats = (await (await stack.node.pipelinesReady).snapshot("consented/analytics only"))!;
   expect(stats).toMatchObject({ received: 4, consentFailed: 2, loaded: 2 });
 });

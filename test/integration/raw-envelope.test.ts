@@ -74,9 +74,9 @@ test("an event with a top-level `raw` field is loaded and counted by events and 
     ),
   ).toEqual([{ user_id: "r2", plan: "raw" }]);
   const m = await stack.node.pipelinesReady;
-  expect(m.workers.get("site/all")!.stats.received).toBe(3);
+  expect((await m.snapshot("site/all"))!.received).toBe(3);
   // No raw table loader exists for a webhook connection, and nothing here was one.
-  expect(m.workers.has("site/(raw table)")).toBe(false);
+  expect(await m.snapshot("site/(raw table)")).toBeUndefined();
 });
 
 test("a raw connection loads its deliveries into its table and its derived events (with a `raw` field) into events; old messages still load", async () => {

@@ -3,12 +3,16 @@ import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { useStack } from "../harness/stack.ts";
 import { eventually, rows } from "../harness/warehouse.ts";
+import { connectWarehouse } from "../../src/sink/clickhouse/server.ts";
 
 /** Backfill a pipeline added later, from the CLI and from the admin API; reruns never double rows. */
 
 const ADMIN = "replay-admin-token";
 const file = (pipelines: string) =>
   `connection: shop\nsource: webhook\nwriteKeys: ["key-replay-0001"]\npipelines:\n  - name: all\n    import: events\n${pipelines}`;
+/** A replay's own connection to ClickHouse, as `bun run replay` has. */
+const testWarehouse = () =>
+  connectWarehouse({ url: stack.ch.url, username: "default", password: "", database: "tributary" });
 const ORDERS = `  - name: orders\n    import: events\n    filter: event = "Order Completed"\n`;
 
 const stack = useStack({ "shop.yaml": file("") }, { adminToken: ADMIN });
@@ -54,7 +58,8 @@ test("a pipeline added later is backfilled by bun run replay; a rerun and a dry 
     (r) => r[0]?.c === "3",
   );
   writeFileSync(join(stack.node.config.options.dir, "shop.yaml"), file(ORDERS));
-  for (let i = 0; i < 100 && !(await stack.node.pipelinesReady).workers.has("shop/orders"); i++) await Bun.sleep(50);
+  for (let i = 0; i < 100 && !(await (await stack.node.pipelinesReady).snapshot("shop/orders")); i++)
+    await Bun.sleep(50);
   expect(await post([ev("r-4", "Order Completed")])).toBe(200);
   await eventually<any>(
     stack.db,
@@ -139,7 +144,7 @@ test("POST /v1/pipelines/<name>/replay runs it in the node; --until bounds it", 
 
 test("after a filter change, a replay adds the newly kept rows and no duplicates of the old ones", async () => {
   const { replay } = await import("../../src/pipeline/replay.ts");
-  const manager = await stack.node.pipelinesReady;
+  const warehouse = await testWarehouse();
   expect(await post([{ type: "track", event: "Refund", userId: "u", messageId: "r-refund" }])).toBe(200);
   await eventually<any>(
     stack.db,
@@ -155,7 +160,7 @@ test("after a filter change, a replay adds the newly kept rows and no duplicates
   )
     await Bun.sleep(50);
   const before = await rawCount();
-  const p = await replay(stack.node.bus, manager.warehouse, stack.node.config.current, {
+  const p = await replay(stack.node.bus, warehouse, stack.node.config.current, {
     connection: "shop",
     pipeline: "orders",
     since: new Date(Date.now() - 3600_000).toISOString(),
@@ -168,7 +173,7 @@ test("after a filter change, a replay adds the newly kept rows and no duplicates
 
 test("an interrupted replay resumes after the last batch it loaded", async () => {
   const { replay } = await import("../../src/pipeline/replay.ts");
-  const manager = await stack.node.pipelinesReady;
+  const warehouse = await testWarehouse();
   const ids = Array.from({ length: 3000 }, (_, i) => `bulk-${String(i).padStart(4, "0")}`);
   for (let i = 0; i < ids.length; i += 500) {
     expect(
@@ -179,7 +184,7 @@ test("an interrupted replay resumes after the last batch it loaded", async () =>
   }
   const args = { connection: "shop", pipeline: "orders", fromSeq: 1, batchRows: 500 };
   const abort = new AbortController();
-  const first = await replay(stack.node.bus, manager.warehouse, stack.node.config.current, {
+  const first = await replay(stack.node.bus, warehouse, stack.node.config.current, {
     ...args,
     signal: abort.signal,
     onProgress: (p) => p.loaded >= 500 && abort.abort(),
@@ -187,7 +192,7 @@ test("an interrupted replay resumes after the last batch it loaded", async () =>
   expect(first.finished).toBe(false);
   expect(first.loaded).toBeGreaterThanOrEqual(500);
   expect(first.loaded).toBeLessThan(3000);
-  const second = await replay(stack.node.bus, manager.warehouse, stack.node.config.current, args);
+  const second = await replay(stack.node.bus, warehouse, stack.node.config.current, args);
   expect(second).toMatchObject({ finished: true, resumed: true });
   // It went on from where the first stopped instead of starting over.
   expect(second.received).toBeLessThan(3000 + 10 - first.loaded + 500);
@@ -202,7 +207,7 @@ test("an interrupted replay resumes after the last batch it loaded", async () =>
   );
   expect(n).toBe(3000);
   // Finished: its consumer is gone, so the same replay would start afresh.
-  const third = await replay(stack.node.bus, manager.warehouse, stack.node.config.current, args);
+  const third = await replay(stack.node.bus, warehouse, stack.node.config.current, args);
   expect(third.resumed).toBe(false);
 }, 60_000);
 

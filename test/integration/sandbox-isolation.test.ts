@@ -165,7 +165,7 @@ test("a guest that disabled every guard and never returns: the node's own deadli
     120_000,
   );
   expect(landed.map((x) => x.user_id)).toEqual(["calm-1", "calm-2"]);
-  const stats = (await stack.node.pipelinesReady).workers.get("escape/users")!.stats;
+  const stats = (await (await stack.node.pipelinesReady).snapshot("escape/users"))!;
   const err = stats.lastErrors.find((e: { messageId?: string }) => e.messageId === "spin-1");
   expect(err?.error).toContain("its sandbox did not stop it");
   expect(err?.error).toContain("killed and restarted");
@@ -203,7 +203,7 @@ test("memory outside the interpreter's heap hits the process cap: the hog fails,
     120_000,
   );
   expect(landed.map((x) => x.user_id)).toEqual(["fed-1", "fed-2"]);
-  const stats = (await stack.node.pipelinesReady).workers.get("escape/users")!.stats;
+  const stats = (await (await stack.node.pipelinesReady).snapshot("escape/users"))!;
   const err = stats.lastErrors.find((e: { messageId?: string }) => e.messageId === "hog-1");
   // Killed by the cgroup (SIGKILL) or refused by the address-space rlimit: either way, not the node's memory.
   expect(err?.error).toMatch(/sandbox process ended \(killed: it reached its memory cap|Out of memory/);

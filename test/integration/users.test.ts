@@ -77,7 +77,7 @@ const users = (where: string) =>
     stack.db,
     `SELECT user_id, anonymous_ids, email, plan, company, country, age, is_active, signed_up_at, tags FROM tributary.users FINAL WHERE ${where} ORDER BY user_id`,
   );
-const stats = async (key: string) => (await stack.node.pipelinesReady).workers.get(key)!.stats;
+const stats = async (key: string) => (await (await stack.node.pipelinesReady).snapshot(key))!;
 
 for (const kind of Object.keys(KINDS)) {
   test(`the seed identify fixture through the ${kind} transformation gives the expected users row`, async () => {
@@ -333,9 +333,10 @@ test("adding a property adds a column at reload; retyping one is refused unless 
   expect(cols[0].type).toBe("Nullable(Float64)");
   writeFileSync(join(dir, "customer-model.yaml"), MODEL.replace("age: int", "age: string") + "  score: float\n");
   const manager = await stack.node.pipelinesReady;
-  for (let i = 0; i < 1200 && !manager.lastError?.includes("Customer Model"); i++) await Bun.sleep(50);
-  expect(manager.lastError).toContain(`property "age" would change from Nullable(Int64) to Nullable(String)`);
-  expect(manager.lastError).toContain("migrate: true");
+  for (let i = 0; i < 1200 && !(await manager.lastError())?.includes("Customer Model"); i++) await Bun.sleep(50);
+  const lastError = await manager.lastError();
+  expect(lastError).toContain(`property "age" would change from Nullable(Int64) to Nullable(String)`);
+  expect(lastError).toContain("migrate: true");
   const age = await rows<any>(
     stack.db,
     `SELECT type FROM system.columns WHERE database = 'tributary' AND table = 'users' AND name = 'age'`,
