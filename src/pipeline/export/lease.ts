@@ -3,6 +3,7 @@ import { JetStreamApiCodes, JetStreamApiError } from "@nats-io/jetstream";
 import { Kvm, type KV } from "@nats-io/kv";
 import type { Bus } from "../../bus/connection.ts";
 import { consumerName } from "../../bus/subjects.ts";
+import { sleep } from "../../sink/http/rate-limit.ts";
 import { log } from "../../util/log.ts";
 
 /**
@@ -69,7 +70,7 @@ export class Lease {
         break;
       } catch {
         // Held by another node (or the bucket is unreachable): try again soon.
-        await new Promise((r) => setTimeout(r, this.options.renewMs));
+        await sleep(this.options.renewMs, signal);
       }
     }
     this.#lost = lost;
