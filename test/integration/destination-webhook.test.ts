@@ -175,6 +175,39 @@ test("events of several users reach the receiver in each user's order, signed, w
   expect(typeof first.receivedAt).toBe("string");
 }, 90_000);
 
+test("replay re-sends what the stream holds with the same messageIds, in each user's order, keyed by its messageIds", async () => {
+  const before = ordered.requests.length;
+  const live = new Map(ordered.requests.map((r) => [r.events.map((e) => e.messageId).join(","), r.idempotencyKey]));
+  const r = await runScript("replay", ["ordered", "--pipeline", "to-hook"], {
+    NATS_URL: stack.nats.url,
+    CLICKHOUSE_URL: stack.ch.url,
+    TRIBUTARY_PIPELINES: stack.node.config.options.dir,
+  });
+  expect({ code: r.code, err: r.code ? r.err : "" }).toEqual({ code: 0, err: "" });
+  const replayed = ordered.requests.slice(before);
+  const again = (id: string) => replayed.some((q) => q.answer.status < 300 && q.events.some((e) => e.messageId === id));
+  const streamOrder = idsByUser(await streamEvents(stack.nats.url, "ordered"));
+  expect([...streamOrder.values()].flat().filter((id) => !again(id))).toEqual([]);
+  // Per user, the replay's first accepted copy of each event comes in stream order.
+  const firstCopies = new Map<string, string[]>();
+  const seen = new Set<string>();
+  for (const q of replayed)
+    if (q.answer.status < 300)
+      for (const e of q.events)
+        if (!seen.has(e.messageId)) {
+          seen.add(e.messageId);
+          firstCopies.set(e.userId, [...(firstCopies.get(e.userId) ?? []), e.messageId]);
+        }
+  expect(Object.fromEntries(firstCopies)).toEqual(Object.fromEntries(streamOrder));
+  for (const q of replayed) {
+    expect(q.signature).toBe("valid");
+    // The key is the hash of the batch's messageIds: a batch grouped as a live one has its key.
+    const ids = q.events.map((e) => e.messageId).join(",");
+    if (live.has(ids)) expect(q.idempotencyKey).toBe(live.get(ids)!);
+  }
+  expectRetriedWithSameKey(ordered);
+}, 90_000);
+
 test("500, 429 with Retry-After, a timeout, 408 and 503 are retried with the same Idempotency-Key until 200", async () => {
   const ids = Array.from({ length: 5 }, (_, i) => `retry-${i}`);
   await post(
