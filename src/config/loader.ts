@@ -26,6 +26,8 @@ export interface Config {
   customerModel: CustomerModelFile["customerModel"];
   /** `migrate: true` in a customer model file. */
   customerModelMigrate: boolean;
+  /** `identifiers` (highest priority first) and `identifiersMergeUserIds` of the customer model file (the loader always sets it). */
+  identity?: { identifiers: string[]; mergeUserIds: boolean };
   files: string[];
 }
 
@@ -221,6 +223,33 @@ function checkMappings(
   }
 }
 
+/**
+ * Identifiers are compared as Customer Model values, so each must be a property, and one whose
+ * value is a single comparable value (not a list, not free JSON): otherwise it could never match.
+ */
+function checkIdentifiers(
+  identifiers: { file: string; names: string[] } | undefined,
+  model: CustomerModelFile["customerModel"],
+  texts: Map<string, string>,
+  problems: string[],
+) {
+  if (!identifiers) return;
+  const properties = Object.keys(model);
+  identifiers.names.forEach((name, i) => {
+    const type = model[name];
+    const why =
+      type === undefined
+        ? `"${name}" is not a Customer Model property${didYouMean(name, properties) || ` (it has ${properties.slice(0, 20).join(", ") || "none"})`}`
+        : type === "json" || type.startsWith("array(")
+          ? `"${name}" is ${type}: an identifier must be a single value (string, int, float, boolean or datetime)`
+          : undefined;
+    if (why)
+      problems.push(
+        `${identifiers.file}:${lineInYaml(texts.get(identifiers.file) ?? "", `/identifiers/${i}`)}: identifiers/${i}: ${why}`,
+      );
+  });
+}
+
 /** Cross-file rules a per-file schema cannot express. */
 function checkWhole(connections: LoadedConnection[], problems: string[]) {
   const names = new Map<string, string>();
@@ -260,6 +289,8 @@ export function loadConfig(dir: string, env: Record<string, string | undefined> 
   const connections: LoadedConnection[] = [];
   let customerModel: CustomerModelFile["customerModel"] = {};
   let customerModelMigrate = false;
+  let identifiers: { file: string; names: string[] } | undefined;
+  let mergeUserIds = false;
   const files: string[] = [];
   const texts = new Map<string, string>();
   for (const name of entries) {
@@ -283,6 +314,12 @@ export function loadConfig(dir: string, env: Record<string, string | undefined> 
     else {
       customerModel = { ...customerModel, ...parsed.value.customerModel };
       customerModelMigrate ||= parsed.value.migrate === true;
+      mergeUserIds ||= parsed.value.identifiersMergeUserIds === true;
+      if (parsed.value.identifiers) {
+        if (identifiers)
+          problems.push(`${shown}:1: identifiers: already listed in ${identifiers.file}; list them in one file`);
+        else identifiers = { file: shown, names: parsed.value.identifiers };
+      }
     }
   }
   // Mappings are checked only once every file loaded: a file that failed may be (or have been meant
@@ -290,11 +327,13 @@ export function loadConfig(dir: string, env: Record<string, string | undefined> 
   const everyFileLoaded = problems.length === 0;
   checkWhole(connections, problems);
   if (everyFileLoaded) checkMappings(connections, customerModel, texts, problems);
+  if (everyFileLoaded) checkIdentifiers(identifiers, customerModel, texts, problems);
   if (problems.length) throw new ConfigError(problems);
   return {
     connections: new Map(connections.map((c) => [c.connection, c])),
     customerModel,
     customerModelMigrate,
+    identity: { identifiers: identifiers?.names ?? [], mergeUserIds },
     files,
   };
 }

@@ -408,6 +408,22 @@ export const CustomerModelFile = Type.Object(
           "Allows removing and retyping properties (dropping or converting their columns) at the next reload. Without it such a change is refused, naming the property, and the last good model keeps running.",
       }),
     ),
+    identifiers: Type.Optional(
+      Type.Array(Type.String({ pattern: "^[a-z_][a-z0-9_]{0,63}$" }), {
+        uniqueItems: true,
+        maxItems: 16,
+        description:
+          "Customer Model properties that identify a person, highest priority first. Besides `userId`, `anonymousId` and `alias`, two profiles are merged when the first of these that has a value on both is equal; when it differs they stay apart, whatever the later ones say. Each must be a non-array, non-json property of the model. After changing the list, `npm run resolve` rebuilds the profiles under it.",
+        examples: [["email", "phone"]],
+      }),
+    ),
+    identifiersMergeUserIds: Type.Optional(
+      Type.Boolean({
+        default: false,
+        description:
+          "Whether identifiers may merge two profiles that carry different `userId`s. By default a `userId` is authoritative: two users with the same email stay two profiles (as Segment and Krenalis do); `true` merges them.",
+      }),
+    ),
   },
   { additionalProperties: false },
 );

@@ -1,6 +1,7 @@
 import { createHash, randomUUID } from "node:crypto";
 import { Kvm, type KV } from "@nats-io/kv";
-import type { JetStreamClient } from "@nats-io/jetstream";
+import type { JetStreamClient, JetStreamManager } from "@nats-io/jetstream";
+import { NO_IDENTIFIERS, type IdentityRules, identifierText, present, sameByIdentifiers } from "./identity-rules.ts";
 
 /**
  * Identity resolution: which profile a userId or anonymousId belongs to, and each profile's
@@ -13,7 +14,9 @@ import type { JetStreamClient } from "@nats-io/jetstream";
  * becomes the user's (when the user had none) or is merged into it. `alias` merges previousId's
  * profile into userId's. Two identified users are never merged by an anonymousId. Every
  * property keeps the value with the latest event timestamp (messageId breaks ties), so order
- * of arrival does not matter.
+ * of arrival does not matter. With identifiers (identity-rules.ts), each identifier value is
+ * indexed (`i.<hash>` → profile) and a profile whose value is already indexed to another profile
+ * is merged with it when the rules say they are one person.
  */
 export interface Profile {
   id: string;
@@ -28,6 +31,10 @@ export interface Profile {
   mergedInto?: string;
   /** Anonymous ids dropped from `anonymousIds` (oldest first) to keep it within the limit; their identities still lead here. */
   anonymousIdsDropped?: number;
+  /** Other userIds merged in (by alias, or by identifiers with mergeUserIds): their identities lead here. */
+  userIds?: string[];
+  /** Profiles merged into this one (their tombstones): forgetting this profile removes them too. */
+  merged?: string[];
 }
 
 /**
@@ -86,11 +93,22 @@ export interface ProfileState {
   revision: number;
 }
 
+/** An id that now leads to another profile (for the profile_map table). */
+export interface Link {
+  kind: "u" | "a";
+  id: string;
+  profileId: string;
+}
+
 export interface ApplyOutcome {
   /** Every profile the applied updates touched, as stored. */
   states: ProfileState[];
   /** Updates refused for what they carry (by index in the batch), with the reason; none of their changes were kept. */
   refused: { index: number; reason: string }[];
+  /** By index in the batch: the profile each applied update ended in (undefined: refused). */
+  targets: (string | undefined)[];
+  /** Every userId and anonymousId whose profile changed, with its new profile and the KV revision of that link. */
+  links: (Link & { revision: number })[];
 }
 
 export class ProfileConflictError extends Error {
@@ -100,8 +118,13 @@ export class ProfileConflictError extends Error {
   }
 }
 
-const keyOf = (kind: "u" | "a", id: string) =>
+/** The identities bucket's key of a userId ("u"), anonymousId ("a") or identifier value ("i": `name\0value`). */
+export const keyOf = (kind: "u" | "a" | "i", id: string) =>
   `${kind}.${createHash("sha256").update(id).digest("base64url").slice(0, 32)}`;
+export const identifierKey = (name: string, v: unknown) => keyOf("i", `${name}\0${identifierText(v)}`);
+
+/** KV reads and writes made, for tests and benchmarks (incrementality: per event, not per profile). */
+export const kvOps = { reads: 0, writes: 0 };
 const enc = new TextEncoder();
 
 interface Slot<T> {
@@ -110,7 +133,13 @@ interface Slot<T> {
   dirty: boolean;
 }
 
-const copy = (p: Profile): Profile => ({ ...p, anonymousIds: [...p.anonymousIds], props: { ...p.props } });
+const copy = (p: Profile): Profile => ({
+  ...p,
+  anonymousIds: [...p.anonymousIds],
+  props: { ...p.props },
+  ...(p.userIds && { userIds: [...p.userIds] }),
+  ...(p.merged && { merged: [...p.merged] }),
+});
 
 /** Property entries are never changed in place (setProp replaces them): their sizes are measured once. */
 const entryBytes = new WeakMap<object, number>();
@@ -145,6 +174,7 @@ interface Journal {
   profiles: Map<string, Slot<Profile> | undefined>;
   identities: Map<string, { value: string | undefined; dirty: boolean }>;
   touched: string[];
+  links: number;
 }
 
 /** One attempt at applying a batch: reads through, writes at the end. */
@@ -152,6 +182,7 @@ class Attempt {
   readonly identities = new Map<string, Slot<string>>();
   readonly profiles = new Map<string, Slot<Profile>>();
   readonly touched = new Set<string>();
+  readonly links: Link[] = [];
 
   constructor(
     readonly ids: KV,
@@ -170,6 +201,7 @@ class Attempt {
   #journal?: Journal;
 
   async #readIdentity(key: string): Promise<Slot<string>> {
+    kvOps.reads++;
     const e = await this.ids.get(key).catch((err) => {
       throw new ProfileStoreUnavailable(err);
     });
@@ -183,6 +215,7 @@ class Attempt {
   }
 
   async #readProfile(id: string): Promise<Slot<Profile>> {
+    kvOps.reads++;
     const e = await this.store.get(id).catch((err) => {
       throw new ProfileStoreUnavailable(err);
     });
@@ -201,7 +234,7 @@ class Attempt {
 
   /** Starts recording one update's changes. */
   begin(): void {
-    this.#journal = { profiles: new Map(), identities: new Map(), touched: [] };
+    this.#journal = { profiles: new Map(), identities: new Map(), touched: [], links: this.links.length };
   }
 
   /** The profiles the current update changed, as they are now. */
@@ -224,6 +257,7 @@ class Attempt {
     }
     for (const [key, was] of j.identities) Object.assign(this.identities.get(key)!, was);
     for (const id of j.touched) this.touched.delete(id);
+    this.links.length = j.links;
     this.#journal = undefined;
   }
 
@@ -246,9 +280,11 @@ class Attempt {
     this.#journal?.touched.push(id);
   }
 
-  setIdentity(key: string, profileId: string): void {
+  /** Points an identity at a profile; `link` names a userId or anonymousId for the profile map. */
+  setIdentity(key: string, profileId: string, link?: Omit<Link, "profileId">): void {
     const slot = this.identities.get(key)!;
     if (slot.value === profileId) return;
+    if (link) this.links.push({ ...link, profileId });
     const j = this.#journal;
     if (j && !j.identities.has(key)) j.identities.set(key, { value: slot.value, dirty: slot.dirty });
     slot.value = profileId;
@@ -297,6 +333,7 @@ class Attempt {
     // identity (a crash in between) is simply recreated on the next event.
     const put = async <T>(kv: KV, key: string, slot: Slot<T>, data: string) => {
       if (!slot.dirty) return;
+      kvOps.writes++;
       try {
         slot.revision =
           slot.revision === 0
@@ -322,19 +359,35 @@ function setProp(p: Profile, name: string, v: unknown, t: number, m: string): bo
   return true;
 }
 
+export const IDENTITIES_BUCKET = "tributary_identities";
+export const PROFILES_BUCKET = "tributary_profiles";
+
+export const SOURCES_BUCKET = "tributary_sources";
+
 export class ProfileStore {
   constructor(
     readonly ids: KV,
     readonly store: KV,
+    /** Source identities (sources.ts), kept beside the graph they rebuild. */
+    readonly sources?: KV,
   ) {}
 
   static async open(js: JetStreamClient, replicas = 1): Promise<ProfileStore> {
     const kvm = new Kvm(js);
     const opts = { history: 1, replicas };
     return new ProfileStore(
-      await kvm.create("tributary_identities", opts),
-      await kvm.create("tributary_profiles", opts),
+      await kvm.create(IDENTITIES_BUCKET, opts),
+      await kvm.create(PROFILES_BUCKET, opts),
+      await kvm.create(SOURCES_BUCKET, opts),
     );
+  }
+
+  /**
+   * Empties the identity graph and the profiles (`npm run resolve` rebuilds them): their streams
+   * are purged, so revisions go on increasing and rows written afterwards replace older ones.
+   */
+  static async clear(jsm: JetStreamManager): Promise<void> {
+    for (const b of [IDENTITIES_BUCKET, PROFILES_BUCKET]) await jsm.streams.purge(`KV_${b}`);
   }
 
   /**
@@ -343,23 +396,29 @@ export class ProfileStore {
    * Throws only when the store itself fails (ProfileStoreUnavailable, or a KV write error), after
    * which the whole batch is retried.
    */
-  async apply(updates: ProfileUpdate[], maxAttempts = 20): Promise<ApplyOutcome> {
+  async apply(
+    updates: ProfileUpdate[],
+    rules: IdentityRules = NO_IDENTIFIERS,
+    maxAttempts = 20,
+  ): Promise<ApplyOutcome> {
     for (let attempt = 1; ; attempt++) {
       const a = new Attempt(this.ids, this.store, Date.now());
       try {
         await a.prefetch(
-          updates.flatMap((u) =>
-            [u.userId && keyOf("u", u.userId), u.anonymousId && keyOf("a", u.anonymousId)].filter(
+          updates.flatMap((u) => [
+            ...[u.userId && keyOf("u", u.userId), u.anonymousId && keyOf("a", u.anonymousId)].filter(
               (k): k is string => !!k,
             ),
-          ),
+            ...rules.identifiers.filter((n) => present(u.props[n])).map((n) => identifierKey(n, u.props[n])),
+          ]),
         );
         const refused: ApplyOutcome["refused"] = [];
+        const targets: ApplyOutcome["targets"] = [];
         let slice = performance.now();
         for (const [index, u] of updates.entries()) {
           a.begin();
           try {
-            await this.#applyOne(a, u);
+            targets[index] = await this.#applyOne(a, u, rules);
             for (const p of a.edited()) {
               if (p.mergedInto) continue; // a tombstone only gains its mergedInto
               const size = profileBytes(p);
@@ -372,6 +431,7 @@ export class ProfileStore {
           } catch (e) {
             if (e instanceof ProfileStoreUnavailable) throw e;
             a.rollback();
+            targets[index] = undefined;
             refused.push({
               index,
               reason:
@@ -391,7 +451,8 @@ export class ProfileStore {
           const slot = a.profiles.get(id)!;
           return { profile: slot.value!, revision: slot.revision };
         });
-        return { states, refused };
+        const links = a.links.map((l) => ({ ...l, revision: a.identities.get(keyOf(l.kind, l.id))?.revision ?? 0 }));
+        return { states, refused, targets, links };
       } catch (e) {
         if (!(e instanceof ProfileConflictError) || attempt >= maxAttempts) throw e;
         await Bun.sleep(Math.random() * 10 * attempt);
@@ -399,7 +460,8 @@ export class ProfileStore {
     }
   }
 
-  async #applyOne(a: Attempt, u: ProfileUpdate): Promise<void> {
+  /** Applies one update; the id of the profile it ended in. */
+  async #applyOne(a: Attempt, u: ProfileUpdate, rules: IdentityRules): Promise<string> {
     for (const [kind, id] of [
       ["userId", u.userId],
       ["anonymousId", u.anonymousId],
@@ -422,7 +484,7 @@ export class ProfileStore {
         target.userId = u.userId;
         a.changed(target);
       }
-      a.setIdentity(uKey, target.id);
+      a.setIdentity(uKey, target.id, { kind: "u", id: u.userId! });
     } else {
       target = a.edit(byAnon ?? a.create());
     }
@@ -430,7 +492,7 @@ export class ProfileStore {
     if (aKey && u.anonymousId !== undefined) {
       const owner = await a.resolve(aKey);
       if (!owner || owner.id === target.id || owner.userId === undefined || owner.userId === target.userId) {
-        a.setIdentity(aKey, target.id);
+        a.setIdentity(aKey, target.id, { kind: "a", id: u.anonymousId });
         if (!target.anonymousIds.includes(u.anonymousId)) {
           target.anonymousIds.push(u.anonymousId);
           capAnonymousIds(target);
@@ -444,7 +506,7 @@ export class ProfileStore {
       else if (!prev) {
         // An alias naming an id never seen: remember it, so its later events find this user.
         await a.identity(keyOf("a", u.previousId));
-        a.setIdentity(keyOf("a", u.previousId), target.id);
+        a.setIdentity(keyOf("a", u.previousId), target.id, { kind: "a", id: u.previousId });
         if (!target.anonymousIds.includes(u.previousId)) {
           target.anonymousIds.push(u.previousId);
           capAnonymousIds(target);
@@ -458,7 +520,40 @@ export class ProfileStore {
     if (u.timestamp < target.firstSeen) (target.firstSeen = u.timestamp), (changed = true);
     if (u.timestamp > target.lastSeen) (target.lastSeen = u.timestamp), (changed = true);
     if (changed) a.changed(target);
+    if (rules.identifiers.length) target = await this.#matchIdentifiers(a, target, rules);
     a.touch(target.id);
+    return target.id;
+  }
+
+  /**
+   * Merges `p` with every profile an identifier value of it is indexed to, when the rules make
+   * them one person, until nothing more matches (a merge brings in values that may match again);
+   * then indexes its values. A value indexed to a profile kept apart stays with that profile
+   * unless it no longer holds the value. The profile that carries a userId survives a merge, else
+   * the one already indexed. Returns the surviving profile.
+   */
+  async #matchIdentifiers(a: Attempt, p: Profile, rules: IdentityRules): Promise<Profile> {
+    for (let round = 0; round < 16; round++) {
+      let merged = false;
+      for (const name of rules.identifiers) {
+        const v = p.props[name]?.v;
+        if (!present(v)) continue;
+        const key = identifierKey(name, v);
+        const other = await a.resolve(key);
+        if (other && other.id !== p.id && sameByIdentifiers(p, other, rules)) {
+          const keepOther = other.userId !== undefined || p.userId === undefined;
+          const [src, dst] = keepOther ? [p, other] : [other, p];
+          await this.#merge(a, src, dst);
+          p = dst;
+          merged = true;
+          break;
+        }
+        const holds = other && identifierText(other.props[name]?.v) === identifierText(v);
+        if (!other || other.id === p.id || !holds) a.setIdentity(key, p.id);
+      }
+      if (!merged) return p;
+    }
+    return p;
   }
 
   /** Folds `src` into `dst`; `src` becomes a tombstone and its identities point at `dst`. */
@@ -469,15 +564,17 @@ export class ProfileStore {
     for (const id of src.anonymousIds) {
       if (!dst.anonymousIds.includes(id)) dst.anonymousIds.push(id);
       await a.identity(keyOf("a", id));
-      a.setIdentity(keyOf("a", id), dst.id);
+      a.setIdentity(keyOf("a", id), dst.id, { kind: "a", id });
     }
     // Ids src had dropped still lead to src, whose tombstone leads here.
     if (src.anonymousIdsDropped) dst.anonymousIdsDropped = (dst.anonymousIdsDropped ?? 0) + src.anonymousIdsDropped;
     capAnonymousIds(dst);
-    if (src.userId !== undefined) {
-      await a.identity(keyOf("u", src.userId));
-      a.setIdentity(keyOf("u", src.userId), dst.id);
+    for (const id of [...(src.userId !== undefined ? [src.userId] : []), ...(src.userIds ?? [])]) {
+      await a.identity(keyOf("u", id));
+      a.setIdentity(keyOf("u", id), dst.id, { kind: "u", id });
+      if (id !== dst.userId && !dst.userIds?.includes(id)) (dst.userIds ??= []).push(id);
     }
+    dst.merged = [...(dst.merged ?? []), src.id, ...(src.merged ?? [])];
     dst.firstSeen = Math.min(dst.firstSeen, src.firstSeen);
     dst.lastSeen = Math.max(dst.lastSeen, src.lastSeen);
     src.mergedInto = dst.id;

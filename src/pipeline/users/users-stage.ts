@@ -7,6 +7,9 @@ import type { DeadLetter } from "../../bus/dead-letters.ts";
 import { log } from "../../util/log.ts";
 import { ModelCheck, ModelViolation, datetimeRange, timeCell, toCell, type CustomerModel } from "./customer-model.ts";
 import type { ProfileState, ProfileStore, ProfileUpdate } from "./profiles.ts";
+import { NO_IDENTIFIERS, type IdentityRules } from "./identity-rules.ts";
+import { SourceStore, type SourceEvent } from "./sources.ts";
+import { identityRow, profileMapRows } from "./identities-table.ts";
 
 type Json = Record<string, unknown>;
 
@@ -65,6 +68,10 @@ export class UsersStage implements Stage {
   readonly table = "users";
   readonly takes = "events";
   #merged: string[] = [];
+  /** identities and profile_map rows of the batch, written once its users rows are stored. */
+  #identityRows: Json[] = [];
+  #mapRows: Json[] = [];
+  readonly #sources?: SourceStore;
   #disposed = false;
   readonly #check: ModelCheck;
   readonly #range: { min: number; max: number };
@@ -77,9 +84,12 @@ export class UsersStage implements Stage {
     readonly warehouse: Warehouse,
     readonly connection = "",
     readonly deadLetters?: DeadLetterSink,
+    /** The Customer Model file's identifiers (config `identity`, identity-rules.ts rulesOf). */
+    readonly rules: IdentityRules = NO_IDENTIFIERS,
   ) {
     this.#check = new ModelCheck(model, warehouse.features);
     this.#range = datetimeRange(warehouse.features);
+    if (profiles.sources) this.#sources = new SourceStore(profiles.sources);
   }
 
   async toRows(events: Json[], stats: PipelineStats): Promise<Json[]> {
@@ -123,8 +133,9 @@ export class UsersStage implements Stage {
       stats.transformed++;
       stats.onOutcome?.(messageId, "transformed");
     });
-    const { states, refused: notApplied } = await this.profiles.apply(updates);
+    const { states, refused: notApplied, targets, links } = await this.profiles.apply(updates, this.rules);
     for (const r of notApplied) refused.push({ event: sources[r.index]!, reason: r.reason });
+    await this.#recordIdentities(updates, targets, links);
     const rows: Json[] = [];
     for (const s of states) {
       if (s.profile.mergedInto) this.#merged.push(s.profile.id);
@@ -132,6 +143,24 @@ export class UsersStage implements Stage {
     }
     await this.#deadLetter(refused, stats);
     return rows;
+  }
+
+  /** Folds the applied updates into their source identities; their rows are written after the users rows. */
+  async #recordIdentities(
+    updates: ProfileUpdate[],
+    targets: (string | undefined)[],
+    links: Parameters<typeof profileMapRows>[0],
+  ): Promise<void> {
+    const now = Date.now();
+    this.#mapRows.push(...profileMapRows(links, this.warehouse.features, now));
+    if (!this.#sources) return;
+    const events: SourceEvent[] = [];
+    updates.forEach((u, i) => {
+      const profileId = targets[i];
+      if (profileId !== undefined) events.push({ ...u, profileId });
+    });
+    for (const { record, revision } of await this.#sources.record(this.connection, this.pipeline, events))
+      this.#identityRows.push(identityRow(record, revision, this.rules, this.warehouse.features, now));
   }
 
   /** Stored before the messages are acknowledged, so a refused event is never lost. */
@@ -166,6 +195,17 @@ export class UsersStage implements Stage {
   }
   /** Before ReplacingMergeTree had is_deleted (23.2), merged-away profiles are deleted by a mutation. */
   async afterInsert(): Promise<void> {
+    for (const [table, rows] of [
+      ["identities", this.#identityRows],
+      ["profile_map", this.#mapRows],
+    ] as const) {
+      if (!rows.length) continue;
+      const name = `${quoteIdent(this.warehouse.database)}.${table}`;
+      if (this.warehouse.insertRows) await this.warehouse.insertRows(name, rows);
+      else await this.warehouse.client.insert({ table: name, values: rows, format: "JSONEachRow" });
+    }
+    this.#identityRows = [];
+    this.#mapRows = [];
     if (this.warehouse.features.replacingIsDeleted || !this.#merged.length) return;
     const ids = this.#merged.map(quoteString).join(", ");
     await this.warehouse.client.command({

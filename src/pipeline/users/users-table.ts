@@ -1,6 +1,7 @@
 import type { ServerFeatures, Warehouse } from "../../sink/clickhouse/server.ts";
 import { createTable, onCluster, quoteIdent, quoteString, tableEngine } from "../../sink/clickhouse/server.ts";
 import { columnType, type CustomerModel } from "./customer-model.ts";
+import { ensureIdentityTables } from "./identities-table.ts";
 
 /**
  * The `users` table of PRODUCT.md §4: one row per unified profile, the Customer Model's
@@ -94,9 +95,10 @@ export function usersMigration(
   return [...add, ...risky.map((r) => r.sql)];
 }
 
-/** Creates `users`, or migrates it to the model. */
+/** Creates `users` (and `identities`, `profile_map` beside it), or migrates it to the model. */
 export async function migrateUsersTable(w: Warehouse, model: CustomerModel, migrate: boolean): Promise<string[]> {
   await createTable(w, "users", usersTableDDL(w.database, model, w.features, w.cluster));
+  await ensureIdentityTables(w);
   const rows = (await (
     await w.client.query({
       query: `SELECT name, type FROM system.columns WHERE database = ${quoteString(w.database)} AND table = 'users'`,
