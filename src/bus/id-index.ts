@@ -109,6 +109,15 @@ export class IdIndex {
     table.set(hashA, hashB, seq);
   }
 
+  /** Adds to the current generation without reading the clock again: for the ids of one call. */
+  writer(): (id: string, seq: number) => void {
+    const table = this.#current();
+    return (id, seq) => {
+      hashInto(id);
+      table.set(hashA, hashB, seq);
+    };
+  }
+
   /** Every id of one message: the clock is read once, not once per id. */
   addAll(ids: readonly string[], seq: number): void {
     const table = this.#current();

@@ -27,7 +27,8 @@ export const IDS_HEADER = "Tributary-Ids";
  * delivery), and neither is a copy of the other. A message's ids take the kind of its KIND_HEADER;
  * one written before the header existed counts as events.
  */
-const dedupKey = (kind: RecordKind | string | undefined, id: string) => (kind === "raw" ? `\u0000raw\u0000${id}` : id);
+const RAW_PREFIX = "\u0000raw\u0000";
+const dedupKey = (kind: RecordKind | string | undefined, id: string) => (kind === "raw" ? `${RAW_PREFIX}${id}` : id);
 const dedupKeys = (kind: RecordKind | string | undefined, ids: string[]) =>
   kind === "raw" ? ids.map((id) => dedupKey(kind, id)) : ids;
 
@@ -47,6 +48,8 @@ const kindOf = (h: { get(k: string): string } | undefined) => h?.get(KIND_HEADER
 const MAX_IDS_HEADER_BYTES = 60 * 1024;
 
 interface Batch {
+  /** This writer's number for the batch; the index holds `-no` for its ids until their sequence is known. */
+  no: number;
   kind: RecordKind;
   ids: string[];
   jsons: string[];
@@ -60,8 +63,8 @@ interface Batch {
   reject: (e: Error) => void;
 }
 
-function newBatch(kind: RecordKind = "events", epoch = 0): Batch {
-  const b = { kind, ids: [], jsons: [], bytes: 2, idBytes: 2, epoch } as unknown as Batch;
+function newBatch(no: number, kind: RecordKind = "events", epoch = 0): Batch {
+  const b = { no, kind, ids: [], jsons: [], bytes: 2, idBytes: 2, epoch } as unknown as Batch;
   b.done = new Promise<void>((res, rej) => {
     b.resolve = res;
     b.reject = rej;
@@ -82,12 +85,20 @@ function newBatch(kind: RecordKind = "events", epoch = 0): Batch {
  * once even if the first attempt did land.
  */
 export class ShardWriter {
-  /** messageIds stored within the dedup window → the sequence of the message holding each. */
+  /**
+   * messageIds seen within the dedup window → where each is: the stream sequence of the message
+   * holding it (read back from the stream), or `-no` for an id this writer put in batch `no`, whose
+   * sequence #published gives once JetStream acknowledged it. So an id is written into the index
+   * once, when it is queued, and a publish records one number for all its ids.
+   */
   #index: IdIndex;
   /** Id lists of recently confirmed messages: a retry storm re-reads the same few messages. */
   #confirmed = new Map<number, Set<string>>();
-  /** messageIds queued or being published → the batch that carries them. */
-  #pending = new Map<string, Batch>();
+  #nextBatch = 1;
+  /** Batches queued or being published, by number. A number in neither map is a batch that failed. */
+  #inFlight = new Map<number, Batch>();
+  /** Published batches, by number: the sequence of their message and when it was acknowledged. */
+  #published = new Map<number, { seq: number; at: number }>();
   #queue: Batch[] = [];
   #lastSeq = 0;
   /**
@@ -115,10 +126,27 @@ export class ShardWriter {
     return this.#index.bytes;
   }
 
+  #newBatch(kind?: RecordKind, epoch?: number): Batch {
+    const batch = newBatch(this.#nextBatch++, kind, epoch);
+    this.#inFlight.set(batch.no, batch);
+    return batch;
+  }
+
+  /**
+   * Where the index says a dedup key is: undefined (not seen, or in a batch that failed), the
+   * sequence of a stored message that may hold it (to confirm: a hash can collide), or the batch
+   * of ours carrying it now (its ids to be checked, for the same reason).
+   */
+  #where(key: string): number | Batch | undefined {
+    const v = this.#index.lookup(key);
+    if (v === undefined || v > 0) return v;
+    return this.#published.get(-v)?.seq ?? this.#inFlight.get(-v);
+  }
+
   /** Loads the dedup index now rather than on the first request. */
   warm(): Promise<void> {
     if (this.#synced) return Promise.resolve();
-    const batch = newBatch();
+    const batch = this.#newBatch();
     this.#queue.unshift(batch);
     this.#pump();
     return batch.done;
@@ -135,13 +163,8 @@ export class ShardWriter {
     // The index as the lookups below see it; a suspect is enqueued after an await, its check as old as this.
     const checkedAt = this.#indexEpoch;
     let last: Batch | undefined;
-    const enqueue = (e: Entry) => {
-      const inFlight = this.#pending.get(dedupKey(kind, e.id));
-      if (inFlight) {
-        duplicates++;
-        waits.add(inFlight.done);
-        return;
-      }
+    let mark = this.#index.writer();
+    const enqueue = (e: Entry, key: string) => {
       let batch = this.#queue[this.#queue.length - 1];
       // The event in the body, and its id in the Tributary-Ids header: max_payload counts both, and
       // the header has its own 64 KiB bound.
@@ -154,7 +177,7 @@ export class ShardWriter {
             batch.bytes + size > this.options.maxPayloadBytes ||
             batch.idBytes + idSize > MAX_IDS_HEADER_BYTES))
       ) {
-        batch = newBatch(kind, checkedAt);
+        batch = this.#newBatch(kind, checkedAt);
         this.#queue.push(batch);
       }
       if (batch.ids.length === 0) {
@@ -165,22 +188,36 @@ export class ShardWriter {
       batch.jsons.push(e.json);
       batch.bytes += size;
       batch.idBytes += idSize;
-      this.#pending.set(dedupKey(kind, e.id), batch);
+      mark(key, -batch.no);
       if (batch !== last) waits.add((last = batch).done);
       stored++;
+    };
+    /** Queued or being published in one of our batches: answered when that batch is. */
+    const inFlight = (at: Batch, key: string) => {
+      if (at.kind !== kind || !at.ids.includes(kind === "raw" ? key.slice(RAW_PREFIX.length) : key)) return false;
+      duplicates++;
+      waits.add(at.done);
+      return true;
     };
     let suspects: Entry[] | undefined;
     for (const e of entries) {
       const key = dedupKey(kind, e.id);
-      // An id in flight is answered by enqueue; only an index hit (rare) asks the pending map twice.
-      if (this.#index.lookup(key) !== undefined && !this.#pending.has(key)) (suspects ??= []).push(e);
-      else enqueue(e);
+      const at = this.#where(key);
+      if (at === undefined) enqueue(e, key);
+      else if (typeof at === "number") (suspects ??= []).push(e);
+      else if (!inFlight(at, key)) enqueue(e, key); // another id with the same hash
     }
     if (suspects) {
       const already = await this.#storedAmong(suspects.map((e) => dedupKey(kind, e.id)));
+      mark = this.#index.writer(); // the index may have started a new generation meanwhile
       for (const e of suspects) {
-        if (already.has(dedupKey(kind, e.id))) duplicates++;
-        else enqueue(e);
+        const key = dedupKey(kind, e.id);
+        if (already.has(key)) duplicates++;
+        else {
+          // Queued meanwhile by another request? Then that batch answers for it.
+          const at = this.#where(key);
+          if (!(at !== undefined && typeof at !== "number" && inFlight(at, key))) enqueue(e, key);
+        }
       }
     }
     this.#pump();
@@ -193,8 +230,8 @@ export class ShardWriter {
     const found = new Set<string>();
     const bySeq = new Map<number, string[]>();
     for (const id of ids) {
-      const seq = this.#index.lookup(id);
-      if (seq === undefined) continue;
+      const seq = this.#where(id);
+      if (typeof seq !== "number") continue;
       const list = bySeq.get(seq);
       if (list) list.push(id);
       else bySeq.set(seq, [id]);
@@ -244,7 +281,7 @@ export class ShardWriter {
         let ids = batch.ids;
         let jsons = batch.jsons;
         if (this.#indexEpoch !== batch.epoch) {
-          const suspects = keys.filter((k) => this.#index.lookup(k) !== undefined);
+          const suspects = keys.filter((k) => typeof this.#where(k) === "number");
           const already = suspects.length ? await this.#storedAmong(suspects) : undefined;
           if (already?.size) {
             const keep = keys.map((k) => !already.has(k));
@@ -265,7 +302,8 @@ export class ShardWriter {
           });
           this.bus.observer?.published((performance.now() - started) / 1000);
           this.#lastSeq = ack.seq;
-          this.#index.addAll(ids === batch.ids ? keys : dedupKeys(batch.kind, ids), ack.seq);
+          this.#published.set(batch.no, { seq: ack.seq, at: Date.now() });
+          this.#forgetPublished();
           break;
         } catch (e) {
           this.#synced = false;
@@ -284,10 +322,17 @@ export class ShardWriter {
           : new BusUnavailableError(`JetStream did not confirm the write: ${(e as Error).message}`, { cause: e }),
       );
     } finally {
-      for (const id of batch.ids) {
-        const key = dedupKey(batch.kind, id);
-        if (this.#pending.get(key) === batch) this.#pending.delete(key);
-      }
+      // A batch that failed is in neither map: its ids read as unseen, and a retry queues them again.
+      this.#inFlight.delete(batch.no);
+    }
+  }
+
+  /** The index forgets an id within 1.25 dedup windows: a batch's sequence is not needed after that. */
+  #forgetPublished(): void {
+    const horizon = Date.now() - 1.5 * this.options.dedupWindowMs;
+    for (const [no, p] of this.#published) {
+      if (p.at >= horizon) break;
+      this.#published.delete(no);
     }
   }
 
