@@ -2,7 +2,14 @@ import { afterAll, beforeAll, expect, test } from "bun:test";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { startNats } from "../harness/services.ts";
-import { ProfileStore, keyOf, kvOps, type Profile, type ProfileUpdate } from "../../src/pipeline/users/profiles.ts";
+import {
+  ProfileStore,
+  identifierKey,
+  keyOf,
+  kvOps,
+  type Profile,
+  type ProfileUpdate,
+} from "../../src/pipeline/users/profiles.ts";
 import type { IdentityRules } from "../../src/pipeline/users/identity-rules.ts";
 
 /**
@@ -116,6 +123,28 @@ test("a merge that brings a new identifier value merges again (chains resolve in
   const id = (await profileOf("a", "a3"))!.id;
   expect((await profileOf("a", "a1"))!.id).toBe(id);
   expect((await profileOf("a", "a2"))!.id).toBe(id);
+});
+
+test("an identifier indexed to a profile another node has not written yet: the event waits for it and merges", async () => {
+  await fresh();
+  // Another node wrote its identities (profiles come after) and is about to write the profile.
+  const pending = "pending-profile";
+  await store.ids.put(identifierKey("phone", "+400"), pending);
+  await store.ids.put(keyOf("a", "other-node-anon"), pending);
+  const profile: Profile = {
+    id: pending,
+    anonymousIds: ["other-node-anon"],
+    firstSeen: 1,
+    lastSeen: 1,
+    updatedAt: 1,
+    props: { phone: { v: "+400", t: 1, m: "m0" } },
+  };
+  setTimeout(() => void store.store.put(pending, JSON.stringify(profile)), 30);
+  await store.apply(
+    [ev({ anonymousId: "this-node-anon", props: { email: "v@example.com", phone: "+400" } })],
+    EMAIL_PHONE,
+  );
+  expect((await profileOf("a", "this-node-anon"))!.id).toBe((await profileOf("a", "other-node-anon"))!.id);
 });
 
 test("incremental: KV operations per event do not grow with 10,000 profiles", async () => {

@@ -184,10 +184,14 @@ class Attempt {
   readonly touched = new Set<string>();
   readonly links: Link[] = [];
 
+  /** Profiles an identity led to that were not in the store (recreated empty by resolve). */
+  readonly missing = new Set<string>();
+
   constructor(
     readonly ids: KV,
     readonly store: KV,
     readonly now: number,
+    readonly attempt = 1,
   ) {}
 
   async prefetch(keys: string[]): Promise<void> {
@@ -297,7 +301,11 @@ class Attempt {
     for (let hops = 0; id && hops < 16; hops++) {
       const slot = this.profiles.get(id) ?? (await this.#readProfile(id));
       // An identity written by a node that died before writing its profile: start it afresh.
-      const p = slot.value ?? this.create(id);
+      let p = slot.value;
+      if (!p) {
+        this.missing.add(id);
+        p = this.create(id);
+      }
       if (!p.mergedInto) return p;
       id = p.mergedInto;
     }
@@ -402,7 +410,7 @@ export class ProfileStore {
     maxAttempts = 20,
   ): Promise<ApplyOutcome> {
     for (let attempt = 1; ; attempt++) {
-      const a = new Attempt(this.ids, this.store, Date.now());
+      const a = new Attempt(this.ids, this.store, Date.now(), attempt);
       try {
         await a.prefetch(
           updates.flatMap((u) => [
@@ -429,7 +437,7 @@ export class ProfileStore {
             }
             a.commit();
           } catch (e) {
-            if (e instanceof ProfileStoreUnavailable) throw e;
+            if (e instanceof ProfileStoreUnavailable || e instanceof ProfileConflictError) throw e;
             a.rollback();
             targets[index] = undefined;
             refused.push({
@@ -540,6 +548,11 @@ export class ProfileStore {
         if (!present(v)) continue;
         const key = identifierKey(name, v);
         const other = await a.resolve(key);
+        // Indexed to a profile not written yet: another node is most likely writing it (identities
+        // are written before profiles), so try again rather than judge it empty and take its value.
+        // After a few tries it is an orphan of a node that died, and is treated as empty.
+        if (other && a.missing.has(other.id) && other.id !== p.id && a.attempt < 6)
+          throw new ProfileConflictError(`${key}: profile ${other.id} is not written yet`);
         if (other && other.id !== p.id && sameByIdentifiers(p, other, rules)) {
           const keepOther = other.userId !== undefined || p.userId === undefined;
           const [src, dst] = keepOther ? [p, other] : [other, p];
