@@ -225,6 +225,7 @@ test("500, 429 with Retry-After, a timeout, 408 and 503 are retried with the sam
   expect(key).toBeTruthy();
   expect([a, b, c, d, e, f].map((r) => r!.idempotencyKey)).toEqual(Array(6).fill(key));
   expect([a, b, c, d, e, f].map((r) => r!.answer.status)).toEqual([500, 429, 200, 408, 503, 200]);
+  expect(retrying.keys.get(key!)).toBe(6); // six attempts of one batch, counted by key
   for (const r of [b, c, d, e, f]) expect(r!.events.map((x) => x.messageId)).toEqual(a!.events.map((x) => x.messageId));
   // Retry-After: 1 is honoured (a lower bound only).
   expect(c!.at - b!.answeredAt!).toBeGreaterThanOrEqual(900);
