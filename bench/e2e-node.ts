@@ -15,7 +15,7 @@ const manager = env.clickhouseUrl ? await node.pipelinesReady : undefined;
 process.on("message", async (m: unknown) => {
   if (m === "stats") {
     process.send?.({
-      ingest: { ...node.ingest.stats },
+      ingest: await node.ingestCounts(),
       pipelines: Object.fromEntries(
         (await (manager?.snapshots() ?? [])).map((s) => [
           `${s.connection}/${s.pipeline}`,

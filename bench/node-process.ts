@@ -11,12 +11,14 @@ await node.eventLog.warm([...node.config.current.connections.values()].map((c) =
 
 process.on("message", async (m: unknown) => {
   if (m === "stats") {
+    // Every thread answering HTTP, summed.
+    const c = await node.ingestCounts();
     process.send?.({
-      stats: { ...node.ingest.stats },
-      inFlightBytes: node.ingest.limiter.inFlightBytes,
-      inFlightRequests: node.ingest.limiter.inFlightRequests,
-      limiterRejected: node.ingest.limiter.rejected,
-      indexedIds: node.eventLog.indexedIds,
+      stats: { accepted: c.accepted, duplicates: c.duplicates, rejected: c.rejected },
+      inFlightBytes: c.inFlightBytes,
+      inFlightRequests: c.inFlightRequests,
+      limiterRejected: c.refused,
+      indexedIds: c.indexedIds,
       memory: process.memoryUsage(),
     });
   } else if (m === "stop") {

@@ -1,31 +1,18 @@
-import { Elysia } from "elysia";
 import { ConfigStore } from "./config/store.ts";
 import { capacityDefaults, type NodeOptions } from "./config/env.ts";
 import { connectBus, type Bus } from "./bus/connection.ts";
-import { EventLog } from "./bus/event-log.ts";
+import { ShardedEventLog } from "./bus/shard-owners.ts";
 import { StreamCapacity, type CapacityOptions } from "./bus/capacity.ts";
-import { httpEvents, ingestDefaults, type IngestServer } from "./ingest/server.ts";
-import { rawWebhooks } from "./ingest/webhooks/route.ts";
-import { webhookEvents } from "./ingest/webhooks/events.ts";
-import { sourceContext, type Source } from "./ingest/source.ts";
+import type { IngestServer } from "./ingest/server.ts";
 import { LiveWindow } from "./debugger/live-window.ts";
 import { OutcomeLog } from "./debugger/outcomes.ts";
 import { adminRoutes } from "./debugger/routes.ts";
 import { replayRoutes } from "./ops/replay-routes.ts";
 import { adminGuard } from "./ops/admin-auth.ts";
 import { openApiDocument } from "./ops/openapi.ts";
-import {
-  addNodeSource,
-  addPipelineSource,
-  addRegistrySource,
-  capacityRefusals,
-  httpDuration,
-  httpRequests,
-  publishConflicts,
-  publishDuration,
-} from "./ops/metrics.ts";
-import { log, requestContext } from "./util/log.ts";
-import { PortInUseError, portHolder, type PortUse } from "./services/port-check.ts";
+import { addPipelineSource, addRegistrySource, publishConflicts, publishDuration } from "./ops/metrics.ts";
+import { log } from "./util/log.ts";
+import { PortInUseError, ensurePortFree, portHolder, type PortUse } from "./services/port-check.ts";
 import { ensureConsumersAtStart } from "./pipeline/manager.ts";
 import { STREAM } from "./bus/subjects.ts";
 import { PipelineRuntime } from "./pipeline/host/runtime.ts";
@@ -33,6 +20,10 @@ import { PipelineSupervisor } from "./pipeline/host/supervisor.ts";
 import type { Pipelines } from "./pipeline/host/pipelines.ts";
 import { setExpressionTimeLimit } from "./expr/index.ts";
 import type { InserterOptions } from "./sink/clickhouse/inserter.ts";
+import { ingestApp } from "./node/ingest-app.ts";
+import { sharedRateLimitState } from "./ingest/rate-limit.ts";
+import { IngestWorkers } from "./node/ingest-workers.ts";
+import { PROXY_CLIENT_IP_HEADER, PROXY_SECRET_HEADER, type IngestCounts } from "./node/ingest-protocol.ts";
 
 export const VERSION = {
   name: "tributary",
@@ -56,16 +47,25 @@ export interface RunningNode {
   port: number;
   bus: Bus;
   config: ConfigStore;
-  eventLog: EventLog;
+  eventLog: ShardedEventLog;
+  /** This thread's Segment/RudderStack routes (with several threads, only this one's share of the traffic). */
   ingest: IngestServer;
+  /** The ingest threads besides this one (TRIBUTARY_INGEST_WORKERS), if any. */
+  ingestWorkers?: IngestWorkers;
+  /** Threads answering HTTP, this one included. */
+  threads: number;
+  /** What every thread's sources counted, summed (benches; /metrics has the same). */
+  ingestCounts(): Promise<IngestCounts>;
   /** Resolves once ClickHouse is reachable, tables migrated and pipelines running (never without CLICKHOUSE_URL). */
   pipelinesReady: Promise<Pipelines>;
   stop(): Promise<void>;
 }
 
+/** Tuning no environment variable sets (tests and benches): same shape in every thread and worker. */
 export interface PipelineTuning {
   inserter?: InserterOptions;
   capacity?: Partial<CapacityOptions>;
+  ingest?: { bodyTimeoutMs?: number };
 }
 
 /** Wires config, bus and HTTP into one ingestion node. */
@@ -95,7 +95,15 @@ export async function startNode(o: NodeOptions & { natsUrl: string } & PipelineT
   bus.observer = { published: (s) => publishDuration.observe(s), conflicted: () => publishConflicts.inc() };
   const capacity = new StreamCapacity(bus.jsm, { ...capacityDefaults, maxBytes: o.streamMaxBytes, ...o.capacity });
   capacity.start();
-  const eventLog = new EventLog(bus, { dedupWindowMs: o.dedupWindowHours * 3600_000, timeoutMs: o.publishTimeoutMs });
+  // Threads answering HTTP: this one (thread 0) and, with several, ingest worker threads sharing
+  // the port; each shard of a connection is written by one of them (ShardedEventLog).
+  const threads = o.ingestWorkers > 0 ? o.ingestWorkers : navigator.hardwareConcurrency || 1;
+  const eventLog = new ShardedEventLog(
+    bus,
+    { dedupWindowMs: o.dedupWindowHours * 3600_000, timeoutMs: o.publishTimeoutMs },
+    0,
+    threads,
+  );
   eventLog.onAppend = (bytes) => capacity.added(bytes);
   const sourceConnections = () =>
     [...config.current.connections.values()].filter((c) => c.source !== "raw").map((c) => c.connection);
@@ -119,7 +127,6 @@ export async function startNode(o: NodeOptions & { natsUrl: string } & PipelineT
   // Ingestion never waits for the warehouse: events queue in JetStream until ClickHouse is there.
   // The pipelines run in worker processes (or, with TRIBUTARY_PIPELINE_WORKERS=0, here): never
   // on the thread answering senders.
-  let stopping = false;
   let pipelines: Pipelines | undefined;
   const pipelinesReady = new Promise<Pipelines>((resolve) => {
     if (!o.clickhouseUrl) return;
@@ -179,94 +186,32 @@ export async function startNode(o: NodeOptions & { natsUrl: string } & PipelineT
   });
   const removeSource = addPipelineSource(async () => (pipelines ? pipelines.snapshots() : []));
   const removeRegistrySource = addRegistrySource(async () => (pipelines ? pipelines.metrics() : []));
-  const started = new WeakMap<Request, number>();
-
-  // Every source shares the node's in-flight budget and event counters.
-  const sources = sourceContext(config, eventLog, {
-    maxInFlightBytes: o.maxInFlightBytes,
-    maxInFlightRequests: ingestDefaults.maxInFlightRequests,
-  });
-  const ingest = httpEvents({
-    trustProxy: o.trustProxy,
-    maxRequestBytes: o.maxRequestBytes,
-    maxEventBytes: o.maxEventBytes,
-    maxEventsPerRequest: o.maxEventsPerRequest,
-  }).build(sources);
-  const limits = { maxEventBytes: o.maxEventBytes, maxEventsPerRequest: o.maxEventsPerRequest, retryAfterSeconds: 5 };
-  const derived = webhookEvents(limits).build(sources);
-  // One delivery is one JetStream message: its body must fit the server's max_payload.
-  const maxPayload = bus.nc.info?.max_payload ?? 1024 * 1024;
-  const webhooks = rawWebhooks({
-    maxBodyBytes: Math.min(o.maxRequestBytes, maxPayload - 64 * 1024),
-    ...limits,
-    events: derived,
-  }).build(sources);
-  const mounted: Source[] = [ingest, webhooks, derived];
-
-  const removeNodeSource = addNodeSource(() => ({
-    ingest: ingest.stats,
-    inFlight: {
-      bytes: ingest.limiter.inFlightBytes,
-      requests: ingest.limiter.inFlightRequests,
-      refused: ingest.limiter.rejected,
-    },
-    capacity: { full: capacity.full, backlogBytes: capacity.backlogBytes },
-    dedupIds: eventLog.indexedIds,
-  }));
+  const rateLimitState = threads > 1 ? sharedRateLimitState() : undefined;
+  const ia = ingestApp(
+    { ...o, threads, maxPayload: bus.nc.info?.max_payload ?? 1024 * 1024, rateLimitState },
+    config,
+    eventLog,
+    capacity,
+  );
+  const ingest = ia.ingest;
 
   if (!adminEnabled) log.info("admin API and debugger disabled: set TRIBUTARY_ADMIN_TOKEN to enable them");
   if (adminEnabled) live.start(bus.nc);
-  const guard = adminGuard({ token: o.adminToken, devLoopback: o.devAdmin });
+  // A request an ingest thread passed on is judged by its sender's address, which the thread
+  // names in a header only a thread of this process can vouch for.
+  const secret = Buffer.from(crypto.getRandomValues(new Uint8Array(32))).toString("hex");
+  const viaThread = (request: Request) =>
+    request.headers.get(PROXY_SECRET_HEADER) === secret
+      ? request.headers.get(PROXY_CLIENT_IP_HEADER) || undefined
+      : undefined;
+  const baseGuard = adminGuard({ token: o.adminToken, devLoopback: o.devAdmin });
+  const guard: typeof baseGuard = (request, ip) => baseGuard(request, viaThread(request) ?? ip);
   const admin = adminRoutes(config, live, outcomes, guard);
   const replays = replayRoutes(config, () => pipelines, guard);
 
-  const app = new Elysia()
-    .onRequest(({ request, set }) => {
-      started.set(request, performance.now());
-      // A caller's (or proxy's) request id is kept when it looks like one; otherwise we make one.
-      const incoming = request.headers.get("x-request-id");
-      const requestId = incoming && /^[\w.:-]{1,128}$/.test(incoming) ? incoming : crypto.randomUUID();
-      requestContext.enterWith({ requestId });
-      set.headers["x-request-id"] = requestId;
-    })
-    .onAfterResponse((ctx) => {
-      const c = ctx as unknown as {
-        route?: string;
-        request: Request;
-        set: { status?: number | string };
-        responseValue?: unknown;
-      };
-      const status = String(c.responseValue instanceof Response ? c.responseValue.status : (c.set.status ?? 200));
-      const route = c.route ?? "unmatched";
-      const t0 = started.get(c.request);
-      httpRequests.inc({ route, status });
-      if (t0 !== undefined) httpDuration.observe({ route, status }, (performance.now() - t0) / 1000);
-      log.debug("request", {
-        method: c.request.method,
-        route,
-        status: Number(status),
-        ms: t0 === undefined ? undefined : Math.round(performance.now() - t0),
-      });
-    })
-    .onBeforeHandle(({ request }) => {
-      // Back-pressure: refuse new events while the stream could not keep them (see StreamCapacity).
-      if (capacity.full && request.method === "POST" && /^\/(v1|beacon)\//.test(new URL(request.url).pathname)) {
-        capacityRefusals.inc();
-        return new Response(
-          JSON.stringify({
-            error: "the event stream is nearly full of events not yet loaded into ClickHouse; retry later",
-          }),
-          {
-            status: 503,
-            headers: { "Content-Type": "application/json", "Retry-After": "30" },
-          },
-        );
-      }
-    })
-    .use(mounted.reduce((routes, s) => (s.routes ? routes.use(s.routes) : routes), new Elysia({ name: "sources" })))
+  const app = ia.app
     .use(admin)
     .use(replays)
-    .get("/healthz", () => ({ ok: true }))
     .get("/version", () => VERSION)
     .get("/openapi.json", () => OPENAPI)
     .get("/readyz", async ({ set, request, server }) => {
@@ -284,17 +229,47 @@ export async function startNode(o: NodeOptions & { natsUrl: string } & PipelineT
       if (guard(request, server?.requestIP(request)?.address)) return { ok };
       return { ok, nats, clickhouse: ch, config: config.lastError ? { error: config.lastError } : "ok" };
     });
+  let workers: IngestWorkers | undefined;
+  let internal: ReturnType<typeof Bun.serve> | undefined;
   try {
-    // Elysia asks Bun for SO_REUSEPORT by default, which lets a second node bind the same port and
-    // take half the traffic. Sharing a port between workers of one node would have to be an
-    // explicit option of that node, never the default.
-    app.listen({ port: o.port, hostname: o.host, maxRequestBodySize: o.maxRequestBytes * 4, reusePort: false });
+    // Elysia asks Bun for SO_REUSEPORT by default, which would let a second node bind the same
+    // port and take half the traffic: only this node's own threads share it, so with several the
+    // port is checked free first, and with one it is bound without SO_REUSEPORT.
+    if (threads > 1 && o.port !== 0) ensurePortFree(HTTP_PORT(o.port), o.host);
+    app.listen({
+      port: o.port,
+      hostname: o.host,
+      maxRequestBodySize: o.maxRequestBytes * 4,
+      reusePort: threads > 1,
+    });
+    if (threads > 1) {
+      // What the ingest threads pass on (admin API, debugger, metrics) reaches this thread here.
+      internal = Bun.serve({
+        hostname: "127.0.0.1",
+        port: 0,
+        maxRequestBodySize: o.maxRequestBytes * 4,
+        idleTimeout: 0,
+        fetch: (request) => app.handle(request),
+      });
+      workers = new IngestWorkers({
+        count: threads,
+        options: o,
+        port: app.server!.port!,
+        mainUrl: `http://127.0.0.1:${internal.port}`,
+        secret,
+        rateLimitState: rateLimitState!,
+        mainLog: eventLog,
+      });
+      await workers.start();
+    }
   } catch (e) {
-    stopping = true;
+    await workers?.stop().catch(() => {});
+    internal?.stop(true);
+    await app.stop().catch(() => {});
+    ia.close();
     capacity.stop();
     removeSource();
     removeRegistrySource();
-    removeNodeSource();
     live.stop();
     config.close();
     await pipelines?.stop().catch(() => {});
@@ -302,6 +277,7 @@ export async function startNode(o: NodeOptions & { natsUrl: string } & PipelineT
     if ((e as { code?: string }).code === "EADDRINUSE") throw new PortInUseError(HTTP_PORT(o.port), portHolder(o.port));
     throw e;
   }
+  const removeThreadMetrics = addRegistrySource(async () => (workers ? workers.metrics() : []));
 
   const port = app.server!.port!;
   const url = `http://127.0.0.1:${port}`;
@@ -316,18 +292,43 @@ export async function startNode(o: NodeOptions & { natsUrl: string } & PipelineT
     config,
     eventLog,
     ingest,
+    ingestWorkers: workers,
+    threads,
+    async ingestCounts() {
+      const mine: IngestCounts = {
+        ...ingest.stats,
+        inFlightBytes: ingest.limiter.inFlightBytes,
+        inFlightRequests: ingest.limiter.inFlightRequests,
+        refused: ingest.limiter.rejected,
+        indexedIds: eventLog.indexedIds,
+      };
+      const all = [mine, ...((await workers?.stats()) ?? [])];
+      const sum = (k: keyof IngestCounts) => all.reduce((a, c) => a + c[k], 0);
+      return {
+        accepted: sum("accepted"),
+        duplicates: sum("duplicates"),
+        rejected: sum("rejected"),
+        inFlightBytes: sum("inFlightBytes"),
+        inFlightRequests: sum("inFlightRequests"),
+        refused: sum("refused"),
+        indexedIds: sum("indexedIds"),
+      };
+    },
     pipelinesReady,
     routes: app.routes.map((r) => ({ method: r.method, path: r.path })),
     async stop() {
-      stopping = true;
       capacity.stop();
       removeSource();
       removeRegistrySource();
-      removeNodeSource();
+      removeThreadMetrics();
       live.stop();
       // Stop taking requests, let in-flight ones finish their JetStream writes, flush the
       // pipelines' batches, then disconnect.
+      await workers?.stop();
       await app.stop(false);
+      internal?.stop();
+      ia.close();
+      eventLog.close();
       config.close();
       await pipelines?.stop();
       await bus.close();

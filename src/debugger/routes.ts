@@ -51,6 +51,7 @@ export function adminRoutes(config: ConfigStore, live: LiveWindow, outcomes: Out
             pipelines: (c.pipelines ?? []).map((p) => ({
               name: p.name,
               import: p.import,
+              export: p.export,
               enabled: p.enabled !== false,
             })),
           })),

@@ -35,6 +35,8 @@ export interface IngestServerOptions {
   /** Bytes and requests without an `Authorization` header being read at once, over all senders; beyond either, 429. */
   maxBodyKeyInFlightBytes: number;
   maxBodyKeyInFlightRequests: number;
+  /** The node's rate-limit buckets when several threads answer (sharedRateLimitState); else this source's own. */
+  rateLimitState?: SharedArrayBuffer;
 }
 
 /** From config/env.ts, the one place defaults live (the same object: tests may change a field). */
@@ -99,7 +101,7 @@ export function ingestRoutes(
 
 function buildHttpEvents(o: IngestServerOptions, cx: SourceContext): IngestServer {
   const { config, eventLog, intake, stats } = cx;
-  const rateLimiter = new RateLimiter();
+  const rateLimiter = new RateLimiter(undefined, o.rateLimitState);
   // Requests without an Authorization header share a budget of their own: what anyone can make
   // the node do before it knows who is asking is bounded per request and in total.
   const bodyKeyLimiter = new InFlightLimiter(o.maxBodyKeyInFlightBytes, o.maxBodyKeyInFlightRequests);

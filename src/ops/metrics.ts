@@ -1,4 +1,5 @@
 import { AggregatorRegistry, Counter, Gauge, Histogram, Registry } from "prom-client";
+import type { PipelineSnapshot } from "../pipeline/stats.ts";
 
 /**
  * Prometheus metrics of a node (GET /metrics). Counters of HTTP, JetStream and the sink are
@@ -45,23 +46,7 @@ export const sinkFlushDuration = new Histogram({
   registers: [registry],
 });
 
-export interface PipelineSnapshot {
-  connection: string;
-  pipeline: string;
-  import: string;
-  received: number;
-  filteredOut: number;
-  consentFailed: number;
-  transformed: number;
-  failed: number;
-  loaded: number;
-  deadLettered: number;
-  /** Dead letters waiting in TRIBUTARY_DLQ for this pipeline (all nodes'), until redriven. */
-  deadLetters: number;
-  lag: number | null;
-  lastLoadAt: string | null;
-  lastErrors: { at: string; messageId?: string; error: string }[];
-}
+export type { PipelineSnapshot };
 
 /** Where scrape-time pipeline figures come from: each running node registers one. */
 const sources = new Set<() => Promise<PipelineSnapshot[]>>();
@@ -112,6 +97,62 @@ new Gauge({
       if (p.lag !== null) this.set({ connection: p.connection, pipeline: p.pipeline }, p.lag);
   },
 });
+
+/** Export pipelines' figures (src/sink/http): each gauge reads the snapshots of those that export. */
+const exportGauge = (
+  name: string,
+  help: string,
+  labels: readonly string[],
+  values: (e: NonNullable<PipelineSnapshot["export"]>) => [Record<string, string>, number][],
+) =>
+  new Gauge({
+    name,
+    help,
+    labelNames: ["connection", "pipeline", ...labels],
+    registers: [registry],
+    async collect() {
+      this.reset();
+      for (const p of await pipelineSnapshots())
+        if (p.export)
+          for (const [l, v] of values(p.export)) this.set({ connection: p.connection, pipeline: p.pipeline, ...l }, v);
+    },
+  });
+exportGauge(
+  "tributary_export_events",
+  "Events an export pipeline sent (2xx) or dead-lettered, since the node started",
+  ["outcome"],
+  (e) => [
+    [{ outcome: "sent" }, e.sent],
+    [{ outcome: "dead_lettered" }, e.deadLettered],
+  ],
+);
+exportGauge(
+  "tributary_export_requests",
+  "Requests to the destination that were retried (408, 429, 5xx, timeout, connection error) or failed for good",
+  ["result"],
+  (e) => [
+    [{ result: "retried" }, e.retried],
+    [{ result: "failed" }, e.failed],
+  ],
+);
+exportGauge("tributary_export_in_flight", "Requests to the destination under way", [], (e) => [[{}, e.inFlight]]);
+exportGauge("tributary_export_queued_events", "Events read from the stream, waiting to be sent", [], (e) => [
+  [{}, e.queued],
+]);
+exportGauge("tributary_export_active", "1 where this node is the pipeline's sender, 0 on a standby", [], (e) => [
+  [{}, e.role === "active" ? 1 : 0],
+]);
+exportGauge(
+  "tributary_export_request_latency_ms",
+  "Destination answer latency by HTTP status (0: no answer): count, mean and max in ms",
+  ["status", "stat"],
+  (e) =>
+    Object.entries(e.latencyByStatus).flatMap(([status, l]) => [
+      [{ status, stat: "count" }, l.count] as [Record<string, string>, number],
+      [{ status, stat: "mean" }, l.meanMs] as [Record<string, string>, number],
+      [{ status, stat: "max" }, l.maxMs] as [Record<string, string>, number],
+    ]),
+);
 
 /**
  * What a running node's components count, read at scrape time like the pipelines: the ingest

@@ -14,11 +14,10 @@ import { log } from "../util/log.ts";
 import { STREAM, legacyConsumerName } from "../bus/subjects.ts";
 import { deadLetterCounts, dlqSubject } from "../bus/dead-letters.ts";
 import type { OutcomeRecorder } from "../event/outcome.ts";
-import type { PipelineSnapshot } from "../ops/metrics.ts";
 import { describeDestination, resolveDestination } from "../config/destination.ts";
 import { ExportWorker } from "./export/worker.ts";
 import type { ExportStage } from "./export/stage.ts";
-import type { ExportPipelineSnapshot } from "./stats.ts";
+import type { PipelineSnapshot } from "./stats.ts";
 
 /** What JetStream names after a pipeline: two pipelines sharing either would share its messages. */
 export interface PipelineNaming {
@@ -140,7 +139,7 @@ export class PipelineManager {
           deadLetterCounts(this.bus, w.connection),
         ]);
         const s = w.stats;
-        const snapshot: PipelineSnapshot & { export?: ExportPipelineSnapshot } = {
+        const snapshot: PipelineSnapshot = {
           connection: w.connection,
           pipeline: w.pipeline,
           import: w.stage.kind,

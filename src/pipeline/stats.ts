@@ -10,6 +10,27 @@ export interface ExportPipelineSnapshot extends ExportSnapshot {
   role: "active" | "standby";
 }
 
+/** What GET /v1/pipelines and /metrics show of one running pipeline. */
+export interface PipelineSnapshot {
+  connection: string;
+  pipeline: string;
+  import: string;
+  received: number;
+  filteredOut: number;
+  consentFailed: number;
+  transformed: number;
+  failed: number;
+  loaded: number;
+  deadLettered: number;
+  /** Dead letters waiting in TRIBUTARY_DLQ for this pipeline (all nodes'), until redriven. */
+  deadLetters: number;
+  lag: number | null;
+  lastLoadAt: string | null;
+  lastErrors: { at: string; messageId?: string; error: string }[];
+  /** An export pipeline's sender figures (src/sink/http). */
+  export?: ExportPipelineSnapshot;
+}
+
 /** Counters of one pipeline, as GET /v1/pipelines and /metrics show them. */
 export class PipelineStats {
   /** Per-event outcomes for the Event debugger; unset when nobody can look. */

@@ -40,8 +40,13 @@ beforeAll(async () => {
     "open.yaml": webhookConnection("open", [OPEN]),
     "hook.yaml": `connection: hook\nsource: raw\nbody: json\ncheck: {header: X-Hook-Token, equals: "${HOOK_SECRET}"}\n`,
   };
-  node = await startTestNode(nats.url, files);
-  proxied = await startTestNode(nats.url, { "open.yaml": webhookConnection("open", [OPEN]) }, { trustProxy: true });
+  // One thread answering HTTP: these tests read the log lines this thread writes to stderr.
+  node = await startTestNode(nats.url, files, { ingestWorkers: 1 });
+  proxied = await startTestNode(
+    nats.url,
+    { "open.yaml": webhookConnection("open", [OPEN]) },
+    { trustProxy: true, ingestWorkers: 1 },
+  );
 }, 60_000);
 
 afterAll(async () => {
@@ -345,9 +350,11 @@ describe("Readable 403s and refusal logs", () => {
 
   test("a refused preflight is logged at warn", async () => {
     // On `node`, `open` allows every origin: a refused preflight needs a node where no connection does.
-    const guarded = await startTestNode(nats.url, {
-      "shop.yaml": webhookConnection("shop", [SHOP], `allowedOrigins: ["${SHOP_ORIGIN}"]\n`),
-    });
+    const guarded = await startTestNode(
+      nats.url,
+      { "shop.yaml": webhookConnection("shop", [SHOP], `allowedOrigins: ["${SHOP_ORIGIN}"]\n`) },
+      { ingestWorkers: 1 },
+    );
     try {
       const p = await fetch(`${guarded.url}/sourceConfig/?writeKey=x`, {
         method: "OPTIONS",

@@ -1,4 +1,4 @@
-import type { PipelineSnapshot } from "../../ops/metrics.ts";
+import type { PipelineSnapshot } from "../stats.ts";
 import type { ReplayOptions, ReplayProgress } from "../replay.ts";
 
 /**

@@ -4,7 +4,7 @@ import type { NodeOptions } from "../../config/env.ts";
 import type { Config } from "../../config/loader.ts";
 import type { ConfigStore } from "../../config/store.ts";
 import type { OutcomeRecorder } from "../../event/outcome.ts";
-import type { PipelineSnapshot } from "../../ops/metrics.ts";
+import type { PipelineSnapshot } from "../stats.ts";
 import { migrateEventsTable } from "../../sink/clickhouse/events-table.ts";
 import type { InserterOptions } from "../../sink/clickhouse/inserter.ts";
 import { connectWarehouse, type Warehouse } from "../../sink/clickhouse/server.ts";

@@ -1,6 +1,6 @@
 import type { Subprocess } from "bun";
 import type { OutcomeRecorder } from "../../event/outcome.ts";
-import type { PipelineSnapshot } from "../../ops/metrics.ts";
+import type { PipelineSnapshot } from "../stats.ts";
 import { log } from "../../util/log.ts";
 import type { ReplayOptions, ReplayProgress } from "../replay.ts";
 import { pipelineKey, workerOf, type Pipelines } from "./pipelines.ts";
