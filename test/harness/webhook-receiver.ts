@@ -41,6 +41,8 @@ export interface ReceivedRequest {
 }
 
 export interface ReceiverOptions {
+  /** A given loopback port (a destination that comes up where a sender already points); default a free one. */
+  port?: number;
   format?: BodyFormat;
   /** The signing secret: without it signatures are not checked (`unchecked`). */
   secret?: string;
@@ -74,7 +76,12 @@ export class WebhookReceiver {
 
   static async start(o: ReceiverOptions = {}): Promise<WebhookReceiver> {
     const r = new WebhookReceiver(o);
-    r.#server = Bun.serve({ hostname: "127.0.0.1", port: 0, idleTimeout: 60, fetch: (req) => r.#handle(req) });
+    r.#server = Bun.serve({
+      hostname: "127.0.0.1",
+      port: o.port ?? 0,
+      idleTimeout: 60,
+      fetch: (req) => r.#handle(req),
+    });
     return r;
   }
 
