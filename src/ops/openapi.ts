@@ -83,7 +83,9 @@ export const WebhookAnswer = Type.Object(
 const PipelineSnapshot = Type.Object({
   connection: Type.String(),
   pipeline: Type.String(),
-  import: Type.Union([Type.Literal("events"), Type.Literal("users"), Type.Literal("raw")]),
+  import: Type.Union([Type.Literal("events"), Type.Literal("users"), Type.Literal("raw"), Type.Literal("export")], {
+    description: "the pipeline's kind: what it imports, or `export` for an export pipeline",
+  }),
   received: Type.Integer(),
   filteredOut: Type.Integer(),
   consentFailed: Type.Integer(),
@@ -97,6 +99,26 @@ const PipelineSnapshot = Type.Object({
   lastErrors: Type.Array(
     Type.Object({ at: Type.String(), messageId: Type.Optional(Type.String()), error: Type.String() }),
   ),
+  export: Type.Optional(
+    Type.Object(
+      {
+        destination: Type.Object({ type: Type.String(), url: Type.String() }),
+        role: Type.Union([Type.Literal("active"), Type.Literal("standby")]),
+        sent: Type.Integer(),
+        retried: Type.Integer(),
+        failed: Type.Integer(),
+        deadLettered: Type.Integer(),
+        inFlight: Type.Integer(),
+        queued: Type.Integer(),
+        lastSentAt: Type.Union([Type.String(), Type.Null()]),
+        latencyByStatus: Type.Record(
+          Type.String(),
+          Type.Object({ count: Type.Integer(), meanMs: Type.Number(), maxMs: Type.Number() }),
+        ),
+      },
+      { description: "an export pipeline's sender (PRODUCT.md §7); the URL without credentials" },
+    ),
+  ),
 });
 export const PipelinesAnswer = Type.Object({ pipelines: Type.Array(PipelineSnapshot) });
 
@@ -105,7 +127,14 @@ export const ConnectionsAnswer = Type.Object({
     Type.Object({
       connection: Type.String(),
       source: Type.String(),
-      pipelines: Type.Array(Type.Object({ name: Type.String(), import: Type.String(), enabled: Type.Boolean() })),
+      pipelines: Type.Array(
+        Type.Object({
+          name: Type.String(),
+          import: Type.Optional(Type.String()),
+          export: Type.Optional(Type.String()),
+          enabled: Type.Boolean(),
+        }),
+      ),
     }),
   ),
 });
