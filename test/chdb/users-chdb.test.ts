@@ -8,6 +8,17 @@ import { startNats, startTestNode } from "../harness/services.ts";
 import { PipelineManager } from "../../src/pipeline/manager.ts";
 import { ensureDlqStream } from "../../src/bus/dead-letters.ts";
 import type { RunningNode } from "../../src/node.ts";
+import { connect, type NatsConnection } from "@nats-io/transport-node";
+import { jetstream, jetstreamManager } from "@nats-io/jetstream";
+import { chExec } from "../harness/chdb.ts";
+import { migrateUsersTable } from "../../src/pipeline/users/users-table.ts";
+import { migrateEventsTable } from "../../src/sink/clickhouse/events-table.ts";
+import { ProfileStore } from "../../src/pipeline/users/profiles.ts";
+import { createTransform } from "../../src/pipeline/transform/index.ts";
+import { UsersStage } from "../../src/pipeline/users/users-stage.ts";
+import { PipelineStats } from "../../src/pipeline/stats.ts";
+import { currentProfileQuery } from "../../src/pipeline/users/identities-table.ts";
+import { resolveWarehouse } from "../../src/pipeline/users/resolve-warehouse.ts";
 
 /**
  * Issue 16 #1, datetimes, on a server with DateTime64 (chDB, a current engine in-process; CI's
@@ -160,5 +171,98 @@ describe.skipIf(!chdb)("users datetimes on a DateTime64 server (chDB)", () => {
         dates: ["1900-01-01 00:00:00.000", "2299-12-31 23:59:59.999", "1900-01-01 00:00:00.000"],
       },
     ]);
+  }, 120_000);
+});
+
+/**
+ * Issue 21 on a current engine: the identities and profile_map tables (created beside users),
+ * rows written by a users stage with identifiers, the documented join from events to each event's
+ * current profile, and `resolve` (its ALTER … DELETE and the wait on system.mutations). The same
+ * run on 18.16 is test/integration/identity-*.test.ts.
+ */
+describe.skipIf(!chdb)("identities, profile_map and resolve on a current engine (chDB)", () => {
+  let dir: string;
+  let session: Session;
+  let w: ChdbWarehouse;
+  let nats: Awaited<ReturnType<typeof startNats>>;
+  let nc: NatsConnection;
+  const model = { email: "string", plan: "string" };
+  const rules = { identifiers: ["email"], mergeUserIds: false };
+
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), "tributary-identity-chdb-"));
+    session = openSession(chdb!, dir);
+    w = await connectChdbWarehouse(session, "tributary");
+    nats = await startNats();
+    nc = await connect({ servers: nats.url });
+  }, 60_000);
+  afterAll(async () => {
+    await nc?.close();
+    await nats?.cleanup();
+    session?.close();
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  test("users rows, identities, profile_map and the current-profile join; resolve splits back", async () => {
+    await migrateUsersTable(w, model, false);
+    await migrateEventsTable(w);
+    const tables = chRows<{ name: string }>(
+      w,
+      "SELECT name FROM system.tables WHERE database = 'tributary' ORDER BY name",
+    );
+    expect(tables.map((t) => t.name)).toEqual(["events", "identities", "profile_map", "users"]);
+    const profiles = await ProfileStore.open(jetstream(nc));
+    const transform = await createTransform({ mapping: { email: "traits.email", plan: "traits.plan" } });
+    const stage = new UsersStage("users", transform, model, profiles, w, "web", undefined, rules);
+    const e = (n: number, anonymousId: string, traits: Record<string, unknown>) => ({
+      type: "identify",
+      messageId: `idc-${n}`,
+      anonymousId,
+      timestamp: new Date(Date.UTC(2026, 0, 1, 0, n)).toISOString(),
+      traits,
+    });
+    const events = [
+      e(1, "c-a1", { email: "x@example.com", plan: "free" }),
+      e(2, "c-a2", { email: "x@example.com", plan: "pro" }),
+    ];
+    for (const ev of events) {
+      const rows = await stage.toRows([ev], new PipelineStats());
+      await w.client.insert({ table: "tributary.users", values: rows, format: "JSONEachRow" });
+      await stage.afterInsert();
+      chExec(
+        w,
+        `INSERT INTO tributary.events (connection, pipeline, message_id, type, anonymous_id) VALUES ('web', 'events', '${ev.messageId}', 'identify', '${ev.anonymousId}')`,
+      );
+    }
+    const users = chRows<any>(w, "SELECT profile_id, anonymous_ids, email, plan FROM tributary.users FINAL");
+    expect(users.map((u) => [u.anonymous_ids, u.email, u.plan])).toEqual([[["c-a1", "c-a2"], "x@example.com", "pro"]]);
+    const ids = chRows<any>(
+      w,
+      "SELECT identity, identifiers, profile_id FROM tributary.identities FINAL ORDER BY identity",
+    );
+    expect(ids.map((i) => [i.identity, JSON.parse(i.identifiers)])).toEqual([
+      ["a:c-a1", { email: "x@example.com" }],
+      ["a:c-a2", { email: "x@example.com" }],
+    ]);
+    // c-a1's event was written while c-a1 had a profile of its own; it resolves to the merged one.
+    const joined = chRows<any>(w, `${currentProfileQuery("tributary")} ORDER BY message_id`);
+    expect(joined).toEqual([
+      { message_id: "idc-1", profile_id: users[0].profile_id },
+      { message_id: "idc-2", profile_id: users[0].profile_id },
+    ]);
+    // Without identifiers the two identities are two profiles again.
+    const summary = await resolveWarehouse(w, jetstream(nc), await jetstreamManager(nc), model, {
+      identifiers: [],
+      mergeUserIds: false,
+    });
+    expect(summary).toMatchObject({ identities: 2, profiles: 2, profilesBefore: 1 });
+    const split = chRows<any>(w, "SELECT anonymous_ids, plan FROM tributary.users FINAL ORDER BY plan");
+    expect(split).toEqual([
+      { anonymous_ids: ["c-a1"], plan: "free" },
+      { anonymous_ids: ["c-a2"], plan: "pro" },
+    ]);
+    const after = chRows<any>(w, `${currentProfileQuery("tributary")} ORDER BY message_id`);
+    expect(new Set(after.map((r) => r.profile_id)).size).toBe(2);
+    stage.dispose();
   }, 120_000);
 });

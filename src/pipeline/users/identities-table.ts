@@ -125,7 +125,7 @@ export function currentProfileQuery(database: string, where = "1"): string {
   return `SELECT message_id, profile_id FROM (
   SELECT message_id, if(ifNull(user_id, '') != '', concat('u:', ifNull(user_id, '')), concat('a:', ifNull(anonymous_id, ''))) AS identity
   FROM ${db}.events WHERE ${where}
-) ANY LEFT JOIN (
+) AS e ANY LEFT JOIN (
   SELECT identity, argMax(profile_id, _version) AS profile_id FROM ${db}.profile_map GROUP BY identity
-) USING identity`;
+) AS m USING identity`;
 }

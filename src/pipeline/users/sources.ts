@@ -165,7 +165,7 @@ export class SourceStore {
     let n = 0;
     for (const k of keys) {
       const e = await this.kv.get(k);
-      if (!e || e.operation !== "PUT") continue;
+      if (e?.operation !== "PUT") continue;
       await this.kv.purge(k);
       n++;
     }
