@@ -19,10 +19,11 @@
 // markdown table and one JSON line; exit 1 when the export lost events or the run broke.
 //
 // Environment: EXPORT_EVENTS (200000), EXPORT_BATCH (500, the pipeline's maxEvents), EXPORT_IN_FLIGHT
-// (4, its maxInFlight), EXPORT_USERS (10000), EXPORT_FORMAT (json-array).
+// (4, its maxInFlight), EXPORT_USERS (10000), EXPORT_FORMAT (json-array), EXPORT_CPU_PROF (a directory:
+// profile the draining node there, its pipelines in its own process).
 import { mkdtempSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { join, resolve } from "node:path";
 import type { Subprocess } from "bun";
 import { LocalNats } from "../src/services/nats-server.ts";
 import { LocalClickHouse } from "../src/services/clickhouse-server.ts";
@@ -127,13 +128,14 @@ Exit 1 when the export lost events or the run broke.
   -h, --help   this help
 
 Environment: EXPORT_EVENTS (200000), EXPORT_BATCH (500), EXPORT_IN_FLIGHT (4), EXPORT_USERS (10000),
-EXPORT_FORMAT (json-array).`,
+EXPORT_FORMAT (json-array), EXPORT_CPU_PROF (a directory: profile the draining node there).`,
   });
   const EVENTS = num("EXPORT_EVENTS", 200_000);
   const BATCH = num("EXPORT_BATCH", 500);
   const IN_FLIGHT = num("EXPORT_IN_FLIGHT", 4);
   const USERS = num("EXPORT_USERS", 10_000);
   const FORMAT = env.EXPORT_FORMAT ?? "json-array";
+  const CPU_PROF = env.EXPORT_CPU_PROF ? resolve(env.EXPORT_CPU_PROF) : undefined;
   const KEY = "bench-export-write-key";
   const say = (s: string) => process.stderr.write(`[export] ${s}\n`);
 
@@ -235,9 +237,12 @@ pipelines:
   /** The node users run (`bun src/main.ts`) on a free port, pointed at this run's services. */
   const startNode = async () => {
     const port = await freePort();
-    const proc = Bun.spawn([process.execPath, join(import.meta.dir, "../src/main.ts")], {
+    const prof = CPU_PROF ? ["--cpu-prof", "--cpu-prof-md", `--cpu-prof-dir=${CPU_PROF}`] : [];
+    const proc = Bun.spawn([process.execPath, ...prof, join(import.meta.dir, "../src/main.ts")], {
       env: {
         ...env,
+        // Profiled, the pipelines run in the node's process, so the profile holds them.
+        ...(CPU_PROF ? { TRIBUTARY_PIPELINE_WORKERS: "0" } : {}),
         LOG_LEVEL: env.LOG_LEVEL ?? "warn",
         HOST: "127.0.0.1",
         PORT: String(port),
