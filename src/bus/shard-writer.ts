@@ -42,6 +42,27 @@ function idHeaderBytes(id: string): number {
   }
   return id.length + 3;
 }
+/**
+ * A message's body, the JSON array of its events, as bytes written once into one buffer: events
+ * are nearly always ASCII, and then each UTF-16 unit is one byte. An event that is not (its UTF-8
+ * differs in length from its text) sends the batch the old way, a joined string NATS encodes.
+ */
+export function payloadOf(jsons: readonly string[]): Uint8Array | string {
+  let units = Math.max(2, jsons.length + 1); // brackets and commas
+  for (const j of jsons) units += j.length;
+  const out = Buffer.allocUnsafe(units);
+  out[0] = 0x5b; // [
+  let at = 1;
+  for (let i = 0; i < jsons.length; i++) {
+    if (i > 0) out[at++] = 0x2c; // ,
+    const json = jsons[i]!;
+    if (out.write(json, at, "utf8") !== json.length) return `[${jsons.join(",")}]`;
+    at += json.length;
+  }
+  out[at] = 0x5d; // ]
+  return out;
+}
+
 const kindOf = (h: { get(k: string): string } | undefined) => h?.get(KIND_HEADER) || undefined;
 
 /** JetStream refuses a message whose headers exceed 64 KiB: the id list of one message stays under it. */
@@ -295,7 +316,7 @@ export class ShardWriter {
         h.set(KIND_HEADER, batch.kind);
         try {
           const started = performance.now();
-          const ack = await this.bus.js.publish(this.subject, `[${jsons.join(",")}]`, {
+          const ack = await this.bus.js.publish(this.subject, payloadOf(jsons), {
             headers: h,
             expect: { lastSubjectSequence: this.#lastSeq },
             timeout: this.options.timeoutMs,
