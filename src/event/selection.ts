@@ -49,11 +49,25 @@ export function decide(e: Json, sel: Selection): Verdict {
   return { keep: true };
 }
 
+/**
+ * The users forgotten (src/pipeline/users/forgotten.ts keeps it current in every pipeline process):
+ * their events are dropped before any filter, by every pipeline, live or replayed.
+ */
+export interface ForgottenCheck {
+  isForgotten(e: Json): boolean;
+}
+let forgotten: ForgottenCheck | undefined;
+export function setForgottenIds(check: ForgottenCheck | undefined): void {
+  forgotten = check;
+}
+
 /** What a selection counts (PipelineStats has these). */
 export interface SelectionCounters {
   received: number;
   filteredOut: number;
   consentFailed: number;
+  /** Events of a forgotten user, dropped (counted apart from received). */
+  forgotten?: number;
   recordError(error: string, messageId?: string): void;
   onOutcome?: (messageId: string, outcome: "filtered" | "kept", reason?: string) => void;
 }
@@ -94,8 +108,13 @@ export async function selectEvents(
   const header = m.headers?.get(KIND_HEADER) || undefined;
   for (const e of Array.isArray(events) ? events : [events]) {
     if (recordKind(header, e) !== sel.takes) continue;
-    stats.received++;
     const id = e.messageId as string;
+    if (forgotten?.isForgotten(e)) {
+      stats.forgotten = (stats.forgotten ?? 0) + 1;
+      stats.onOutcome?.(id, "filtered", "the user was forgotten");
+      continue;
+    }
+    stats.received++;
     let verdict: Verdict;
     try {
       verdict = decide(e, sel);

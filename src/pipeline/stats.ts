@@ -27,6 +27,8 @@ export interface PipelineSnapshot {
   lag: number | null;
   lastLoadAt: string | null;
   lastErrors: { at: string; messageId?: string; error: string }[];
+  /** Events of forgotten users dropped before selection (`npm run forget`). */
+  forgotten?: number;
   /** An export pipeline's sender figures (src/sink/http). */
   export?: ExportPipelineSnapshot;
 }
@@ -39,6 +41,8 @@ export class PipelineStats {
   filteredOut = 0;
   /** Kept by the filter but lacking a consent purpose the pipeline requires. */
   consentFailed = 0;
+  /** Events of a forgotten user (a tombstoned userId or anonymousId), dropped by selection. */
+  forgotten = 0;
   transformed = 0;
   failed = 0;
   loaded = 0;

@@ -1,0 +1,62 @@
+import { Elysia } from "elysia";
+import type { Bus } from "../bus/connection.ts";
+import type { NodeOptions } from "../config/env.ts";
+import type { ConfigStore } from "../config/store.ts";
+import { ForgetError, forgetUser } from "../pipeline/users/forget.ts";
+import { rulesOf } from "../pipeline/users/identity-rules.ts";
+import { connectWarehouse } from "../sink/clickhouse/server.ts";
+import { log } from "../util/log.ts";
+
+type Guard = (request: Request, ip: string | undefined) => Response | undefined;
+
+const json = (body: unknown, status = 200) =>
+  new Response(JSON.stringify(body), { status, headers: { "Content-Type": "application/json" } });
+
+/** Forgets run one at a time per node: each waits for its deletes, and two for one user would race. */
+let queue: Promise<unknown> = Promise.resolve();
+
+/**
+ * DELETE /v1/users/<id> (admin): forgets the user the id leads to (a userId, an anonymousId or an
+ * identifier value such as an email), as `npm run forget` does, and answers what was removed. The
+ * node's main process has no ClickHouse connection of its own (its pipelines run in worker
+ * processes), so each call opens one for its duration.
+ */
+export function userRoutes(
+  config: ConfigStore,
+  bus: Bus,
+  o: Pick<NodeOptions, "clickhouseUrl" | "clickhouseUser" | "clickhousePassword" | "database" | "streamReplicas">,
+  guard: Guard,
+  /** Milliseconds between the tombstones and the deletes (forget.ts); tests shorten it. */
+  settleMs = 2000,
+) {
+  const ip = (ctx: { request: Request; server: { requestIP(r: Request): { address: string } | null } | null }) =>
+    ctx.server?.requestIP(ctx.request)?.address;
+  return new Elysia({ name: "users" }).delete("/v1/users/:id", async (ctx) => {
+    const denied = guard(ctx.request, ip(ctx));
+    if (denied) return denied;
+    const id = decodeURIComponent(ctx.params.id);
+    if (!id || Buffer.byteLength(id) > 1024) return json({ error: "the id must be 1 to 1,024 bytes" }, 400);
+    if (!o.clickhouseUrl) return json({ error: "this node has no ClickHouse (CLICKHOUSE_URL)" }, 503);
+    const run = queue.then(async () => {
+      const w = await connectWarehouse({
+        url: o.clickhouseUrl!,
+        username: o.clickhouseUser,
+        password: o.clickhousePassword,
+        database: o.database,
+      });
+      try {
+        return await forgetUser(w, bus.js, id, rulesOf(config.current), o.streamReplicas, settleMs);
+      } finally {
+        await w.close();
+      }
+    });
+    queue = run.catch(() => {});
+    try {
+      return json({ forgotten: true, ...(await run) });
+    } catch (e) {
+      if (e instanceof ForgetError) return json({ error: e.message, code: e.code }, 404);
+      log.error("forget failed", { error: String((e as Error).message ?? e) });
+      return json({ error: `forget failed: ${String((e as Error).message ?? e)}` }, 503);
+    }
+  });
+}
