@@ -1,5 +1,5 @@
 import { Counter } from "prom-client";
-import { registry } from "../ops/metrics.ts";
+import { registry } from "../util/metrics-registry.ts";
 
 /**
  * Per-connection rate limits (PRODUCT.md §1 "Rate limits"): `rateLimit: {eventsPerMinute, burst}`

@@ -1,4 +1,7 @@
-import { AggregatorRegistry, Counter, Gauge, Histogram, Registry } from "prom-client";
+import { AggregatorRegistry, Counter, Gauge, Histogram } from "prom-client";
+import { registry } from "../util/metrics-registry.ts";
+// Registered where they are recorded; imported so that every process's registry has them.
+import "../sink/clickhouse/metrics.ts";
 import type { PipelineSnapshot } from "../pipeline/stats.ts";
 
 /**
@@ -6,7 +9,7 @@ import type { PipelineSnapshot } from "../pipeline/stats.ts";
  * updated where the work happens; pipeline counts and consumer lag are read from the running
  * pipelines at scrape time, so they are never out of step with GET /v1/pipelines.
  */
-export const registry = new Registry();
+export { registry };
 
 export const httpRequests = new Counter({
   name: "tributary_http_requests_total",
@@ -27,22 +30,6 @@ export const publishDuration = new Histogram({
   name: "tributary_jetstream_publish_duration_seconds",
   help: "Time from publishing a batch of events to JetStream's acknowledgement",
   buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5],
-  registers: [registry],
-});
-
-export const sinkBatchRows = new Histogram({
-  name: "tributary_sink_batch_rows",
-  help: "Rows per ClickHouse insert",
-  labelNames: ["table"] as const,
-  buckets: [1, 10, 100, 1000, 5000, 10_000, 25_000, 50_000, 100_000],
-  registers: [registry],
-});
-
-export const sinkFlushDuration = new Histogram({
-  name: "tributary_sink_flush_duration_seconds",
-  help: "Time to insert one batch into ClickHouse, retries included",
-  labelNames: ["table"] as const,
-  buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
   registers: [registry],
 });
 

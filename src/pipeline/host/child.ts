@@ -2,7 +2,7 @@ import { connectBus } from "../../bus/connection.ts";
 import { ConfigStore } from "../../config/store.ts";
 import type { OutcomeRecorder } from "../../event/outcome.ts";
 import { setExpressionTimeLimit } from "../../expr/index.ts";
-import { registry } from "../../ops/metrics.ts";
+import { registry } from "../../util/metrics-registry.ts";
 import { log } from "../../util/log.ts";
 import type { Call, FromWorker, Init, OutcomeBatch, ToWorker } from "./protocol.ts";
 import { PipelineRuntime } from "./runtime.ts";

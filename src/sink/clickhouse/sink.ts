@@ -1,6 +1,6 @@
 import { publishDeadLetters, type DeadLetter } from "../../bus/dead-letters.ts";
 import type { Bus } from "../../bus/connection.ts";
-import { sinkBatchRows, sinkFlushDuration } from "../../ops/metrics.ts";
+import { sinkBatchRows, sinkFlushDuration } from "./metrics.ts";
 import { log } from "../../util/log.ts";
 import type { Row, Sink, WriteOutcome } from "../sink.ts";
 import { Inserter, inserterDefaults, type InserterOptions } from "./inserter.ts";
