@@ -65,6 +65,9 @@ export function payloadOf(jsons: readonly string[]): Uint8Array | string {
 
 const kindOf = (h: { get(k: string): string } | undefined) => h?.get(KIND_HEADER) || undefined;
 
+/** A message as the stream's get API returns it. */
+type StoredMessage = Awaited<ReturnType<Bus["jsm"]["streams"]["getMessage"]>>;
+
 /** JetStream refuses a message whose headers exceed 64 KiB: the id list of one message stays under it. */
 const MAX_IDS_HEADER_BYTES = 60 * 1024;
 
@@ -260,7 +263,7 @@ export class ShardWriter {
     for (const [seq, candidates] of bySeq) {
       let held = this.#confirmed.get(seq);
       if (!held) {
-        let m;
+        let m: StoredMessage | null;
         try {
           m = await this.bus.jsm.streams.getMessage(STREAM, { seq });
         } catch (e) {
@@ -365,7 +368,7 @@ export class ShardWriter {
    */
   async #walk(target: number, limit = 32): Promise<boolean> {
     for (let seq = this.#lastSeq + 1, n = 0; n < limit; n++) {
-      let m;
+      let m: StoredMessage | null;
       try {
         m = await this.bus.jsm.streams.getMessage(STREAM, { seq, next_by_subj: this.subject } as unknown as {
           seq: number;
@@ -394,7 +397,7 @@ export class ShardWriter {
    * window) from message headers only.
    */
   async #sync(): Promise<void> {
-    let last;
+    let last: StoredMessage | null;
     try {
       last = await this.bus.jsm.streams.getMessage(STREAM, { last_by_subj: this.subject });
     } catch (e) {
