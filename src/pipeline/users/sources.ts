@@ -1,6 +1,7 @@
 import { createHash } from "node:crypto";
 import { Kvm, type KV } from "@nats-io/kv";
 import type { JetStreamClient } from "@nats-io/jetstream";
+import { log } from "../../util/log.ts";
 import { kvOps, PROFILE_LIMITS, ProfileStoreUnavailable, SOURCES_BUCKET } from "./profiles.ts";
 
 /**
@@ -100,6 +101,8 @@ export function foldSource(
 }
 
 const enc = new TextEncoder();
+/** Under NATS' default 1 MiB max_payload with room to spare. */
+const MAX_RECORD_BYTES = 768 * 1024;
 
 /** The records in KV, shared by every node. */
 export class SourceStore {
@@ -146,9 +149,15 @@ export class SourceStore {
         changed ||= f.changed;
       }
       if (!changed || !rec) return undefined;
+      const data = enc.encode(JSON.stringify(rec));
+      // Bounded by the profile's own limits, so only a pathological identity gets here: it is
+      // kept as it was (resolve then knows it less well) rather than failing its batch for ever.
+      if (data.length > MAX_RECORD_BYTES) {
+        log.warn("source identity too large to store; kept as it was", { key, bytes: data.length });
+        return undefined;
+      }
       try {
         kvOps.writes++;
-        const data = enc.encode(JSON.stringify(rec));
         const revision =
           e && e.operation === "PUT" ? await this.kv.update(key, data, e.revision) : await this.kv.create(key, data);
         return { record: rec, revision };
