@@ -15,12 +15,45 @@ export function ownerOf(connection: string, shard: number, count: number): numbe
   return ((h >>> 0) + shard) % count;
 }
 
-/** An append one thread asks of the shard's owner, and its answer. */
+/**
+ * An append one thread asks of the shard's owner, and its answer. The entries travel as two
+ * strings and a transferred array of id lengths: cloning one string costs a copy, cloning an array
+ * of objects a walk and an allocation per entry (about 3 µs per event measured). The JSON texts
+ * are joined with newlines, which JSON.stringify never writes unescaped.
+ */
 interface AppendRequest {
   id: number;
   connection: string;
-  entries: Entry[];
+  ids: string;
+  idLengths: Uint32Array;
+  jsons: string;
   kind: RecordKind;
+}
+
+function encode(entries: Entry[]): Pick<AppendRequest, "ids" | "idLengths" | "jsons"> {
+  const idLengths = new Uint32Array(entries.length);
+  const ids: string[] = new Array(entries.length);
+  const jsons: string[] = new Array(entries.length);
+  for (let i = 0; i < entries.length; i++) {
+    const e = entries[i]!;
+    ids[i] = e.id;
+    idLengths[i] = e.id.length;
+    jsons[i] = e.json;
+  }
+  return { ids: ids.join(""), idLengths, jsons: jsons.join("\n") };
+}
+
+function decode(m: Pick<AppendRequest, "ids" | "idLengths" | "jsons">): Entry[] {
+  const jsons = m.jsons.split("\n");
+  if (jsons.length !== m.idLengths.length) throw new Error("an append passed between threads came apart");
+  const out: Entry[] = new Array(jsons.length);
+  let at = 0;
+  for (let i = 0; i < jsons.length; i++) {
+    const n = m.idLengths[i]!;
+    out[i] = { id: m.ids.slice(at, at + n), json: jsons[i]! };
+    at += n;
+  }
+  return out;
 }
 type AppendAnswer = { id: number; result: AppendResult } | { id: number; error: string };
 
@@ -57,10 +90,12 @@ export class ShardedEventLog extends EventLog {
     port.onmessage = (m: MessageEvent<AppendRequest | AppendAnswer>) => {
       const msg = m.data;
       if ("connection" in msg) {
-        void super.append(msg.connection, msg.entries, msg.kind).then(
-          (result) => port.postMessage({ id: msg.id, result } satisfies AppendAnswer),
-          (e) => port.postMessage({ id: msg.id, error: String((e as Error).message ?? e) } satisfies AppendAnswer),
-        );
+        void Promise.resolve()
+          .then(() => super.append(msg.connection, decode(msg), msg.kind))
+          .then(
+            (result) => port.postMessage({ id: msg.id, result } satisfies AppendAnswer),
+            (e) => port.postMessage({ id: msg.id, error: String((e as Error).message ?? e) } satisfies AppendAnswer),
+          );
         return;
       }
       const p = pending.get(msg.id);
@@ -118,7 +153,8 @@ export class ShardedEventLog extends EventLog {
         2 * this.options.timeoutMs + 1000,
       );
       peer.pending.set(id, { resolve, reject, timer });
-      peer.port.postMessage({ id, connection, entries, kind } satisfies AppendRequest);
+      const message: AppendRequest = { id, connection, kind, ...encode(entries) };
+      peer.port.postMessage(message, [message.idLengths.buffer]);
     });
   }
 
