@@ -6,7 +6,7 @@
 // pipelines dir with one webhook connection (one write key) and one `import: events` pipeline
 // without a filter. Nodes and the load generator (bench/loadgen.ts) run in their own processes.
 //   1. raw     the rows the sink would make (eventRow() of normalised events from the fixture,
-//              unique messageIds) inserted by the sink's Inserter (@clickhouse/client) into a copy
+//              unique messageIds) inserted by the sink's Inserter (JSONEachRow through fetch) into a copy
 //              of the events table, one insert at a time, in batches of the size the sink's row and
 //              byte limits give; half of E2E_RAW_SECONDS here, half after phase 3
 //   2. warm    a node (bench/e2e-node.ts) under a short closed loop, drained
@@ -487,7 +487,7 @@ try {
       features,
     ),
   );
-  // The sink's own insert call (@clickhouse/client, its format and settings) straight on those rows:
+  // The sink's own insert call (JSONEachRow through Bun's fetch, its format and settings) straight on those rows:
   // whatever the sink's encoding becomes, the ceiling follows it.
   const inserter = new Inserter(wh, "events_ceiling");
   const rawRuns: RawRun[] = [];
@@ -874,7 +874,7 @@ console.log("");
 if (raw)
   console.log(
     `Raw: ${raw.runs.map((r) => `${fmt(r.inserts)} inserts in ${fmt(r.seconds, 1)} s (${fmt(r.rows / r.seconds)} rows/s)`).join(" before the node, ")} after the max phase; ` +
-      `median insert ${fmt(raw.p50InsertMs)} ms, slowest ${fmt(raw.maxInsertMs)} ms. The sink's own Inserter (@clickhouse/client, JSONEachRow) on rows eventRow() made from normalised events.`,
+      `median insert ${fmt(raw.p50InsertMs)} ms, slowest ${fmt(raw.maxInsertMs)} ms. The sink's own Inserter (JSONEachRow through Bun's fetch, as the sink sends it) on rows eventRow() made from normalised events.`,
   );
 if (max)
   console.log(
