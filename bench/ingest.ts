@@ -15,7 +15,7 @@
 // each process tree's user + system CPU over its phase's timed span, divided by the events
 // answered 2xx (see the report's "CPU per event" lines for what each sums).
 //
-// Environment: BENCH_SECONDS (8) per measured phase, BENCH_CONNECTIONS (4, one write key each),
+// Environment: BENCH_SECONDS (8) per measured phase, BENCH_CONNECTIONS (8 per ingest thread, one write key each),
 // BENCH_BATCH (500), BENCH_OVERLOAD_CONNECTIONS (256), BENCH_OVERLOAD_SECONDS (BENCH_SECONDS/2),
 // BENCH_FIXTURES (test/fixtures), BENCH_CPU_PROF (a directory: profile the node there),
 // BENCH_QUICK (1: phases 1 and 2 only, for before/after comparisons of CPU per event).
@@ -47,7 +47,7 @@ every event answered 2xx is stored once. Always exits 0: it is a report.
 
   -h, --help   this help
 
-Environment: BENCH_SECONDS (8) per measured phase, BENCH_CONNECTIONS (4), BENCH_BATCH (500),
+Environment: BENCH_SECONDS (8) per measured phase, BENCH_CONNECTIONS (8 per ingest thread), BENCH_BATCH (500),
 BENCH_OVERLOAD_CONNECTIONS (256), BENCH_OVERLOAD_SECONDS (BENCH_SECONDS/2), BENCH_FIXTURES
 (test/fixtures), BENCH_CPU_PROF (a directory: profile the node there), BENCH_QUICK (1: the
 bare parse and the node's closed loop only).`,
@@ -56,7 +56,11 @@ bare parse and the node's closed loop only).`,
 const env = process.env;
 const num = (name: string, d: number) => (env[name] ? Number(env[name]) : d);
 const SECONDS = num("BENCH_SECONDS", 8);
-const CONNECTIONS = num("BENCH_CONNECTIONS", 4);
+// SO_REUSEPORT spreads connections by hash: at least 8 per ingest thread, so each gets a share.
+const CONNECTIONS = num(
+  "BENCH_CONNECTIONS",
+  8 * (Number(process.env.TRIBUTARY_INGEST_WORKERS) || navigator.hardwareConcurrency || 1),
+);
 const BATCH = num("BENCH_BATCH", 500);
 const OVERLOAD_CONNECTIONS = num("BENCH_OVERLOAD_CONNECTIONS", 256);
 const OVERLOAD_SECONDS = num("BENCH_OVERLOAD_SECONDS", Math.max(3, SECONDS / 2));
@@ -513,7 +517,8 @@ if (stored) {
   );
   console.log(
     `Node counters: accepted ${fmt(nodeStats?.stats.accepted)}, duplicates ${fmt(nodeStats?.stats.duplicates)}, rejected ${fmt(nodeStats?.stats.rejected)}, ` +
-      `dedup index ${fmt(nodeStats?.indexedIds)} ids, limiter 429s ${fmt(nodeStats?.limiterRejected)}.`,
+      `dedup index ${fmt(nodeStats?.indexedIds)} ids, limiter 429s ${fmt(nodeStats?.limiterRejected)}; ` +
+      `requests answered per thread (SO_REUSEPORT spreads connections by hash): ${(nodeStats?.requestsPerThread ?? []).map((n: number) => fmt(n)).join(" / ")}.`,
   );
 }
 

@@ -19,6 +19,7 @@ process.on("message", async (m: unknown) => {
       inFlightRequests: c.inFlightRequests,
       limiterRejected: c.refused,
       indexedIds: c.indexedIds,
+      requestsPerThread: c.requestsPerThread,
       memory: process.memoryUsage(),
     });
   } else if (m === "stop") {

@@ -55,7 +55,7 @@ export interface RunningNode {
   /** Threads answering HTTP, this one included. */
   threads: number;
   /** What every thread's sources counted, summed (benches; /metrics has the same). */
-  ingestCounts(): Promise<IngestCounts>;
+  ingestCounts(): Promise<IngestCounts & { requestsPerThread: number[] }>;
   /** Resolves once ClickHouse is reachable, tables migrated and pipelines running (never without CLICKHOUSE_URL). */
   pipelinesReady: Promise<Pipelines>;
   stop(): Promise<void>;
@@ -301,6 +301,7 @@ export async function startNode(o: NodeOptions & { natsUrl: string } & PipelineT
         inFlightRequests: ingest.limiter.inFlightRequests,
         refused: ingest.limiter.rejected,
         indexedIds: eventLog.indexedIds,
+        requests: ia.answered.requests,
       };
       const all = [mine, ...((await workers?.stats()) ?? [])];
       const sum = (k: keyof IngestCounts) => all.reduce((a, c) => a + c[k], 0);
@@ -312,6 +313,8 @@ export async function startNode(o: NodeOptions & { natsUrl: string } & PipelineT
         inFlightRequests: sum("inFlightRequests"),
         refused: sum("refused"),
         indexedIds: sum("indexedIds"),
+        requests: sum("requests"),
+        requestsPerThread: all.map((c) => c.requests),
       };
     },
     pipelinesReady,

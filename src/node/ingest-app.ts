@@ -30,6 +30,8 @@ export interface IngestApp {
   app: Elysia;
   /** The Segment/RudderStack-compatible routes: their counters and in-flight limiter. */
   ingest: IngestServer;
+  /** Requests this thread answered (SO_REUSEPORT's share of the connections, for the benches). */
+  readonly answered: { requests: number };
   /** Stops reporting this thread's counters to /metrics. */
   close(): void;
 }
@@ -47,6 +49,7 @@ export function ingestApp(
   capacity: StreamCapacity,
 ): IngestApp {
   const started = new WeakMap<Request, number>();
+  const answered = { requests: 0 };
   // Every source of this thread shares its in-flight budget and event counters.
   const sources = sourceContext(config, eventLog, {
     maxInFlightBytes: Math.max(1, Math.floor(o.maxInFlightBytes / o.threads)),
@@ -101,6 +104,7 @@ export function ingestApp(
       const status = String(c.responseValue instanceof Response ? c.responseValue.status : (c.set.status ?? 200));
       const route = c.route ?? "unmatched";
       const t0 = started.get(c.request);
+      answered.requests++;
       httpRequests.inc({ route, status });
       if (t0 !== undefined) httpDuration.observe({ route, status }, (performance.now() - t0) / 1000);
       log.debug("request", {
@@ -124,5 +128,5 @@ export function ingestApp(
     })
     .use(mounted.reduce((routes, s) => (s.routes ? routes.use(s.routes) : routes), new Elysia({ name: "sources" })))
     .get("/healthz", () => ({ ok: true }));
-  return { app: app as unknown as Elysia, ingest, close };
+  return { app: app as unknown as Elysia, ingest, answered, close };
 }

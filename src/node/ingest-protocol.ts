@@ -46,6 +46,8 @@ export interface IngestCounts {
   inFlightRequests: number;
   refused: number;
   indexedIds: number;
+  /** HTTP requests the thread answered. */
+  requests: number;
 }
 
 /** Headers a thread adds to a request it passes on to the main thread. */

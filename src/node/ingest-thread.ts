@@ -88,6 +88,7 @@ async function start(m: IngestThreadInit) {
     inFlightRequests: ia.ingest.limiter.inFlightRequests,
     refused: ia.ingest.limiter.rejected,
     indexedIds: eventLog?.indexedIds ?? 0,
+    requests: ia.answered.requests,
   });
   stop = async () => {
     await app.stop(false);
