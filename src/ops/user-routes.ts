@@ -1,4 +1,5 @@
 import { Elysia } from "elysia";
+import { Type } from "@sinclair/typebox";
 import type { Bus } from "../bus/connection.ts";
 import type { NodeOptions } from "../config/env.ts";
 import type { ConfigStore } from "../config/store.ts";
@@ -8,6 +9,40 @@ import { connectWarehouse } from "../sink/clickhouse/server.ts";
 import { log } from "../util/log.ts";
 
 type Guard = (request: Request, ip: string | undefined) => Response | undefined;
+
+const n = Type.Integer({ minimum: 0 });
+/** The 200 answer of DELETE /v1/users/<id> (src/pipeline/users/forget.ts ForgetReport), for the OpenAPI document. */
+export const ForgetAnswer = Type.Object(
+  {
+    forgotten: Type.Literal(true),
+    foundAs: Type.Union([
+      Type.Literal("userId"),
+      Type.Literal("anonymousId"),
+      Type.Literal("identifier"),
+      Type.Literal("nothing"),
+    ]),
+    profiles: Type.Array(Type.String(), { description: "the profile and those merged into it" }),
+    userIds: n,
+    anonymousIds: n,
+    tombstones: Type.Integer({ minimum: 0, description: "hashed ids whose events every pipeline now drops" }),
+    kv: Type.Object({ identities: n, profiles: n, sources: n }),
+    rows: Type.Object({ users: n, identities: n, profile_map: n, events: n }),
+  },
+  {
+    examples: [
+      {
+        forgotten: true,
+        foundAs: "identifier",
+        profiles: ["3f9c0d2e-8a51-4c55-9a53-0f6f7f3b9c11"],
+        userIds: 1,
+        anonymousIds: 2,
+        tombstones: 3,
+        kv: { identities: 4, profiles: 1, sources: 2 },
+        rows: { users: 1, identities: 2, profile_map: 3, events: 4 },
+      },
+    ],
+  },
+);
 
 const json = (body: unknown, status = 200) =>
   new Response(JSON.stringify(body), { status, headers: { "Content-Type": "application/json" } });

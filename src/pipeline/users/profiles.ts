@@ -184,6 +184,8 @@ class Attempt {
   readonly touched = new Set<string>();
   readonly links: Link[] = [];
 
+  /** Profiles created or merged in this attempt: an update that did neither and changed no identifier value needs no matching. */
+  reshaped = 0;
   /** Profiles an identity led to that were not in the store (recreated empty by resolve). */
   readonly missing = new Set<string>();
 
@@ -313,6 +315,7 @@ class Attempt {
   }
 
   create(id: string = randomUUID()): Profile {
+    this.reshaped++;
     const p: Profile = {
       id,
       anonymousIds: [],
@@ -478,6 +481,7 @@ export class ProfileStore {
       const problem = id === undefined ? undefined : idProblem(kind, id);
       if (problem) throw new ProfileRefused(problem);
     }
+    const reshaped = a.reshaped;
     const uKey = u.userId !== undefined ? keyOf("u", u.userId) : undefined;
     const aKey = u.anonymousId !== undefined ? keyOf("a", u.anonymousId) : undefined;
     const byUser = uKey ? await a.resolve(uKey) : undefined;
@@ -523,12 +527,18 @@ export class ProfileStore {
       }
     }
     let changed = false;
+    let identifierChanged = false;
     for (const [name, v] of Object.entries(u.props))
-      if (v !== undefined && setProp(target, name, v, u.timestamp, u.messageId)) changed = true;
+      if (v !== undefined && setProp(target, name, v, u.timestamp, u.messageId)) {
+        changed = true;
+        identifierChanged ||= rules.identifiers.includes(name);
+      }
     if (u.timestamp < target.firstSeen) (target.firstSeen = u.timestamp), (changed = true);
     if (u.timestamp > target.lastSeen) (target.lastSeen = u.timestamp), (changed = true);
     if (changed) a.changed(target);
-    if (rules.identifiers.length) target = await this.#matchIdentifiers(a, target, rules);
+    // The index already holds what an unchanged profile's values match; only a change can match anew.
+    if (rules.identifiers.length && (identifierChanged || a.reshaped !== reshaped))
+      target = await this.#matchIdentifiers(a, target, rules);
     a.touch(target.id);
     return target.id;
   }
@@ -571,6 +581,7 @@ export class ProfileStore {
 
   /** Folds `src` into `dst`; `src` becomes a tombstone and its identities point at `dst`. */
   async #merge(a: Attempt, src: Profile, dst: Profile): Promise<void> {
+    a.reshaped++;
     a.edit(src);
     a.edit(dst);
     for (const [name, p] of Object.entries(src.props)) setProp(dst, name, p.v, p.t, p.m);

@@ -39,8 +39,22 @@ export function replayPlan(records: SourceIdentity[], rules: IdentityRules): Pro
         steps.push(s2);
       }
     };
+    // Identifier values carried together at a time arrive together (one step, before the other
+    // properties of that time), as the event that first carried them did: an email and a phone
+    // given at once must be compared at once.
+    const firstCarried = new Map<number, Step>();
     for (const [name, p] of Object.entries(r.props)) {
-      if (identifiers.has(name) && p.f < p.t) prop(p.f, p.m, name, p.v);
+      if (identifiers.has(name)) {
+        const s = firstCarried.get(p.f);
+        if (s) {
+          s.props[name] = p.v;
+          if (p.m > s.messageId) s.messageId = p.m;
+        } else {
+          const s2: Step = { ...base, order: 2.5, identity, timestamp: p.f, messageId: p.m, props: { [name]: p.v } };
+          firstCarried.set(p.f, s2);
+          steps.push(s2);
+        }
+      }
       prop(p.t, p.m, name, p.v);
     }
     step(4, r.lastSeen);
