@@ -30,6 +30,15 @@ function hashInto(id: string): void {
   hashB = b >>> 0;
 }
 
+/** The hash of the last {@link hashIntoState} call, for other indexes over the same hash. */
+export const hashState = { a: 0, b: 0 };
+
+export function hashIntoState(id: string): void {
+  hashInto(id);
+  hashState.a = hashA;
+  hashState.b = hashB;
+}
+
 export function hashId(id: string): [number, number] {
   hashInto(id);
   return [hashA, hashB];
