@@ -2,6 +2,17 @@ import type { Bus } from "./connection.ts";
 import { ShardWriter, type Entry } from "./shard-writer.ts";
 import type { RecordKind } from "../event/envelope.ts";
 import { DEDUP_SHARDS, shardOf, shardSubject } from "./subjects.ts";
+import { log } from "../util/log.ts";
+
+/**
+ * How often each shard's dedup index is written as a snapshot (see dedup-snapshots.ts): a
+ * restarted node reads at most this much of the stream on top of its snapshot. Until the node's
+ * configuration carries it, TRIBUTARY_DEDUP_SNAPSHOT_SECONDS (0 turns snapshots off).
+ */
+function snapshotEveryMs(): number {
+  const s = Number(process.env.TRIBUTARY_DEDUP_SNAPSHOT_SECONDS ?? 60);
+  return Number.isFinite(s) && s >= 0 ? s * 1000 : 60_000;
+}
 
 export interface AppendResult {
   /** Newly stored events. */
@@ -16,10 +27,12 @@ export interface AppendResult {
  */
 export class EventLog {
   #writers = new Map<string, ShardWriter>();
+  #snapshotTimer?: ReturnType<typeof setInterval>;
+  #snapshotting?: Promise<void>;
 
   constructor(
     readonly bus: Bus,
-    readonly options: { dedupWindowMs: number; timeoutMs: number },
+    readonly options: { dedupWindowMs: number; timeoutMs: number; snapshotEveryMs?: number },
   ) {}
 
   #writer(connection: string, shard: number): ShardWriter {
@@ -30,6 +43,7 @@ export class EventLog {
       const maxPayload = Math.max(64 * 1024, (this.bus.nc.info?.max_payload ?? 1024 * 1024) - 64 * 1024);
       w = new ShardWriter(this.bus, subject, { ...this.options, maxPayloadBytes: maxPayload });
       this.#writers.set(subject, w);
+      this.#scheduleSnapshots();
     }
     return w;
   }
@@ -62,6 +76,46 @@ export class EventLog {
     const all: Promise<unknown>[] = [];
     for (const c of connections) for (let s = 0; s < DEDUP_SHARDS; s++) all.push(this.#writer(c, s).warm());
     await Promise.all(all);
+  }
+
+  #scheduleSnapshots(): void {
+    const every = this.options.snapshotEveryMs ?? snapshotEveryMs();
+    if (this.#snapshotTimer || every === 0) return;
+    this.#snapshotTimer = setInterval(() => {
+      if (this.bus.nc.isClosed()) {
+        clearInterval(this.#snapshotTimer);
+        return;
+      }
+      void this.snapshot();
+    }, every);
+    this.#snapshotTimer.unref?.();
+  }
+
+  /**
+   * Writes a snapshot of every shard index this log holds that learnt something since its last
+   * one; one pass at a time. A node calls it once more when it stops gracefully.
+   */
+  snapshot(): Promise<void> {
+    this.#snapshotting ??= (async () => {
+      try {
+        for (const w of this.#writers.values())
+          await w
+            .snapshot()
+            .catch((e) =>
+              log.warn("dedup snapshot not written", { subject: w.subject, error: String((e as Error).message ?? e) }),
+            );
+      } finally {
+        this.#snapshotting = undefined;
+      }
+    })();
+    return this.#snapshotting;
+  }
+
+  /** Shards whose index started from a snapshot: the sequence it covered and the ms it took to load. */
+  get loadedSnapshots(): Map<string, { covered: number; ms: number }> {
+    const out = new Map<string, { covered: number; ms: number }>();
+    for (const [subject, w] of this.#writers) if (w.loadedSnapshot) out.set(subject, w.loadedSnapshot);
+    return out;
   }
 
   get indexedIds(): number {

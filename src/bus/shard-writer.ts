@@ -3,7 +3,10 @@ import { DeliverPolicy, JetStreamApiCodes, JetStreamApiError } from "@nats-io/je
 import type { Bus } from "./connection.ts";
 import { BusUnavailableError } from "./errors.ts";
 import { STREAM } from "./subjects.ts";
-import { IdIndex } from "./id-index.ts";
+import { FingerprintIndex, type IndexRange } from "./fingerprint-index.ts";
+import { SnapshotStore } from "./dedup-snapshots.ts";
+import { readRange } from "./range-read.ts";
+import { log } from "../util/log.ts";
 import { KIND_HEADER, type RecordKind } from "../event/envelope.ts";
 
 /** One event ready to store: its messageId and its serialised JSON. */
@@ -17,6 +20,8 @@ export interface ShardWriterOptions {
   /** Upper bound on one JetStream message's body and id header (the server's max_payload, less a margin). */
   maxPayloadBytes: number;
   timeoutMs: number;
+  /** Fingerprint width of the dedup index (1..16): fewer only in tests, to force collisions. */
+  fingerprintBits?: number;
 }
 
 /** Header listing the messageIds a message holds, so a node can rebuild its index from headers alone. */
@@ -82,6 +87,8 @@ interface Batch {
   idBytes: number;
   /** The writer's {@link ShardWriter.indexEpoch} when the batch was opened: every id in it was checked since. */
   epoch: number;
+  /** Its ids as a set, made when an index hit first asks whether the batch holds an id. */
+  idSet?: Set<string>;
   done: Promise<void>;
   resolve: () => void;
   reject: (e: Error) => void;
@@ -110,21 +117,36 @@ function newBatch(no: number, kind: RecordKind = "events", epoch = 0): Batch {
  */
 export class ShardWriter {
   /**
-   * messageIds seen within the dedup window → where each is: the stream sequence of the message
-   * holding it (read back from the stream), or `-no` for an id this writer put in batch `no`, whose
-   * sequence #published gives once JetStream acknowledged it. So an id is written into the index
-   * once, when it is queued, and a publish records one number for all its ids.
+   * messageIds seen within the dedup window, as fingerprints (see fingerprint-index.ts): a hit
+   * says which block of messages may hold the id. An id is written into the index once, when it
+   * is queued (as `-no`, batch `no`), and a publish gives the batch's blocks its sequence.
    */
-  #index: IdIndex;
-  /** Id lists of recently confirmed messages: a retry storm re-reads the same few messages. */
-  #confirmed = new Map<number, Set<string>>();
+  #index: FingerprintIndex;
+  #snapshots: SnapshotStore;
+  /** The sequence the last snapshot covered, and whether one was looked for at start. */
+  #snapshotSeq = 0;
+  #snapshotTried = false;
+  /** Ids of the message ranges read lately: a retry storm re-reads the same few blocks. */
+  #confirmed = new Map<string, Set<string>>();
   #nextBatch = 1;
-  /** Batches queued or being published, by number. A number in neither map is a batch that failed. */
+  /** Batches queued or being published, by number. */
   #inFlight = new Map<number, Batch>();
-  /** Published batches, by number: the sequence of their message and when it was acknowledged. */
-  #published = new Map<number, { seq: number; at: number }>();
+  /**
+   * Dedup keys learnt from someone else's messages while batches were queued, with the
+   * {@link #indexEpoch} they were learnt at: a batch checks its ids against those learnt after it
+   * was checked, exactly (no fingerprint, no read).
+   */
+  #learnt = new Map<string, number>();
+  /**
+   * The index epochs of the appends confirming index hits now: the ids they queue afterwards were
+   * checked before they waited, so what was stored meanwhile, by anyone (us included), is noted
+   * in #learnt for them.
+   */
+  #checks: number[] = [];
   #queue: Batch[] = [];
   #lastSeq = 0;
+  /** When #lastSeq was reached. */
+  #lastSeqAt = 0;
   /**
    * Counts the times ids stored by someone else (another node, or a publish of ours whose outcome
    * was unknown) entered the index. A batch opened at the current count holds only ids checked
@@ -139,7 +161,8 @@ export class ShardWriter {
     readonly subject: string,
     readonly options: ShardWriterOptions,
   ) {
-    this.#index = new IdIndex(options.dedupWindowMs);
+    this.#index = new FingerprintIndex(options.dedupWindowMs, { fingerprintBits: options.fingerprintBits });
+    this.#snapshots = new SnapshotStore(bus, subject, options.dedupWindowMs);
   }
 
   get indexSize(): number {
@@ -157,14 +180,25 @@ export class ShardWriter {
   }
 
   /**
-   * Where the index says a dedup key is: undefined (not seen, or in a batch that failed), the
-   * sequence of a stored message that may hold it (to confirm: a hash can collide), or the batch
-   * of ours carrying it now (its ids to be checked, for the same reason).
+   * Where a dedup key may be: undefined (not seen, or only in a batch that failed), the batch of
+   * ours carrying it now, or the ranges of stored messages that may hold it (to confirm: a
+   * fingerprint can match another id's).
    */
-  #where(key: string): number | Batch | undefined {
-    const v = this.#index.lookup(key);
-    if (v === undefined || v > 0) return v;
-    return this.#published.get(-v)?.seq ?? this.#inFlight.get(-v);
+  #where(key: string, kind: RecordKind | string): IndexRange[] | Batch | undefined {
+    const hits = this.#index.lookup(key);
+    if (!hits) return undefined;
+    if (this.#inFlight.size) {
+      const raw = kind === "raw";
+      const id = raw ? key.slice(RAW_PREFIX.length) : key;
+      for (const b of this.#inFlight.values())
+        if ((b.kind === "raw") === raw && b.ids.length && (b.idSet ??= new Set(b.ids)).has(id)) return b;
+    }
+    return this.#stored(hits);
+  }
+
+  #stored(hits: IndexRange[] | undefined): IndexRange[] | undefined {
+    const stored = hits?.filter((r) => r.maxSeq > 0);
+    return stored?.length ? stored : undefined;
   }
 
   /** Loads the dedup index now rather than on the first request. */
@@ -209,6 +243,7 @@ export class ShardWriter {
         batch.epoch = checkedAt;
       } else if (checkedAt < batch.epoch) batch.epoch = checkedAt;
       batch.ids.push(e.id);
+      batch.idSet?.add(e.id);
       batch.jsons.push(e.json);
       batch.bytes += size;
       batch.idBytes += idSize;
@@ -218,7 +253,8 @@ export class ShardWriter {
     };
     /** Queued or being published in one of our batches: answered when that batch is. */
     const inFlight = (at: Batch, key: string) => {
-      if (at.kind !== kind || !at.ids.includes(kind === "raw" ? key.slice(RAW_PREFIX.length) : key)) return false;
+      if (at.kind !== kind || !(at.idSet ??= new Set(at.ids)).has(kind === "raw" ? key.slice(RAW_PREFIX.length) : key))
+        return false;
       duplicates++;
       waits.add(at.done);
       return true;
@@ -226,21 +262,28 @@ export class ShardWriter {
     let suspects: Entry[] | undefined;
     for (const e of entries) {
       const key = dedupKey(kind, e.id);
-      const at = this.#where(key);
+      const at = this.#where(key, kind);
       if (at === undefined) enqueue(e, key);
-      else if (typeof at === "number") (suspects ??= []).push(e);
-      else if (!inFlight(at, key)) enqueue(e, key); // another id with the same hash
+      else if (Array.isArray(at)) (suspects ??= []).push(e);
+      else if (!inFlight(at, key)) enqueue(e, key);
     }
     if (suspects) {
-      const already = await this.#storedAmong(suspects.map((e) => dedupKey(kind, e.id)));
+      let already: Set<string>;
+      this.#checks.push(checkedAt);
+      try {
+        already = await this.#storedAmong(suspects.map((e) => dedupKey(kind, e.id)));
+      } finally {
+        this.#checks.splice(this.#checks.indexOf(checkedAt), 1);
+      }
       mark = this.#index.writer(); // the index may have started a new generation meanwhile
       for (const e of suspects) {
         const key = dedupKey(kind, e.id);
-        if (already.has(key)) duplicates++;
+        // Stored meanwhile, by another node or by a batch of ours published while we read?
+        if (already.has(key) || (this.#learnt.get(key) ?? -1) > checkedAt) duplicates++;
         else {
           // Queued meanwhile by another request? Then that batch answers for it.
-          const at = this.#where(key);
-          if (!(at !== undefined && typeof at !== "number" && inFlight(at, key))) enqueue(e, key);
+          const at = this.#where(key, kind);
+          if (!(at !== undefined && !Array.isArray(at) && inFlight(at, key))) enqueue(e, key);
         }
       }
     }
@@ -249,33 +292,29 @@ export class ShardWriter {
     return { stored, duplicates };
   }
 
-  /** Which of these dedup keys (each an index hit) really are in the stream, read from their messages. */
-  async #storedAmong(ids: string[]): Promise<Set<string>> {
+  /** Which of these dedup keys (each an index hit) really are in the stream, read from the blocks of messages that may hold them. */
+  async #storedAmong(keys: string[]): Promise<Set<string>> {
     const found = new Set<string>();
-    const bySeq = new Map<number, string[]>();
-    for (const id of ids) {
-      const seq = this.#where(id);
-      if (typeof seq !== "number") continue;
-      const list = bySeq.get(seq);
-      if (list) list.push(id);
-      else bySeq.set(seq, [id]);
-    }
-    for (const [seq, candidates] of bySeq) {
-      let held = this.#confirmed.get(seq);
+    const byRange = new Map<string, { range: IndexRange; keys: string[] }>();
+    for (const key of keys)
+      for (const range of this.#stored(this.#index.lookup(key)) ?? []) {
+        const k = `${range.minSeq}-${range.maxSeq}`;
+        const at = byRange.get(k);
+        if (at) at.keys.push(key);
+        else byRange.set(k, { range, keys: [key] });
+      }
+    for (const [k, { range, keys: candidates }] of byRange) {
+      let held = this.#confirmed.get(k);
       if (!held) {
-        let m: StoredMessage | null;
-        try {
-          m = await this.bus.jsm.streams.getMessage(STREAM, { seq });
-        } catch (e) {
-          throw new BusUnavailableError(`cannot read message ${seq} to check duplicates: ${(e as Error).message}`, {
-            cause: e,
-          });
-        }
-        const header = m?.header.get(IDS_HEADER);
-        const kind = kindOf(m?.header);
-        held = new Set(header ? (JSON.parse(header) as string[]).map((id) => dedupKey(kind, id)) : []);
-        this.#confirmed.set(seq, held);
-        if (this.#confirmed.size > 256) this.#confirmed.delete(this.#confirmed.keys().next().value!);
+        const ids = new Set<string>();
+        await readRange(this.bus, this.subject, range.minSeq, range.maxSeq, this.options.timeoutMs, (h) => {
+          const header = h?.get(IDS_HEADER);
+          const kind = kindOf(h);
+          if (header) for (const id of JSON.parse(header) as string[]) ids.add(dedupKey(kind, id));
+        });
+        held = ids;
+        this.#confirmed.set(k, held);
+        if (this.#confirmed.size > 64) this.#confirmed.delete(this.#confirmed.keys().next().value!);
       }
       for (const id of candidates) if (held.has(id)) found.add(id);
     }
@@ -305,10 +344,8 @@ export class ShardWriter {
         let ids = batch.ids;
         let jsons = batch.jsons;
         if (this.#indexEpoch !== batch.epoch) {
-          const suspects = keys.filter((k) => typeof this.#where(k) === "number");
-          const already = suspects.length ? await this.#storedAmong(suspects) : undefined;
-          if (already?.size) {
-            const keep = keys.map((k) => !already.has(k));
+          const keep = keys.map((k) => !((this.#learnt.get(k) ?? -1) > batch.epoch));
+          if (keep.includes(false)) {
             ids = batch.ids.filter((_, i) => keep[i]);
             jsons = batch.jsons.filter((_, i) => keep[i]);
           }
@@ -326,8 +363,9 @@ export class ShardWriter {
           });
           this.bus.observer?.published((performance.now() - started) / 1000);
           this.#lastSeq = ack.seq;
-          this.#published.set(batch.no, { seq: ack.seq, at: Date.now() });
-          this.#forgetPublished();
+          this.#lastSeqAt = Date.now();
+          this.#index.published(batch.no, ack.seq);
+          if (this.#checks.length) this.#note(keys);
           break;
         } catch (e) {
           this.#synced = false;
@@ -346,17 +384,11 @@ export class ShardWriter {
           : new BusUnavailableError(`JetStream did not confirm the write: ${(e as Error).message}`, { cause: e }),
       );
     } finally {
-      // A batch that failed is in neither map: its ids read as unseen, and a retry queues them again.
+      // A batch that failed keeps its ids in the index, in blocks whose messages do not hold them:
+      // they read as unseen once confirmed, and a retry queues them again.
       this.#inFlight.delete(batch.no);
-    }
-  }
-
-  /** The index forgets an id within 1.25 dedup windows: a batch's sequence is not needed after that. */
-  #forgetPublished(): void {
-    const horizon = Date.now() - 1.5 * this.options.dedupWindowMs;
-    for (const [no, p] of this.#published) {
-      if (p.at >= horizon) break;
-      this.#published.delete(no);
+      this.#index.abandoned(batch.no);
+      this.#forgetLearnt();
     }
   }
 
@@ -388,15 +420,83 @@ export class ShardWriter {
 
   /** Indexes the ids of a message read back from the stream (its Tributary-Ids header). */
   #learn(kind: string | undefined, header: string, seq: number): void {
-    this.#index.addAll(dedupKeys(kind, JSON.parse(header) as string[]), seq);
-    this.#indexEpoch++;
+    const keys = dedupKeys(kind, JSON.parse(header) as string[]);
+    this.#index.addAll(keys, seq);
+    if (this.#checks.length || this.#queuedIds()) this.#note(keys);
+    else this.#indexEpoch++;
   }
+
+  /** Keys just stored (by someone else, or by us while an append was confirming hits). */
+  #note(keys: readonly string[]): void {
+    const epoch = ++this.#indexEpoch;
+    for (const k of keys) this.#learnt.set(k, epoch);
+  }
+
+  /** Drops what no queued batch or confirming append can need: keys noted before all of them were checked. */
+  #forgetLearnt(): void {
+    if (this.#learnt.size === 0) return;
+    let oldest = Number.POSITIVE_INFINITY;
+    for (const b of this.#inFlight.values()) if (b.ids.length && b.epoch < oldest) oldest = b.epoch;
+    for (const c of this.#checks) if (c < oldest) oldest = c;
+    if (oldest === Number.POSITIVE_INFINITY) this.#learnt.clear();
+    else if (this.#learnt.size > 10_000) for (const [k, e] of this.#learnt) if (e <= oldest) this.#learnt.delete(k);
+  }
+
+  /** Whether a batch holding ids is queued or being published (a warm-up's batch holds none). */
+  #queuedIds(): boolean {
+    for (const b of this.#inFlight.values()) if (b.ids.length) return true;
+    return false;
+  }
+
+  /**
+   * Stores the index as a snapshot covering the subject up to the last sequence this writer
+   * knows (see dedup-snapshots.ts), so a restarted node reads only what came after. False when
+   * there was nothing new, or a snapshot at least as recent was there.
+   */
+  async snapshot(): Promise<boolean> {
+    if (!this.#synced || this.#lastSeq === 0 || this.#lastSeq === this.#snapshotSeq) return false;
+    const covered = this.#lastSeq;
+    const saved = await this.#snapshots.save(this.#index, covered, this.#lastSeqAt);
+    this.#snapshotSeq = covered;
+    return saved;
+  }
+
+  /**
+   * Before the first read of the window: the latest snapshot's tables, and the sequence they
+   * cover, which the read then starts after. A snapshot missing, of another stream, older than the
+   * window, or damaged leaves the index empty: the whole window is read, as without snapshots.
+   */
+  async #loadSnapshot(): Promise<void> {
+    this.#snapshotTried = true;
+    const started = performance.now();
+    try {
+      const loaded = await this.#snapshots.load(this.#index.fingerprintBits);
+      if (!loaded) return;
+      this.#index.restore(loaded.segments);
+      this.#lastSeq = loaded.manifest.covered;
+      this.#lastSeqAt = loaded.manifest.coveredAt;
+      this.#snapshotSeq = loaded.manifest.covered;
+      this.#loadedSnapshot = { covered: loaded.manifest.covered, ms: performance.now() - started };
+    } catch (e) {
+      log.warn("dedup snapshot not used; reading the whole window from the stream", {
+        subject: this.subject,
+        error: String((e as Error).message ?? e),
+      });
+    }
+  }
+
+  /** The snapshot this writer started from, if any: the sequence it covered and how long it took to load. */
+  get loadedSnapshot(): { covered: number; ms: number } | undefined {
+    return this.#loadedSnapshot;
+  }
+  #loadedSnapshot?: { covered: number; ms: number };
 
   /**
    * Reads the messageIds stored on this subject since what we know (at first, the whole dedup
    * window) from message headers only.
    */
   async #sync(): Promise<void> {
+    if (this.#lastSeq === 0 && !this.#snapshotTried) await this.#loadSnapshot();
     let last: StoredMessage | null;
     try {
       last = await this.bus.jsm.streams.getMessage(STREAM, { last_by_subj: this.subject });
@@ -437,6 +537,7 @@ export class ShardWriter {
       }
       if (!reached) throw new BusUnavailableError(`timed out reading ${this.subject} up to sequence ${target}`);
     }
+    if (target !== this.#lastSeq) this.#lastSeqAt = Date.now();
     this.#lastSeq = target;
     this.#synced = true;
   }
