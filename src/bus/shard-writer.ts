@@ -147,6 +147,8 @@ export class ShardWriter {
   #lastSeq = 0;
   /** When #lastSeq was reached. */
   #lastSeqAt = 0;
+  /** Ids in the last message #learn read. */
+  #lastLearnt = 0;
   /**
    * Counts the times ids stored by someone else (another node, or a publish of ours whose outcome
    * was unknown) entered the index. A batch opened at the current count holds only ids checked
@@ -421,6 +423,7 @@ export class ShardWriter {
   /** Indexes the ids of a message read back from the stream (its Tributary-Ids header). */
   #learn(kind: string | undefined, header: string, seq: number): void {
     const keys = dedupKeys(kind, JSON.parse(header) as string[]);
+    this.#lastLearnt = keys.length;
     this.#index.addAll(keys, seq);
     if (this.#checks.length || this.#queuedIds()) this.#note(keys);
     else this.#indexEpoch++;
@@ -522,10 +525,19 @@ export class ShardWriter {
       const messages = await consumer.consume({ max_messages: 1000 });
       const timer = setTimeout(() => messages.stop(), this.options.timeoutMs * 4);
       let reached = false;
+      // A long read sizes the index once it has seen how many ids its first messages hold.
+      let pending = first ? -1 : 0;
+      let seen = 0;
+      let idsSeen = 0;
       try {
         for await (const m of messages) {
           const ids = m.headers?.get(IDS_HEADER);
           if (ids) this.#learn(kindOf(m.headers), ids, m.seq);
+          if (pending === -1) pending = m.info.pending;
+          if (pending > 0 && ids && ++seen <= 64) {
+            idsSeen += this.#lastLearnt;
+            if (seen === 64) this.#index.reserve(Math.ceil((pending * idsSeen) / seen));
+          }
           if (m.seq >= target) {
             reached = true;
             break;

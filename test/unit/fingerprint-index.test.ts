@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { FingerprintIndex } from "../../src/bus/fingerprint-index.ts";
+import { FingerprintIndex, Segment } from "../../src/bus/fingerprint-index.ts";
 
 const holds = (index: FingerprintIndex, id: string, seq: number) =>
   (index.lookup(id) ?? []).some((r) => r.minSeq <= seq && seq <= r.maxSeq);
@@ -67,4 +67,25 @@ describe("FingerprintIndex", () => {
     expect(holds(index, "early", 1)).toBe(false);
     expect(holds(index, `t${now - 50}`, 3)).toBe(true);
   });
+});
+
+test("reserve: a start reading the whole window gets one table sized for it, not tables 8 times larger each", () => {
+  const index = new FingerprintIndex(3600_000);
+  index.reserve(500_000);
+  for (let i = 0; i < 500_000; i++) index.add(`r-${i}`, i + 1);
+  expect(index.segments.length).toBe(1);
+  expect(index.bytes / index.size).toBeLessThanOrEqual(4);
+  for (let i = 0; i < 500_000; i += 101) expect(holds(index, `r-${i}`, i + 1)).toBe(true);
+});
+
+test("a table whose cuckoo walk fails keeps the entry it carried: a one-bucket table and a fifth entry", () => {
+  const seg = new Segment("t", 0, 0, 4);
+  for (let f = 1; f <= 5; f++) seg.insert(0, f, f);
+  expect(seg.full).toBe(true);
+  expect(seg.stash.length).toBe(3);
+  for (let f = 1; f <= 5; f++) {
+    const blocks: number[] = [];
+    seg.find(0, f, (_, b) => blocks.push(b));
+    expect(blocks).toEqual([f]);
+  }
 });
