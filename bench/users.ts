@@ -6,7 +6,8 @@
 // anonymous visitors giving a known user's email (merges). Incremental resolution keeps events/s
 // (and KV operations per event) flat as profiles grow.
 //
-// Environment: BENCH_PROFILES (100000), BENCH_EVENTS (measured events per size, 6000),
+// Environment: BENCH_PROFILES (100000), BENCH_EVENTS (measured events per round, 6000),
+// BENCH_ROUNDS (3, the best kept),
 // BENCH_BASELINE=1 (no identifiers and no source identities: resolution as before issue 21).
 import { rmSync } from "node:fs";
 import { connect } from "@nats-io/transport-node";
@@ -28,12 +29,14 @@ the same run, against a local nats-server; also KV operations per event. Prints 
 
   -h, --help   this help
 
-Environment: BENCH_PROFILES (100000), BENCH_EVENTS (6000 measured events per size),
+Environment: BENCH_PROFILES (100000), BENCH_EVENTS (6000 measured events per round),
+BENCH_ROUNDS (3 rounds per size, the best kept),
 BENCH_BASELINE=1 (no identifiers, no source identities: resolution as before identifiers).`,
 });
 
 const LARGE = Number(process.env.BENCH_PROFILES ?? 100_000);
 const EVENTS = Number(process.env.BENCH_EVENTS ?? 6000);
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
 const BATCH = 500;
 const BASELINE = process.env.BENCH_BASELINE === "1";
 const RULES: IdentityRules = { identifiers: BASELINE ? [] : ["email", "phone"], mergeUserIds: false };
@@ -81,18 +84,20 @@ function workload(): ProfileUpdate[] {
   });
 }
 
+/** The best of ROUNDS rounds of the workload (the least disturbed by JIT, GC and neighbours). */
 async function measure(profiles: number) {
   await growTo(profiles);
-  const updates = workload();
-  const ops = kvOps.reads + kvOps.writes;
-  const t = performance.now();
-  await run(updates);
-  const seconds = (performance.now() - t) / 1000;
-  return {
-    profiles,
-    eventsPerSecond: Math.round(updates.length / seconds),
-    kvOpsPerEvent: Number(((kvOps.reads + kvOps.writes - ops) / updates.length).toFixed(2)),
-  };
+  let best = { eventsPerSecond: 0, kvOpsPerEvent: 0 };
+  for (let round = 0; round < ROUNDS; round++) {
+    const updates = workload();
+    const ops = kvOps.reads + kvOps.writes;
+    const t = performance.now();
+    await run(updates);
+    const eventsPerSecond = Math.round(updates.length / ((performance.now() - t) / 1000));
+    const kvOpsPerEvent = Number(((kvOps.reads + kvOps.writes - ops) / updates.length).toFixed(2));
+    if (eventsPerSecond > best.eventsPerSecond) best = { eventsPerSecond, kvOpsPerEvent };
+  }
+  return { profiles, ...best };
 }
 
 try {
