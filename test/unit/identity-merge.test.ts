@@ -174,3 +174,34 @@ test("incremental: KV operations per event do not grow with 10,000 profiles", as
   expect(kvOps.reads + kvOps.writes - before).toBeLessThanOrEqual(12);
   expect((await profileOf("a", "late-anon"))!.id).toBe((await profileOf("u", "user-5000"))!.id);
 }, 120_000);
+
+test("the README's worked example (Identifiers) gives the profiles it shows", async () => {
+  await fresh();
+  const lower = (t: Record<string, unknown>) => ({
+    ...t,
+    ...(t.email ? { email: String(t.email).toLowerCase() } : {}),
+  });
+  const steps: Partial<ProfileUpdate>[] = [
+    { anonymousId: "a1", props: lower({ email: "Ann@Example.com", plan: "free" }) },
+    { userId: "ann", props: lower({ email: "ann@example.com", plan: "pro" }) },
+    { anonymousId: "a2", props: { email: "bob@example.com", phone: "+33100" } },
+    { anonymousId: "a3", props: { email: "rob@example.com", phone: "+33100" } },
+    { anonymousId: "a4", props: { phone: "+33100" } },
+    { userId: "ann2", props: { email: "ann@example.com" } },
+  ];
+  for (const s of steps) await store.apply([ev(s)], EMAIL_PHONE);
+  const row = async (kind: "u" | "a", id: string) => {
+    const p = (await profileOf(kind, id))!;
+    return [
+      p.userId ?? null,
+      [...p.anonymousIds].sort(),
+      p.props.email?.v ?? null,
+      p.props.phone?.v ?? null,
+      p.props.plan?.v ?? null,
+    ];
+  };
+  expect(await row("u", "ann")).toEqual(["ann", ["a1"], "ann@example.com", null, "pro"]);
+  expect(await row("u", "ann2")).toEqual(["ann2", [], "ann@example.com", null, null]);
+  expect(await row("a", "a2")).toEqual([null, ["a2", "a4"], "bob@example.com", "+33100", null]);
+  expect(await row("a", "a3")).toEqual([null, ["a3"], "rob@example.com", "+33100", null]);
+});
