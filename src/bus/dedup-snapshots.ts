@@ -178,6 +178,8 @@ export class SnapshotStore {
         throw new SnapshotFormatError(`dedup snapshot table ${t.id} of ${this.subject} is damaged or incomplete`);
       segments.push(decodeSegment(t.id, blob));
     }
+    // Those tables are stored already: the next snapshot references them rather than rewriting them.
+    this.#saved = new Map(manifest.tables.map((t) => [t.id, t]));
     return { segments, manifest };
   }
 

@@ -176,14 +176,16 @@ export class Segment {
     this.full = true;
   }
 
-  /** Calls `hit` with the block of every entry whose fingerprint is `f`, first bucket `i1`. */
-  find(i1: number, f: number, hit: (seg: Segment, block: number) => void): void {
+  /** The blocks of the entries whose fingerprint is `f`, first bucket `i1`, appended to `out` (made on the first). */
+  find(i1: number, f: number, out?: number[]): number[] | undefined {
     const i2 = this.alt(i1, f);
-    for (let s = i1 * SLOTS, end = s + SLOTS; s < end; s++) if (this.fp[s] === f) hit(this, this.blockAt(s));
+    for (let s = i1 * SLOTS, end = s + SLOTS; s < end; s++) if (this.fp[s] === f) (out ??= []).push(this.blockAt(s));
     if (i2 !== i1)
-      for (let s = i2 * SLOTS, end = s + SLOTS; s < end; s++) if (this.fp[s] === f) hit(this, this.blockAt(s));
+      for (let s = i2 * SLOTS, end = s + SLOTS; s < end; s++) if (this.fp[s] === f) (out ??= []).push(this.blockAt(s));
     for (let k = 0; k < this.stash.length; k += 3)
-      if (this.stash[k + 1] === f && (this.stash[k] === i1 || this.stash[k] === i2)) hit(this, this.stash[k + 2]!);
+      if (this.stash[k + 1] === f && (this.stash[k] === i1 || this.stash[k] === i2))
+        (out ??= []).push(this.stash[k + 2]!);
+    return out;
   }
 
   /** The block of the next id placed. */
@@ -239,10 +241,10 @@ export class FingerprintIndex {
     const f = this.#fingerprint();
     const h = hashState.a;
     let out: IndexRange[] | undefined;
-    const hit = (seg: Segment, block: number) => (out ??= []).push(seg.range(block));
     for (let i = this.#segments.length - 1; i >= 0; i--) {
       const seg = this.#segments[i]!;
-      seg.find(seg.bucketOf(h), f, hit);
+      const blocks = seg.find(seg.bucketOf(h), f);
+      if (blocks) for (const b of blocks) (out ??= []).push(seg.range(b));
     }
     return out;
   }
