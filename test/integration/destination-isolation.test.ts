@@ -1,4 +1,5 @@
 import { afterAll, expect, test } from "bun:test";
+import { join } from "node:path";
 import { useStack, type Stack } from "../harness/stack.ts";
 import { WebhookReceiver } from "../harness/webhook-receiver.ts";
 import { counter, idsByUser, pipelineSnapshot, streamEvents, waitFor } from "../harness/destinations.ts";
@@ -18,6 +19,7 @@ const SLOW_MS = 5000;
 const slow = await WebhookReceiver.start({ format: "single" });
 slow.decide = (r) => (r.events.some((e) => e.userId === "slowpoke") ? { status: 200, delayMs: SLOW_MS } : undefined);
 const up = await WebhookReceiver.start({ format: "json-array" });
+const kept = await WebhookReceiver.start({ format: "json-array" });
 // Nothing listens here until the test starts a receiver on it.
 const downPort = await freePort();
 
@@ -39,12 +41,17 @@ const stack: Stack = useStack(
       `http://127.0.0.1:${downPort}/in`,
       "format: json-array\nbatch: {maxEvents: 10, maxAgeMs: 50}\ntimeoutMs: 2000",
     )}${exportTo("to-up", `${up.url}/in`, "format: json-array\nbatch: {maxEvents: 10, maxAgeMs: 50}")}`,
+    "tailed.yaml": `connection: tailed\nsource: webhook\nwriteKeys: ["key-dest-tail-0001"]\npipelines:\n${exportTo(
+      "to-kept",
+      `${kept.url}/in`,
+      "batch: {maxEvents: 10, maxAgeMs: 50}",
+    ).replace("    export: events\n", '    export: events\n    filter: event = "Keep"\n')}`,
   },
   { adminToken: ADMIN },
 );
 let down: WebhookReceiver | undefined;
 afterAll(async () => {
-  await Promise.all([slow.stop(), up.stop(), down?.stop()]);
+  await Promise.all([slow.stop(), up.stop(), kept.stop(), down?.stop()]);
 });
 
 const post = async (key: string, events: Record<string, unknown>[]) => {
@@ -136,3 +143,55 @@ test("a destination that is down makes only its own pipeline wait; it gets every
     "sent 40 and no lag",
   );
 }, 120_000);
+
+test("tail --pipeline of an export pipeline shows what its filter keeps, and that is what the destination gets", async () => {
+  const p = Bun.spawn(
+    [process.execPath, join(import.meta.dir, "../../scripts/tail.ts"), "tailed", "--pipeline", "to-kept", "--json"],
+    {
+      env: {
+        ...process.env,
+        NATS_URL: stack.nats.url,
+        TRIBUTARY_PIPELINES: stack.node.config.options.dir,
+        NO_COLOR: "1",
+        LOG_LEVEL: "error",
+      },
+      stdout: "pipe",
+      stderr: "pipe",
+    },
+  );
+  const got = { out: "", err: "" };
+  const pump = async (s: ReadableStream<Uint8Array>, key: "out" | "err") => {
+    const d = new TextDecoder();
+    for await (const chunk of s) got[key] += d.decode(chunk, { stream: true });
+  };
+  void pump(p.stdout, "out");
+  void pump(p.stderr, "err");
+  try {
+    await waitFor(
+      () => got.err,
+      (e) => e.includes("tributary.events.tailed.* on"),
+      "tail to subscribe",
+    );
+    await post(
+      "key-dest-tail-0001",
+      ["Keep", "Drop", "Keep"].map((event, i) => ({ type: "track", event, userId: "t1", messageId: `tail-${i}` })),
+    );
+    await kept.until(() => kept.stored().flatMap((r) => r.events).length >= 2, "the kept events at the destination");
+    await waitFor(
+      () => got.out,
+      (o) => o.includes("tail-0") && o.includes("tail-2"),
+      "tail to show the kept events",
+    );
+    await Bun.sleep(300);
+    expect(got.out).not.toContain("tail-1");
+    expect(
+      kept
+        .stored()
+        .flatMap((r) => r.events.map((e) => e.messageId))
+        .sort(),
+    ).toEqual(["tail-0", "tail-2"]);
+  } finally {
+    p.kill();
+    await p.exited;
+  }
+}, 60_000);
