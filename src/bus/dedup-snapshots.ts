@@ -42,6 +42,8 @@ export interface SnapshotManifest {
   covered: number;
   /** When the writer reached `covered` (ms). */
   coveredAt: number;
+  /** The stored time of the message at `covered`: a stream that lost it (kill -9) and reused its sequence is told apart. */
+  coveredTime: string;
   tables: TableEntry[];
 }
 
@@ -119,6 +121,8 @@ export class SnapshotStore {
     const streamCreated = await ensure(this.bus, this.windowMs);
     const there = await this.#manifest();
     if (there && there.streamCreated === streamCreated && there.covered >= covered) return false;
+    const at = await this.bus.jsm.streams.getMessage(STREAM, { seq: covered });
+    if (!at || at.subject !== this.subject) return false; // gone already (limits): the next one then
     for (const [entry, blob] of writes) {
       const step = this.#chunkBytes;
       for (let at = 0; at < blob.byteLength; at += step)
@@ -132,6 +136,7 @@ export class SnapshotStore {
       fingerprintBits: index.fingerprintBits,
       covered,
       coveredAt,
+      coveredTime: at.timestamp,
       tables,
     };
     await this.bus.js.publish(`${this.#base}.m`, JSON.stringify(manifest));
@@ -171,6 +176,15 @@ export class SnapshotStore {
       manifest.coveredAt < now - this.windowMs
     )
       return undefined;
+    // The message it covers up to is still that one; or, removed since by the stream's limits, the
+    // subject went on past it (a server that lost its last writes would be behind it).
+    const at = await this.bus.jsm.streams.getMessage(STREAM, { seq: manifest.covered });
+    if (at) {
+      if (at.subject !== this.subject || at.timestamp !== manifest.coveredTime) return undefined;
+    } else {
+      const last = await this.bus.jsm.streams.getMessage(STREAM, { last_by_subj: this.subject });
+      if (!last || last.seq < manifest.covered) return undefined;
+    }
     const segments: Segment[] = [];
     for (const t of manifest.tables) {
       const blob = await this.#read(t);

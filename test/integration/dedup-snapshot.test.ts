@@ -103,6 +103,20 @@ test("a damaged snapshot, or one of another window, is not used: the whole windo
   expect(other.loadedSnapshot).toBeUndefined();
   expect(await other.append(all.map(entry))).toEqual({ stored: 0, duplicates: 500 });
 
+  // The message it says it covers up to is not that one (a server that lost writes reused the sequence).
+  const m0 = (await bus.jsm.streams.getMessage(SNAPSHOT_STREAM, { last_by_subj: "tributary.dedup.dedup-bad.2.m" }))!;
+  await bus.js.publish(
+    "tributary.dedup.dedup-bad.2.m",
+    JSON.stringify({ ...m0.json<object>(), coveredTime: "2020-01-01T00:00:00Z" }),
+  );
+  const moved = writer(subject);
+  await moved.warm();
+  expect(moved.loadedSnapshot).toBeUndefined();
+  await bus.js.publish("tributary.dedup.dedup-bad.2.m", m0.data);
+  const back = writer(subject);
+  await back.warm();
+  expect(back.loadedSnapshot).toBeDefined();
+
   // A table's bytes overwritten: its hash no longer matches.
   const manifest = (await bus.jsm.streams.getMessage(SNAPSHOT_STREAM, {
     last_by_subj: "tributary.dedup.dedup-bad.2.m",
