@@ -8,6 +8,7 @@ import { LiveWindow } from "./debugger/live-window.ts";
 import { OutcomeLog } from "./debugger/outcomes.ts";
 import { adminRoutes } from "./debugger/routes.ts";
 import { replayRoutes } from "./ops/replay-routes.ts";
+import { userRoutes } from "./ops/user-routes.ts";
 import { adminGuard } from "./ops/admin-auth.ts";
 import { openApiDocument } from "./ops/openapi.ts";
 import { addPipelineSource, addRegistrySource, publishConflicts, publishDuration } from "./ops/metrics.ts";
@@ -212,6 +213,7 @@ export async function startNode(o: NodeOptions & { natsUrl: string } & PipelineT
   const app = ia.app
     .use(admin)
     .use(replays)
+    .use(userRoutes(config, bus, o, guard))
     .get("/version", () => VERSION)
     .get("/openapi.json", () => OPENAPI)
     .get("/readyz", async ({ set, request, server }) => {

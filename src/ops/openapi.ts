@@ -1,5 +1,6 @@
 import { Type, type TSchema } from "@sinclair/typebox";
 import { ReplayRequest } from "./replay-routes.ts";
+import { ForgetAnswer } from "./user-routes.ts";
 import {
   BaseEvent,
   BatchEnvelope,
@@ -399,6 +400,31 @@ export function openApiDocument(version: string): Record<string, unknown> {
         "403": err("admin API disabled"),
         "404": err("no such pipeline"),
         "503": err("ClickHouse not reachable yet"),
+      },
+    },
+  };
+  paths["/v1/users/{id}"] = {
+    delete: {
+      summary:
+        "Forget a user everywhere (PRODUCT.md §8): the profile, its identities, KV entries and events rows; their ids are kept as hashed tombstones so replays and late events bring nothing back",
+      security: admin,
+      parameters: [
+        {
+          name: "id",
+          in: "path",
+          required: true,
+          description: "a userId, an anonymousId or an identifier value (such as an email)",
+          schema: { type: "string" },
+        },
+      ],
+      responses: {
+        "200": json(ForgetAnswer, "what was removed"),
+        "400": err("the id is empty or longer than 1,024 bytes"),
+        "401": err("no or wrong admin token"),
+        "403": err("admin API disabled"),
+        "404": err("no profile, identity or event has that id"),
+        "409": err("too many profiles hold that identifier value: forget them by userId or anonymousId"),
+        "503": err("ClickHouse or NATS not reachable; nothing or part was removed, retry"),
       },
     },
   };

@@ -150,6 +150,7 @@ export class PipelineManager {
           failed: s.failed,
           loaded: s.loaded,
           deadLettered: s.deadLettered,
+          forgotten: s.forgotten,
           deadLetters: letters[dlqSubject(w.connection, w.pipeline)] ?? 0,
           lag: info ? info.num_pending + info.num_ack_pending : null,
           lastLoadAt: s.lastLoadAt ?? null,

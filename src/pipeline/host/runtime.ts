@@ -10,6 +10,7 @@ import type { InserterOptions } from "../../sink/clickhouse/inserter.ts";
 import { connectWarehouse, type Warehouse } from "../../sink/clickhouse/server.ts";
 import { log } from "../../util/log.ts";
 import { PipelineManager } from "../manager.ts";
+import { watchForgotten } from "../users/forgotten.ts";
 import { replay, type ReplayOptions, type ReplayProgress } from "../replay.ts";
 import type { BatchOptions } from "../worker.ts";
 import { pipelineKey, workerOf, type Pipelines } from "./pipelines.ts";
@@ -44,6 +45,7 @@ export class PipelineRuntime implements Pipelines {
   #manager?: PipelineManager;
   #stopping = false;
   #unsubscribe?: () => void;
+  #unwatch?: () => void;
   /** Resolves when the warehouse answered and the first configuration is applied. */
   readonly ready: Promise<void>;
 
@@ -80,6 +82,8 @@ export class PipelineRuntime implements Pipelines {
         });
         await migrateEventsTable(this.#warehouse);
         await ensureDlqStream(this.bus.jsm, o.streamReplicas);
+        // Forgotten users' events are dropped by every pipeline of this process from its first batch.
+        this.#unwatch ??= await watchForgotten(this.bus.js, o.streamReplicas);
         const batch: BatchOptions = {
           maxRows: o.batchMaxRows,
           maxBytes: o.batchMaxBytes,
@@ -158,6 +162,7 @@ export class PipelineRuntime implements Pipelines {
   async stop(): Promise<void> {
     this.#stopping = true;
     this.#unsubscribe?.();
+    this.#unwatch?.();
     const manager = this.#manager;
     if (manager) {
       const before = await manager.snapshots().catch(() => [] as PipelineSnapshot[]);
