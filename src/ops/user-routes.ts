@@ -18,7 +18,7 @@ export const ForgetAnswer = Type.Object(
     foundAs: Type.Union([
       Type.Literal("userId"),
       Type.Literal("anonymousId"),
-      Type.Literal("identifier"),
+      Type.Literal("property"),
       Type.Literal("nothing"),
     ]),
     profiles: Type.Array(Type.String(), { description: "the profile and those merged into it" }),
@@ -32,7 +32,7 @@ export const ForgetAnswer = Type.Object(
     examples: [
       {
         forgotten: true,
-        foundAs: "identifier",
+        foundAs: "property",
         profiles: ["3f9c0d2e-8a51-4c55-9a53-0f6f7f3b9c11"],
         userIds: 1,
         anonymousIds: 2,
@@ -89,7 +89,7 @@ export function userRoutes(
     try {
       return json({ forgotten: true, ...(await run) });
     } catch (e) {
-      if (e instanceof ForgetError) return json({ error: e.message, code: e.code }, 404);
+      if (e instanceof ForgetError) return json({ error: e.message, code: e.code }, e.code === "not_found" ? 404 : 409);
       log.error("forget failed", { error: String((e as Error).message ?? e) });
       return json({ error: `forget failed: ${String((e as Error).message ?? e)}` }, 503);
     }

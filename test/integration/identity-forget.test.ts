@@ -97,7 +97,7 @@ test("DELETE /v1/users/<email> removes the user everywhere; a replay and late ev
   const report = await r.json();
   expect(report).toMatchObject({
     forgotten: true,
-    foundAs: "identifier",
+    foundAs: "property",
     userIds: 1,
     anonymousIds: 2,
     tombstones: 3,
@@ -209,4 +209,30 @@ test("scripts/forget.ts <anonymousId> forgets an anonymous visitor; an unknown i
   const missing = await forgetCli(["never-seen"]);
   expect(missing.code).toBe(1);
   expect(missing.err).toContain('no user, anonymous id or identifier "never-seen" is known');
+}, 120_000);
+
+test("forgetting an email forgets every profile holding it, also two userIds kept apart by it", async () => {
+  await post([
+    ev("identify", { userId: "twin-1" }, { email: "twin@example.com", plan: "a" }),
+    ev("identify", { userId: "twin-2" }, { email: "twin@example.com", plan: "b" }),
+    ev("track", { userId: "twin-2" }),
+  ]);
+  await eventually(
+    stack.db,
+    "SELECT count() AS n FROM tributary.users FINAL WHERE email = 'twin@example.com'",
+    (x: any[]) => Number(x[0].n) === 2,
+  );
+  await eventually(
+    stack.db,
+    "SELECT count() AS n FROM tributary.events FINAL WHERE user_id IN ('twin-1', 'twin-2')",
+    (x: any[]) => Number(x[0].n) === 3,
+  );
+  const r = await admin("/v1/users/twin%40example.com", { method: "DELETE" });
+  expect(r.status).toBe(200);
+  const report = await r.json();
+  expect(report).toMatchObject({ foundAs: "property", userIds: 2, rows: { users: 2, events: 3 } });
+  expect(report.profiles.length).toBe(2);
+  expect(await count("SELECT count() AS n FROM tributary.users FINAL WHERE email = 'twin@example.com'")).toBe(0);
+  // A plan is no one's identity: forgetting its value finds nobody.
+  expect((await admin("/v1/users/b", { method: "DELETE" })).status).toBe(404);
 }, 120_000);

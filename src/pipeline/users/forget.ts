@@ -11,7 +11,7 @@ import { sourceKey } from "./sources.ts";
 
 /**
  * Forgetting a user (PRODUCT.md §8, `npm run forget`, `DELETE /v1/users/<id>`): the id is a userId,
- * an anonymousId or an identifier value (an email); its profile is found, then, in this order:
+ * an anonymousId or a property value (an email); its profiles are found, then, in this order:
  * tombstones for every userId and anonymousId of it (so nothing new lands while the rest goes),
  * its KV entries (identity links, identifier index, the profile and the ones merged into it,
  * source identities), and its rows in users, identities, profile_map and events (a lightweight
@@ -19,7 +19,7 @@ import { sourceKey } from "./sources.ts";
  */
 export interface ForgetReport {
   /** What the id was found as. */
-  foundAs: "userId" | "anonymousId" | "identifier" | "nothing";
+  foundAs: "userId" | "anonymousId" | "property" | "nothing";
   profiles: string[];
   userIds: number;
   anonymousIds: number;
@@ -30,7 +30,7 @@ export interface ForgetReport {
 
 export class ForgetError extends Error {
   constructor(
-    readonly code: "not_found",
+    readonly code: "not_found" | "too_many",
     message: string,
   ) {
     super(message);
@@ -54,20 +54,51 @@ async function liveProfile(store: ProfileStore, id: string | undefined): Promise
   return undefined;
 }
 
-async function find(store: ProfileStore, id: string, rules: IdentityRules) {
+/** A value held by more profiles than this is no person's: refused rather than mass-deleted. */
+const MAX_PROFILES = 100;
+
+/**
+ * The profiles `id` designates: the one its userId or anonymousId leads to; else every profile
+ * holding it as the value of an identifier or of `email` (through the identifier index, and in
+ * users FINAL, so profiles kept apart that share an email all go).
+ */
+async function find(w: Warehouse, store: ProfileStore, id: string, rules: IdentityRules) {
   const link = async (key: string) => {
     const e = await store.ids.get(key);
     return e?.operation === "PUT" ? liveProfile(store, e.string()) : undefined;
   };
   const byUser = await link(keyOf("u", id));
-  if (byUser) return { profile: byUser, foundAs: "userId" as const };
+  if (byUser) return { profiles: [byUser], foundAs: "userId" as const };
   const byAnon = await link(keyOf("a", id));
-  if (byAnon) return { profile: byAnon, foundAs: "anonymousId" as const };
+  if (byAnon) return { profiles: [byAnon], foundAs: "anonymousId" as const };
+  const found = new Map<string, Profile>();
   for (const name of rules.identifiers) {
     const p = await link(identifierKey(name, id));
-    if (p && p.props[name]?.v === id) return { profile: p, foundAs: "identifier" as const };
+    if (p && p.props[name]?.v === id) found.set(p.id, p);
   }
-  return undefined;
+  const db = quoteIdent(w.database);
+  // Only properties that identify a person: `forget free` must never match everyone on a plan.
+  const names = [...new Set([...rules.identifiers, "email"])];
+  const columns = await query<{ name: string }>(
+    w,
+    `SELECT name FROM system.columns WHERE database = ${quoteString(w.database)} AND table = 'users' AND type = 'Nullable(String)' AND name IN (${names.map(quoteString).join(", ")})`,
+  );
+  if (columns.length) {
+    const rows = await query<{ profile_id: string }>(
+      w,
+      `SELECT profile_id FROM ${db}.users FINAL WHERE ${columns.map((c) => `${quoteIdent(c.name)} = ${quoteString(id)}`).join(" OR ")} LIMIT ${MAX_PROFILES + 1}`,
+    );
+    if (rows.length > MAX_PROFILES)
+      throw new ForgetError(
+        "too_many",
+        `more than ${MAX_PROFILES} profiles hold "${id}": forget them by userId or anonymousId`,
+      );
+    for (const r of rows) {
+      const p = await liveProfile(store, r.profile_id);
+      if (p) found.set(p.id, p);
+    }
+  }
+  return found.size ? { profiles: [...found.values()], foundAs: "property" as const } : undefined;
 }
 
 export async function forgetUser(
@@ -80,12 +111,12 @@ export async function forgetUser(
 ): Promise<ForgetReport> {
   await ensureIdentityTables(w);
   const store = await ProfileStore.open(js, replicas);
-  const found = await find(store, id, rules);
+  const found = await find(w, store, id, rules);
   const db = quoteIdent(w.database);
   const profiles: Profile[] = [];
-  if (found) {
-    profiles.push(found.profile);
-    for (const m of found.profile.merged ?? []) {
+  for (const live of found?.profiles ?? []) {
+    profiles.push(live);
+    for (const m of live.merged ?? []) {
       const e = await store.store.get(m);
       if (e?.operation === "PUT") profiles.push(e.json() as Profile);
     }
