@@ -206,6 +206,7 @@ async function restart(n: number) {
       "fill s": fmt(fillMs / 1000, 1),
       "today: full read into IdIndex s": fmt(todayMs / 1000, 1),
       "no snapshot: full read s": fmt(fallbackMs / 1000, 1),
+      "bytes/id after full read": fmt(a.indexBytes / a.indexSize),
       "snapshot write s": fmt(snapshotMs / 1000, 1),
       "snapshot MB": fmt(snapshotBytes / 2 ** 20, 0),
       "tail ids": tail,

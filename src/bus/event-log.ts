@@ -118,6 +118,13 @@ export class EventLog {
     return out;
   }
 
+  /** Bytes of the dedup indexes this log holds (for a gauge beside indexedIds). */
+  get indexBytes(): number {
+    let n = 0;
+    for (const w of this.#writers.values()) n += w.indexBytes;
+    return n;
+  }
+
   get indexedIds(): number {
     let n = 0;
     for (const w of this.#writers.values()) n += w.indexSize;
