@@ -126,8 +126,11 @@ export class ShardWriter {
   /** The sequence the last snapshot covered, and whether one was looked for at start. */
   #snapshotSeq = 0;
   #snapshotTried = false;
-  /** Ids of the message ranges read lately: a retry storm re-reads the same few blocks. */
-  #confirmed = new Map<string, Set<string>>();
+  /**
+   * Ids of the message ranges read lately, by first sequence: a retry storm re-reads the same few
+   * blocks, the newest of which grows with every publish (only what it gained is read then).
+   */
+  #confirmed = new Map<number, { maxSeq: number; ids: Set<string> }>();
   #nextBatch = 1;
   /** Batches queued or being published, by number. */
   #inFlight = new Map<number, Batch>();
@@ -305,20 +308,28 @@ export class ShardWriter {
         if (at) at.keys.push(key);
         else byRange.set(k, { range, keys: [key] });
       }
-    for (const [k, { range, keys: candidates }] of byRange) {
-      let held = this.#confirmed.get(k);
-      if (!held) {
-        const ids = new Set<string>();
-        await readRange(this.bus, this.subject, range.minSeq, range.maxSeq, this.options.timeoutMs, (h) => {
-          const header = h?.get(IDS_HEADER);
-          const kind = kindOf(h);
-          if (header) for (const id of JSON.parse(header) as string[]) ids.add(dedupKey(kind, id));
-        });
-        held = ids;
-        this.#confirmed.set(k, held);
+    for (const { range, keys: candidates } of byRange.values()) {
+      let held = this.#confirmed.get(range.minSeq);
+      if (!held || held.maxSeq < range.maxSeq) {
+        const ids = held?.ids ?? new Set<string>();
+        await readRange(
+          this.bus,
+          this.subject,
+          held ? held.maxSeq + 1 : range.minSeq,
+          range.maxSeq,
+          this.options.timeoutMs,
+          (h) => {
+            const header = h?.get(IDS_HEADER);
+            const kind = kindOf(h);
+            if (header) for (const id of JSON.parse(header) as string[]) ids.add(dedupKey(kind, id));
+          },
+        );
+        this.#confirmed.delete(range.minSeq); // newest last
+        this.#confirmed.set(range.minSeq, (held = { maxSeq: range.maxSeq, ids }));
         if (this.#confirmed.size > 64) this.#confirmed.delete(this.#confirmed.keys().next().value!);
       }
-      for (const id of candidates) if (held.has(id)) found.add(id);
+      // Any id in those messages is stored, whichever block it is in.
+      for (const id of candidates) if (held.ids.has(id)) found.add(id);
     }
     return found;
   }
