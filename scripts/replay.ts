@@ -10,6 +10,7 @@ import { busOptionsOf, connectBus } from "../src/bus/connection.ts";
 import { connectWarehouse } from "../src/sink/clickhouse/server.ts";
 import { replay, ReplayError, type ReplayProgress } from "../src/pipeline/replay.ts";
 import { parseCommand, usageError } from "./cli.ts";
+import { watchForgotten } from "../src/pipeline/users/forgotten.ts";
 
 const USAGE = `usage: npm run replay -- <connection> --pipeline NAME [--since ISO | --from-seq N] [--until ISO] [--dry-run]
 
@@ -44,6 +45,8 @@ const { values, positionals } = parseCommand(spec);
 if (!values.pipeline) usageError(spec, "--pipeline NAME is required");
 const o = optionsFromEnv();
 const bus = await connectBus(busOptionsOf(o, "tributary-replay"));
+// Forgotten users' events are dropped by the replay's selection too (npm run forget).
+const stopForgotten = await watchForgotten(bus.js, o.streamReplicas);
 const warehouse = await connectWarehouse({
   url: o.clickhouseUrl ?? "http://127.0.0.1:8123",
   username: o.clickhouseUser,
@@ -83,6 +86,7 @@ try {
   console.error(`replay: ${e.message}`);
   process.exitCode = 1;
 } finally {
+  stopForgotten();
   await bus.close();
   await warehouse.close();
 }

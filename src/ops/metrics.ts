@@ -45,18 +45,27 @@ export async function pipelineSnapshots(): Promise<PipelineSnapshot[]> {
   return (await Promise.all([...sources].map((f) => f()))).flat();
 }
 
-const STAGES = ["received", "filteredOut", "consentFailed", "transformed", "failed", "loaded", "deadLettered"] as const;
+const STAGES = [
+  "received",
+  "filteredOut",
+  "consentFailed",
+  "forgotten",
+  "transformed",
+  "failed",
+  "loaded",
+  "deadLettered",
+] as const;
 const snake = (s: string) => s.replace(/[A-Z]/g, (c) => "_" + c.toLowerCase());
 
 new Gauge({
   name: "tributary_pipeline_events",
-  help: "Events seen by each pipeline on this node since it started, by stage (received, filtered_out, consent_failed, transformed, failed, loaded, dead_lettered)",
+  help: "Events seen by each pipeline on this node since it started, by stage (received, filtered_out, consent_failed, forgotten, transformed, failed, loaded, dead_lettered)",
   labelNames: ["connection", "pipeline", "stage"] as const,
   registers: [registry],
   async collect() {
     this.reset();
     for (const p of await pipelineSnapshots()) {
-      for (const s of STAGES) this.set({ connection: p.connection, pipeline: p.pipeline, stage: snake(s) }, p[s]);
+      for (const s of STAGES) this.set({ connection: p.connection, pipeline: p.pipeline, stage: snake(s) }, p[s] ?? 0);
     }
   },
 });

@@ -94,6 +94,9 @@ const PipelineSnapshot = Type.Object({
   failed: Type.Integer(),
   loaded: Type.Integer(),
   deadLettered: Type.Integer(),
+  forgotten: Type.Optional(
+    Type.Integer({ description: "events of forgotten users this pipeline dropped (`npm run forget`)" }),
+  ),
   deadLetters: Type.Integer(),
   lag: Type.Union([Type.Integer(), Type.Null()]),
   lastLoadAt: Type.Union([Type.String(), Type.Null()]),

@@ -9,6 +9,7 @@ import { filterOf } from "../event/selection.ts";
 import { selectedBy } from "./export/selected-by.ts";
 import { migrateUsersTable } from "./users/users-table.ts";
 import type { CustomerModel } from "./users/customer-model.ts";
+import { rulesOf, type IdentityRules } from "./users/identity-rules.ts";
 import type { InserterOptions } from "../sink/clickhouse/inserter.ts";
 import { log } from "../util/log.ts";
 import { STREAM, legacyConsumerName } from "../bus/subjects.ts";
@@ -229,7 +230,7 @@ export class PipelineManager {
         if (p.import === "users" && !model) continue;
         const signature =
           p.import === "users"
-            ? JSON.stringify([p.transform, model])
+            ? JSON.stringify([p.transform, model, rulesOf(config)])
             : p.export
               ? JSON.stringify(["export", p.transform, p.destination])
               : "events";
@@ -303,7 +304,7 @@ export class PipelineManager {
       }
       if (failed.has(key)) continue;
       try {
-        const stage = await this.#stage(want, model);
+        const stage = await this.#stage(want, model, rulesOf(config));
         const w = want.pipeline.export
           ? new ExportWorker(
               this.bus,
@@ -345,9 +346,9 @@ export class PipelineManager {
     this.lastError = this.#problems.length ? this.#problems.join("\n") : undefined;
   }
 
-  #stage(want: Wanted, model: CustomerModel | undefined) {
+  #stage(want: Wanted, model: CustomerModel | undefined, rules: IdentityRules) {
     this.#stages ??= new StageFactory(this.bus, this.warehouse);
-    return this.#stages.build(want.connection, want.pipeline, model, want.rawTable);
+    return this.#stages.build(want.connection, want.pipeline, model, want.rawTable, rules);
   }
 
   async stop(): Promise<void> {

@@ -11,6 +11,7 @@ import { selectedBy } from "./export/selected-by.ts";
 import { Runner } from "./runner.ts";
 import { PipelineStats } from "./stats.ts";
 import { StageFactory } from "./stages.ts";
+import { rulesOf } from "./users/identity-rules.ts";
 import { ExportStage } from "./export/stage.ts";
 import { exportSink } from "./export/sink.ts";
 
@@ -76,7 +77,14 @@ export async function replay(
     throw new ReplayError(
       `connection "${o.connection}" has no pipeline named "${o.pipeline}" (it has: ${(c.pipelines ?? []).map((x) => x.name).join(", ") || "none"})`,
     );
-  const stage = await new StageFactory(bus, warehouse).build(c.connection, p, config.customerModel);
+  // The identifier rules live pipelines resolve with, so a replayed users pipeline merges alike.
+  const stage = await new StageFactory(bus, warehouse).build(
+    c.connection,
+    p,
+    config.customerModel,
+    undefined,
+    rulesOf(config),
+  );
   const stats = new PipelineStats();
   const selection = selectionOf(selectedBy(p), stage.takes);
   const until = o.until ? Date.parse(o.until) : undefined;

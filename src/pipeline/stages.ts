@@ -11,6 +11,7 @@ import { parseSandboxOptions } from "./transform/sandbox-isolation.ts";
 import { UsersStage } from "./users/users-stage.ts";
 import { ProfileStore } from "./users/profiles.ts";
 import type { CustomerModel } from "./users/customer-model.ts";
+import { NO_IDENTIFIERS, type IdentityRules } from "./users/identity-rules.ts";
 import type { Stage } from "./stage.ts";
 import { ExportStage } from "./export/stage.ts";
 import { type DestinationOptions, describeDestination, resolveDestination } from "../config/destination.ts";
@@ -27,7 +28,13 @@ export class StageFactory {
   }
 
   /** The stage of a pipeline (or of a raw connection's table loader when `rawTable` is set). */
-  async build(connection: string, p: Pipeline, model: CustomerModel | undefined, rawTable?: string): Promise<Stage> {
+  async build(
+    connection: string,
+    p: Pipeline,
+    model: CustomerModel | undefined,
+    rawTable?: string,
+    rules: IdentityRules = NO_IDENTIFIERS,
+  ): Promise<Stage> {
     if (rawTable) {
       await ensureRawTable(this.warehouse, rawTable);
       return rawStage(connection, rawTable, this.warehouse);
@@ -45,6 +52,7 @@ export class StageFactory {
       this.warehouse,
       connection,
       deadLetters,
+      rules,
     );
   }
 
