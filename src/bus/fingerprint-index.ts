@@ -4,12 +4,14 @@
  * Layout. Each id is reduced to a 64-bit hash: 32 bits choose its bucket, 16 bits are kept as its
  * fingerprint. A table is a cuckoo table of buckets of 4 slots (an id lives in one of two
  * buckets, the second derived from the first and the fingerprint, so entries can move without
- * their id); a slot holds the fingerprint (Uint16) and a 12-bit block number (a Uint8 and a
- * nibble): 3.5 bytes. A table is never grown (its entries have no id left to rehash): it is full
- * at 95 % (or when a cuckoo walk fails, its last entry kept in a small stash) and the next one
- * starts, sized from the traffic — a new generation's for as many ids as the last generation held,
- * at 94 %. Each table also keeps 16 bytes per block (its sequence range), a block being
- * max(128, slots / 4096) ids: at most 0.125 bytes per id, 0.004 once a table holds 16M ids.
+ * their id); a slot holds the fingerprint (Uint16) and a 12-bit tag (a Uint8 and a nibble): 3.5
+ * bytes. The tag is the id's block number, in as many bits as the table has blocks; a small
+ * table's spare tag bits hold more of the hash, so its matches are rarer. A table is never grown
+ * (its entries have no id left to rehash): it is full at 95 % (or when a cuckoo walk fails, its
+ * last entry kept in a small stash) and the next one starts, sized from the traffic — a new
+ * generation's for as many ids as the last generation held, at 94 %. Each table also keeps 16
+ * bytes per block (its sequence range), a block being max(128, slots / 4096) ids: at most 0.125
+ * bytes per id, 0.004 once a table holds 16M ids.
  *
  * The bound: bytes per id = 3.5 / load + 16 / blockIds ≤ 3.5 / 0.94 + 0.125 = 3.85 for tables
  * sized from steady traffic (a full table: 3.5 / 0.95 + 0.125 = 3.81). A table sized for more than
@@ -17,7 +19,7 @@
  * generation's table is allocated for its whole quarter when it starts, so right after a new
  * generation the index holds five tables for four quarters of ids (≈ 4.8 bytes per id held), and
  * that falls back to ≤ 3.85 as the quarter fills. bench/dedup.ts measures both (the structure's
- * size and the heap's growth) against the 64-bit IdIndex (≈ 34–37 bytes per id held).
+ * size and the heap's growth) against the 64-bit IdIndex (≈ 21–37 bytes per id held).
  *
  * Confirmation. 3.5 bytes leave no room for a sequence: a quarter window of one subject can hold
  * tens of millions of messages, and naming one of them takes ~24 bits on top of a fingerprint.
@@ -25,8 +27,9 @@
  * the sequence range [minSeq, maxSeq] of the messages holding them. A hit is confirmed by reading
  * the subject's messages in that range (range-read.ts): one read when messages hold many ids, a
  * headers-only consumer over up to `blockIds` messages when each holds one. A fingerprint matches
- * a stranger's with probability 8 / 65535 per table probed (two buckets of 4), so about 0.06 % of
- * new ids (5 tables) cost such a read. A collision costs a read, never an event.
+ * a stranger's with probability 8 / 65535 per large table probed (two buckets of 4; fewer in
+ * small tables), so at most about 0.06 % of new ids (5 tables) cost such a read. A collision
+ * costs a read, never an event.
  *
  * Expiry is by generation as before: a generation starts every quarter window (its tables
  * hold the ids added in it) and a table is dropped once the next one started more than a
@@ -35,8 +38,8 @@
 import { hashIntoState as hashInto, hashState } from "./id-index.ts";
 
 const SLOTS = 4;
-/** Blocks per table: the block number is 12 bits. */
-const MAX_BLOCKS = 4096;
+/** Bits of a slot besides its 16-bit fingerprint: the block number, and in a small table more of the hash. */
+const TAG_BITS = 12;
 const MIN_BLOCK_IDS = 128;
 const MAX_LOAD = 0.95;
 const MAX_KICKS = 500;
@@ -74,6 +77,9 @@ export class Segment {
   hi: Uint8Array;
   ranges: Float64Array;
   readonly blockIds: number;
+  /** Bits of a slot's 12-bit tag naming its block; the others hold more of the id's hash (small tables need fewer blocks). */
+  readonly blockBits: number;
+  readonly extraBits: number;
   count = 0;
   /** Ids placed so far, in order: an id's block is the number placed before it / blockIds. */
   placed = 0;
@@ -90,18 +96,31 @@ export class Segment {
     slots: number,
     /** A table read back from a snapshot (see index-snapshot.ts), checked there. */
     data?: { fp: Uint16Array; lo: Uint8Array; hi: Uint8Array; ranges: Float64Array },
+    /** Whether tag bits no block needs lengthen the fingerprint (not with the test-only narrow fingerprints). */
+    extras = true,
   ) {
     this.nb = Math.max(1, Math.ceil(slots / SLOTS));
     const n = this.nb * SLOTS;
-    this.blockIds = Math.max(MIN_BLOCK_IDS, Math.ceil(n / MAX_BLOCKS));
+    this.blockBits = Segment.blockBitsOf(n);
+    this.extraBits = extras ? TAG_BITS - this.blockBits : 0;
+    this.blockIds = Math.max(MIN_BLOCK_IDS, Math.ceil(n / 2 ** this.blockBits));
     this.fp = data?.fp ?? new Uint16Array(n);
     this.lo = data?.lo ?? new Uint8Array(n);
     this.hi = data?.hi ?? new Uint8Array(n / 2);
     this.ranges = data?.ranges ?? new Float64Array(Segment.blocksOf(n) * RANGE);
   }
 
+  static blockBitsOf(slots: number): number {
+    return Math.min(TAG_BITS, Math.ceil(Math.log2(Math.max(1, Math.ceil(slots / MIN_BLOCK_IDS)))));
+  }
+
   static blocksOf(slots: number): number {
-    return Math.ceil(slots / Math.max(MIN_BLOCK_IDS, Math.ceil(slots / MAX_BLOCKS)));
+    return Math.ceil(slots / Math.max(MIN_BLOCK_IDS, Math.ceil(slots / 2 ** Segment.blockBitsOf(slots))));
+  }
+
+  /** The tag of an id placed in `block` whose hash's first half is `h`. */
+  tag(block: number, h: number): number {
+    return ((h & ((1 << this.extraBits) - 1)) << this.blockBits) | block;
   }
 
   get slots(): number {
@@ -176,15 +195,33 @@ export class Segment {
     this.full = true;
   }
 
-  /** The blocks of the entries whose fingerprint is `f`, first bucket `i1`, appended to `out` (made on the first). */
-  find(i1: number, f: number, out?: number[]): number[] | undefined {
+  /**
+   * The blocks of the entries matching fingerprint `f` and the tag's extra bits of hash `h`, first
+   * bucket `i1`, appended to `out` (made on the first).
+   */
+  find(i1: number, f: number, h: number, out?: number[]): number[] | undefined {
     const i2 = this.alt(i1, f);
-    for (let s = i1 * SLOTS, end = s + SLOTS; s < end; s++) if (this.fp[s] === f) (out ??= []).push(this.blockAt(s));
+    const extra = h & ((1 << this.extraBits) - 1);
+    const bb = this.blockBits;
+    const mask = (1 << bb) - 1;
+    for (let s = i1 * SLOTS, end = s + SLOTS; s < end; s++)
+      if (this.fp[s] === f) {
+        const t = this.blockAt(s);
+        if (t >>> bb === extra) (out ??= []).push(t & mask);
+      }
     if (i2 !== i1)
-      for (let s = i2 * SLOTS, end = s + SLOTS; s < end; s++) if (this.fp[s] === f) (out ??= []).push(this.blockAt(s));
+      for (let s = i2 * SLOTS, end = s + SLOTS; s < end; s++)
+        if (this.fp[s] === f) {
+          const t = this.blockAt(s);
+          if (t >>> bb === extra) (out ??= []).push(t & mask);
+        }
     for (let k = 0; k < this.stash.length; k += 3)
-      if (this.stash[k + 1] === f && (this.stash[k] === i1 || this.stash[k] === i2))
-        (out ??= []).push(this.stash[k + 2]!);
+      if (
+        this.stash[k + 1] === f &&
+        (this.stash[k] === i1 || this.stash[k] === i2) &&
+        this.stash[k + 2]! >>> bb === extra
+      )
+        (out ??= []).push(this.stash[k + 2]! & mask);
     return out;
   }
 
@@ -216,6 +253,7 @@ export class FingerprintIndex {
   readonly fingerprintBits: number;
   readonly minSlots: number;
   readonly #fpMax: number;
+  readonly #extras: boolean;
   /** Blocks holding ids of each batch still being published, to give them its sequence. */
   #open = new Map<number, { seg: Segment; block: number }[]>();
 
@@ -228,6 +266,7 @@ export class FingerprintIndex {
     if (!(this.fingerprintBits >= 1 && this.fingerprintBits <= 16)) throw new RangeError("fingerprintBits: 1..16");
     this.minSlots = options.minSlots ?? 1024;
     this.#fpMax = 2 ** this.fingerprintBits - 1;
+    this.#extras = this.fingerprintBits === 16;
   }
 
   /** Fingerprints are 1..fpMax: 0 marks an empty slot. */
@@ -243,7 +282,7 @@ export class FingerprintIndex {
     let out: IndexRange[] | undefined;
     for (let i = this.#segments.length - 1; i >= 0; i--) {
       const seg = this.#segments[i]!;
-      const blocks = seg.find(seg.bucketOf(h), f);
+      const blocks = seg.find(seg.bucketOf(h), f, h);
       if (blocks) for (const b of blocks) (out ??= []).push(seg.range(b));
     }
     return out;
@@ -275,7 +314,8 @@ export class FingerprintIndex {
   #place(seg: Segment, key: string, ref: number): void {
     hashInto(key);
     const block = seg.nextBlock();
-    seg.insert(seg.bucketOf(hashState.a), this.#fingerprint(), block);
+    const h = hashState.a;
+    seg.insert(seg.bucketOf(h), this.#fingerprint(), seg.tag(block, h));
     if (ref > 0) seg.widen(block, ref);
     else {
       const no = -ref;
@@ -317,7 +357,7 @@ export class FingerprintIndex {
       const rest = Math.max(0, quarter - (now - cur.genStart));
       slots = Math.min(cur.slots * 8, Math.max(this.minSlots, Math.ceil((rate * rest) / SIZING_LOAD)));
     }
-    const seg = new Segment(newSegmentId(), now, newGeneration ? now : cur!.genStart, slots);
+    const seg = new Segment(newSegmentId(), now, newGeneration ? now : cur!.genStart, slots, undefined, this.#extras);
     this.#segments.push(seg);
     return seg;
   }
@@ -329,7 +369,14 @@ export class FingerprintIndex {
   reserve(n: number): void {
     const cur = this.#current();
     if (cur.slots * MAX_LOAD - cur.count >= n) return;
-    const seg = new Segment(newSegmentId(), this.now(), cur.genStart, Math.ceil(n / SIZING_LOAD));
+    const seg = new Segment(
+      newSegmentId(),
+      this.now(),
+      cur.genStart,
+      Math.ceil(n / SIZING_LOAD),
+      undefined,
+      this.#extras,
+    );
     if (cur.count === 0 && cur.stash.length === 0) this.#segments[this.#segments.length - 1] = seg;
     else this.#segments.push(seg);
   }

@@ -5,8 +5,8 @@ import { RANGE, Segment } from "./fingerprint-index.ts";
  * must have; a blob that does not match them, or whose hash differs from the one its manifest
  * recorded, is refused (the caller then reads the window from the stream instead).
  */
-const MAGIC = 0x54445831; // "TDX1"
-const HEADER = 9; // Float64 fields
+const MAGIC = 0x54445832; // "TDX2"
+const HEADER = 10; // Float64 fields
 
 export class SnapshotFormatError extends Error {
   readonly code = "DEDUP_SNAPSHOT_INVALID";
@@ -25,6 +25,7 @@ export function encodeSegment(seg: Segment): Uint8Array {
       seg.full ? 1 : 0,
       stash.length,
       seg.version,
+      seg.extraBits,
     ]),
     seg.ranges,
     stash,
@@ -50,7 +51,7 @@ export function decodeSegment(id: string, blob: Uint8Array): Segment {
   };
   let at = 0;
   const h = new Float64Array(take(HEADER * 8));
-  const [magic, start, genStart, nb, count, placed, full, stashLen, version] = h as unknown as number[];
+  const [magic, start, genStart, nb, count, placed, full, stashLen, version, extraBits] = h as unknown as number[];
   if (magic !== MAGIC || !(nb! >= 1 && Number.isInteger(nb)) || !(stashLen! >= 0) || stashLen! % 3 !== 0)
     throw new SnapshotFormatError(`dedup snapshot table ${id} has an unknown format`);
   const slots = nb! * 4;
@@ -60,7 +61,8 @@ export function decodeSegment(id: string, blob: Uint8Array): Segment {
   const lo = new Uint8Array(take(slots));
   const hi = new Uint8Array(take(slots / 2));
   if (at !== blob.byteLength) throw new SnapshotFormatError(`dedup snapshot table ${id} has trailing bytes`);
-  const seg = new Segment(id, start!, genStart!, slots, { fp, lo, hi, ranges });
+  const seg = new Segment(id, start!, genStart!, slots, { fp, lo, hi, ranges }, extraBits! > 0);
+  if (seg.extraBits !== extraBits) throw new SnapshotFormatError(`dedup snapshot table ${id} has an unknown format`);
   seg.count = count!;
   seg.placed = placed!;
   seg.full = full === 1;

@@ -13,8 +13,8 @@ describe("FingerprintIndex", () => {
       if (!holds(index, `id-${i}`, Math.floor(i / 3) + 1)) throw new Error(`lost id-${i}`);
     let matched = 0;
     for (let i = 0; i < 200_000; i++) if (index.lookup(`new-${i}`)) matched++;
-    // 8 slots compared per table, 16-bit fingerprints: ~1.2e-4 per table probed.
-    expect(matched / 200_000).toBeLessThan(2e-3);
+    // 8 slots compared per table, 16-bit fingerprints and the tag bits no block needs: < 1.2e-4 per table probed.
+    expect(matched / 200_000).toBeLessThan(1e-3);
     expect(index.size).toBe(300_000);
   });
 
@@ -79,11 +79,10 @@ test("reserve: a start reading the whole window gets one table sized for it, not
 });
 
 test("a table whose cuckoo walk fails keeps the entry it carried: a one-bucket table and a fifth entry", () => {
-  const seg = new Segment("t", 0, 0, 4);
-  for (let f = 1; f <= 5; f++) seg.insert(0, f, f);
+  const seg = new Segment("t", 0, 0, 4, undefined, false);
+  for (let f = 1; f <= 5; f++) seg.insert(0, f, 0);
   expect(seg.full).toBe(true);
   expect(seg.stash.length).toBe(3);
-  for (let f = 1; f <= 5; f++) {
-    expect(seg.find(0, f)).toEqual([f]);
-  }
+  for (let f = 1; f <= 5; f++) expect(seg.find(0, f, 0)).toEqual([0]);
+  expect(seg.find(0, 6, 0)).toBeUndefined();
 });
