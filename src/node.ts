@@ -1,6 +1,6 @@
 import { ConfigStore } from "./config/store.ts";
 import { capacityDefaults, type NodeOptions } from "./config/env.ts";
-import { connectBus, type Bus } from "./bus/connection.ts";
+import { busOptionsOf, connectBus, type Bus } from "./bus/connection.ts";
 import { ShardedEventLog } from "./bus/shard-owners.ts";
 import { StreamCapacity, type CapacityOptions } from "./bus/capacity.ts";
 import type { IngestServer } from "./ingest/server.ts";
@@ -85,14 +85,7 @@ export async function startNode(o: NodeOptions & { natsUrl: string } & PipelineT
   };
   warnInsecure(config.current);
   config.onChange(warnInsecure);
-  const bus = await connectBus({
-    url: o.natsUrl,
-    streamMaxAgeHours: o.streamMaxAgeHours,
-    streamMaxBytes: o.streamMaxBytes,
-    streamReplicas: o.streamReplicas,
-    dedupWindowHours: o.dedupWindowHours,
-    timeoutMs: o.publishTimeoutMs,
-  });
+  const bus = await connectBus(busOptionsOf(o));
   bus.observer = { published: (s) => publishDuration.observe(s), conflicted: () => publishConflicts.inc() };
   const capacity = new StreamCapacity(bus.jsm, { ...capacityDefaults, maxBytes: o.streamMaxBytes, ...o.capacity });
   capacity.start();
@@ -156,7 +149,7 @@ export async function startNode(o: NodeOptions & { natsUrl: string } & PipelineT
       init: {
         runtime,
         bus: {
-          url: o.natsUrl,
+          natsUrl: o.natsUrl,
           streamMaxAgeHours: o.streamMaxAgeHours,
           streamMaxBytes: o.streamMaxBytes,
           streamReplicas: o.streamReplicas,

@@ -1,6 +1,6 @@
 /// <reference lib="webworker" />
 import { StreamCapacity } from "../bus/capacity.ts";
-import { connectBus } from "../bus/connection.ts";
+import { busOptionsOf, connectBus } from "../bus/connection.ts";
 import { ShardedEventLog } from "../bus/shard-owners.ts";
 import { capacityDefaults } from "../config/env.ts";
 import { ConfigStore } from "../config/store.ts";
@@ -34,15 +34,7 @@ async function start(m: IngestThreadInit) {
   setExpressionTimeLimit(o.expressionTimeoutMs);
   const config = new ConfigStore({ dir: o.pipelinesDir });
   config.watch();
-  const bus = await connectBus({
-    url: o.natsUrl,
-    streamMaxAgeHours: o.streamMaxAgeHours,
-    streamMaxBytes: o.streamMaxBytes,
-    streamReplicas: o.streamReplicas,
-    dedupWindowHours: o.dedupWindowHours,
-    timeoutMs: o.publishTimeoutMs,
-    name: `tributary-ingest-${m.index}`,
-  });
+  const bus = await connectBus(busOptionsOf(o, `tributary-ingest-${m.index}`));
   bus.observer = { published: (s) => publishDuration.observe(s), conflicted: () => publishConflicts.inc() };
   const capacity = new StreamCapacity(bus.jsm, { ...capacityDefaults, maxBytes: o.streamMaxBytes, ...o.capacity });
   capacity.start();

@@ -1,16 +1,14 @@
-import type { DeadLetter } from "../../bus/dead-letters.ts";
 import type { DestinationOptions } from "../../config/destination.ts";
 import type { ExportRow } from "../../sink/http/export-sink.ts";
 import { segmentBody } from "../../sink/segment/sink.ts";
-import { log } from "../../util/log.ts";
 import type { Stage } from "../stage.ts";
 import type { PipelineStats } from "../stats.ts";
+import { deadLetterRefused, type DeadLetterSink } from "../refused-events.ts";
 import type { SandboxedTransform } from "../transform/types.ts";
 
 type Json = Record<string, unknown>;
 
 /** Where refused events go (the pipeline's dead-letter subject); undefined in a dry run. */
-export type DeadLetterPublisher = (letters: DeadLetter[]) => Promise<void>;
 
 /** The order a destination keeps: per `userId`, else `anonymousId` (else the event alone). */
 export function orderingKey(e: Json): string {
@@ -39,7 +37,7 @@ export class ExportStage implements Stage {
     readonly destination: DestinationOptions,
     readonly table: string,
     readonly transform?: SandboxedTransform,
-    readonly deadLetters?: DeadLetterPublisher,
+    readonly deadLetters?: DeadLetterSink,
   ) {}
 
   async toRows(events: Json[], stats: PipelineStats): Promise<ExportRow[]> {
@@ -67,33 +65,9 @@ export class ExportStage implements Stage {
   }
 
   /** Stored before the message is acknowledged, so a refused event is never lost. */
-  async #deadLetter(refused: { event: Json; reason: string }[], stats: PipelineStats): Promise<void> {
-    if (!refused.length) return;
-    const at = new Date().toISOString();
-    const letters = refused.map(({ event, reason }) => ({
-      kind: "event",
-      connection: this.connection,
-      pipeline: this.pipeline,
-      table: this.table,
-      messageId: event.messageId as string,
-      reason,
-      at,
-      event,
-    }));
-    if (this.deadLetters) {
-      for (let delay = 200; ; delay = Math.min(delay * 2, 5000)) {
-        try {
-          await this.deadLetters(letters);
-          break;
-        } catch (e) {
-          if (this.#disposed && delay >= 5000) throw e;
-          log.warn("dead-letter publish failed; retrying", { pipeline: this.pipeline, error: String(e) });
-          await Bun.sleep(delay);
-        }
-      }
-      stats.deadLettered += letters.length;
-    }
-    for (const l of letters) stats.recordError(`pipeline "${this.pipeline}": ${l.reason}`, l.messageId);
+  #deadLetter(refused: { event: Json; reason: string }[], stats: PipelineStats): Promise<void> {
+    const to = { connection: this.connection, pipeline: this.pipeline, table: this.table };
+    return deadLetterRefused(refused, { ...to, sink: this.deadLetters, disposed: () => this.#disposed }, stats);
   }
 
   dispose(): void {

@@ -1,4 +1,4 @@
-import { connectBus } from "../../bus/connection.ts";
+import { busOptionsOf, connectBus } from "../../bus/connection.ts";
 import { ConfigStore } from "../../config/store.ts";
 import type { OutcomeRecorder } from "../../event/outcome.ts";
 import { setExpressionTimeLimit } from "../../expr/index.ts";
@@ -53,15 +53,7 @@ async function init(m: Init) {
   // Not watched: the node tells it when to reload, after it created the new pipelines' consumers
   // from the stream's position when it loaded the change (PipelineSupervisor.reload).
   config = new ConfigStore({ dir: m.pipelinesDir });
-  const bus = await connectBus({
-    url: m.bus.url,
-    streamMaxAgeHours: m.bus.streamMaxAgeHours,
-    streamMaxBytes: m.bus.streamMaxBytes,
-    streamReplicas: m.bus.streamReplicas,
-    dedupWindowHours: m.bus.dedupWindowHours,
-    timeoutMs: m.bus.publishTimeoutMs,
-    name: `tributary-pipelines-${m.runtime.share?.index ?? 0}`,
-  });
+  const bus = await connectBus(busOptionsOf(m.bus, `tributary-pipelines-${m.runtime.share?.index ?? 0}`));
   if (m.startSeq !== undefined) bus.startSeq = m.startSeq;
   closeBus = () => bus.close();
   runtime = new PipelineRuntime(bus, config, m.runtime, m.outcomes ? forwarder : undefined);

@@ -12,7 +12,7 @@ export interface Init {
   bus: Pick<
     NodeOptions,
     "streamMaxAgeHours" | "streamMaxBytes" | "streamReplicas" | "dedupWindowHours" | "publishTimeoutMs"
-  > & { url: string };
+  > & { natsUrl: string };
   pipelinesDir: string;
   expressionTimeoutMs: number;
   /** The stream's last sequence when the node connected: its first configuration's pipelines start after it. */

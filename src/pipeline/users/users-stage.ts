@@ -1,10 +1,9 @@
 import type { Warehouse } from "../../sink/clickhouse/server.ts";
 import { quoteIdent, quoteString } from "../../sink/clickhouse/server.ts";
 import type { PipelineStats } from "../stats.ts";
+import { deadLetterRefused, type DeadLetterSink } from "../refused-events.ts";
 import type { Stage } from "../stage.ts";
 import type { SandboxedTransform } from "../transform/types.ts";
-import type { DeadLetter } from "../../bus/dead-letters.ts";
-import { log } from "../../util/log.ts";
 import { ModelCheck, ModelViolation, datetimeRange, timeCell, toCell, type CustomerModel } from "./customer-model.ts";
 import type { ProfileState, ProfileStore, ProfileUpdate } from "./profiles.ts";
 import { NO_IDENTIFIERS, type IdentityRules } from "./identity-rules.ts";
@@ -41,16 +40,7 @@ export function userRow(s: ProfileState, model: CustomerModel, w: Warehouse): Js
   return row;
 }
 
-/** Publishes dead letters; resolves once JetStream has them. */
-export type DeadLetterSink = (letters: DeadLetter[]) => Promise<void>;
-
-/**
- * A dead letter of the users pipeline holds the event it refused (not a row ClickHouse refused):
- * fix the pipeline or the sender, then replay it (`bun run replay`); `kind` tells `bun run dlq`.
- */
-export interface RefusedEventLetter extends DeadLetter {
-  kind: "event";
-}
+export type { DeadLetterSink, RefusedEventLetter } from "../refused-events.ts";
 
 /**
  * "Import users into warehouse": the transformation turns each kept event into Customer Model
@@ -164,35 +154,11 @@ export class UsersStage implements Stage {
   }
 
   /** Stored before the messages are acknowledged, so a refused event is never lost. */
-  async #deadLetter(refused: { event: Json; reason: string }[], stats: PipelineStats): Promise<void> {
-    if (!refused.length) return;
-    const at = new Date().toISOString();
-    const letters: RefusedEventLetter[] = refused.map(({ event, reason }) => ({
-      kind: "event",
-      connection: this.connection,
-      pipeline: this.pipeline,
-      table: this.table,
-      messageId: event.messageId as string,
-      reason,
-      at,
-      event,
-    }));
-    if (this.deadLetters) {
-      for (let delay = 200; ; delay = Math.min(delay * 2, 5000)) {
-        try {
-          await this.deadLetters(letters);
-          break;
-        } catch (e) {
-          // Left unacknowledged, the batch comes back after ack_wait.
-          if (this.#disposed && delay >= 5000) throw e;
-          log.warn("dead-letter publish failed; retrying", { pipeline: this.pipeline, error: String(e) });
-          await Bun.sleep(delay);
-        }
-      }
-      stats.deadLettered += letters.length;
-    }
-    for (const l of letters) stats.recordError(`pipeline "${this.pipeline}": ${l.reason}`, l.messageId);
+  #deadLetter(refused: { event: Json; reason: string }[], stats: PipelineStats): Promise<void> {
+    const to = { connection: this.connection, pipeline: this.pipeline, table: this.table };
+    return deadLetterRefused(refused, { ...to, sink: this.deadLetters, disposed: () => this.#disposed }, stats);
   }
+
   /** Before ReplacingMergeTree had is_deleted (23.2), merged-away profiles are deleted by a mutation. */
   async afterInsert(): Promise<void> {
     for (const [table, rows] of [
