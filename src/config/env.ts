@@ -96,6 +96,13 @@ export const Environment = Type.Object({
     default: 24,
     description: "How long a `messageId` is remembered per connection, so a retried event is stored once.",
   }),
+  // Read by src/bus/event-log.ts where the writers are built (every ingest thread); validated here.
+  TRIBUTARY_DEDUP_SNAPSHOT_SECONDS: Type.Number({
+    minimum: 0,
+    default: 60,
+    description:
+      "How often each shard's dedup index is written as a snapshot (stream `TRIBUTARY_DEDUP`): a restarted node loads it and reads only the stream since. 0: no snapshots (a restart reads the whole window).",
+  }),
   // Big enough batches for ClickHouse (it prefers few large inserts), short enough for "seconds to queryable".
   TRIBUTARY_BATCH_MAX_ROWS: int(1, 50_000, "A pipeline's batch goes to ClickHouse at this many rows…"),
   TRIBUTARY_BATCH_MAX_BYTES: bytes(1, 16 * MIB, "…or this many bytes…"),
