@@ -7,6 +7,8 @@
  */
 import { optionsFromEnv } from "../src/config/env.ts";
 import { busOptionsOf, connectBus } from "../src/bus/connection.ts";
+import { holdsForgottenUser } from "../src/event/selection.ts";
+import { watchForgotten } from "../src/pipeline/users/forgotten.ts";
 import { DLQ_STREAM, ensureDlqStream, readDeadLetters } from "../src/bus/dead-letters.ts";
 import { connectWarehouse } from "../src/sink/clickhouse/server.ts";
 import { clickHouseSink } from "../src/sink/clickhouse/sink.ts";
@@ -63,6 +65,20 @@ try {
     }
     if (!values.json) console.error(`${letters.length} dead letter(s)`);
   } else {
+    // A forgotten user's letters hold their data: they are deleted, never sent or inserted again.
+    const stopForgotten = await watchForgotten(bus.js, o.streamReplicas);
+    let dropped = 0;
+    for (const l of letters.splice(0)) {
+      if (!l.event || typeof l.event !== "object" || !holdsForgottenUser(l.event as Record<string, unknown>)) {
+        letters.push(l);
+        continue;
+      }
+      await bus.jsm.streams.deleteMessage(DLQ_STREAM, l.seq);
+      console.log(`#${l.seq}  deleted: it holds a forgotten user's data (npm run forget)`);
+      dropped++;
+    }
+    stopForgotten();
+    if (dropped) console.error(`redrive: ${dropped} letter(s) of forgotten users deleted`);
     const exports = letters.filter((l) => (l as { kind?: string }).kind === "export");
     let landed = exports.length ? await redriveExports(exports as (StoredDeadLetter & ExportDeadLetter)[]) : 0;
     const rows = letters.filter((l) => (l as { kind?: string }).kind !== "export");

@@ -57,6 +57,19 @@ export interface ForgottenCheck {
   isForgotten(e: Json): boolean;
 }
 let forgotten: ForgottenCheck | undefined;
+/**
+ * Whether a record holds a forgotten user's data: an event (`userId`, `anonymousId`) or a row of
+ * `events` or `users` (`user_id`, `anonymous_id`, `anonymous_ids`), as dead letters hold them.
+ */
+export function holdsForgottenUser(r: Json): boolean {
+  if (!forgotten) return false;
+  if (forgotten.isForgotten(r)) return true;
+  const ids = Array.isArray(r.anonymous_ids) ? r.anonymous_ids : [r.anonymous_id];
+  return [r.user_id, ...ids].some(
+    (id, i) => typeof id === "string" && forgotten!.isForgotten(i === 0 ? { userId: id } : { anonymousId: id }),
+  );
+}
+
 export function setForgottenIds(check: ForgottenCheck | undefined): void {
   forgotten = check;
 }
