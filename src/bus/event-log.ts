@@ -6,8 +6,9 @@ import { log } from "../util/log.ts";
 
 /**
  * How often each shard's dedup index is written as a snapshot (see dedup-snapshots.ts): a
- * restarted node reads at most this much of the stream on top of its snapshot. Until the node's
- * configuration carries it, TRIBUTARY_DEDUP_SNAPSHOT_SECONDS (0 turns snapshots off).
+ * restarted node reads at most this much of the stream on top of its snapshot.
+ * TRIBUTARY_DEDUP_SNAPSHOT_SECONDS (0 turns snapshots off), validated at start by src/config/env.ts
+ * and read here because every ingest thread builds its own writers.
  */
 function snapshotEveryMs(): number {
   const s = Number(process.env.TRIBUTARY_DEDUP_SNAPSHOT_SECONDS ?? 60);
