@@ -322,8 +322,9 @@ export async function startNode(o: NodeOptions & { natsUrl: string } & PipelineT
       live.stop();
       // Stop taking requests, let in-flight ones finish their JetStream writes, flush the
       // pipelines' batches, then disconnect.
+      // Every thread finishes its requests while all can still take each other's appends, then closes.
+      await Promise.all([workers?.drain(), app.stop(false)]);
       await workers?.stop();
-      await app.stop(false);
       internal?.stop();
       ia.close();
       eventLog.close();

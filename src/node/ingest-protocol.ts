@@ -28,12 +28,14 @@ export type ToIngestThread =
   | { type: "peer"; peer: number; port: MessagePort }
   | { type: "metrics"; id: number }
   | { type: "stats"; id: number }
+  | { type: "drain" }
   | { type: "stop" };
 
 export type FromIngestThread =
   | { type: "ready" }
   | { type: "metrics"; id: number; values: unknown[] }
   | { type: "stats"; id: number; stats: IngestCounts }
+  | { type: "drained" }
   | { type: "stopped" }
   | { type: "failed"; error: string };
 

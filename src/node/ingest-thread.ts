@@ -27,6 +27,7 @@ const send = (m: FromIngestThread) => self.postMessage(m);
 
 let eventLog: ShardedEventLog | undefined;
 let counts: (() => IngestCounts) | undefined;
+let drain: (() => Promise<void>) | undefined;
 let stop: (() => Promise<void>) | undefined;
 
 async function start(m: IngestThreadInit) {
@@ -82,8 +83,12 @@ async function start(m: IngestThreadInit) {
     indexedIds: eventLog?.indexedIds ?? 0,
     requests: ia.answered.requests,
   });
-  stop = async () => {
+  // Two steps, so that no thread closes while another may still pass it an append: every thread
+  // stops listening and finishes its requests first, then each closes.
+  drain = async () => {
     await app.stop(false);
+  };
+  stop = async () => {
     ia.close();
     capacity.stop();
     config.close();
@@ -110,6 +115,9 @@ self.onmessage = (e: MessageEvent<ToIngestThread>) => {
       return;
     case "stats":
       if (counts) send({ type: "stats", id: m.id, stats: counts() });
+      return;
+    case "drain":
+      void (drain?.() ?? Promise.resolve()).catch(() => {}).then(() => send({ type: "drained" }));
       return;
     case "stop":
       void (stop?.() ?? Promise.resolve()).catch(() => {}).then(() => send({ type: "stopped" }));

@@ -139,21 +139,32 @@ export class IngestWorkers {
     return this.#threads.get(index)?.ready ?? Promise.resolve();
   }
 
-  /** Each thread finishes the requests it has (their JetStream writes included), then ends. */
-  async stop(): Promise<void> {
-    this.#stopping = true;
-    await Promise.all(
+  /** Asks every thread `type` and waits for `answer` (at most 15 s). */
+  #all(type: "drain" | "stop", answer: "drained" | "stopped"): Promise<void> {
+    return Promise.all(
       [...this.#threads.values()].map(async (t) => {
-        t.stopping = true;
-        const stopped = new Promise<void>((resolve) => {
+        const done = new Promise<void>((resolve) => {
           t.worker.addEventListener("message", (e: MessageEvent<FromIngestThread>) => {
-            if (e.data.type === "stopped") resolve();
+            if (e.data.type === answer) resolve();
           });
         });
-        t.worker.postMessage({ type: "stop" } satisfies ToIngestThread);
-        await Promise.race([stopped, Bun.sleep(15_000)]);
-        t.worker.terminate();
+        t.worker.postMessage({ type } satisfies ToIngestThread);
+        await Promise.race([done, Bun.sleep(15_000)]);
       }),
-    );
+    ).then(() => {});
+  }
+
+  /** Every thread stops listening and finishes the requests it has, their JetStream writes included. */
+  drain(): Promise<void> {
+    this.#stopping = true;
+    for (const t of this.#threads.values()) t.stopping = true;
+    return this.#all("drain", "drained");
+  }
+
+  /** Then each closes its connections and ends. */
+  async stop(): Promise<void> {
+    await this.drain();
+    await this.#all("stop", "stopped");
+    for (const t of this.#threads.values()) t.worker.terminate();
   }
 }

@@ -99,7 +99,8 @@ beforeAll(async () => {
   node = await startTestNode(
     nats.url,
     { "seg.yaml": conn("seg", SEG_KEY), "rudder.yaml": conn("rudder", RS_KEY) },
-    { clickhouseUrl: ch.url, batchMaxAgeMs: 100 },
+    // One thread answering HTTP: the log tests read the lines this thread writes to stderr.
+    { clickhouseUrl: ch.url, batchMaxAgeMs: 100, ingestWorkers: 1 },
   );
   browser = await launching;
   await node.pipelinesReady;

@@ -20,7 +20,9 @@ pipelines:
 `,
 };
 
-const stack = useStack(files, { adminToken: ADMIN });
+// One thread answering HTTP: the log test reads the lines this thread writes to stderr (the admin
+// API through other threads is test/integration/ingest-workers.test.ts's).
+const stack = useStack(files, { adminToken: ADMIN, ingestWorkers: 1 });
 
 const admin = (path: string, token: string = ADMIN, headers: Record<string, string> = {}) =>
   fetch(`${stack.node.url}${path}`, { headers: { ...(token && { Authorization: `Bearer ${token}` }), ...headers } });
