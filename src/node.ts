@@ -327,6 +327,8 @@ export async function startNode(o: NodeOptions & { natsUrl: string } & PipelineT
       await workers?.stop();
       internal?.stop();
       ia.close();
+      // The next start loads this thread's shards from here and reads only what comes after.
+      await eventLog.snapshot().catch(() => {});
       eventLog.close();
       config.close();
       await pipelines?.stop();

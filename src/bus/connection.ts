@@ -116,7 +116,7 @@ export async function connectBus(options: BusOptions): Promise<Bus> {
 }
 
 /** Other streams Tributary creates, which follow the events stream's replica count once they exist. */
-const SIDE_STREAMS = ["TRIBUTARY_DLQ", "KV_tributary_identities", "KV_tributary_profiles"];
+const SIDE_STREAMS = ["TRIBUTARY_DLQ", "TRIBUTARY_DEDUP", "KV_tributary_identities", "KV_tributary_profiles"];
 
 /**
  * Retries while JetStream cannot answer yet — a cluster electing its meta leader after a

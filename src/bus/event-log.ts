@@ -73,9 +73,13 @@ export class EventLog {
   }
 
   /** Loads the dedup index of every shard of these connections ahead of traffic. */
-  async warm(connections: Iterable<string>): Promise<void> {
+  async warm(
+    connections: Iterable<string>,
+    owns: (connection: string, shard: number) => boolean = () => true,
+  ): Promise<void> {
     const all: Promise<unknown>[] = [];
-    for (const c of connections) for (let s = 0; s < DEDUP_SHARDS; s++) all.push(this.#writer(c, s).warm());
+    for (const c of connections)
+      for (let s = 0; s < DEDUP_SHARDS; s++) if (owns(c, s)) all.push(this.#writer(c, s).warm());
     await Promise.all(all);
   }
 

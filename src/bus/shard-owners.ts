@@ -158,12 +158,9 @@ export class ShardedEventLog extends EventLog {
     });
   }
 
-  /**
-   * EventLog warms every shard of a connection, which would give this thread indexes of shards it
-   * does not own; with several threads each owned shard loads its index on its first append instead.
-   */
-  override async warm(connections: Iterable<string>): Promise<void> {
-    if (this.count <= 1) return super.warm(connections);
+  /** Loads the dedup index (from its snapshot, then the tail) of the shards this thread owns. */
+  override warm(connections: Iterable<string>): Promise<void> {
+    return super.warm(connections, (c, s) => ownerOf(c, s, this.count) === this.index);
   }
 
   close(): void {

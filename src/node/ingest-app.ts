@@ -83,6 +83,7 @@ export function ingestApp(
     },
     capacity: { full: capacity.full, backlogBytes: capacity.backlogBytes },
     dedupIds: eventLog.indexedIds,
+    dedupBytes: eventLog.indexBytes,
   }));
 
   const app = new Elysia()

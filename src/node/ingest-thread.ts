@@ -47,6 +47,12 @@ async function start(m: IngestThreadInit) {
   );
   eventLog.onAppend = (bytes) => capacity.added(bytes);
   for (const p of m.peers) eventLog.setPeer(p.peer, p.port);
+  // This thread's shards load their dedup index ahead of traffic (a first append would wait for it).
+  const owned = eventLog;
+  const sourceConnections = () =>
+    [...config.current.connections.values()].filter((c) => c.source !== "raw").map((c) => c.connection);
+  void owned.warm(sourceConnections()).catch(() => {});
+  config.onChange(() => void owned.warm(sourceConnections()).catch(() => {}));
 
   const ia = ingestApp(
     { ...o, threads: m.count, maxPayload: bus.nc.info?.max_payload ?? 1024 * 1024, rateLimitState: m.rateLimitState },
@@ -90,6 +96,7 @@ async function start(m: IngestThreadInit) {
   };
   stop = async () => {
     ia.close();
+    await eventLog?.snapshot().catch(() => {});
     capacity.stop();
     config.close();
     eventLog?.close();

@@ -163,6 +163,8 @@ export interface NodeSnapshot {
   capacity: { full: boolean; backlogBytes: number };
   /** messageIds held by this node's dedup index. */
   dedupIds: number;
+  /** Bytes of memory that index holds. */
+  dedupBytes: number;
 }
 
 const nodeSources = new Set<() => NodeSnapshot>();
@@ -257,6 +259,15 @@ new Gauge({
   registers: [registry],
   collect() {
     this.set(sum((s) => s.dedupIds));
+  },
+});
+
+new Gauge({
+  name: "tributary_dedup_index_bytes",
+  help: "Memory held by this node's dedup index (fingerprint tables and block ranges; about 4 bytes per id)",
+  registers: [registry],
+  collect() {
+    this.set(sum((s) => s.dedupBytes));
   },
 });
 
