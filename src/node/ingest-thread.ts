@@ -65,7 +65,7 @@ async function start(m: IngestThreadInit) {
     const headers = new Headers(request.headers);
     headers.set(PROXY_SECRET_HEADER, m.secret);
     headers.set(PROXY_CLIENT_IP_HEADER, server?.requestIP(request)?.address ?? "");
-    return fetch(m.mainUrl + url.pathname + url.search, {
+    const upstream = await fetch(m.mainUrl + url.pathname + url.search, {
       method: request.method,
       headers,
       body: request.method === "GET" || request.method === "HEAD" ? undefined : request.body,
@@ -74,6 +74,22 @@ async function start(m: IngestThreadInit) {
       duplex: "half",
       decompress: false,
     });
+    // A live feed is relayed a chunk at a time, as the client reads: a client that stops reading
+    // stops this relay, and the main thread's bound on what it holds per client applies.
+    if (!upstream.body || !upstream.headers.get("content-type")?.startsWith("text/event-stream")) return upstream;
+    const reader = upstream.body.getReader();
+    const relay = new ReadableStream<Uint8Array>(
+      {
+        async pull(c) {
+          const { value, done } = await reader.read();
+          if (done) c.close();
+          else c.enqueue(value);
+        },
+        cancel: (why) => reader.cancel(why),
+      },
+      { highWaterMark: 0 },
+    );
+    return new Response(relay, { status: upstream.status, headers: upstream.headers });
   });
   app.listen({
     port: m.port,
