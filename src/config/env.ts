@@ -121,7 +121,7 @@ export const Environment = Type.Object({
   TRIBUTARY_INGEST_WORKERS: int(
     0,
     0,
-    "Threads answering HTTP on the node's port (they share it with `SO_REUSEPORT`). 0: one per core.",
+    "Threads answering HTTP on the node's port (they share it with `SO_REUSEPORT`). 0: one per core. On a small machine whose cores nats-server and ClickHouse share, 1 costs less CPU per event (README, Benchmarks).",
     256,
   ),
   // Expressions run where their pipeline runs, so this is what one hostile event may hold it for. Normal
