@@ -13,6 +13,7 @@ interface Thread {
   worker: Worker;
   ready: Promise<void>;
   stopping: boolean;
+  startedAt: number;
 }
 
 /**
@@ -54,6 +55,7 @@ export class IngestWorkers {
     const thread: Thread = {
       worker,
       stopping: false,
+      startedAt: performance.now(),
       ready: new Promise<void>((res, rej) => {
         ready = res;
         failed = rej;
@@ -83,8 +85,19 @@ export class IngestWorkers {
     if (this.#threads.get(index) !== thread || thread.stopping || this.#stopping) return;
     // Its acknowledged events are in JetStream; requests it was answering get no answer and are
     // retried by their senders. Its shards move to its successor, which reloads their index.
-    log.error("ingest thread died; restarting it", { thread: index });
+    // One that keeps dying as it starts is restarted after a pause (doubling to 5 s), not in a loop.
+    const quick = performance.now() - thread.startedAt < 5000;
+    const delay = quick ? Math.min((this.#delays.get(index) ?? 125) * 2, 5000) : 0;
+    this.#delays.set(index, quick ? delay : 125);
+    log.error("ingest thread died; restarting it", { thread: index, restartInMs: delay });
     this.restarts++;
+    setTimeout(() => this.#respawn(index, thread), delay);
+  }
+
+  readonly #delays = new Map<number, number>();
+
+  #respawn(index: number, dead: Thread) {
+    if (this.#threads.get(index) !== dead || this.#stopping) return;
     const peers: { peer: number; port: MessagePort }[] = [];
     for (let j = 0; j < this.o.count; j++) {
       if (j === index) continue;
