@@ -107,9 +107,11 @@ async function start(m: IngestThreadInit) {
   });
   // Two steps, so that no thread closes while another may still pass it an append: every thread
   // stops listening and finishes its requests first, then each closes.
-  drain = async () => {
-    await app.stop(false);
-  };
+  let drained: Promise<void> | undefined;
+  drain = () =>
+    (drained ??= (async () => {
+      await app.stop(false);
+    })());
   stop = async () => {
     ia.close();
     await eventLog?.snapshot().catch(() => {});
