@@ -224,6 +224,14 @@ test("the receiving node killed (SIGKILL) under load and restarted on its data: 
       (n) => n >= 300,
       "300 events accepted",
     );
+    // The sender restarted by the test before may still be waiting for the lease its killed
+    // predecessor held: the destination is taken down once it sends, so its retries are seen.
+    await waitFor(
+      () => pipelineSnapshot(sender.url, ADMIN, "shop", "to-rx"),
+      (s) => s?.export?.role === "active",
+      "the restarted sender holding the lease",
+      60_000,
+    );
     await receiver.kill();
     // The sender keeps accepting while its destination is down: events wait in its stream.
     const during = l.accepted.length;
@@ -231,6 +239,13 @@ test("the receiving node killed (SIGKILL) under load and restarted on its data: 
       () => l.accepted.length,
       (n) => n >= during + 200,
       "events accepted while the receiver is down",
+    );
+    // ...and the sender has tried to send them (and is retrying) before the receiver comes back.
+    await waitFor(
+      () => pipelineSnapshot(sender.url, ADMIN, "shop", "to-rx"),
+      (s) => (counter(s, "retried") ?? 0) > 0,
+      "the sender retrying against the dead receiver",
+      60_000,
     );
     receiver = new NodeProcess(rxEnv);
     await receiver.start(rxPort);
