@@ -100,7 +100,11 @@ export async function watchForgotten(js: JetStreamClient, replicas = 1): Promise
   })();
   // An empty bucket sends nothing to mark the end of the initial values.
   if ((await kv.status()).values === 0) loaded();
-  await Promise.race([ready, Bun.sleep(10_000)]);
+  // A timer that is cleared: a pending 10 s sleep would keep a command (replay, dlq) alive 10 s
+  // after its work was done.
+  let timer: Timer | undefined;
+  await Promise.race([ready, new Promise<void>((r) => (timer = setTimeout(r, 10_000)))]);
+  clearTimeout(timer);
   setForgottenIds(ids);
   return () => {
     iter.stop();
