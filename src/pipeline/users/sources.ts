@@ -2,7 +2,7 @@ import { createHash } from "node:crypto";
 import { Kvm, type KV } from "@nats-io/kv";
 import type { JetStreamClient } from "@nats-io/jetstream";
 import { log } from "../../util/log.ts";
-import { kvOps, PROFILE_LIMITS, ProfileStoreUnavailable, SOURCES_BUCKET } from "./profiles.ts";
+import { kvOps, PROFILE_LIMITS, ProfileStoreUnavailable, SOURCES_BUCKET, type ProfileUpdate } from "./profiles.ts";
 
 /**
  * Source identities (PRODUCT.md §8): what one connection's users pipeline has learnt about one
@@ -31,14 +31,8 @@ export interface SourceIdentity {
   profileId: string;
 }
 
-/** What one event tells its source identity. */
-export interface SourceEvent {
-  userId?: string;
-  anonymousId?: string;
-  previousId?: string;
-  timestamp: number;
-  messageId: string;
-  props: Record<string, unknown>;
+/** What one event tells its source identity: the profile update it made, and the profile it went to. */
+export interface SourceEvent extends ProfileUpdate {
   profileId: string;
 }
 
