@@ -12,7 +12,7 @@ import { createTransform } from "../src/pipeline/transform/index.ts";
 import { decide, filterOf, selectionOf, type Verdict } from "../src/event/selection.ts";
 import { selectedBy } from "../src/pipeline/export/selected-by.ts";
 import { ModelCheck } from "../src/pipeline/users/customer-model.ts";
-import { DEDUP_SHARDS, STREAM, shardSubject } from "../src/bus/subjects.ts";
+import { DEDUP_SHARDS, streamLayout } from "../src/bus/subjects.ts";
 import { nameCollisions } from "../src/pipeline/manager.ts";
 import { fail, parseCommand, unknownName } from "./cli.ts";
 
@@ -141,9 +141,11 @@ async function lastLiveEvent(connection: string): Promise<Record<string, unknown
   try {
     const jsm = await jetstreamManager(nc);
     let newest: { time: number; event: Record<string, unknown> } | undefined;
+    const layout = streamLayout(Number(process.env.TRIBUTARY_STREAM_PARTITIONS || 1));
     for (let shard = 0; shard < DEDUP_SHARDS; shard++) {
+      const subject = layout.subject(connection, shard);
       const m = await jsm.streams
-        .getMessage(STREAM, { last_by_subj: shardSubject(connection, shard) })
+        .getMessage(layout.streamOfSubject(subject), { last_by_subj: subject })
         .catch(() => null);
       if (!m) continue;
       const events = m.json<Record<string, unknown>[]>();

@@ -11,6 +11,7 @@ import { join } from "node:path";
 import { parse } from "yaml";
 import type { JetStreamManager } from "@nats-io/jetstream";
 import { STREAM, SUBJECT_ROOT } from "../src/bus/subjects.ts";
+import { eventStreams } from "../src/bus/connection.ts";
 import { DLQ_STREAM } from "../src/bus/dead-letters.ts";
 import { RAW_PIPELINE } from "../src/pipeline/raw-stage.ts";
 
@@ -77,7 +78,9 @@ export async function storedNames(
       throw e;
     }
   };
-  for (const s of await subjects(STREAM, `${SUBJECT_ROOT}.>`)) add(into.connections, s.split(".")[2]!);
+  const events = await eventStreams(jsm).catch(() => [STREAM]);
+  for (const stream of events.length ? events : [STREAM])
+    for (const s of await subjects(stream, `${SUBJECT_ROOT}.>`)) add(into.connections, s.split(".")[2]!);
   for (const s of await subjects(DLQ_STREAM, "tributary.dlq.>")) {
     const [, , connection, token] = s.split(".");
     if (connection) add(into.connections, connection, token === undefined ? undefined : decodeToken(token));

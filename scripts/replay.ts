@@ -1,5 +1,5 @@
 /**
- * `npm run replay -- <connection> --pipeline NAME [--since ISO | --from-seq N] [--until ISO] [--dry-run]`
+ * `npm run replay -- <connection> --pipeline NAME [--since ISO | --from-seq N [--partition K]] [--until ISO] [--dry-run]`
  * re-runs a pipeline over the events the stream still holds, into the same tables, exactly once
  * as seen by queries. Safe to interrupt (Ctrl-C) and rerun. Uses NATS_URL, CLICKHOUSE_URL,
  * TRIBUTARY_PIPELINES and TRIBUTARY_DATABASE like the node.
@@ -12,7 +12,7 @@ import { replay, ReplayError, type ReplayProgress } from "../src/pipeline/replay
 import { parseCommand, usageError } from "./cli.ts";
 import { watchForgotten } from "../src/pipeline/users/forgotten.ts";
 
-const USAGE = `usage: npm run replay -- <connection> --pipeline NAME [--since ISO | --from-seq N] [--until ISO] [--dry-run]
+const USAGE = `usage: npm run replay -- <connection> --pipeline NAME [--since ISO | --from-seq N [--partition K]] [--until ISO] [--dry-run]
 
 Runs a pipeline's current filter, consents and transformation again over the events the stream
 still holds, into the same table; rows already loaded are not doubled as seen by queries. Safe
@@ -22,6 +22,7 @@ progress bar on stderr, then one JSON line with the counts.
       --pipeline NAME   the pipeline to run (required)
       --since ISO       events received from this time on
       --from-seq N      events from this stream sequence on (the node's warnings name it)
+      --partition K     only partition K's stream (with TRIBUTARY_STREAM_PARTITIONS > 1; needed by --from-seq)
       --until ISO       events received before this time
       --dry-run         count what would be loaded; load nothing
   -h, --help            this help
@@ -36,6 +37,7 @@ const spec = {
     pipeline: { type: "string" },
     since: { type: "string" },
     "from-seq": { type: "string" },
+    partition: { type: "string" },
     until: { type: "string" },
     "dry-run": { type: "boolean" },
   },
@@ -71,6 +73,7 @@ try {
     pipeline: values.pipeline,
     since: values.since,
     fromSeq: values["from-seq"] ? Number(values["from-seq"]) : undefined,
+    partition: values.partition !== undefined ? Number(values.partition) : undefined,
     until: values.until,
     dryRun: values["dry-run"],
     signal: abort.signal,

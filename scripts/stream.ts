@@ -9,6 +9,7 @@
 import type { NatsConnection } from "@nats-io/transport-node";
 import { jetstreamManager, type ConsumerInfo, type JetStreamManager, type StreamInfo } from "@nats-io/jetstream";
 import { STREAM } from "../src/bus/subjects.ts";
+import { eventStreams } from "../src/bus/connection.ts";
 import { DLQ_STREAM } from "../src/bus/dead-letters.ts";
 import { fail, parseCommand, unknownName } from "./cli.ts";
 import { connectOrExit, natsServers } from "./cli-nats.ts";
@@ -18,7 +19,8 @@ export const TRIBUTARY_STREAMS = [
   {
     name: STREAM,
     alias: "events",
-    about: "accepted events, tributary.events.<connection>.<shard>; one durable consumer per pipeline",
+    about:
+      "accepted events, tributary.events.<connection>.<shard>; one durable consumer per pipeline (with TRIBUTARY_STREAM_PARTITIONS=N: TRIBUTARY_EVENTS_P0…, each its own leader)",
   },
   {
     name: DLQ_STREAM,
@@ -280,6 +282,9 @@ async function main() {
         );
       }
     }
+    // The events stream is one per partition when the deployment has several.
+    const events = await eventStreams(jsm);
+    if (events.length && !events.includes(STREAM)) names = names.flatMap((n) => (n === STREAM ? events : [n]));
     for (const name of names) {
       const known = TRIBUTARY_STREAMS.find((s) => s.name === name);
       const r: StreamReport = (await readStream(jsm, name)) ?? {

@@ -9,7 +9,7 @@
  */
 import { connect, type Msg, type NatsConnection } from "@nats-io/transport-node";
 import { jetstreamManager } from "@nats-io/jetstream";
-import { connectionSubjects } from "../src/bus/subjects.ts";
+import { connectionSubjects, connectionWildcard } from "../src/bus/subjects.ts";
 import { loadConfig } from "../src/config/loader.ts";
 import {
   compileExpression,
@@ -252,7 +252,7 @@ async function checkConnection(nc: NatsConnection, connection: string, dir: stri
   }
   if (known.connections.has(connection)) return;
   fail(
-    `${unknownName("connection", connection, known.connections.keys(), { where: `looked in ${known.where.join(" and ")}` })}\nTo watch a subject whatever it is: npm run tail -- --raw '${connectionSubjects(connection)}'`,
+    `${unknownName("connection", connection, known.connections.keys(), { where: `looked in ${known.where.join(" and ")}` })}\nTo watch a subject whatever it is: npm run tail -- --raw '${connectionWildcard(connection)}'`,
   );
 }
 
@@ -340,7 +340,9 @@ async function main(argv: string[]) {
     }
   })();
 
-  const subject = values.raw ? target : connectionSubjects(connection);
+  // With partitions a shard's subject has one more token (src/bus/subjects.ts StreamLayout).
+  const partitioned = Number(process.env.TRIBUTARY_STREAM_PARTITIONS || 1) > 1;
+  const subject = values.raw ? target : partitioned ? connectionWildcard(connection) : connectionSubjects(connection);
   const sub = nc.subscribe(subject);
   // The subscription is registered with the server once a flush returns: "listening" is then true.
   await nc.flush();

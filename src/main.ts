@@ -1,4 +1,5 @@
 import { join } from "node:path";
+import { StreamLayoutError } from "./bus/errors.ts";
 import { EnvironmentError, optionsFromEnv, type NodeOptions } from "./config/env.ts";
 import { ConfigError } from "./config/loader.ts";
 import { LocalNats } from "./services/nats-server.ts";
@@ -108,7 +109,8 @@ const readable = (e: unknown) =>
   e instanceof PortInUseError ||
   e instanceof DataDirInUseError ||
   e instanceof ServiceStartError ||
-  e instanceof EnvironmentError;
+  e instanceof EnvironmentError ||
+  e instanceof StreamLayoutError;
 
 main().catch(async (e) => {
   if (e instanceof ConfigError) log.error(e.message);

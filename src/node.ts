@@ -1,6 +1,6 @@
 import { ConfigStore } from "./config/store.ts";
 import { capacityDefaults, type NodeOptions } from "./config/env.ts";
-import { busOptionsOf, connectBus, type Bus } from "./bus/connection.ts";
+import { busOptionsOf, connectBus, streamLeaders, streamPositions, type Bus } from "./bus/connection.ts";
 import { ShardedEventLog } from "./bus/shard-owners.ts";
 import { StreamCapacity, type CapacityOptions } from "./bus/capacity.ts";
 import type { IngestServer } from "./ingest/server.ts";
@@ -15,7 +15,6 @@ import { addPipelineSource, addRegistrySource, publishConflicts, publishDuration
 import { log } from "./util/log.ts";
 import { PortInUseError, ensurePortFree, portHolder, type PortUse } from "./services/port-check.ts";
 import { ensureConsumersAtStart } from "./pipeline/manager.ts";
-import { STREAM } from "./bus/subjects.ts";
 import { PipelineRuntime } from "./pipeline/host/runtime.ts";
 import { PipelineSupervisor } from "./pipeline/host/supervisor.ts";
 import type { Pipelines } from "./pipeline/host/pipelines.ts";
@@ -87,8 +86,16 @@ export async function startNode(o: NodeOptions & { natsUrl: string } & PipelineT
   config.onChange(warnInsecure);
   const bus = await connectBus(busOptionsOf(o));
   bus.observer = { published: (s) => publishDuration.observe(s), conflicted: () => publishConflicts.inc() };
-  const capacity = new StreamCapacity(bus.jsm, { ...capacityDefaults, maxBytes: o.streamMaxBytes, ...o.capacity });
+  const capacity = new StreamCapacity(
+    bus.jsm,
+    { ...capacityDefaults, maxBytes: o.streamMaxBytes, ...o.capacity },
+    bus.layout.streams,
+  );
   capacity.start();
+  if (bus.layout.partitions > 1 || bus.nc.info?.cluster)
+    void streamLeaders(bus.jsm, bus.layout)
+      .then((leaders) => log.info("events streams and their leaders", leaders))
+      .catch(() => {});
   // Threads answering HTTP: this one (thread 0) and, with several, ingest worker threads sharing
   // the port; each shard of a connection is written by one of them (ShardedEventLog).
   const threads = o.ingestWorkers > 0 ? o.ingestWorkers : navigator.hardwareConcurrency || 1;
@@ -153,6 +160,7 @@ export async function startNode(o: NodeOptions & { natsUrl: string } & PipelineT
           streamMaxAgeHours: o.streamMaxAgeHours,
           streamMaxBytes: o.streamMaxBytes,
           streamReplicas: o.streamReplicas,
+          streamPartitions: o.streamPartitions,
           dedupWindowHours: o.dedupWindowHours,
           publishTimeoutMs: o.publishTimeoutMs,
         },
@@ -169,7 +177,7 @@ export async function startNode(o: NodeOptions & { natsUrl: string } & PipelineT
     // (which read the directory when told) start it.
     let reloads = Promise.resolve();
     config.onChange((c) => {
-      const after = bus.jsm.streams.info(STREAM).then((i) => i.state.last_seq);
+      const after = streamPositions(bus.jsm, bus.layout);
       reloads = reloads
         .then(async () => {
           await ensureConsumersAtStart({ ...bus, startSeq: await after }, c, o.ackWaitMs);

@@ -27,14 +27,16 @@ const STORED_PER_JSON_BYTE = 1.5;
  */
 export class StreamCapacity {
   #full = false;
-  #lastSeq = 0;
-  #lastAt = 0;
+  /** Per events stream: its last sequence and when it was read. */
+  #last = new Map<string, { seq: number; at: number }>();
   #timer?: ReturnType<typeof setInterval>;
   backlogBytes = 0;
 
   constructor(
     readonly jsm: JetStreamManager,
     readonly options: CapacityOptions,
+    /** The events streams (one per partition); `options.maxBytes` is their total, split evenly. */
+    readonly streams: readonly string[] = [STREAM],
   ) {}
 
   get full(): boolean {
@@ -65,12 +67,44 @@ export class StreamCapacity {
     }
   }
 
+  /**
+   * Polls every partition's stream. The guard trips on the total backlog against the total
+   * budget, or on one partition's backlog against its share: a partition whose pipelines fell
+   * behind fills on its own, and the node cannot tell which partitions a request's events will hit
+   * before it parsed them, so it refuses them all (a 503 is retried; a full stream is not).
+   */
   async check(): Promise<void> {
-    const info = await this.jsm.streams.info(STREAM);
+    const { maxBytes, refuseRatio, resumeRatio } = this.options;
+    const share = maxBytes / this.streams.length;
+    let total = 0;
+    let worst = 0;
+    for (const stream of this.streams) {
+      const backlog = await this.#checkStream(stream, share);
+      total += backlog;
+      worst = Math.max(worst, backlog);
+    }
+    this.backlogBytes = total;
+    const was = this.#full;
+    const over = (ratio: number) => total >= ratio * maxBytes || worst >= ratio * share;
+    if (!was && over(refuseRatio)) this.#full = true;
+    else if (was && !over(resumeRatio)) this.#full = false;
+    if (was !== this.#full) {
+      (this.#full ? log.warn : log.info)(
+        this.#full
+          ? "event stream nearly full of unloaded events: refusing new events with 503"
+          : "event stream has room again: accepting events",
+        { backlogBytes: Math.round(this.backlogBytes), maxBytes, worstPartitionBytes: Math.round(worst) },
+      );
+    }
+  }
+
+  /** One stream's bytes waiting for a pipeline (and purges what every pipeline loaded when it is near its share). */
+  async #checkStream(stream: string, share: number): Promise<number> {
+    const info = await this.jsm.streams.info(stream);
     const mean = info.state.messages ? info.state.bytes / info.state.messages : 0;
     const bySubject = new Map<string, number>();
     let floor = Number.MAX_SAFE_INTEGER;
-    for await (const c of this.jsm.consumers.list(STREAM)) {
+    for await (const c of this.jsm.consumers.list(stream)) {
       // Only pipelines' durable consumers: ephemeral ones (a node re-reading a shard's ids, a
       // `nats sub`) wait for nobody.
       if (!c.config.durable_name) continue;
@@ -90,37 +124,23 @@ export class StreamCapacity {
     const now = Date.now();
     // Messages written since the last poll by every node, at the mean size: the rate to expect
     // until the next poll.
-    const written = this.#lastSeq ? Math.max(0, info.state.last_seq - this.#lastSeq) * mean : 0;
-    const rate = this.#lastAt ? written / Math.max(1, now - this.#lastAt) : 0;
-    this.#lastSeq = info.state.last_seq;
-    this.#lastAt = now;
-    this.backlogBytes = pending * mean + rate * this.options.intervalMs;
+    const last = this.#last.get(stream);
+    const written = last ? Math.max(0, info.state.last_seq - last.seq) * mean : 0;
+    const rate = last ? written / Math.max(1, now - last.at) : 0;
+    this.#last.set(stream, { seq: info.state.last_seq, at: now });
     if (
-      info.state.bytes >= this.options.refuseRatio * this.options.maxBytes &&
+      info.state.bytes >= this.options.refuseRatio * share &&
       floor !== Number.MAX_SAFE_INTEGER &&
       floor >= info.state.first_seq
     ) {
-      const purged = await this.jsm.streams.purge(STREAM, { seq: floor + 1 }).catch(() => undefined);
+      const purged = await this.jsm.streams.purge(stream, { seq: floor + 1 }).catch(() => undefined);
       if (purged?.purged)
         log.info("event stream near its limit: purged events every pipeline has loaded", {
+          stream,
           purged: purged.purged,
           upTo: floor,
         });
     }
-    const { maxBytes, refuseRatio, resumeRatio } = this.options;
-    const was = this.#full;
-    if (!was && this.backlogBytes >= refuseRatio * maxBytes) this.#full = true;
-    else if (was && this.backlogBytes < resumeRatio * maxBytes) this.#full = false;
-    if (was !== this.#full) {
-      (this.#full ? log.warn : log.info)(
-        this.#full
-          ? "event stream nearly full of unloaded events: refusing new events with 503"
-          : "event stream has room again: accepting events",
-        {
-          backlogBytes: Math.round(this.backlogBytes),
-          maxBytes,
-        },
-      );
-    }
+    return pending * mean + rate * this.options.intervalMs;
   }
 }

@@ -10,7 +10,8 @@ import {
   type JetStreamClient,
   type JetStreamManager,
 } from "@nats-io/jetstream";
-import { STREAM, SUBJECT_ROOT } from "./subjects.ts";
+import { STREAM, streamLayout, type StreamLayout } from "./subjects.ts";
+import { StreamLayoutError } from "./errors.ts";
 import { log } from "../util/log.ts";
 
 export interface BusOptions {
@@ -20,6 +21,8 @@ export interface BusOptions {
   /** 0: no limit. */
   streamMaxBytes?: number;
   streamReplicas: number;
+  /** Events streams (TRIBUTARY_STREAM_PARTITIONS; default 1): see StreamLayout. */
+  streamPartitions?: number;
   dedupWindowHours: number;
   /** Per JetStream API call / publish. */
   timeoutMs: number;
@@ -40,11 +43,13 @@ export interface Bus {
   js: JetStreamClient;
   jsm: JetStreamManager;
   options: BusOptions;
+  /** Which events stream holds which shard subject. */
+  layout: StreamLayout;
   /**
-   * The events stream's last sequence when this process connected, before it could accept
-   * anything: pipelines of the configuration it started with begin after it (see PipelineWorker).
+   * Each events stream's last sequence (by partition) when this process connected, before it
+   * could accept anything: pipelines of the configuration it started with begin after it.
    */
-  startSeq?: number;
+  startSeq?: number[];
   close(): Promise<void>;
 }
 
@@ -55,6 +60,7 @@ export function busOptionsOf(
     streamMaxAgeHours: number;
     streamMaxBytes: number;
     streamReplicas: number;
+    streamPartitions?: number;
     dedupWindowHours: number;
     publishTimeoutMs: number;
   },
@@ -65,6 +71,7 @@ export function busOptionsOf(
     streamMaxAgeHours: o.streamMaxAgeHours,
     streamMaxBytes: o.streamMaxBytes,
     streamReplicas: o.streamReplicas,
+    streamPartitions: o.streamPartitions ?? 1,
     dedupWindowHours: o.dedupWindowHours,
     timeoutMs: o.publishTimeoutMs,
     name,
@@ -91,10 +98,11 @@ export async function connectBus(options: BusOptions): Promise<Bus> {
   })().catch(() => {});
   // No API check here: a cluster still electing its JetStream leader answers nothing yet.
   const jsm = await jetstreamManager(nc, { timeout: options.timeoutMs, checkAPI: false });
-  let startSeq = 0;
+  const layout = streamLayout(options.streamPartitions ?? 1);
+  let startSeq: number[] = [];
   await untilJetStreamAnswers(async () => {
     await ensureStream(jsm, options);
-    startSeq = (await jsm.streams.info(STREAM)).state.last_seq;
+    startSeq = await streamPositions(jsm, layout);
   }, options.streamReplicas);
   if (nc.info?.cluster && options.streamReplicas < 3) {
     log.warn(
@@ -108,6 +116,7 @@ export async function connectBus(options: BusOptions): Promise<Bus> {
     js,
     jsm,
     options,
+    layout,
     startSeq,
     close: async () => {
       await nc.drain().catch(() => nc.close());
@@ -134,6 +143,7 @@ async function untilJetStreamAnswers(
     try {
       return await f();
     } catch (e) {
+      if (e instanceof StreamLayoutError) throw e;
       const m = String((e as Error).message ?? e);
       if (/no responders/i.test(m))
         throw new Error(`JetStream is not enabled on the NATS server (start it with -js): ${m}`, { cause: e });
@@ -184,47 +194,110 @@ async function scaleStream(jsm: JetStreamManager, name: string, replicas: number
 export const isStreamNotFound = (e: unknown): boolean =>
   e instanceof JetStreamApiError && e.code === JetStreamApiCodes.StreamNotFound;
 
-/** Creates the events stream, or updates the settings that can change without losing data. */
+/** Each events stream's last sequence, by partition. */
+export async function streamPositions(jsm: JetStreamManager, layout: StreamLayout): Promise<number[]> {
+  return Promise.all(layout.streams.map(async (name) => (await jsm.streams.info(name)).state.last_seq));
+}
+
+const EVENTS_STREAM_NAME = /^TRIBUTARY_EVENTS(_P\d+)?$/;
+
+/** The events streams on the servers, whatever the layout (tools that read without the node's settings). */
+export async function eventStreams(jsm: JetStreamManager): Promise<string[]> {
+  const out: string[] = [];
+  for await (const name of jsm.streams.names()) if (EVENTS_STREAM_NAME.test(name)) out.push(name);
+  return out.sort((a, b) => a.length - b.length || a.localeCompare(b));
+}
+
+/** Where each events stream's leader is (a clustered NATS spreads them over its servers). */
+export async function streamLeaders(jsm: JetStreamManager, layout: StreamLayout): Promise<Record<string, string>> {
+  const out: Record<string, string> = {};
+  for (const name of layout.streams) out[name] = (await jsm.streams.info(name)).cluster?.leader ?? "";
+  return out;
+}
+
+const describe = (k: number, n: number) => `Tributary events, partition ${k} of ${n}`;
+
+/**
+ * Refuses a partition count other than the one the deployment's events streams were made with
+ * (each partition stream's description says "partition k of N"). Events of the other layout are
+ * still in its streams; changing the count means draining every pipeline and removing them first.
+ */
+async function checkLayout(jsm: JetStreamManager, layout: StreamLayout): Promise<void> {
+  const found: { name: string; of: number; messages: number }[] = [];
+  for await (const s of jsm.streams.list()) {
+    const name = s.config.name;
+    if (name === STREAM) found.push({ name, of: 1, messages: s.state.messages });
+    else if (/^TRIBUTARY_EVENTS_P\d+$/.test(name)) {
+      const of = Number(/ of (\d+)$/.exec(s.config.description ?? "")?.[1] ?? 0);
+      found.push({ name, of, messages: s.state.messages });
+    }
+  }
+  const other = found.find((f) => f.of !== layout.partitions || !layout.streams.includes(f.name));
+  if (!other) return;
+  const theirs = other.of || "an unknown number of";
+  const messages = found.reduce((n, f) => n + f.messages, 0);
+  throw new StreamLayoutError(
+    `TRIBUTARY_STREAM_PARTITIONS=${layout.partitions}, but this deployment's events are in ${theirs} stream(s) ` +
+      `(${found.map((f) => f.name).join(", ")}: ${messages} messages). A messageId's stream depends on the count, so ` +
+      `changing it on a running deployment would store retries twice. Keep TRIBUTARY_STREAM_PARTITIONS=${other.of || "as it was"}, ` +
+      `or let every pipeline load what the streams hold (npm run stream), stop the nodes, delete those streams (nats stream rm) and start with the new count.`,
+  );
+}
+
+/** Creates the events streams of the layout, or updates the settings that can change without losing data. */
 export async function ensureStream(jsm: JetStreamManager, o: BusOptions): Promise<void> {
+  const layout = streamLayout(o.streamPartitions ?? 1);
+  await checkLayout(jsm, layout);
+  for (let k = 0; k < layout.partitions; k++) await ensureOneStream(jsm, o, layout, k);
+  // Replicas change on their own (and so do the side streams'), so a scale never rides along
+  // with other settings.
+  for (const name of [...layout.streams, ...SIDE_STREAMS]) await scaleStream(jsm, name, o.streamReplicas);
+}
+
+async function ensureOneStream(jsm: JetStreamManager, o: BusOptions, layout: StreamLayout, k: number): Promise<void> {
+  const name = layout.streams[k]!;
   const config = {
-    name: STREAM,
-    subjects: [`${SUBJECT_ROOT}.>`],
+    name,
+    subjects: layout.streamSubjects(k),
+    ...(layout.partitions > 1 ? { description: describe(k, layout.partitions) } : {}),
     storage: StorageType.File,
     max_age: nanos(o.streamMaxAgeHours * 3600_000),
     num_replicas: o.streamReplicas,
     // Dedup is ours (see subjects.ts), but a short native window also catches the client's own resends.
     duplicate_window: nanos(120_000),
     max_msg_size: -1,
-    max_bytes: o.streamMaxBytes ? o.streamMaxBytes : -1,
+    // TRIBUTARY_STREAM_MAX_BYTES is the whole deployment's: each partition holds its share.
+    max_bytes: o.streamMaxBytes ? Math.floor(o.streamMaxBytes / layout.partitions) : -1,
     // Full refuses new messages (the node answers 503) rather than dropping the oldest, which
     // could be events no pipeline has loaded; StreamCapacity purges what every pipeline loaded.
     discard: DiscardPolicy.New,
   };
   try {
-    const info = await jsm.streams.info(STREAM);
+    const info = await jsm.streams.info(name);
     const c = info.config;
     if (c.max_age !== config.max_age || c.max_bytes !== config.max_bytes || c.discard !== config.discard) {
-      await jsm.streams.update(STREAM, {
+      await jsm.streams.update(name, {
         max_age: config.max_age,
         max_bytes: config.max_bytes,
         discard: config.discard,
       });
-      log.info("events stream updated", { max_age_hours: o.streamMaxAgeHours, max_bytes: config.max_bytes });
+      log.info("events stream updated", {
+        stream: name,
+        max_age_hours: o.streamMaxAgeHours,
+        max_bytes: config.max_bytes,
+      });
     }
   } catch (e) {
     if (!isStreamNotFound(e)) throw e;
     try {
       await jsm.streams.add(config);
-      log.info("events stream created", { stream: STREAM, replicas: o.streamReplicas });
+      log.info("events stream created", { stream: name, replicas: o.streamReplicas });
     } catch (e2) {
       // Another node starting at the same moment created it first ("already in use", or on
       // nats-server 2.9 sometimes "subjects overlap"): use theirs, then check its settings.
-      const theirs = await jsm.streams.info(STREAM).catch(() => undefined);
+      const theirs = await jsm.streams.info(name).catch(() => undefined);
       if (!theirs) throw e2;
-      return ensureStream(jsm, o);
+      return ensureOneStream(jsm, o, layout, k);
     }
   }
-  // Replicas change on their own (and so do the side streams'), so a scale never rides along
-  // with other settings.
-  for (const name of [STREAM, ...SIDE_STREAMS]) await scaleStream(jsm, name, o.streamReplicas);
 }

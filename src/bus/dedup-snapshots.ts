@@ -3,7 +3,7 @@ import { DeliverPolicy, StorageType } from "@nats-io/jetstream";
 import type { Bus } from "./connection.ts";
 import type { FingerprintIndex, Segment } from "./fingerprint-index.ts";
 import { decodeSegment, encodeSegment, SnapshotFormatError } from "./index-snapshot.ts";
-import { STREAM, SUBJECT_ROOT } from "./subjects.ts";
+import { SUBJECT_ROOT } from "./subjects.ts";
 
 /**
  * Snapshots of the dedup index, one per shard subject, on a JetStream stream of their own.
@@ -47,11 +47,13 @@ export interface SnapshotManifest {
   tables: TableEntry[];
 }
 
-const ensured = new WeakMap<Bus, Promise<string>>();
+const ensured = new WeakMap<Bus, Map<string, Promise<string>>>();
 
-/** Creates the snapshot stream if needed; resolves to the events stream's creation time. */
-function ensure(bus: Bus, windowMs: number): Promise<string> {
-  let p = ensured.get(bus);
+/** Creates the snapshot stream if needed; resolves to the creation time of `stream`, the events stream of the subject. */
+function ensure(bus: Bus, windowMs: number, stream: string): Promise<string> {
+  let byStream = ensured.get(bus);
+  if (!byStream) ensured.set(bus, (byStream = new Map()));
+  let p = byStream.get(stream);
   if (!p) {
     p = (async () => {
       const config = {
@@ -65,10 +67,10 @@ function ensure(bus: Bus, windowMs: number): Promise<string> {
       await bus.jsm.streams.add(config).catch(async (e) => {
         if (!(await bus.jsm.streams.info(SNAPSHOT_STREAM).catch(() => undefined))) throw e;
       });
-      return (await bus.jsm.streams.info(STREAM)).created;
+      return (await bus.jsm.streams.info(stream)).created;
     })();
-    p.catch(() => ensured.delete(bus));
-    ensured.set(bus, p);
+    p.catch(() => byStream.delete(stream));
+    byStream.set(stream, p);
   }
   return p;
 }
@@ -79,6 +81,8 @@ export class SnapshotStore {
   /** Tables this writer stored, by id. */
   #saved = new Map<string, TableEntry>();
   readonly #base: string;
+  /** The events stream the subject is stored in. */
+  readonly #stream: string;
 
   constructor(
     readonly bus: Bus,
@@ -86,6 +90,7 @@ export class SnapshotStore {
     readonly windowMs: number,
   ) {
     this.#base = `${ROOT}.${subject.slice(SUBJECT_ROOT.length + 1)}`;
+    this.#stream = bus.layout.streamOfSubject(subject);
   }
 
   get #chunkBytes(): number {
@@ -118,10 +123,10 @@ export class SnapshotStore {
       tables.push(entry);
       writes.push([entry, blob]);
     }
-    const streamCreated = await ensure(this.bus, this.windowMs);
+    const streamCreated = await ensure(this.bus, this.windowMs, this.#stream);
     const there = await this.#manifest();
     if (there && there.streamCreated === streamCreated && there.covered >= covered) return false;
-    const at = await this.bus.jsm.streams.getMessage(STREAM, { seq: covered });
+    const at = await this.bus.jsm.streams.getMessage(this.#stream, { seq: covered });
     if (!at || at.subject !== this.subject) return false; // gone already (limits): the next one then
     for (const [entry, blob] of writes) {
       const step = this.#chunkBytes;
@@ -163,7 +168,7 @@ export class SnapshotStore {
     fingerprintBits: number,
     now = Date.now(),
   ): Promise<{ segments: Segment[]; manifest: SnapshotManifest } | undefined> {
-    const streamCreated = await ensure(this.bus, this.windowMs);
+    const streamCreated = await ensure(this.bus, this.windowMs, this.#stream);
     const manifest = await this.#manifest();
     if (
       !manifest ||
@@ -178,11 +183,11 @@ export class SnapshotStore {
       return undefined;
     // The message it covers up to is still that one; or, removed since by the stream's limits, the
     // subject went on past it (a server that lost its last writes would be behind it).
-    const at = await this.bus.jsm.streams.getMessage(STREAM, { seq: manifest.covered });
+    const at = await this.bus.jsm.streams.getMessage(this.#stream, { seq: manifest.covered });
     if (at) {
       if (at.subject !== this.subject || at.timestamp !== manifest.coveredTime) return undefined;
     } else {
-      const last = await this.bus.jsm.streams.getMessage(STREAM, { last_by_subj: this.subject });
+      const last = await this.bus.jsm.streams.getMessage(this.#stream, { last_by_subj: this.subject });
       if (!last || last.seq < manifest.covered) return undefined;
     }
     const segments: Segment[] = [];

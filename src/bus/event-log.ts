@@ -1,7 +1,7 @@
 import type { Bus } from "./connection.ts";
 import { ShardWriter, type Entry } from "./shard-writer.ts";
 import type { RecordKind } from "../event/envelope.ts";
-import { DEDUP_SHARDS, shardOf, shardSubject } from "./subjects.ts";
+import { DEDUP_SHARDS, shardOf } from "./subjects.ts";
 import { log } from "../util/log.ts";
 
 /**
@@ -37,7 +37,7 @@ export class EventLog {
   ) {}
 
   #writer(connection: string, shard: number): ShardWriter {
-    const subject = shardSubject(connection, shard);
+    const subject = this.bus.layout.subject(connection, shard);
     let w = this.#writers.get(subject);
     if (!w) {
       // Headers (the id list) and the JSON array brackets fit in the margin.

@@ -1,7 +1,6 @@
 import { DeliverPolicy } from "@nats-io/jetstream";
 import type { Bus } from "./connection.ts";
 import { BusUnavailableError } from "./errors.ts";
-import { STREAM } from "./subjects.ts";
 
 /** A message as the stream's get API returns it. */
 type StoredMessage = Awaited<ReturnType<Bus["jsm"]["streams"]["getMessage"]>>;
@@ -22,11 +21,12 @@ export async function readRange(
   timeoutMs: number,
   each: (headers: { get(k: string): string } | undefined, seq: number) => void,
 ): Promise<void> {
+  const stream = bus.layout.streamOfSubject(subject);
   let seq = minSeq;
   for (let n = 0; n < GETS && seq <= maxSeq; n++) {
     let m: StoredMessage;
     try {
-      m = await bus.jsm.streams.getMessage(STREAM, { seq, next_by_subj: subject } as unknown as { seq: number });
+      m = await bus.jsm.streams.getMessage(stream, { seq, next_by_subj: subject } as unknown as { seq: number });
     } catch (e) {
       throw new BusUnavailableError(`cannot read ${subject} to check duplicates: ${(e as Error).message}`, {
         cause: e,
@@ -38,7 +38,7 @@ export async function readRange(
   }
   if (seq > maxSeq) return;
   try {
-    const consumer = await bus.js.consumers.get(STREAM, {
+    const consumer = await bus.js.consumers.get(stream, {
       filter_subjects: subject,
       headers_only: true,
       deliver_policy: DeliverPolicy.StartSequence,
@@ -46,7 +46,7 @@ export async function readRange(
     });
     // The range's last message may have been removed since (limits, capacity purges): stop at
     // the subject's last message too.
-    const last = (await bus.jsm.streams.getMessage(STREAM, { last_by_subj: subject }))?.seq ?? 0;
+    const last = (await bus.jsm.streams.getMessage(stream, { last_by_subj: subject }))?.seq ?? 0;
     const end = Math.min(maxSeq, last);
     if (end < seq) return;
     const messages = await consumer.consume({ max_messages: 1000 });

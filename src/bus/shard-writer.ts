@@ -2,7 +2,6 @@ import { headers } from "@nats-io/nats-core";
 import { DeliverPolicy, JetStreamApiCodes, JetStreamApiError } from "@nats-io/jetstream";
 import type { Bus } from "./connection.ts";
 import { BusUnavailableError } from "./errors.ts";
-import { STREAM } from "./subjects.ts";
 import { FingerprintIndex, type IndexRange } from "./fingerprint-index.ts";
 import { SnapshotStore } from "./dedup-snapshots.ts";
 import { readRange } from "./range-read.ts";
@@ -168,7 +167,11 @@ export class ShardWriter {
   ) {
     this.#index = new FingerprintIndex(options.dedupWindowMs, { fingerprintBits: options.fingerprintBits });
     this.#snapshots = new SnapshotStore(bus, subject, options.dedupWindowMs);
+    this.stream = bus.layout.streamOfSubject(subject);
   }
+
+  /** The events stream the subject is stored in. */
+  readonly stream: string;
 
   get indexSize(): number {
     return this.#index.size;
@@ -415,7 +418,7 @@ export class ShardWriter {
     for (let seq = this.#lastSeq + 1, n = 0; n < limit; n++) {
       let m: StoredMessage | null;
       try {
-        m = await this.bus.jsm.streams.getMessage(STREAM, { seq, next_by_subj: this.subject } as unknown as {
+        m = await this.bus.jsm.streams.getMessage(this.stream, { seq, next_by_subj: this.subject } as unknown as {
           seq: number;
         });
       } catch (e) {
@@ -513,7 +516,7 @@ export class ShardWriter {
     if (this.#lastSeq === 0 && !this.#snapshotTried) await this.#loadSnapshot();
     let last: StoredMessage | null;
     try {
-      last = await this.bus.jsm.streams.getMessage(STREAM, { last_by_subj: this.subject });
+      last = await this.bus.jsm.streams.getMessage(this.stream, { last_by_subj: this.subject });
     } catch (e) {
       throw new BusUnavailableError(`cannot read ${this.subject}: ${(e as Error).message}`, { cause: e });
     }
@@ -526,7 +529,7 @@ export class ShardWriter {
       !(this.#lastSeq > 0 && (await this.#walk(target)))
     ) {
       const first = this.#lastSeq === 0;
-      const consumer = await this.bus.js.consumers.get(STREAM, {
+      const consumer = await this.bus.js.consumers.get(this.stream, {
         filter_subjects: this.subject,
         headers_only: true,
         ...(first

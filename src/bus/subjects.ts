@@ -1,5 +1,6 @@
 /**
- * Subject layout: `tributary.events.<connection>.<shard>`. Each connection's events are spread
+ * Subject layout: `tributary.events.<connection>.<shard>` (with partitions, one more token: see
+ * StreamLayout). Each connection's events are spread
  * over a fixed number of shard subjects by a hash of the messageId, so a given messageId always
  * lands on the same subject. That is what makes exact dedup possible with batched publishes:
  * each shard subject has one writer at a time, guarded by JetStream's expected-last-sequence.
@@ -11,18 +12,90 @@ export const STREAM = "TRIBUTARY_EVENTS";
 export const SUBJECT_ROOT = "tributary.events";
 export const DEDUP_SHARDS = 4;
 
+/** A connection's messages in the single-stream layout (a pipeline consumer's filter there). */
 export const connectionSubjects = (connection: string) => `${SUBJECT_ROOT}.${connection}.*`;
+/** Every message of a connection whatever the layout (a partition's subjects have one more token): for `nats sub`. */
+export const connectionWildcard = (connection: string) => `${SUBJECT_ROOT}.${connection}.>`;
+/** A shard's subject in the single-stream layout (partitions: see {@link StreamLayout.subject}). */
 export const shardSubject = (connection: string, shard: number) => `${SUBJECT_ROOT}.${connection}.${shard}`;
 
 /** FNV-1a over UTF-16 code units: stable across nodes, runtimes and versions. */
-export function shardOf(messageId: string): number {
+function fnv1a(s: string): number {
   let h = 0x811c9dc5;
-  for (let i = 0; i < messageId.length; i++) {
-    h ^= messageId.charCodeAt(i);
+  for (let i = 0; i < s.length; i++) {
+    h ^= s.charCodeAt(i);
     h = Math.imul(h, 0x01000193);
   }
-  return (h >>> 0) % DEDUP_SHARDS;
+  return h >>> 0;
 }
+
+export function shardOf(messageId: string): number {
+  return fnv1a(messageId) % DEDUP_SHARDS;
+}
+
+/** The most events streams a deployment may have: DEDUP_SHARDS × connections is the useful bound. */
+export const MAX_PARTITIONS = 64;
+
+/**
+ * Where a connection's shards are stored. One partition (the default, and every deployment before
+ * partitions existed): the stream TRIBUTARY_EVENTS on `tributary.events.<connection>.<shard>`.
+ * N partitions: N streams `TRIBUTARY_EVENTS_P0` … `P<N-1>`, each with its own leader, and a shard's
+ * subject names its partition in a last token, `tributary.events.<connection>.<shard>.p<k>`, so
+ * each stream owns a wildcard (`tributary.events.*.*.p<k>`) and `nats sub 'tributary.events.>'`
+ * still shows everything. A shard's partition is a stable hash of (connection, shard): a
+ * messageId always lands on one shard subject of one stream, which is what keeps dedup exact.
+ */
+export interface StreamLayout {
+  readonly partitions: number;
+  /** The streams' names, by partition. */
+  readonly streams: readonly string[];
+  partitionOf(connection: string, shard: number): number;
+  /** The partitions holding some shard of the connection (a pipeline has a consumer on each). */
+  partitionsOf(connection: string): number[];
+  subject(connection: string, shard: number): string;
+  /** The stream a shard subject is stored in. */
+  streamOfSubject(subject: string): string;
+  /** The stream's subjects, as created. */
+  streamSubjects(partition: number): string[];
+  /** A pipeline consumer's filter on the connection's messages in one partition's stream. */
+  consumerFilter(connection: string, partition: number): string;
+}
+
+export function streamLayout(partitions = 1): StreamLayout {
+  if (!Number.isInteger(partitions) || partitions < 1 || partitions > MAX_PARTITIONS)
+    throw new RangeError(`stream partitions must be an integer from 1 to ${MAX_PARTITIONS}, not ${partitions}`);
+  if (partitions === 1)
+    return {
+      partitions,
+      streams: [STREAM],
+      partitionOf: () => 0,
+      partitionsOf: () => [0],
+      subject: shardSubject,
+      streamOfSubject: () => STREAM,
+      streamSubjects: () => [`${SUBJECT_ROOT}.>`],
+      consumerFilter: connectionSubjects,
+    };
+  const streams = Array.from({ length: partitions }, (_, k) => partitionStream(k));
+  const partitionOf = (connection: string, shard: number) => fnv1a(`${connection}\u0000${shard}`) % partitions;
+  return {
+    partitions,
+    streams,
+    partitionOf,
+    partitionsOf: (connection) =>
+      [...new Set(Array.from({ length: DEDUP_SHARDS }, (_, s) => partitionOf(connection, s)))].sort((a, b) => a - b),
+    subject: (connection, shard) => `${shardSubject(connection, shard)}.p${partitionOf(connection, shard)}`,
+    streamOfSubject: (subject) => {
+      const k = Number(subject.slice(subject.lastIndexOf(".p") + 2));
+      if (!Number.isInteger(k) || k < 0 || k >= partitions) throw new Error(`not a partition subject: ${subject}`);
+      return streams[k]!;
+    },
+    streamSubjects: (k) => [`${SUBJECT_ROOT}.*.*.p${k}`],
+    consumerFilter: (connection, k) => `${SUBJECT_ROOT}.${connection}.*.p${k}`,
+  };
+}
+
+/** Partition k's stream when there are several. */
+export const partitionStream = (k: number) => `${STREAM}_P${k}`;
 
 /**
  * The durable consumer of one pipeline: `tributary-<connection>--<pipeline>`, each name escaped

@@ -91,6 +91,12 @@ export const Environment = Type.Object({
   ),
   // JetStream keeps at most 5 replicas of a stream.
   TRIBUTARY_STREAM_REPLICAS: int(1, 1, "JetStream replicas of the streams (with a NATS cluster).", 5),
+  TRIBUTARY_STREAM_PARTITIONS: int(
+    1,
+    1,
+    "Events streams (`TRIBUTARY_EVENTS_P0`…), each with its own leader, a connection's shards spread over them by a hash of (connection, shard); 1 keeps the single stream `TRIBUTARY_EVENTS`. Fixed for a deployment's life: a node refuses another count while the streams of the old one exist (README, Sizing).",
+    64,
+  ),
   TRIBUTARY_DEDUP_WINDOW_HOURS: Type.Number({
     minimum: 0,
     default: 24,
@@ -185,6 +191,8 @@ export interface NodeOptions {
   /** Storage the events stream may use; when it is nearly full the node answers 503 instead of accepting. 0 = no limit. */
   streamMaxBytes: number;
   streamReplicas: number;
+  /** Events streams, by a hash of (connection, shard); src/bus/subjects.ts StreamLayout. */
+  streamPartitions: number;
   dedupWindowHours: number;
   /** A pipeline's batch goes to ClickHouse at whichever comes first. */
   batchMaxRows: number;
@@ -229,6 +237,7 @@ function toOptions(env: Environment): NodeOptions {
     streamMaxAgeHours: env.TRIBUTARY_STREAM_MAX_AGE_HOURS,
     streamMaxBytes: env.TRIBUTARY_STREAM_MAX_BYTES,
     streamReplicas: env.TRIBUTARY_STREAM_REPLICAS,
+    streamPartitions: env.TRIBUTARY_STREAM_PARTITIONS,
     dedupWindowHours: env.TRIBUTARY_DEDUP_WINDOW_HOURS,
     batchMaxRows: env.TRIBUTARY_BATCH_MAX_ROWS,
     batchMaxBytes: env.TRIBUTARY_BATCH_MAX_BYTES,

@@ -37,7 +37,11 @@ async function start(m: IngestThreadInit) {
   config.watch();
   const bus = await connectBus(busOptionsOf(o, `tributary-ingest-${m.index}`));
   bus.observer = { published: (s) => publishDuration.observe(s), conflicted: () => publishConflicts.inc() };
-  const capacity = new StreamCapacity(bus.jsm, { ...capacityDefaults, maxBytes: o.streamMaxBytes, ...o.capacity });
+  const capacity = new StreamCapacity(
+    bus.jsm,
+    { ...capacityDefaults, maxBytes: o.streamMaxBytes, ...o.capacity },
+    bus.layout.streams,
+  );
   capacity.start();
   eventLog = new ShardedEventLog(
     bus,

@@ -15,6 +15,9 @@ export const ReplayRequest = Type.Object(
     ),
     since: Type.Optional(Type.String({ description: "ISO 8601: start at messages stored at or after this time" })),
     fromSeq: Type.Optional(Type.Integer({ minimum: 1, description: "or start at this stream sequence" })),
+    partition: Type.Optional(
+      Type.Integer({ minimum: 0, description: "only this partition's stream (needed by fromSeq with several)" }),
+    ),
     until: Type.Optional(Type.String({ description: "ISO 8601: stop at messages stored after this time" })),
     dryRun: Type.Optional(Type.Boolean()),
   },

@@ -2,7 +2,9 @@ import type { Bus } from "../bus/connection.ts";
 import type { Config } from "../config/loader.ts";
 import type { Pipeline } from "../config/schema.ts";
 import type { Warehouse } from "../sink/clickhouse/server.ts";
-import { PipelineWorker, batchDefaults, durableName, ensurePipelineConsumer, type BatchOptions } from "./worker.ts";
+import { PipelineWorker, batchDefaults, durableName, type BatchOptions } from "./worker.ts";
+import { ensurePipelineConsumer, pipelineLag, type StreamPositions } from "./consumers.ts";
+import { streamPositions } from "../bus/connection.ts";
 import { RAW_PIPELINE } from "./raw-stage.ts";
 import { StageFactory } from "./stages.ts";
 import { filterOf } from "../event/selection.ts";
@@ -89,7 +91,7 @@ interface Wanted {
  * still need it.
  */
 export async function ensureConsumersAtStart(bus: Bus, config: Config, ackWaitMs: number): Promise<void> {
-  const after = bus.startSeq ?? (await bus.jsm.streams.info(STREAM)).state.last_seq;
+  const after = bus.startSeq ?? (await streamPositions(bus.jsm, bus.layout));
   const migrated = new Set<string>();
   const stillNeeded = new Set<string>();
   for (const c of config.connections.values()) {
@@ -135,8 +137,8 @@ export class PipelineManager {
   async snapshots(): Promise<PipelineSnapshot[]> {
     return Promise.all(
       [...this.workers.values()].map(async (w) => {
-        const [info, letters] = await Promise.all([
-          this.bus.jsm.consumers.info(STREAM, w.durable).catch(() => undefined),
+        const [lag, letters] = await Promise.all([
+          pipelineLag(this.bus, w.connection, w.pipeline).catch(() => null),
           deadLetterCounts(this.bus, w.connection),
         ]);
         const s = w.stats;
@@ -153,7 +155,7 @@ export class PipelineManager {
           deadLettered: s.deadLettered,
           forgotten: s.forgotten,
           deadLetters: letters[dlqSubject(w.connection, w.pipeline)] ?? 0,
-          lag: info ? info.num_pending + info.num_ack_pending : null,
+          lag,
           lastLoadAt: s.lastLoadAt ?? null,
           lastErrors: [...s.lastErrors],
         };
@@ -182,7 +184,7 @@ export class PipelineManager {
     const after =
       first && this.bus.startSeq !== undefined
         ? Promise.resolve(this.bus.startSeq)
-        : this.bus.jsm.streams.info(STREAM).then((i) => i.state.last_seq);
+        : streamPositions(this.bus.jsm, this.bus.layout);
     after.catch(() => {}); // awaited in its turn
     this.#applying = this.#applying
       .then(() => this.#apply(config, after))
@@ -193,7 +195,7 @@ export class PipelineManager {
     return this.#applying;
   }
 
-  async #apply(config: Config, startAfter: Promise<number>): Promise<void> {
+  async #apply(config: Config, startAfter: Promise<StreamPositions>): Promise<void> {
     this.#problems = [];
     const usersWanted = [...config.connections.values()].some((c) =>
       c.pipelines?.some((p) => p.import === "users" && p.enabled !== false),
@@ -250,7 +252,7 @@ export class PipelineManager {
     // a pipeline still loading already has its position in the stream.
     const fresh = [...wanted].filter(([key]) => !this.workers.has(key));
     const failed = new Set<string>();
-    let afterSeq = 0;
+    let afterSeq: StreamPositions = 0;
     if (fresh.length) {
       try {
         afterSeq = await startAfter;

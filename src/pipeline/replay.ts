@@ -2,7 +2,7 @@ import { createHash } from "node:crypto";
 import { nanos } from "@nats-io/nats-core";
 import { AckPolicy, DeliverPolicy } from "@nats-io/jetstream";
 import type { Bus } from "../bus/connection.ts";
-import { STREAM, connectionSubjects, consumerName } from "../bus/subjects.ts";
+import { consumerName } from "../bus/subjects.ts";
 import type { Config } from "../config/loader.ts";
 import type { Warehouse } from "../sink/clickhouse/server.ts";
 import { clickHouseSink } from "../sink/clickhouse/sink.ts";
@@ -22,6 +22,8 @@ export interface ReplayOptions {
   since?: string;
   /** Or at this stream sequence. Without either: the start of the stream. */
   fromSeq?: number;
+  /** Only this partition's stream (required with `fromSeq` when there are several). */
+  partition?: number;
   /** Stop at messages stored after this time. */
   until?: string;
   /** Count what would load; write nothing. */
@@ -91,39 +93,51 @@ export async function replay(
   if (o.since && Number.isNaN(Date.parse(o.since))) throw new ReplayError(`--since: not an ISO 8601 time: ${o.since}`);
   if (o.until && Number.isNaN(until)) throw new ReplayError(`--until: not an ISO 8601 time: ${o.until}`);
 
-  const info = await bus.jsm.streams.info(STREAM);
-  const last = info.state.last_seq;
-  // A durable consumer named after the replay's arguments: rerunning the same replay after an
-  // interruption resumes after the last batch it loaded; it is deleted once the replay finished.
-  // consumerName is injective over (connection, pipeline); a fixed prefix and a fixed-length hash keep it so.
+  if (o.fromSeq !== undefined && bus.layout.partitions > 1 && o.partition === undefined)
+    throw new ReplayError(
+      `--from-seq: with ${bus.layout.partitions} stream partitions a sequence is one partition's: add --partition <k> (0–${bus.layout.partitions - 1}), or use --since`,
+    );
+  if (o.partition !== undefined && !bus.layout.partitionsOf(c.connection).includes(o.partition))
+    throw new ReplayError(
+      `--partition ${o.partition}: connection "${c.connection}" is stored in partition(s) ${bus.layout.partitionsOf(c.connection).join(", ")}`,
+    );
+  // A durable consumer per partition named after the replay's arguments: rerunning the same replay
+  // after an interruption resumes after the last batch it loaded; each is deleted once its
+  // partition is done. consumerName is injective over (connection, pipeline); a fixed prefix and a
+  // fixed-length hash keep it so.
   const args = createHash("sha256")
     .update(JSON.stringify([o.since, o.fromSeq, o.until]))
     .digest("hex")
     .slice(0, 8);
   const name = consumerName(c.connection, p.name).replace(/^tributary-/, `tributary-replay-${args}-`);
-  const existing = await bus.jsm.consumers.info(STREAM, name).catch(() => undefined);
-  // Resume after the ack floor: batches are acknowledged in order, so everything up to it is loaded.
-  // The old consumer is replaced rather than reused, because the messages it handed to the
-  // interrupted run would only come back after their ack wait.
-  const resumeAt = existing && existing.ack_floor.stream_seq > 0 ? existing.ack_floor.stream_seq + 1 : undefined;
-  if (existing) await bus.jsm.consumers.delete(STREAM, name);
-  const first = resumeAt ?? o.fromSeq ?? info.state.first_seq;
-  await bus.jsm.consumers.add(STREAM, {
-    durable_name: name,
-    filter_subject: connectionSubjects(c.connection),
-    ack_policy: AckPolicy.Explicit,
-    ack_wait: nanos(120_000),
-    max_ack_pending: 50_000,
-    inactive_threshold: nanos(7 * 86400_000),
-    ...(o.since && resumeAt === undefined
-      ? { deliver_policy: DeliverPolicy.StartTime, opt_start_time: new Date(o.since).toISOString() }
-      : { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: Math.max(1, first) }),
-  });
-  const consumer = await bus.js.consumers.get(STREAM, name);
+  const parts: { k: number; stream: string; first: number; last: number; resumed: boolean }[] = [];
+  for (const k of o.partition !== undefined ? [o.partition] : bus.layout.partitionsOf(c.connection)) {
+    const stream = bus.layout.streams[k]!;
+    const info = await bus.jsm.streams.info(stream);
+    const existing = await bus.jsm.consumers.info(stream, name).catch(() => undefined);
+    // Resume after the ack floor: batches are acknowledged in order, so everything up to it is loaded.
+    // The old consumer is replaced rather than reused, because the messages it handed to the
+    // interrupted run would only come back after their ack wait.
+    const resumeAt = existing && existing.ack_floor.stream_seq > 0 ? existing.ack_floor.stream_seq + 1 : undefined;
+    if (existing) await bus.jsm.consumers.delete(stream, name);
+    const first = resumeAt ?? o.fromSeq ?? info.state.first_seq;
+    await bus.jsm.consumers.add(stream, {
+      durable_name: name,
+      filter_subject: bus.layout.consumerFilter(c.connection, k),
+      ack_policy: AckPolicy.Explicit,
+      ack_wait: nanos(120_000),
+      max_ack_pending: 50_000,
+      inactive_threshold: nanos(7 * 86400_000),
+      ...(o.since && resumeAt === undefined
+        ? { deliver_policy: DeliverPolicy.StartTime, opt_start_time: new Date(o.since).toISOString() }
+        : { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: Math.max(1, first) }),
+    });
+    parts.push({ k, stream, first, last: info.state.last_seq, resumed: !!existing });
+  }
   const started = performance.now();
   const progress: ReplayProgress = {
     done: 0,
-    total: Math.max(0, last - first + 1),
+    total: parts.reduce((n, x) => n + Math.max(0, x.last - x.first + 1), 0),
     received: 0,
     kept: 0,
     loaded: 0,
@@ -131,11 +145,14 @@ export async function replay(
     eventsPerSecond: 0,
     etaSeconds: null,
     finished: false,
-    resumed: !!existing,
+    resumed: parts.some((x) => x.resumed),
   };
-  const report = (seq: number) => {
+  /** Sequences covered by the partitions replayed before this one. */
+  let doneBefore = 0;
+  const report = (seq: number, first: number, last: number) => {
     const s = (performance.now() - started) / 1000;
-    progress.done = Math.max(0, Math.min(progress.total, seq - first + 1));
+    const here = Math.max(0, Math.min(last - first + 1, seq - first + 1));
+    progress.done = Math.min(progress.total, doneBefore + here);
     progress.received = stats.received;
     progress.failed = stats.failed;
     progress.eventsPerSecond = s > 0 ? stats.received / s : 0;
@@ -173,35 +190,51 @@ export async function replay(
     progress.kept += kept;
     progress.loaded += written;
   };
-  let complete = last < first;
+  let complete = true;
   try {
-    if (!complete) {
-      const messages = await consumer.consume({ max_bytes: 8 * 1024 * 1024 });
-      o.signal?.addEventListener("abort", () => void messages.close());
-      await runner.run(messages, {
-        // Messages already buffered are left unacknowledged: a rerun gets them again.
-        stopBefore: (m) => {
-          if (o.signal?.aborted || failure !== undefined) return true;
-          if (until !== undefined && m.info.timestampNanos / 1e6 > until) complete = true;
-          return complete;
-        },
-        isLast: (m) => {
-          if (m.seq >= last || m.info.pending === 0) complete = true;
-          return complete;
-        },
-        after: (m) => report(m.seq),
-      });
-      await messages.close();
+    // One partition after the other: each in its stream's order (an export's users keep theirs).
+    for (const part of parts) {
+      let done = part.last < part.first;
+      if (!done) {
+        const consumer = await bus.js.consumers.get(part.stream, name);
+        const messages = await consumer.consume({ max_bytes: 8 * 1024 * 1024 });
+        const abort = () => void messages.close();
+        o.signal?.addEventListener("abort", abort);
+        await runner.run(messages, {
+          // Messages already buffered are left unacknowledged: a rerun gets them again.
+          stopBefore: (m) => {
+            if (o.signal?.aborted || failure !== undefined) return true;
+            if (until !== undefined && m.info.timestampNanos / 1e6 > until) done = true;
+            return done;
+          },
+          isLast: (m) => {
+            if (m.seq >= part.last || m.info.pending === 0) done = true;
+            return done;
+          },
+          after: (m) => report(m.seq, part.first, part.last),
+        });
+        o.signal?.removeEventListener("abort", abort);
+        await messages.close();
+      }
+      if (!o.signal?.aborted && failure === undefined) await runner.flush();
+      if (failure !== undefined) throw failure;
+      if (!done || o.signal?.aborted) {
+        complete = false;
+        break;
+      }
+      report(part.last, part.first, part.last);
+      doneBefore += Math.max(0, part.last - part.first + 1);
+      if (!o.dryRun) await bus.jsm.consumers.delete(part.stream, name).catch(() => {});
     }
-    if (!o.signal?.aborted && failure === undefined) await runner.flush();
-    if (failure !== undefined) throw failure;
   } finally {
     if (stage instanceof ExportStage) sink.stop();
     stage.dispose?.();
-    if ((complete && !o.signal?.aborted && failure === undefined) || o.dryRun)
-      await bus.jsm.consumers.delete(STREAM, name).catch(() => {});
+    if (o.dryRun) for (const part of parts) await bus.jsm.consumers.delete(part.stream, name).catch(() => {});
   }
   progress.finished = complete && !o.signal?.aborted;
-  if (progress.finished) report(progress.total + first - 1);
+  if (progress.finished) {
+    progress.done = progress.total;
+    o.onProgress?.({ ...progress });
+  }
   return progress;
 }

@@ -1,7 +1,6 @@
-import type { ConsumerMessages, JsMsg } from "@nats-io/jetstream";
+import type { JsMsg } from "@nats-io/jetstream";
 import { DeliverPolicy } from "@nats-io/jetstream";
 import type { Bus } from "../../bus/connection.ts";
-import { STREAM, connectionSubjects } from "../../bus/subjects.ts";
 import type { DestinationOptions } from "../../config/destination.ts";
 import { type Selection, selectEvents } from "../../event/selection.ts";
 import { compileFilter } from "../../expr/index.ts";
@@ -9,7 +8,8 @@ import type { ExportSink } from "../../sink/http/export-sink.ts";
 import { ExportStats } from "../../sink/http/stats.ts";
 import { log } from "../../util/log.ts";
 import { PipelineStats } from "../stats.ts";
-import { type BatchOptions, batchDefaults, durableName, ensurePipelineConsumer } from "../worker.ts";
+import { type BatchOptions, batchDefaults, durableName } from "../worker.ts";
+import { consumePipeline, ensurePipelineConsumer, pipelineConsumers, type StreamPositions } from "../consumers.ts";
 import { Lease, type LeaseOptions, leaseBucket, leaseDefaults, leaseKey } from "./lease.ts";
 import { exportSink } from "./sink.ts";
 import type { ExportStage } from "./stage.ts";
@@ -35,7 +35,7 @@ export class ExportWorker {
   readonly stats = new PipelineStats();
   readonly exportStats = new ExportStats();
   selection: Selection;
-  startAfterSeq?: number;
+  startAfterSeq?: StreamPositions;
   /** Unused by exports: their outcomes are per event, through stats.onOutcome, with the HTTP status. */
   onLoaded?: (messageIds: string[]) => void;
 
@@ -43,12 +43,12 @@ export class ExportWorker {
   #loop?: Promise<void>;
   #lease?: Lease;
   #sink?: ExportSink;
-  #messages?: ConsumerMessages;
+  #messages?: { close(): Promise<void> };
   /** Messages whose events are not all settled: marked as being worked on, so none is redelivered meanwhile. */
   readonly #held = new Set<JsMsg>();
   #heartbeat?: ReturnType<typeof setInterval>;
-  /** Stream sequences sent by a take-over's catch-up, and when each is settled. */
-  #caughtUp = new Map<number, Promise<boolean>>();
+  /** Messages (`stream:sequence`) sent by a take-over's catch-up, and when each is settled. */
+  #caughtUp = new Map<string, Promise<boolean>>();
   #active = false;
   #stopping = false;
 
@@ -137,25 +137,29 @@ export class ExportWorker {
     this.#heartbeat = setInterval(() => {
       for (const m of this.#held) m.working();
     }, heartbeatMs);
-    const info = await this.bus.jsm.consumers.info(STREAM, this.durable);
-    const delivered = info.delivered.stream_seq;
-    if (info.num_ack_pending > 0 && delivered > info.ack_floor.stream_seq)
-      await this.#catchUp(sink, info.ack_floor.stream_seq + 1, delivered, signal);
-    signal.throwIfAborted();
-    const consumer = await this.bus.js.consumers.get(STREAM, this.durable);
-    const messages = await consumer.consume({ max_bytes: 8 * 1024 * 1024, expires: 5_000 });
-    this.#messages = messages;
+    // Per partition: a user's events keep their order within each stream (README, Partitions).
+    const delivered = new Map<string, number>();
+    for (const { stream, partition, info } of await pipelineConsumers(this.bus, this.connection, this.pipeline)) {
+      if (!info) throw new Error(`consumer ${this.durable} is missing on ${stream}`);
+      delivered.set(stream, info.delivered.stream_seq);
+      if (info.num_ack_pending > 0 && info.delivered.stream_seq > info.ack_floor.stream_seq)
+        await this.#catchUp(sink, partition, info.ack_floor.stream_seq + 1, info.delivered.stream_seq, signal);
+      signal.throwIfAborted();
+    }
+    const consumed = await consumePipeline(this.bus, this.connection, this.pipeline);
+    this.#messages = consumed;
     // Stopping the sink too: the loop may be waiting for room in it, and the iterator closes only
     // once the loop leaves it.
     const close = () => {
       sink.stop();
-      void messages.close();
+      void consumed.close();
     };
     signal.addEventListener("abort", close, { once: true });
     try {
-      for await (const m of messages) {
+      for await (const m of consumed.messages) {
         if (signal.aborted) break;
-        const copy = m.seq <= delivered ? this.#caughtUp.get(m.seq) : undefined;
+        const copy =
+          m.seq <= (delivered.get(m.info.stream) ?? 0) ? this.#caughtUp.get(`${m.info.stream}:${m.seq}`) : undefined;
         if (copy) {
           // Its copy went in the catch-up: acknowledged once that is settled.
           this.#held.add(m);
@@ -177,11 +181,17 @@ export class ExportWorker {
   }
 
   /** The previous holder's messages, in stream order, through a consumer of this node's own. */
-  async #catchUp(sink: ExportSink, from: number, to: number, signal: AbortSignal): Promise<void> {
-    log.info("export pipeline catching up what the previous sender left", { pipeline: this.pipeline, from, to });
-    const consumer = await this.bus.js.consumers.get(STREAM, {
+  async #catchUp(sink: ExportSink, partition: number, from: number, to: number, signal: AbortSignal): Promise<void> {
+    const stream = this.bus.layout.streams[partition]!;
+    log.info("export pipeline catching up what the previous sender left", {
+      pipeline: this.pipeline,
+      stream,
+      from,
+      to,
+    });
+    const consumer = await this.bus.js.consumers.get(stream, {
       // One subject as a string: a list needs nats-server 2.10.
-      filter_subjects: connectionSubjects(this.connection),
+      filter_subjects: this.bus.layout.consumerFilter(this.connection, partition),
       deliver_policy: DeliverPolicy.StartSequence,
       opt_start_seq: from,
     });
@@ -194,7 +204,7 @@ export class ExportWorker {
     try {
       for await (const m of messages) {
         if (m.seq > to || signal.aborted) break;
-        this.#caughtUp.set(m.seq, (await this.#process(sink, m, false)).settled);
+        this.#caughtUp.set(`${stream}:${m.seq}`, (await this.#process(sink, m, false)).settled);
         await sink.room();
         if (m.seq === to || m.info.pending === 0) break;
       }

@@ -11,12 +11,17 @@ export interface Init {
   runtime: RuntimeOptions;
   bus: Pick<
     NodeOptions,
-    "streamMaxAgeHours" | "streamMaxBytes" | "streamReplicas" | "dedupWindowHours" | "publishTimeoutMs"
+    | "streamMaxAgeHours"
+    | "streamMaxBytes"
+    | "streamReplicas"
+    | "streamPartitions"
+    | "dedupWindowHours"
+    | "publishTimeoutMs"
   > & { natsUrl: string };
   pipelinesDir: string;
   expressionTimeoutMs: number;
   /** The stream's last sequence when the node connected: its first configuration's pipelines start after it. */
-  startSeq?: number;
+  startSeq?: number[];
   /** Report per-event outcomes (the debugger is on). */
   outcomes: boolean;
 }
