@@ -99,3 +99,54 @@ test("messages delivered above a stuck ack floor count as not yet freeable: the 
   await guard.check();
   expect(guard.full).toBe(true);
 });
+
+/** Streams by name, each reporting one durable consumer with its own `pending` messages of 100 bytes. */
+function fakePartitions(pending: Record<string, number>): JetStreamManager {
+  return {
+    streams: {
+      info: async (name: string) => ({
+        state: {
+          messages: Math.max(1, pending[name]!),
+          bytes: Math.max(1, pending[name]!) * 100,
+          first_seq: 1,
+          last_seq: 0,
+        },
+      }),
+      purge: async () => ({ purged: 0 }),
+    },
+    consumers: {
+      list: (name: string) =>
+        (async function* () {
+          yield {
+            config: { durable_name: "p", filter_subject: "s" },
+            num_pending: pending[name]!,
+            num_ack_pending: 0,
+            delivered: { stream_seq: 0, consumer_seq: 0 },
+            ack_floor: { stream_seq: 0, consumer_seq: 0 },
+          };
+        })(),
+    },
+  } as unknown as JetStreamManager;
+}
+
+test("with partitions the budget is split: one partition past its share refuses, though the total is under the limit", async () => {
+  const { refuseRatio } = capacityDefaults;
+  const streams = ["TRIBUTARY_EVENTS_P0", "TRIBUTARY_EVENTS_P1", "TRIBUTARY_EVENTS_P2"];
+  const share = MAX / 3;
+  // P0 at its refuse ratio of a third of the budget, the others empty: the total is a third of that.
+  const pending = {
+    TRIBUTARY_EVENTS_P0: Math.ceil((refuseRatio * share) / 100),
+    TRIBUTARY_EVENTS_P1: 0,
+    TRIBUTARY_EVENTS_P2: 0,
+  };
+  const guard = new StreamCapacity(fakePartitions(pending), { ...capacityDefaults, maxBytes: MAX }, streams);
+  await guard.check();
+  expect(guard.backlogBytes).toBeLessThan(refuseRatio * MAX);
+  expect(guard.full).toBe(true);
+  // Spread evenly at just under each share's ratio: accepted.
+  const under = Math.floor(((refuseRatio - 0.02) * share) / 100);
+  for (const s of streams) pending[s as keyof typeof pending] = under;
+  const spread = new StreamCapacity(fakePartitions(pending), { ...capacityDefaults, maxBytes: MAX }, streams);
+  await spread.check();
+  expect(spread.full).toBe(false);
+});
