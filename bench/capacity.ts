@@ -1,26 +1,32 @@
 // `npm run bench:capacity`: what each component costs per event at a steady load, read from
 // /proc during one run: CPU-seconds (utime + stime) and peak RSS per million events for the
-// ingest node, NATS, the pipeline workers and ClickHouse, and events/s per core for each.
+// ingest node, NATS (each server separately on a cluster), the pipeline workers and ClickHouse,
+// and events/s per core for each.
 //
 // It starts its own nats-server (or, with CAPACITY_REPLICAS=3, three clustered on loopback and
-// the events stream on 3 replicas) and clickhouse-server (temporary data dirs, free ports), and
+// the events streams on 3 replicas) and clickhouse-server (temporary data dirs, free ports), and
 // two Tributary nodes (`bun src/main.ts`), split the way a deployment may split them:
-//   ingest    serves HTTP; its connection has no pipelines, so it runs no pipeline worker
-//   pipeline  the same connection with one `import: events` pipeline (no filter); no HTTP traffic
+//   ingest    serves HTTP; its connections have no pipelines, so it runs no pipeline worker
+//   pipeline  the same connections, each with one `import: events` pipeline (no filter); no HTTP traffic
+// A node is its process and its descendants (the pipeline worker processes). With
+// CAPACITY_PARTITIONS=N both nodes run TRIBUTARY_STREAM_PARTITIONS=N (N events streams, a
+// connection's 4 shards spread over them by a hash of connection and shard), and the load goes
+// to CAPACITY_CONNECTIONS connections (default 8 with partitions, else 1) so that the shards
+// spread: the loadgen sends request n with connection n mod CAPACITY_CONNECTIONS's write key.
 // The load generator (bench/loadgen.ts, its own process) posts CAPACITY_BATCH-event requests of
 // the test/fixtures events (Segment track and identify, a curl track), every messageId unique, open
 // loop at CAPACITY_RATE events/s: first CAPACITY_WARMUP_SECONDS (not measured, drained), then
 // CAPACITY_SECONDS measured. The window runs from the measured load's first request until ClickHouse
 // holds every accepted event, plus CAPACITY_SETTLE_SECONDS for the merges the inserts caused;
 // each process's idle CPU over a few seconds before the load is reported beside it.
-// At the end it checks that every accepted event is in `tributary.events FINAL` exactly once
-// (request by request, from the loadgen's 2xx answers: none missing, none twice), reads the
-// stream's bytes per stored event and ClickHouse's bytes on disk per row, and prints a markdown
-// table and one JSON line. Exit 1 if the pipeline did not keep up or events went missing.
-//
-// Environment: CAPACITY_RATE (20000), CAPACITY_SECONDS (60), CAPACITY_WARMUP_SECONDS (5),
-// CAPACITY_SETTLE_SECONDS (5), CAPACITY_BATCH (100), CAPACITY_REPLICAS (1; 3 runs a 3-server
-// cluster), CAPACITY_FIXTURES (test/fixtures).
+// For each events stream it reports the messages and bytes stored in the window (last_seq and
+// bytes before and after) and the largest stream's share of them, who led it, and each NATS
+// server's CPU beside the streams and consumers it led (a leader does more work than a follower).
+// At the end it checks that every accepted event is in `tributary.events FINAL` exactly once,
+// under the connection its key names (request by request, from the loadgen's 2xx answers: none
+// missing, none twice), reads the streams' bytes per stored event and ClickHouse's bytes on disk
+// per row, and prints a markdown table and one JSON line. Exit 1 if the pipeline did not keep up
+// or events went missing.
 import { mkdtempSync, readFileSync, rmSync, writeFileSync, mkdirSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
@@ -32,9 +38,19 @@ import { LocalNats } from "../src/services/nats-server.ts";
 import { LocalClickHouse } from "../src/services/clickhouse-server.ts";
 import { ManagedProcess } from "../src/services/managed-process.ts";
 import { freePort, waitForPort } from "../src/services/ports.ts";
-import { STREAM } from "../src/bus/subjects.ts";
+import { DEDUP_SHARDS, MAX_PARTITIONS, streamLayout } from "../src/bus/subjects.ts";
 import { fixtureEvents, type LoadResult, type LoadSpec } from "./loadgen.ts";
 import { parseCommand } from "../scripts/cli.ts";
+import { Component, nodeMembers } from "./capacity/proc.ts";
+import { consumers, streamStates, varz, varzDelta, writesBetween } from "./capacity/nats.ts";
+import { verify } from "./capacity/verify.ts";
+import { report } from "./capacity/report.ts";
+
+const ENVIRONMENT = `Environment: CAPACITY_RATE (20000), CAPACITY_SECONDS (60), CAPACITY_WARMUP_SECONDS (5),
+CAPACITY_SETTLE_SECONDS (5), CAPACITY_BATCH (100), CAPACITY_REPLICAS (1; 3 runs a 3-server
+cluster), CAPACITY_PARTITIONS (1: events streams, TRIBUTARY_STREAM_PARTITIONS of both nodes),
+CAPACITY_CONNECTIONS (8 with partitions, else 1: connections the load is spread over, round-robin
+by request), CAPACITY_FIXTURES (test/fixtures).`;
 
 // Before anything starts: `--help` prints this and exits, an unknown flag exits 2.
 parseCommand({
@@ -42,33 +58,52 @@ parseCommand({
   options: {},
   usage: `usage: npm run bench:capacity
 
-What each component (ingest node, NATS, pipeline workers, ClickHouse) costs per event at a steady
-load: CPU-seconds and peak RSS per million events, events/s per core. Starts its own services and
-two nodes; checks every accepted event is stored exactly once; prints a markdown table and one
-JSON line. Exit 1 if the pipeline did not keep up or events went missing.
+What each component (ingest node, NATS and each of its servers, pipeline workers, ClickHouse) costs
+per event at a steady load: CPU-seconds and peak RSS per million events, events/s per core; each
+events stream's share of the writes and who led it. Starts its own services and two nodes; checks
+every accepted event is stored exactly once; prints a markdown table and one JSON line. Exit 1 if
+the pipeline did not keep up or events went missing.
 
   -h, --help   this help
 
-Environment: CAPACITY_RATE (20000), CAPACITY_SECONDS (60), CAPACITY_WARMUP_SECONDS (5),
-CAPACITY_SETTLE_SECONDS (5), CAPACITY_BATCH (100), CAPACITY_REPLICAS (1; 3 runs a 3-server
-cluster), CAPACITY_FIXTURES (test/fixtures).`,
+${ENVIRONMENT}`,
 });
 
-const env = process.env;
-const num = (name: string, d: number) => (env[name] ? Number(env[name]) : d);
-const RATE = num("CAPACITY_RATE", 20_000);
-const SECONDS = num("CAPACITY_SECONDS", 60);
-const WARMUP_SECONDS = num("CAPACITY_WARMUP_SECONDS", 5);
-const SETTLE_SECONDS = num("CAPACITY_SETTLE_SECONDS", 5);
-const BATCH = num("CAPACITY_BATCH", 100);
-const REPLICAS = num("CAPACITY_REPLICAS", 1);
-const FIXTURES = resolve(env.CAPACITY_FIXTURES ?? join(import.meta.dir, "../test/fixtures"));
+/** Every setting, its default and its check, in one place. */
+function options(env: Record<string, string | undefined>) {
+  const int = (name: string, d: number, min: number, max = Number.MAX_SAFE_INTEGER) => {
+    const v = env[name] ? Number(env[name]) : d;
+    if (!Number.isInteger(v) || v < min || v > max) {
+      console.error(`bench:capacity: ${name} must be an integer from ${min} to ${max}, not ${env[name]}`);
+      process.exit(2);
+    }
+    return v;
+  };
+  const partitions = int("CAPACITY_PARTITIONS", 1, 1, MAX_PARTITIONS);
+  return {
+    rate: int("CAPACITY_RATE", 20_000, 1),
+    seconds: int("CAPACITY_SECONDS", 60, 1),
+    warmupSeconds: int("CAPACITY_WARMUP_SECONDS", 5, 1),
+    settleSeconds: int("CAPACITY_SETTLE_SECONDS", 5, 0),
+    batch: int("CAPACITY_BATCH", 100, 1),
+    replicas: int("CAPACITY_REPLICAS", 1, 1, 5),
+    partitions,
+    connections: int("CAPACITY_CONNECTIONS", partitions > 1 ? 8 : 1, 1, 999),
+    fixtures: resolve(env.CAPACITY_FIXTURES ?? join(import.meta.dir, "../test/fixtures")),
+  };
+}
+const O = options(process.env);
 const BUN = process.execPath;
 const MAIN = join(import.meta.dir, "../src/main.ts");
-const CONNECTION = "capacity";
-const KEY = "capacity-bench-write-key";
-const CLK_TCK = 100; // Linux USER_HZ: /proc times are in 1/100 s on every mainstream kernel
-const MiB = 2 ** 20;
+// One connection keeps the name earlier runs had; keys are of one length (the loadgen rewrites them in place).
+const CONNECTIONS = Array.from({ length: O.connections }, (_, i) =>
+  O.connections === 1 ? "capacity" : `capacity-${i}`,
+);
+const KEYS = CONNECTIONS.map((_, i) =>
+  O.connections === 1 ? "capacity-bench-write-key" : `capacity-bench-write-key-${String(i).padStart(3, "0")}`,
+);
+const connectionOf = (request: number) => CONNECTIONS[request % CONNECTIONS.length]!;
+const layout = streamLayout(O.partitions);
 
 const children = new Set<Subprocess>();
 let dir: string | undefined;
@@ -79,67 +114,6 @@ process.on("exit", () => {
 });
 for (const s of ["SIGINT", "SIGTERM"] as const) process.on(s, () => process.exit(130));
 const say = (s: string) => process.stderr.write(`[capacity] ${s}\n`);
-
-// ---------------------------------------------------------------- /proc
-
-interface ProcSample {
-  /** utime + stime, seconds. */
-  cpu: number;
-  rss: number;
-  hwm: number;
-}
-
-function sample(pid: number): ProcSample {
-  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-  const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  const status = readFileSync(`/proc/${pid}/status`, "utf8");
-  const kb = (k: string) => Number(new RegExp(`^${k}:\\s+(\\d+) kB`, "m").exec(status)?.[1] ?? 0) * 1024;
-  // f[0] is field 3 (state): utime is field 14, stime field 15.
-  return { cpu: (Number(f[11]) + Number(f[12])) / CLK_TCK, rss: kb("VmRSS"), hwm: kb("VmHWM") };
-}
-
-/** A component is one or more processes (the NATS cluster is three). */
-class Component {
-  #start: ProcSample[] = [];
-  #idle0: ProcSample[] = [];
-  idleCores = 0;
-  cpu = 0;
-  /** Highest sampled VmRSS summed over the processes during the window, and the VmHWM sum at its end. */
-  peakRss = 0;
-  hwm = 0;
-  /** CPU-seconds of each process, when there are several. */
-  perProcess: number[] = [];
-  constructor(
-    readonly name: string,
-    readonly what: string,
-    readonly pids: () => number[],
-  ) {}
-  #all = () => this.pids().map(sample);
-  idleStart() {
-    this.#idle0 = this.#all();
-  }
-  idleEnd(seconds: number) {
-    const now = this.#all();
-    this.idleCores = now.reduce((a, s, i) => a + s.cpu - this.#idle0[i]!.cpu, 0) / seconds;
-  }
-  begin() {
-    this.#start = this.#all();
-    this.peakRss = this.#start.reduce((a, s) => a + s.rss, 0);
-  }
-  poll() {
-    this.peakRss = Math.max(
-      this.peakRss,
-      this.#all().reduce((a, s) => a + s.rss, 0),
-    );
-  }
-  end() {
-    const now = this.#all();
-    this.perProcess = now.map((s, i) => s.cpu - this.#start[i]!.cpu);
-    this.cpu = this.perProcess.reduce((a, x) => a + x, 0);
-    this.hwm = now.reduce((a, s) => a + s.hwm, 0);
-    this.poll();
-  }
-}
 
 // ---------------------------------------------------------------- processes
 
@@ -153,7 +127,13 @@ class Node {
   async start(): Promise<void> {
     const port = await freePort();
     this.proc = Bun.spawn([BUN, MAIN], {
-      env: { ...env, LOG_LEVEL: env.LOG_LEVEL ?? "warn", HOST: "127.0.0.1", PORT: String(port), ...this.env },
+      env: {
+        ...process.env,
+        LOG_LEVEL: process.env.LOG_LEVEL ?? "warn",
+        HOST: "127.0.0.1",
+        PORT: String(port),
+        ...this.env,
+      },
       stdout: "inherit",
       stderr: "inherit",
     });
@@ -210,44 +190,43 @@ async function runLoadgen(spec: LoadSpec, onStart: () => void): Promise<LoadResu
 
 dir = mkdtempSync(join(tmpdir(), "tributary-capacity-"));
 const pipelines = { ingest: join(dir, "pipelines-ingest"), pipeline: join(dir, "pipelines-pipeline") };
-const connectionYaml = (withPipeline: boolean) =>
-  `connection: ${CONNECTION}\nsource: webhook\nwriteKeys: ["${KEY}"]\n` +
+const connectionYaml = (connection: string, key: string, withPipeline: boolean) =>
+  `connection: ${connection}\nsource: webhook\nwriteKeys: ["${key}"]\n` +
   (withPipeline ? `pipelines:\n  - name: all\n    import: events\n` : "");
-mkdirSync(pipelines.ingest);
-mkdirSync(pipelines.pipeline);
-writeFileSync(join(pipelines.ingest, "capacity.yaml"), connectionYaml(false));
-writeFileSync(join(pipelines.pipeline, "capacity.yaml"), connectionYaml(true));
+for (const [which, d] of Object.entries(pipelines)) {
+  mkdirSync(d);
+  for (const [i, c] of CONNECTIONS.entries())
+    writeFileSync(join(d, `${c}.yaml`), connectionYaml(c, KEYS[i]!, which === "pipeline"));
+}
 
-say(`starting ${REPLICAS === 1 ? "nats-server" : `${REPLICAS} clustered nats-servers`} and clickhouse-server`);
-const natsServers: LocalNats[] = [];
-if (REPLICAS === 1) {
-  natsServers.push(await LocalNats.create({ dataDir: join(dir, "nats") }));
-} else {
-  const routes = await Promise.all(Array.from({ length: REPLICAS }, () => freePort()));
-  for (let i = 0; i < REPLICAS; i++) {
-    natsServers.push(
-      await LocalNats.create({
-        dataDir: join(dir, `nats-${i + 1}`),
-        serverName: `n${i + 1}`,
-        cluster: { name: "capacity", port: routes[i], routes },
-      }),
-    );
-  }
+say(`starting ${O.replicas === 1 ? "nats-server" : `${O.replicas} clustered nats-servers`} and clickhouse-server`);
+const routes = await Promise.all(Array.from({ length: O.replicas }, () => freePort()));
+const natsServers: { server: LocalNats; name: string; monitor: number }[] = [];
+for (let i = 0; i < O.replicas; i++) {
+  const name = O.replicas === 1 ? "nats" : `n${i + 1}`;
+  const monitor = await freePort();
+  const server = await LocalNats.create({
+    dataDir: join(dir, `nats-${i + 1}`),
+    args: ["-m", String(monitor)],
+    ...(O.replicas > 1 && { serverName: name, cluster: { name: "capacity", port: routes[i], routes } }),
+  });
+  natsServers.push({ server, name, monitor });
 }
 const ch = await LocalClickHouse.create({ dataDir: join(dir, "clickhouse") });
-await Promise.all([...natsServers.map((s) => s.start()), ch.start()]);
-const natsUrl = natsServers.map((s) => s.url).join(",");
+await Promise.all([...natsServers.map((s) => s.server.start()), ch.start()]);
+const natsUrl = natsServers.map((s) => s.server.url).join(",");
 
-const nodeEnv = (pipelinesDir: string) => ({
+const nodeEnv = (which: keyof typeof pipelines) => ({
   NATS_URL: natsUrl,
   CLICKHOUSE_URL: ch.url,
-  TRIBUTARY_PIPELINES: pipelinesDir,
-  TRIBUTARY_STREAM_REPLICAS: String(REPLICAS),
-  TRIBUTARY_DATA: join(dir!, "node"),
+  TRIBUTARY_PIPELINES: pipelines[which],
+  TRIBUTARY_STREAM_REPLICAS: String(O.replicas),
+  TRIBUTARY_STREAM_PARTITIONS: String(O.partitions),
+  TRIBUTARY_DATA: join(dir!, `node-${which}`),
 });
-const ingest = new Node("ingest", nodeEnv(pipelines.ingest));
-const pipeline = new Node("pipeline", nodeEnv(pipelines.pipeline));
-// The ingest node creates the stream (a cluster may need a moment to place 3 replicas).
+const ingest = new Node("ingest", nodeEnv("ingest"));
+const pipeline = new Node("pipeline", nodeEnv("pipeline"));
+// The ingest node creates the streams (a cluster may need a moment to place 3 replicas).
 await ingest.start();
 await pipeline.start();
 say(`nodes ready: ingest ${ingest.url}, pipeline ${pipeline.url}`);
@@ -255,26 +234,30 @@ say(`nodes ready: ingest ${ingest.url}, pipeline ${pipeline.url}`);
 const db = createClient({ url: ch.url, log: { level: ClickHouseLogLevel.OFF } });
 const query = async <T>(q: string): Promise<T[]> =>
   (await (await db.query({ query: q, format: "JSONEachRow" })).json()) as T[];
+const inConnections = `connection IN (${CONNECTIONS.map((c) => `'${c}'`).join(",")})`;
 const loaded = async () =>
-  Number(
-    (await query<{ c: string }>(`SELECT count() AS c FROM tributary.events WHERE connection = '${CONNECTION}'`))[0]!.c,
-  );
-const nc = await connect({ servers: natsServers.map((s) => s.url) });
+  Number((await query<{ c: string }>(`SELECT count() AS c FROM tributary.events WHERE ${inConnections}`))[0]!.c);
+const nc = await connect({ servers: natsServers.map((s) => s.server.url) });
 const jsm = await jetstreamManager(nc, { checkAPI: false });
 
+const nats = new Component(
+  O.replicas === 1 ? "NATS" : `NATS (${O.replicas} servers)`,
+  `nats-server${O.replicas === 1 ? "" : ` ×${O.replicas}`}, ${O.partitions} stream(s) R${O.replicas}${O.replicas === 1 ? "" : ", summed"}`,
+  () => new Map(natsServers.map((s) => [s.name, s.server.pid!])),
+);
 const components = [
-  new Component("ingest node", "HTTP, validation, JetStream publish (`bun src/main.ts`, no pipelines)", () => [
-    ingest.proc!.pid,
-  ]),
   new Component(
-    REPLICAS === 1 ? "NATS" : `NATS (${REPLICAS} servers)`,
-    REPLICAS === 1 ? "nats-server, stream R1" : `nats-server ×${REPLICAS}, stream R${REPLICAS}, summed`,
-    () => natsServers.map((s) => s.pid!),
+    "ingest node",
+    "HTTP, validation, JetStream publish (`bun src/main.ts` and children, no pipelines)",
+    nodeMembers(() => ingest.proc?.pid),
   ),
-  new Component("pipeline workers", "consume, rows, insert (`bun src/main.ts`, no HTTP traffic)", () => [
-    pipeline.proc!.pid,
-  ]),
-  new Component("ClickHouse", "clickhouse-server", () => [ch.pid!]),
+  nats,
+  new Component(
+    "pipeline workers",
+    "consume, rows, insert (`bun src/main.ts` and its pipeline worker processes, no HTTP traffic)",
+    nodeMembers(() => pipeline.proc?.pid),
+  ),
+  new Component("ClickHouse", "clickhouse-server", () => new Map([["clickhouse", ch.pid!]])),
 ];
 
 const url = new URL(ingest.url);
@@ -282,15 +265,16 @@ const spec = (tag: string, seconds: number): LoadSpec => ({
   host: url.hostname,
   port: Number(url.port),
   path: "/v1/events",
-  keys: [KEY],
+  keys: KEYS,
+  keyPerRequest: true,
   mode: "open",
-  connections: 8,
+  connections: Math.max(8, O.connections),
   maxConnections: 256,
-  eventsPerSecond: RATE,
+  eventsPerSecond: O.rate,
   seconds,
-  batch: BATCH,
+  batch: O.batch,
   tag,
-  fixturesDir: FIXTURES,
+  fixturesDir: O.fixtures,
 });
 
 async function drain(target: number, timeoutMs: number): Promise<number> {
@@ -302,8 +286,10 @@ async function drain(target: number, timeoutMs: number): Promise<number> {
   }
 }
 
-say(`warm-up: ${WARMUP_SECONDS} s at ${RATE} events/s`);
-const warm = await runLoadgen(spec("warm", WARMUP_SECONDS), () => {});
+say(
+  `warm-up: ${O.warmupSeconds} s at ${O.rate} events/s over ${O.connections} connection(s), ${O.partitions} stream(s)`,
+);
+const warm = await runLoadgen(spec("warm", O.warmupSeconds), () => {});
 await drain(warm.accepted, 120_000);
 
 const IDLE_SECONDS = 3;
@@ -313,17 +299,23 @@ for (const c of components) c.idleEnd(IDLE_SECONDS);
 
 const loadavg = () => readFileSync("/proc/loadavg", "utf8").split(" ").slice(0, 3).join(" ");
 const loadBefore = loadavg();
-say(`measuring: ${SECONDS} s at ${RATE} events/s, ${BATCH} events per request (load average ${loadBefore})`);
+const streamsBefore = await streamStates(jsm, layout.streams);
+const varzBefore = await Promise.all(natsServers.map((s) => varz(s.monitor)));
+say(
+  `measuring: ${O.seconds} s at ${O.rate} events/s, ${O.batch} events per request (load average ${loadBefore}); ` +
+    `stream leaders ${streamsBefore.map((s) => `${s.name} ${s.leader || "-"}`).join(", ")}`,
+);
 let t0 = 0;
 let maxLag = 0;
 const poller = setInterval(() => {
   for (const c of components) c.poll();
 }, 500);
+// Every 2 s: listing consumers costs the servers a little, and 2 s is fine enough for a peak.
 const lagPoller = setInterval(async () => {
-  const info = await jsm.consumers.info(STREAM, `tributary_${CONNECTION}_all`).catch(() => undefined);
-  if (info) maxLag = Math.max(maxLag, info.num_pending + info.num_ack_pending);
-}, 1000);
-const run = await runLoadgen(spec("measure", SECONDS), () => {
+  const c = await consumers(jsm, layout.streams).catch(() => undefined);
+  if (c) maxLag = Math.max(maxLag, c.backlog);
+}, 2000);
+const run = await runLoadgen(spec("measure", O.seconds), () => {
   t0 = performance.now();
   for (const c of components) c.begin();
 });
@@ -331,144 +323,68 @@ const loadEnd = performance.now();
 const want = warm.accepted + run.accepted;
 const have = await drain(want, 300_000);
 const drainSeconds = (performance.now() - loadEnd) / 1000;
-await Bun.sleep(SETTLE_SECONDS * 1000);
+await Bun.sleep(O.settleSeconds * 1000);
 clearInterval(poller);
 clearInterval(lagPoller);
 for (const c of components) c.end();
 const window = (performance.now() - t0) / 1000;
 const loadAfter = loadavg();
+const streamsAfter = await streamStates(jsm, layout.streams);
+const varzWindow = (await Promise.all(natsServers.map((s) => varz(s.monitor)))).map((v, i) =>
+  varzDelta(varzBefore[i], v),
+);
 
 // ---------------------------------------------------------------- storage and verification
 
-const streamInfo = await jsm.streams.info(STREAM);
-const leader = streamInfo.cluster?.leader;
-const streamBytesPerEvent = streamInfo.state.bytes / want;
+const writes = writesBetween(streamsBefore, streamsAfter);
+const consumerLeaders = (await consumers(jsm, layout.streams)).leaders;
+const storedBytes = streamsAfter.reduce((a, s) => a + s.bytes, 0);
+const storedMessages = streamsAfter.reduce((a, s) => a + s.messages, 0);
 const [distinct] = await query<{ u: string; c: string }>(
-  `SELECT uniqExact(message_id) AS u, count() AS c FROM tributary.events WHERE connection = '${CONNECTION}'`,
+  `SELECT uniqExact(message_id) AS u, count() AS c FROM tributary.events WHERE ${inConnections}`,
 );
-// Exactly once, as queries see it (FINAL), per request: every event of every request answered 2xx
-// is there once, and no messageId is there twice (uniqExact alone would let duplicates pass).
-// messageIds are b-<tag>-<request number>-<index>; one row per request keeps the answer small.
-const perRequest = await query<{ tag: string; req: string; n: string; u: string }>(
-  `SELECT splitByChar('-', message_id)[2] AS tag, toUInt64(splitByChar('-', message_id)[3]) AS req, count() AS n, uniqExact(message_id) AS u
-   FROM tributary.events FINAL WHERE connection = '${CONNECTION}' GROUP BY tag, req`,
-);
-const stored = new Map(perRequest.map((r) => [`${r.tag}/${Number(r.req)}`, { n: Number(r.n), u: Number(r.u) }]));
-let missing = 0;
-let twice = 0;
-let extra = 0;
-const okKeys = new Set<string>();
-for (const r of [warm, run]) {
-  for (const req of r.okRequests) {
-    const key = `${r.tag}/${req}`;
-    okKeys.add(key);
-    missing += BATCH - (stored.get(key)?.u ?? 0);
-  }
-}
-for (const [key, x] of stored) {
-  twice += x.n - x.u;
-  if (!okKeys.has(key)) extra += x.u; // answered non-2xx (or unanswered) but stored: allowed
-}
-const answered2xx = [warm, run].reduce((a, r) => a + r.okRequests.length * BATCH, 0);
+const v = await verify(query, CONNECTIONS, connectionOf, O.batch, [warm, run]);
 const [parts] = await query<{ b: string; r: string }>(
   `SELECT sum(bytes_on_disk) AS b, sum(rows) AS r FROM system.parts WHERE database = 'tributary' AND table = 'events' AND active`,
 ).catch(() => [{ b: "0", r: "0" }]);
 const chBytesPerRow = Number(parts!.b) / Math.max(1, Number(parts!.r));
-const fixtures = fixtureEvents(FIXTURES);
+const fixtures = fixtureEvents(O.fixtures);
 const eventJsonBytes = fixtures.reduce((a, e) => a + JSON.stringify(e).length, 0) / fixtures.length;
+// The share the hash gives the largest stream when every connection gets the same load.
+const shardsPer = layout.streams.map(() => 0);
+for (const c of CONNECTIONS) for (let s = 0; s < DEDUP_SHARDS; s++) shardsPer[layout.partitionOf(c, s)]!++;
+const expectedHighestShare = Math.max(...shardsPer) / (CONNECTIONS.length * DEDUP_SHARDS);
 
 await Promise.all([ingest.stop(), pipeline.stop()]);
 await nc.close();
 await db.close();
-await Promise.all([...natsServers.map((s) => s.stop()), ch.stop()]);
+await Promise.all([...natsServers.map((s) => s.server.stop()), ch.stop()]);
 
-// ---------------------------------------------------------------- report
-
-const events = run.accepted;
-const f = (n: number, d = 0) =>
-  (n ?? NaN).toLocaleString("en-US", { minimumFractionDigits: d, maximumFractionDigits: d });
-const lines: string[] = [];
-lines.push(
-  `Steady load: ${f(RATE)} events/s offered for ${SECONDS} s (${BATCH} events per request, open loop), ${f(events)} accepted ` +
-    `(${f(run.eventsPerSecond)} events/s, p50 ${f(run.p50, 1)} ms, p99 ${f(run.p99, 1)} ms); ` +
-    `window ${f(window, 1)} s = load + ${f(drainSeconds, 1)} s until ClickHouse had them all + ${SETTLE_SECONDS} s settle; ` +
-    `pipeline backlog peaked at ${f(maxLag)} messages. Events average ${f(eventJsonBytes)} bytes of JSON. Stream replicas: ${REPLICAS}. ` +
-    `Machine: ${navigator.hardwareConcurrency} cores, load average ${loadBefore} before and ${loadAfter} after (other work on the machine shows here).`,
-);
-lines.push("");
-lines.push(
-  "| component | process | CPU-s in window | CPU-s per 1M events | events/s per core | idle cores | peak RSS MiB (window) | VmHWM MiB |",
-);
-lines.push("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |");
-for (const c of components) {
-  const perM = (c.cpu / events) * 1e6;
-  lines.push(
-    `| ${c.name} | ${c.what} | ${f(c.cpu, 1)} | ${f(perM, 1)} | ${f(events / c.cpu)} | ${f(c.idleCores, 3)} | ${f(c.peakRss / MiB)} | ${f(c.hwm / MiB)} |`,
-  );
-}
-const total = components.reduce((a, c) => a + c.cpu, 0);
-lines.push(`| all four | | ${f(total, 1)} | ${f((total / events) * 1e6, 1)} | ${f(events / total)} | | | |`);
-lines.push(
-  `| (load generator) | bench/loadgen.ts | ${f(run.cpuSeconds, 1)} | ${f((run.cpuSeconds / events) * 1e6, 1)} | | | | |`,
-);
-if (REPLICAS > 1) {
-  const nats = components[1]!;
-  lines.push("");
-  lines.push(
-    `NATS per server (stream leader at the end: ${leader}): ` +
-      natsServers
-        .map((srv, i) => `${srv.serverName} ${f(((nats.perProcess[i] ?? 0) / events) * 1e6, 1)} CPU-s per 1M events`)
-        .join(", ") +
-      ".",
-  );
-}
-lines.push("");
-lines.push(
-  `Storage: ${f(streamBytesPerEvent)} bytes per event in the stream (per replica; ${f(streamInfo.state.messages)} messages, ${f(streamInfo.state.bytes / MiB, 1)} MiB), ` +
-    `so one hour of ClickHouse outage at 1,000 events/s needs ${f((streamBytesPerEvent * 1000 * 3600) / 2 ** 30, 2)} GiB of stream per replica; ` +
-    `ClickHouse keeps ${f(chBytesPerRow)} bytes per row on disk (compressed, after merges so far; the fixtures repeat three events, so real data compresses far less).`,
-);
-const ok = have >= want && answered2xx === want && missing === 0 && twice === 0;
-lines.push(
-  `Verification (tributary.events FINAL, request by request): ${f(want)} events answered 2xx (warm-up included), ${f(missing)} missing, ${f(twice)} stored twice` +
-    `${extra ? `, ${f(extra)} stored though not answered 2xx (allowed)` : ""}; ${f(Number(distinct!.u))} distinct messageIds, ${f(Number(distinct!.c))} rows before FINAL: ` +
-    `${ok ? "every accepted event is there exactly once" : answered2xx !== want ? "the 2xx answers do not add up (loadgen bug)" : "NOT EXACTLY ONCE"}.`,
-);
-console.log(lines.join("\n"));
-console.log(
-  JSON.stringify({
-    rate: RATE,
-    seconds: SECONDS,
-    batch: BATCH,
-    replicas: REPLICAS,
-    accepted: events,
-    eventsPerSecond: run.eventsPerSecond,
-    p50: run.p50,
-    p99: run.p99,
-    window,
-    drainSeconds,
-    maxLag,
-    eventJsonBytes,
-    streamBytesPerEvent,
-    chBytesPerRow,
-    streamLeader: leader,
-    components: components.map((c) => ({
-      name: c.name,
-      perProcessCpuSeconds: c.perProcess,
-      cpuSeconds: c.cpu,
-      cpuSecondsPerMillion: (c.cpu / events) * 1e6,
-      eventsPerSecondPerCore: events / c.cpu,
-      idleCores: c.idleCores,
-      peakRssMiB: c.peakRss / MiB,
-      hwmMiB: c.hwm / MiB,
-    })),
-    loadgenCpuSeconds: run.cpuSeconds,
-    cores: navigator.hardwareConcurrency,
-    loadAverage: [loadBefore, loadAfter],
-    verified: ok,
-    missing,
-    storedTwice: twice,
-    extra,
-  }),
-);
+const ok = have >= want && v.answered2xx === want && v.missing === 0 && v.twice === 0 && v.misrouted === 0;
+const out = report({
+  o: O,
+  run,
+  components,
+  nats,
+  natsServers: natsServers.map((s, i) => ({ name: s.name, varz: varzWindow[i] })),
+  writes,
+  expectedHighestShare,
+  shardsPerStream: shardsPer,
+  consumerLeaders,
+  window,
+  drainSeconds,
+  maxLag,
+  loadAverage: [loadBefore, loadAfter],
+  eventJsonBytes,
+  streamBytesPerEvent: storedBytes / want,
+  storedMessages,
+  storedBytes,
+  chBytesPerRow,
+  verification: v,
+  distinct: { u: Number(distinct!.u), c: Number(distinct!.c) },
+  want,
+  ok,
+});
+console.log(out.markdown);
+console.log(JSON.stringify(out.json));
 process.exit(ok ? 0 : 1);

@@ -14,8 +14,13 @@ export interface LoadSpec {
   host: string;
   port: number;
   path: string;
-  /** One write key per connection slot (round-robin when there are more connections). */
+  /** The write keys: by socket (slot i sends with keys[i % keys.length]) or, with
+   *  `keyPerRequest`, request n sends with keys[n % keys.length]. */
   keys: string[];
+  /** Round-robin over the keys by request rather than by socket, so each key gets the same share
+   *  however the open loop picks its sockets (a key names a connection; capacity spreads a load
+   *  over several). The keys must all have the same length: each is rewritten in place. */
+  keyPerRequest?: boolean;
   /** "closed": `connections` senders, each sending its next request when the last is answered.
    *  "open": requests start on a fixed schedule at `eventsPerSecond`, whatever the answers. */
   mode: "closed" | "open";
@@ -102,6 +107,13 @@ export function bodyTemplate(spec: Pick<LoadSpec, "batch" | "tag" | "fixturesDir
   return { body, holes };
 }
 
+const encodedKeys = new Map<string, Uint8Array>();
+const keyBytes = (key: string) => {
+  let b = encodedKeys.get(key);
+  if (!b) encodedKeys.set(key, (b = new TextEncoder().encode(key)));
+  return b;
+};
+
 interface Pending {
   started: number;
   resolve: (r: { status: number; body: string } | undefined) => void;
@@ -117,6 +129,8 @@ class Conn {
   busy = false;
   #buf: Uint8Array;
   #holes: number[];
+  /** Where the write key starts in #buf (rewritten per request with keyPerRequest). */
+  #keyAt: number;
   #out?: Uint8Array;
   #writeDone = true;
   #pending?: Pending;
@@ -130,9 +144,10 @@ class Conn {
     template: { body: Uint8Array; holes: number[] },
   ) {
     const key = spec.keys[slot % spec.keys.length]!;
+    const before = `POST ${spec.path} HTTP/1.1\r\nHost: ${spec.host}:${spec.port}\r\nAuthorization: Bearer `;
+    this.#keyAt = new TextEncoder().encode(before).length;
     const head = new TextEncoder().encode(
-      `POST ${spec.path} HTTP/1.1\r\nHost: ${spec.host}:${spec.port}\r\nAuthorization: Bearer ${key}\r\n` +
-        `Content-Type: application/json\r\nContent-Length: ${template.body.length}\r\n\r\n`,
+      `${before}${key}\r\nContent-Type: application/json\r\nContent-Length: ${template.body.length}\r\n\r\n`,
     );
     this.#buf = new Uint8Array(head.length + template.body.length);
     this.#buf.set(head, 0);
@@ -173,6 +188,7 @@ class Conn {
     const digits = String(request).padStart(ID_DIGITS, "0");
     const codes = Array.from(digits, (c) => c.charCodeAt(0));
     for (const h of this.#holes) for (let j = 0; j < ID_DIGITS; j++) this.#buf[h + j] = codes[j]!;
+    if (this.spec.keyPerRequest) this.#buf.set(keyBytes(this.spec.keys[request % this.spec.keys.length]!), this.#keyAt);
     this.busy = true;
     const answer = new Promise<{ status: number; body: string } | undefined>(
       (resolve) => (this.#pending = { started, resolve }),
@@ -270,6 +286,8 @@ class Conn {
 }
 
 export async function runLoad(spec: LoadSpec): Promise<LoadResult> {
+  if (spec.keyPerRequest && new Set(spec.keys.map((k) => keyBytes(k).length)).size !== 1)
+    throw new Error("loadgen: keyPerRequest needs keys of one length (each is rewritten in place)");
   const template = bodyTemplate(spec);
   const bodyBytes = template.body.length;
 
