@@ -10,7 +10,7 @@ import { DataDirInUseError, lockDataDir } from "./services/data-lock.ts";
 import { HTTP_PORT, VERSION, startNode, type RunningNode } from "./node.ts";
 import { banner } from "./ops/start-banner.ts";
 import { USAGE } from "./ops/start-usage.ts";
-import { log, logFormat, setLogFormat } from "./util/log.ts";
+import { log, logFormat, setLogFormat, setLogLevel } from "./util/log.ts";
 
 /**
  * `npm start`: runs a node. Without NATS_URL / CLICKHOUSE_URL it starts and owns local servers
@@ -30,6 +30,7 @@ process.on("exit", () => {
 
 async function main() {
   const options = optionsFromEnv();
+  setLogLevel(options.logLevel);
   if (options.logFormat) setLogFormat(options.logFormat);
   // Every port before anything starts: a second `npm start` is refused without touching the
   // first one's services. The node's own listen (without SO_REUSEPORT) is the final word.

@@ -1,6 +1,6 @@
 import { type Static, type TObject, type TSchema, Type } from "@sinclair/typebox";
 import { Value } from "@sinclair/typebox/value";
-import type { LogFormat } from "../util/log.ts";
+import { LOG_LEVELS, type LogFormat, type LogLevel } from "../util/log.ts";
 
 /**
  * The node's settings: every environment variable it reads, with its type, range, default and
@@ -143,11 +143,7 @@ export const Environment = Type.Object({
   // 65534: nobody/nogroup.
   TRIBUTARY_SANDBOX_UID: int(1, 65534, "User id sandbox processes run as when the node runs as root."),
   TRIBUTARY_SANDBOX_GID: int(1, 65534, "Group id sandbox processes run as when the node runs as root."),
-  LOG_LEVEL: oneOf(
-    ["debug", "info", "warn", "error"] as const,
-    "Least severe level logged: `debug`, `info`, `warn` or `error`.",
-    "info",
-  ),
+  LOG_LEVEL: oneOf(LOG_LEVELS, "Least severe level logged: `debug`, `info`, `warn` or `error`.", "info"),
   LOG_FORMAT: Type.Optional(
     oneOf(
       ["json", "pretty"] as const,
@@ -206,6 +202,8 @@ export interface NodeOptions {
   pipelineWorkers: number;
   /** Threads answering HTTP; 0: one per core. */
   ingestWorkers: number;
+  /** LOG_LEVEL: the least severe level logged (src/main.ts sets it in src/util/log.ts). */
+  logLevel: LogLevel;
   /** LOG_FORMAT; unset: pretty when stderr is a terminal, JSON otherwise (src/util/log.ts). */
   logFormat?: LogFormat;
 }
@@ -246,6 +244,7 @@ function toOptions(env: Environment): NodeOptions {
     expressionTimeoutMs: env.TRIBUTARY_EXPRESSION_TIMEOUT_MS,
     pipelineWorkers: env.TRIBUTARY_PIPELINE_WORKERS,
     ingestWorkers: env.TRIBUTARY_INGEST_WORKERS,
+    logLevel: env.LOG_LEVEL,
     logFormat: env.LOG_FORMAT,
   };
 }

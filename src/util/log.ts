@@ -4,15 +4,30 @@ import { AsyncLocalStorage } from "node:async_hooks";
  * Log records on stderr: one JSON line each, so operators can ship logs without parsing prose,
  * or, on a terminal, one compact `time LEVEL msg k=v` line each (LOG_FORMAT=pretty|json; the
  * default is pretty when stderr is a terminal, JSON otherwise).
+ * LOG_LEVEL and LOG_FORMAT are validated with the other variables (src/config/env.ts) by the
+ * process that parses the environment, which sets them here (src/main.ts). This module is below
+ * the configuration, so a process that has not (a node's threads and worker processes, which
+ * inherit the environment the node validated; tests; tools) reads them leniently, as env.ts does.
  * Records written while serving a request carry its id (also sent back as X-Request-Id).
  * Nothing here logs bodies, write keys or secrets: callers pass only ids, counts and errors.
  */
 export const requestContext = new AsyncLocalStorage<{ requestId: string }>();
-type Level = "debug" | "info" | "warn" | "error";
+export type LogLevel = "debug" | "info" | "warn" | "error";
+/** The levels, least severe first: LOG_LEVEL takes one of them (src/config/env.ts). */
+export const LOG_LEVELS = ["debug", "info", "warn", "error"] as const satisfies readonly LogLevel[];
 export type LogFormat = "json" | "pretty";
 export const LOG_FORMATS: readonly LogFormat[] = ["json", "pretty"];
-const order: Record<Level, number> = { debug: 10, info: 20, warn: 30, error: 40 };
-let threshold = order[(process.env.LOG_LEVEL as Level) ?? "info"] ?? order.info;
+const order: Record<LogLevel, number> = { debug: 10, info: 20, warn: 30, error: 40 };
+
+/**
+ * LOG_LEVEL when it names a level (in any case, as env.ts reads it), else info: the level of a
+ * process that has not set one from its validated options.
+ */
+export function defaultLogLevel(env: Record<string, string | undefined> = process.env): LogLevel {
+  const l = env.LOG_LEVEL?.toLowerCase();
+  return l !== undefined && Object.hasOwn(order, l) ? (l as LogLevel) : "info";
+}
+let threshold = order[defaultLogLevel()];
 
 /** LOG_FORMAT when it names a format, else pretty on a terminal and JSON elsewhere. */
 export function defaultLogFormat(
@@ -26,7 +41,7 @@ let format: LogFormat = defaultLogFormat();
 // Colours only for a person looking at a terminal (https://no-color.org).
 const colour = !!process.stderr.isTTY && !process.env.NO_COLOR;
 
-export function setLogLevel(level: Level): void {
+export function setLogLevel(level: LogLevel): void {
   threshold = order[level];
 }
 export function setLogFormat(f: LogFormat): void {
@@ -36,7 +51,7 @@ export function logFormat(): LogFormat {
   return format;
 }
 
-const LEVEL_TEXT: Record<Level, [string, string]> = {
+const LEVEL_TEXT: Record<LogLevel, [string, string]> = {
   debug: ["DEBUG", "\x1b[90m"],
   info: ["INFO ", "\x1b[36m"],
   warn: ["WARN ", "\x1b[33m"],
@@ -50,7 +65,7 @@ function show(v: unknown): string {
   return JSON.stringify(v) ?? String(v);
 }
 
-export function prettyLine(level: Level, msg: string, fields: Record<string, unknown>, now = new Date()): string {
+export function prettyLine(level: LogLevel, msg: string, fields: Record<string, unknown>, now = new Date()): string {
   const [name, c] = LEVEL_TEXT[level];
   const time = now.toTimeString().slice(0, 8);
   const lvl = colour ? `${c}${name}\x1b[0m` : name;
@@ -64,7 +79,7 @@ export function prettyLine(level: Level, msg: string, fields: Record<string, unk
   return line + tail + "\n";
 }
 
-function write(level: Level, msg: string, fields?: Record<string, unknown>) {
+function write(level: LogLevel, msg: string, fields?: Record<string, unknown>) {
   if (order[level] < threshold) return;
   const requestId = requestContext.getStore()?.requestId;
   const all = { ...(requestId && { requestId }), ...fields };

@@ -85,11 +85,11 @@ describe("the environment (src/config/env.ts)", () => {
     expect(parseSandboxEnvironment({ TRIBUTARY_SANDBOX_CPU_SECONDS: "30" }).TRIBUTARY_SANDBOX_CPU_SECONDS).toBe(30);
     // Until each component reads its defaults from env.ts, the copies they still hold must agree.
     const { defaultSandboxOptions } = await import("../../src/pipeline/transform/sandbox-isolation.ts");
-    const { transformLimitDefaults: limits } = await import("../../src/pipeline/transform/types.ts");
+    const { resolveLimits } = await import("../../src/pipeline/transform/host.ts");
     const { refusalLogDefaults: refusals } = await import("../../src/ingest/refusal-log.ts");
     const { inserterDefaults: inserter } = await import("../../src/sink/clickhouse/inserter.ts");
     expect(defaultSandboxOptions()).toMatchObject(sandboxDefaults);
-    expect(limits).toEqual(transformLimitDefaults);
+    expect(resolveLimits()).toEqual(transformLimitDefaults);
     expect(refusals).toEqual(refusalLogDefaults);
     expect(inserter).toEqual(inserterDefaults);
     expect(batchDefaults.maxRows).toBe(defaultOptions().batchMaxRows);

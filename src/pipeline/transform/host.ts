@@ -10,12 +10,7 @@
  *
  * Chunking and results checks live here too, and are used by the node's side (sandbox-process.ts).
  */
-import {
-  transformLimitDefaults,
-  type SandboxedTransform,
-  type TransformLimits,
-  type TransformResult,
-} from "./types.ts";
+import type { SandboxedTransform, TransformLimits, TransformResult } from "./types.ts";
 
 export const fail = (error: string): TransformResult => ({ ok: false, error });
 
@@ -23,9 +18,19 @@ export function formatBytes(n: number): string {
   return n >= 1024 * 1024 ? `${Math.round((n / 1024 / 1024) * 10) / 10} MiB` : `${n} bytes`;
 }
 
+/**
+ * The defaults of the limits (TRIBUTARY_TRANSFORM_TIMEOUT_MS / _MEMORY_MB), from the node's
+ * configuration. Loaded only when asked: the sandbox process is always given both limits by the
+ * node, and loading the configuration (TypeBox) there would add ~70 ms to every sandbox start.
+ */
+function transformLimitDefaults(): TransformLimits {
+  return (require("../../config/env.ts") as typeof import("../../config/env.ts")).transformLimitDefaults;
+}
+
 /** The limits with their defaults; a RangeError for limits no sandbox can honour. */
 export function resolveLimits(limits?: Partial<TransformLimits>): TransformLimits {
-  const l: TransformLimits = { ...transformLimitDefaults, ...limits };
+  const given = limits?.timeoutMs !== undefined && limits.memoryBytes !== undefined;
+  const l = { ...(given ? undefined : transformLimitDefaults()), ...limits } as TransformLimits;
   if (!(l.timeoutMs > 0) || !(l.memoryBytes > 0)) throw new RangeError(`invalid transform limits ${JSON.stringify(l)}`);
   return l;
 }

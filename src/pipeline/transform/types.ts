@@ -8,10 +8,6 @@ export interface TransformLimits {
   memoryBytes: number;
 }
 
-// Also in config/env.ts (env.test.ts keeps the two equal): this file is loaded inside the sandbox
-// process, which should not load the node's configuration module.
-export const transformLimitDefaults: TransformLimits = { timeoutMs: 100, memoryBytes: 64 * 1024 * 1024 };
-
 /** A user transformation running sandboxed; events go in batches so host↔guest crossings stay few. */
 export interface SandboxedTransform {
   /** One result per event, in order. Never throws for what user code does; a broken sandbox is rebuilt. */
