@@ -10,7 +10,7 @@ import { busOptionsOf, connectBus } from "../src/bus/connection.ts";
 import { holdsForgottenUser } from "../src/event/selection.ts";
 import { watchForgotten } from "../src/pipeline/users/forgotten.ts";
 import { DLQ_STREAM, ensureDlqStream, readDeadLetters } from "../src/bus/dead-letters.ts";
-import { connectWarehouse } from "../src/sink/clickhouse/server.ts";
+import { connectWarehouse, warehouseOptionsOf } from "../src/sink/clickhouse/server.ts";
 import { clickHouseSink } from "../src/sink/clickhouse/sink.ts";
 import { loadConfig } from "../src/config/loader.ts";
 import { resolveDestination } from "../src/config/destination.ts";
@@ -35,8 +35,8 @@ $TRIBUTARY_PIPELINES (default ./pipelines) nor in the streams is an error.
       --json            one JSON document per dead letter
   -h, --help            this help
 
-Environment: NATS_URL, CLICKHOUSE_URL, CLICKHOUSE_USER, CLICKHOUSE_PASSWORD, TRIBUTARY_DATABASE,
-TRIBUTARY_PIPELINES, as for the node.`;
+Environment: NATS_URL, CLICKHOUSE_URL, CLICKHOUSE_USER, CLICKHOUSE_PASSWORD, TRIBUTARY_CLICKHOUSE_CLUSTER,
+TRIBUTARY_DATABASE, TRIBUTARY_PIPELINES, as for the node.`;
 
 const { values, positionals } = parseCommand({
   name: "dlq",
@@ -82,14 +82,7 @@ try {
     const exports = letters.filter((l) => (l as { kind?: string }).kind === "export");
     let landed = exports.length ? await redriveExports(exports as (StoredDeadLetter & ExportDeadLetter)[]) : 0;
     const rows = letters.filter((l) => (l as { kind?: string }).kind !== "export");
-    const warehouse = rows.length
-      ? await connectWarehouse({
-          url: o.clickhouseUrl ?? "http://127.0.0.1:8123",
-          username: o.clickhouseUser,
-          password: o.clickhousePassword,
-          database: o.database,
-        })
-      : undefined;
+    const warehouse = rows.length ? await connectWarehouse(warehouseOptionsOf(o)) : undefined;
     const byTable = new Map<string, typeof letters>();
     for (const l of rows) {
       // A users pipeline's refused event, not a row: it lands by replaying it once its cause is fixed.

@@ -6,7 +6,7 @@
 import { optionsFromEnv } from "../src/config/env.ts";
 import { ConfigError, loadConfig } from "../src/config/loader.ts";
 import { busOptionsOf, connectBus } from "../src/bus/connection.ts";
-import { connectWarehouse } from "../src/sink/clickhouse/server.ts";
+import { connectWarehouse, warehouseOptionsOf } from "../src/sink/clickhouse/server.ts";
 import { type IdentityRules, rulesOf } from "../src/pipeline/users/identity-rules.ts";
 import { ForgetError, forgetUser, unforgetUser } from "../src/pipeline/users/forget.ts";
 import { fail, parseCommand } from "./cli.ts";
@@ -25,8 +25,8 @@ saying what was removed.
                 new events are taken again)
   -h, --help    this help
 
-Environment: NATS_URL, CLICKHOUSE_URL, CLICKHOUSE_USER, CLICKHOUSE_PASSWORD, TRIBUTARY_DATABASE,
-TRIBUTARY_PIPELINES, as for the node.`;
+Environment: NATS_URL, CLICKHOUSE_URL, CLICKHOUSE_USER, CLICKHOUSE_PASSWORD, TRIBUTARY_CLICKHOUSE_CLUSTER,
+TRIBUTARY_DATABASE, TRIBUTARY_PIPELINES, as for the node.`;
 
 const { values, positionals } = parseCommand({
   name: "forget",
@@ -50,12 +50,7 @@ try {
       if (e instanceof ConfigError) fail("forget", e.message);
       throw e;
     }
-    const warehouse = await connectWarehouse({
-      url: o.clickhouseUrl ?? "http://127.0.0.1:8123",
-      username: o.clickhouseUser,
-      password: o.clickhousePassword,
-      database: o.database,
-    });
+    const warehouse = await connectWarehouse(warehouseOptionsOf(o));
     try {
       console.log(JSON.stringify(await forgetUser(warehouse, bus.js, id, rules, o.streamReplicas)));
     } catch (e) {

@@ -7,7 +7,7 @@
 import { optionsFromEnv } from "../src/config/env.ts";
 import { ConfigError, loadConfig } from "../src/config/loader.ts";
 import { busOptionsOf, connectBus } from "../src/bus/connection.ts";
-import { connectWarehouse } from "../src/sink/clickhouse/server.ts";
+import { connectWarehouse, warehouseOptionsOf } from "../src/sink/clickhouse/server.ts";
 import { replay, ReplayError, type ReplayProgress } from "../src/pipeline/replay.ts";
 import { parseCommand, usageError } from "./cli.ts";
 import { watchForgotten } from "../src/pipeline/users/forgotten.ts";
@@ -27,8 +27,8 @@ progress bar on stderr, then one JSON line with the counts.
       --dry-run         count what would be loaded; load nothing
   -h, --help            this help
 
-Environment: NATS_URL, CLICKHOUSE_URL, CLICKHOUSE_USER, CLICKHOUSE_PASSWORD, TRIBUTARY_DATABASE,
-TRIBUTARY_PIPELINES, as for the node.`;
+Environment: NATS_URL, CLICKHOUSE_URL, CLICKHOUSE_USER, CLICKHOUSE_PASSWORD, TRIBUTARY_CLICKHOUSE_CLUSTER,
+TRIBUTARY_DATABASE, TRIBUTARY_PIPELINES, as for the node.`;
 
 const spec = {
   name: "replay",
@@ -49,12 +49,7 @@ const o = optionsFromEnv();
 const bus = await connectBus(busOptionsOf(o, "tributary-replay"));
 // Forgotten users' events are dropped by the replay's selection too (npm run forget).
 const stopForgotten = await watchForgotten(bus.js, o.streamReplicas);
-const warehouse = await connectWarehouse({
-  url: o.clickhouseUrl ?? "http://127.0.0.1:8123",
-  username: o.clickhouseUser,
-  password: o.clickhousePassword,
-  database: o.database,
-});
+const warehouse = await connectWarehouse(warehouseOptionsOf(o));
 const abort = new AbortController();
 process.on("SIGINT", () => abort.abort());
 

@@ -6,7 +6,7 @@
 import { optionsFromEnv } from "../src/config/env.ts";
 import { ConfigError, loadConfig } from "../src/config/loader.ts";
 import { busOptionsOf, connectBus } from "../src/bus/connection.ts";
-import { connectWarehouse } from "../src/sink/clickhouse/server.ts";
+import { connectWarehouse, warehouseOptionsOf } from "../src/sink/clickhouse/server.ts";
 import { rulesOf } from "../src/pipeline/users/identity-rules.ts";
 import { resolveWarehouse } from "../src/pipeline/users/resolve-warehouse.ts";
 import { fail, parseCommand } from "./cli.ts";
@@ -21,8 +21,9 @@ enable them again after: they resume where they stopped. Prints one JSON line wi
 
   -h, --help   this help
 
-Environment: NATS_URL, CLICKHOUSE_URL, CLICKHOUSE_USER, CLICKHOUSE_PASSWORD, TRIBUTARY_DATABASE,
-TRIBUTARY_PIPELINES, TRIBUTARY_STREAM_REPLICAS, as for the node.`;
+Environment: NATS_URL, CLICKHOUSE_URL, CLICKHOUSE_USER, CLICKHOUSE_PASSWORD, TRIBUTARY_CLICKHOUSE_CLUSTER,
+TRIBUTARY_DATABASE, TRIBUTARY_PIPELINES, TRIBUTARY_STREAM_REPLICAS,
+as for the node.`;
 
 parseCommand({ name: "resolve", usage: USAGE, options: {} });
 const o = optionsFromEnv();
@@ -35,12 +36,7 @@ try {
 }
 if (!Object.keys(config.customerModel).length) fail("resolve", "the configuration has no Customer Model");
 const bus = await connectBus(busOptionsOf(o, "tributary-resolve"));
-const warehouse = await connectWarehouse({
-  url: o.clickhouseUrl ?? "http://127.0.0.1:8123",
-  username: o.clickhouseUser,
-  password: o.clickhousePassword,
-  database: o.database,
-});
+const warehouse = await connectWarehouse(warehouseOptionsOf(o));
 try {
   const rules = rulesOf(config);
   const summary = await resolveWarehouse(warehouse, bus.js, bus.jsm, config.customerModel, rules, o.streamReplicas);

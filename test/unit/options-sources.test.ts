@@ -8,6 +8,7 @@ import {
   transformLimitDefaults,
 } from "../../src/config/env.ts";
 import { resolveLimits } from "../../src/pipeline/transform/host.ts";
+import { warehouseOptionsOf } from "../../src/sink/clickhouse/server.ts";
 import { defaultLogLevel, LOG_LEVELS } from "../../src/util/log.ts";
 
 /** Issue 18: src/config/env.ts is the one source of the defaults, and its refusals name the variable. */
@@ -84,4 +85,31 @@ describe("transform limits", () => {
     expect(await p.exited).toBe(0);
     expect(JSON.parse(out)).toEqual([]);
   }, 30_000);
+});
+
+describe("warehouseOptionsOf", () => {
+  test("is the node's ClickHouse settings, cluster included", () => {
+    expect(
+      warehouseOptionsOf(
+        parseOptions({
+          CLICKHOUSE_URL: "http://a:8123,http://b:8123",
+          CLICKHOUSE_USER: "u",
+          CLICKHOUSE_PASSWORD: "p",
+          TRIBUTARY_DATABASE: "d",
+          TRIBUTARY_CLICKHOUSE_CLUSTER: "c",
+        }),
+      ),
+    ).toEqual({ url: "http://a:8123,http://b:8123", username: "u", password: "p", database: "d", cluster: "c" });
+  });
+
+  test("without CLICKHOUSE_URL: the local clickhouse-server npm start runs, on its port", () => {
+    expect(warehouseOptionsOf(defaultOptions())).toMatchObject({
+      url: `http://127.0.0.1:${defaultOptions().clickhouseHttpPort}`,
+      username: "default",
+      password: "",
+      database: "tributary",
+      cluster: undefined,
+    });
+    expect(warehouseOptionsOf(parseOptions({ CLICKHOUSE_HTTP_PORT: "9123" })).url).toBe("http://127.0.0.1:9123");
+  });
 });

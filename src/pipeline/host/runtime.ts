@@ -7,7 +7,7 @@ import type { OutcomeRecorder } from "../../event/outcome.ts";
 import type { PipelineSnapshot } from "../stats.ts";
 import { migrateEventsTable } from "../../sink/clickhouse/events-table.ts";
 import type { InserterOptions } from "../../sink/clickhouse/inserter.ts";
-import { connectWarehouse, type Warehouse } from "../../sink/clickhouse/server.ts";
+import { connectWarehouse, warehouseOptionsOf, type Warehouse } from "../../sink/clickhouse/server.ts";
 import { log } from "../../util/log.ts";
 import { PipelineManager } from "../manager.ts";
 import { watchForgotten } from "../users/forgotten.ts";
@@ -73,13 +73,7 @@ export class PipelineRuntime implements Pipelines {
     if (!o.clickhouseUrl) return false;
     for (let delay = 250; !this.#stopping; delay = Math.min(delay * 2, 10_000)) {
       try {
-        this.#warehouse = await connectWarehouse({
-          url: o.clickhouseUrl,
-          username: o.clickhouseUser,
-          password: o.clickhousePassword,
-          database: o.database,
-          cluster: o.clickhouseCluster,
-        });
+        this.#warehouse = await connectWarehouse(warehouseOptionsOf(o));
         await migrateEventsTable(this.#warehouse);
         await ensureDlqStream(this.bus.jsm, o.streamReplicas);
         // Forgotten users' events are dropped by every pipeline of this process from its first batch.

@@ -1,4 +1,5 @@
 import { createClient, ClickHouseLogLevel, type ClickHouseClient } from "@clickhouse/client";
+import { defaults } from "../../config/env.ts";
 import { log } from "../../util/log.ts";
 import { clickHouseCode } from "./errors.ts";
 import { JsonInsert } from "./http-insert.ts";
@@ -19,6 +20,28 @@ export interface ClickHouseOptions {
    * Replicated*MergeTree, and rows go to whichever replica answers (see README, Replicated ClickHouse).
    */
   cluster?: string;
+}
+
+/**
+ * The ClickHouse settings of a node's options: the node's pipelines and the tools (replay, dlq,
+ * forget, resolve) connect as one, so a tool on a replicated warehouse creates what it creates
+ * ON CLUSTER too. Without CLICKHOUSE_URL: the local clickhouse-server `npm start` runs.
+ */
+export function warehouseOptionsOf(o: {
+  clickhouseUrl?: string;
+  clickhouseHttpPort?: number;
+  clickhouseUser: string;
+  clickhousePassword: string;
+  clickhouseCluster?: string;
+  database: string;
+}): ClickHouseOptions {
+  return {
+    url: o.clickhouseUrl ?? `http://127.0.0.1:${o.clickhouseHttpPort ?? defaults.clickhouseHttpPort}`,
+    username: o.clickhouseUser,
+    password: o.clickhousePassword,
+    database: o.database,
+    cluster: o.clickhouseCluster,
+  };
 }
 
 /** What the connected server can do; DDL and inserts adapt to it (18.16 in tests, 24+ in production). */
