@@ -119,6 +119,25 @@ export class NatsCluster {
     throw new Error(`${name} did not become leader of ${stream}`);
   }
 
+  /** Each stream's leader (server_name), once each has one. */
+  async leaders(streams: readonly string[]): Promise<Record<string, string>> {
+    const out: Record<string, string> = {};
+    for (const stream of streams) out[stream] = await this.streamLeader(stream);
+    return out;
+  }
+
+  /** Moves the stream's leadership (random new leader each step-down) until `name` does not lead it. */
+  async moveLeaderOff(name: string, stream = STREAM, attempts = 20): Promise<string> {
+    const { nc } = await this.admin();
+    for (let i = 0; i < attempts; i++) {
+      const leader = await this.streamLeader(stream);
+      if (leader !== name) return leader;
+      await nc.request(`$JS.API.STREAM.LEADER.STEPDOWN.${stream}`, "", { timeout: 5000 }).catch(() => {});
+      await Bun.sleep(500);
+    }
+    throw new Error(`${name} still leads ${stream}`);
+  }
+
   /** Waits until every replica of the stream is current (a restarted server caught up). */
   async replicasCurrent(stream = STREAM, want = this.servers.length - 1, timeoutMs = 30_000): Promise<StreamInfo> {
     const deadline = Date.now() + timeoutMs;
