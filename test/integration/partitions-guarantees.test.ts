@@ -1,0 +1,253 @@
+import { afterAll, expect, test } from "bun:test";
+import { connect } from "@nats-io/transport-node";
+import { DeliverPolicy, jetstream } from "@nats-io/jetstream";
+import { useStack } from "../harness/stack.ts";
+import { webhookConnection } from "../harness/services.ts";
+import { WebhookReceiver } from "../harness/webhook-receiver.ts";
+import { idsByUser, jsonLines, letterIds, runScript } from "../harness/destinations.ts";
+import { expectExactlyOnce } from "../harness/warehouse.ts";
+import { DEDUP_SHARDS, shardOf, streamLayout } from "../../src/bus/subjects.ts";
+
+/**
+ * Issue 22: the guarantees of one events stream hold per partition, on one nats-server with three
+ * partition streams: rows ClickHouse refuses are dead-lettered by their pipeline from every
+ * partition (listed by `dlq`, redriven once fixed, then in `tributary.events FINAL` once), and an
+ * export pipeline sends every event, each user's in its partition's stream order. (Dedup, replay and
+ * back-pressure per partition: partitions.test.ts and backpressure.test.ts; a lost leader:
+ * partitions-cluster.test.ts.)
+ */
+
+const PARTITIONS = 3;
+const layout = streamLayout(PARTITIONS);
+
+/** A connection name whose shards are on every partition (most are: see the last test). */
+function spreadName(base: string): string {
+  for (let i = 0; ; i++) if (layout.partitionsOf(`${base}${i}`).length === PARTITIONS) return `${base}${i}`;
+}
+const DL_A = spreadName("dla");
+const DL_B = spreadName("dlb");
+const EXP = spreadName("exp");
+
+/** `count` messageIds `<prefix>-<n>` whose shards are on `partition` of `connection`. */
+function idsOn(connection: string, partition: number, prefix: string, count: number): string[] {
+  const out: string[] = [];
+  for (let n = 0; out.length < count; n++) {
+    const id = `${prefix}-${n}`;
+    if (layout.partitionOf(connection, shardOf(id)) === partition) out.push(id);
+  }
+  return out;
+}
+
+// Order under failures: a 500 or 503 every few requests, several users in flight at once.
+const receiver = await WebhookReceiver.start({ format: "json-array" });
+receiver.decide = (r) =>
+  r.n % 5 === 1 ? { status: 500, body: "boom" } : r.n % 7 === 3 ? { status: 503, body: "later" } : undefined;
+
+const imports = "pipelines:\n  - name: all\n    import: events\n";
+const stack = useStack(
+  {
+    "a.yaml": webhookConnection(DL_A, ["key-dl-a-000001"], imports),
+    "b.yaml": webhookConnection(DL_B, ["key-dl-b-000001"], imports),
+    "exp.yaml": webhookConnection(
+      EXP,
+      ["key-exp-0000001"],
+      `pipelines:
+  - name: to-hook
+    export: events
+    destination:
+      type: webhook
+      url: ${receiver.url}/hooks/events
+      format: json-array
+      batch: {maxEvents: 7, maxAgeMs: 50}
+      maxInFlight: 4
+      timeoutMs: 5000
+`,
+    ),
+  },
+  { streamPartitions: PARTITIONS },
+);
+afterAll(() => receiver.stop());
+
+const post = async (key: string, events: Record<string, unknown>[]) => {
+  const r = await fetch(`${stack.node.url}/v1/events`, {
+    method: "POST",
+    headers: { Authorization: `Bearer ${key}` },
+    body: JSON.stringify(events),
+  });
+  expect({ status: r.status, body: await r.json() }).toEqual({ status: 200, body: { accepted: events.length } });
+};
+
+// As a deployment runs its commands: with the nodes' environment (another partition count is refused).
+const dlq = (...args: string[]) =>
+  runScript("dlq", args, {
+    TRIBUTARY_STREAM_PARTITIONS: String(PARTITIONS),
+    NATS_URL: stack.nats.url,
+    CLICKHOUSE_URL: stack.ch.url,
+    TRIBUTARY_PIPELINES: stack.node.config.options.dir,
+  });
+
+/** A pipeline's dead letters' messageIds, polled until there are `want` of them. */
+async function letters(connection: string, want: number): Promise<string[]> {
+  let ids: string[] = [];
+  for (const deadline = Date.now() + 30_000; Date.now() < deadline; await Bun.sleep(200)) {
+    const r = await dlq(connection, "--pipeline", "all", "--json");
+    expect({ code: r.code, err: r.code ? r.err : "" }).toEqual({ code: 0, err: "" });
+    const listed = jsonLines(r.out);
+    for (const l of listed) expect(l).toMatchObject({ connection, pipeline: "all", table: "events" });
+    ids = listed.flatMap(letterIds);
+    if (ids.length >= want) break;
+  }
+  return ids.sort();
+}
+
+test("rows ClickHouse refuses are dead-lettered by their own pipeline from every partition, and redriven once", async () => {
+  // An operator's mistake: `event` retyped to a number (the table is still empty, so the ALTER is
+  // immediate). Tracks are refused for their name; identifies (no event name) land.
+  await stack.db.command({ query: "ALTER TABLE tributary.events MODIFY COLUMN event Nullable(UInt64)" });
+  const sent = new Map<string, { good: string[]; bad: string[] }>();
+  for (const [connection, key] of [
+    [DL_A, "key-dl-a-000001"],
+    [DL_B, "key-dl-b-000001"],
+  ] as const) {
+    // On every partition: two good events and two refused ones (A), one refused one (B).
+    const good: string[] = [];
+    const bad: string[] = [];
+    for (let k = 0; k < PARTITIONS; k++) {
+      const ids = idsOn(connection, k, `${connection}-p${k}`, 4);
+      good.push(...ids.slice(0, 2));
+      bad.push(...ids.slice(2, connection === DL_A ? 4 : 3));
+    }
+    await post(key, [
+      ...good.map((id) => ({ type: "identify", userId: "u1", messageId: id })),
+      ...bad.map((id) => ({ type: "track", event: "Order Completed", userId: "u1", messageId: id })),
+    ]);
+    sent.set(connection, { good, bad });
+  }
+  // Each pipeline's letters are its own connection's refused events, whichever partition held them.
+  for (const [connection, { good, bad }] of sent) {
+    expect(new Set(bad.map((id) => layout.partitionOf(connection, shardOf(id)))).size).toBe(PARTITIONS);
+    expect(await letters(connection, bad.length)).toEqual([...bad].sort());
+    await expectExactlyOnce(stack.db, connection, good);
+  }
+  const manager = await stack.node.pipelinesReady;
+  const snapshot = async (connection: string) =>
+    (await manager.snapshots()).find((p) => p.connection === connection && p.pipeline === "all");
+  expect(await snapshot(DL_A)).toMatchObject({ loaded: 6, deadLettered: 6 });
+  expect(await snapshot(DL_B)).toMatchObject({ loaded: 6, deadLettered: 3 });
+
+  // The fix, then a redrive: each refused event lands, once, and its letter is gone.
+  await stack.db.command({ query: "ALTER TABLE tributary.events MODIFY COLUMN event Nullable(String)" });
+  for (const [connection, { good, bad }] of sent) {
+    const r = await dlq(connection, "--pipeline", "all", "--redrive");
+    expect({ code: r.code, err: r.err.trim().split("\n").pop() }).toEqual({
+      code: 0,
+      err: `redrive: ${bad.length} landed and removed, 0 still refused`,
+    });
+    await expectExactlyOnce(stack.db, connection, [...good, ...bad]);
+    expect(jsonLines((await dlq(connection, "--json")).out)).toEqual([]);
+  }
+}, 90_000);
+
+/** Every event of the connection stored in partition k's stream, in that stream's order. */
+async function partitionEvents(connection: string, k: number): Promise<Record<string, any>[]> {
+  const nc = await connect({ servers: stack.nats.url });
+  try {
+    const filter = layout.consumerFilter(connection, k);
+    const info = await stack.node.bus.jsm.streams.info(layout.streams[k]!, { subjects_filter: filter });
+    const total = Object.values(info.state.subjects ?? {}).reduce((a, n) => a + (n as number), 0);
+    const out: Record<string, any>[] = [];
+    if (!total) return out;
+    const c = await jetstream(nc).consumers.get(layout.streams[k]!, {
+      filter_subjects: filter,
+      deliver_policy: DeliverPolicy.All,
+    });
+    const messages = await c.consume();
+    let seen = 0;
+    for await (const m of messages) {
+      out.push(...(m.json() as Record<string, any>[]));
+      if (++seen >= total) break;
+    }
+    messages.stop();
+    return out;
+  } finally {
+    await nc.close();
+  }
+}
+
+test("an export sends every event, each user's in its partition's stream order, under retries", async () => {
+  // Six users, two on each partition; each user's messageIds all hash to shards of its partition.
+  const REQUESTS = 6;
+  const PER_REQUEST = 5;
+  const users = Array.from({ length: 6 }, (_, u) => ({ user: `user-${u}`, partition: u % PARTITIONS }));
+  const posted = new Map<string, string[]>();
+  // A user's next request is posted once the previous one was accepted: across its requests the
+  // stream order is the order sent (within one, its events on different shards are written at once).
+  await Promise.all(
+    users.map(async ({ user, partition }) => {
+      const ids = idsOn(EXP, partition, user, REQUESTS * PER_REQUEST);
+      posted.set(user, ids);
+      for (let req = 0; req < REQUESTS; req++)
+        await post(
+          "key-exp-0000001",
+          ids
+            .slice(req * PER_REQUEST, (req + 1) * PER_REQUEST)
+            .map((id, i) => ({ type: "track", event: "Order Placed", userId: user, messageId: id, properties: { i } })),
+        );
+    }),
+  );
+  const total = REQUESTS * PER_REQUEST * users.length;
+  await receiver.until(
+    () => [...receiver.byUser().values()].reduce((a, l) => a + l.length, 0) >= total,
+    `${total} events stored by the receiver`,
+    60_000,
+  );
+  await Bun.sleep(300); // nothing more (no batch again under a new key) comes
+  // Every event, and the receiver did answer failures that were retried.
+  const got = receiver.acceptedIds();
+  expect([...posted.values()].flat().filter((id) => !got.has(id))).toEqual([]);
+  expect(receiver.requests.some((r) => r.answer.status >= 500)).toBe(true);
+  // The partition that holds two of the connection's shards: its users' requests span both.
+  const twoShards = users.filter(
+    ({ partition }) =>
+      Array.from({ length: DEDUP_SHARDS }, (_, s) => layout.partitionOf(EXP, s)).filter((k) => k === partition).length >
+      1,
+  );
+  expect(twoShards.length).toBeGreaterThan(0);
+  const streamOrder = new Map<string, string[]>();
+  for (let k = 0; k < PARTITIONS; k++)
+    for (const [user, ids] of idsByUser(await partitionEvents(EXP, k))) {
+      expect(streamOrder.has(user)).toBe(false); // each user's events are on one partition
+      streamOrder.set(user, ids);
+    }
+  for (const [user, ids] of posted) {
+    // Request by request as sent (a request's events in any order)...
+    const chunks = (l: string[]) =>
+      Array.from({ length: REQUESTS }, (_, r) => l.slice(r * PER_REQUEST, (r + 1) * PER_REQUEST).sort());
+    expect(chunks(streamOrder.get(user)!)).toEqual(chunks(ids));
+  }
+  // ...and exactly in its partition's stream order at the receiver.
+  expect(Object.fromEntries(receiver.byUser())).toEqual(Object.fromEntries(streamOrder));
+}, 90_000);
+
+/**
+ * The layout's premise (README, Partitions: "a connection whose 4 shards hash to one partition is
+ * wholly on it"; issue 22: connections wholly on surviving partitions keep answering): with a
+ * uniform hash of (connection, shard), about 1 name in 27 has its four shards on one of three
+ * partitions (1 in 8 of two). FNV-1a of `${connection}\0${shard}` without a final mix gives the four
+ * shards' hashes as x·P, (x+1)·P, (x+2)·P, (x+3)·P mod 2^32 (their last bytes differ in the low two
+ * bits only), and P = 16777619 ≡ 2 (mod 3), ≡ 3 (mod 4), odd: consecutive shards step by 2 mod 3
+ * (by 1 on the rare 2^32 wrap), so none is ever wholly on one partition at N = 3, and every
+ * connection is on every partition at N = 2 and N = 4. Enabled once src/bus/subjects.ts mixes the
+ * hash (e.g. murmur3's fmix32 on FNV's result) before `% partitions`.
+ */
+test.todo("about 1 connection name in N^3 has its four shards on one partition", () => {
+  for (const n of [2, 3]) {
+    const l = streamLayout(n);
+    const names = 27_000;
+    let whole = 0;
+    for (let i = 0; i < names; i++) if (l.partitionsOf(`c${i}`).length === 1) whole++;
+    const expected = names / n ** 3;
+    expect(whole).toBeGreaterThan(expected / 2);
+    expect(whole).toBeLessThan(expected * 2);
+  }
+});
