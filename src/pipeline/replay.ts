@@ -164,22 +164,20 @@ export async function replay(
   // An export pipeline re-sends to its destination: the same messageIds, and the same
   // Idempotency-Keys for batches grouped as before (always, with maxEvents: 1).
   const deadLetters = { bus, connection: c.connection, pipeline: p.name };
+  const rows = o.batchRows ?? 10_000;
+  const batch = { maxRows: rows, maxBytes: Number.POSITIVE_INFINITY, maxAgeMs: Number.POSITIVE_INFINITY };
   const sink =
     stage instanceof ExportStage
       ? exportSink(stage.destination, { deadLetters })
-      : clickHouseSink(warehouse, stage.table, { deadLetters });
+      : clickHouseSink(warehouse, stage.table, { batch, deadLetters });
   // A destination that is down is retried for ever: Ctrl-C leaves the batch for the next run.
   if (stage instanceof ExportStage) o.signal?.addEventListener("abort", () => sink.stop());
   let failure: unknown;
   const runner = new Runner(stage, sink, selection, stats, {
-    maxRows: o.batchRows ?? 10_000,
-    maxBytes: Number.POSITIVE_INFINITY,
-    maxAgeMs: Number.POSITIVE_INFINITY,
+    stageBatch: batch,
     heartbeatMs: 40_000, // a third of the ack wait
-    // Awaited: a rerun resumes after the ack floor, so it must be where the loaded batches end.
-    ack: async (messages) => {
-      await Promise.all(messages.map((m) => m.ackAck()));
-    },
+    // Awaited: a rerun resumes after the ack floor, so it must be where the loaded messages end.
+    ack: (m) => m.ackAck().then(() => {}),
     // A dry run acknowledges nothing: it leaves no trace to resume from.
     dryRun: o.dryRun,
     onFlushError: (e) => {

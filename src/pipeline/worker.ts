@@ -28,7 +28,8 @@ export const durableName = consumerName;
 /**
  * Runs one pipeline live: a durable pull consumer on the connection's subjects (shared by every
  * node, so nodes split the work and a restart resumes) fed to the Runner (select → stage → sink →
- * ack). Redelivered rows collapse in the ReplacingMergeTree.
+ * ack), the ClickHouse sink batching by rows, bytes and age. Redelivered rows collapse in the
+ * ReplacingMergeTree.
  */
 export class PipelineWorker {
   readonly stats = new PipelineStats();
@@ -47,18 +48,19 @@ export class PipelineWorker {
     readonly batch: BatchOptions = batchDefaults,
     inserter: InserterOptions = inserterDefaults,
   ) {
-    const sink = clickHouseSink(warehouse, stage.table, { inserter, deadLetters: { bus, connection, pipeline } });
+    const sink = clickHouseSink(warehouse, stage.table, {
+      inserter,
+      batch: { maxRows: batch.maxRows, maxBytes: batch.maxBytes, maxAgeMs: batch.maxAgeMs },
+      deadLetters: { bus, connection, pipeline },
+    });
     this.#runner = new Runner(stage, sink, { filter: compileFilter(filter), takes: stage.takes }, this.stats, {
-      maxRows: batch.maxRows,
-      maxBytes: batch.maxBytes,
-      maxAgeMs: batch.maxAgeMs,
+      // Used only by a stage fed by batch (users); the sink batches the others' rows alike.
+      stageBatch: { maxRows: batch.maxRows, maxBytes: batch.maxBytes, maxAgeMs: batch.maxAgeMs },
       heartbeatMs: Math.max(250, batch.ackWaitMs / 3),
-      ack: (messages) => {
-        for (const m of messages) m.ack();
-      },
+      ack: (m) => m.ack(),
       onFlushError: (e) =>
-        // Only when stopping mid-retry: the messages stay unacknowledged and come back.
-        log.warn("pipeline batch left for redelivery", { pipeline: this.pipeline, error: String(e) }),
+        // Only when stopping mid-retry (or a stage that threw): the messages stay unacknowledged and come back.
+        log.warn("pipeline messages left for redelivery", { pipeline: this.pipeline, error: String(e) }),
     });
   }
 

@@ -18,13 +18,18 @@ import { durableName } from "../../src/pipeline/worker.ts";
 import { ensurePipelineConsumer } from "../../src/pipeline/consumers.ts";
 import { migrateEventsTable } from "../../src/sink/clickhouse/events-table.ts";
 import { type Warehouse, connectWarehouse } from "../../src/sink/clickhouse/server.ts";
-import { type ClickHouseSink, clickHouseSink } from "../../src/sink/clickhouse/sink.ts";
+import {
+  type ClickHouseBatchOptions,
+  type ClickHouseSink,
+  type ClickHouseSinkOptions,
+  clickHouseSink,
+} from "../../src/sink/clickhouse/sink.ts";
 import { startClickHouse, startNats } from "../harness/services.ts";
 import { chClient, rows } from "../harness/warehouse.ts";
 
 /**
  * The Runner (consume → select → stage → sink → ack) and the ClickHouse sink on a real nats-server
- * and clickhouse-server: batches close by rows and by age, messages are acknowledged only once the
+ * and clickhouse-server: the sink's batches close by rows and by age, messages are acknowledged only once the
  * sink stored their rows, an event the stage fails is dead-lettered alone, and a row ClickHouse
  * refuses among many is isolated by bisection and dead-lettered with ClickHouse's reason.
  */
@@ -75,16 +80,22 @@ async function publish(connection: string, ids: string[], extra: (id: string) =>
   for (const id of ids) await log.append(connection, [event(id, extra(id))]);
 }
 
-const ackOptions = (o: Partial<RunnerOptions> = {}): RunnerOptions => ({
+const batchOf = (o: Partial<ClickHouseBatchOptions> = {}): ClickHouseBatchOptions => ({
   maxRows: 1000,
   maxBytes: 8 * 1024 * 1024,
   maxAgeMs: 60_000,
-  heartbeatMs: 1000,
-  ack: (ms: JsMsg[]) => {
-    for (const m of ms) m.ack();
-  },
   ...o,
 });
+const runnerOptions = (batch: ClickHouseBatchOptions): RunnerOptions => ({
+  stageBatch: batch,
+  heartbeatMs: 1000,
+  ack: (m: JsMsg) => m.ack(),
+});
+
+/** Each insert of the sinks below: how many rows, and when. */
+let flushes: { kept: number; at: number }[] = [];
+const sinkOf = (table: string, batch: ClickHouseBatchOptions, o: ClickHouseSinkOptions = {}) =>
+  clickHouseSink(w, table, { ...o, batch, onInsert: (rows) => flushes.push({ kept: rows, at: Date.now() }) });
 
 /** A runner on a fresh durable consumer of `connection`, consuming until `stop`. */
 async function start(connection: string, stage: Stage, sink: ClickHouseSink, options: RunnerOptions) {
@@ -93,8 +104,7 @@ async function start(connection: string, stage: Stage, sink: ClickHouseSink, opt
   const messages: ConsumerMessages = await consumer.consume({ max_bytes: 1024 * 1024, expires: 2000 });
   const stats = new PipelineStats();
   const runner = new Runner(stage, sink, selectionOf({ import: "events" }), stats, options);
-  const flushes: { kept: number; at: number }[] = [];
-  runner.onFlushed = (kept) => flushes.push({ kept, at: Date.now() });
+  flushes = [];
   const loop = runner.run(messages);
   return {
     runner,
@@ -122,20 +132,21 @@ const loaded = async (connection: string) =>
   ).map((r) => r.message_id);
 
 test("a batch closes at maxRows kept events: full batches land at once, the rest waits for its age", async () => {
+  const batch = batchOf({ maxRows: 3 });
   const r = await start(
     "byrows",
     eventsStage("byrows", "p", w.features),
-    clickHouseSink(w, "events"),
-    ackOptions({ maxRows: 3 }),
+    sinkOf("events", batch),
+    runnerOptions(batch),
   );
   try {
     await publish("byrows", ["r1", "r2", "r3", "r4", "r5", "r6", "r7"]);
-    expect(await until(() => r.flushes.length >= 2)).toBe(true);
-    expect(r.flushes.map((f) => f.kept)).toEqual([3, 3]);
+    expect(await until(() => flushes.length >= 2)).toBe(true);
+    expect(flushes.map((f) => f.kept)).toEqual([3, 3]);
     expect(await loaded("byrows")).toEqual(["r1", "r2", "r3", "r4", "r5", "r6"]);
     // The seventh is held (its batch is neither full nor old) and unacknowledged.
     await Bun.sleep(300);
-    expect(r.flushes).toHaveLength(2);
+    expect(flushes).toHaveLength(2);
     expect((await r.info()).num_ack_pending).toBe(1);
   } finally {
     await r.stop(); // stopping stores what is held
@@ -145,18 +156,14 @@ test("a batch closes at maxRows kept events: full batches land at once, the rest
 });
 
 test("a batch that never fills closes at maxAgeMs after its first message", async () => {
-  const r = await start(
-    "byage",
-    eventsStage("byage", "p", w.features),
-    clickHouseSink(w, "events"),
-    ackOptions({ maxAgeMs: 600 }),
-  );
+  const batch = batchOf({ maxAgeMs: 600 });
+  const r = await start("byage", eventsStage("byage", "p", w.features), sinkOf("events", batch), runnerOptions(batch));
   try {
     const sent = Date.now();
     await publish("byage", ["a1", "a2"]);
-    expect(await until(() => r.flushes.length >= 1)).toBe(true);
-    expect(r.flushes[0]!.kept).toBe(2);
-    expect(r.flushes[0]!.at - sent).toBeGreaterThanOrEqual(550);
+    expect(await until(() => flushes.length >= 1)).toBe(true);
+    expect(flushes[0]!.kept).toBe(2);
+    expect(flushes[0]!.at - sent).toBeGreaterThanOrEqual(550);
     expect(await loaded("byage")).toEqual(["a1", "a2"]);
   } finally {
     await r.stop();
@@ -166,8 +173,9 @@ test("a batch that never fills closes at maxAgeMs after its first message", asyn
 test("messages are acknowledged only after the sink stored their rows", async () => {
   await db.command({ query: "DROP TABLE IF EXISTS tributary.late" });
   // The table is not there yet: ClickHouse answers UNKNOWN_TABLE, a server error the sink retries.
-  const sink = clickHouseSink(w, "late", { inserter: { initialBackoffMs: 50, maxBackoffMs: 200 } });
-  const r = await start("acks", eventsStage("acks", "p", w.features), sink, ackOptions({ maxAgeMs: 50 }));
+  const batch = batchOf({ maxAgeMs: 50 });
+  const sink = sinkOf("late", batch, { inserter: { initialBackoffMs: 50, maxBackoffMs: 200 } });
+  const r = await start("acks", eventsStage("acks", "p", w.features), sink, runnerOptions(batch));
   try {
     await publish("acks", ["k1", "k2"]);
     expect(await until(async () => (await r.info()).num_ack_pending === 2)).toBe(true);
@@ -197,7 +205,8 @@ test("an event the stage fails is dead-lettered alone; the rest of its batch lan
     "people",
     (letters) => publishDeadLetters(bus, letters),
   );
-  const r = await start("people", stage, clickHouseSink(w, "users"), ackOptions({ maxAgeMs: 100 }));
+  const batch = batchOf({ maxAgeMs: 100 });
+  const r = await start("people", stage, sinkOf("users", batch), runnerOptions(batch));
   try {
     await publish("people", ["p1", "p2", "p3"], (id) => ({
       type: "identify",
