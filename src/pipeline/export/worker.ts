@@ -1,12 +1,12 @@
-import type { JsMsg } from "@nats-io/jetstream";
 import { DeliverPolicy } from "@nats-io/jetstream";
 import type { Bus } from "../../bus/connection.ts";
 import type { DestinationOptions } from "../../config/destination.ts";
-import { type Selection, selectEvents } from "../../event/selection.ts";
+import type { Selection } from "../../event/selection.ts";
 import { compileFilter } from "../../expr/index.ts";
 import type { ExportSink } from "../../sink/http/export-sink.ts";
 import { ExportStats } from "../../sink/http/stats.ts";
 import { log } from "../../util/log.ts";
+import { Runner } from "../runner.ts";
 import { PipelineStats } from "../stats.ts";
 import { type BatchOptions, batchDefaults, durableName } from "../worker.ts";
 import { consumePipeline, ensurePipelineConsumer, pipelineConsumers, type StreamPositions } from "../consumers.ts";
@@ -14,13 +14,11 @@ import { Lease, type LeaseOptions, leaseBucket, leaseDefaults, leaseKey } from "
 import { exportSink } from "./sink.ts";
 import type { ExportStage } from "./stage.ts";
 
-type Json = Record<string, unknown>;
-
 /**
  * Runs one export pipeline on this node: a standby until it holds the pipeline's lease (lease.ts),
- * then the cluster's one sender. Each stream message's kept events go to the sink in stream order
- * (the sink keeps each user's order and sends users in parallel); the message is acknowledged once
- * all of them are 2xx'd or dead-lettered, whatever order messages finish in. When the sink holds
+ * then the cluster's one sender, through the Runner. Each stream message's kept events go to the
+ * sink in stream order (the sink keeps each user's order and sends users in parallel); the message
+ * is acknowledged once all of them are 2xx'd or dead-lettered, whatever order messages finish in. When the sink holds
  * `maxQueuedEvents`, the loop stops pulling: the events wait in the stream, and this pipeline's
  * wait slows no other one (each pipeline has its own consumer, sink and loop).
  *
@@ -34,7 +32,7 @@ type Json = Record<string, unknown>;
 export class ExportWorker {
   readonly stats = new PipelineStats();
   readonly exportStats = new ExportStats();
-  selection: Selection;
+  #selection: Selection;
   startAfterSeq?: StreamPositions;
   /** Unused by exports: their outcomes are per event, through stats.onOutcome, with the HTTP status. */
   onLoaded?: (messageIds: string[]) => void;
@@ -44,11 +42,8 @@ export class ExportWorker {
   #lease?: Lease;
   #sink?: ExportSink;
   #messages?: { close(): Promise<void> };
-  /** Messages whose events are not all settled: marked as being worked on, so none is redelivered meanwhile. */
-  readonly #held = new Set<JsMsg>();
-  #heartbeat?: ReturnType<typeof setInterval>;
-  /** Messages (`stream:sequence`) sent by a take-over's catch-up, and when each is settled. */
-  #caughtUp = new Map<string, Promise<boolean>>();
+  /** The sending period's runner (a new one each time this node becomes the sender). */
+  #runner?: Runner;
   #active = false;
   #stopping = false;
 
@@ -62,7 +57,16 @@ export class ExportWorker {
     readonly batch: BatchOptions = batchDefaults,
     readonly lease: LeaseOptions = leaseDefaults,
   ) {
-    this.selection = { filter: compileFilter(filter), takes: stage.takes };
+    this.#selection = { filter: compileFilter(filter), takes: stage.takes };
+  }
+
+  /** Takes effect from the next message on. */
+  get selection(): Selection {
+    return this.#selection;
+  }
+  set selection(s: Selection) {
+    this.#selection = s;
+    if (this.#runner) this.#runner.selection = s;
   }
 
   get durable(): string {
@@ -117,8 +121,6 @@ export class ExportWorker {
         this.#active = false;
         this.#sink?.stop();
         this.#sink = undefined;
-        this.#held.clear();
-        clearInterval(this.#heartbeat);
         if (!lost.signal.aborted) await this.#lease?.release();
       }
     }
@@ -132,116 +134,87 @@ export class ExportWorker {
       onOutcome: (id, outcome, reason) => this.stats.onOutcome?.(id, outcome, reason),
     });
     this.#sink = sink;
-    this.#caughtUp = new Map();
-    const heartbeatMs = Math.max(250, this.batch.ackWaitMs / 3);
-    this.#heartbeat = setInterval(() => {
-      for (const m of this.#held) m.working();
-    }, heartbeatMs);
-    // Per partition: a user's events keep their order within each stream (README, Partitions).
-    const delivered = new Map<string, number>();
-    for (const { stream, partition, info } of await pipelineConsumers(this.bus, this.connection, this.pipeline)) {
-      if (!info) throw new Error(`consumer ${this.durable} is missing on ${stream}`);
-      delivered.set(stream, info.delivered.stream_seq);
-      if (info.num_ack_pending > 0 && info.delivered.stream_seq > info.ack_floor.stream_seq)
-        await this.#catchUp(sink, partition, info.ack_floor.stream_seq + 1, info.delivered.stream_seq, signal);
-      signal.throwIfAborted();
-    }
-    const consumed = await consumePipeline(this.bus, this.connection, this.pipeline);
-    this.#messages = consumed;
-    // Stopping the sink too: the loop may be waiting for room in it, and the iterator closes only
+    // A message that cannot be staged ends the period: sending what follows it first would reorder
+    // its users' events. The period starts again (after a pause) from the consumer's ack floor.
+    const failed = new AbortController();
+    let failure: unknown;
+    const period = AbortSignal.any([signal, failed.signal]);
+    const runner = new Runner(this.stage, sink, this.selection, this.stats, {
+      heartbeatMs: Math.max(250, this.batch.ackWaitMs / 3),
+      ack: (m) => m.ack(),
+      onFlushError: (e) => {
+        // Stopped or taken over: the messages stay unacknowledged and come again.
+        if (period.aborted) return;
+        failure = e;
+        failed.abort();
+      },
+    });
+    this.#runner = runner;
+    // Stopping the sink too: the loop may be waiting for room in it, and an iterator closes only
     // once the loop leaves it.
-    const close = () => {
+    let close: () => void = () => {};
+    const abort = () => {
       sink.stop();
-      void consumed.close();
+      close();
     };
-    signal.addEventListener("abort", close, { once: true });
+    period.addEventListener("abort", abort, { once: true });
     try {
-      for await (const m of consumed.messages) {
-        if (signal.aborted) break;
-        const copy =
-          m.seq <= (delivered.get(m.info.stream) ?? 0) ? this.#caughtUp.get(`${m.info.stream}:${m.seq}`) : undefined;
-        if (copy) {
-          // Its copy went in the catch-up: acknowledged once that is settled.
-          this.#held.add(m);
-          void copy.then((ok) => {
-            this.#held.delete(m);
-            if (ok) m.ack();
-          });
-          continue;
+      /** Messages (`stream:sequence`) sent by the catch-up, and when each is settled. */
+      const copies = new Map<string, Promise<boolean>>();
+      // Per partition: a user's events keep their order within each stream (README, Partitions).
+      const delivered = new Map<string, number>();
+      for (const { stream, partition, info } of await pipelineConsumers(this.bus, this.connection, this.pipeline)) {
+        if (!info) throw new Error(`consumer ${this.durable} missing on ${stream}`);
+        delivered.set(stream, info.delivered.stream_seq);
+        if (info.num_ack_pending > 0 && info.delivered.stream_seq > info.ack_floor.stream_seq) {
+          const from = info.ack_floor.stream_seq + 1;
+          const to = info.delivered.stream_seq;
+          const messages = await this.#catchUpMessages(partition, from);
+          close = () => void messages.close().catch(() => {});
+          try {
+            if (!period.aborted)
+              await runner.run(messages, {
+                acknowledge: false,
+                stopBefore: (m) => m.seq > to || period.aborted,
+                isLast: (m) => m.seq === to || m.info.pending === 0,
+                onSettled: (m, done) => copies.set(`${stream}:${m.seq}`, done),
+              });
+          } finally {
+            close();
+          }
         }
-        await this.#process(sink, m, true);
-        await sink.room();
+        period.throwIfAborted();
       }
+      const consumed = await consumePipeline(this.bus, this.connection, this.pipeline);
+      this.#messages = consumed;
+      close = () => void consumed.close();
+      if (period.aborted) close();
+      await runner.run(consumed.messages, {
+        stopBefore: () => period.aborted,
+        // Its copy went in the catch-up: acknowledged once that is settled.
+        settledElsewhere: (m) =>
+          m.seq <= (delivered.get(m.info.stream) ?? 0) ? copies.get(`${m.info.stream}:${m.seq}`) : undefined,
+      });
       // Closed by stop(): what is under way gets its grace period before the sink stops.
-      if (this.#stopping && !signal.aborted)
-        await new Promise((resolve) => signal.addEventListener("abort", resolve, { once: true }));
+      if (this.#stopping && !period.aborted)
+        await new Promise((resolve) => period.addEventListener("abort", resolve, { once: true }));
+      if (failure !== undefined) throw failure;
     } finally {
-      signal.removeEventListener("abort", close);
+      period.removeEventListener("abort", abort);
     }
   }
 
-  /** The previous holder's messages, in stream order, through a consumer of this node's own. */
-  async #catchUp(sink: ExportSink, partition: number, from: number, to: number, signal: AbortSignal): Promise<void> {
+  /** The previous holder's messages from `from` on, in stream order, through a consumer of this node's own. */
+  async #catchUpMessages(partition: number, from: number) {
     const stream = this.bus.layout.streams[partition]!;
-    log.info("export pipeline catching up what the previous sender left", {
-      pipeline: this.pipeline,
-      stream,
-      from,
-      to,
-    });
+    log.info("export pipeline catching up what the previous sender left", { pipeline: this.pipeline, stream, from });
     const consumer = await this.bus.js.consumers.get(stream, {
       // One subject as a string: a list needs nats-server 2.10.
       filter_subjects: this.bus.layout.consumerFilter(this.connection, partition),
       deliver_policy: DeliverPolicy.StartSequence,
       opt_start_seq: from,
     });
-    const messages = await consumer.consume({ max_bytes: 8 * 1024 * 1024 });
-    const close = () => {
-      sink.stop();
-      void messages.close();
-    };
-    signal.addEventListener("abort", close, { once: true });
-    try {
-      for await (const m of messages) {
-        if (m.seq > to || signal.aborted) break;
-        this.#caughtUp.set(`${stream}:${m.seq}`, (await this.#process(sink, m, false)).settled);
-        await sink.room();
-        if (m.seq === to || m.info.pending === 0) break;
-      }
-    } finally {
-      signal.removeEventListener("abort", close);
-      void messages.close().catch(() => {});
-    }
-  }
-
-  /**
-   * Selects and transforms one message's events and hands them to the sink, in stream order;
-   * resolves once they are handed over, with a promise of whether they all settled. `durable`: the
-   * message is the durable consumer's, to keep alive and acknowledge (a catch-up's is not).
-   */
-  async #process(sink: ExportSink, m: JsMsg, durable: boolean): Promise<{ settled: Promise<boolean> }> {
-    if (durable) this.#held.add(m);
-    const kept: Json[] = [];
-    await selectEvents(m, this.selection, this.stats, kept);
-    const rows = await this.stage.toRows(kept, this.stats);
-    const settled = sink.write(rows).then(
-      (outcome) => {
-        this.stats.loaded += outcome.written;
-        this.stats.deadLettered += outcome.refused.length;
-        for (const r of outcome.refused)
-          this.stats.recordError(`destination refused the event: ${r.reason}`, String(r.row.messageId));
-        if (outcome.written) this.stats.lastLoadAt = new Date().toISOString();
-        this.#held.delete(m);
-        if (durable) m.ack();
-        return true;
-      },
-      () => {
-        // The sink stopped: the message stays unacknowledged and comes again.
-        this.#held.delete(m);
-        return false;
-      },
-    );
-    return { settled };
+    return consumer.consume({ max_bytes: 8 * 1024 * 1024 });
   }
 
   /**
@@ -255,7 +228,7 @@ export class ExportWorker {
     const closing = this.#messages?.close().catch(() => {});
     const deadline = Date.now() + graceMs;
     this.#sink?.flush();
-    while (this.#held.size && Date.now() < deadline) await Bun.sleep(50);
+    while ((this.#runner?.pending ?? 0) > 0 && Date.now() < deadline) await Bun.sleep(50);
     this.#abort.abort();
     this.#sink?.stop();
     await closing;
