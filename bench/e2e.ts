@@ -45,7 +45,7 @@ import type { Subprocess } from "bun";
 import { LocalNats } from "../src/services/nats-server.ts";
 import { LocalClickHouse } from "../src/services/clickhouse-server.ts";
 import { ManagedProcess } from "../src/services/managed-process.ts";
-import { connectWarehouse, quoteString, type Warehouse } from "../src/sink/clickhouse/server.ts";
+import { warehouseOptionsOf, connectWarehouse, quoteString, type Warehouse } from "../src/sink/clickhouse/server.ts";
 import { eventRow, eventsTableDDL } from "../src/sink/clickhouse/events-table.ts";
 import { Inserter } from "../src/sink/clickhouse/inserter.ts";
 import { normaliseEvent } from "../src/ingest/normalise.ts";
@@ -455,12 +455,7 @@ async function mergesSettled(ms: number): Promise<void> {
 try {
   say(`starting nats-server and clickhouse-server in ${dir}`);
   await Promise.all([nats.start(), ch.start()]);
-  wh = await connectWarehouse({
-    url: ch.url,
-    username: NODE_OPTS.clickhouseUser,
-    password: NODE_OPTS.clickhousePassword,
-    database: DB,
-  });
+  wh = await connectWarehouse(warehouseOptionsOf({ ...NODE_OPTS, clickhouseUrl: ch.url, database: DB }));
   const features = wh.features;
   say(`ClickHouse ${features.version}`);
 

@@ -1,4 +1,5 @@
 import { defaults } from "../config/env.ts";
+import { LOG_LEVELS } from "../util/log.ts";
 
 /** `npm start -- --help`: what the node reads, with the defaults it uses when a variable is unset. */
 export const USAGE = `Usage: npm start [-- --help]        (or: bun src/main.ts)
@@ -17,13 +18,13 @@ Environment (default):
   TRIBUTARY_DATABASE       ClickHouse database (${defaults.database})
   TRIBUTARY_PIPELINES      directory of connection and pipeline files (./${defaults.pipelinesDir})
   TRIBUTARY_DATA           data directory of the local services (./${defaults.dataDir})
-  NATS_PORT                local nats-server port (4222)
-  CLICKHOUSE_HTTP_PORT     local clickhouse-server HTTP port (8123)
-  CLICKHOUSE_TCP_PORT      local clickhouse-server native port (9000)
+  NATS_PORT                local nats-server port (${defaults.natsPort})
+  CLICKHOUSE_HTTP_PORT     local clickhouse-server HTTP port (${defaults.clickhouseHttpPort})
+  CLICKHOUSE_TCP_PORT      local clickhouse-server native port (${defaults.clickhouseTcpPort})
   TRIBUTARY_ADMIN_TOKEN    enables the admin API and the debugger (/debugger) behind this token
   TRIBUTARY_DEV_ADMIN=1    without a token: admin API and debugger open to this machine only (development)
   TRUST_PROXY=1            take the client address from the first X-Forwarded-For hop
-  LOG_LEVEL                debug | info | warn | error (info)
+  LOG_LEVEL                ${LOG_LEVELS.join(" | ")} (${defaults.logLevel})
   LOG_FORMAT               pretty | json (pretty on a terminal, with a start-up banner; json otherwise)
 
 Limits and tuning (TRIBUTARY_MAX_REQUEST_BYTES, TRIBUTARY_STREAM_MAX_BYTES, TRIBUTARY_BATCH_*, …):

@@ -5,7 +5,7 @@ import type { NodeOptions } from "../config/env.ts";
 import type { ConfigStore } from "../config/store.ts";
 import { ForgetError, forgetUser } from "../pipeline/users/forget.ts";
 import { rulesOf } from "../pipeline/users/identity-rules.ts";
-import { connectWarehouse } from "../sink/clickhouse/server.ts";
+import { connectWarehouse, warehouseOptionsOf } from "../sink/clickhouse/server.ts";
 import { log } from "../util/log.ts";
 
 type Guard = (request: Request, ip: string | undefined) => Response | undefined;
@@ -59,7 +59,10 @@ let queue: Promise<unknown> = Promise.resolve();
 export function userRoutes(
   config: ConfigStore,
   bus: Bus,
-  o: Pick<NodeOptions, "clickhouseUrl" | "clickhouseUser" | "clickhousePassword" | "database" | "streamReplicas">,
+  o: Pick<
+    NodeOptions,
+    "clickhouseUrl" | "clickhouseUser" | "clickhousePassword" | "clickhouseCluster" | "database" | "streamReplicas"
+  >,
   guard: Guard,
   /** Milliseconds between the tombstones and the deletes (forget.ts); tests shorten it. */
   settleMs = 2000,
@@ -73,12 +76,7 @@ export function userRoutes(
     if (!id || Buffer.byteLength(id) > 1024) return json({ error: "the id must be 1 to 1,024 bytes" }, 400);
     if (!o.clickhouseUrl) return json({ error: "this node has no ClickHouse (CLICKHOUSE_URL)" }, 503);
     const run = queue.then(async () => {
-      const w = await connectWarehouse({
-        url: o.clickhouseUrl!,
-        username: o.clickhouseUser,
-        password: o.clickhousePassword,
-        database: o.database,
-      });
+      const w = await connectWarehouse(warehouseOptionsOf(o));
       try {
         return await forgetUser(w, bus.js, id, rulesOf(config.current), o.streamReplicas, settleMs);
       } finally {

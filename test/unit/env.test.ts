@@ -83,7 +83,7 @@ describe("the environment (src/config/env.ts)", () => {
       /TRIBUTARY_TRANSFORM_MEMORY_MB: expected a number > 0/,
     );
     expect(parseSandboxEnvironment({ TRIBUTARY_SANDBOX_CPU_SECONDS: "30" }).TRIBUTARY_SANDBOX_CPU_SECONDS).toBe(30);
-    // Until each component reads its defaults from env.ts, the copies they still hold must agree.
+    // Each component's defaults are env.ts's (the sandbox's and transforms' read them from there).
     const { defaultSandboxOptions } = await import("../../src/pipeline/transform/sandbox-isolation.ts");
     const { resolveLimits } = await import("../../src/pipeline/transform/host.ts");
     const { refusalLogDefaults: refusals } = await import("../../src/ingest/refusal-log.ts");

@@ -23,6 +23,7 @@ import { existsSync, lstatSync, mkdtempSync, realpathSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { memoryCgroupMissing, memoryCgroupVersion } from "./sandbox-cgroup.ts";
+import { parseSandboxEnvironment, sandboxDefaults } from "../../config/env.ts";
 import type { TransformLimits } from "./types.ts";
 
 export interface SandboxProcessOptions {
@@ -42,38 +43,27 @@ export interface SandboxProcessOptions {
   unguardedForTests: boolean;
 }
 
+/** From src/config/env.ts, the one place defaults live. */
 export function defaultSandboxOptions(): SandboxProcessOptions {
   return {
-    limits: { timeoutMs: 100, memoryBytes: 64 * 1024 * 1024 },
-    cpuSeconds: 600,
+    limits: { ...sandboxDefaults.limits },
+    cpuSeconds: sandboxDefaults.cpuSeconds,
     maxOpenFiles: 64,
-    uid: 65534,
-    gid: 65534,
+    uid: sandboxDefaults.uid,
+    gid: sandboxDefaults.gid,
     unguardedForTests: false,
   };
 }
 
-const positive = (name: string, raw: string | undefined, fallback: number): number => {
-  if (raw === undefined || raw === "") return fallback;
-  const n = Number(raw);
-  if (!Number.isFinite(n) || n <= 0) throw new RangeError(`${name} must be a positive number, got "${raw}"`);
-  return n;
-};
-
-/** Options from the environment, defaults filled in and validated in one place. */
+/** Options from the environment, validated as the node's are (errors name the variable). */
 export function parseSandboxOptions(env: Record<string, string | undefined> = process.env): SandboxProcessOptions {
-  const d = defaultSandboxOptions();
+  const v = parseSandboxEnvironment(env);
   return {
-    limits: {
-      timeoutMs: positive("TRIBUTARY_TRANSFORM_TIMEOUT_MS", env.TRIBUTARY_TRANSFORM_TIMEOUT_MS, d.limits.timeoutMs),
-      memoryBytes:
-        positive("TRIBUTARY_TRANSFORM_MEMORY_MB", env.TRIBUTARY_TRANSFORM_MEMORY_MB, d.limits.memoryBytes / 1048576) *
-        1048576,
-    },
-    cpuSeconds: positive("TRIBUTARY_SANDBOX_CPU_SECONDS", env.TRIBUTARY_SANDBOX_CPU_SECONDS, d.cpuSeconds),
-    maxOpenFiles: d.maxOpenFiles,
-    uid: positive("TRIBUTARY_SANDBOX_UID", env.TRIBUTARY_SANDBOX_UID, d.uid),
-    gid: positive("TRIBUTARY_SANDBOX_GID", env.TRIBUTARY_SANDBOX_GID, d.gid),
+    limits: { timeoutMs: v.TRIBUTARY_TRANSFORM_TIMEOUT_MS, memoryBytes: v.TRIBUTARY_TRANSFORM_MEMORY_MB * 1048576 },
+    cpuSeconds: v.TRIBUTARY_SANDBOX_CPU_SECONDS,
+    maxOpenFiles: 64,
+    uid: v.TRIBUTARY_SANDBOX_UID,
+    gid: v.TRIBUTARY_SANDBOX_GID,
     unguardedForTests: env.TRIBUTARY_SANDBOX_TEST_UNGUARDED === "1",
   };
 }
