@@ -166,14 +166,19 @@ export class NatsCluster {
  * Every messageId stored for a connection, read back from the stream's message headers (the
  * Tributary-Ids list each message carries), with how many times each is there.
  */
-export async function storedIds(
+export function storedIds(nc: NatsConnection, connection: string, timeoutMs = 30_000): Promise<Map<string, number>> {
+  return storedIdsIn(nc, STREAM, connectionSubjects(connection), timeoutMs);
+}
+
+/** Every messageId stored in one stream on subjects matching `subject` (a partition's, say), with how many times each is there. */
+export async function storedIdsIn(
   nc: NatsConnection,
-  connection: string,
+  stream: string,
+  subject: string,
   timeoutMs = 30_000,
 ): Promise<Map<string, number>> {
   const jsm = await jetstreamManager(nc, { timeout: 5000, checkAPI: false });
-  const subject = connectionSubjects(connection);
-  const info = await jsm.streams.info(STREAM, { subjects_filter: subject });
+  const info = await jsm.streams.info(stream, { subjects_filter: subject });
   const total = Object.values(info.state.subjects ?? {}).reduce((a, n) => a + (n as number), 0);
   const ids = new Map<string, number>();
   if (total === 0) return ids;
@@ -182,7 +187,7 @@ export async function storedIds(
   let c;
   for (let attempt = 1; ; attempt++) {
     try {
-      c = await js.consumers.get(STREAM, {
+      c = await js.consumers.get(stream, {
         filter_subjects: subject,
         deliver_policy: DeliverPolicy.All,
         headers_only: true,

@@ -214,11 +214,14 @@ test("an export sends every event, each user's in its partition's stream order, 
   );
   expect(twoShards.length).toBeGreaterThan(0);
   const streamOrder = new Map<string, string[]>();
+  const storedOn: Record<string, number[]> = {};
   for (let k = 0; k < PARTITIONS; k++)
     for (const [user, ids] of idsByUser(await partitionEvents(EXP, k))) {
-      expect(streamOrder.has(user)).toBe(false); // each user's events are on one partition
+      (storedOn[user] ??= []).push(k);
       streamOrder.set(user, ids);
     }
+  // Each user's events are in its partition's stream, and only there.
+  expect(storedOn).toEqual(Object.fromEntries(users.map(({ user, partition }) => [user, [partition]])));
   for (const [user, ids] of posted) {
     // Request by request as sent (a request's events in any order)...
     const chunks = (l: string[]) =>
