@@ -22,8 +22,28 @@ export async function readRange(
   each: (headers: { get(k: string): string } | undefined, seq: number) => void,
 ): Promise<void> {
   const stream = bus.layout.streamOfSubject(subject);
-  let seq = minSeq;
-  for (let n = 0; n < GETS && seq <= maxSeq; n++) {
+  let seq = await walk(bus, stream, subject, minSeq, maxSeq, GETS, each);
+  if (seq > maxSeq) return;
+  try {
+    seq = await consume(bus, stream, subject, seq, maxSeq, timeoutMs, each);
+  } catch {
+    // nats-server 2.9 may place the consumer on a server that is down (it then times out): the
+    // stream's leader answers gets meanwhile, one message at a time.
+  }
+  if (seq <= maxSeq) await walk(bus, stream, subject, seq, maxSeq, Number.POSITIVE_INFINITY, each);
+}
+
+/** Up to `limit` messages read with the get API from `seq`; the next sequence to read (past maxSeq when done). */
+async function walk(
+  bus: Bus,
+  stream: string,
+  subject: string,
+  seq: number,
+  maxSeq: number,
+  limit: number,
+  each: (headers: { get(k: string): string } | undefined, seq: number) => void,
+): Promise<number> {
+  for (let n = 0; n < limit && seq <= maxSeq; n++) {
     let m: StoredMessage;
     try {
       m = await bus.jsm.streams.getMessage(stream, { seq, next_by_subj: subject } as unknown as { seq: number });
@@ -32,45 +52,47 @@ export async function readRange(
         cause: e,
       });
     }
-    if (!m || m.seq > maxSeq) return;
+    if (!m || m.seq > maxSeq) return maxSeq + 1;
     each(m.header, m.seq);
     seq = m.seq + 1;
   }
-  if (seq > maxSeq) return;
+  return seq;
+}
+
+/** The rest with a headers-only consumer; the next sequence to read (past maxSeq when done). */
+async function consume(
+  bus: Bus,
+  stream: string,
+  subject: string,
+  seq: number,
+  maxSeq: number,
+  timeoutMs: number,
+  each: (headers: { get(k: string): string } | undefined, seq: number) => void,
+): Promise<number> {
+  const consumer = await bus.js.consumers.get(stream, {
+    filter_subjects: subject,
+    headers_only: true,
+    deliver_policy: DeliverPolicy.StartSequence,
+    opt_start_seq: seq,
+  });
+  // The range's last message may have been removed since (limits, capacity purges): stop at
+  // the subject's last message too.
+  const last = (await bus.jsm.streams.getMessage(stream, { last_by_subj: subject }))?.seq ?? 0;
+  const end = Math.min(maxSeq, last);
+  if (end < seq) return maxSeq + 1;
+  const messages = await consumer.consume({ max_messages: 1000 });
+  const timer = setTimeout(() => messages.stop(), timeoutMs * 4);
+  let next = seq;
   try {
-    const consumer = await bus.js.consumers.get(stream, {
-      filter_subjects: subject,
-      headers_only: true,
-      deliver_policy: DeliverPolicy.StartSequence,
-      opt_start_seq: seq,
-    });
-    // The range's last message may have been removed since (limits, capacity purges): stop at
-    // the subject's last message too.
-    const last = (await bus.jsm.streams.getMessage(stream, { last_by_subj: subject }))?.seq ?? 0;
-    const end = Math.min(maxSeq, last);
-    if (end < seq) return;
-    const messages = await consumer.consume({ max_messages: 1000 });
-    const timer = setTimeout(() => messages.stop(), timeoutMs * 4);
-    let reached = false;
-    try {
-      for await (const m of messages) {
-        if (m.seq > maxSeq) {
-          reached = true;
-          break;
-        }
-        each(m.headers, m.seq);
-        if (m.seq >= end) {
-          reached = true;
-          break;
-        }
-      }
-    } finally {
-      clearTimeout(timer);
-      messages.stop();
+    for await (const m of messages) {
+      if (m.seq > maxSeq) return maxSeq + 1;
+      each(m.headers, m.seq);
+      next = m.seq + 1;
+      if (m.seq >= end) return maxSeq + 1;
     }
-    if (!reached) throw new Error(`timed out reading up to sequence ${end}`);
-  } catch (e) {
-    if (e instanceof BusUnavailableError) throw e;
-    throw new BusUnavailableError(`cannot read ${subject} to check duplicates: ${(e as Error).message}`, { cause: e });
+  } finally {
+    clearTimeout(timer);
+    messages.stop();
   }
+  return next;
 }

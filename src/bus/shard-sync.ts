@@ -199,6 +199,7 @@ export class ShardSync {
       throw new BusUnavailableError(`cannot read ${this.subject}: ${(e as Error).message}`, { cause: e });
     }
     const target = last?.seq ?? 0;
+    const before = this.lastSeq;
     const horizon = Date.now() - this.options.dedupWindowMs;
     if (
       target > this.lastSeq &&
@@ -207,42 +208,56 @@ export class ShardSync {
       !(this.lastSeq > 0 && (await this.#walk(target)))
     ) {
       const first = this.lastSeq === 0;
-      const consumer = await this.bus.js.consumers.get(this.stream, {
-        filter_subjects: this.subject,
-        headers_only: true,
-        ...(first
-          ? { deliver_policy: DeliverPolicy.StartTime, opt_start_time: new Date(horizon).toISOString() }
-          : { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: this.lastSeq + 1 }),
+      const reached = await this.#read(first, horizon, target).catch((e) => {
+        // Past a start, the gap is another node's writes since: read it message by message rather
+        // than wait for a consumer that nats-server 2.9 may place on a server that is down.
+        if (first) throw new BusUnavailableError(`cannot read ${this.subject}: ${(e as Error).message}`, { cause: e });
+        return false;
       });
-      const messages = await consumer.consume({ max_messages: 1000 });
-      const timer = setTimeout(() => messages.stop(), this.options.timeoutMs * 4);
-      let reached = false;
-      // A long read sizes the index once it has seen how many ids its first messages hold.
-      let pending = first ? -1 : 0;
-      let seen = 0;
-      let idsSeen = 0;
-      try {
-        for await (const m of messages) {
-          const ids = m.headers?.get(IDS_HEADER);
-          if (ids) this.#learn(kindOf(m.headers), ids, m.seq);
-          if (pending === -1) pending = m.info.pending;
-          if (pending > 0 && ids && ++seen <= 64) {
-            idsSeen += this.#lastLearnt;
-            if (seen === 64) this.index.reserve(Math.ceil((pending * idsSeen) / seen));
-          }
-          if (m.seq >= target) {
-            reached = true;
-            break;
-          }
-        }
-      } finally {
-        clearTimeout(timer);
-        messages.stop();
-      }
-      if (!reached) throw new BusUnavailableError(`timed out reading ${this.subject} up to sequence ${target}`);
+      if (!reached && !(!first && (await this.#walk(target, Number.POSITIVE_INFINITY))))
+        throw new BusUnavailableError(`cannot catch up on ${this.subject} up to sequence ${target}`);
     }
-    if (target !== this.lastSeq) this.lastSeqAt = Date.now();
+    if (target !== before) this.lastSeqAt = Date.now();
     this.lastSeq = target;
     this.synced = true;
+  }
+
+  /** Reads the subject's ids up to `target` with a headers-only consumer; false when it did not get there in time. */
+  async #read(first: boolean, horizon: number, target: number): Promise<boolean> {
+    const consumer = await this.bus.js.consumers.get(this.stream, {
+      filter_subjects: this.subject,
+      headers_only: true,
+      ...(first
+        ? { deliver_policy: DeliverPolicy.StartTime, opt_start_time: new Date(horizon).toISOString() }
+        : { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: this.lastSeq + 1 }),
+    });
+    const messages = await consumer.consume({ max_messages: 1000 });
+    const timer = setTimeout(() => messages.stop(), this.options.timeoutMs * 4);
+    let reached = false;
+    // A long read sizes the index once it has seen how many ids its first messages hold.
+    let pending = first ? -1 : 0;
+    let seen = 0;
+    let idsSeen = 0;
+    try {
+      for await (const m of messages) {
+        const ids = m.headers?.get(IDS_HEADER);
+        if (ids) this.#learn(kindOf(m.headers), ids, m.seq);
+        // Known up to here: a read cut short goes on from this message, not again from the start.
+        this.lastSeq = m.seq;
+        if (pending === -1) pending = m.info.pending;
+        if (pending > 0 && ids && ++seen <= 64) {
+          idsSeen += this.#lastLearnt;
+          if (seen === 64) this.index.reserve(Math.ceil((pending * idsSeen) / seen));
+        }
+        if (m.seq >= target) {
+          reached = true;
+          break;
+        }
+      }
+    } finally {
+      clearTimeout(timer);
+      messages.stop();
+    }
+    return reached;
   }
 }
