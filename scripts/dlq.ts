@@ -46,7 +46,7 @@ const { values, positionals } = parseCommand({
 });
 const connection = positionals[0]!;
 const o = optionsFromEnv();
-const bus = await connectBus(busOptionsOf(o, "tributary-dlq"));
+const bus = await connectBus(busOptionsOf(o, "tributary-dlq", { adoptLayout: true }));
 try {
   // A typo would otherwise read as "0 dead letters".
   const known = await storedNames(bus.jsm, configuredNames(o.pipelinesDir));

@@ -36,7 +36,7 @@ const { values, positionals } = parseCommand({
 });
 const id = positionals[0]!;
 const o = optionsFromEnv();
-const bus = await connectBus(busOptionsOf(o, "tributary-forget"));
+const bus = await connectBus(busOptionsOf(o, "tributary-forget", { adoptLayout: true }));
 try {
   if (values.undo) {
     const r = await unforgetUser(bus.js, id, o.streamReplicas);

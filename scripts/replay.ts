@@ -46,7 +46,7 @@ const spec = {
 const { values, positionals } = parseCommand(spec);
 if (!values.pipeline) usageError(spec, "--pipeline NAME is required");
 const o = optionsFromEnv();
-const bus = await connectBus(busOptionsOf(o, "tributary-replay"));
+const bus = await connectBus(busOptionsOf(o, "tributary-replay", { adoptLayout: true }));
 // Forgotten users' events are dropped by the replay's selection too (npm run forget).
 const stopForgotten = await watchForgotten(bus.js, o.streamReplicas);
 const warehouse = await connectWarehouse(warehouseOptionsOf(o));

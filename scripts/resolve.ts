@@ -35,7 +35,7 @@ try {
   throw e;
 }
 if (!Object.keys(config.customerModel).length) fail("resolve", "the configuration has no Customer Model");
-const bus = await connectBus(busOptionsOf(o, "tributary-resolve"));
+const bus = await connectBus(busOptionsOf(o, "tributary-resolve", { adoptLayout: true }));
 const warehouse = await connectWarehouse(warehouseOptionsOf(o));
 try {
   const rules = rulesOf(config);

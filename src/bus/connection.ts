@@ -23,6 +23,11 @@ export interface BusOptions {
   streamReplicas: number;
   /** Events streams (TRIBUTARY_STREAM_PARTITIONS; default 1): see StreamLayout. */
   streamPartitions?: number;
+  /**
+   * Take the partition count from the events streams that exist (tools: dlq, replay, forget,
+   * resolve read the deployment as it is); a node instead refuses a count its streams do not have.
+   */
+  adoptLayout?: boolean;
   dedupWindowHours: number;
   /** Per JetStream API call / publish. */
   timeoutMs: number;
@@ -65,8 +70,10 @@ export function busOptionsOf(
     publishTimeoutMs: number;
   },
   name?: string,
+  tool?: { adoptLayout: boolean },
 ): BusOptions {
   return {
+    adoptLayout: tool?.adoptLayout ?? false,
     url: o.natsUrl ?? "nats://127.0.0.1:4222",
     streamMaxAgeHours: o.streamMaxAgeHours,
     streamMaxBytes: o.streamMaxBytes,
@@ -98,9 +105,17 @@ export async function connectBus(options: BusOptions): Promise<Bus> {
   })().catch(() => {});
   // No API check here: a cluster still electing its JetStream leader answers nothing yet.
   const jsm = await jetstreamManager(nc, { timeout: options.timeoutMs, checkAPI: false });
-  const layout = streamLayout(options.streamPartitions ?? 1);
+  let layout = streamLayout(options.streamPartitions ?? 1);
   let startSeq: number[] = [];
   await untilJetStreamAnswers(async () => {
+    if (options.adoptLayout) {
+      const found = await existingPartitions(jsm);
+      if (found && found !== layout.partitions) {
+        log.info("using the events streams' partition count", { partitions: found });
+        options = { ...options, streamPartitions: found };
+        layout = streamLayout(found);
+      }
+    }
     await ensureStream(jsm, options);
     startSeq = await streamPositions(jsm, layout);
   }, options.streamReplicas);
@@ -213,6 +228,18 @@ export async function streamLeaders(jsm: JetStreamManager, layout: StreamLayout)
   const out: Record<string, string> = {};
   for (const name of layout.streams) out[name] = (await jsm.streams.info(name)).cluster?.leader ?? "";
   return out;
+}
+
+/** The partition count of the events streams on the servers; undefined when there are none. */
+async function existingPartitions(jsm: JetStreamManager): Promise<number | undefined> {
+  for await (const s of jsm.streams.list()) {
+    if (s.config.name === STREAM) return 1;
+    if (/^TRIBUTARY_EVENTS_P\d+$/.test(s.config.name)) {
+      const of = Number(/ of (\d+)$/.exec(s.config.description ?? "")?.[1] ?? 0);
+      if (of > 0) return of;
+    }
+  }
+  return undefined;
 }
 
 const describe = (k: number, n: number) => `Tributary events, partition ${k} of ${n}`;
