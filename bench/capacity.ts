@@ -42,7 +42,7 @@ import { DEDUP_SHARDS, MAX_PARTITIONS, streamLayout } from "../src/bus/subjects.
 import { fixtureEvents, type LoadResult, type LoadSpec } from "./loadgen.ts";
 import { parseCommand } from "../scripts/cli.ts";
 import { Component, nodeMembers } from "./capacity/proc.ts";
-import { consumers, streamStates, varz, varzDelta, writesBetween } from "./capacity/nats.ts";
+import { clientBytes, clientDelta, consumers, streamStates, varz, varzDelta, writesBetween } from "./capacity/nats.ts";
 import { verify } from "./capacity/verify.ts";
 import { report } from "./capacity/report.ts";
 
@@ -301,6 +301,7 @@ const loadavg = () => readFileSync("/proc/loadavg", "utf8").split(" ").slice(0, 
 const loadBefore = loadavg();
 const streamsBefore = await streamStates(jsm, layout.streams);
 const varzBefore = await Promise.all(natsServers.map((s) => varz(s.monitor)));
+const clientsBefore = await Promise.all(natsServers.map((s) => clientBytes(s.monitor)));
 say(
   `measuring: ${O.seconds} s at ${O.rate} events/s, ${O.batch} events per request (load average ${loadBefore}); ` +
     `stream leaders ${streamsBefore.map((s) => `${s.name} ${s.leader || "-"}`).join(", ")}`,
@@ -332,6 +333,9 @@ const loadAfter = loadavg();
 const streamsAfter = await streamStates(jsm, layout.streams);
 const varzWindow = (await Promise.all(natsServers.map((s) => varz(s.monitor)))).map((v, i) =>
   varzDelta(varzBefore[i], v),
+);
+const clientsWindow = (await Promise.all(natsServers.map((s) => clientBytes(s.monitor)))).map((c, i) =>
+  clientDelta(clientsBefore[i], c),
 );
 
 // ---------------------------------------------------------------- storage and verification
@@ -366,7 +370,7 @@ const out = report({
   run,
   components,
   nats,
-  natsServers: natsServers.map((s, i) => ({ name: s.name, varz: varzWindow[i] })),
+  natsServers: natsServers.map((s, i) => ({ name: s.name, varz: varzWindow[i], clients: clientsWindow[i] })),
   writes,
   expectedHighestShare,
   shardsPerStream: shardsPer,

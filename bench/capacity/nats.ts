@@ -94,3 +94,30 @@ export const varzDelta = (a: Varz | undefined, b: Varz | undefined): Varz | unde
         outBytes: b.outBytes - a.outBytes,
       }
     : undefined;
+
+/** Bytes a server exchanged with its clients (by connection id), to tell client traffic from replication. */
+export async function clientBytes(monitorPort: number): Promise<Map<number, { in: number; out: number }> | undefined> {
+  try {
+    const c = (await (await fetch(`http://127.0.0.1:${monitorPort}/connz?limit=100000`)).json()) as {
+      connections?: { cid: number; in_bytes: number; out_bytes: number }[];
+    };
+    return new Map((c.connections ?? []).map((x) => [x.cid, { in: x.in_bytes, out: x.out_bytes }]));
+  } catch {
+    return undefined;
+  }
+}
+
+/** Client bytes in the window: connections open at the end, less what they had at the start. */
+export function clientDelta(
+  a: Map<number, { in: number; out: number }> | undefined,
+  b: Map<number, { in: number; out: number }> | undefined,
+): { in: number; out: number } | undefined {
+  if (!a || !b) return undefined;
+  let i = 0;
+  let o = 0;
+  for (const [cid, x] of b) {
+    i += x.in - (a.get(cid)?.in ?? 0);
+    o += x.out - (a.get(cid)?.out ?? 0);
+  }
+  return { in: i, out: o };
+}

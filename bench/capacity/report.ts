@@ -18,7 +18,7 @@ export interface ReportInput {
   run: LoadResult;
   components: Component[];
   nats: Component;
-  natsServers: { name: string; varz?: Varz }[];
+  natsServers: { name: string; varz?: Varz; clients?: { in: number; out: number } }[];
   writes: StreamWrites[];
   expectedHighestShare: number;
   shardsPerStream: number[];
@@ -114,6 +114,8 @@ export function report(r: ReportInput): { markdown: string; json: unknown } {
       consumersLed: r.consumerLeaders.filter((c) => c.leader === s.name).length,
       inMiB: s.varz ? s.varz.inBytes / MiB : undefined,
       outMiB: s.varz ? s.varz.outBytes / MiB : undefined,
+      clientInMiB: s.clients ? s.clients.in / MiB : undefined,
+      clientOutMiB: s.clients ? s.clients.out / MiB : undefined,
       inMsgs: s.varz?.inMsgs,
       outMsgs: s.varz?.outMsgs,
     };
@@ -121,12 +123,12 @@ export function report(r: ReportInput): { markdown: string; json: unknown } {
   if (o.replicas > 1) {
     lines.push("");
     lines.push(
-      "| nats-server | leads (at the start) | share of writes it leads | consumers it leads | CPU µs per event | events/s per core | MiB in / out (clients + routes) |",
+      "| nats-server | leads (at the start) | share of writes it leads | consumers it leads | CPU µs per event | events/s per core | MiB in / out (clients + routes) | of which clients: in / out |",
     );
-    lines.push("| --- | --- | ---: | ---: | ---: | ---: | ---: |");
+    lines.push("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |");
     for (const s of servers)
       lines.push(
-        `| ${s.name} | ${s.leads.join(", ") || "–"} | ${pct(s.ledByteShare)} | ${s.consumersLed} of ${r.consumerLeaders.length} | ${f(s.usPerEvent, 1)} | ${f(s.eventsPerSecondPerCore)} | ${s.inMiB === undefined ? "?" : `${f(s.inMiB)} / ${f(s.outMiB!)}`} |`,
+        `| ${s.name} | ${s.leads.join(", ") || "–"} | ${pct(s.ledByteShare)} | ${s.consumersLed} of ${r.consumerLeaders.length} | ${f(s.usPerEvent, 1)} | ${f(s.eventsPerSecondPerCore)} | ${s.inMiB === undefined ? "?" : `${f(s.inMiB)} / ${f(s.outMiB!)}`} | ${s.clientInMiB === undefined ? "?" : `${f(s.clientInMiB)} / ${f(s.clientOutMiB!)}`} |`,
       );
     const mean = (xs: typeof servers) => xs.reduce((a, s) => a + s.usPerEvent, 0) / Math.max(1, xs.length);
     const leaders = servers.filter((s) => s.leads.length > 0);
