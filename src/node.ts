@@ -1,6 +1,7 @@
 import { ConfigStore } from "./config/store.ts";
 import { capacityDefaults, type NodeOptions } from "./config/env.ts";
-import { busOptionsOf, connectBus, streamLeaders, streamPositions, type Bus } from "./bus/connection.ts";
+import { busOptionsOf, connectBus, streamPositions, type Bus } from "./bus/connection.ts";
+import { spreadLeaders } from "./bus/leaders.ts";
 import { ShardedEventLog } from "./bus/shard-owners.ts";
 import { StreamCapacity, type CapacityOptions } from "./bus/capacity.ts";
 import type { IngestServer } from "./ingest/server.ts";
@@ -92,10 +93,11 @@ export async function startNode(o: NodeOptions & { natsUrl: string } & PipelineT
     bus.layout.streams,
   );
   capacity.start();
+  // Where the partitions' leaders are, spread over the servers first (src/bus/leaders.ts).
   if (bus.layout.partitions > 1 || bus.nc.info?.cluster)
-    void streamLeaders(bus.jsm, bus.layout)
+    await spreadLeaders(bus.nc, bus.jsm, bus.layout)
       .then((leaders) => log.info("events streams and their leaders", leaders))
-      .catch(() => {});
+      .catch((e) => log.warn("events streams' leaders not read", { error: String((e as Error).message ?? e) }));
   // Threads answering HTTP: this one (thread 0) and, with several, ingest worker threads sharing
   // the port; each shard of a connection is written by one of them (ShardedEventLog).
   const threads = o.ingestWorkers > 0 ? o.ingestWorkers : navigator.hardwareConcurrency || 1;

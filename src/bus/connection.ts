@@ -223,13 +223,6 @@ export async function eventStreams(jsm: JetStreamManager): Promise<string[]> {
   return out.sort((a, b) => a.length - b.length || a.localeCompare(b));
 }
 
-/** Where each events stream's leader is (a clustered NATS spreads them over its servers). */
-export async function streamLeaders(jsm: JetStreamManager, layout: StreamLayout): Promise<Record<string, string>> {
-  const out: Record<string, string> = {};
-  for (const name of layout.streams) out[name] = (await jsm.streams.info(name)).cluster?.leader ?? "";
-  return out;
-}
-
 /** The partition count of the events streams on the servers; undefined when there are none. */
 async function existingPartitions(jsm: JetStreamManager): Promise<number | undefined> {
   for await (const s of jsm.streams.list()) {

@@ -156,7 +156,10 @@ test("kill -9 the leader of one partition mid-load: the other partitions keep an
     expect(b.bus.nc.info!.server_name).not.toBe(victimServer);
     await Promise.all([a.pipelinesReady, b.pipelinesReady]);
     const placed = await cluster.leaders(layout.streams);
-    phase(`leaders as JetStream placed them: ${JSON.stringify(placed)}`);
+    phase(`leaders as the nodes left them: ${JSON.stringify(placed)}`);
+    // A node spreads the partitions' leaders at its start (src/bus/leaders.ts): nats-server 2.9
+    // alone put all three on one server in 4 of 12 runs.
+    expect(new Set(Object.values(placed)).size).toBe(3);
     // The victim's server leads its partition and no other one.
     await cluster.makeLeader(victimServer, partitionStream(VICTIM));
     for (const k of SURVIVING) await cluster.moveLeaderOff(victimServer, partitionStream(k));
