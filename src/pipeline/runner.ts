@@ -1,6 +1,6 @@
 import type { JsMsg } from "@nats-io/jetstream";
 import { type Selection, selectEvents } from "../event/selection.ts";
-import type { Sink, WriteOutcome } from "../sink/sink.ts";
+import { type Acknowledgement, NOTHING_WRITTEN, type Sink, type WriteOutcome } from "../sink/sink.ts";
 import { log } from "../util/log.ts";
 import { feedOf, type Stage } from "./stage.ts";
 import type { PipelineStats } from "./stats.ts";
@@ -49,13 +49,66 @@ export interface RunControl {
   settledElsewhere?(m: JsMsg): Promise<boolean> | undefined;
 }
 
-/** Messages staged together, and what is to become of them. */
-interface Taken {
-  messages: JsMsg[];
+/** What a taken message's (or stage batch's) acknowledgement reports to its runner. */
+interface Owner {
+  stored(t: Taken, outcome: WriteOutcome): void;
+  failed(t: Taken, error: unknown): void;
+}
+
+/**
+ * Messages staged together, and what is to become of them: the acknowledgement that travels with
+ * their rows into the sink (one object per message, no promise: messages settle by the thousand).
+ */
+class Taken implements Acknowledgement {
+  /** Until staged; then only their count and (for onLoaded) messageIds are kept, not the records. */
   records: Json[];
-  bytes: number;
-  acknowledge: boolean;
-  onSettled?: RunControl["onSettled"];
+  kept = 0;
+  ids?: string[];
+  /** Its acknowledgements are issued, or it was given up: a message without rows after it may go. */
+  ordered = false;
+  /** Messages without rows taken after it, waiting for it to be ordered. */
+  followers?: Taken[];
+  #ok?: boolean;
+  #done?: { promise: Promise<boolean>; resolve(ok: boolean): void };
+
+  constructor(
+    readonly owner: Owner,
+    readonly messages: JsMsg[],
+    records: Json[],
+    public bytes: number,
+    readonly acknowledge: boolean,
+    readonly onSettled?: RunControl["onSettled"],
+  ) {
+    this.records = records;
+  }
+
+  stored(outcome: WriteOutcome): void {
+    this.owner.stored(this, outcome);
+  }
+
+  failed(error: unknown): void {
+    this.owner.failed(this, error);
+  }
+
+  get settled(): boolean {
+    return this.#ok !== undefined;
+  }
+
+  /** true once acknowledged (its acknowledgements confirmed), false if given up. */
+  get done(): Promise<boolean> {
+    if (this.#ok !== undefined) return Promise.resolve(this.#ok);
+    if (!this.#done) {
+      let resolve!: (ok: boolean) => void;
+      const promise = new Promise<boolean>((r) => (resolve = r));
+      this.#done = { promise, resolve };
+    }
+    return this.#done.promise;
+  }
+
+  settle(ok: boolean): void {
+    this.#ok = ok;
+    this.#done?.resolve(ok);
+  }
 }
 
 /**
@@ -86,10 +139,16 @@ export class Runner {
   #staging: Promise<void> = Promise.resolve();
   /** Messages taken and not yet acknowledged or given up. */
   readonly #held = new Set<JsMsg>();
-  /** Settlements under way, for `flush` to wait on. */
-  readonly #settling = new Set<Promise<unknown>>();
-  /** The last settlement: one without rows waits for it, so it is acknowledged in order. */
-  #previous: Promise<unknown> = Promise.resolve();
+  /** Settlements under way, and who waits for there to be none (`flush`). */
+  #unsettled = 0;
+  readonly #drained: (() => void)[] = [];
+  #lastLoadMs = 0;
+  /** The last message (or stage batch) handed over: one without rows is acknowledged after it, in order. */
+  #last?: Taken;
+  readonly #owner: Owner = {
+    stored: (t, outcome) => this.#stored(t, outcome),
+    failed: (t, error) => this.#failed(t, error),
+  };
 
   constructor(
     readonly stage: Stage,
@@ -141,13 +200,15 @@ export class Runner {
     const acknowledge = control.acknowledge !== false;
     if (acknowledge) this.#held.add(m);
     if (!this.#byBatch) {
-      this.#open = { messages: [m], records: kept, bytes: m.data.length, acknowledge, onSettled: control.onSettled };
-      await this.#cut();
+      // The loop takes one message at a time, so staging it now keeps stream order. Synchronous
+      // unless the stage is: a message costs no turn of the event loop it does not need.
+      const staged = this.#stage(new Taken(this.#owner, [m], kept, m.data.length, acknowledge, control.onSettled));
+      if (staged) await staged;
       return;
     }
     // Joined to the open stage batch only now, whole: selection may give the loop a turn, and a
     // cut by age in that turn must take none of this message or all of it.
-    const open = (this.#open ??= { messages: [], records: [], bytes: 0, acknowledge, onSettled: control.onSettled });
+    const open = (this.#open ??= new Taken(this.#owner, [], [], 0, acknowledge, control.onSettled));
     open.messages.push(m);
     open.bytes += m.data.length;
     for (const e of kept) open.records.push(e);
@@ -160,15 +221,17 @@ export class Runner {
   /** A message whose copy another run sent: acknowledged once that settled. */
   #follow(m: JsMsg, copy: Promise<boolean>): void {
     this.#held.add(m);
-    this.#track(
-      copy.then((ok) => {
+    this.#unsettled++;
+    void copy
+      .then((ok) => {
         this.#release(m);
         if (ok) return this.options.ack(m);
-      }),
-    );
+      })
+      .catch((e) => this.#give([m], e))
+      .finally(() => this.#settled());
   }
 
-  /** Stages what was taken (after what was taken before it); resolves once its rows are handed to the sink. */
+  /** Stages the open stage batch (after the one before it); resolves once it is stored. */
   #cut(): Promise<void> {
     clearTimeout(this.#ageTimer);
     this.#ageTimer = undefined;
@@ -179,50 +242,116 @@ export class Runner {
     return this.#staging;
   }
 
-  async #stage(t: Taken): Promise<void> {
-    let rows: Json[];
+  /** The stage's rows for what was taken, handed to the sink; a promise only when something is awaited. */
+  #stage(t: Taken): Promise<void> | undefined {
+    let rows: Json[] | Promise<Json[]>;
     try {
-      rows = await this.stage.toRows(t.records, this.stats);
+      rows = this.stage.toRows(t.records, this.stats);
     } catch (e) {
       // Not a record's failure (those are the stage's to dead-letter): the messages come again.
-      this.#give(t, e);
+      this.#give(t.messages, e);
       return;
     }
-    const written = this.sink.write(rows, t.bytes);
-    const settled = this.#settle(t, written, rows.length === 0);
+    if (rows instanceof Promise)
+      return rows.then(
+        (r) => this.#hand(t, r),
+        (e) => this.#give(t.messages, e),
+      );
+    return this.#hand(t, rows);
+  }
+
+  /** Hands the rows to the sink with `t`, their acknowledgement. */
+  #hand(t: Taken, rows: Json[]): Promise<void> | undefined {
+    // The rows wait in the sink's batch: the records they came from need not wait with them.
+    t.kept = t.records.length;
+    if (this.onLoaded) t.ids = t.records.map((e) => e.messageId as string);
+    t.records = [];
+    this.#unsettled++;
+    if (t.onSettled) for (const m of t.messages) t.onSettled(m, t.done);
+    const previous = this.#last;
+    this.#last = t;
+    if (rows.length) this.sink.accept(rows, t, t.bytes);
+    else if (!previous || previous.ordered) this.#stored(t, NOTHING_WRITTEN);
+    else (previous.followers ??= []).push(t);
     if (!this.#byBatch) return;
     // Stored, and afterInsert done, before the next stage batch is staged.
     this.sink.flush();
-    await settled;
+    return t.done.then(() => {});
   }
 
-  #settle(t: Taken, written: Promise<WriteOutcome>, empty: boolean): Promise<boolean> {
-    const previous = this.#previous;
-    const settled = (async () => {
-      try {
-        const outcome = await written;
-        if (empty) await previous;
-        this.#count(outcome);
-        await this.stage.afterInsert?.();
-        this.onLoaded?.(t.records.map((e) => e.messageId as string));
-        if (t.acknowledge) {
-          for (const m of t.messages) this.#release(m);
-          if (t.messages.length === 1) await this.options.ack(t.messages[0]!);
-          else await Promise.all(t.messages.map((m) => this.options.ack(m)));
+  /** The sink stored (or dead-lettered) every row of `t`. */
+  #stored(t: Taken, outcome: WriteOutcome): void {
+    if (t.settled) return;
+    try {
+      this.#count(outcome);
+      if (this.stage.afterInsert)
+        void this.stage.afterInsert().then(
+          () => this.#acknowledge(t, outcome),
+          (e) => this.#failed(t, e),
+        );
+      else this.#acknowledge(t, outcome);
+    } catch (e) {
+      this.#failed(t, e);
+    }
+  }
+
+  #acknowledge(t: Taken, outcome: WriteOutcome): void {
+    try {
+      this.onLoaded?.(t.ids ?? []);
+      let acks: Promise<void>[] | undefined;
+      if (t.acknowledge)
+        for (const m of t.messages) {
+          this.#release(m);
+          const ack = this.options.ack(m);
+          if (ack) (acks ??= []).push(ack);
         }
-        this.stats.loaded += outcome.written;
-        if (outcome.written) this.stats.lastLoadAt = new Date().toISOString();
-        this.onFlushed?.(t.records.length, outcome.written);
-        return true;
-      } catch (e) {
-        this.#give(t, e);
-        return false;
-      }
-    })();
-    this.#previous = settled;
-    if (t.onSettled) for (const m of t.messages) t.onSettled(m, settled);
-    this.#track(settled);
-    return settled;
+      this.#ordered(t);
+      if (acks)
+        void Promise.all(acks).then(
+          () => this.#finish(t, outcome),
+          (e) => this.#failed(t, e),
+        );
+      else this.#finish(t, outcome);
+    } catch (e) {
+      this.#failed(t, e);
+    }
+  }
+
+  #finish(t: Taken, outcome: WriteOutcome): void {
+    this.stats.loaded += outcome.written;
+    if (outcome.written) this.#loadedNow();
+    t.settle(true);
+    this.#settled();
+    this.onFlushed?.(t.kept, outcome.written);
+  }
+
+  /** Given up (the sink stopped, afterInsert or an acknowledgement failed): left for redelivery. */
+  #failed(t: Taken, error: unknown): void {
+    if (t.settled) return;
+    this.#give(t.messages, error);
+    this.#ordered(t);
+    t.settle(false);
+    this.#settled();
+  }
+
+  /** Messages without rows waiting for `t` go now, in order. */
+  #ordered(t: Taken): void {
+    t.ordered = true;
+    const followers = t.followers;
+    t.followers = undefined;
+    if (followers) for (const f of followers) this.#stored(f, NOTHING_WRITTEN);
+  }
+
+  /** lastLoadAt, formatted at most once a millisecond (messages settle by the thousand). */
+  #loadedNow(): void {
+    const now = Date.now();
+    if (now === this.#lastLoadMs) return;
+    this.#lastLoadMs = now;
+    this.stats.lastLoadAt = new Date(now).toISOString();
+  }
+
+  #settled(): void {
+    if (--this.#unsettled === 0) for (const w of this.#drained.splice(0)) w();
   }
 
   /** The sink stored the refused rows as dead letters before resolving. */
@@ -234,15 +363,10 @@ export class Runner {
   }
 
   /** Leaves the messages unacknowledged, for redelivery. */
-  #give(t: Taken, error: unknown): void {
-    for (const m of t.messages) this.#release(m);
+  #give(messages: JsMsg[], error: unknown): void {
+    for (const m of messages) this.#release(m);
     if (this.options.onFlushError) this.options.onFlushError(error);
     else log.warn("pipeline messages left for redelivery", { table: this.stage.table, error: String(error) });
-  }
-
-  #track(p: Promise<unknown>): void {
-    this.#settling.add(p);
-    void p.finally(() => this.#settling.delete(p));
   }
 
   #release(m: JsMsg): void {
@@ -261,7 +385,7 @@ export class Runner {
   async flush(): Promise<void> {
     await this.#cut();
     this.sink.flush();
-    await Promise.all([...this.#settling]);
+    if (this.#unsettled > 0) await new Promise<void>((resolve) => this.#drained.push(resolve));
   }
 
   /**

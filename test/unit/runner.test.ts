@@ -172,6 +172,18 @@ describe("with the ClickHouse sink", () => {
     });
   });
 
+  test("one insert of several hand-overs tells each its own outcome", async () => {
+    log = [];
+    const g = gatedWarehouse();
+    g.open();
+    const sink = clickHouseSink(g.w, "events", { batch: noAge, inserter: { initialBackoffMs: 1, maxBackoffMs: 1 } });
+    const first = sink.write([{ message_id: "a1" }, { message_id: "a2" }]);
+    const second = sink.write([{ message_id: "bad1" }, { message_id: "b2" }]);
+    sink.flush();
+    expect(await first).toEqual({ written: 2, refused: [] });
+    expect(await second).toMatchObject({ written: 1, refused: [{ row: { message_id: "bad1" } }] });
+  });
+
   test("a message whose events were all filtered out is acknowledged in order with the rest", async () => {
     log = [];
     const g = gatedWarehouse();

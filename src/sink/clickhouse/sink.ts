@@ -2,7 +2,15 @@ import { publishDeadLetters, type DeadLetter } from "../../bus/dead-letters.ts";
 import type { Bus } from "../../bus/connection.ts";
 import { sinkBatchRows, sinkFlushDuration } from "./metrics.ts";
 import { log } from "../../util/log.ts";
-import type { RefusedRow, Row, Sink, WriteOutcome } from "../sink.ts";
+import {
+  type Acknowledgement,
+  NOTHING_WRITTEN,
+  type RefusedRow,
+  type Row,
+  type Sink,
+  type WriteOutcome,
+  writeThrough,
+} from "../sink.ts";
 import { Inserter, inserterDefaults, type InserterOptions } from "./inserter.ts";
 import type { Warehouse } from "./server.ts";
 
@@ -35,11 +43,10 @@ export interface ClickHouseSinkOptions {
   onInsert?: (rows: number, outcome: WriteOutcome) => void;
 }
 
-/** One `write`: its rows, and the promise that settles when they are stored or refused. */
+/** One hand-over: its rows, and the acknowledgement told when they are stored or refused. */
 interface Part {
   rows: Row[];
-  resolve(o: WriteOutcome): void;
-  reject(e: unknown): void;
+  ack: Acknowledgement;
 }
 
 interface Batch {
@@ -54,8 +61,8 @@ const emptyBatch = (): Batch => ({ parts: [], rows: 0, bytes: 0 });
  * The ClickHouse sink: batches the rows it is given by rows, bytes and age (Vector's clickhouse
  * sink owns its batching likewise), inserts one batch at a time with capped exponential backoff,
  * bisects a refused batch down to the rows ClickHouse refuses for their content (the Inserter), and
- * stores those as dead letters with ClickHouse's reason. Each `write` resolves once its own rows are
- * stored or dead-lettered, so acknowledging after it never loses one.
+ * stores those as dead letters with ClickHouse's reason. Each hand-over's acknowledgement is told
+ * once its own rows are stored or dead-lettered, so acknowledging after it never loses one.
  */
 export class ClickHouseSink implements Sink {
   readonly #inserter: Inserter;
@@ -75,19 +82,27 @@ export class ClickHouseSink implements Sink {
     this.#inserter = new Inserter(warehouse, table, options.inserter ?? inserterDefaults, options.onRetry);
   }
 
-  write(rows: Row[], bytes = 0): Promise<WriteOutcome> {
-    if (this.#stopped) return Promise.reject(new Error(`the ClickHouse sink of ${this.table} stopped`));
-    if (!rows.length) return Promise.resolve({ written: 0, refused: [] });
-    return new Promise((resolve, reject) => {
-      const open = this.#open;
-      open.parts.push({ rows, resolve, reject });
-      open.rows += rows.length;
-      open.bytes += bytes;
-      const b = this.options.batch;
-      if (!b || open.rows >= b.maxRows || open.bytes >= b.maxBytes) this.#full = this.#close();
-      else if (!this.#ageTimer && Number.isFinite(b.maxAgeMs))
-        this.#ageTimer = setTimeout(() => void this.#close(), b.maxAgeMs);
-    });
+  accept(rows: Row[], ack: Acknowledgement, bytes = 0): void {
+    if (this.#stopped) {
+      ack.failed(new Error(`the ClickHouse sink of ${this.table} stopped`));
+      return;
+    }
+    if (!rows.length) {
+      ack.stored(NOTHING_WRITTEN);
+      return;
+    }
+    const open = this.#open;
+    open.parts.push({ rows, ack });
+    open.rows += rows.length;
+    open.bytes += bytes;
+    const b = this.options.batch;
+    if (!b || open.rows >= b.maxRows || open.bytes >= b.maxBytes) this.#full = this.#close();
+    else if (!this.#ageTimer && Number.isFinite(b.maxAgeMs))
+      this.#ageTimer = setTimeout(() => void this.#close(), b.maxAgeMs);
+  }
+
+  write(rows: Row[]): Promise<WriteOutcome> {
+    return writeThrough(this, rows);
   }
 
   /** While a full batch is being inserted, the next waits: a slow ClickHouse holds the consumer loop. */
@@ -126,13 +141,13 @@ export class ClickHouseSink implements Sink {
     try {
       outcome = await this.#store(rows);
     } catch (e) {
-      for (const p of batch.parts) p.reject(e);
+      for (const p of batch.parts) p.ack.failed(e);
       return;
     }
     this.options.onInsert?.(rows.length, outcome);
-    if (batch.parts.length === 1) return batch.parts[0]!.resolve(outcome);
+    if (batch.parts.length === 1) return batch.parts[0]!.ack.stored(outcome);
     if (!outcome.refused.length) {
-      for (const p of batch.parts) p.resolve({ written: p.rows.length, refused: [] });
+      for (const p of batch.parts) p.ack.stored({ written: p.rows.length, refused: [] });
       return;
     }
     // Rare: each refused row back to the write it came in.
@@ -143,7 +158,7 @@ export class ClickHouseSink implements Sink {
     const refused: RefusedRow[][] = batch.parts.map(() => []);
     for (const r of outcome.refused) refused[partOf.get(r.row)!]!.push(r);
     batch.parts.forEach((p, i) => {
-      p.resolve({ written: p.rows.length - refused[i]!.length, refused: refused[i]! });
+      p.ack.stored({ written: p.rows.length - refused[i]!.length, refused: refused[i]! });
     });
   }
 

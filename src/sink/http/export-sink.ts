@@ -2,7 +2,14 @@ import { publishDeadLetters, type DeadLetter } from "../../bus/dead-letters.ts";
 import type { Bus } from "../../bus/connection.ts";
 import { describeDestination, type DestinationOptions } from "../../config/destination.ts";
 import { log } from "../../util/log.ts";
-import type { Row, Sink, WriteOutcome } from "../sink.ts";
+import {
+  type Acknowledgement,
+  NOTHING_WRITTEN,
+  type Row,
+  type Sink,
+  type WriteOutcome,
+  writeThrough,
+} from "../sink.ts";
 import { idempotencyKey } from "./idempotency.ts";
 import { OrderedBatcher, type Queued } from "./ordered-batcher.ts";
 import { RequestRateLimiter, sleep } from "./rate-limit.ts";
@@ -27,7 +34,7 @@ export interface Encoder {
   request(events: string[]): { body: string; headers: Record<string, string> };
 }
 
-/** Thrown by `write` once the sink is stopped: the batch stays unacknowledged, for redelivery. */
+/** What a hand-over is given up with once the sink is stopped: its messages stay unacknowledged, for redelivery. */
 export class SinkStoppedError extends Error {
   readonly code = "SINK_STOPPED";
   constructor() {
@@ -56,12 +63,12 @@ export interface ExportSinkOptions {
   onOutcome?: (messageId: string, outcome: "loaded" | "failed", reason: string) => void;
 }
 
+/** One hand-over's events: counted down as they settle, its acknowledgement told at zero. */
 interface Tracker {
   remaining: number;
   written: number;
   refused: { row: Row; reason: string }[];
-  resolve(o: WriteOutcome): void;
-  reject(e: unknown): void;
+  ack: Acknowledgement;
   settled: boolean;
 }
 
@@ -77,9 +84,9 @@ type Answer = { status: number; text: string; retryAfter: string | null } | { er
  * The HTTP export sink shared by the webhook and segment destinations: per-user ordered batching
  * (OrderedBatcher), requests with an Idempotency-Key that is the same on every attempt, retries of
  * 408/429/5xx/timeouts/connection errors for as long as it takes (capped backoff with jitter,
- * Retry-After honoured), dead letters for other answers, and a rate limit. `write` resolves once
+ * Retry-After honoured), dead letters for other answers, and a rate limit. A hand-over (`accept`) is acknowledged once
  * every event it was given is 2xx'd or dead-lettered, so acknowledging after it never loses one.
- * Several `write`s may be pending at once: that is how events of different messages and users
+ * Several hand-overs may be pending at once: that is how events of different messages and users
  * proceed in parallel while each user's stay in order.
  */
 export class ExportSink implements Sink {
@@ -106,7 +113,7 @@ export class ExportSink implements Sink {
     );
   }
 
-  /** Events given to `write` and not yet settled. */
+  /** Events handed over and not yet settled. */
   get queued(): number {
     return this.#batcher.size;
   }
@@ -118,19 +125,27 @@ export class ExportSink implements Sink {
     return new Promise((resolve) => this.#waiters.push(resolve));
   }
 
+  accept(rows: Row[], ack: Acknowledgement): void {
+    if (this.#abort.signal.aborted) {
+      ack.failed(new SinkStoppedError());
+      return;
+    }
+    if (!rows.length) {
+      ack.stored(NOTHING_WRITTEN);
+      return;
+    }
+    const tracker: Tracker = { remaining: rows.length, written: 0, refused: [], ack, settled: false };
+    this.#batcher.push(
+      (rows as ExportRow[]).map((r) => {
+        const json = JSON.stringify(r.body ?? null);
+        return { key: r.key, bytes: Buffer.byteLength(json), value: { row: r, json, tracker } };
+      }),
+    );
+    this.stats.queued = this.#batcher.size;
+  }
+
   write(rows: Row[]): Promise<WriteOutcome> {
-    if (this.#abort.signal.aborted) return Promise.reject(new SinkStoppedError());
-    if (!rows.length) return Promise.resolve({ written: 0, refused: [] });
-    return new Promise((resolve, reject) => {
-      const tracker: Tracker = { remaining: rows.length, written: 0, refused: [], resolve, reject, settled: false };
-      this.#batcher.push(
-        (rows as ExportRow[]).map((r) => {
-          const json = JSON.stringify(r.body ?? null);
-          return { key: r.key, bytes: Buffer.byteLength(json), value: { row: r, json, tracker } };
-        }),
-      );
-      this.stats.queued = this.#batcher.size;
-    });
+    return writeThrough(this, rows);
   }
 
   /** Sends what is queued now, whatever its age. */
@@ -148,7 +163,7 @@ export class ExportSink implements Sink {
   #fail(t: Tracker): void {
     if (t.settled) return;
     t.settled = true;
-    t.reject(new SinkStoppedError());
+    t.ack.failed(new SinkStoppedError());
   }
 
   #settle(item: Item, refusedReason?: string): void {
@@ -158,7 +173,7 @@ export class ExportSink implements Sink {
     else t.refused.push({ row: item.row, reason: refusedReason });
     if (--t.remaining === 0) {
       t.settled = true;
-      t.resolve({ written: t.written, refused: t.refused });
+      t.ack.stored({ written: t.written, refused: t.refused });
     }
   }
 
