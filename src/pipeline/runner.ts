@@ -1,8 +1,9 @@
 import type { JsMsg } from "@nats-io/jetstream";
 import { type Selection, selectEvents } from "../event/selection.ts";
-import { type Acknowledgement, NOTHING_WRITTEN, type Sink, type WriteOutcome } from "../sink/sink.ts";
+import { NOTHING_WRITTEN, type Sink, type WriteOutcome } from "../sink/sink.ts";
 import { log } from "../util/log.ts";
 import { feedOf, type Stage } from "./stage.ts";
+import { type Owner, Taken } from "./taken.ts";
 import type { PipelineStats } from "./stats.ts";
 
 type Json = Record<string, unknown>;
@@ -49,76 +50,14 @@ export interface RunControl {
   settledElsewhere?(m: JsMsg): Promise<boolean> | undefined;
 }
 
-/** What a taken message's (or stage batch's) acknowledgement reports to its runner. */
-interface Owner {
-  stored(t: Taken, outcome: WriteOutcome): void;
-  failed(t: Taken, error: unknown): void;
-}
-
-/**
- * Messages staged together, and what is to become of them: the acknowledgement that travels with
- * their rows into the sink (one object per message, no promise: messages settle by the thousand).
- */
-class Taken implements Acknowledgement {
-  /** Until staged; then only their count and (for onLoaded) messageIds are kept, not the records. */
-  records: Json[];
-  kept = 0;
-  ids?: string[];
-  /** Its acknowledgements are issued, or it was given up: a message without rows after it may go. */
-  ordered = false;
-  /** Messages without rows taken after it, waiting for it to be ordered. */
-  followers?: Taken[];
-  #ok?: boolean;
-  #done?: { promise: Promise<boolean>; resolve(ok: boolean): void };
-
-  constructor(
-    readonly owner: Owner,
-    readonly messages: JsMsg[],
-    records: Json[],
-    public bytes: number,
-    readonly acknowledge: boolean,
-    readonly onSettled?: RunControl["onSettled"],
-  ) {
-    this.records = records;
-  }
-
-  stored(outcome: WriteOutcome): void {
-    this.owner.stored(this, outcome);
-  }
-
-  failed(error: unknown): void {
-    this.owner.failed(this, error);
-  }
-
-  get settled(): boolean {
-    return this.#ok !== undefined;
-  }
-
-  /** true once acknowledged (its acknowledgements confirmed), false if given up. */
-  get done(): Promise<boolean> {
-    if (this.#ok !== undefined) return Promise.resolve(this.#ok);
-    if (!this.#done) {
-      let resolve!: (ok: boolean) => void;
-      const promise = new Promise<boolean>((r) => (resolve = r));
-      this.#done = { promise, resolve };
-    }
-    return this.#done.promise;
-  }
-
-  settle(ok: boolean): void {
-    this.#ok = ok;
-    this.#done?.resolve(ok);
-  }
-}
-
 /**
  * The one path from stream messages to stored rows, for live pipelines (PipelineWorker), export
  * pipelines (ExportWorker, its take-over catch-up included) and replays: select
  * (src/event/selection.ts) → stage → sink → acknowledge. The sink batches; the acknowledgement
- * travels with the records: a message is acknowledged once the sink's `write` of its rows resolved
- * (every row stored or dead-lettered), whichever batch each went in and in whatever order the sink's
- * batches finish (an export's users proceed in parallel). A message that produced no rows is
- * acknowledged after the message before it, in order with the rest. The loop waits for the sink's
+ * travels with the records (Sink.accept): a message is acknowledged once the sink tells it that
+ * every row it produced is stored or dead-lettered, whichever batch each went in and in whatever
+ * order the sink's batches finish (an export's users proceed in parallel). A message that produced
+ * no rows is acknowledged right after the message before it, in order with the rest. The loop waits for the sink's
  * room before the next message (back-pressure); held messages are marked as being worked on so
  * JetStream does not redeliver them meanwhile. A crash anywhere means redelivery, never loss.
  */
