@@ -17,12 +17,11 @@ export interface Stage {
   /** Ingested events, or raw webhook deliveries (a raw connection's stream holds both). */
   readonly takes: RecordKind;
   /**
-   * How the runner feeds it. "message" (the default without afterInsert): each stream message's
-   * kept records as the message comes, its rows handed to the sink at once (the sink batches).
-   * "batch" (the default with afterInsert): the kept records of many messages at a time (the
-   * runner's stage batch), one batch after the other, each stored and followed by afterInsert
-   * before the next is staged (users: profiles resolved once per batch, the identities of a batch
-   * written once its users rows are).
+   * How the runner feeds it, declared, never guessed. "message" (the default): each stream
+   * message's kept records as the message comes, its rows handed to the sink at once (the sink
+   * batches). "batch": the kept records of many messages at a time (the runner's stage batch), one
+   * batch after the other, each stored and followed by afterInsert before the next is staged
+   * (users: profiles resolved once per batch, the identities of a batch written once its users rows are).
    */
   readonly feed?: "message" | "batch";
   /** Rows for kept records; per-record failures are recorded on `stats`, never thrown. */
@@ -33,4 +32,4 @@ export interface Stage {
 }
 
 /** How the runner feeds `stage` (see Stage.feed). */
-export const feedOf = (stage: Stage): "message" | "batch" => stage.feed ?? (stage.afterInsert ? "batch" : "message");
+export const feedOf = (stage: Stage): "message" | "batch" => stage.feed ?? "message";

@@ -55,6 +55,8 @@ export type { DeadLetterSink, RefusedEventLetter } from "../refused-events.ts";
  */
 export class UsersStage implements Stage {
   readonly kind = "users";
+  /** Profiles resolve once per batch, and a batch's identities are written once its users rows are. */
+  readonly feed = "batch";
   readonly table = "users";
   readonly takes = "events";
   #merged: string[] = [];
