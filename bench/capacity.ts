@@ -299,6 +299,16 @@ for (const c of components) c.idleEnd(IDLE_SECONDS);
 
 const loadavg = () => readFileSync("/proc/loadavg", "utf8").split(" ").slice(0, 3).join(" ");
 const loadBefore = loadavg();
+// ClickHouse's cost follows its inserts more than its rows: each pipeline flushes its own batches.
+const inserts = async () =>
+  Number(
+    (
+      await query<{ v: string }>(`SELECT sum(value) AS v FROM system.events WHERE event = 'InsertQuery'`).catch(
+        () => [],
+      )
+    )[0]?.v ?? Number.NaN,
+  );
+const insertsBefore = await inserts();
 const streamsBefore = await streamStates(jsm, layout.streams);
 const varzBefore = await Promise.all(natsServers.map((s) => varz(s.monitor)));
 const clientsBefore = await Promise.all(natsServers.map((s) => clientBytes(s.monitor)));
@@ -330,6 +340,7 @@ clearInterval(lagPoller);
 for (const c of components) c.end();
 const window = (performance.now() - t0) / 1000;
 const loadAfter = loadavg();
+const chInserts = (await inserts()) - insertsBefore;
 const streamsAfter = await streamStates(jsm, layout.streams);
 const varzWindow = (await Promise.all(natsServers.map((s) => varz(s.monitor)))).map((v, i) =>
   varzDelta(varzBefore[i], v),
@@ -384,6 +395,7 @@ const out = report({
   storedMessages,
   storedBytes,
   chBytesPerRow,
+  chInserts,
   verification: v,
   distinct: { u: Number(distinct!.u), c: Number(distinct!.c) },
   want,

@@ -32,6 +32,8 @@ export interface ReportInput {
   storedMessages: number;
   storedBytes: number;
   chBytesPerRow: number;
+  /** INSERT queries ClickHouse ran in the window (the pipelines' flushes). */
+  chInserts: number;
   verification: Verification;
   distinct: { u: number; c: number };
   want: number;
@@ -150,7 +152,7 @@ export function report(r: ReportInput): { markdown: string; json: unknown } {
   lines.push(
     `Storage: ${f(r.streamBytesPerEvent)} bytes per event in the streams (per replica; ${f(r.storedMessages)} messages, ${f(r.storedBytes / MiB, 1)} MiB), ` +
       `so one hour of ClickHouse outage at 1,000 events/s needs ${f((r.streamBytesPerEvent * 1000 * 3600) / 2 ** 30, 2)} GiB of stream per replica; ` +
-      `ClickHouse keeps ${f(r.chBytesPerRow)} bytes per row on disk (compressed, after merges so far; the fixtures repeat three events, so real data compresses far less).`,
+      `ClickHouse ran ${f(r.chInserts)} inserts in the window (${f(events / r.chInserts)} events each on average, ${f(((r.components.find((c) => c.name === "ClickHouse")?.cpu ?? 0) / r.chInserts) * 1e3, 1)} CPU-ms per insert) and keeps ${f(r.chBytesPerRow)} bytes per row on disk (compressed, after merges so far; the fixtures repeat three events, so real data compresses far less).`,
   );
   lines.push(
     `Verification (tributary.events FINAL, request by request, ${o.connections} connection(s): ${f(Math.min(...perConn))}–${f(Math.max(...perConn))} events each): ` +
@@ -176,6 +178,8 @@ export function report(r: ReportInput): { markdown: string; json: unknown } {
     eventJsonBytes: r.eventJsonBytes,
     streamBytesPerEvent: r.streamBytesPerEvent,
     chBytesPerRow: r.chBytesPerRow,
+    chInserts: r.chInserts,
+    chRowsPerInsert: events / r.chInserts,
     highestStreamByteShare: highest.byteShare,
     highestStreamMessageShare: highestMessages,
     expectedHighestShare: r.expectedHighestShare,
