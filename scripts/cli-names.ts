@@ -11,7 +11,7 @@ import { join } from "node:path";
 import { parse } from "yaml";
 import type { JetStreamManager } from "@nats-io/jetstream";
 import { STREAM, SUBJECT_ROOT } from "../src/bus/subjects.ts";
-import { eventStreams } from "../src/bus/connection.ts";
+import { eventStreams, isStreamNotFound } from "../src/bus/connection.ts";
 import { DLQ_STREAM } from "../src/bus/dead-letters.ts";
 import { RAW_PIPELINE } from "../src/pipeline/raw-stage.ts";
 
@@ -74,7 +74,7 @@ export async function storedNames(
     try {
       return Object.keys((await jsm.streams.info(stream, { subjects_filter: filter })).state.subjects ?? {});
     } catch (e) {
-      if (/stream not found/i.test(String((e as Error).message))) return [];
+      if (isStreamNotFound(e)) return [];
       throw e;
     }
   };

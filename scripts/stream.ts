@@ -9,7 +9,7 @@
 import type { NatsConnection } from "@nats-io/transport-node";
 import { jetstreamManager, type ConsumerInfo, type JetStreamManager, type StreamInfo } from "@nats-io/jetstream";
 import { STREAM } from "../src/bus/subjects.ts";
-import { eventStreams } from "../src/bus/connection.ts";
+import { eventStreams, isStreamNotFound } from "../src/bus/connection.ts";
 import { DLQ_STREAM } from "../src/bus/dead-letters.ts";
 import { fail, parseCommand, unknownName } from "./cli.ts";
 import { connectOrExit, natsServers } from "./cli-nats.ts";
@@ -170,7 +170,7 @@ export async function readStream(jsm: JetStreamManager, name: string): Promise<S
   try {
     info = await jsm.streams.info(name);
   } catch (e) {
-    if (/stream not found/i.test(String((e as Error).message))) return undefined;
+    if (isStreamNotFound(e)) return undefined;
     throw e;
   }
   const consumers: ConsumerInfo[] = [];

@@ -11,7 +11,7 @@ import {
   type JetStreamManager,
 } from "@nats-io/jetstream";
 import { STREAM, streamLayout, type StreamLayout } from "./subjects.ts";
-import { StreamLayoutError } from "./errors.ts";
+import { JsCodes, StreamLayoutError, apiCode, isNoResponders, isPlacementError, isTransient } from "./errors.ts";
 import { log } from "../util/log.ts";
 
 export interface BusOptions {
@@ -160,10 +160,10 @@ async function untilJetStreamAnswers(
     } catch (e) {
       if (e instanceof StreamLayoutError) throw e;
       const m = String((e as Error).message ?? e);
-      if (/no responders/i.test(m))
+      if (isNoResponders(e))
         throw new Error(`JetStream is not enabled on the NATS server (start it with -js): ${m}`, { cause: e });
-      const placement = /no suitable peers|insufficient resources/i.test(m);
-      const transient = placement || /timeout|temporarily unavailable|disconnect|connection closed/i.test(m);
+      const placement = isPlacementError(e) && !(apiCode(e) === JsCodes.ReplicasNotSupported);
+      const transient = placement || isTransient(e);
       const elapsed = Date.now() - started;
       if (!transient || elapsed > deadlineMs || (placement && elapsed > placementMs)) throw replicaError(e, replicas);
       log.warn("JetStream not ready; retrying", { error: m, retryInMs: delay });
@@ -175,7 +175,7 @@ async function untilJetStreamAnswers(
 /** A clearer error for replica counts the servers cannot hold. */
 function replicaError(e: unknown, replicas: number): Error {
   const m = String((e as Error).message ?? e);
-  if (/non-clustered|insufficient resources|no suitable peers|replicas/i.test(m)) {
+  if (isPlacementError(e)) {
     return new Error(
       `TRIBUTARY_STREAM_REPLICAS=${replicas}: the NATS servers cannot hold ${replicas} replicas of ${STREAM} (${m}); it needs a JetStream cluster of at least ${replicas} servers`,
       { cause: e },

@@ -1,6 +1,7 @@
 import { randomUUID } from "node:crypto";
 import type { KV } from "@nats-io/kv";
 import { type Link, type Profile, ProfileConflictError, ProfileStoreUnavailable } from "./profile-model.ts";
+import { isWrongLastSequence } from "../../bus/errors.ts";
 
 /** KV reads and writes made, for tests and benchmarks (incrementality: per event, not per profile). */
 export const kvOps = { reads: 0, writes: 0 };
@@ -207,8 +208,7 @@ export class Attempt {
             ? await kv.create(key, enc.encode(data))
             : await kv.update(key, enc.encode(data), slot.revision);
       } catch (e) {
-        const m = String((e as Error).message);
-        if (/wrong last sequence|key exists|exists/i.test(m)) throw new ProfileConflictError(`${key}: ${m}`);
+        if (isWrongLastSequence(e)) throw new ProfileConflictError(`${key}: ${(e as Error).message}`);
         throw e;
       }
       slot.dirty = false;

@@ -3,6 +3,7 @@ import { Kvm, type KV } from "@nats-io/kv";
 import type { JetStreamClient } from "@nats-io/jetstream";
 import { log } from "../../util/log.ts";
 import { kvOps, PROFILE_LIMITS, ProfileStoreUnavailable, SOURCES_BUCKET, type ProfileUpdate } from "./profiles.ts";
+import { isWrongLastSequence } from "../../bus/errors.ts";
 
 /**
  * Source identities (PRODUCT.md §8): what one connection's users pipeline has learnt about one
@@ -156,8 +157,7 @@ export class SourceStore {
           e && e.operation === "PUT" ? await this.kv.update(key, data, e.revision) : await this.kv.create(key, data);
         return { record: rec, revision };
       } catch (err) {
-        const m = String((err as Error).message);
-        if (attempt >= 20 || !/wrong last sequence|key exists|exists/i.test(m)) throw err;
+        if (attempt >= 20 || !isWrongLastSequence(err)) throw err;
         await Bun.sleep(Math.random() * 10 * attempt);
       }
     }
