@@ -45,6 +45,20 @@ export async function ensurePipelineConsumer(
   return migratedFrom ? { migratedFrom } : {};
 }
 
+/** What a pipeline worker (live or export) knows of where its consumers start. */
+export interface ConsumerOwner {
+  readonly bus: Bus;
+  readonly connection: string;
+  readonly pipeline: string;
+  readonly batch: { ackWaitMs: number };
+  /** Where the consumers start if they do not exist yet; default: where the node connected. */
+  startAfterSeq?: StreamPositions;
+}
+
+/** The worker's consumers on every partition, created where it was told to start (see ensurePipelineConsumer). */
+export const ensureConsumersOf = (w: ConsumerOwner) =>
+  ensurePipelineConsumer(w.bus, w.connection, w.pipeline, w.batch.ackWaitMs, w.startAfterSeq ?? w.bus.startSeq ?? 0);
+
 async function ensureOn(
   bus: Bus,
   partition: number,

@@ -1,6 +1,6 @@
 import type { Bus } from "../bus/connection.ts";
 import { consumerName } from "../bus/subjects.ts";
-import { consumePipeline, ensurePipelineConsumer, type StreamPositions } from "./consumers.ts";
+import { consumePipeline, ensureConsumersOf, type StreamPositions } from "./consumers.ts";
 import { compileFilter } from "../expr/index.ts";
 import type { Warehouse } from "../sink/clickhouse/server.ts";
 import { inserterDefaults, type InserterOptions } from "../sink/clickhouse/inserter.ts";
@@ -94,13 +94,7 @@ export class PipelineWorker {
 
   async start(): Promise<void> {
     if (this.#running) return;
-    await ensurePipelineConsumer(
-      this.bus,
-      this.connection,
-      this.pipeline,
-      this.batch.ackWaitMs,
-      this.startAfterSeq ?? this.bus.startSeq ?? 0,
-    );
+    await ensureConsumersOf(this);
     const consumed = await consumePipeline(this.bus, this.connection, this.pipeline);
     this.#running = true;
     this.#messages = consumed;

@@ -9,7 +9,7 @@ import { log } from "../../util/log.ts";
 import { Runner } from "../runner.ts";
 import { PipelineStats } from "../stats.ts";
 import { type BatchOptions, batchDefaults, durableName } from "../worker.ts";
-import { consumePipeline, ensurePipelineConsumer, pipelineConsumers, type StreamPositions } from "../consumers.ts";
+import { consumePipeline, ensureConsumersOf, pipelineConsumers, type StreamPositions } from "../consumers.ts";
 import { Lease, type LeaseOptions, leaseBucket, leaseDefaults, leaseKey } from "./lease.ts";
 import { exportSink } from "./sink.ts";
 import type { ExportStage } from "./stage.ts";
@@ -90,13 +90,7 @@ export class ExportWorker {
   }
 
   async start(): Promise<void> {
-    await ensurePipelineConsumer(
-      this.bus,
-      this.connection,
-      this.pipeline,
-      this.batch.ackWaitMs,
-      this.startAfterSeq ?? this.bus.startSeq ?? 0,
-    );
+    await ensureConsumersOf(this);
     const kv = await leaseBucket(this.bus, this.lease);
     this.#lease = new Lease(kv, leaseKey(this.connection, this.pipeline), this.lease);
     this.#loop = this.#run();
