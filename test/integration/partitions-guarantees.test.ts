@@ -1,7 +1,6 @@
 import { afterAll, expect, test } from "bun:test";
-import { connect } from "@nats-io/transport-node";
-import { DeliverPolicy, jetstream } from "@nats-io/jetstream";
 import { useStack } from "../harness/stack.ts";
+import { storedEvents } from "../harness/stream.ts";
 import { join } from "node:path";
 import { startTestNode } from "../harness/services.ts";
 import { rows } from "../harness/warehouse.ts";
@@ -309,30 +308,11 @@ test("rows ClickHouse refuses are dead-lettered by their own pipeline from every
 }, 90_000);
 
 /** Every event of the connection stored in partition k's stream, in that stream's order. */
-async function partitionEvents(connection: string, k: number): Promise<Record<string, any>[]> {
-  const nc = await connect({ servers: stack.nats.url });
-  try {
-    const filter = layout.consumerFilter(connection, k);
-    const info = await stack.node.bus.jsm.streams.info(layout.streams[k]!, { subjects_filter: filter });
-    const total = Object.values(info.state.subjects ?? {}).reduce((a, n) => a + (n as number), 0);
-    const out: Record<string, any>[] = [];
-    if (!total) return out;
-    const c = await jetstream(nc).consumers.get(layout.streams[k]!, {
-      filter_subjects: filter,
-      deliver_policy: DeliverPolicy.All,
-    });
-    const messages = await c.consume();
-    let seen = 0;
-    for await (const m of messages) {
-      out.push(...(m.json() as Record<string, any>[]));
-      if (++seen >= total) break;
-    }
-    messages.stop();
-    return out;
-  } finally {
-    await nc.close();
-  }
-}
+const partitionEvents = (connection: string, k: number) =>
+  storedEvents(stack.node.bus, connection, {
+    stream: layout.streams[k]!,
+    filter: layout.consumerFilter(connection, k),
+  });
 
 test("an export sends every event, each user's in its partition's stream order, under retries", async () => {
   // Six users, two on each partition; each user's messageIds all hash to shards of its partition.

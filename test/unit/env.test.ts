@@ -1,7 +1,6 @@
 import { describe, expect, test } from "bun:test";
 import {
   defaultOptions,
-  EnvironmentError,
   Environment,
   inserterDefaults,
   parseOptions,
@@ -12,16 +11,7 @@ import {
   batchDefaults,
   ingestDefaults,
 } from "../../src/config/env.ts";
-
-const refusal = (env: Record<string, string>): string => {
-  try {
-    parseOptions(env);
-  } catch (e) {
-    expect(e).toBeInstanceOf(EnvironmentError);
-    return (e as Error).message;
-  }
-  throw new Error(`accepted ${JSON.stringify(env)}`);
-};
+import { refusal } from "../harness/env.ts";
 
 describe("the environment (src/config/env.ts)", () => {
   test("2.5 replicas is refused, naming the variable, what it takes and what it got", () => {

@@ -1,28 +1,13 @@
 import { describe, expect, test } from "bun:test";
 import { join } from "node:path";
-import {
-  defaultOptions,
-  Environment,
-  EnvironmentError,
-  parseOptions,
-  transformLimitDefaults,
-} from "../../src/config/env.ts";
+import { defaultOptions, Environment, parseOptions, transformLimitDefaults } from "../../src/config/env.ts";
 import { resolveLimits } from "../../src/pipeline/transform/host.ts";
 import { warehouseOptionsOf } from "../../src/sink/clickhouse/server.ts";
 import { defaultLogLevel, LOG_LEVELS } from "../../src/util/log.ts";
+import { refusal } from "../harness/env.ts";
 
 /** Issue 18: src/config/env.ts is the one source of the defaults, and its refusals name the variable. */
 const ROOT = join(import.meta.dir, "../..");
-
-const refusal = (env: Record<string, string>): string => {
-  try {
-    parseOptions(env);
-  } catch (e) {
-    expect(e).toBeInstanceOf(EnvironmentError);
-    return (e as Error).message;
-  }
-  throw new Error(`accepted ${JSON.stringify(env)}`);
-};
 
 describe("LOG_LEVEL", () => {
   test("takes the levels log.ts knows, in any case, and refuses others naming the variable", () => {
