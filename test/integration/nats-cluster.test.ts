@@ -220,12 +220,12 @@ test("a node added and removed under load: the shared consumers rebalance, nothi
     const load = new Load({ url: () => up[i++ % up.length]!.url, writeKey: key, clients: 4, pauseMs: 5, prefix: "ar" });
     let loadedA = 0;
     try {
-      await Bun.sleep(2000);
+      await Bun.sleep(1000);
       b = await startTestNode(cluster.url, files, opts);
       await b.pipelinesReady;
       up = [a, b];
       phase(`B added (${load.accepted.length} accepted so far)`);
-      await Bun.sleep(3000);
+      await Bun.sleep(2000);
       // A leaves: traffic moves to B first, then A finishes its requests and flushes its batch.
       up = [b];
       await a.stop();
@@ -233,7 +233,7 @@ test("a node added and removed under load: the shared consumers rebalance, nothi
       phase(`A removed (${load.accepted.length} accepted so far)`);
       // Its final counts, the last batch it flushed on the way out included.
       loadedA = (await ma.snapshots())[0]!.loaded;
-      await Bun.sleep(3000);
+      await Bun.sleep(2000);
     } finally {
       await load.stop();
     }
