@@ -9,9 +9,11 @@ type StoredMessage = Awaited<ReturnType<Bus["jsm"]["streams"]["getMessage"]>>;
 const GETS = 8;
 
 /**
- * Calls `each` with the headers of every message on `subject` with a sequence in [minSeq, maxSeq]:
- * a few with the stream's get API, the rest (a block of one-event messages) with a headers-only
- * consumer, which reads a thousand headers in the time of a few gets.
+ * Calls `each` with the headers of every message on `subject` with a sequence in [minSeq, maxSeq],
+ * in order: the first `gets` with the stream's get API (no consumer to create, which on a clustered
+ * stream is a meta-leader round trip), the rest with a headers-only consumer, which reads a
+ * thousand headers in the time of a few gets. Used to confirm a dedup index hit and to catch a
+ * shard writer up on another node's writes.
  */
 export async function readRange(
   bus: Bus,
@@ -20,9 +22,10 @@ export async function readRange(
   maxSeq: number,
   timeoutMs: number,
   each: (headers: { get(k: string): string } | undefined, seq: number) => void,
+  gets = GETS,
 ): Promise<void> {
   const stream = bus.layout.streamOfSubject(subject);
-  let seq = await walk(bus, stream, subject, minSeq, maxSeq, GETS, each);
+  let seq = await walk(bus, stream, subject, minSeq, maxSeq, gets, each);
   if (seq > maxSeq) return;
   try {
     seq = await consume(bus, stream, subject, seq, maxSeq, timeoutMs, each);
@@ -48,9 +51,7 @@ async function walk(
     try {
       m = await bus.jsm.streams.getMessage(stream, { seq, next_by_subj: subject } as unknown as { seq: number });
     } catch (e) {
-      throw new BusUnavailableError(`cannot read ${subject} to check duplicates: ${(e as Error).message}`, {
-        cause: e,
-      });
+      throw new BusUnavailableError(`cannot read ${subject}: ${(e as Error).message}`, { cause: e });
     }
     if (!m || m.seq > maxSeq) return maxSeq + 1;
     each(m.header, m.seq);

@@ -7,6 +7,12 @@ import { readRange } from "./range-read.ts";
 import { dedupKey, dedupKeys, IDS_HEADER, kindOf, type StoredMessage } from "./shard-message.ts";
 import { log } from "../util/log.ts";
 
+/**
+ * Messages a catch-up reads one by one before it takes a consumer: the usual gap is a few messages
+ * another node wrote, and on a clustered stream a consumer costs a meta-leader round trip.
+ */
+const CATCH_UP_GETS = 32;
+
 export interface ShardSyncOptions {
   dedupWindowMs: number;
   timeoutMs: number;
@@ -109,32 +115,6 @@ export class ShardSync {
     return found;
   }
 
-  /**
-   * Catches up on a few messages (another node's writes, a publish whose outcome was unknown) one
-   * by one with the stream's get API: no consumer to create, which on a clustered stream is a
-   * meta-leader round trip and, with a server down, can be placed on the dead one and time out.
-   * False when the gap is longer than a walk is worth; the caller then reads it with a consumer.
-   */
-  async #walk(target: number, limit = 32): Promise<boolean> {
-    for (let seq = this.lastSeq + 1, n = 0; n < limit; n++) {
-      let m: StoredMessage | null;
-      try {
-        m = await this.bus.jsm.streams.getMessage(this.stream, { seq, next_by_subj: this.subject } as unknown as {
-          seq: number;
-        });
-      } catch (e) {
-        throw new BusUnavailableError(`cannot read ${this.subject}: ${(e as Error).message}`, { cause: e });
-      }
-      if (!m) return true; // nothing left at or after seq (removed by the stream's limits meanwhile)
-      const ids = m.header.get(IDS_HEADER);
-      if (ids) this.#learn(kindOf(m.header), ids, m.seq);
-      this.lastSeq = m.seq;
-      if (m.seq >= target) return true;
-      seq = m.seq + 1;
-    }
-    return false;
-  }
-
   /** Indexes the ids of a message read back from the stream (its Tributary-Ids header). */
   #learn(kind: string | undefined, header: string, seq: number): void {
     const keys = dedupKeys(kind, JSON.parse(header) as string[]);
@@ -201,41 +181,52 @@ export class ShardSync {
     const target = last?.seq ?? 0;
     const before = this.lastSeq;
     const horizon = Date.now() - this.options.dedupWindowMs;
-    if (
-      target > this.lastSeq &&
-      last &&
-      last.time.getTime() >= horizon &&
-      !(this.lastSeq > 0 && (await this.#walk(target)))
-    ) {
-      const first = this.lastSeq === 0;
-      const reached = await this.#read(first, horizon, target).catch((e) => {
-        // Past a start, the gap is another node's writes since: read it message by message rather
-        // than wait for a consumer that nats-server 2.9 may place on a server that is down.
-        if (first) throw new BusUnavailableError(`cannot read ${this.subject}: ${(e as Error).message}`, { cause: e });
-        return false;
-      });
-      if (!reached && !(!first && (await this.#walk(target, Number.POSITIVE_INFINITY))))
-        throw new BusUnavailableError(`cannot catch up on ${this.subject} up to sequence ${target}`);
+    if (target > this.lastSeq && last && last.time.getTime() >= horizon) {
+      if (this.lastSeq > 0) {
+        // Another node's writes since (or a publish whose outcome was unknown): a few gets, then a
+        // consumer, and gets again if the consumer fails (nats-server 2.9 may place it on a server
+        // that is down). A read cut short goes on from the last message read.
+        await readRange(
+          this.bus,
+          this.subject,
+          this.lastSeq + 1,
+          target,
+          this.options.timeoutMs,
+          (h, seq) => {
+            const ids = h?.get(IDS_HEADER);
+            if (ids) this.#learn(kindOf(h), ids, seq);
+            this.lastSeq = seq;
+          },
+          CATCH_UP_GETS,
+        );
+      } else {
+        const reached = await this.#read(horizon, target).catch((e) => {
+          throw new BusUnavailableError(`cannot read ${this.subject}: ${(e as Error).message}`, { cause: e });
+        });
+        if (!reached) throw new BusUnavailableError(`timed out reading ${this.subject} up to sequence ${target}`);
+      }
     }
     if (target !== before) this.lastSeqAt = Date.now();
     this.lastSeq = target;
     this.synced = true;
   }
 
-  /** Reads the subject's ids up to `target` with a headers-only consumer; false when it did not get there in time. */
-  async #read(first: boolean, horizon: number, target: number): Promise<boolean> {
+  /**
+   * The whole window's ids with a headers-only consumer from the horizon (a start without a usable
+   * snapshot); false when it did not reach `target` in time.
+   */
+  async #read(horizon: number, target: number): Promise<boolean> {
     const consumer = await this.bus.js.consumers.get(this.stream, {
       filter_subjects: this.subject,
       headers_only: true,
-      ...(first
-        ? { deliver_policy: DeliverPolicy.StartTime, opt_start_time: new Date(horizon).toISOString() }
-        : { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: this.lastSeq + 1 }),
+      deliver_policy: DeliverPolicy.StartTime,
+      opt_start_time: new Date(horizon).toISOString(),
     });
     const messages = await consumer.consume({ max_messages: 1000 });
     const timer = setTimeout(() => messages.stop(), this.options.timeoutMs * 4);
     let reached = false;
     // A long read sizes the index once it has seen how many ids its first messages hold.
-    let pending = first ? -1 : 0;
+    let pending = -1;
     let seen = 0;
     let idsSeen = 0;
     try {
