@@ -2,8 +2,6 @@ import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { nanos } from "@nats-io/nats-core";
 import {
   DiscardPolicy,
-  JetStreamApiCodes,
-  JetStreamApiError,
   jetstream,
   jetstreamManager,
   StorageType,
@@ -11,7 +9,15 @@ import {
   type JetStreamManager,
 } from "@nats-io/jetstream";
 import { STREAM, streamLayout, type StreamLayout } from "./subjects.ts";
-import { JsCodes, StreamLayoutError, apiCode, isNoResponders, isPlacementError, isTransient } from "./errors.ts";
+import {
+  JsCodes,
+  StreamLayoutError,
+  apiCode,
+  isNoResponders,
+  isPlacementError,
+  isStreamNotFound,
+  isTransient,
+} from "./errors.ts";
 import { log } from "../util/log.ts";
 
 export interface BusOptions {
@@ -205,53 +211,54 @@ async function scaleStream(jsm: JetStreamManager, name: string, replicas: number
   });
 }
 
-/** JetStream's own answer (API code 10059), whatever text a server version words it with. */
-export const isStreamNotFound = (e: unknown): boolean =>
-  e instanceof JetStreamApiError && e.code === JetStreamApiCodes.StreamNotFound;
+/** Commands ask the bus module for it; it lives with the other JetStream error checks. */
+export { isStreamNotFound };
 
 /** Each events stream's last sequence, by partition. */
 export async function streamPositions(jsm: JetStreamManager, layout: StreamLayout): Promise<number[]> {
   return Promise.all(layout.streams.map(async (name) => (await jsm.streams.info(name)).state.last_seq));
 }
 
-const EVENTS_STREAM_NAME = /^TRIBUTARY_EVENTS(_P\d+)?$/;
+const PARTITION_STREAM_NAME = /^TRIBUTARY_EVENTS_P\d+$/;
 
-/** The events streams on the servers, whatever the layout (tools that read without the node's settings). */
+/**
+ * The events streams on the servers, whatever the layout: each with the partition count it was
+ * made for (its description says "partition k of N"; 0 when it does not) and what it holds.
+ */
+async function listEventStreams(jsm: JetStreamManager): Promise<{ name: string; of: number; messages: number }[]> {
+  const found: { name: string; of: number; messages: number }[] = [];
+  for await (const s of jsm.streams.list()) {
+    const name = s.config.name;
+    if (name === STREAM) found.push({ name, of: 1, messages: s.state.messages });
+    else if (PARTITION_STREAM_NAME.test(name))
+      found.push({
+        name,
+        of: Number(/ of (\d+)$/.exec(s.config.description ?? "")?.[1] ?? 0),
+        messages: s.state.messages,
+      });
+  }
+  return found.sort((a, b) => a.name.length - b.name.length || a.name.localeCompare(b.name));
+}
+
+/** The events streams' names (tools that read without the node's settings). */
 export async function eventStreams(jsm: JetStreamManager): Promise<string[]> {
-  const out: string[] = [];
-  for await (const name of jsm.streams.names()) if (EVENTS_STREAM_NAME.test(name)) out.push(name);
-  return out.sort((a, b) => a.length - b.length || a.localeCompare(b));
+  return (await listEventStreams(jsm)).map((s) => s.name);
 }
 
 /** The partition count of the events streams on the servers; undefined when there are none. */
 async function existingPartitions(jsm: JetStreamManager): Promise<number | undefined> {
-  for await (const s of jsm.streams.list()) {
-    if (s.config.name === STREAM) return 1;
-    if (/^TRIBUTARY_EVENTS_P\d+$/.test(s.config.name)) {
-      const of = Number(/ of (\d+)$/.exec(s.config.description ?? "")?.[1] ?? 0);
-      if (of > 0) return of;
-    }
-  }
-  return undefined;
+  return (await listEventStreams(jsm)).find((s) => s.of > 0)?.of;
 }
 
 const describe = (k: number, n: number) => `Tributary events, partition ${k} of ${n}`;
 
 /**
- * Refuses a partition count other than the one the deployment's events streams were made with
- * (each partition stream's description says "partition k of N"). Events of the other layout are
- * still in its streams; changing the count means draining every pipeline and removing them first.
+ * Refuses a partition count other than the one the deployment's events streams were made with.
+ * Events of the other layout are still in its streams; changing the count means draining every
+ * pipeline and removing them first.
  */
 async function checkLayout(jsm: JetStreamManager, layout: StreamLayout): Promise<void> {
-  const found: { name: string; of: number; messages: number }[] = [];
-  for await (const s of jsm.streams.list()) {
-    const name = s.config.name;
-    if (name === STREAM) found.push({ name, of: 1, messages: s.state.messages });
-    else if (/^TRIBUTARY_EVENTS_P\d+$/.test(name)) {
-      const of = Number(/ of (\d+)$/.exec(s.config.description ?? "")?.[1] ?? 0);
-      found.push({ name, of, messages: s.state.messages });
-    }
-  }
+  const found = await listEventStreams(jsm);
   const other = found.find((f) => f.of !== layout.partitions || !layout.streams.includes(f.name));
   if (!other) return;
   const theirs = other.of || "an unknown number of";

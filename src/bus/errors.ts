@@ -52,6 +52,10 @@ export function apiCode(e: unknown): number | undefined {
 export const isNoResponders = (e: unknown): boolean =>
   chain(e).some((x) => x instanceof NoRespondersError || (x instanceof RequestError && x.isNoResponders()));
 
+/** JetStream's own answer (API code 10059), whatever text a server version words it with. */
+export const isStreamNotFound = (e: unknown): boolean =>
+  e instanceof JetStreamApiError && e.code === JetStreamApiCodes.StreamNotFound;
+
 /** The stream (or a KV key) moved on since the sequence a write expected: someone else wrote. */
 export const isWrongLastSequence = (e: unknown): boolean => {
   const c = apiCode(e);

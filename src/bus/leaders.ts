@@ -3,22 +3,20 @@ import type { JetStreamManager } from "@nats-io/jetstream";
 import type { StreamLayout } from "./subjects.ts";
 import { log } from "../util/log.ts";
 
-/** Where each events stream's leader is ("" when it has none at the moment). */
-export async function streamLeaders(jsm: JetStreamManager, layout: StreamLayout): Promise<Record<string, string>> {
-  const out: Record<string, string> = {};
-  for (const name of layout.streams) out[name] = (await jsm.streams.info(name)).cluster?.leader ?? "";
-  return out;
-}
-
-/** The servers holding a replica of any of the streams. */
-async function peers(jsm: JetStreamManager, layout: StreamLayout): Promise<Set<string>> {
-  const out = new Set<string>();
+/** Where each events stream's leader is ("" when it has none at the moment), and every server holding a replica. */
+async function placement(
+  jsm: JetStreamManager,
+  layout: StreamLayout,
+): Promise<{ leaders: Record<string, string>; servers: Set<string> }> {
+  const leaders: Record<string, string> = {};
+  const servers = new Set<string>();
   for (const name of layout.streams) {
     const c = (await jsm.streams.info(name)).cluster;
-    if (c?.leader) out.add(c.leader);
-    for (const r of c?.replicas ?? []) out.add(r.name);
+    leaders[name] = c?.leader ?? "";
+    if (c?.leader) servers.add(c.leader);
+    for (const r of c?.replicas ?? []) servers.add(r.name);
   }
-  return out;
+  return { leaders, servers };
 }
 
 /**
@@ -36,8 +34,9 @@ export async function spreadLeaders(
   layout: StreamLayout,
   o: { attempts?: number; deadlineMs?: number } = {},
 ): Promise<Record<string, string>> {
-  const servers = await peers(jsm, layout);
-  let leaders = await streamLeaders(jsm, layout);
+  const first = await placement(jsm, layout);
+  const servers = first.servers;
+  let leaders = first.leaders;
   if (layout.partitions < 2 || servers.size < 2) return leaders;
   const share = Math.ceil(layout.partitions / servers.size);
   const deadline = Date.now() + (o.deadlineMs ?? 15_000);
@@ -54,7 +53,7 @@ export async function spreadLeaders(
       const now = (await jsm.streams.info(stream).catch(() => undefined))?.cluster?.leader;
       if (now) break;
     }
-    leaders = await streamLeaders(jsm, layout);
+    leaders = (await placement(jsm, layout)).leaders;
   }
   log.warn("events streams' leaders still share a server", { leaders });
   return leaders;
