@@ -1,7 +1,6 @@
 import { afterAll, expect, test } from "bun:test";
 import { useStack } from "../harness/stack.ts";
 import { storedEvents } from "../harness/stream.ts";
-import { join } from "node:path";
 import { startTestNode } from "../harness/services.ts";
 import { rows } from "../harness/warehouse.ts";
 import { STREAM } from "../../src/bus/subjects.ts";
@@ -238,20 +237,12 @@ test("a node started with another partition count is refused, naming both counts
 test("the commands read a partitioned deployment as it is, without being told its count", async () => {
   // dlq (like replay, forget and resolve) connects as a node would: with the environment's count
   // unset it must take the streams' three, not refuse them, nor create a single stream beside them.
-  const env: Record<string, string> = {};
-  for (const [k, v] of Object.entries(process.env)) if (v !== undefined && !k.startsWith("TRIBUTARY_")) env[k] = v;
-  const p = Bun.spawn([process.execPath, join(import.meta.dir, "../../scripts/dlq.ts"), "shop", "--json"], {
-    env: {
-      ...env,
-      NATS_URL: stack.nats.url,
-      CLICKHOUSE_URL: stack.ch.url,
-      TRIBUTARY_PIPELINES: stack.node.config.options.dir,
-      LOG_LEVEL: "error",
-    },
-    stdout: "pipe",
-    stderr: "pipe",
+  const { code, err } = await runScript("dlq", ["shop", "--json"], {
+    TRIBUTARY_STREAM_PARTITIONS: undefined,
+    NATS_URL: stack.nats.url,
+    CLICKHOUSE_URL: stack.ch.url,
+    TRIBUTARY_PIPELINES: stack.node.config.options.dir,
   });
-  const [code, err] = await Promise.all([p.exited, new Response(p.stderr).text()]);
   expect(err).not.toContain("StreamLayoutError");
   expect(code).toBe(0);
   expect(await stack.node.bus.jsm.streams.info(STREAM).catch(() => undefined)).toBeUndefined();
