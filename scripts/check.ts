@@ -141,7 +141,11 @@ async function lastLiveEvent(connection: string): Promise<Record<string, unknown
   try {
     const jsm = await jetstreamManager(nc);
     let newest: { time: number; event: Record<string, unknown> } | undefined;
-    const layout = streamLayout(Number(process.env.TRIBUTARY_STREAM_PARTITIONS || 1));
+    // The layout the deployment's streams have, as the other commands read it.
+    const { existingPartitions } = await import("../src/bus/connection.ts");
+    const layout = streamLayout(
+      (await existingPartitions(jsm).catch(() => undefined)) ?? Number(process.env.TRIBUTARY_STREAM_PARTITIONS || 1),
+    );
     for (let shard = 0; shard < DEDUP_SHARDS; shard++) {
       const subject = layout.subject(connection, shard);
       const m = await jsm.streams

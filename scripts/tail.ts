@@ -10,6 +10,7 @@
 import { connect, type Msg, type NatsConnection } from "@nats-io/transport-node";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { connectionSubjects, connectionWildcard } from "../src/bus/subjects.ts";
+import { existingPartitions } from "../src/bus/connection.ts";
 import { loadConfig } from "../src/config/loader.ts";
 import {
   compileExpression,
@@ -340,8 +341,13 @@ async function main(argv: string[]) {
     }
   })();
 
-  // With partitions a shard's subject has one more token (src/bus/subjects.ts StreamLayout).
-  const partitioned = Number(process.env.TRIBUTARY_STREAM_PARTITIONS || 1) > 1;
+  // With partitions a shard's subject has one more token (src/bus/subjects.ts StreamLayout): the
+  // streams on the servers say which layout this deployment has, as for the other commands.
+  const partitions =
+    (await jetstreamManager(nc, { timeout: 5000 })
+      .then(existingPartitions)
+      .catch(() => undefined)) ?? Number(process.env.TRIBUTARY_STREAM_PARTITIONS || 1);
+  const partitioned = partitions > 1;
   const subject = values.raw ? target : partitioned ? connectionWildcard(connection) : connectionSubjects(connection);
   const sub = nc.subscribe(subject);
   // The subscription is registered with the server once a flush returns: "listening" is then true.

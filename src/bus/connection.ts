@@ -245,8 +245,8 @@ export async function eventStreams(jsm: JetStreamManager): Promise<string[]> {
   return (await listEventStreams(jsm)).map((s) => s.name);
 }
 
-/** The partition count of the events streams on the servers; undefined when there are none. */
-async function existingPartitions(jsm: JetStreamManager): Promise<number | undefined> {
+/** The partition count of the events streams on the servers (commands read a deployment as it is); undefined when there are none. */
+export async function existingPartitions(jsm: JetStreamManager): Promise<number | undefined> {
   return (await listEventStreams(jsm)).find((s) => s.of > 0)?.of;
 }
 

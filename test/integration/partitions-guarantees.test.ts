@@ -1,4 +1,5 @@
 import { afterAll, expect, test } from "bun:test";
+import { join } from "node:path";
 import { useStack } from "../harness/stack.ts";
 import { storedEvents } from "../harness/stream.ts";
 import { startTestNode } from "../harness/services.ts";
@@ -246,6 +247,21 @@ test("the commands read a partitioned deployment as it is, without being told it
   expect(err).not.toContain("StreamLayoutError");
   expect(code).toBe(0);
   expect(await stack.node.bus.jsm.streams.info(STREAM).catch(() => undefined)).toBeUndefined();
+  // tail watches the partition subjects (one more token) without being told the count either.
+  const tail = Bun.spawn([process.execPath, join(import.meta.dir, "../../scripts/tail.ts"), "shop", "--json"], {
+    env: { ...process.env, TRIBUTARY_STREAM_PARTITIONS: undefined, NATS_URL: stack.nats.url, NO_COLOR: "1" },
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+  let said = "";
+  const reading = (async () => {
+    const d = new TextDecoder();
+    for await (const chunk of tail.stderr) said += d.decode(chunk, { stream: true });
+  })();
+  for (const deadline = Date.now() + 20_000; !said.includes(" on ") && Date.now() < deadline; ) await Bun.sleep(25);
+  tail.kill();
+  await reading.catch(() => {});
+  expect(said).toContain("tail: tributary.events.shop.> on");
 });
 
 // ---- dead letters and exports per partition ----
